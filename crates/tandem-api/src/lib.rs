@@ -1,0 +1,209 @@
+//! The admin API: health, readiness, metrics, effective config and upstreams, on loopback or a
+//! Unix socket.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /live` | `200 live` while the process runs |
+//! | `GET /ready` | `200 ready`, or `503` naming what is missing (listeners, app, draining) |
+//! | `GET /metrics` | OpenMetrics text of every Tandem metric |
+//! | `GET /config` | the effective configuration as JSON |
+//! | `GET /upstreams` | upstreams and their endpoints as JSON |
+//!
+//! The router is a plain function of [`AdminState`] so tests drive it with `oneshot` or a socket.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tandem_config::Config;
+use tandem_telemetry::Metrics;
+
+/// What `/ready` reports: each condition flips once, from the lifecycle in `tandem-app`.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    listeners_bound: AtomicBool,
+    app_ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+/// Shared state of the admin API.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Readiness flags.
+    pub readiness: Arc<Readiness>,
+    /// The effective configuration.
+    pub config: Arc<Config>,
+}
+
+// === impl Readiness ===
+
+impl Readiness {
+    /// Every listener is bound and serving.
+    pub fn set_listeners_bound(&self) {
+        self.listeners_bound.store(true, Ordering::Release);
+    }
+
+    /// The app accepts connections (or Tandem does not supervise one).
+    pub fn set_app_ready(&self) {
+        self.app_ready.store(true, Ordering::Release);
+    }
+
+    /// Draining started; readiness never comes back.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// `Ok` when ready, else what is missing.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Acquire) {
+            Err("draining")
+        } else if !self.listeners_bound.load(Ordering::Acquire) {
+            Err("listeners not bound yet")
+        } else if !self.app_ready.load(Ordering::Acquire) {
+            Err("app not accepting connections yet")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/live", get(|| async { "live\n" }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/config", get(config))
+        .route("/upstreams", get(upstreams))
+        .with_state(state)
+}
+
+async fn ready(State(s): State<AdminState>) -> Response {
+    match s.readiness.check() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, tandem_telemetry::CONTENT_TYPE)],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn config(State(s): State<AdminState>) -> Response {
+    Json(&*s.config).into_response()
+}
+
+#[derive(serde::Serialize)]
+struct UpstreamView<'a> {
+    name: &'a str,
+    protocol: tandem_config::UpstreamProtocol,
+    endpoints: Vec<EndpointView>,
+}
+
+#[derive(serde::Serialize)]
+struct EndpointView {
+    address: String,
+}
+
+async fn upstreams(State(s): State<AdminState>) -> Response {
+    let view: Vec<UpstreamView<'_>> = s
+        .config
+        .upstreams
+        .iter()
+        .map(|u| UpstreamView {
+            name: &u.name,
+            protocol: u.protocol,
+            endpoints: u
+                .endpoints
+                .iter()
+                .map(|e| EndpointView {
+                    address: e.to_string(),
+                })
+                .collect(),
+        })
+        .collect();
+    Json(view).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn state() -> AdminState {
+        AdminState {
+            metrics: Arc::new(Metrics::new()),
+            readiness: Arc::new(Readiness::default()),
+            config: Arc::new(tandem_config::default_config()),
+        }
+    }
+
+    async fn get(r: &Router, path: &str) -> (StatusCode, String) {
+        let res = r
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// `/ready` walks through its states; it never returns once draining.
+    #[tokio::test]
+    async fn readiness_states() {
+        let s = state();
+        let r = router(s.clone());
+        assert_eq!(get(&r, "/live").await.0, StatusCode::OK);
+        assert_eq!(
+            get(&r, "/ready").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: listeners not bound yet\n".into()
+            )
+        );
+        s.readiness.set_listeners_bound();
+        assert_eq!(
+            get(&r, "/ready").await.1,
+            "not ready: app not accepting connections yet\n"
+        );
+        s.readiness.set_app_ready();
+        assert_eq!(get(&r, "/ready").await, (StatusCode::OK, "ready\n".into()));
+        s.readiness.set_draining();
+        assert_eq!(get(&r, "/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    /// `/upstreams` and `/config` describe the effective configuration.
+    #[tokio::test]
+    async fn config_views() {
+        let r = router(state());
+        let (status, body) = get(&r, "/upstreams").await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v[0]["name"], "app");
+        assert_eq!(v[0]["endpoints"][0]["address"], "127.0.0.1:8080");
+        let (_, body) = get(&r, "/config").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            v["listeners"].as_array().is_some_and(|l| l.len() == 2),
+            "{v}"
+        );
+    }
+}

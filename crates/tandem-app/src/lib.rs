@@ -1,0 +1,292 @@
+//! Wiring: turns a checked [`Config`] into a running Tandem.
+//!
+//! [`Binds::bind`] opens every socket first (so a port conflict fails fast with the listener's
+//! name), [`App::build`] resolves the data-path snapshot beside them, and [`App::run`] walks the
+//! lifecycle documented in `docs/lifecycle.md`:
+//!
+//! ```text
+//! bind -> serve listeners + admin -> start the app (when supervising) -> app accepts -> ready
+//! signal: not ready -> inbound stops accepting and finishes in-flight -> signal the app
+//!         -> app exits (or drain_timeout, then SIGKILL) -> outbound drains -> exit(app's code)
+//! app exits by itself: not ready -> everything drains -> exit(app's code)
+//! ```
+//!
+//! Listeners are injectable: tests bind port 0 and read the real addresses back, so they run the
+//! real app in-process.
+//!
+//! # Layout
+//! - this file: [`Binds`], [`App`], the lifecycle;
+//! - [`supervisor`]: the app child process (start, signal, wait, exit code).
+
+pub mod supervisor;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_api::{AdminState, Readiness};
+use tandem_config::{Address, Config, Direction};
+use tandem_proxy::{BoundListener, Drain, Snapshot};
+use tandem_telemetry::Metrics;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+pub use supervisor::{AppCommand, Supervisor};
+
+/// A socket that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind {what} on {address}: {source}")]
+pub struct BindError {
+    /// `listener "inbound"` or `admin`.
+    pub what: String,
+    /// The address.
+    pub address: Address,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Every socket of one config, bound.
+#[derive(Debug)]
+pub struct Binds {
+    listeners: Vec<BoundListener>,
+    admin: BoundListener,
+}
+
+/// A signal Tandem reacts to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM: drain and exit.
+    Terminate,
+    /// SIGINT: same as SIGTERM.
+    Interrupt,
+}
+
+/// A built Tandem, ready to run.
+pub struct App {
+    config: Arc<Config>,
+    snapshot: Arc<Snapshot>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    binds: Binds,
+}
+
+/// How to run.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// The app to start and supervise, if any.
+    pub supervise: Option<AppCommand>,
+}
+
+// === impl Binds ===
+
+impl Binds {
+    /// Binds every listener and the admin socket of `config`.
+    pub async fn bind(config: &Config) -> Result<Binds, BindError> {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let b = BoundListener::bind(&l.address)
+                .await
+                .map_err(|source| BindError {
+                    what: format!("listener \"{}\"", l.name),
+                    address: l.address.clone(),
+                    source,
+                })?;
+            listeners.push(b);
+        }
+        let admin = BoundListener::bind(&config.admin.address)
+            .await
+            .map_err(|source| BindError {
+                what: "admin".into(),
+                address: config.admin.address.clone(),
+                source,
+            })?;
+        Ok(Binds { listeners, admin })
+    }
+}
+
+// === impl App ===
+
+impl App {
+    /// Resolves the snapshot for `config` beside its bound sockets.
+    pub fn build(config: Config, binds: Binds) -> App {
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new());
+        let snapshot = Arc::new(Snapshot::build(config.clone(), &metrics));
+        App {
+            config,
+            snapshot,
+            metrics,
+            readiness: Arc::new(Readiness::default()),
+            binds,
+        }
+    }
+
+    /// The bound address of listener `name` (real port when configured with port 0).
+    pub fn listener_address(&self, name: &str) -> Option<Address> {
+        let idx = self.config.listeners.iter().position(|l| l.name == name)?;
+        self.binds.listeners.get(idx)?.local_address().ok()
+    }
+
+    /// The bound admin address.
+    pub fn admin_address(&self) -> Option<Address> {
+        self.binds.admin.local_address().ok()
+    }
+
+    /// Readiness flags (shared with `/ready`).
+    pub fn readiness(&self) -> Arc<Readiness> {
+        self.readiness.clone()
+    }
+
+    /// Runs until a signal (from `signals`) or the supervised app's exit, then drains. Returns the
+    /// process exit code: the app's when supervising, else 0.
+    pub async fn run(self, opts: RunOptions, mut signals: mpsc::Receiver<Signal>) -> i32 {
+        let App {
+            config,
+            snapshot,
+            metrics,
+            readiness,
+            binds,
+        } = self;
+        let inbound = Drain::new();
+        let outbound = Drain::new();
+        let admin_stop = Drain::new();
+
+        let admin = tokio::spawn(serve_admin(
+            binds.admin,
+            AdminState {
+                metrics,
+                readiness: readiness.clone(),
+                config: config.clone(),
+            },
+            admin_stop.clone(),
+        ));
+
+        let mut listeners = JoinSet::new();
+        for (bound, stack) in binds.listeners.into_iter().zip(snapshot.listeners.iter()) {
+            let drain = match stack.direction {
+                Direction::Inbound => inbound.watch(),
+                Direction::Outbound => outbound.watch(),
+            };
+            listeners.spawn(tandem_proxy::server::run_listener(
+                bound,
+                stack.clone(),
+                drain,
+            ));
+        }
+        readiness.set_listeners_bound();
+        tracing::info!(listeners = config.listeners.len(), source = %config.source, "listening");
+
+        let mut app = match opts.supervise {
+            Some(cmd) => match Supervisor::start(&cmd) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the app");
+                    admin_stop.start();
+                    return 127;
+                }
+            },
+            None => None,
+        };
+        let probe = match (&app, app_address(&config)) {
+            (Some(_), Some(addr)) => Some(tokio::spawn(probe_app(addr, readiness.clone()))),
+            _ => {
+                readiness.set_app_ready();
+                None
+            }
+        };
+
+        // Wait for the first of: a signal, the app's own exit.
+        let mut code = 0;
+        let mut app_exited = false;
+        let signal = tokio::select! {
+            s = signals.recv() => s,
+            c = async { match app.as_mut() { Some(a) => a.wait().await, None => std::future::pending().await } } => {
+                code = c;
+                app_exited = true;
+                None
+            }
+        };
+        if let Some(p) = probe {
+            p.abort();
+        }
+        readiness.set_draining();
+        let deadline = Instant::now() + config.drain_timeout;
+        tracing::info!(?signal, app_exited, drain_timeout = ?config.drain_timeout, "draining");
+        inbound.start();
+
+        if let (Some(a), false) = (app.as_mut(), app_exited) {
+            a.signal(signal.unwrap_or(Signal::Terminate));
+            code = tokio::select! {
+                c = a.wait() => c,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("app did not exit within drain_timeout; killing it");
+                    a.kill().await
+                }
+                _ = signals.recv() => {
+                    tracing::warn!("second signal; killing the app");
+                    a.kill().await
+                }
+            };
+        }
+        outbound.start();
+
+        let all_drained = async { while listeners.join_next().await.is_some() {} };
+        tokio::select! {
+            _ = all_drained => tracing::info!("drained"),
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!("drain_timeout reached; closing remaining connections");
+            }
+            _ = signals.recv() => tracing::warn!("second signal; exiting without waiting"),
+        }
+        listeners.abort_all();
+        admin_stop.start();
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+        code
+    }
+}
+
+/// The first endpoint of the app's upstream: where readiness probes connect.
+fn app_address(config: &Config) -> Option<Address> {
+    let name = &config.app.as_ref()?.upstream;
+    config
+        .upstreams
+        .iter()
+        .find(|u| &u.name == name)?
+        .endpoints
+        .first()
+        .cloned()
+}
+
+async fn probe_app(address: Address, readiness: Arc<Readiness>) {
+    let connector = tandem_proxy::pool::Connector::new(address.clone(), Duration::from_secs(1));
+    loop {
+        if connector.connect().await.is_ok() {
+            tracing::info!(%address, "app accepts connections; ready");
+            readiness.set_app_ready();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn serve_admin(bound: BoundListener, state: AdminState, stop: Drain) {
+    let router = tandem_api::router(state);
+    let mut w = stop.watch();
+    let shutdown = async move { tandem_proxy::listen::drained(&mut w).await };
+    let result = match bound {
+        BoundListener::Tcp(l) => {
+            axum::serve(l, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        BoundListener::Unix(l, _guard) => {
+            axum::serve(l, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin server failed");
+    }
+}

@@ -1,0 +1,309 @@
+//! The checked, typed configuration: what the rest of Tandem consumes.
+//!
+//! Every value here has passed [`crate::check`]: addresses parse, names resolve, durations are
+//! positive, matchers are well formed. Nothing in this module does I/O. `Serialize` gives the
+//! effective configuration for the admin API's `GET /config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The whole, checked configuration of one Tandem process.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    /// Where the configuration came from (a file path, or `<embedded default>`); used in errors.
+    pub source: String,
+    /// The admin API.
+    pub admin: Admin,
+    /// How long in-flight requests may take to finish after SIGTERM before Tandem exits.
+    #[serde(with = "humantime_serde_compat")]
+    pub drain_timeout: Duration,
+    /// Limits that protect every listener against hostile or broken clients.
+    pub limits: Limits,
+    /// The local app this sidecar fronts, when the config names one.
+    pub app: Option<App>,
+    /// Listeners in file order.
+    pub listeners: Vec<Listener>,
+    /// Upstreams in file order; names are unique.
+    pub upstreams: Vec<Upstream>,
+}
+
+/// The admin API (health, metrics, effective config).
+#[derive(Clone, Debug, Serialize)]
+pub struct Admin {
+    /// Where the admin API listens; loopback or a Unix socket by default.
+    pub address: Address,
+}
+
+/// The app Tandem runs beside.
+#[derive(Clone, Debug, Serialize)]
+pub struct App {
+    /// The upstream that reaches the app; when Tandem supervises the app, `/ready` waits until the
+    /// first endpoint of this upstream accepts connections.
+    pub upstream: String,
+}
+
+/// Per-listener protections.
+#[derive(Clone, Debug, Serialize)]
+pub struct Limits {
+    /// Connections a listener holds at once; more wait in the kernel backlog.
+    pub max_connections: usize,
+    /// Largest request head (request line plus headers) in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request; more gets 431.
+    pub max_headers: usize,
+    /// Time a client has to send a complete request head; slower connections are closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub header_read_timeout: Duration,
+    /// A TCP proxy connection with no bytes either way for this long is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub tcp_idle_timeout: Duration,
+}
+
+/// A socket address: TCP `host:port` or a Unix domain socket path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "String")]
+pub enum Address {
+    /// A TCP socket address with a literal IP.
+    Tcp(SocketAddr),
+    /// A TCP address by host name, resolved when connecting (upstream endpoints only).
+    Host {
+        /// Host name, e.g. `localhost`.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+    /// A Unix domain socket path (`unix:/path`).
+    Unix(PathBuf),
+}
+
+/// Which side of the app a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Traffic from peers to the app: `forwarded`/`x-forwarded-*` headers are set.
+    Inbound,
+    /// Traffic from the app to other services.
+    Outbound,
+}
+
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge, detected by its preface) on one port.
+    Http,
+    /// Opaque TCP, copied both ways to the listener's upstream.
+    Tcp,
+}
+
+/// A named listener.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listener {
+    /// Unique name, used in metrics and logs.
+    pub name: String,
+    /// Where it listens.
+    pub address: Address,
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// HTTP or TCP.
+    pub protocol: ListenerProtocol,
+    /// Routes, first match wins (HTTP only).
+    pub routes: Vec<Route>,
+    /// Upstream for requests no route matches (HTTP), or the upstream of a TCP listener.
+    pub default_upstream: Option<String>,
+    /// Act as an HTTP forward proxy: `http://NAME/...` absolute-form requests and `CONNECT NAME:port`
+    /// reach the upstream called NAME.
+    pub forward_proxy: bool,
+}
+
+/// A route: a match and where matching requests go.
+#[derive(Clone, Debug, Serialize)]
+pub struct Route {
+    /// Name for metrics; defaults to `<listener>.<index>` when not given.
+    pub name: String,
+    /// What a request must look like to take this route.
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    /// Upstream name (checked to exist).
+    pub upstream: String,
+    /// Overrides the upstream's `request_timeout` for this route.
+    #[serde(with = "humantime_serde_compat::option")]
+    pub timeout: Option<Duration>,
+}
+
+/// Conditions a request must all meet; an empty match matches everything.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RouteMatch {
+    /// Host (authority without port), exact or `*.suffix` wildcard; compared case-insensitively.
+    pub host: Option<HostMatch>,
+    /// Path condition.
+    pub path: Option<PathMatch>,
+    /// Allowed methods; empty means any.
+    #[serde(serialize_with = "ser_methods")]
+    pub methods: Vec<http::Method>,
+    /// Headers that must be present with exactly this value.
+    #[serde(serialize_with = "ser_headers")]
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// Host condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostMatch {
+    /// Lower-cased host, e.g. `api.example.com`.
+    Exact(String),
+    /// Lower-cased suffix including the leading dot, e.g. `.example.com` for `*.example.com`;
+    /// matches one or more labels before it, never the bare suffix.
+    Suffix(String),
+}
+
+/// Path condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatch {
+    /// The path (without query) equals this.
+    Exact(String),
+    /// The path starts with this on a segment boundary (`/api` matches `/api` and `/api/x`, not
+    /// `/apix`); `/` matches everything.
+    Prefix(String),
+}
+
+/// HTTP version Tandem speaks to an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 always.
+    Http1,
+    /// HTTP/2 prior knowledge (h2c) always; needed for gRPC to an h2-only server.
+    Http2,
+    /// The same version the downstream request used.
+    Auto,
+}
+
+/// A named group of endpoints.
+#[derive(Clone, Debug, Serialize)]
+pub struct Upstream {
+    /// Unique name.
+    pub name: String,
+    /// Static endpoints; may be empty (requests then get 503).
+    pub endpoints: Vec<Address>,
+    /// HTTP version used towards the endpoints.
+    pub protocol: UpstreamProtocol,
+    /// Bound on establishing one connection.
+    #[serde(with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    /// Bound on the time from sending the request to receiving the response head.
+    #[serde(with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+    /// Connection pool settings.
+    pub pool: Pool,
+}
+
+/// Connection pool settings for one upstream.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pool {
+    /// Idle connections are closed after this long.
+    #[serde(with = "humantime_serde_compat")]
+    pub idle_timeout: Duration,
+    /// Most idle connections kept per endpoint.
+    pub max_idle_per_endpoint: usize,
+}
+
+// === impl Address ===
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Tcp(a) => write!(f, "{a}"),
+            Address::Host { host, port } => write!(f, "{host}:{port}"),
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl From<Address> for String {
+    fn from(a: Address) -> String {
+        a.to_string()
+    }
+}
+
+impl std::str::FromStr for Address {
+    type Err = String;
+
+    /// Parses `unix:/path`, `IP:port`, `[v6]:port` or `host:port`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("a unix address needs a path, e.g. unix:/run/app.sock".into());
+            }
+            return Ok(Address::Unix(PathBuf::from(path)));
+        }
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(Address::Tcp(sa));
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` is not host:port or unix:/path"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("`{port}` in `{s}` is not a port number (0-65535)"))?;
+        let valid_host = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid_host {
+            return Err(format!(
+                "`{host}` in `{s}` is not a valid IP address or host name"
+            ));
+        }
+        Ok(Address::Host {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+// === serde helpers ===
+
+fn ser_methods<S: serde::Serializer>(m: &[http::Method], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(m.iter().map(|m| m.as_str()))
+}
+
+fn ser_headers<S: serde::Serializer>(
+    h: &[(http::HeaderName, http::HeaderValue)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(
+        h.iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("<binary>"))),
+    )
+}
+
+/// Durations serialize as humantime strings (`30s`, `1m 30s`), the same form the YAML takes.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(crate) mod option {
+        use std::time::Duration;
+
+        pub(crate) fn serialize<S: serde::Serializer>(
+            d: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Every failure on the data path is one [`ProxyError`]; [`ProxyError::to_response`] is the single
+//! exhaustive mapping to a status code, a `tandem-error` header naming the reason, and a one-line
+//! body naming the upstream, so a user reading a 502 knows which upstream failed and why.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// Name of the response header carrying [`ErrorKind::reason`].
+pub const ERROR_HEADER: &str = "tandem-error";
+
+/// Why Tandem answered a request itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(usize)]
+pub enum ErrorKind {
+    /// No route matched and the listener has no default upstream (404).
+    NoRoute,
+    /// The upstream has no endpoints (503).
+    NoEndpoints,
+    /// Connecting to the endpoint failed: refused, unreachable, DNS (502).
+    ConnectFailed,
+    /// Connecting took longer than the upstream's `connect_timeout` (504).
+    ConnectTimeout,
+    /// The upstream closed or reset the connection before a complete response head (502).
+    UpstreamReset,
+    /// No response head within the request timeout (504).
+    UpstreamTimeout,
+    /// The upstream sent something that is not valid HTTP (502).
+    UpstreamProtocol,
+    /// The request cannot be forwarded as sent (400).
+    BadRequest,
+    /// Tandem is draining and takes no new requests on this connection (503).
+    Draining,
+}
+
+/// Which side a failure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client sent something wrong.
+    Downstream,
+    /// The upstream failed.
+    Upstream,
+    /// Tandem's own configuration or state.
+    Local,
+}
+
+/// A failure on the data path.
+#[derive(Debug)]
+pub struct ProxyError {
+    /// What went wrong.
+    pub kind: ErrorKind,
+    /// The upstream involved, if one was chosen.
+    pub upstream: Option<String>,
+    /// The endpoint involved, if one was chosen.
+    pub endpoint: Option<String>,
+    /// Human-readable cause (one line).
+    pub cause: String,
+}
+
+// === impl ErrorKind ===
+
+impl ErrorKind {
+    /// Every kind, in discriminant order (indexes per-kind counters).
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::NoRoute,
+        ErrorKind::NoEndpoints,
+        ErrorKind::ConnectFailed,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::UpstreamReset,
+        ErrorKind::UpstreamTimeout,
+        ErrorKind::UpstreamProtocol,
+        ErrorKind::BadRequest,
+        ErrorKind::Draining,
+    ];
+
+    /// The value of the `tandem-error` header.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::NoEndpoints => "no_endpoints",
+            ErrorKind::ConnectFailed => "connect_failed",
+            ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::UpstreamReset => "upstream_reset",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::UpstreamProtocol => "upstream_protocol",
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::Draining => "draining",
+        }
+    }
+
+    /// The status code sent downstream.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::NoEndpoints | ErrorKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => {
+                StatusCode::BAD_GATEWAY
+            }
+            ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Where the failure came from.
+    pub fn source(self) -> ErrorSource {
+        match self {
+            ErrorKind::BadRequest => ErrorSource::Downstream,
+            ErrorKind::NoRoute | ErrorKind::NoEndpoints | ErrorKind::Draining => ErrorSource::Local,
+            ErrorKind::ConnectFailed
+            | ErrorKind::ConnectTimeout
+            | ErrorKind::UpstreamReset
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::UpstreamProtocol => ErrorSource::Upstream,
+        }
+    }
+
+    /// Whether a retry may succeed where this attempt failed (for the retry policy to come):
+    /// only failures where the upstream cannot have processed the request.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::NoEndpoints
+        )
+    }
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// A new error of `kind` with a cause.
+    pub fn new(kind: ErrorKind, cause: impl Into<String>) -> Self {
+        ProxyError {
+            kind,
+            upstream: None,
+            endpoint: None,
+            cause: cause.into(),
+        }
+    }
+
+    /// Names the upstream (and endpoint) involved.
+    pub fn at(mut self, upstream: &str, endpoint: Option<String>) -> Self {
+        self.upstream = Some(upstream.to_owned());
+        self.endpoint = endpoint;
+        self
+    }
+
+    /// The one-line message sent as the response body.
+    pub fn message(&self) -> String {
+        let cause = self.cause.replace(['\r', '\n'], " ");
+        match (&self.upstream, &self.endpoint) {
+            (Some(u), Some(e)) => format!(
+                "tandem: {}: upstream `{u}` ({e}): {cause}\n",
+                self.kind.reason()
+            ),
+            (Some(u), None) => format!("tandem: {}: upstream `{u}`: {cause}\n", self.kind.reason()),
+            _ => format!("tandem: {}: {cause}\n", self.kind.reason()),
+        }
+    }
+
+    /// The response sent downstream for this error.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let mut res = Response::new(ProxyBody::local(Bytes::from(self.message())));
+        *res.status_mut() = self.kind.status();
+        let h = res.headers_mut();
+        h.insert(ERROR_HEADER, HeaderValue::from_static(self.kind.reason()));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(self.kind, ErrorKind::BadRequest | ErrorKind::Draining) {
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        res
+    }
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message().trim_end())
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each kind maps to the status and reason the docs promise, and the body names the upstream.
+    #[test]
+    fn kinds_map_to_status_header_and_body() {
+        let cases = [
+            (ErrorKind::NoRoute, 404, "no_route"),
+            (ErrorKind::NoEndpoints, 503, "no_endpoints"),
+            (ErrorKind::ConnectFailed, 502, "connect_failed"),
+            (ErrorKind::ConnectTimeout, 504, "connect_timeout"),
+            (ErrorKind::UpstreamReset, 502, "upstream_reset"),
+            (ErrorKind::UpstreamTimeout, 504, "upstream_timeout"),
+            (ErrorKind::UpstreamProtocol, 502, "upstream_protocol"),
+            (ErrorKind::BadRequest, 400, "bad_request"),
+            (ErrorKind::Draining, 503, "draining"),
+        ];
+        for (kind, status, reason) in cases {
+            let err = ProxyError::new(kind, "why\nnot").at("orders", Some("127.0.0.1:1".into()));
+            let res = err.to_response();
+            assert_eq!(res.status().as_u16(), status);
+            assert_eq!(res.headers()[ERROR_HEADER], reason);
+            let msg = err.message();
+            assert!(msg.contains("upstream `orders` (127.0.0.1:1)"), "{msg}");
+            assert_eq!(msg.matches('\n').count(), 1, "one line: {msg:?}");
+        }
+    }
+}

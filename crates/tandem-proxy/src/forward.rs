@@ -1,0 +1,309 @@
+//! The HTTP request handler: route, rewrite, balance, send, and map every failure to a
+//! [`ProxyError`] response. Phase order is documented in [`crate::stack`].
+//!
+//! Also handled here, because they start as HTTP requests:
+//! - upgrades (`Connection: upgrade`, e.g. WebSocket): the request goes to the upstream with its
+//!   upgrade fields; on `101` both sides are spliced with [`crate::tcp::splice`];
+//! - `CONNECT NAME:port` on a forward-proxy listener: a tunnel to an endpoint of upstream `NAME`
+//!   (only configured upstreams: Tandem is never an open proxy).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tandem_config::{Direction, UpstreamProtocol};
+use tokio::time::Instant;
+
+use crate::body::ProxyBody;
+use crate::error::{ErrorKind, ProxyError};
+use crate::headers;
+use crate::pool::ConnectError;
+use crate::route::{request_host, RequestFacts};
+use crate::stack::{ListenerStack, RouteTarget};
+use crate::tcp;
+
+/// Handles one request received on `stack`'s listener from `peer`.
+pub async fn handle(
+    stack: Arc<ListenerStack>,
+    peer: Option<SocketAddr>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let target = {
+        let host = request_host(req.uri(), req.headers());
+        let facts = RequestFacts {
+            host,
+            path: req.uri().path(),
+            method: req.method(),
+            headers: req.headers(),
+        };
+        select_target(&stack, &facts).cloned()
+    };
+    let Some(target) = target else {
+        let err = ProxyError::new(
+            ErrorKind::NoRoute,
+            format!(
+                "no route for {} {}{} on listener `{}`",
+                req.method(),
+                request_host(req.uri(), req.headers()).unwrap_or(""),
+                req.uri().path(),
+                stack.name
+            ),
+        );
+        stack.no_route_errors.inc(err.kind);
+        let res = err.to_response();
+        stack
+            .no_route
+            .record(res.status().as_u16(), start.elapsed());
+        return res;
+    };
+
+    let result = if req.method() == Method::CONNECT {
+        connect_tunnel(&stack, &target, req).await
+    } else {
+        proxy(&stack, &target, peer, req).await
+    };
+    let res = match result {
+        Ok(res) => res,
+        Err(err) => {
+            target.errors.inc(err.kind);
+            tracing::debug!(listener = %stack.name, route = %target.name, error = %err, "request failed");
+            err.to_response()
+        }
+    };
+    target
+        .metrics
+        .record(res.status().as_u16(), start.elapsed());
+    res
+}
+
+/// Routes first (file order), then, on a forward proxy, the upstream named by the host, then the
+/// listener's default.
+fn select_target<'a>(
+    stack: &'a ListenerStack,
+    facts: &RequestFacts<'_>,
+) -> Option<&'a Arc<RouteTarget>> {
+    if facts.method == Method::CONNECT {
+        // A tunnel goes to the upstream it names or nowhere; routes and defaults do not apply.
+        return facts
+            .host
+            .and_then(|h| stack.forward.get(&h.to_ascii_lowercase()));
+    }
+    stack
+        .routes
+        .find(facts)
+        .or_else(|| {
+            facts
+                .host
+                .filter(|_| !stack.forward.is_empty())
+                .and_then(|h| stack.forward.get(&h.to_ascii_lowercase()))
+        })
+        .or(stack.default.as_ref())
+}
+
+async fn proxy(
+    stack: &ListenerStack,
+    target: &RouteTarget,
+    peer: Option<SocketAddr>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let upstream = &target.upstream;
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    let endpoint = upstream.pick().ok_or_else(|| {
+        ProxyError::new(ErrorKind::NoEndpoints, "no endpoints").at(&upstream.name, None)
+    })?;
+    let at = |e: ProxyError| e.at(&upstream.name, Some(endpoint.label.clone()));
+
+    let use_h2 = !upgrade
+        && match upstream.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Auto => req.version() == Version::HTTP_2,
+        };
+
+    let (mut parts, body) = req.into_parts();
+    let authority = downstream_authority(&parts.uri, &parts.headers, &upstream.name)
+        .map_err(|e| at(ProxyError::new(ErrorKind::BadRequest, e)))?;
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    // Tandem's server side already answered `100 Continue` when it started reading the body;
+    // the upstream sees a plain request.
+    parts.headers.remove(header::EXPECT);
+    if stack.direction == Direction::Inbound {
+        headers::add_forwarded(&mut parts.headers, peer, "http");
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    parts.uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| {
+            at(ProxyError::new(
+                ErrorKind::BadRequest,
+                format!("invalid request target: {e}"),
+            ))
+        })?;
+    if use_h2 {
+        parts.version = Version::HTTP_2;
+        // HTTP/2 carries the authority in `:authority`, taken from the URI.
+        parts.headers.remove(header::HOST);
+    } else {
+        parts.version = Version::HTTP_11;
+        if !parts.headers.contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+    let upstream_req = Request::from_parts(parts, body);
+    let client = if use_h2 {
+        &endpoint.http2
+    } else {
+        &endpoint.http1
+    };
+
+    let mut res = match tokio::time::timeout(target.timeout, client.request(upstream_req)).await {
+        Err(_) => {
+            return Err(at(ProxyError::new(
+                ErrorKind::UpstreamTimeout,
+                format!("no response within {:?}", target.timeout),
+            )))
+        }
+        Ok(Err(e)) => return Err(at(classify(&e))),
+        Ok(Ok(res)) => res,
+    };
+
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(down) = downstream_upgrade else {
+            return Err(at(ProxyError::new(
+                ErrorKind::UpstreamProtocol,
+                "101 Switching Protocols to a request that did not ask to upgrade",
+            )));
+        };
+        let up = hyper::upgrade::on(&mut res);
+        let idle = stack.limits.tcp_idle_timeout;
+        tokio::spawn(async move {
+            match tokio::try_join!(down, up) {
+                Ok((d, u)) => {
+                    let _ = tcp::splice(TokioIo::new(d), TokioIo::new(u), idle, None).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+        let (mut parts, _body) = res.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers, true);
+        return Ok(Response::from_parts(parts, ProxyBody::empty()));
+    }
+
+    let (mut parts, body) = res.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, ProxyBody::from(body)))
+}
+
+/// `CONNECT NAME:port`: open a raw connection to an endpoint of the named upstream and splice it
+/// with the client once the client's side is upgraded.
+async fn connect_tunnel(
+    stack: &ListenerStack,
+    target: &RouteTarget,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let upstream = &target.upstream;
+    let endpoint = upstream.pick().ok_or_else(|| {
+        ProxyError::new(ErrorKind::NoEndpoints, "no endpoints").at(&upstream.name, None)
+    })?;
+    let io = endpoint.connector().connect().await.map_err(|e| {
+        let kind = match e {
+            ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
+            ConnectError::Io(_) => ErrorKind::ConnectFailed,
+        };
+        ProxyError::new(kind, e.to_string()).at(&upstream.name, Some(endpoint.label.clone()))
+    })?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let idle = stack.limits.tcp_idle_timeout;
+    let counters = Some((
+        stack.metrics.tcp_received.clone(),
+        stack.metrics.tcp_sent.clone(),
+    ));
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(down) => {
+                let _ = tcp::splice(TokioIo::new(down), io, idle, counters).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Ok(Response::new(ProxyBody::empty()))
+}
+
+/// The authority the upstream should see: the request's own (absolute-form or HTTP/2), else
+/// `Host`, else the upstream's name.
+fn downstream_authority(
+    uri: &Uri,
+    headers: &http::HeaderMap,
+    upstream: &str,
+) -> Result<Authority, String> {
+    if let Some(a) = uri.authority() {
+        return Ok(a.clone());
+    }
+    match headers.get(header::HOST) {
+        Some(h) => Authority::try_from(h.as_bytes()).map_err(|_| {
+            format!(
+                "invalid Host header {:?}",
+                String::from_utf8_lossy(h.as_bytes())
+            )
+        }),
+        None => Authority::try_from(upstream)
+            .map_err(|_| format!("upstream name `{upstream}` is not a valid authority")),
+    }
+}
+
+/// Maps a client error to the [`ErrorKind`] the user sees.
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(ce) = s.downcast_ref::<ConnectError>() {
+            let kind = match ce {
+                ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
+                ConnectError::Io(_) => ErrorKind::ConnectFailed,
+            };
+            return ProxyError::new(kind, ce.to_string());
+        }
+        if let Some(he) = s.downcast_ref::<hyper::Error>() {
+            let kind = if he.is_parse() || he.is_parse_status() {
+                ErrorKind::UpstreamProtocol
+            } else {
+                ErrorKind::UpstreamReset
+            };
+            return ProxyError::new(kind, describe(he));
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return ProxyError::new(ErrorKind::UpstreamReset, io.to_string());
+        }
+        source = s.source();
+    }
+    let kind = if e.is_connect() {
+        ErrorKind::ConnectFailed
+    } else {
+        ErrorKind::UpstreamReset
+    };
+    ProxyError::new(kind, e.to_string())
+}
+
+fn describe(e: &hyper::Error) -> String {
+    use std::error::Error as _;
+    match e.source() {
+        Some(s) => format!("{e}: {s}"),
+        None => e.to_string(),
+    }
+}

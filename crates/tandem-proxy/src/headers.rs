@@ -1,0 +1,169 @@
+//! Header rewriting between downstream and upstream.
+//!
+//! - Hop-by-hop fields (RFC 9110 §7.6.1) describe one connection and must not be forwarded:
+//!   `connection`, every field `connection` names, `keep-alive`, `proxy-connection`,
+//!   `transfer-encoding` (hyper re-frames the body for the next hop), `upgrade` (unless the request
+//!   is an upgrade Tandem is carrying through), and `te` except the value `trailers`, which gRPC
+//!   needs on HTTP/2.
+//! - Inbound requests get `forwarded` (RFC 7239), `x-forwarded-for` and `x-forwarded-proto` so the
+//!   app sees the real client.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Whether a request asks to switch protocols (`Connection: upgrade` plus `Upgrade`).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| connection_tokens(v).any(|t| t.eq_ignore_ascii_case("upgrade")))
+}
+
+/// Removes hop-by-hop fields in place. With `keep_upgrade`, `upgrade` and a `connection: upgrade`
+/// survive so an upgrade (WebSocket) reaches the upstream.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fields named by `connection` are hop-by-hop too; collect them before removing it.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(connection_tokens)
+            .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            // Never let a client strip the fields that frame the request.
+            if name != header::CONTENT_LENGTH && name != header::HOST {
+                headers.remove(&name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+    if let Some(te) = headers.get(header::TE) {
+        let trailers_only = te
+            .to_str()
+            .map(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+            .unwrap_or(false);
+        if trailers_only {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// Adds `forwarded`, `x-forwarded-for` and `x-forwarded-proto` for a request received from `peer`
+/// (`None` for a Unix socket peer, which has no address to report).
+pub fn add_forwarded(headers: &mut HeaderMap, peer: Option<SocketAddr>, proto: &'static str) {
+    let node = match peer {
+        Some(SocketAddr::V4(a)) => a.ip().to_string(),
+        Some(SocketAddr::V6(a)) => format!("\"[{}]\"", a.ip()),
+        None => "unknown".to_owned(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("for={node};proto={proto}")) {
+        headers.append(header::FORWARDED, v);
+    }
+    if let Some(ip) = peer.map(|p| p.ip()) {
+        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(&X_FORWARDED_FOR, v);
+        }
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+}
+
+fn connection_tokens(v: &HeaderValue) -> impl Iterator<Item = &str> {
+    v.to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    /// Every hop-by-hop field goes, including those `connection` names; end-to-end ones stay.
+    #[test]
+    fn removes_hop_by_hop() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret, content-length"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+            ("content-length", "3"),
+            ("x-app", "kept"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length", "x-app"]);
+    }
+
+    /// `te: trailers` survives (gRPC needs it); an upgrade keeps its two fields.
+    #[test]
+    fn keeps_trailers_and_upgrade() {
+        let mut h = map(&[
+            ("te", "trailers"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(is_upgrade_request(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    /// Forwarded headers append to what a previous proxy set.
+    #[test]
+    fn forwarded_appends() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
+        add_forwarded(&mut h, Some("192.0.2.7:5555".parse().unwrap()), "http");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["forwarded"], "for=192.0.2.7;proto=http");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, Some("[::1]:1".parse().unwrap()), "http");
+        assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, None, "http");
+        assert_eq!(h["forwarded"], "for=unknown;proto=http");
+        assert!(h.get("x-forwarded-for").is_none());
+    }
+}

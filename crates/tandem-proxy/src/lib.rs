@@ -1,0 +1,35 @@
+//! Tandem's data path: everything a request or connection touches between accept and upstream.
+//!
+//! Modules follow the connection, so `ls src/` reads as the lifecycle:
+//!
+//! # Layout
+//! - [`listen`]: bind TCP and Unix sockets, accept under a connection bound, drain.
+//! - [`server`]: serve one accepted connection (HTTP/1.1 and HTTP/2 detected by preface, or TCP).
+//! - [`route`]: the pure route table (host, path, method, headers; first match wins).
+//! - [`stack`]: the per-listener snapshot: routes resolved to upstream handles and metric handles.
+//! - [`forward`]: the request handler walking the phases: route, rewrite headers, balance, send.
+//! - [`headers`]: hop-by-hop removal (RFC 9110 §7.6.1) and `forwarded`/`x-forwarded-*`.
+//! - [`balance`]: endpoint choice over an upstream's endpoints.
+//! - [`pool`]: pooled upstream connections per endpoint (HTTP/1.1 keep-alive, HTTP/2 multiplexed).
+//! - [`tcp`]: opaque TCP proxying with idle timeout and byte counts.
+//! - [`error`]: [`ProxyError`], the one place failures become status, `tandem-error` and body.
+//! - [`body`]: the response body type (upstream stream or a local message).
+//!
+//! Invariants: bodies stream end to end, nothing is buffered beyond hyper's bounded read buffers;
+//! the request path reads an immutable [`stack::ListenerStack`] and takes no global lock.
+
+pub mod balance;
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod listen;
+pub mod pool;
+pub mod route;
+pub mod server;
+pub mod stack;
+pub mod tcp;
+
+pub use error::{ErrorKind, ProxyError};
+pub use listen::{BoundListener, Drain};
+pub use stack::{ListenerStack, Snapshot};

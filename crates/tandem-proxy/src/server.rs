@@ -1,0 +1,90 @@
+//! Serving a listener: accept, then per connection either HTTP (HTTP/1.1 and HTTP/2 prior
+//! knowledge on one port, told apart by the HTTP/2 preface) or opaque TCP.
+//!
+//! Limits applied per connection: request head size and field count (431 beyond), a header read
+//! timeout (slow clients are disconnected), HTTP/2 concurrent streams and header list size.
+//! Drain: stop accepting, ask every HTTP connection to finish (HTTP/1.1 closes once idle or after
+//! its in-flight response, HTTP/2 sends GOAWAY and finishes open streams), wait for TCP tunnels.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tandem_config::ListenerProtocol;
+use tokio_util::task::TaskTracker;
+
+use crate::listen::{accept_loop, BoundListener, DrainWatch};
+use crate::stack::ListenerStack;
+use crate::{forward, tcp};
+
+/// Serves `listener` until drain, then waits until its connections have finished. The caller
+/// bounds the wait (`drain_timeout`).
+pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, drain: DrainWatch) {
+    let builder = http_builder(&stack);
+    let graceful = GracefulShutdown::new();
+    let tunnels = TaskTracker::new();
+    let max = stack.limits.max_connections;
+
+    accept_loop(&listener, max, drain, |accepted, permit| {
+        let stack = stack.clone();
+        stack.metrics.accepted.inc();
+        stack.metrics.active.inc();
+        match stack.protocol {
+            ListenerProtocol::Tcp => {
+                tunnels.spawn(async move {
+                    tcp::proxy(stack.clone(), accepted).await;
+                    stack.metrics.active.dec();
+                    drop(permit);
+                });
+            }
+            ListenerProtocol::Http => {
+                let peer = accepted.peer;
+                let svc_stack = stack.clone();
+                let svc = service_fn(move |req| {
+                    let stack = svc_stack.clone();
+                    async move { Ok::<_, Infallible>(forward::handle(stack, peer, req).await) }
+                });
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(accepted.io), svc)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(listener = %stack.name, error = %e, "connection error");
+                    }
+                    stack.metrics.active.dec();
+                    drop(permit);
+                });
+            }
+        }
+    })
+    .await;
+
+    // Closing the socket first makes new connections fail fast instead of queueing.
+    drop(listener);
+    tracing::info!(listener = %stack.name, open = graceful.count(), "draining");
+    tunnels.close();
+    tokio::join!(graceful.shutdown(), tunnels.wait());
+}
+
+fn http_builder(stack: &ListenerStack) -> auto::Builder<TokioExecutor> {
+    let limits = &stack.limits;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true)
+        .half_close(false);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .adaptive_window(true)
+        .enable_connect_protocol();
+    b
+}

@@ -1,0 +1,198 @@
+//! Opaque TCP proxying: splice two streams with an idle timeout, counting bytes.
+//!
+//! Used by `protocol: tcp` listeners, by `CONNECT` tunnels and by HTTP upgrades (WebSocket).
+//! Half-close is preserved: when one side shuts down its write half, the other side's write half
+//! is shut down and the opposite direction keeps flowing (`copy_bidirectional` semantics).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tandem_telemetry::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use crate::error::ErrorKind;
+use crate::listen::Accepted;
+use crate::pool::ConnectError;
+use crate::stack::ListenerStack;
+
+/// Byte counters: (received from downstream, sent to downstream).
+pub type ByteCounters = (Counter, Counter);
+
+/// Copies both ways until both directions end, an error occurs, or neither side moved a byte for
+/// `idle`. Returns (bytes from downstream, bytes to downstream).
+pub async fn splice<D, U>(
+    down: D,
+    up: U,
+    idle: Duration,
+    counters: Option<ByteCounters>,
+) -> io::Result<(u64, u64)>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let origin = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let (rx, tx) = match counters {
+        Some((rx, tx)) => (Some(rx), Some(tx)),
+        None => (None, None),
+    };
+    let mut down = Tracked {
+        inner: down,
+        origin,
+        last: last.clone(),
+        counter: rx,
+    };
+    let mut up = Tracked {
+        inner: up,
+        origin,
+        last: last.clone(),
+        counter: tx,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+    tokio::pin!(copy);
+    loop {
+        let deadline = origin + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        tokio::select! {
+            r = &mut copy => return r,
+            _ = tokio::time::sleep_until(deadline) => {
+                let idle_for = Instant::now() - (origin + Duration::from_millis(last.load(Ordering::Relaxed)));
+                if idle_for >= idle {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                }
+            }
+        }
+    }
+}
+
+/// Proxies one connection accepted on a `protocol: tcp` listener to its upstream.
+pub async fn proxy(stack: Arc<ListenerStack>, accepted: Accepted) {
+    let Some(target) = stack.default.clone() else {
+        return;
+    };
+    let upstream = &target.upstream;
+    let Some(endpoint) = upstream.pick() else {
+        target.errors.inc(ErrorKind::NoEndpoints);
+        tracing::warn!(listener = %stack.name, upstream = %upstream.name, "tcp: no endpoints");
+        return;
+    };
+    let io = match endpoint.connector().connect().await {
+        Ok(io) => io,
+        Err(e) => {
+            let kind = match e {
+                ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
+                ConnectError::Io(_) => ErrorKind::ConnectFailed,
+            };
+            target.errors.inc(kind);
+            tracing::warn!(listener = %stack.name, upstream = %upstream.name, endpoint = %endpoint.label, error = %e, "tcp: connect failed");
+            return;
+        }
+    };
+    let counters = Some((
+        stack.metrics.tcp_received.clone(),
+        stack.metrics.tcp_sent.clone(),
+    ));
+    if let Err(e) = splice(accepted.io, io, stack.limits.tcp_idle_timeout, counters).await {
+        tracing::debug!(listener = %stack.name, error = %e, "tcp: connection ended");
+    }
+}
+
+/// Counts bytes read and stamps activity; reads are where bytes enter the proxy.
+struct Tracked<T> {
+    inner: T,
+    origin: Instant,
+    last: Arc<AtomicU64>,
+    counter: Option<Counter>,
+}
+
+impl<T> Tracked<T> {
+    fn touch(&self) {
+        let ms = (Instant::now() - self.origin).as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.touch();
+            if let Some(c) = &self.counter {
+                c.inc_by(n as u64);
+            }
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Bytes flow both ways and are counted; half-close reaches the other side.
+    #[tokio::test]
+    async fn splices_and_counts() {
+        let (mut client, down) = tokio::io::duplex(64);
+        let (up, mut server) = tokio::io::duplex(64);
+        let rx = Counter::default();
+        let tx = Counter::default();
+        let task = tokio::spawn(splice(
+            down,
+            up,
+            Duration::from_secs(5),
+            Some((rx.clone(), tx.clone())),
+        ));
+        client.write_all(b"ping").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping");
+        server.write_all(b"pong!").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"pong!");
+        assert_eq!(task.await.unwrap().unwrap(), (4, 5));
+        assert_eq!((rx.get(), tx.get()), (4, 5));
+    }
+
+    /// A connection that moves nothing is closed after the idle timeout.
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_closes() {
+        let (_client, down) = tokio::io::duplex(64);
+        let (up, _server) = tokio::io::duplex(64);
+        let err = splice(down, up, Duration::from_secs(30), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

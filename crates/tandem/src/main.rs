@@ -1,0 +1,260 @@
+//! The `tandem` binary: command line, configuration loading, runtime, signals and exit codes.
+//! Everything else lives in the library crates; this file only wires them to the process.
+//!
+//! Exit codes: the supervised app's code when there is one, else 0 after a clean drain;
+//! 64 (`EX_USAGE`) for configuration errors; 1 for start-up failures such as a port in use.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use tandem_app::{App, AppCommand, Binds, RunOptions, Signal};
+use tandem_config::{Address, Config};
+
+/// Tandem: one sidecar for traffic, resilience, security, telemetry and logs.
+#[derive(Parser, Debug)]
+#[command(name = "tandem", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the sidecar (and the app after `--`, supervised).
+    ///
+    /// Without `-c` it runs the embedded default: inbound 0.0.0.0:7080 -> app 127.0.0.1:8080,
+    /// outbound forward proxy 127.0.0.1:7001, admin 127.0.0.1:7901.
+    Run(RunArgs),
+    /// Check a configuration file: exit 0 when valid, else list every error (file, line, key, fix).
+    Check {
+        /// The configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print the embedded default configuration or the JSON Schema of the file format.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the embedded default configuration (YAML).
+    Default,
+    /// Print the JSON Schema of the configuration file, for editors.
+    Schema,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Configuration file; the embedded default when absent.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The app's port on 127.0.0.1 (the `app` upstream's endpoint).
+    #[arg(long, env = "APP_PORT", value_name = "N", conflicts_with = "app")]
+    app_port: Option<u16>,
+    /// The app's address: `host:port` or `unix:/path.sock`.
+    #[arg(long, value_name = "ADDR")]
+    app: Option<String>,
+    /// Address of the listener named `inbound`.
+    #[arg(long, value_name = "ADDR")]
+    inbound: Option<String>,
+    /// Address of the listener named `outbound`.
+    #[arg(long, value_name = "ADDR")]
+    outbound: Option<String>,
+    /// Address of the admin API.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// Worker threads (default: one per CPU). 1 runs everything on one thread.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Log filter, e.g. `info`, `debug`, `tandem_proxy=trace` (also `TANDEM_LOG`).
+    #[arg(
+        long,
+        env = "TANDEM_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    log: String,
+    /// The app to start and supervise, after `--`.
+    #[arg(last = true, value_name = "APP")]
+    app_command: Vec<OsString>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Config {
+            what: ConfigCommand::Default,
+        } => {
+            print!("{}", tandem_config::DEFAULT_CONFIG);
+            ExitCode::SUCCESS
+        }
+        Command::Config {
+            what: ConfigCommand::Schema,
+        } => {
+            println!("{}", tandem_config::json_schema());
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => run(args),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match tandem_config::load_file(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} listeners, {} upstreams)",
+                path.display(),
+                c.listeners.len(),
+                c.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            ExitCode::from(64)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    init_logging(&args.log);
+    let config = match &args.config {
+        Some(path) => match tandem_config::load_file(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                eprint!("{errors}");
+                return ExitCode::from(64);
+            }
+        },
+        None => tandem_config::default_config(),
+    };
+    let config = match apply_overrides(config, &args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tandem: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tandem: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let supervise = args.app_command.split_first().map(|(p, rest)| AppCommand {
+        program: p.clone(),
+        args: rest.to_vec(),
+    });
+    let code = runtime.block_on(async move {
+        let binds = match Binds::bind(&config).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("tandem: {e}");
+                return 1;
+            }
+        };
+        let app = App::build(config, binds);
+        let signals = match forward_signals() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("tandem: cannot install signal handlers: {e}");
+                return 1;
+            }
+        };
+        app.run(RunOptions { supervise }, signals).await
+    });
+    // Exit codes are 0..=255 on Unix; the app's code passes through unchanged.
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Applies command-line addresses to the (default or file) config.
+fn apply_overrides(mut config: Config, args: &RunArgs) -> anyhow::Result<Config> {
+    let parse = |flag: &str, v: &str| -> anyhow::Result<Address> {
+        v.parse::<Address>()
+            .map_err(|e| anyhow::anyhow!("--{flag} {v}: {e}"))
+    };
+    for (flag, name, value) in [
+        ("inbound", "inbound", &args.inbound),
+        ("outbound", "outbound", &args.outbound),
+    ] {
+        if let Some(v) = value {
+            let addr = parse(flag, v)?;
+            let Some(l) = config.listeners.iter_mut().find(|l| l.name == name) else {
+                bail!("--{flag}: the configuration has no listener named `{name}`");
+            };
+            l.address = addr;
+        }
+    }
+    if let Some(v) = &args.admin {
+        config.admin.address = parse("admin", v)?;
+    }
+    let app_addr = match (&args.app, args.app_port) {
+        (Some(a), _) => Some(parse("app", a)?),
+        (None, Some(p)) => Some(Address::Tcp(([127, 0, 0, 1], p).into())),
+        (None, None) => None,
+    };
+    if let Some(addr) = app_addr {
+        let name = config
+            .app
+            .as_ref()
+            .map(|a| a.upstream.clone())
+            .context("--app/--app-port: the configuration has no `app.upstream`")?;
+        let Some(u) = config.upstreams.iter_mut().find(|u| u.name == name) else {
+            bail!("--app: upstream `{name}` not found");
+        };
+        u.endpoints = vec![addr];
+    }
+    Ok(config)
+}
+
+fn forward_signals() -> std::io::Result<tokio::sync::mpsc::Receiver<Signal>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let s = tokio::select! {
+                _ = term.recv() => Signal::Terminate,
+                _ = int.recv() => Signal::Interrupt,
+            };
+            if tx.send(s).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
