@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /live` | `200 live` while the process runs |
 //! | `GET /ready` | `200 ready`, or `503` naming what is missing (listeners, app, draining) |
-//! | `GET /metrics` | OpenMetrics text of every Tandem metric |
+//! | `GET /metrics` | every Tandem metric: OpenMetrics when `Accept` asks for it, else Prometheus text 0.0.4 |
 //! | `GET /config` | the effective configuration as JSON |
 //! | `GET /upstreams` | upstreams and their endpoints as JSON |
 //!
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -95,12 +95,28 @@ async fn ready(State(s): State<AdminState>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<AdminState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, tandem_telemetry::CONTENT_TYPE)],
-        s.metrics.encode(),
-    )
-        .into_response()
+/// OpenMetrics when the scraper asks for it (Prometheus does), else Prometheus text 0.0.4.
+async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    let wants_openmetrics = headers.get_all(header::ACCEPT).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.contains("application/openmetrics-text"))
+    });
+    if wants_openmetrics {
+        (
+            [(header::CONTENT_TYPE, tandem_telemetry::CONTENT_TYPE)],
+            s.metrics.encode(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                tandem_telemetry::PROMETHEUS_CONTENT_TYPE,
+            )],
+            s.metrics.encode_prometheus(),
+        )
+            .into_response()
+    }
 }
 
 async fn config(State(s): State<AdminState>) -> Response {
@@ -140,6 +156,7 @@ async fn upstreams(State(s): State<AdminState>) -> Response {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use axum::body::Body;

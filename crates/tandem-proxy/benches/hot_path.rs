@@ -1,1 +1,97 @@
-fn main() {}
+//! Criterion benches for the per-request hot functions: route matching and header rewriting.
+//!
+//! Run: `cargo bench -p tandem-proxy --bench hot_path`. Figures and machine go in
+//! `docs/benchmarks.md`; whole-proxy numbers come from `../shared/bench/`.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use tandem_config::{HostMatch, PathMatch, RouteMatch};
+use tandem_proxy::headers::{add_forwarded, is_upgrade_request, remove_hop_by_hop};
+use tandem_proxy::route::{request_host, RequestFacts, RouteTable};
+
+fn table(n: usize) -> RouteTable<usize> {
+    let mut routes = Vec::with_capacity(n + 1);
+    for i in 0..n {
+        routes.push((
+            RouteMatch {
+                host: Some(HostMatch::Exact(format!("svc{i}.internal"))),
+                path: Some(PathMatch::Prefix(format!("/api/v{i}"))),
+                methods: vec![Method::GET, Method::POST],
+                headers: vec![],
+            },
+            i,
+        ));
+    }
+    routes.push((
+        RouteMatch {
+            host: Some(HostMatch::Suffix(".example.com".into())),
+            ..RouteMatch::default()
+        },
+        n,
+    ));
+    RouteTable::new(routes)
+}
+
+fn typical_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "api.example.com"),
+        ("user-agent", "curl/7.88.1"),
+        ("accept", "*/*"),
+        ("connection", "keep-alive"),
+        ("keep-alive", "timeout=5"),
+        ("content-type", "application/json"),
+        ("content-length", "42"),
+        ("authorization", "Bearer abc.def.ghi"),
+        ("x-request-id", "0f8fad5b-d9cb-469f-a165-70867728950e"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+    ] {
+        h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn route_match(c: &mut Criterion) {
+    let headers = typical_headers();
+    let uri: http::Uri = "/api/v3/orders?id=7".parse().unwrap();
+    for n in [1usize, 10, 100] {
+        let t = table(n);
+        c.bench_function(&format!("route_match/{n}_routes_last"), |b| {
+            b.iter(|| {
+                let facts = RequestFacts {
+                    host: request_host(&uri, &headers),
+                    path: uri.path(),
+                    method: &Method::GET,
+                    headers: &headers,
+                };
+                black_box(t.find(black_box(&facts)))
+            })
+        });
+    }
+}
+
+fn header_rewrite(c: &mut Criterion) {
+    let headers = typical_headers();
+    let peer = Some("10.1.2.3:45678".parse().unwrap());
+    c.bench_function("headers/hop_by_hop_and_forwarded", |b| {
+        b.iter_batched_ref(
+            || headers.clone(),
+            |h| {
+                let up = is_upgrade_request(h);
+                remove_hop_by_hop(h, up);
+                add_forwarded(h, peer, "http");
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, route_match, header_rewrite);
+criterion_main!(benches);

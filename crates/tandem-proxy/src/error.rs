@@ -184,6 +184,7 @@ impl std::fmt::Display for ProxyError {
 impl std::error::Error for ProxyError {}
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

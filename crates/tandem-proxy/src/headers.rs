@@ -102,6 +102,7 @@ fn connection_tokens(v: &HeaderValue) -> impl Iterator<Item = &str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -117,6 +117,7 @@ fn strip_port(authority: &str) -> &str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use http::{HeaderName, HeaderValue};
@@ -216,6 +217,6 @@ mod tests {
         assert_eq!(request_host(&abs, &h), Some("orders"));
         h.insert("host", HeaderValue::from_static("[::1]:80"));
         assert_eq!(request_host(&origin, &h), Some("::1"));
-        assert_eq!(prefix_matches("/api/", "/api"), true);
+        assert!(prefix_matches("/api/", "/api"));
     }
 }

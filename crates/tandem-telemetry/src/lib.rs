@@ -26,8 +26,11 @@ const LATENCY_BUCKETS: [f64; 17] = [
     5.0, 10.0, 30.0,
 ];
 
-/// The Content-Type of [`Metrics::encode`]'s output.
+/// The Content-Type of [`Metrics::encode`]'s output (OpenMetrics).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The Content-Type of [`Metrics::encode_prometheus`]'s output (Prometheus text 0.0.4).
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -225,6 +228,11 @@ impl Metrics {
             .clone()
     }
 
+    /// Renders every metric in the Prometheus text format 0.0.4.
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode())
+    }
+
     /// Renders every metric in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
@@ -234,6 +242,42 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text format 0.0.4, for scrapers and tools (such as
+/// `promtool check metrics`) that do not negotiate OpenMetrics: counter families are named with
+/// their `_total` suffix, and `# UNIT` and `# EOF` lines go.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(kind);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 // === impl RouteMetrics ===
@@ -254,6 +298,7 @@ impl RouteMetrics {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -282,5 +327,22 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+        let prom = m.encode_prometheus();
+        assert!(
+            prom.contains("# TYPE tandem_http_requests_total counter\n"),
+            "{prom}"
+        );
+        assert!(
+            prom.contains("# HELP tandem_tcp_received_bytes_total Bytes"),
+            "{prom}"
+        );
+        assert!(
+            prom.contains("# TYPE tandem_http_request_duration_seconds histogram\n"),
+            "{prom}"
+        );
+        assert!(
+            !prom.contains("# EOF") && !prom.contains("# UNIT"),
+            "{prom}"
+        );
     }
 }
