@@ -3,7 +3,7 @@
 //! | path | behaviour |
 //! |---|---|
 //! | `/echo...` | 200; body lists `version`, `method`, `uri` and each received header, one per line |
-//! | `/sleep/MS` | waits MS milliseconds, then 200 `slept` |
+//! | `.../sleep/MS` | waits MS milliseconds, then 200 `slept` |
 //! | `/status/N` | responds with status N |
 //! | `/reset` | closes the connection without a response |
 //! | anything else | 200 `ok` |
@@ -100,7 +100,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Reset> 
     if path == "/reset" {
         return Err(Reset);
     }
-    if let Some(ms) = path.strip_prefix("/sleep/") {
+    if let Some(ms) = path.find("/sleep/").map(|i| &path[i + "/sleep/".len()..]) {
         let ms: u64 = ms.parse().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         return Ok(Response::new(Full::new(Bytes::from_static(b"slept"))));

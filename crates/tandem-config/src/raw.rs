@@ -1,0 +1,208 @@
+//! The YAML file as serde sees it. Every field is documented: these comments become the JSON
+//! Schema's descriptions (`tandem config schema`). Values that need checking with a line number
+//! (durations, addresses) stay strings here and are parsed by `check`.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// A Tandem configuration file.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The admin API (health, readiness, metrics, effective config). Default: 127.0.0.1:7901.
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    /// The app Tandem runs beside; `/ready` waits for it when Tandem supervises it.
+    #[serde(default)]
+    pub app: Option<RawApp>,
+    /// How long in-flight requests may take to finish after SIGTERM (default "30s").
+    #[serde(default)]
+    pub drain_timeout: Option<String>,
+    /// Protections applied to every listener.
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+    /// Listeners by name. At least one.
+    #[serde(default)]
+    pub listeners: IndexMap<String, RawListener>,
+    /// Upstreams by name.
+    #[serde(default)]
+    pub upstreams: IndexMap<String, RawUpstream>,
+}
+
+/// The admin API.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `IP:port` or `unix:/path`. Keep it on loopback or a Unix socket.
+    pub address: String,
+}
+
+/// The app Tandem runs beside.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    /// The upstream that reaches the app (readiness probes its first endpoint).
+    pub upstream: String,
+}
+
+/// Listener protections.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Connections one listener holds at once (default 10000); more wait in the kernel backlog.
+    pub max_connections: Option<usize>,
+    /// Largest request head in bytes (default 65536, at least 1024); larger gets 431.
+    pub max_header_bytes: Option<usize>,
+    /// Most header fields in a request (default 100); more gets 431.
+    pub max_headers: Option<usize>,
+    /// Time a client has to send a complete request head (default "10s").
+    pub header_read_timeout: Option<String>,
+    /// A TCP proxy connection idle this long in both directions is closed (default "1h").
+    pub tcp_idle_timeout: Option<String>,
+}
+
+/// A listener.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// `IP:port` or `unix:/path`.
+    pub address: String,
+    /// `inbound` (peers to the app; sets forwarded headers) or `outbound` (the app to others).
+    #[serde(default)]
+    pub direction: Option<RawDirection>,
+    /// `http` (HTTP/1.1 and HTTP/2 on one port) or `tcp` (opaque bytes). Default `http`.
+    #[serde(default)]
+    pub protocol: Option<RawListenerProtocol>,
+    /// Default upstream: for HTTP requests no route matches; the target of a TCP listener.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// HTTP forward proxy: `http://NAME/...` and `CONNECT NAME:port` reach upstream NAME.
+    #[serde(default)]
+    pub forward_proxy: bool,
+    /// Routes, first match wins (HTTP only).
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// Listener direction.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawDirection {
+    /// Peers to the app.
+    Inbound,
+    /// The app to other services.
+    Outbound,
+}
+
+/// Listener protocol.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 prior knowledge on one port.
+    Http,
+    /// Opaque TCP.
+    Tcp,
+}
+
+/// A route.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Name for metrics (default `<listener>.<index>`), unique within the listener.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Conditions, all of which must hold; absent matches every request.
+    #[serde(default, rename = "match")]
+    pub matcher: Option<RawMatch>,
+    /// Upstream name.
+    pub upstream: String,
+    /// Time to the response head for this route, overriding the upstream's `request_timeout`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// Route conditions.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Exact host (`api.example.com`) or wildcard (`*.example.com`), without port.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path condition: `{ exact: /healthz }` or `{ prefix: /api }`.
+    #[serde(default)]
+    pub path: Option<RawPathMatch>,
+    /// A method or a list of methods.
+    #[serde(default)]
+    pub method: Option<OneOrMany>,
+    /// Headers that must be present with exactly these values.
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+}
+
+/// Path condition; exactly one of the two.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPathMatch {
+    /// The path equals this.
+    #[serde(default)]
+    pub exact: Option<String>,
+    /// The path starts with this, on a segment boundary.
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+/// One string or a list of strings.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One.
+    One(String),
+    /// Many.
+    Many(Vec<String>),
+}
+
+/// An upstream.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Endpoints: `IP:port`, `host:port` (resolved when connecting) or `unix:/path`.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// `http1`, `http2` (prior knowledge) or `auto` (same as the downstream request). Default `auto`.
+    #[serde(default)]
+    pub protocol: Option<RawUpstreamProtocol>,
+    /// Bound on opening one connection (default "2s").
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    /// Bound from sending a request to receiving the response head (default "15s").
+    #[serde(default)]
+    pub request_timeout: Option<String>,
+    /// Connection pool.
+    #[serde(default)]
+    pub pool: Option<RawPool>,
+}
+
+/// Upstream HTTP version.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawUpstreamProtocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 prior knowledge.
+    Http2,
+    /// Same as downstream.
+    Auto,
+}
+
+/// Connection pool settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    /// Idle connections close after this long (default "90s").
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Most idle connections kept per endpoint (default 256).
+    #[serde(default)]
+    pub max_idle_per_endpoint: Option<usize>,
+}
