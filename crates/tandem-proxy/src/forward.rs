@@ -33,15 +33,6 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
-    if let Err(why) = check_framing(&req) {
-        let err = ProxyError::new(ErrorKind::BadRequest, why);
-        stack.no_route_errors.inc(err.kind);
-        let res = err.to_response();
-        stack
-            .no_route
-            .record(res.status().as_u16(), start.elapsed());
-        return res;
-    }
     let target = {
         let host = request_host(req.uri(), req.headers());
         let facts = RequestFacts {
@@ -90,17 +81,19 @@ pub async fn handle(
     res
 }
 
-/// Refuses ambiguous HTTP/1.x framing (RFC 9112 §6.3): a message with both `Transfer-Encoding`
-/// and `Content-Length` is how request smuggling starts, so it is rejected and the connection
-/// closed (the error response carries `connection: close`) rather than forwarded.
-fn check_framing(req: &Request<Incoming>) -> Result<(), &'static str> {
-    if req.version() != Version::HTTP_2
-        && req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
-        return Err("both Transfer-Encoding and Content-Length are set; send exactly one");
-    }
-    Ok(())
+/// Answers a request whose HTTP/1.x framing was ambiguous (see [`crate::framing`]) with 400 and
+/// `connection: close`, without forwarding it.
+pub fn reject_framing(stack: &ListenerStack) -> Response<ProxyBody> {
+    let err = ProxyError::new(
+        ErrorKind::BadRequest,
+        "conflicting Content-Length and Transfer-Encoding (request smuggling risk); send exactly one",
+    );
+    stack.no_route_errors.inc(err.kind);
+    let res = err.to_response();
+    stack
+        .no_route
+        .record(res.status().as_u16(), std::time::Duration::ZERO);
+    res
 }
 
 /// Routes first (file order), then, on a forward proxy, the upstream named by the host, then the

@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`listen`]: bind TCP and Unix sockets, accept under a connection bound, drain.
 //! - [`server`]: serve one accepted connection (HTTP/1.1 and HTTP/2 detected by preface, or TCP).
+//! - [`framing`]: HTTP/1.x request-smuggling guard (conflicting Content-Length/Transfer-Encoding).
 //! - [`route`]: the pure route table (host, path, method, headers; first match wins).
 //! - [`stack`]: the per-listener snapshot: routes resolved to upstream handles and metric handles.
 //! - [`forward`]: the request handler walking the phases: route, rewrite headers, balance, send.
@@ -22,6 +23,7 @@ pub mod balance;
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod framing;
 pub mod headers;
 pub mod listen;
 pub mod pool;

@@ -16,6 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tandem_config::ListenerProtocol;
 use tokio_util::task::TaskTracker;
 
+use crate::framing::{FramingFlag, FramingGuard};
 use crate::listen::{accept_loop, BoundListener, DrainWatch};
 use crate::stack::ListenerStack;
 use crate::{forward, tcp};
@@ -43,12 +44,26 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
             ListenerProtocol::Http => {
                 let peer = accepted.peer;
                 let svc_stack = stack.clone();
-                let svc = service_fn(move |req| {
+                let flag = Arc::new(FramingFlag::default());
+                let io = FramingGuard::new(
+                    accepted.io,
+                    stack.limits.max_header_bytes,
+                    stack.limits.max_headers,
+                    flag.clone(),
+                );
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let stack = svc_stack.clone();
-                    async move { Ok::<_, Infallible>(forward::handle(stack, peer, req).await) }
+                    let ambiguous =
+                        req.version() != http::Version::HTTP_2 && flag.next_request_conflicts();
+                    async move {
+                        if ambiguous {
+                            return Ok::<_, Infallible>(forward::reject_framing(&stack));
+                        }
+                        Ok(forward::handle(stack, peer, req).await)
+                    }
                 });
                 let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(accepted.io), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(io), svc)
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
