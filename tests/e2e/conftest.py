@@ -1,0 +1,151 @@
+"""Fixtures for the end-to-end suite: the real `tandem` binary (TANDEM_BIN), real backends as
+subprocesses, free ports, and teardown that always kills what a test started."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+TANDEM_BIN = os.environ.get("TANDEM_BIN", str(ROOT / "target" / "debug" / "tandem"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except Exception as e:  # noqa: BLE001 - polling tolerates transient failures
+            last = e
+        time.sleep(0.02)
+    raise AssertionError(f"{what} not met within {timeout}s (last error: {last!r})")
+
+
+class Proc:
+    """A subprocess that prints `ready` when it serves; killed at teardown."""
+
+    def __init__(self, args, env=None):
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="proc-", suffix=".log", delete=False)
+        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        deadline = time.monotonic() + 15
+        line = ""
+        while time.monotonic() < deadline:
+            line = self.p.stdout.readline()
+            if "ready" in line or not line:
+                break
+        if "ready" not in line:
+            self.stop()
+            raise RuntimeError(f"{args} did not start: {open(self.log.name).read()}")
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(5)
+
+
+@pytest.fixture
+def procs():
+    started = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+def _backend(procs, script, where, env=None):
+    e = dict(os.environ, **(env or {}))
+    p = Proc([sys.executable, str(HERE / "backends" / script), str(where)], env=e)
+    procs.append(p)
+    return p
+
+
+@pytest.fixture
+def http_backend(procs):
+    port = free_port()
+    _backend(procs, "http_backend.py", port)
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def start_backend(procs):
+    """start_backend(script, where, env=None) for tests that need several or unusual backends."""
+    return lambda script, where, env=None: _backend(procs, script, where, env)
+
+
+class Tandem:
+    def __init__(self, config_text, args=(), env=None, wait_ready=True, workdir=None):
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="tandem-e2e-"))
+        self.admin_port = free_port()
+        self.config = self.dir / "tandem.yaml"
+        text = config_text
+        if "admin:" not in text and config_text:
+            text = f"admin: {{ address: 127.0.0.1:{self.admin_port} }}\n" + text
+        self.config.write_text(text)
+        self.stderr = open(self.dir / "stderr.log", "w+")
+        cmd = [TANDEM_BIN, "run"]
+        if config_text:
+            cmd += ["-c", str(self.config)]
+        cmd += list(args)
+        self.p = subprocess.Popen(cmd, stdout=self.stderr, stderr=self.stderr, env=dict(os.environ, **(env or {})))
+        if wait_ready:
+            self.wait_ready()
+
+    @property
+    def admin(self):
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def wait_ready(self, timeout=10):
+        def ready():
+            if self.p.poll() is not None:
+                raise AssertionError(f"tandem exited with {self.p.returncode}: {self.log()}")
+            return httpx.get(f"{self.admin}/ready", timeout=1).status_code == 200
+
+        wait_for(ready, timeout, "tandem /ready")
+
+    def log(self):
+        self.stderr.flush()
+        return (self.dir / "stderr.log").read_text()
+
+    def signal(self, sig=signal.SIGTERM):
+        self.p.send_signal(sig)
+
+    def wait(self, timeout=30):
+        return self.p.wait(timeout)
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(5)
+
+
+@pytest.fixture
+def tandem():
+    started = []
+
+    def start(config_text, **kw):
+        t = Tandem(config_text, **kw)
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        t.kill()
+
+
+def run(args, timeout=20, **kw):
+    """Runs a client command (curl, promtool, tandem check) with a bound on its time."""
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
