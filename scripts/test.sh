@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs Tandem's whole test suite, installing what it needs when missing:
-#   apt: curl, prometheus (promtool), python3-venv; a Python venv in .venv with tests/e2e/requirements.txt.
+#   apt: curl, prometheus (promtool), nghttp2-client (h2load), python3-venv; a Python venv in .venv with tests/e2e/requirements.txt.
 # Usage: scripts/test.sh [--e2e-only] [pytest args...]     e.g. scripts/test.sh --e2e-only -k grpc
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ phase() { printf '\n=== %s ===\n' "$*"; }
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v h2load >/dev/null || need+=(nghttp2-client)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v cc >/dev/null || need+=(build-essential)
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,7 +1,7 @@
 """HTTP/1.1 test backend (threaded, keep-alive) on TCP or a Unix socket.
 
 Paths: /echo... -> JSON of what arrived (method, path, version, headers, body length);
-/sleep/MS -> 200 "slept" after MS ms; /status/N -> status N; /reset -> close without a response;
+/sleep/MS -> 200 "slept" after MS ms; /__inflight -> how many sleeps are running; /status/N -> status N; /reset -> close without a response;
 /chunked -> a chunked response; anything else -> 200 "ok".
 Run: python http_backend.py PORT | unix:/path
 """
@@ -10,8 +10,13 @@ import os
 import socket
 import socketserver
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+INFLIGHT = 0
+LOCK = threading.Lock()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -44,8 +49,17 @@ class Handler(BaseHTTPRequestHandler):
     def _handle(self):
         path = self.path.split("?")[0]
         body = self._body()
+        global INFLIGHT
+        if path == "/__inflight":
+            return self._send(200, str(INFLIGHT).encode())
         if "/sleep/" in path:
-            time.sleep(int(path.rsplit("/", 1)[1]) / 1000)
+            with LOCK:
+                INFLIGHT += 1
+            try:
+                time.sleep(int(path.rsplit("/", 1)[1]) / 1000)
+            finally:
+                with LOCK:
+                    INFLIGHT -= 1
             return self._send(200, b"slept")
         if path.startswith("/status/"):
             return self._send(int(path.split("/")[2]), b"status")

@@ -1,0 +1,134 @@
+"""The command line: check, config default/schema, --version, and the embedded default running a
+real app child (signals forwarded, exit code propagated)."""
+import json
+import signal
+import socket
+import sys
+import textwrap
+
+import httpx
+
+from conftest import ROOT, TANDEM_BIN, free_port, run, wait_for
+
+
+def test_check_accepts_every_example():
+    """Every shipped example passes `tandem check`."""
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert len(examples) >= 5
+    for f in examples:
+        r = run([TANDEM_BIN, "check", "-c", str(f)])
+        assert r.returncode == 0, (f, r.stderr)
+        assert ": ok (" in r.stdout
+
+
+def test_check_reports_every_error_with_its_line(tmp_path):
+    """A bad file exits 64 and lists each error with file, exact line, key and a hint."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent("""\
+        listeners:
+          inbound:
+            address: 127.0.0.1:7080
+            upstream: ap
+            routes:
+              - match: { path: { prefix: api } }
+                upstream: app
+        upstreams:
+          app:
+            endpoints: [127.0.0.1:8080]
+            request_timeout: fast
+        """))
+    r = run([TANDEM_BIN, "check", "-c", str(bad)])
+    assert r.returncode == 64
+    lines = r.stderr.splitlines()
+    assert lines[0] == f"{bad}:4: listeners.inbound.upstream: unknown upstream `ap`"
+    assert lines[1].startswith("  hint: did you mean \"app\"?")
+    assert lines[2] == f"{bad}:6: listeners.inbound.routes[0].match.path: `api` does not start with '/'"
+    assert lines[4].startswith(f"{bad}:11: upstreams.app.request_timeout: `fast` is not a duration")
+    assert lines[-1] == f"{bad}: 3 error(s)"
+
+
+def test_check_unknown_key_suggests_the_right_one(tmp_path):
+    """A typo in a key is reported at its line with the key it probably meant."""
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("listeners:\n  inbound:\n    address: 127.0.0.1:7080\n    upstrem: app\n")
+    r = run([TANDEM_BIN, "check", "-c", str(bad)])
+    assert r.returncode == 64
+    assert f"{bad}:4: listeners.inbound.upstrem: unknown field `upstrem`" in r.stderr, r.stderr
+    assert 'did you mean "upstream"?' in r.stderr
+
+
+def test_config_default_checks_and_schema_is_json(tmp_path):
+    """`config default` prints a file `check` accepts; `config schema` is a JSON Schema."""
+    r = run([TANDEM_BIN, "config", "default"])
+    assert r.returncode == 0
+    f = tmp_path / "default.yaml"
+    f.write_text(r.stdout)
+    assert run([TANDEM_BIN, "check", "-c", str(f)]).returncode == 0
+    schema = json.loads(run([TANDEM_BIN, "config", "schema"]).stdout)
+    assert {"listeners", "upstreams", "admin"} <= set(schema["properties"])
+    v = run([TANDEM_BIN, "--version"])
+    assert v.returncode == 0 and v.stdout.startswith("tandem ")
+
+
+def test_embedded_default_runs_a_real_app(tandem, tmp_path):
+    """`tandem run --app-port P -- python3 -m http.server P`: /ready waits for the app, curl gets
+    through, SIGTERM reaches the app, and Tandem exits with the app's code."""
+    (tmp_path / "hello.txt").write_text("hello from the app\n")
+    app, inbound, outbound = free_port(), free_port(), free_port()
+    admin = free_port()
+    t = tandem("", args=[
+        "--app-port", str(app), "--inbound", f"127.0.0.1:{inbound}", "--outbound", f"127.0.0.1:{outbound}",
+        "--admin", f"127.0.0.1:{admin}", "--", sys.executable, "-m", "http.server", str(app), "--bind", "127.0.0.1",
+        "--directory", str(tmp_path)], wait_ready=False)
+    t.admin_port = admin
+    t.wait_ready(15)
+    r = run(["curl", "-s", "--max-time", "10", f"http://127.0.0.1:{inbound}/hello.txt"])
+    assert r.stdout == "hello from the app\n"
+    r = run(["curl", "-s", "--max-time", "10", "--proxy", f"http://127.0.0.1:{outbound}", "http://app/hello.txt"])
+    assert r.stdout == "hello from the app\n", "the outbound forward proxy reaches the app upstream"
+    t.signal(signal.SIGTERM)
+    # python's http.server dies of SIGTERM: 128 + 15.
+    assert t.wait(20) == 143
+
+
+def test_exit_code_of_the_app_propagates(tandem):
+    """When the app exits on its own, Tandem drains and exits with the app's code."""
+    admin, inbound, outbound = free_port(), free_port(), free_port()
+    t = tandem("", args=[
+        "--app-port", str(free_port()), "--inbound", f"127.0.0.1:{inbound}", "--outbound", f"127.0.0.1:{outbound}",
+        "--admin", f"127.0.0.1:{admin}", "--", sys.executable, "-c", "import time; time.sleep(0.5); raise SystemExit(3)"],
+        wait_ready=False)
+    assert t.wait(20) == 3
+
+
+def test_ready_waits_for_the_app(tandem):
+    """Supervising an app that never listens: /live is 200, /ready stays 503 naming the app."""
+    admin, inbound, outbound = free_port(), free_port(), free_port()
+    t = tandem("", args=[
+        "--app-port", str(free_port()), "--inbound", f"127.0.0.1:{inbound}", "--outbound", f"127.0.0.1:{outbound}",
+        "--admin", f"127.0.0.1:{admin}", "--", sys.executable, "-c", "import time; time.sleep(30)"],
+        wait_ready=False)
+    url = f"http://127.0.0.1:{admin}"
+    wait_for(lambda: httpx.get(f"{url}/live", timeout=1).status_code == 200, 10, "/live")
+    r = httpx.get(f"{url}/ready", timeout=1)
+    assert (r.status_code, r.text) == (503, "not ready: app not accepting connections yet\n")
+    t.signal(signal.SIGTERM)
+    assert t.wait(20) == 143
+
+
+def test_bad_config_exits_64_and_port_conflict_exits_1(tmp_path):
+    """A broken file stops `run` with the same errors as `check`; a taken port names the listener."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listeners: {}\n")
+    r = run([TANDEM_BIN, "run", "-c", str(bad)])
+    assert r.returncode == 64 and "listeners: no listeners" in r.stderr
+    taken = free_port()
+    s = socket.socket()
+    s.bind(("127.0.0.1", taken))
+    s.listen(1)
+    cfg = tmp_path / "conflict.yaml"
+    cfg.write_text(f"admin: {{ address: 127.0.0.1:{free_port()} }}\nlisteners:\n  inbound: {{ address: 127.0.0.1:{taken}, upstream: app }}\nupstreams:\n  app: {{ endpoints: [127.0.0.1:1] }}\n")
+    r = run([TANDEM_BIN, "run", "-c", str(cfg)])
+    s.close()
+    assert r.returncode == 1
+    assert f'cannot bind listener "inbound" on 127.0.0.1:{taken}' in r.stderr, r.stderr
