@@ -108,6 +108,14 @@ impl<T> FramingGuard<T> {
                             return;
                         }
                     }
+                    // Fast path: a whole head inside this read is parsed in place, uncopied.
+                    if self.line.is_empty() {
+                        if let Some(end) = find_head_end(data, 0) {
+                            self.state = self.on_head(&data[..end]);
+                            data = &data[end..];
+                            continue;
+                        }
+                    }
                     let before = self.line.len();
                     self.line.extend_from_slice(data);
                     match find_head_end(&self.line, before.saturating_sub(3)) {
@@ -175,8 +183,15 @@ impl<T> FramingGuard<T> {
     fn on_head(&mut self, head: &[u8]) -> State {
         let index = self.heads;
         self.heads += 1;
-        let mut fields = vec![httparse::EMPTY_HEADER; self.max_headers.min(512)];
-        let mut req = httparse::Request::new(&mut fields);
+        let mut fields = [httparse::EMPTY_HEADER; 128];
+        let mut spill;
+        let fields: &mut [httparse::Header<'_>] = if self.max_headers <= fields.len() {
+            &mut fields[..self.max_headers]
+        } else {
+            spill = vec![httparse::EMPTY_HEADER; self.max_headers.min(1024)];
+            &mut spill
+        };
+        let mut req = httparse::Request::new(fields);
         if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
             return State::Off;
         }
