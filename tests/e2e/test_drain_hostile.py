@@ -121,3 +121,38 @@ def test_hostile_input_is_refused_and_tandem_keeps_serving(tandem, http_backend)
     r = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
     assert (r.status_code, r.text) == (200, "ok")
     assert t.p.poll() is None
+
+
+def test_connection_bound_queues_extra_connections(tandem, http_backend):
+    """With max_connections: 2, a third connection is not served while two are open, and is
+    served as soon as one closes (it waited in the backlog, nothing was dropped)."""
+    port = free_port()
+    tandem(config(port, http_backend, extra="limits: { max_connections: 2 }"))
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    for s in held:
+        s.sendall(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    third = socket.create_connection(("127.0.0.1", port), timeout=5)
+    third.sendall(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    third.settimeout(0.7)
+    try:
+        early = third.recv(4096)
+    except socket.timeout:
+        early = b""
+    assert early == b"", "served beyond max_connections"
+    held[0].close()
+    third.settimeout(5)
+    assert third.recv(4096).startswith(b"HTTP/1.1 200")
+    third.close()
+    held[1].close()
+
+
+def test_upstream_speaking_garbage_is_502_upstream_protocol(tandem, start_backend):
+    """An upstream that answers with something that is not HTTP gets 502 upstream_protocol."""
+    echo = free_port()
+    start_backend("tcp_echo.py", echo)  # echoes the request line back: not a status line
+    port = free_port()
+    tandem(config(port, f"127.0.0.1:{echo}"))
+    r = httpx.get(f"http://127.0.0.1:{port}/x", timeout=10)
+    assert (r.status_code, r.headers["tandem-error"]) == (502, "upstream_protocol"), r.text
+    assert f"upstream `app` (127.0.0.1:{echo})" in r.text
