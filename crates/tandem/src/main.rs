@@ -15,6 +15,7 @@ use tandem_config::{Address, Config};
 
 // A proxy allocates and frees many small buffers per request; mimalloc's thread-local free lists
 // cost less CPU per request than glibc's malloc here (see docs/benchmarks.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
