@@ -7,7 +7,6 @@
 //! - `CONNECT NAME:port` on a forward-proxy listener: a tunnel to an endpoint of upstream `NAME`
 //!   (only configured upstreams: Tandem is never an open proxy).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -26,10 +25,11 @@ use crate::route::{request_host, RequestFacts};
 use crate::stack::{ListenerStack, RouteTarget};
 use crate::tcp;
 
-/// Handles one request received on `stack`'s listener from `peer`.
+/// Handles one request received on `stack`'s listener; `forwarded` describes the client
+/// connection (rendered once per connection).
 pub async fn handle(
     stack: Arc<ListenerStack>,
-    peer: Option<SocketAddr>,
+    forwarded: &headers::Forwarded,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
@@ -65,7 +65,7 @@ pub async fn handle(
     let result = if req.method() == Method::CONNECT {
         connect_tunnel(&stack, &target, req).await
     } else {
-        proxy(&stack, &target, peer, req).await
+        proxy(&stack, &target, forwarded, req).await
     };
     let res = match result {
         Ok(res) => res,
@@ -123,7 +123,7 @@ fn select_target<'a>(
 async fn proxy(
     stack: &ListenerStack,
     target: &RouteTarget,
-    peer: Option<SocketAddr>,
+    forwarded: &headers::Forwarded,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upstream = &target.upstream;
@@ -150,7 +150,7 @@ async fn proxy(
     // the upstream sees a plain request.
     parts.headers.remove(header::EXPECT);
     if stack.direction == Direction::Inbound {
-        headers::add_forwarded(&mut parts.headers, peer, "http");
+        forwarded.apply(&mut parts.headers);
     }
     let path_and_query = parts
         .uri

@@ -29,22 +29,26 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop fields in place. With `keep_upgrade`, `upgrade` and a `connection: upgrade`
 /// survive so an upgrade (WebSocket) reaches the upstream.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Fields named by `connection` are hop-by-hop too; collect them before removing it.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(connection_tokens)
-            .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            // Never let a client strip the fields that frame the request.
-            if name != header::CONTENT_LENGTH && name != header::HOST {
-                headers.remove(&name);
+    // Fields named by `connection` are hop-by-hop too. The common case is one `connection` value
+    // naming no extra field (`keep-alive`, `close`), handled without allocating.
+    match headers.get_all(header::CONNECTION).iter().count() {
+        0 => {}
+        1 => {
+            if let Some(v) = headers.remove(header::CONNECTION) {
+                remove_named(headers, &v, keep_upgrade);
             }
         }
-        headers.remove(header::CONNECTION);
+        _ => {
+            let values: Vec<HeaderValue> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .cloned()
+                .collect();
+            headers.remove(header::CONNECTION);
+            for v in &values {
+                remove_named(headers, v, keep_upgrade);
+            }
+        }
     }
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
@@ -55,14 +59,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(header::UPGRADE);
     }
     if let Some(te) = headers.get(header::TE) {
-        let trailers_only = te
+        let trailers = te
             .to_str()
             .map(|v| {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             })
             .unwrap_or(false);
-        if trailers_only {
+        if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         } else {
             headers.remove(header::TE);
@@ -70,27 +74,83 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Removes the fields one `connection` value names.
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, keep_upgrade: bool) {
+    for token in connection_tokens(connection) {
+        let framing =
+            token.eq_ignore_ascii_case("content-length") || token.eq_ignore_ascii_case("host");
+        let kept = keep_upgrade && token.eq_ignore_ascii_case("upgrade");
+        // Never let a client strip the fields that frame or address the request.
+        if framing
+            || kept
+            || token.eq_ignore_ascii_case("keep-alive")
+            || token.eq_ignore_ascii_case("close")
+        {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The forwarding identity of one downstream connection, rendered once per connection rather
+/// than per request.
+#[derive(Clone, Debug)]
+pub struct Forwarded {
+    /// `for=...;proto=...` (RFC 7239).
+    forwarded: HeaderValue,
+    /// The client IP for `x-forwarded-for`; `None` for Unix socket peers.
+    ip: Option<HeaderValue>,
+    proto: &'static str,
+}
+
+impl Forwarded {
+    /// Renders the values for a connection from `peer` (`None`: a Unix socket peer).
+    pub fn new(peer: Option<SocketAddr>, proto: &'static str) -> Self {
+        let node = match peer {
+            Some(SocketAddr::V4(a)) => a.ip().to_string(),
+            Some(SocketAddr::V6(a)) => format!("\"[{}]\"", a.ip()),
+            None => "unknown".to_owned(),
+        };
+        let forwarded = HeaderValue::from_str(&format!("for={node};proto={proto}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("for=unknown"));
+        let ip = peer.and_then(|p| HeaderValue::from_str(&p.ip().to_string()).ok());
+        Forwarded {
+            forwarded,
+            ip,
+            proto,
+        }
+    }
+
+    /// Adds `forwarded`, `x-forwarded-for` and `x-forwarded-proto` to a request's headers,
+    /// appending to what a previous proxy set.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.append(header::FORWARDED, self.forwarded.clone());
+        if let Some(ip) = &self.ip {
+            let joined = headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|prev| prev.to_str().ok())
+                .and_then(|prev| ip.to_str().ok().map(|ip| format!("{prev}, {ip}")));
+            match joined {
+                Some(v) => {
+                    if let Ok(v) = HeaderValue::from_str(&v) {
+                        headers.insert(&X_FORWARDED_FOR, v);
+                    }
+                }
+                None => {
+                    headers.insert(&X_FORWARDED_FOR, ip.clone());
+                }
+            }
+        }
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(self.proto));
+    }
+}
+
 /// Adds `forwarded`, `x-forwarded-for` and `x-forwarded-proto` for a request received from `peer`
 /// (`None` for a Unix socket peer, which has no address to report).
 pub fn add_forwarded(headers: &mut HeaderMap, peer: Option<SocketAddr>, proto: &'static str) {
-    let node = match peer {
-        Some(SocketAddr::V4(a)) => a.ip().to_string(),
-        Some(SocketAddr::V6(a)) => format!("\"[{}]\"", a.ip()),
-        None => "unknown".to_owned(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&format!("for={node};proto={proto}")) {
-        headers.append(header::FORWARDED, v);
-    }
-    if let Some(ip) = peer.map(|p| p.ip()) {
-        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(&X_FORWARDED_FOR, v);
-        }
-    }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    Forwarded::new(peer, proto).apply(headers);
 }
 
 fn connection_tokens(v: &HeaderValue) -> impl Iterator<Item = &str> {
@@ -132,7 +192,9 @@ mod tests {
             ("x-app", "kept"),
         ]);
         remove_hop_by_hop(&mut h, false);
-        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        // HeaderMap's iteration order after removals is unspecified: compare as a set.
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
         assert_eq!(names, ["content-length", "x-app"]);
     }
 

@@ -17,6 +17,7 @@ use tandem_config::ListenerProtocol;
 use tokio_util::task::TaskTracker;
 
 use crate::framing::{FramingFlag, FramingGuard};
+use crate::headers::Forwarded;
 use crate::listen::{accept_loop, BoundListener, DrainWatch};
 use crate::stack::ListenerStack;
 use crate::{forward, tcp};
@@ -42,7 +43,7 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
                 });
             }
             ListenerProtocol::Http => {
-                let peer = accepted.peer;
+                let forwarded = Arc::new(Forwarded::new(accepted.peer, "http"));
                 let svc_stack = stack.clone();
                 let flag = Arc::new(FramingFlag::default());
                 let io = FramingGuard::new(
@@ -53,13 +54,14 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
                 );
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let stack = svc_stack.clone();
+                    let forwarded = forwarded.clone();
                     let ambiguous =
                         req.version() != http::Version::HTTP_2 && flag.next_request_conflicts();
                     async move {
                         if ambiguous {
                             return Ok::<_, Infallible>(forward::reject_framing(&stack));
                         }
-                        Ok(forward::handle(stack, peer, req).await)
+                        Ok(forward::handle(stack, &forwarded, req).await)
                     }
                 });
                 let conn = builder
