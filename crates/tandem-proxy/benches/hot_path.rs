@@ -1,7 +1,12 @@
 //! Criterion benches for the per-request hot functions: route matching and header rewriting.
 //!
-//! Run: `cargo bench -p tandem-proxy --bench hot_path`. Figures and machine go in
-//! `docs/benchmarks.md`; whole-proxy numbers come from `../shared/bench/`.
+//! Run: `cargo bench -p tandem-proxy --bench hot_path`. Whole-proxy numbers come from
+//! `bench/run.sh` (the shared harness); both are recorded in `docs/benchmarks.md`.
+//!
+//! 2026-11-22, 2-vCPU AMD EPYC KVM guest, rustc 1.95: route match 44 ns (1 route), 46 ns (11),
+//! 157 ns (101, match last): linear scan is fine at sidecar scale. Hop-by-hop removal plus
+//! forwarded headers on 10 typical headers: 0.92 µs (1.04 µs before rendering `forwarded` once per
+//! connection).
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
