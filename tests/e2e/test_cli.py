@@ -70,17 +70,24 @@ def test_config_default_checks_and_schema_is_json(tmp_path):
     assert v.returncode == 0 and v.stdout.startswith("tandem ")
 
 
+def supervise(tandem, app_port, app_command):
+    """`tandem run` with the embedded default on free ports, supervising `app_command`.
+    Returns the Tandem and its (inbound, outbound) ports; the admin URL is `t.admin`."""
+    admin, inbound, outbound = free_port(), free_port(), free_port()
+    t = tandem("", args=[
+        "--app-port", str(app_port), "--inbound", f"127.0.0.1:{inbound}", "--outbound", f"127.0.0.1:{outbound}",
+        "--admin", f"127.0.0.1:{admin}", "--", *app_command], wait_ready=False)
+    t.admin_port = admin
+    return t, inbound, outbound
+
+
 def test_embedded_default_runs_a_real_app(tandem, tmp_path):
     """`tandem run --app-port P -- python3 -m http.server P`: /ready waits for the app, curl gets
     through, SIGTERM reaches the app, and Tandem exits with the app's code."""
     (tmp_path / "hello.txt").write_text("hello from the app\n")
-    app, inbound, outbound = free_port(), free_port(), free_port()
-    admin = free_port()
-    t = tandem("", args=[
-        "--app-port", str(app), "--inbound", f"127.0.0.1:{inbound}", "--outbound", f"127.0.0.1:{outbound}",
-        "--admin", f"127.0.0.1:{admin}", "--", sys.executable, "-m", "http.server", str(app), "--bind", "127.0.0.1",
-        "--directory", str(tmp_path)], wait_ready=False)
-    t.admin_port = admin
+    app = free_port()
+    t, inbound, outbound = supervise(tandem, app, [
+        sys.executable, "-m", "http.server", str(app), "--bind", "127.0.0.1", "--directory", str(tmp_path)])
     t.wait_ready(15)
     r = run(["curl", "-s", "--max-time", "10", f"http://127.0.0.1:{inbound}/hello.txt"])
     assert r.stdout == "hello from the app\n"
@@ -93,24 +100,15 @@ def test_embedded_default_runs_a_real_app(tandem, tmp_path):
 
 def test_exit_code_of_the_app_propagates(tandem):
     """When the app exits on its own, Tandem drains and exits with the app's code."""
-    admin, inbound, outbound = free_port(), free_port(), free_port()
-    t = tandem("", args=[
-        "--app-port", str(free_port()), "--inbound", f"127.0.0.1:{inbound}", "--outbound", f"127.0.0.1:{outbound}",
-        "--admin", f"127.0.0.1:{admin}", "--", sys.executable, "-c", "import time; time.sleep(0.5); raise SystemExit(3)"],
-        wait_ready=False)
+    t, _, _ = supervise(tandem, free_port(), [sys.executable, "-c", "import time; time.sleep(0.5); raise SystemExit(3)"])
     assert t.wait(20) == 3
 
 
 def test_ready_waits_for_the_app(tandem):
     """Supervising an app that never listens: /live is 200, /ready stays 503 naming the app."""
-    admin, inbound, outbound = free_port(), free_port(), free_port()
-    t = tandem("", args=[
-        "--app-port", str(free_port()), "--inbound", f"127.0.0.1:{inbound}", "--outbound", f"127.0.0.1:{outbound}",
-        "--admin", f"127.0.0.1:{admin}", "--", sys.executable, "-c", "import time; time.sleep(30)"],
-        wait_ready=False)
-    url = f"http://127.0.0.1:{admin}"
-    wait_for(lambda: httpx.get(f"{url}/live", timeout=1).status_code == 200, 10, "/live")
-    r = httpx.get(f"{url}/ready", timeout=1)
+    t, _, _ = supervise(tandem, free_port(), [sys.executable, "-c", "import time; time.sleep(30)"])
+    wait_for(lambda: httpx.get(f"{t.admin}/live", timeout=1).status_code == 200, 10, "/live")
+    r = httpx.get(f"{t.admin}/ready", timeout=1)
     assert (r.status_code, r.text) == (503, "not ready: app not accepting connections yet\n")
     t.signal(signal.SIGTERM)
     assert t.wait(20) == 143
