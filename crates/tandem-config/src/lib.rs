@@ -66,7 +66,8 @@ pub fn parse(source: &str, text: &str) -> Result<Config, ConfigErrors> {
     let raw: raw::RawConfig = if text.trim().is_empty() {
         raw::RawConfig::default()
     } else {
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors(vec![serde_error(source, &e)]))?
+        serde_yaml_ng::from_str(text)
+            .map_err(|e| ConfigErrors(vec![serde_error(source, text, &e)]))?
     };
     check::check(source, raw).map_err(|problems| {
         let lines = lines::Lines::index(text);
@@ -102,7 +103,7 @@ pub fn json_schema() -> String {
 
 /// Turns serde_yaml_ng's error (`path: message at line L column C`) into a [`ConfigError`] with a
 /// hint; unknown keys get the closest known key.
-fn serde_error(source: &str, e: &serde_yaml_ng::Error) -> ConfigError {
+fn serde_error(source: &str, yaml: &str, e: &serde_yaml_ng::Error) -> ConfigError {
     let full = e.to_string();
     let text = match full.find(" at line ") {
         Some(i) => &full[..i],
@@ -150,7 +151,12 @@ fn serde_error(source: &str, e: &serde_yaml_ng::Error) -> ConfigError {
     };
     ConfigError {
         file: source.to_owned(),
-        line: e.location().map(|l| l.line()),
+        // The parser places errors at end of input on the line after the last one; point at the
+        // last line instead (found by the `config` fuzz target). YAML breaks lines at \n, \r\n, \r.
+        line: e.location().map(|l| {
+            let last = yaml.replace("\r\n", "\n").matches(['\n', '\r']).count() + 1;
+            l.line().min(last)
+        }),
         key,
         message,
         hint,

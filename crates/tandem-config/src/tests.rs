@@ -100,6 +100,13 @@ fn syntax_error_has_line() {
     assert!(e[0].line.is_some(), "{}", e[0]);
 }
 
+/// An error at the end of input points at the last line, not one past it (fuzz finding).
+#[test]
+fn end_of_input_error_stays_in_the_file() {
+    let e = errors("?\n!");
+    assert_eq!(e[0].line, Some(2), "{}", e[0]);
+}
+
 /// Listener rules: shared addresses, tcp listeners, listeners that would 404 everything.
 #[test]
 fn listener_rules() {

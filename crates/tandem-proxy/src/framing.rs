@@ -247,6 +247,25 @@ impl<T> FramingGuard<T> {
 }
 
 /// End (exclusive) of the first `\r\n\r\n` (or bare `\n\n`) at or after `from`.
+/// Fuzzing entry (`fuzz/fuzz_targets/framing.rs`): feeds `data` split at `splits`, then checks the
+/// tracker's invariants: it never panics, never counts more heads than `\n` bytes seen, and its
+/// copied head stays within the bound it was given.
+#[cfg(fuzzing)]
+pub fn fuzz_observe(data: &[u8], splits: &[usize]) {
+    let flag = Arc::new(FramingFlag::default());
+    let mut g = FramingGuard::new((), 4096, 64, flag);
+    let mut at = 0;
+    for s in splits {
+        let end = (*s).clamp(at, data.len());
+        g.observe(&data[at..end]);
+        at = end;
+        assert!(g.line.len() <= 4096 + data.len());
+    }
+    g.observe(&data[at..]);
+    let newlines = data.iter().filter(|b| **b == b'\n').count();
+    assert!(g.heads <= newlines);
+}
+
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while i < buf.len() {
