@@ -138,3 +138,14 @@ upstreams:
         assert h.get(url, headers={"host": "api.example.com"}).json()["server"] == "a"
         assert h.post(url, headers={"host": "example.com"}).json()["server"] == "a"
         assert h.post(url, headers={"host": "api.example.com", "x-canary": "1"}).json()["server"] == "c"
+
+
+def test_http2_client_to_http1_only_app_explains_the_fix(tandem, http_backend):
+    """With `protocol: auto`, an h2c client makes Tandem speak HTTP/2 to the app; an HTTP/1.1-only
+    app then gets 502 upstream_protocol with a body that names the setting to change."""
+    port = free_port()
+    tandem(inbound_config(port, http_backend, protocol="auto"))
+    r = run(["curl", "-s", "-i", "--max-time", "10", "--http2-prior-knowledge", f"http://127.0.0.1:{port}/x"])
+    assert r.stdout.startswith("HTTP/2 502"), r.stdout
+    assert "tandem-error: upstream_protocol" in r.stdout
+    assert "set `protocol: http1` on this upstream" in r.stdout

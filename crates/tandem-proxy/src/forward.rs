@@ -285,6 +285,26 @@ fn downstream_authority(
 /// Maps a client error to the [`ErrorKind`] the user sees.
 fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     use std::error::Error as _;
+    // An HTTP/2 framing error Tandem detected (not one the upstream reported) means the upstream
+    // does not speak HTTP/2 at all: usually an HTTP/1.1-only app behind `protocol: auto`.
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+            let framing = matches!(
+                h2e.reason(),
+                Some(h2::Reason::FRAME_SIZE_ERROR | h2::Reason::PROTOCOL_ERROR)
+            );
+            if framing && !h2e.is_remote() {
+                return ProxyError::new(
+                    ErrorKind::UpstreamProtocol,
+                    format!(
+                        "the upstream did not answer in HTTP/2 ({h2e}); if it speaks only HTTP/1.1, set `protocol: http1` on this upstream"
+                    ),
+                );
+            }
+        }
+        source = s.source();
+    }
     let mut source = e.source();
     while let Some(s) = source {
         if let Some(ce) = s.downcast_ref::<ConnectError>() {
