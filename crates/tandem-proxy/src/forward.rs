@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -152,22 +152,19 @@ async fn proxy(
     if stack.direction == Direction::Inbound {
         forwarded.apply(&mut parts.headers);
     }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| {
-            at(ProxyError::new(
-                ErrorKind::BadRequest,
-                format!("invalid request target: {e}"),
-            ))
-        })?;
+    // Reuse the parsed path and query; only scheme and authority change (they key the pool).
+    let mut target_uri = std::mem::take(&mut parts.uri).into_parts();
+    target_uri.scheme = Some(Scheme::HTTP);
+    target_uri.authority = Some(authority.clone());
+    if target_uri.path_and_query.is_none() {
+        target_uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(target_uri).map_err(|e| {
+        at(ProxyError::new(
+            ErrorKind::BadRequest,
+            format!("invalid request target: {e}"),
+        ))
+    })?;
     if use_h2 {
         parts.version = Version::HTTP_2;
         // HTTP/2 carries the authority in `:authority`, taken from the URI.
