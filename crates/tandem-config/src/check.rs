@@ -2,7 +2,7 @@
 //!
 //! Pure: no files, sockets or clocks. Lines are attached by the caller from the key path.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -232,25 +232,30 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
             "add one, e.g. listeners: { inbound: { address: 0.0.0.0:7080, upstream: app } }",
         );
     }
-    let mut addresses: HashMap<Address, String> = HashMap::new();
-    addresses.insert(admin.clone(), "admin".into());
+    // Addresses already taken, with who took them, to catch two sockets that cannot both bind.
+    let mut taken: Vec<(Address, String)> = vec![(admin.clone(), "admin".into())];
     let mut listeners = Vec::with_capacity(raw.listeners.len());
     for (name, l) in &raw.listeners {
         let key = format!("listeners.{name}");
         check_name(&mut c, &key, name);
         let address = c.listen_address(&format!("{key}.address"), &l.address);
-        // Port 0 asks the OS for a free port, so two of them never collide.
-        if let Some(a) = address
-            .as_ref()
-            .filter(|a| !matches!(a, Address::Tcp(sa) if sa.port() == 0))
-        {
-            if let Some(other) = addresses.insert(a.clone(), format!("listener `{name}`")) {
+        if let Some(a) = &address {
+            if let Some((other_addr, other)) = taken.iter().find(|(t, _)| collides(a, t)) {
+                let message = if a == other_addr {
+                    format!("{a} is already used by {other}")
+                } else {
+                    format!(
+                        "{a} overlaps {other_addr} of {other}: a wildcard address (0.0.0.0, [::]) \
+                         takes the port on every interface"
+                    )
+                };
                 c.err(
                     format!("{key}.address"),
-                    format!("{a} is already used by {other}"),
-                    "give every listener and the admin API its own address",
+                    message,
+                    "give every listener and the admin API its own address (a different port)",
                 );
             }
+            taken.push((a.clone(), format!("listener `{name}`")));
         }
         let protocol = match l.protocol {
             Some(RawListenerProtocol::Tcp) => ListenerProtocol::Tcp,
@@ -358,31 +363,28 @@ fn check_name(c: &mut Checker, key: &str, name: &str) {
 fn check_match(c: &mut Checker, key: &str, m: &RawMatch) -> RouteMatch {
     let mut out = RouteMatch::default();
     if let Some(h) = &m.host {
-        let hkey = format!("{key}.host");
-        let lower = h.trim().to_ascii_lowercase();
-        let (wild, rest) = match lower.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, lower.as_str()),
-        };
-        let valid = !rest.is_empty()
-            && rest.split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !valid {
-            c.err(
-                &hkey,
+        match host_match(h) {
+            Ok(host) => out.host = Some(host),
+            Err(hint) => c.err(
+                format!("{key}.host"),
                 format!("`{h}` is not a host pattern"),
-                "use a host without port (api.example.com) or a leading wildcard (*.example.com)",
-            );
-        } else if wild {
-            out.host = Some(HostMatch::Suffix(format!(".{rest}")));
-        } else {
-            out.host = Some(HostMatch::Exact(rest.to_owned()));
+                hint,
+            ),
         }
     }
     if let Some(p) = &m.path {
         let pkey = format!("{key}.path");
         match (&p.exact, &p.prefix) {
+            // The query is not part of the path a request is matched on, so a `?` could never
+            // match; `#` never reaches a server at all.
+            (Some(v), None) | (None, Some(v)) if v.contains(['?', '#']) => c.err(
+                &pkey,
+                format!("`{v}` contains '?' or '#'; paths are matched without query or fragment"),
+                format!(
+                    "match the path only: \"{}\"",
+                    v.split(['?', '#']).next().unwrap_or("/")
+                ),
+            ),
             (Some(e), None) if e.starts_with('/') => out.path = Some(PathMatch::Exact(e.clone())),
             (None, Some(pre)) if pre.starts_with('/') => {
                 out.path = Some(PathMatch::Prefix(pre.clone()))
@@ -402,6 +404,17 @@ fn check_match(c: &mut Checker, key: &str, m: &RawMatch) -> RouteMatch {
                 format!("`{v}` does not start with '/'"),
                 format!("write it as \"/{}\"", v.trim_start_matches('/')),
             ),
+        }
+    }
+    if let Some(OneOrMany::Many(list)) = &m.method {
+        // An empty list reads as "no method allowed" but the model treats it as "any method";
+        // refuse the ambiguity rather than guess.
+        if list.is_empty() {
+            c.err(
+                format!("{key}.method"),
+                "the method list is empty",
+                "remove `method` to match every method, or list some: [GET, HEAD]",
+            );
         }
     }
     if let Some(methods) = &m.method {
@@ -444,6 +457,70 @@ fn check_match(c: &mut Checker, key: &str, m: &RawMatch) -> RouteMatch {
         }
     }
     out
+}
+
+/// Parses a host pattern: `api.example.com` or `*.example.com`, lower-cased. The error is a hint.
+fn host_match(pattern: &str) -> Result<HostMatch, String> {
+    let lower = pattern.trim().to_ascii_lowercase();
+    if lower == "*" {
+        return Err("remove `host` to match every host".into());
+    }
+    if let Some((host, _)) = lower.split_once('/') {
+        return Err(format!(
+            "a host has no path: use host: {host} and put the path under `path: {{ prefix: ... }}`"
+        ));
+    }
+    if let Some((host, _)) = lower.rsplit_once(':') {
+        return Err(format!(
+            "remove the port: hosts are matched without it, e.g. `{host}`"
+        ));
+    }
+    let (wild, rest) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    if rest.contains('*') {
+        return Err("only the leftmost label may be a wildcard, as in *.example.com".into());
+    }
+    // Underscores are not valid in DNS host names but appear in container and compose names.
+    let valid = !rest.is_empty()
+        && rest.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        return Err(
+            "use a host name (api.example.com) or a leftmost wildcard (*.example.com)".into(),
+        );
+    }
+    Ok(if wild {
+        HostMatch::Suffix(format!(".{rest}"))
+    } else {
+        HostMatch::Exact(rest.to_owned())
+    })
+}
+
+/// Whether two listen addresses cannot both be bound: the same address, or the same TCP port where
+/// one side is a wildcard covering the other. Port 0 asks the OS for a free port, so it never
+/// collides.
+fn collides(a: &Address, b: &Address) -> bool {
+    match (a, b) {
+        (Address::Tcp(x), Address::Tcp(y)) => {
+            if x.port() != y.port() || x.port() == 0 {
+                return false;
+            }
+            let (xi, yi) = (x.ip(), y.ip());
+            // `[::]` also takes IPv4 on Linux (dual-stack, `bindv6only=0` is the default).
+            let covers = |w: std::net::IpAddr, o: std::net::IpAddr| {
+                w.is_unspecified() && (w.is_ipv6() || o.is_ipv4())
+            };
+            xi == yi || covers(xi, yi) || covers(yi, xi)
+        }
+        (Address::Unix(x), Address::Unix(y)) => x == y,
+        _ => false,
+    }
 }
 
 /// The candidate closest to `word` by edit distance, when close enough to be a typo.

@@ -1,7 +1,7 @@
 //! Tandem's configuration: one YAML file, small for the common case.
 //!
 //! The pipeline is `YAML text -> raw::RawConfig (serde, unknown keys rejected) -> check() -> Config`.
-//! [`check`] is pure: it reads no files, binds no sockets and loads no certificates, and it collects
+//! `check()` is pure: it reads no files, binds no sockets and loads no certificates, and it collects
 //! every error before failing. Each [`ConfigError`] names the file, the line, the key path and a fix.
 //!
 //! # Layout
@@ -10,6 +10,8 @@
 //!   the JSON Schema descriptions).
 //! - `check`: raw -> model, collecting errors.
 //! - `lines`: maps a key path (`listeners.inbound.routes[0].upstream`) to its line in the file.
+//! - `serde_error`: turns YAML syntax and type errors into [`ConfigError`]s with hints, and steps
+//!   over unknown keys so that checking can go on.
 //!
 //! The embedded default ([`DEFAULT_CONFIG`]) is what `tandem run` uses without `-c`.
 
@@ -17,6 +19,7 @@ mod check;
 mod lines;
 pub mod model;
 pub mod raw;
+mod serde_error;
 
 pub use model::*;
 
@@ -62,28 +65,54 @@ pub fn load_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Parses and checks configuration text; `source` names it in errors (usually the file path).
+///
+/// serde stops at the first error. An unknown key is the most common one and the easiest to step
+/// over, so in a copy of the text it is renamed to the known key it resembles, or cut out, with
+/// every other line kept where it was; then parsing resumes. A typo and, say, a bad upstream
+/// reference are reported in one run. Any other syntax or type error ends parsing there.
 pub fn parse(source: &str, text: &str) -> Result<Config, ConfigErrors> {
-    let raw: raw::RawConfig = if text.trim().is_empty() {
-        raw::RawConfig::default()
-    } else {
-        serde_yaml_ng::from_str(text)
-            .map_err(|e| ConfigErrors(vec![serde_error(source, text, &e)]))?
-    };
-    check::check(source, raw).map_err(|problems| {
-        let lines = lines::Lines::index(text);
-        let mut errors: Vec<ConfigError> = problems
-            .into_iter()
-            .map(|p| ConfigError {
+    // Bounds the work on a file made of nothing but typos; each pass fixes one key.
+    const MAX_SKIPPED_KEYS: usize = 50;
+    let mut errors = Vec::new();
+    let mut current = text.to_owned();
+    let mut raw = None;
+    for _ in 0..=MAX_SKIPPED_KEYS {
+        if current.trim().is_empty() {
+            raw = Some(raw::RawConfig::default());
+            break;
+        }
+        match serde_yaml_ng::from_str::<raw::RawConfig>(&current) {
+            Ok(r) => {
+                raw = Some(r);
+                break;
+            }
+            Err(e) => {
+                errors.push(serde_error::translate(source, &current, &e));
+                match serde_error::skip_unknown_key(&current, &e) {
+                    Some(next) => current = next,
+                    None => break,
+                }
+            }
+        }
+    }
+    let checked = raw.map(|raw| check::check(source, raw));
+    match checked {
+        Some(Ok(config)) if errors.is_empty() => return Ok(config),
+        Some(Err(problems)) => {
+            let lines = lines::Lines::index(&current);
+            errors.extend(problems.into_iter().map(|p| ConfigError {
                 file: source.to_owned(),
                 line: lines.line(&p.key),
                 key: p.key,
                 message: p.message,
                 hint: p.hint,
-            })
-            .collect();
-        errors.sort_by_key(|e| e.line.unwrap_or(0));
-        ConfigErrors(errors)
-    })
+            }));
+        }
+        // Checked fine but keys were skipped, or serde stopped for good: only serde's errors.
+        Some(Ok(_)) | None => {}
+    }
+    errors.sort_by_key(|e| e.line.unwrap_or(0));
+    Err(ConfigErrors(errors))
 }
 
 /// The embedded default, checked.
@@ -99,68 +128,6 @@ pub fn default_config() -> Config {
 pub fn json_schema() -> String {
     let schema = schemars::schema_for!(raw::RawConfig);
     serde_json::to_string_pretty(&schema).unwrap_or_else(|_| "{}".into())
-}
-
-/// Turns serde_yaml_ng's error (`path: message at line L column C`) into a [`ConfigError`] with a
-/// hint; unknown keys get the closest known key.
-fn serde_error(source: &str, yaml: &str, e: &serde_yaml_ng::Error) -> ConfigError {
-    let full = e.to_string();
-    let text = match full.find(" at line ") {
-        Some(i) => &full[..i],
-        None => full.as_str(),
-    };
-    let (key, message) = match text.split_once(": ") {
-        Some((k, m)) if !k.contains(' ') => (k.to_owned(), m.to_owned()),
-        _ => (String::new(), text.to_owned()),
-    };
-    let hint = if let Some(rest) = message.strip_prefix("unknown field `") {
-        let unknown = rest.split('`').next().unwrap_or("");
-        let expected: Vec<&str> = message
-            .split("expected ")
-            .nth(1)
-            .unwrap_or("")
-            .split('`')
-            .skip(1)
-            .step_by(2)
-            .collect();
-        match check::closest(unknown, expected.iter().copied()) {
-            Some(s) => format!(
-                "did you mean \"{s}\"? known keys here: {}",
-                expected.join(", ")
-            ),
-            None => format!("remove it; known keys here: {}", expected.join(", ")),
-        }
-    } else if message.starts_with("missing field") {
-        "add the missing key".to_owned()
-    } else if message.starts_with("unknown variant") {
-        "use one of the listed values".to_owned()
-    } else if message.starts_with("invalid type") {
-        "check the value's type against docs/config.md".to_owned()
-    } else {
-        "check the YAML syntax (indentation, colons, quotes) around this line".to_owned()
-    };
-    let key = if key.is_empty() {
-        key
-    } else if let Some(field) = message
-        .strip_prefix("unknown field `")
-        .and_then(|r| r.split('`').next())
-    {
-        format!("{key}.{field}")
-    } else {
-        key
-    };
-    ConfigError {
-        file: source.to_owned(),
-        // The parser places errors at end of input on the line after the last one; point at the
-        // last line instead (found by the `config` fuzz target). YAML breaks lines at \n, \r\n, \r.
-        line: e.location().map(|l| {
-            let last = yaml.replace("\r\n", "\n").matches(['\n', '\r']).count() + 1;
-            l.line().min(last)
-        }),
-        key,
-        message,
-        hint,
-    }
 }
 
 impl std::fmt::Display for ConfigError {

@@ -37,6 +37,11 @@ impl Lines {
         Lines { map: b.map }
     }
 
+    /// Whether `path` itself is in the file.
+    pub(crate) fn contains(&self, path: &str) -> bool {
+        self.map.contains_key(path)
+    }
+
     /// The line of `path`, or of its nearest ancestor that exists in the file.
     pub(crate) fn line(&self, path: &str) -> Option<usize> {
         let mut p = path;
@@ -72,7 +77,9 @@ impl MarkedEventReceiver for Builder {
                 let expecting_key = matches!(self.stack.last(), Some(Frame::Map { key: None, .. }));
                 if expecting_key {
                     if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
-                        self.map.entry(join(path, &value)).or_insert(line);
+                        // A key given twice maps to its second line: that is the one serde
+                        // reports as the duplicate, and the one to remove.
+                        self.map.insert(join(path, &value), line);
                         *key = Some(value);
                     }
                 } else if let Some(p) = self.value_path() {
@@ -129,5 +136,19 @@ mod tests {
         assert_eq!(l.line("listeners.inbound.routes[1].upstream"), Some(8));
         // Missing keys fall back to their parent.
         assert_eq!(l.line("listeners.inbound.routes[1].timeout"), Some(7));
+    }
+
+    /// A key given twice maps to its second occurrence, the one a duplicate error points at.
+    #[test]
+    fn duplicate_key_maps_to_second() {
+        let l = Lines::index("a:\n  b: 1\n  c: 2\n  b: 3\n");
+        assert_eq!(l.line("a.b"), Some(4));
+        assert_eq!(l.line("a.c"), Some(3));
+    }
+
+    /// Unparsable text gives no lines rather than wrong ones.
+    #[test]
+    fn syntax_error_gives_nothing() {
+        assert_eq!(Lines::index("a: [\n").line("a"), None);
     }
 }

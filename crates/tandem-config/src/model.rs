@@ -1,6 +1,6 @@
 //! The checked, typed configuration: what the rest of Tandem consumes.
 //!
-//! Every value here has passed [`crate::check`]: addresses parse, names resolve, durations are
+//! Every value here has passed `check()`: addresses parse, names resolve, durations are
 //! positive, matchers are well formed. Nothing in this module does I/O. `Serialize` gives the
 //! effective configuration for the admin API's `GET /config`.
 

@@ -1,9 +1,18 @@
 //! The YAML file as serde sees it. Every field is documented: these comments become the JSON
 //! Schema's descriptions (`tandem config schema`). Values that need checking with a line number
 //! (durations, addresses) stay strings here and are parsed by `check`.
+//!
+//! Every struct denies unknown fields, so a typo is an error with a "did you mean" hint instead of
+//! a setting silently ignored. Name maps (`listeners`, `upstreams`, `match.headers`) keep file
+//! order and reject a name given twice; serde's own maps would silently keep the last one.
+
+use std::fmt;
+use std::hash::Hash;
+use std::marker::PhantomData;
 
 use indexmap::IndexMap;
 use schemars::JsonSchema;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 /// A Tandem configuration file.
@@ -23,10 +32,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: Option<RawLimits>,
     /// Listeners by name. At least one.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_map")]
     pub listeners: IndexMap<String, RawListener>,
     /// Upstreams by name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_map")]
     pub upstreams: IndexMap<String, RawUpstream>,
 }
 
@@ -136,7 +145,7 @@ pub struct RawMatch {
     #[serde(default)]
     pub method: Option<OneOrMany>,
     /// Headers that must be present with exactly these values.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_map")]
     pub headers: IndexMap<String, String>,
 }
 
@@ -152,13 +161,15 @@ pub struct RawPathMatch {
     pub prefix: Option<String>,
 }
 
-/// One string or a list of strings.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(untagged)]
+/// One value or a list of values.
+// Deserialized by hand rather than `#[serde(untagged)]`: untagged enums buffer the value and lose
+// its key path, so a bad `method` was reported at `match` with "did not match any variant".
+#[derive(Debug, JsonSchema)]
+#[schemars(untagged)]
 pub enum OneOrMany {
-    /// One.
+    /// One value, e.g. GET.
     One(String),
-    /// Many.
+    /// A list of values, e.g. [GET, HEAD].
     Many(Vec<String>),
 }
 
@@ -205,4 +216,79 @@ pub struct RawPool {
     /// Most idle connections kept per endpoint (default 256).
     #[serde(default)]
     pub max_idle_per_endpoint: Option<usize>,
+}
+
+// === impl OneOrMany ===
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OneOrManyVisitor;
+
+        impl<'de> Visitor<'de> for OneOrManyVisitor {
+            type Value = OneOrMany;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(OneOrMany::One(v.to_owned()))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany::Many(items))
+            }
+        }
+
+        d.deserialize_any(OneOrManyVisitor)
+    }
+}
+
+/// A name map that keeps file order and refuses a name given twice.
+///
+/// The error text `duplicate name `NAME`` is matched by the serde error translation in `lib.rs`
+/// to build the key path and hint; keep them in step.
+fn unique_map<'de, D, K, V>(d: D) -> Result<IndexMap<K, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    K: Deserialize<'de> + Eq + Hash + fmt::Display,
+    V: Deserialize<'de>,
+{
+    struct UniqueVisitor<K, V>(PhantomData<(K, V)>);
+
+    impl<'de, K, V> Visitor<'de> for UniqueVisitor<K, V>
+    where
+        K: Deserialize<'de> + Eq + Hash + fmt::Display,
+        V: Deserialize<'de>,
+    {
+        type Value = IndexMap<K, V>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of names to values")
+        }
+
+        // `listeners:` with nothing after it is an empty map, so the checker can say what is
+        // missing ("no listeners") instead of reporting a type error.
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(IndexMap::new())
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = IndexMap::new();
+            while let Some(k) = map.next_key::<K>()? {
+                if out.contains_key(&k) {
+                    return Err(de::Error::custom(format_args!("duplicate name `{k}`")));
+                }
+                let v = map.next_value()?;
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+
+    d.deserialize_map(UniqueVisitor(PhantomData))
 }
