@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Runs Tandem's whole test suite, installing what it needs when missing:
-#   apt: curl, prometheus (promtool), nghttp2-client (h2load), python3-venv; a Python venv in .venv with tests/e2e/requirements.txt.
-# Usage: scripts/test.sh [--e2e-only] [pytest args...]     e.g. scripts/test.sh --e2e-only -k grpc
+# Runs Tandem's whole test suite from the repository root, installing what it needs when missing:
+#   apt: curl, prometheus (promtool), nghttp2-client (h2load), python3 + python3-venv, build-essential;
+#   a Python venv in .venv with tests/e2e/requirements.txt (re-installed when that file changes).
+# Phases: cargo fmt --check, clippy -D warnings, build, Rust tests (nextest when present), examples
+# through `tandem check`, then the end-to-end suite (pytest tests/e2e) against target/debug/tandem.
+#
+# Usage: scripts/test.sh [--e2e-only] [pytest args...]
+#   scripts/test.sh                      everything (what .ci/run runs)
+#   scripts/test.sh --e2e-only -k grpc   build the binary, then only the e2e tests matching "grpc"
+#   TANDEM_BIN=/path/to/tandem scripts/test.sh --e2e-only    e2e against a given binary (no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -9,55 +16,92 @@ root=$(pwd)
 e2e_only=0
 if [ "${1:-}" = "--e2e-only" ]; then e2e_only=1; shift; fi
 
-phase() { printf '\n=== %s ===\n' "$*"; }
+# --- phase bookkeeping: a summary of what ran, how long, and what failed, printed on exit ------
+summary=()
+current=""
+started=0
+phase() {
+  phase_end ok
+  current="$*"
+  started=$SECONDS
+  printf '\n=== %s ===\n' "$current"
+}
+phase_end() {
+  if [ -n "$current" ]; then summary+=("$(printf '%-6s %4ss  %s' "$1" "$((SECONDS - started))" "$current")"); fi
+  current=""
+}
+on_exit() {
+  local rc=$?
+  if [ $rc -eq 0 ]; then phase_end ok; else phase_end FAILED; fi
+  printf '\n=== summary ===\n'
+  printf '%s\n' "${summary[@]}"
+  [ $rc -eq 0 ] && echo "all phases passed" || echo "scripts/test.sh failed (exit $rc)"
+}
+trap on_exit EXIT
 
-# --- system packages -------------------------------------------------------------------------
+sudo_=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "not root and no sudo: cannot install missing packages" >&2; exit 1; }
+  sudo_="sudo"
+fi
+apt_updated=0
+apt_install() {
+  phase "installing $*"
+  if [ $apt_updated -eq 0 ]; then $sudo_ apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# --- system packages, only those missing ------------------------------------------------------
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v h2load >/dev/null || need+=(nghttp2-client)
-python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
-command -v cc >/dev/null || need+=(build-essential)
-if [ ${#need[@]} -gt 0 ]; then
-  phase "installing ${need[*]}"
-  sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
-  $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+command -v python3 >/dev/null || need+=(python3 python3-venv)
+command -v cc >/dev/null || need+=(build-essential pkg-config)
+if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 if ! command -v cargo >/dev/null && [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 
 # --- Python venv for the end-to-end clients ---------------------------------------------------
 req=tests/e2e/requirements.txt
 stamp=.venv/.requirements.sha
-if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$(sha256sum "$req" | cut -d' ' -f1)" ]; then
+want=$( (sha256sum "$req"; python3 --version) | sha256sum | cut -d' ' -f1)
+if ! .venv/bin/python -c '' 2>/dev/null || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   phase "python venv (.venv)"
-  python3 -m venv .venv
+  rm -rf .venv
+  if ! python3 -m venv .venv 2>/dev/null; then
+    # Debian's system python needs python3-venv (ensurepip) for this.
+    rm -rf .venv
+    apt_install python3-venv
+    phase "python venv (.venv)"
+    python3 -m venv .venv
+  fi
   .venv/bin/pip install -q --disable-pip-version-check -r "$req"
-  sha256sum "$req" | cut -d' ' -f1 > "$stamp"
+  echo "$want" > "$stamp"
 fi
 
-# --- Rust ------------------------------------------------------------------------------------
+# --- Rust -------------------------------------------------------------------------------------
 if [ $e2e_only -eq 0 ]; then
   phase "cargo fmt --check"
   cargo fmt --all --check
-  phase "cargo clippy"
+  phase "cargo clippy -D warnings"
   cargo clippy --workspace --all-targets --locked -- -D warnings
   phase "cargo build"
   cargo build --workspace --bins --locked
-  phase "Rust tests"
   if cargo nextest --version >/dev/null 2>&1; then
+    phase "Rust tests (cargo nextest)"
     cargo nextest run --workspace --locked --no-fail-fast
   else
+    phase "Rust tests (cargo test)"
     cargo test --workspace --locked --no-fail-fast
   fi
   phase "examples pass tandem check"
   for f in examples/*.yaml; do target/debug/tandem check -c "$f"; done
-else
+elif [ -z "${TANDEM_BIN:-}" ]; then
+  phase "cargo build -p tandem"
   cargo build -p tandem --locked
 fi
 
-# --- end to end ------------------------------------------------------------------------------
-phase "end-to-end tests (real binary, real clients)"
-export TANDEM_BIN="$root/target/debug/tandem"
-.venv/bin/python -m pytest tests/e2e -q "$@"
-phase "all tests passed"
+# --- end to end -------------------------------------------------------------------------------
+export TANDEM_BIN="${TANDEM_BIN:-$root/target/debug/tandem}"
+phase "end-to-end tests (pytest tests/e2e, $TANDEM_BIN)"
+.venv/bin/python -m pytest tests/e2e -q -rfE "$@"

@@ -1,6 +1,9 @@
 """Fixtures for the end-to-end suite: the real `tandem` binary (TANDEM_BIN), real backends as
 subprocesses, free ports, and teardown that always kills what a test started."""
 import os
+import re
+import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,13 +26,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+class GaveUp(Exception):
+    """Raised inside a polled condition to stop polling at once (e.g. the process died)."""
+
+
 def wait_for(cond, timeout=10.0, what="condition"):
+    """Polls `cond` every 20 ms until it is true; fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         try:
             if cond():
                 return
+        except GaveUp:
+            raise
         except Exception as e:  # noqa: BLE001 - polling tolerates transient failures
             last = e
         time.sleep(0.02)
@@ -40,27 +50,52 @@ class Proc:
     """A subprocess that prints `ready` when it serves; killed at teardown."""
 
     def __init__(self, args, env=None):
+        self.args = [str(a) for a in args]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="proc-", suffix=".log", delete=False)
         self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         deadline = time.monotonic() + 15
         line = ""
         while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.p.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
             line = self.p.stdout.readline()
             if "ready" in line or not line:
                 break
         if "ready" not in line:
+            err = self.log_text()
             self.stop()
-            raise RuntimeError(f"{args} did not start: {open(self.log.name).read()}")
+            raise RuntimeError(f"{args} did not start within 15s: {err}")
+
+    def log_text(self):
+        self.log.flush()
+        return open(self.log.name).read()
 
     def stop(self):
         if self.p.poll() is None:
             self.p.kill()
             self.p.wait(5)
+        self.p.stdout.close()
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report carries the stderr of every Tandem and backend it started."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.failed:
+        for i, t in enumerate(getattr(item, "_tandems", [])):
+            rep.sections.append((f"tandem #{i} stderr ({t.dir})", t.log()[-20000:]))
+        for p in getattr(item, "_procs", []):
+            rep.sections.append((f"backend {p.args[-1]} stderr", p.log_text()[-5000:]))
 
 
 @pytest.fixture
-def procs():
+def procs(request):
     started = []
+    request.node._procs = started
     yield started
     for p in started:
         p.stop()
@@ -81,14 +116,25 @@ def http_backend(procs):
 
 
 @pytest.fixture
+def h2_backend(procs):
+    """The same echo backend, also speaking HTTP/2 prior knowledge (h2c) on its port."""
+    port = free_port()
+    _backend(procs, "http_backend.py", port, {"BACKEND_H2": "1"})
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture
 def start_backend(procs):
     """start_backend(script, where, env=None) for tests that need several or unusual backends."""
     return lambda script, where, env=None: _backend(procs, script, where, env)
 
 
 class Tandem:
-    def __init__(self, config_text, args=(), env=None, wait_ready=True, workdir=None):
-        self.dir = Path(workdir or tempfile.mkdtemp(prefix="tandem-e2e-"))
+    """`tandem run -c <config_text in a fresh temp dir>` (an admin address on a free port is added
+    unless the text has one); waits for /ready unless told not to. Killed at teardown."""
+
+    def __init__(self, config_text, args=(), env=None, wait_ready=True):
+        self.dir = Path(tempfile.mkdtemp(prefix="tandem-e2e-"))
         self.admin_port = free_port()
         self.config = self.dir / "tandem.yaml"
         text = config_text
@@ -111,7 +157,7 @@ class Tandem:
     def wait_ready(self, timeout=10):
         def ready():
             if self.p.poll() is not None:
-                raise AssertionError(f"tandem exited with {self.p.returncode}: {self.log()}")
+                raise GaveUp(f"tandem exited with {self.p.returncode} before /ready: {self.log()}")
             return httpx.get(f"{self.admin}/ready", timeout=1).status_code == 200
 
         wait_for(ready, timeout, "tandem /ready")
@@ -133,8 +179,9 @@ class Tandem:
 
 
 @pytest.fixture
-def tandem():
+def tandem(request):
     started = []
+    request.node._tandems = started
 
     def start(config_text, **kw):
         t = Tandem(config_text, **kw)
@@ -144,6 +191,21 @@ def tandem():
     yield start
     for t in started:
         t.kill()
+        t.stderr.close()
+        shutil.rmtree(t.dir, ignore_errors=True)
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def metric(text, name, **labels):
+    """The value of the sample `name{labels}` in a Prometheus exposition (label order free), or None."""
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and m.group(1) == name and dict(_LABEL.findall(m.group(2) or "")) == labels:
+            return float(m.group(3))
+    return None
 
 
 def run(args, timeout=20, **kw):
