@@ -57,6 +57,40 @@ def test_check_unknown_key_suggests_the_right_one(tmp_path):
     assert 'did you mean "upstream"?' in r.stderr
 
 
+def test_check_reports_unknown_key_and_unknown_upstream_together(tmp_path):
+    """One file with a misspelt key (line 11) and a reference to a missing upstream (line 6):
+    `check` exits 64 and reports both, each at its own line, in one run."""
+    bad = tmp_path / "both.yaml"
+    bad.write_text(textwrap.dedent("""\
+        admin:
+          address: 127.0.0.1:7901
+        listeners:
+          inbound:
+            address: 127.0.0.1:7080
+            upstream: billing
+            routes:
+              - name: api
+                match: { path: { prefix: /api } }
+                upstream: app
+                timout: 5s
+        upstreams:
+          app:
+            endpoints: [127.0.0.1:8080]
+        """))
+    r = run([TANDEM_BIN, "check", "-c", str(bad)])
+    assert r.returncode == 64
+    assert f"{bad}:11: listeners.inbound.routes[0].timout: unknown field `timout`" in r.stderr, r.stderr
+    assert f"{bad}:6: listeners.inbound.upstream: unknown upstream `billing`" in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1] == f"{bad}: 2 error(s)", r.stderr
+
+
+def test_config_default_passes_check_through_a_pipe():
+    """`tandem config default | tandem check -c /dev/stdin` exits 0."""
+    r = run(["bash", "-o", "pipefail", "-c", f"'{TANDEM_BIN}' config default | '{TANDEM_BIN}' check -c /dev/stdin"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("/dev/stdin: ok ("), r.stdout
+
+
 def test_config_default_checks_and_schema_is_json(tmp_path):
     """`config default` prints a file `check` accepts; `config schema` is a JSON Schema."""
     r = run([TANDEM_BIN, "config", "default"])
@@ -68,6 +102,15 @@ def test_config_default_checks_and_schema_is_json(tmp_path):
     assert {"listeners", "upstreams", "admin"} <= set(schema["properties"])
     v = run([TANDEM_BIN, "--version"])
     assert v.returncode == 0 and v.stdout.startswith("tandem ")
+
+
+def alive(pid):
+    """True while `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def supervise(tandem, app_port, app_command):
@@ -93,9 +136,12 @@ def test_embedded_default_runs_a_real_app(tandem, tmp_path):
     assert r.stdout == "hello from the app\n"
     r = run(["curl", "-s", "--max-time", "10", "--proxy", f"http://127.0.0.1:{outbound}", "http://app/hello.txt"])
     assert r.stdout == "hello from the app\n", "the outbound forward proxy reaches the app upstream"
+    children = open(f"/proc/{t.p.pid}/task/{t.p.pid}/children").read().split()
+    assert len(children) == 1, f"one app child under tandem, found {children}"
     t.signal(signal.SIGTERM)
     # python's http.server dies of SIGTERM: 128 + 15.
     assert t.wait(20) == 143
+    wait_for(lambda: not alive(int(children[0])), 5, "the app child gone too")
 
 
 def test_exit_code_of_the_app_propagates(tandem):

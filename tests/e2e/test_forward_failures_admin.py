@@ -5,7 +5,7 @@ import socket
 import httpx
 import pytest
 
-from conftest import free_port, run
+from conftest import free_port, metric, run
 
 
 @pytest.fixture
@@ -69,6 +69,45 @@ def test_forward_proxy_reaches_upstream_by_name(outbound):
         assert r.status_code == 200 and r.json()["path"] == "/echo/2"
 
 
+def test_http_proxy_environment_variable(outbound, monkeypatch):
+    """An httpx client configured only by the HTTP_PROXY environment variable reaches `orders`."""
+    _, port, _ = outbound
+    for var in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    with httpx.Client(trust_env=True, timeout=10) as c:
+        r = c.post("http://orders/echo/env", content=b"payload")
+    assert r.status_code == 200
+    assert (r.json()["path"], r.json()["body_len"]) == ("/echo/env", 7)
+
+
+def test_raw_connect_443_tunnels_bytes_to_the_endpoint(outbound):
+    """`CONNECT orders:443` (what HTTPS_PROXY clients send) answers 200 and then carries raw bytes
+    to the upstream's endpoint whatever the port asked for; here an HTTP/1.1 request the app answers."""
+    _, port, _ = outbound
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"CONNECT orders:443 HTTP/1.1\r\nhost: orders:443\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            assert chunk, f"closed before the CONNECT answer: {head!r}"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 200"), head
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        assert rest == b"", "no bytes before the tunnel carries anything"
+        s.sendall(b"GET /echo/tunnel HTTP/1.1\r\nhost: orders\r\nconnection: close\r\n\r\n")
+        reply = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    info = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+    assert info["path"] == "/echo/tunnel"
+    assert "forwarded" not in dict(info["headers"]), "a tunnel carries bytes untouched"
+
+
 def test_connect_tunnel_to_configured_upstream(outbound):
     """CONNECT orders:80 opens a tunnel to the upstream's endpoint; unknown names are refused."""
     _, port, _ = outbound
@@ -113,10 +152,16 @@ def test_admin_endpoints_and_promtool(outbound):
     metrics = httpx.get(f"{t.admin}/metrics", timeout=5).text
     r = run(["promtool", "check", "metrics"], input=metrics)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert 'tandem_http_requests_total{listener="outbound",route="forward",upstream="orders",status_class="2xx"} 2' in metrics
-    assert 'tandem_proxy_errors_total{listener="outbound",upstream="refused",reason="connect_failed"} 1' in metrics
-    assert 'tandem_http_request_duration_seconds_count{listener="outbound",route="forward",upstream="orders"} 2' in metrics
-    assert 'tandem_connections_active{listener="outbound"}' in metrics
+    fwd = {"listener": "outbound", "route": "forward", "upstream": "orders"}
+    assert metric(metrics, "tandem_http_requests_total", **fwd, status_class="2xx") == 2
+    assert metric(metrics, "tandem_http_requests_total", listener="outbound", route="forward",
+                  upstream="refused", status_class="5xx") == 1
+    assert metric(metrics, "tandem_proxy_errors_total", listener="outbound", upstream="refused",
+                  reason="connect_failed") == 1
+    assert metric(metrics, "tandem_http_request_duration_seconds_count", **fwd) == 2
+    assert metric(metrics, "tandem_http_request_duration_seconds_bucket", **fwd, le="+Inf") == 2
+    assert 0 < metric(metrics, "tandem_http_request_duration_seconds_sum", **fwd) < 10
+    assert metric(metrics, "tandem_connections_active", listener="outbound") is not None
     om = httpx.get(f"{t.admin}/metrics", headers={"accept": "application/openmetrics-text"}, timeout=5)
     assert om.headers["content-type"].startswith("application/openmetrics-text")
     assert om.text.endswith("# EOF\n")

@@ -7,11 +7,12 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from conftest import free_port, run
+from conftest import free_port, metric, run
 
 
-@pytest.fixture
-def grpc_via_tandem(tandem, start_backend):
+@pytest.fixture(params=["http2", "auto"])
+def grpc_via_tandem(request, tandem, start_backend):
+    """A grpcio channel to Tandem, whose upstream is a grpcio server (`protocol: http2`, then `auto`)."""
     backend = free_port()
     start_backend("grpc_backend.py", backend)
     port = free_port()
@@ -23,7 +24,7 @@ listeners:
 upstreams:
   grpc:
     endpoints: [127.0.0.1:{backend}]
-    protocol: http2
+    protocol: {request.param}
 """)
     ch = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield ch
@@ -85,9 +86,17 @@ upstreams:
                 got.append(await asyncio.wait_for(ws.recv(), 10))
             await ws.send(b"\x00\x01binary")
             got.append(await asyncio.wait_for(ws.recv(), 10))
-            return got
+            # several in flight at once, answered in order
+            for i in range(10):
+                await ws.send(f"burst {i}")
+            for i in range(10):
+                got.append(await asyncio.wait_for(ws.recv(), 10))
+            await asyncio.wait_for(ws.close(), 10)
+            return got, ws.close_code
 
-    assert asyncio.run(go()) == ["hello", "tandem", "x" * 100_000, b"\x00\x01binary"]
+    got, close_code = asyncio.run(go())
+    assert got == ["hello", "tandem", "x" * 100_000, b"\x00\x01binary"] + [f"burst {i}" for i in range(10)]
+    assert close_code == 1000, "the server's close frame came back through Tandem"
 
 
 def test_tcp_listener_with_half_close(tandem, start_backend):
@@ -116,9 +125,17 @@ upstreams:
                 break
             got += chunk
     assert got == payload
+    # A second connection: the server's reply arrives before the client half-closes.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"ping")
+        assert s.recv(16) == b"ping"
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(16) == b"", "the server's close after our half-close reaches us"
     metrics = httpx.get(f"{t.admin}/metrics", timeout=5).text
-    assert f'tandem_tcp_received_bytes_total{{listener="db"}} {len(payload)}' in metrics
-    assert f'tandem_tcp_sent_bytes_total{{listener="db"}} {len(payload)}' in metrics
+    assert run(["promtool", "check", "metrics"], input=metrics).returncode == 0
+    payload += b"ping"
+    assert metric(metrics, "tandem_tcp_received_bytes_total", listener="db") == len(payload)
+    assert metric(metrics, "tandem_tcp_sent_bytes_total", listener="db") == len(payload)
 
 
 def test_unix_socket_listener_and_upstream(tandem, start_backend, tmp_path):

@@ -1,9 +1,11 @@
-"""HTTP/1.1 test backend (threaded, keep-alive) on TCP or a Unix socket.
+"""HTTP test backend (threaded, keep-alive) on TCP or a Unix socket. HTTP/1.1 always; with
+BACKEND_H2=1 also HTTP/2 prior knowledge (h2c) on the same port, told apart by the preface.
 
-Paths: /echo... -> JSON of what arrived (method, path, version, headers, body length);
-/sleep/MS -> 200 "slept" after MS ms; /__inflight -> how many sleeps are running; /status/N -> status N; /reset -> close without a response;
-/chunked -> a chunked response; anything else -> 200 "ok".
-Run: python http_backend.py PORT | unix:/path
+Paths: /echo... -> JSON of what arrived (method, path, version, headers, body length, server name);
+/sleep/MS -> 200 "slept" after MS ms; /__inflight -> how many sleeps are running; /status/N -> status N;
+/reset -> close without a response (HTTP/2: RST_STREAM); /chunked -> a chunked response (HTTP/2: the
+same bytes in three DATA frames); anything else -> 200 "ok".
+Run: python http_backend.py PORT | unix:/path      (env BACKEND_NAME names it in /echo, BACKEND_H2=1)
 """
 import json
 import os
@@ -14,9 +16,46 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
 INFLIGHT = 0
 LOCK = threading.Lock()
+H2 = os.environ.get("BACKEND_H2") == "1"
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def sleep_ms(ms):
+    global INFLIGHT
+    with LOCK:
+        INFLIGHT += 1
+    try:
+        time.sleep(ms / 1000)
+    finally:
+        with LOCK:
+            INFLIGHT -= 1
+
+
+def answer(method, path, version, headers, body):
+    """The reply for a request: (status, content-type, body) or None for "reset"."""
+    bare = path.split("?")[0]
+    if bare == "/__inflight":
+        return 200, "text/plain", str(INFLIGHT).encode()
+    if "/sleep/" in bare:
+        sleep_ms(int(bare.rsplit("/", 1)[1]))
+        return 200, "text/plain", b"slept"
+    if bare.startswith("/status/"):
+        return int(bare.split("/")[2]), "text/plain", b"status"
+    if bare == "/reset":
+        return None
+    if bare.startswith("/echo"):
+        info = {
+            "method": method,
+            "path": path,
+            "version": version,
+            "headers": headers,
+            "body_len": len(body),
+            "server": os.environ.get("BACKEND_NAME", ""),
+        }
+        return 200, "application/json", json.dumps(info).encode()
+    return 200, "text/plain", b"ok"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -39,36 +78,9 @@ class Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("content-length") or 0)
         return self.rfile.read(n) if n else b""
 
-    def _send(self, status, body, ctype="text/plain"):
-        self.send_response(status)
-        self.send_header("content-type", ctype)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
     def _handle(self):
-        path = self.path.split("?")[0]
         body = self._body()
-        global INFLIGHT
-        if path == "/__inflight":
-            return self._send(200, str(INFLIGHT).encode())
-        if "/sleep/" in path:
-            with LOCK:
-                INFLIGHT += 1
-            try:
-                time.sleep(int(path.rsplit("/", 1)[1]) / 1000)
-            finally:
-                with LOCK:
-                    INFLIGHT -= 1
-            return self._send(200, b"slept")
-        if path.startswith("/status/"):
-            return self._send(int(path.split("/")[2]), b"status")
-        if path == "/reset":
-            self.close_connection = True
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            self.connection.close()
-            return
-        if path == "/chunked":
+        if self.path.split("?")[0] == "/chunked":
             self.send_response(200)
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
@@ -76,22 +88,120 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
             return
-        if path.startswith("/echo"):
-            info = {
-                "method": self.command,
-                "path": self.path,
-                "version": self.request_version,
-                "headers": [[k.lower(), v] for k, v in self.headers.items()],
-                "body_len": len(body),
-                "server": os.environ.get("BACKEND_NAME", ""),
-            }
-            return self._send(200, json.dumps(info).encode(), "application/json")
-        return self._send(200, b"ok")
+        headers = [[k.lower(), v] for k, v in self.headers.items()]
+        reply = answer(self.command, self.path, self.request_version, headers, body)
+        if reply is None:
+            self.close_connection = True
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.connection.close()
+            return
+        status, ctype, out = reply
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
 
-class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+def is_h2(sock):
+    """Peeks (without consuming) until the bytes either are the HTTP/2 preface or cannot be."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        head = sock.recv(len(PREFACE), socket.MSG_PEEK)
+        if not head or not PREFACE.startswith(head):
+            return False
+        if len(head) == len(PREFACE):
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def serve_h2(sock):
+    """One HTTP/2 connection: each request is answered on its own thread (so /sleep overlaps)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, validate_inbound_headers=False))
+    wlock = threading.Lock()
+    streams = {}
+
+    def flush():
+        data = conn.data_to_send()
+        if data:
+            sock.sendall(data)
+
+    def respond(stream_id, req_headers, body):
+        pseudo = dict((k, v) for k, v in req_headers if k.startswith(":"))
+        if pseudo.get(":path", "").split("?")[0] == "/chunked":
+            reply = (200, "text/plain", None)
+        else:
+            reply = answer(pseudo.get(":method"), pseudo.get(":path"), "HTTP/2", [list(h) for h in req_headers], body)
+        with wlock:
+            try:
+                if reply is None:
+                    conn.reset_stream(stream_id)
+                else:
+                    status, ctype, out = reply
+                    if out is None:
+                        conn.send_headers(stream_id, [(":status", "200"), ("content-type", ctype)])
+                        for part in (b"one,", b"two,", b"three"):
+                            conn.send_data(stream_id, part)
+                        conn.end_stream(stream_id)
+                    else:
+                        conn.send_headers(stream_id, [(":status", str(status)), ("content-type", ctype),
+                                                      ("content-length", str(len(out)))])
+                        conn.send_data(stream_id, out, end_stream=True)
+                flush()
+            except Exception:  # noqa: BLE001 - the peer went away or reset the stream
+                pass
+
+    with wlock:
+        conn.initiate_connection()
+        flush()
+    while True:
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            return
+        if not data:
+            return
+        with wlock:
+            events = conn.receive_data(data)
+            for ev in events:
+                if isinstance(ev, h2.events.RequestReceived):
+                    hs = [(k.decode() if isinstance(k, bytes) else k, v.decode() if isinstance(v, bytes) else v)
+                          for k, v in ev.headers]
+                    streams[ev.stream_id] = (hs, bytearray())
+                elif isinstance(ev, h2.events.DataReceived):
+                    streams[ev.stream_id][1].extend(ev.data)
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    hs, body = streams.pop(ev.stream_id)
+                    threading.Thread(target=respond, args=(ev.stream_id, hs, bytes(body)), daemon=True).start()
+                elif isinstance(ev, h2.events.ConnectionTerminated):
+                    flush()
+                    return
+            flush()
+
+
+class Dispatch:
+    """Hands each connection to the HTTP/2 loop or to the HTTP/1.1 handler."""
+
+    def finish_request(self, request, client_address):
+        if H2 and is_h2(request):
+            serve_h2(request)
+        else:
+            Handler(request, client_address, self)
+
+
+class TCPServer(Dispatch, ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class UnixHTTPServer(Dispatch, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
     def get_request(self):
@@ -107,8 +217,7 @@ def main():
             os.unlink(path)
         server = UnixHTTPServer(path, Handler)
     else:
-        ThreadingHTTPServer.daemon_threads = True
-        server = ThreadingHTTPServer(("127.0.0.1", int(where)), Handler)
+        server = TCPServer(("127.0.0.1", int(where)), Handler)
     print("ready", flush=True)
     server.serve_forever()
 
