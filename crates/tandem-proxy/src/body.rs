@@ -8,13 +8,14 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
+
+use crate::pool::PooledBody;
 
 /// A downstream response body.
 #[derive(Debug)]
 pub enum ProxyBody {
     /// Streamed from the upstream, trailers included (gRPC status lives there).
-    Upstream(Incoming),
+    Upstream(PooledBody),
     /// Written by Tandem (errors, tunnels' empty bodies).
     Local(Full<Bytes>),
 }
@@ -31,8 +32,8 @@ impl ProxyBody {
     }
 }
 
-impl From<Incoming> for ProxyBody {
-    fn from(body: Incoming) -> Self {
+impl From<PooledBody> for ProxyBody {
+    fn from(body: PooledBody) -> Self {
         ProxyBody::Upstream(body)
     }
 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::body::ProxyBody;
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers;
-use crate::pool::ConnectError;
+use crate::pool::{ConnectError, SendError};
 use crate::route::{request_host, RequestFacts};
 use crate::stack::{ListenerStack, RouteTarget};
 use crate::tcp;
@@ -152,25 +152,28 @@ async fn proxy(
     if stack.direction == Direction::Inbound {
         forwarded.apply(&mut parts.headers);
     }
-    // Reuse the parsed path and query; only scheme and authority change (they key the pool).
-    let mut target_uri = std::mem::take(&mut parts.uri).into_parts();
-    target_uri.scheme = Some(Scheme::HTTP);
-    target_uri.authority = Some(authority.clone());
-    if target_uri.path_and_query.is_none() {
-        target_uri.path_and_query = Some(PathAndQuery::from_static("/"));
-    }
-    parts.uri = Uri::from_parts(target_uri).map_err(|e| {
-        at(ProxyError::new(
-            ErrorKind::BadRequest,
-            format!("invalid request target: {e}"),
-        ))
-    })?;
+    // Reuse the parsed path and query. HTTP/1.1 upstreams get origin form (`/path?query`) with
+    // `Host`; HTTP/2 carries scheme and authority in the URI (`:scheme`, `:authority`).
+    let path = std::mem::take(&mut parts.uri)
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     if use_h2 {
         parts.version = Version::HTTP_2;
-        // HTTP/2 carries the authority in `:authority`, taken from the URI.
         parts.headers.remove(header::HOST);
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(path);
+        parts.uri = Uri::from_parts(uri).map_err(|e| {
+            at(ProxyError::new(
+                ErrorKind::BadRequest,
+                format!("invalid request target: {e}"),
+            ))
+        })?;
     } else {
         parts.version = Version::HTTP_11;
+        parts.uri = Uri::from(path);
         if !parts.headers.contains_key(header::HOST) {
             if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
                 parts.headers.insert(header::HOST, v);
@@ -178,13 +181,15 @@ async fn proxy(
         }
     }
     let upstream_req = Request::from_parts(parts, body);
-    let client = if use_h2 {
-        &endpoint.http2
-    } else {
-        &endpoint.http1
+    let send = async {
+        if use_h2 {
+            endpoint.send_http2(upstream_req).await
+        } else {
+            endpoint.send_http1(upstream_req).await
+        }
     };
 
-    let mut res = match tokio::time::timeout(target.timeout, client.request(upstream_req)).await {
+    let mut res = match tokio::time::timeout(target.timeout, send).await {
         Err(_) => {
             return Err(at(ProxyError::new(
                 ErrorKind::UpstreamTimeout,
@@ -279,12 +284,22 @@ fn downstream_authority(
     }
 }
 
-/// Maps a client error to the [`ErrorKind`] the user sees.
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+/// Maps a failed exchange with an endpoint to the [`ErrorKind`] the user sees.
+fn classify(e: &SendError) -> ProxyError {
     use std::error::Error as _;
+    let he = match e {
+        SendError::Connect(ce) => {
+            let kind = match ce {
+                ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
+                ConnectError::Io(_) => ErrorKind::ConnectFailed,
+            };
+            return ProxyError::new(kind, ce.to_string());
+        }
+        SendError::Http(he) => he,
+    };
     // An HTTP/2 framing error Tandem detected (not one the upstream reported) means the upstream
     // does not speak HTTP/2 at all: usually an HTTP/1.1-only app behind `protocol: auto`.
-    let mut source = e.source();
+    let mut source = he.source();
     while let Some(s) = source {
         if let Some(h2e) = s.downcast_ref::<h2::Error>() {
             let framing = matches!(
@@ -302,34 +317,12 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         }
         source = s.source();
     }
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(ce) = s.downcast_ref::<ConnectError>() {
-            let kind = match ce {
-                ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
-                ConnectError::Io(_) => ErrorKind::ConnectFailed,
-            };
-            return ProxyError::new(kind, ce.to_string());
-        }
-        if let Some(he) = s.downcast_ref::<hyper::Error>() {
-            let kind = if he.is_parse() || he.is_parse_status() {
-                ErrorKind::UpstreamProtocol
-            } else {
-                ErrorKind::UpstreamReset
-            };
-            return ProxyError::new(kind, describe(he));
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return ProxyError::new(ErrorKind::UpstreamReset, io.to_string());
-        }
-        source = s.source();
-    }
-    let kind = if e.is_connect() {
-        ErrorKind::ConnectFailed
+    let kind = if he.is_parse() || he.is_parse_status() {
+        ErrorKind::UpstreamProtocol
     } else {
         ErrorKind::UpstreamReset
     };
-    ProxyError::new(kind, e.to_string())
+    ProxyError::new(kind, describe(he))
 }
 
 fn describe(e: &hyper::Error) -> String {

@@ -8,7 +8,7 @@
 //! | `/reset` | closes the connection without a response |
 //! | anything else | 200 `ok` |
 //!
-//! It counts accepted connections and requests so tests can check pooling.
+//! It counts accepted and still-open connections and requests so tests can check pooling.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 pub struct Upstream {
     pub addr: SocketAddr,
     conns: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -51,14 +52,16 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (c, r) = (conns.clone(), requests.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        let (c, r, o) = (conns.clone(), requests.clone(), open.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let r = r.clone();
+                o.fetch_add(1, Ordering::SeqCst);
+                let (r, o) = (r.clone(), o.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         r.fetch_add(1, Ordering::SeqCst);
@@ -67,12 +70,14 @@ impl Upstream {
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
+                    o.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
         Upstream {
             addr,
             conns,
+            open,
             requests,
             task,
         }
@@ -81,6 +86,11 @@ impl Upstream {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.conns.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now (accepted and not yet closed by either side).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Requests received so far.
