@@ -63,7 +63,8 @@ pub async fn handle(
     };
 
     let result = if req.method() == Method::CONNECT {
-        connect_tunnel(&stack, &target, req).await
+        // Boxed: tunnels are rare and their state would otherwise widen every request's future.
+        Box::pin(connect_tunnel(&stack, &target, req)).await
     } else {
         proxy(&stack, &target, forwarded, req).await
     };

@@ -205,8 +205,16 @@ impl Endpoint {
                 },
             }
         }
+        // Boxed: connecting is the rare path, and inline it would triple the size of every
+        // request's future (moved on creation and kept per connection by hyper).
+        let mut tx = Box::pin(self.connect_http1()).await?;
+        let res = tx.send_request(req).await?;
+        Ok(PooledBody::wrap(res, tx, &self.http1))
+    }
+
+    async fn connect_http1(&self) -> Result<http1::SendRequest<Incoming>, SendError> {
         let io = self.connector.connect().await?;
-        let (mut tx, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+        let (tx, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
         let label = self.label.clone();
         tokio::spawn(async move {
             // `with_upgrades`: a 101 response hands the connection to the WebSocket splice.
@@ -214,8 +222,7 @@ impl Endpoint {
                 tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/1.1 connection ended");
             }
         });
-        let res = tx.send_request(req).await?;
-        Ok(PooledBody::wrap(res, tx, &self.http1))
+        Ok(tx)
     }
 
     /// Sends `req` over the endpoint's HTTP/2 connection, opening it when there is none. The URI
@@ -226,7 +233,7 @@ impl Endpoint {
     ) -> Result<Response<PooledBody>, SendError> {
         let mut tx = match self.http2.current() {
             Some(tx) => tx,
-            None => self.connect_http2().await?,
+            None => Box::pin(self.connect_http2()).await?,
         };
         let res = tx.send_request(req).await?;
         Ok(res.map(PooledBody::plain))
