@@ -40,12 +40,12 @@ impl From<PooledBody> for ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         // Both variants are `Unpin`, so no pin projection is needed.
         match self.get_mut() {
             ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::body::ProxyBody;
 use crate::error::{ErrorKind, ProxyError};
+use crate::h1;
 use crate::headers;
 use crate::pool::{ConnectError, SendError};
 use crate::route::{request_host, RequestFacts};
@@ -190,7 +191,7 @@ async fn proxy(
         }
     };
 
-    let mut res = match tokio::time::timeout(target.timeout, send).await {
+    let res = match tokio::time::timeout(target.timeout, send).await {
         Err(_) => {
             return Err(at(ProxyError::new(
                 ErrorKind::UpstreamTimeout,
@@ -208,17 +209,22 @@ async fn proxy(
                 "101 Switching Protocols to a request that did not ask to upgrade",
             )));
         };
-        let up = hyper::upgrade::on(&mut res);
+        let (mut parts, body) = res.into_parts();
+        let Some(up) = body.into_upgraded() else {
+            return Err(at(ProxyError::new(
+                ErrorKind::UpstreamProtocol,
+                "101 Switching Protocols on a connection that cannot switch",
+            )));
+        };
         let idle = stack.limits.tcp_idle_timeout;
         tokio::spawn(async move {
-            match tokio::try_join!(down, up) {
-                Ok((d, u)) => {
-                    let _ = tcp::splice(TokioIo::new(d), TokioIo::new(u), idle, None).await;
+            match down.await {
+                Ok(d) => {
+                    let _ = tcp::splice(TokioIo::new(d), up, idle, None).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
         });
-        let (mut parts, _body) = res.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, true);
         return Ok(Response::from_parts(parts, ProxyBody::empty()));
     }
@@ -296,7 +302,16 @@ fn classify(e: &SendError) -> ProxyError {
             };
             return ProxyError::new(kind, ce.to_string());
         }
-        SendError::Http(he) => he,
+        SendError::Http1(h1e) => {
+            let kind = match h1e {
+                h1::Error::Protocol(_) => ErrorKind::UpstreamProtocol,
+                h1::Error::Io(_) | h1::Error::ClosedBeforeResponse | h1::Error::RequestBody(_) => {
+                    ErrorKind::UpstreamReset
+                }
+            };
+            return ProxyError::new(kind, h1e.to_string());
+        }
+        SendError::Http2(he) => he,
     };
     // An HTTP/2 framing error Tandem detected (not one the upstream reported) means the upstream
     // does not speak HTTP/2 at all: usually an HTTP/1.1-only app behind `protocol: auto`.

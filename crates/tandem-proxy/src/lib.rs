@@ -12,6 +12,7 @@
 //! - [`headers`]: hop-by-hop removal (RFC 9110 §7.6.1) and `forwarded`/`x-forwarded-*`.
 //! - [`balance`]: endpoint choice over an upstream's endpoints.
 //! - [`pool`]: pooled upstream connections per endpoint (HTTP/1.1 keep-alive, HTTP/2 multiplexed).
+//! - [`h1`]: Tandem's HTTP/1.1 client side: one exchange over one pooled upstream connection.
 //! - [`tcp`]: opaque TCP proxying with idle timeout and byte counts.
 //! - [`error`]: [`ProxyError`], the one place failures become status, `tandem-error` and body.
 //! - [`body`]: the response body type (upstream stream or a local message).
@@ -24,6 +25,7 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod framing;
+pub mod h1;
 pub mod headers;
 pub mod listen;
 pub mod pool;

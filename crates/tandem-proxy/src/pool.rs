@@ -4,19 +4,21 @@
 //! Each endpoint keeps, per protocol (the pool key is (endpoint, protocol); TLS identity joins it
 //! later):
 //! - HTTP/1.1: a stack of idle keep-alive connections, newest on top (a warm connection is the
-//!   likeliest to still be open). A connection goes back on the stack when its response body has
-//!   been read to the end ([`PooledBody`]), so the common case costs no extra task or lock beyond
-//!   one uncontended mutex push and pop. Idle connections are closed after `idle_timeout` by a
-//!   reaper task per endpoint, and beyond `max_idle_per_endpoint` on return.
+//!   likeliest to still be open), spoken by Tandem's own client side ([`crate::h1`]): a pooled
+//!   connection is a socket and a read buffer, with no task of its own. It goes back on the stack
+//!   when the response body has been read to the end, so the common case costs one uncontended
+//!   mutex push and pop. Idle connections are closed after `idle_timeout` by a reaper task per
+//!   endpoint, and beyond `max_idle_per_endpoint` on return.
 //! - HTTP/2: one multiplexed connection shared by all requests, opened on first use by one
 //!   request while the others wait for it (no connection storm on a cold start), replaced when it
 //!   closes, and dropped by the reaper after `idle_timeout` without a request (open streams on it
 //!   still finish: hyper closes an HTTP/2 connection only once its last stream ends).
 //!
-//! A pooled HTTP/1.1 connection the upstream closed while idle (the keep-alive race) fails before
-//! a byte of the request is written; hyper hands the request back and it is sent once more on a
-//! new connection. A request that was written is never re-sent here: that is the retry policy's
-//! decision, not the pool's.
+//! The keep-alive race: an upstream may close an idle connection just as Tandem reuses it. A
+//! connection that received anything while idle (its EOF) is not reused; one that fails under a
+//! request is replaced by a new connection and the request sent once more when that is safe:
+//! nothing of it was written, or it is idempotent, bodiless and not a byte of response arrived
+//! (see [`crate::h1::Failure`]). Any other resend is the retry policy's decision, not the pool's.
 //!
 //! Non-goals: connection limits and queueing (the resilience policies bound in-flight requests).
 
@@ -24,18 +26,19 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tandem_config::{Address, Pool};
 use tokio::time::Instant;
 
+use crate::h1;
 use crate::listen::Io;
 
 /// Why a connection attempt failed.
@@ -55,9 +58,12 @@ pub enum SendError {
     /// No connection could be opened.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// The HTTP handshake or the exchange failed (see [`hyper::Error`]'s predicates and source).
+    /// An HTTP/1.1 exchange failed.
     #[error(transparent)]
-    Http(#[from] hyper::Error),
+    Http1(#[from] h1::Error),
+    /// The HTTP/2 handshake or stream failed (see [`hyper::Error`]'s predicates and source).
+    #[error(transparent)]
+    Http2(#[from] hyper::Error),
 }
 
 /// Connects to one fixed endpoint.
@@ -82,6 +88,8 @@ pub struct Endpoint {
 /// Idle HTTP/1.1 connections of one endpoint.
 #[derive(Debug)]
 struct Http1Pool {
+    /// Itself, for the reaper it starts (which must not keep it alive).
+    me: Weak<Http1Pool>,
     idle: Mutex<Vec<IdleConn>>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -90,7 +98,7 @@ struct Http1Pool {
 
 #[derive(Debug)]
 struct IdleConn {
-    tx: http1::SendRequest<Incoming>,
+    conn: h1::Conn,
     since: Instant,
 }
 
@@ -110,18 +118,14 @@ struct SharedH2 {
     last_used: Instant,
 }
 
-/// An upstream response body. For HTTP/1.1 it carries the connection, which goes back to the
-/// pool when the body has been read to the end and is closed if the body is dropped before.
+/// An upstream response body: read by Tandem's HTTP/1.1 client (which returns the connection to
+/// the pool at its end) or an HTTP/2 stream.
 #[derive(Debug)]
-pub struct PooledBody {
-    body: Incoming,
-    release: Option<Release>,
-}
-
-#[derive(Debug)]
-struct Release {
-    tx: http1::SendRequest<Incoming>,
-    pool: Arc<Http1Pool>,
+pub enum PooledBody {
+    /// From an HTTP/1.1 connection.
+    Http1(h1::ResponseBody),
+    /// From an HTTP/2 stream.
+    Http2(Incoming),
 }
 
 // === impl Connector ===
@@ -168,7 +172,8 @@ impl Endpoint {
             label: address.to_string(),
             connector: Connector::new(address.clone(), connect_timeout),
             address,
-            http1: Arc::new(Http1Pool {
+            http1: Arc::new_cyclic(|me| Http1Pool {
+                me: me.clone(),
                 idle: Mutex::new(Vec::new()),
                 max_idle: pool.max_idle_per_endpoint,
                 idle_timeout: pool.idle_timeout,
@@ -194,35 +199,24 @@ impl Endpoint {
         &self,
         req: Request<Incoming>,
     ) -> Result<Response<PooledBody>, SendError> {
-        let mut req = req;
-        if let Some(mut tx) = self.http1.checkout() {
-            match tx.try_send_request(req).await {
-                Ok(res) => return Ok(PooledBody::wrap(res, tx, &self.http1)),
-                Err(mut e) => match e.take_message() {
-                    // Not written: the connection closed while idle. A new one gets it.
-                    Some(back) => req = back,
-                    None => return Err(SendError::Http(e.into_error())),
+        let mut exchange = h1::Exchange::new(req);
+        let recycle: Arc<dyn h1::Recycle> = self.http1.clone();
+        if let Some(conn) = self.http1.checkout() {
+            match exchange.send(conn, true, recycle.clone()).await {
+                Ok(res) => return Ok(res.map(PooledBody::Http1)),
+                Err(failure) => match failure.retry {
+                    Some(again) => exchange = again,
+                    None => return Err(SendError::Http1(failure.error)),
                 },
             }
         }
-        // Boxed: connecting is the rare path, and inline it would triple the size of every
-        // request's future (moved on creation and kept per connection by hyper).
-        let mut tx = Box::pin(self.connect_http1()).await?;
-        let res = tx.send_request(req).await?;
-        Ok(PooledBody::wrap(res, tx, &self.http1))
-    }
-
-    async fn connect_http1(&self) -> Result<http1::SendRequest<Incoming>, SendError> {
-        let io = self.connector.connect().await?;
-        let (tx, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
-        let label = self.label.clone();
-        tokio::spawn(async move {
-            // `with_upgrades`: a 101 response hands the connection to the WebSocket splice.
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/1.1 connection ended");
-            }
-        });
-        Ok(tx)
+        // Boxed: connecting is the rare path, and inline it would widen every request's future
+        // (moved on creation and kept per connection by hyper's server side).
+        let io = Box::pin(self.connector.connect()).await?;
+        match exchange.send(h1::Conn::new(io), false, recycle).await {
+            Ok(res) => Ok(res.map(PooledBody::Http1)),
+            Err(failure) => Err(SendError::Http1(failure.error)),
+        }
     }
 
     /// Sends `req` over the endpoint's HTTP/2 connection, opening it when there is none. The URI
@@ -236,7 +230,7 @@ impl Endpoint {
             None => Box::pin(self.connect_http2()).await?,
         };
         let res = tx.send_request(req).await?;
-        Ok(res.map(PooledBody::plain))
+        Ok(res.map(PooledBody::Http2))
     }
 
     async fn connect_http2(&self) -> Result<http2::SendRequest<Incoming>, SendError> {
@@ -274,18 +268,18 @@ impl Endpoint {
 
 impl Http1Pool {
     /// The newest idle connection that is still open and within the idle timeout.
-    fn checkout(&self) -> Option<http1::SendRequest<Incoming>> {
+    fn checkout(&self) -> Option<h1::Conn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop() {
-            if c.tx.is_ready() && c.since.elapsed() < self.idle_timeout {
-                return Some(c.tx);
+            if c.since.elapsed() < self.idle_timeout && c.conn.is_usable() {
+                return Some(c.conn);
             }
-            // Closed or stale: dropping the sender closes the connection.
+            // Closed or stale: dropped, which closes it.
         }
         None
     }
 
-    fn put(self: &Arc<Self>, tx: http1::SendRequest<Incoming>) {
+    fn put(&self, conn: h1::Conn) {
         if self.max_idle == 0 {
             return;
         }
@@ -295,12 +289,12 @@ impl Http1Pool {
                 idle.remove(0);
             }
             idle.push(IdleConn {
-                tx,
+                conn,
                 since: Instant::now(),
             });
         }
         if !self.reaper.swap(true, Ordering::Relaxed) {
-            spawn_reaper(Arc::downgrade(self), self.idle_timeout, |pool: &Self| {
+            spawn_reaper(self.me.clone(), self.idle_timeout, |pool: &Self| {
                 if let Ok(mut idle) = pool.idle.lock() {
                     // Oldest first: once one is fresh, so is every one above it.
                     let stale = idle
@@ -308,29 +302,16 @@ impl Http1Pool {
                         .position(|c| c.since.elapsed() < pool.idle_timeout)
                         .unwrap_or(idle.len());
                     idle.drain(..stale);
-                    idle.retain(|c| !c.tx.is_closed());
+                    idle.retain(|c| c.conn.is_usable());
                 }
             });
         }
     }
+}
 
-    /// Returns `tx` to the pool once its connection can take the next request. Usually it can at
-    /// once (hyper's connection task has already finished the exchange); otherwise, e.g. while
-    /// the request body is still being sent after an early response, a small task waits.
-    fn release(self: Arc<Self>, mut tx: http1::SendRequest<Incoming>) {
-        match tx.poll_ready(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => self.put(tx),
-            Poll::Ready(Err(_)) => {}
-            Poll::Pending => {
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        if tx.ready().await.is_ok() {
-                            self.put(tx);
-                        }
-                    });
-                }
-            }
-        }
+impl h1::Recycle for Http1Pool {
+    fn recycle(&self, conn: h1::Conn) {
+        self.put(conn);
     }
 }
 
@@ -394,74 +375,42 @@ fn spawn_reaper<T: Send + Sync + 'static>(target: Weak<T>, idle_timeout: Duratio
 // === impl PooledBody ===
 
 impl PooledBody {
-    fn plain(body: Incoming) -> Self {
-        PooledBody {
-            body,
-            release: None,
+    /// For a 101 response over HTTP/1.1: the connection, now carrying the upgraded protocol.
+    pub fn into_upgraded(self) -> Option<h1::Upgraded> {
+        match self {
+            PooledBody::Http1(b) => b.into_upgraded(),
+            PooledBody::Http2(_) => None,
         }
-    }
-
-    fn wrap(
-        res: Response<Incoming>,
-        tx: http1::SendRequest<Incoming>,
-        pool: &Arc<Http1Pool>,
-    ) -> Response<PooledBody> {
-        let (parts, body) = res.into_parts();
-        let mut body = PooledBody {
-            body,
-            release: Some(Release {
-                tx,
-                pool: pool.clone(),
-            }),
-        };
-        // No body to read (HEAD, 204, 304, `content-length: 0`): the exchange is over already.
-        // A 101 keeps its connection: it becomes the upgraded stream.
-        if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            body.release = None;
-        } else if body.body.is_end_stream() {
-            body.done();
-        }
-        Response::from_parts(parts, body)
-    }
-
-    fn done(&mut self) {
-        if let Some(r) = self.release.take() {
-            r.pool.release(r.tx);
-        }
-    }
-
-    /// Unwraps the upstream body (the connection, if any, is then closed with it).
-    pub fn into_inner(self) -> Incoming {
-        self.body
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.done(),
-            // The downstream side stops polling once the body reports its end, so the last
-            // frame is where the connection goes back.
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.done(),
-            Poll::Ready(Some(Err(_))) => self.release = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        // Both variants are `Unpin`.
+        match self.get_mut() {
+            PooledBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            PooledBody::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match self {
+            PooledBody::Http1(b) => b.is_end_stream(),
+            PooledBody::Http2(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self {
+            PooledBody::Http1(b) => b.size_hint(),
+            PooledBody::Http2(b) => b.size_hint(),
+        }
     }
 }
 
@@ -469,8 +418,9 @@ impl Body for PooledBody {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use http_body_util::{BodyExt, Empty, Full};
+    use hyper::client::conn::http1;
     use hyper::service::service_fn;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -493,10 +443,10 @@ mod tests {
         addr
     }
 
-    /// A request whose body is an (empty) [`Incoming`], the only body type the pool sends; hyper
-    /// makes those only for received messages, so one is received first.
-    async fn request(to: std::net::SocketAddr) -> Request<Incoming> {
-        let io = tokio::net::TcpStream::connect(to).await.unwrap();
+    /// A GET whose body is an [`Incoming`] (the only body type the pool sends; hyper makes those
+    /// only for received messages): the body of a response from `via`.
+    async fn get(via: std::net::SocketAddr) -> Request<Incoming> {
+        let io = TcpStream::connect(via).await.unwrap();
         let (mut tx, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
             .await
             .unwrap();
@@ -505,36 +455,31 @@ mod tests {
             .header("host", "a")
             .body(Empty::new())
             .unwrap();
-        let res = tx.send_request(req).await.unwrap();
-        let body = res.into_body();
+        let body = tx.send_request(req).await.unwrap().into_body();
         Request::get("/").header("host", "a").body(body).unwrap()
     }
 
     /// The keep-alive race, made deterministic: the upstream closes an idle pooled connection
-    /// after Tandem checked it out but before hyper's connection task noticed. hyper hands the
-    /// unsent request back and the pool sends it on a new connection: the caller sees the
+    /// and Tandem reuses it before the close is seen (the runtime's reactor has not run since).
+    /// The GET is written into the closed connection, nothing comes back, and since it is
+    /// idempotent and bodiless it goes out again on a new connection: the caller gets the
     /// response, not an error.
     #[tokio::test]
-    async fn request_on_a_connection_closed_while_idle_goes_out_on_a_new_one() {
+    async fn get_on_a_connection_closed_while_idle_goes_out_on_a_new_one() {
         let fresh = server("fresh").await;
         let pool = Pool {
             idle_timeout: Duration::from_secs(60),
             max_idle_per_endpoint: 8,
         };
         let endpoint = Endpoint::new(Address::Tcp(fresh), Duration::from_secs(1), &pool);
-
-        let (near, far) = tokio::io::duplex(4096);
-        let (tx, conn) = http1::handshake::<_, Incoming>(TokioIo::new(near))
+        let closing = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(closing.local_addr().unwrap())
             .await
             .unwrap();
-        tokio::spawn(conn);
-        // Let the connection task run once, so it asks for a request like any idle connection.
-        while !tx.is_ready() {
-            tokio::task::yield_now().await;
-        }
-        endpoint.http1.put(tx);
-        let req = request(fresh).await;
-        // Closed now; the connection task only learns it when next polled, after the checkout.
+        let (far, _) = closing.accept().await.unwrap();
+        endpoint.http1.put(h1::Conn::new(Io::Tcp(near)));
+        let req = get(server("").await).await;
+
         drop(far);
         let res = endpoint
             .send_http1(req)
@@ -542,5 +487,34 @@ mod tests {
             .expect("sent on a new connection");
         let body = res.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"fresh");
+        assert_eq!(
+            endpoint.pooled().0,
+            1,
+            "the new connection went back to the pool"
+        );
+    }
+
+    /// A connection whose upstream closed while it sat idle (and the close was seen) is never
+    /// handed out: the request goes straight to a new connection.
+    #[tokio::test]
+    async fn an_idle_connection_seen_closed_is_not_reused() {
+        let fresh = server("fresh").await;
+        let pool = Pool {
+            idle_timeout: Duration::from_secs(60),
+            max_idle_per_endpoint: 8,
+        };
+        let endpoint = Endpoint::new(Address::Tcp(fresh), Duration::from_secs(1), &pool);
+        let closing = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(closing.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = closing.accept().await.unwrap();
+        drop(far);
+        let conn = h1::Conn::new(Io::Tcp(near));
+        // Let the reactor deliver the close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!conn.is_usable());
+        endpoint.http1.put(conn);
+        assert!(endpoint.http1.checkout().is_none());
     }
 }
