@@ -231,7 +231,7 @@ async fn proxy(
 
     let (mut parts, body) = res.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(parts, ProxyBody::from(body)))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// `CONNECT NAME:port`: open a raw connection to an endpoint of the named upstream and splice it

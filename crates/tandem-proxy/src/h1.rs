@@ -434,7 +434,10 @@ fn connection_allows_reuse(headers: &HeaderMap, version: Version) -> bool {
 
 /// The last coding of `transfer-encoding`, if the field is present.
 fn last_transfer_coding(headers: &HeaderMap) -> Option<&[u8]> {
-    let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back()?;
+    let last = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()?;
     Some(
         last.as_bytes()
             .rsplit(|b| *b == b',')

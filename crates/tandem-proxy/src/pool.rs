@@ -23,21 +23,18 @@
 //! Non-goals: connection limits and queueing (the resilience policies bound in-flight requests).
 
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tandem_config::{Address, Pool};
 use tokio::time::Instant;
 
+use crate::body::ProxyBody;
 use crate::h1;
 use crate::listen::Io;
 
@@ -118,16 +115,6 @@ struct SharedH2 {
     last_used: Instant,
 }
 
-/// An upstream response body: read by Tandem's HTTP/1.1 client (which returns the connection to
-/// the pool at its end) or an HTTP/2 stream.
-#[derive(Debug)]
-pub enum PooledBody {
-    /// From an HTTP/1.1 connection.
-    Http1(h1::ResponseBody),
-    /// From an HTTP/2 stream.
-    Http2(Incoming),
-}
-
 // === impl Connector ===
 
 impl Connector {
@@ -198,12 +185,12 @@ impl Endpoint {
     pub async fn send_http1(
         &self,
         req: Request<Incoming>,
-    ) -> Result<Response<PooledBody>, SendError> {
+    ) -> Result<Response<ProxyBody>, SendError> {
         let mut exchange = h1::Exchange::new(req);
         let recycle: Arc<dyn h1::Recycle> = self.http1.clone();
         if let Some(conn) = self.http1.checkout() {
             match exchange.send(conn, true, recycle.clone()).await {
-                Ok(res) => return Ok(res.map(PooledBody::Http1)),
+                Ok(res) => return Ok(res.map(ProxyBody::Http1)),
                 Err(failure) => match failure.retry {
                     Some(again) => exchange = again,
                     None => return Err(SendError::Http1(failure.error)),
@@ -214,7 +201,7 @@ impl Endpoint {
         // (moved on creation and kept per connection by hyper's server side).
         let io = Box::pin(self.connector.connect()).await?;
         match exchange.send(h1::Conn::new(io), false, recycle).await {
-            Ok(res) => Ok(res.map(PooledBody::Http1)),
+            Ok(res) => Ok(res.map(ProxyBody::Http1)),
             Err(failure) => Err(SendError::Http1(failure.error)),
         }
     }
@@ -224,13 +211,13 @@ impl Endpoint {
     pub async fn send_http2(
         &self,
         req: Request<Incoming>,
-    ) -> Result<Response<PooledBody>, SendError> {
+    ) -> Result<Response<ProxyBody>, SendError> {
         let mut tx = match self.http2.current() {
             Some(tx) => tx,
             None => Box::pin(self.connect_http2()).await?,
         };
         let res = tx.send_request(req).await?;
-        Ok(res.map(PooledBody::Http2))
+        Ok(res.map(ProxyBody::Http2))
     }
 
     async fn connect_http2(&self) -> Result<http2::SendRequest<Incoming>, SendError> {
@@ -372,51 +359,10 @@ fn spawn_reaper<T: Send + Sync + 'static>(target: Weak<T>, idle_timeout: Duratio
     });
 }
 
-// === impl PooledBody ===
-
-impl PooledBody {
-    /// For a 101 response over HTTP/1.1: the connection, now carrying the upgraded protocol.
-    pub fn into_upgraded(self) -> Option<h1::Upgraded> {
-        match self {
-            PooledBody::Http1(b) => b.into_upgraded(),
-            PooledBody::Http2(_) => None,
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        // Both variants are `Unpin`.
-        match self.get_mut() {
-            PooledBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            PooledBody::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            PooledBody::Http1(b) => b.is_end_stream(),
-            PooledBody::Http2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            PooledBody::Http1(b) => b.size_hint(),
-            PooledBody::Http2(b) => b.size_hint(),
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use bytes::Bytes;
     use http_body_util::{BodyExt, Empty, Full};
     use hyper::client::conn::http1;
     use hyper::service::service_fn;
@@ -459,6 +405,26 @@ mod tests {
         Request::get("/").header("host", "a").body(body).unwrap()
     }
 
+    /// An endpoint whose upstream answers `fresh`, and a connection (`near`, with its upstream end
+    /// `far`) to somewhere else, to be put in its pool as if idle.
+    async fn endpoint_and_a_connection() -> (Endpoint, TcpStream, TcpStream) {
+        let pool = Pool {
+            idle_timeout: Duration::from_secs(60),
+            max_idle_per_endpoint: 8,
+        };
+        let endpoint = Endpoint::new(
+            Address::Tcp(server("fresh").await),
+            Duration::from_secs(1),
+            &pool,
+        );
+        let closing = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(closing.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = closing.accept().await.unwrap();
+        (endpoint, near, far)
+    }
+
     /// The keep-alive race, made deterministic: the upstream closes an idle pooled connection
     /// and Tandem reuses it before the close is seen (the runtime's reactor has not run since).
     /// The GET is written into the closed connection, nothing comes back, and since it is
@@ -466,17 +432,7 @@ mod tests {
     /// response, not an error.
     #[tokio::test]
     async fn get_on_a_connection_closed_while_idle_goes_out_on_a_new_one() {
-        let fresh = server("fresh").await;
-        let pool = Pool {
-            idle_timeout: Duration::from_secs(60),
-            max_idle_per_endpoint: 8,
-        };
-        let endpoint = Endpoint::new(Address::Tcp(fresh), Duration::from_secs(1), &pool);
-        let closing = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let near = TcpStream::connect(closing.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (far, _) = closing.accept().await.unwrap();
+        let (endpoint, near, far) = endpoint_and_a_connection().await;
         endpoint.http1.put(h1::Conn::new(Io::Tcp(near)));
         let req = get(server("").await).await;
 
@@ -498,17 +454,7 @@ mod tests {
     /// handed out: the request goes straight to a new connection.
     #[tokio::test]
     async fn an_idle_connection_seen_closed_is_not_reused() {
-        let fresh = server("fresh").await;
-        let pool = Pool {
-            idle_timeout: Duration::from_secs(60),
-            max_idle_per_endpoint: 8,
-        };
-        let endpoint = Endpoint::new(Address::Tcp(fresh), Duration::from_secs(1), &pool);
-        let closing = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let near = TcpStream::connect(closing.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (far, _) = closing.accept().await.unwrap();
+        let (endpoint, near, far) = endpoint_and_a_connection().await;
         drop(far);
         let conn = h1::Conn::new(Io::Tcp(near));
         // Let the reactor deliver the close.

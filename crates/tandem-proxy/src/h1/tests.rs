@@ -235,6 +235,8 @@ enum Donor {
     Full(&'static [u8]),
     /// Data frames of unknown total length, then optional trailers.
     Stream(Vec<&'static [u8]>, Option<(&'static str, &'static str)>),
+    /// Frames as the test sends them, ending when the sender is dropped.
+    Channel(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::convert::Infallible>>),
 }
 
 /// An [`Incoming`] with the given shape: the body of a response from a local hyper server.
@@ -261,6 +263,11 @@ async fn incoming(donor: Donor) -> Incoming {
                             frames.push(Ok(Frame::trailers(t)));
                         }
                         BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+                    }
+                    Some(Donor::Channel(mut rx)) => {
+                        BodyExt::boxed(StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+                            rx.poll_recv(cx)
+                        })))
                     }
                     None => Full::new(Bytes::new()).boxed(),
                 };
@@ -482,43 +489,12 @@ async fn truncated_body_is_an_error() {
 #[tokio::test]
 async fn response_before_the_request_body_is_done() {
     let (conn, mut up) = pair().await;
-    let (body_tx, body_rx) =
-        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
-    // The request body is fed by hand through a local hyper hop, so its end can be held back.
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let rx = Mutex::new(Some(body_rx));
-    tokio::spawn(async move {
-        let (s, _) = l.accept().await.unwrap();
-        let svc = service_fn(move |_req| {
-            let rx = rx.lock().unwrap().take().unwrap();
-            async move {
-                Ok::<_, std::convert::Infallible>(Response::new(StreamBody::new(
-                    tokio_stream_from(rx),
-                )))
-            }
-        });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(s), svc)
-            .await;
-    });
-    let io = TcpStream::connect(addr).await.unwrap();
-    let (mut tx, c) =
-        hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(io))
-            .await
-            .unwrap();
-    tokio::spawn(c);
-    let donor = tx.send_request(
-        Request::get("/")
-            .header("host", "d")
-            .body(http_body_util::Empty::new())
-            .unwrap(),
-    );
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel(4);
+    let body = incoming(Donor::Channel(body_rx)).await;
     body_tx
         .send(Ok(Frame::data(Bytes::from_static(b"ping1"))))
         .await
         .unwrap();
-    let body = donor.await.unwrap().into_body();
     let req = request(Method::POST, body, None);
 
     let server = tokio::spawn(async move {
@@ -549,13 +525,6 @@ async fn response_before_the_request_body_is_done() {
         .await
         .unwrap()
         .unwrap();
-}
-
-/// `mpsc::Receiver` as a stream of frames, for [`StreamBody`].
-fn tokio_stream_from<T>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// An early final response (413) while the request body is still being produced: the response
