@@ -888,5 +888,68 @@ impl AsyncWrite for Upgraded {
     }
 }
 
+/// Fuzzing entry (`fuzz/fuzz_targets/h1_response.rs`): `data` as an upstream's bytes arriving in
+/// the given splits, through the response head parser and the body decoders. Must never panic,
+/// and never hold more than the limits plus one read.
+#[cfg(fuzzing)]
+pub fn fuzz_response(data: &[u8], splits: &[usize], head_request: bool) {
+    let mut buf = BytesMut::new();
+    let mut at = 0;
+    let mut feed = |buf: &mut BytesMut| -> bool {
+        let next = splits
+            .get(buf.len() % splits.len().max(1))
+            .copied()
+            .unwrap_or(1)
+            .max(1);
+        let end = (at + next).min(data.len());
+        buf.extend_from_slice(&data[at..end]);
+        let fed = end > at;
+        at = end;
+        fed
+    };
+    let head = loop {
+        match parse_head(&mut buf, head_request) {
+            Ok(Some(head)) => break head,
+            Ok(None) if buf.len() > MAX_HEAD => return,
+            Ok(None) => {
+                if !feed(&mut buf) {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    };
+    let mut decoder = head.decoder;
+    loop {
+        assert!(buf.len() <= MAX_HEAD + data.len());
+        match decoder {
+            Decoder::Length(left) if left > 0 => {
+                let take = left.min(buf.len() as u64);
+                buf.advance(take as usize);
+                decoder = Decoder::Length(left - take);
+                if take == 0 && !feed(&mut buf) {
+                    return;
+                }
+            }
+            Decoder::Chunked(chunk) => match decode_chunk(&mut buf, chunk) {
+                Ok(Step::Frame(_, next) | Step::Next(next)) => decoder = next,
+                Ok(Step::NeedMore) => {
+                    if !feed(&mut buf) {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            },
+            Decoder::UntilClose => {
+                buf.clear();
+                if !feed(&mut buf) {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
