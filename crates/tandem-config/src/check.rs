@@ -310,11 +310,16 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                 Some(m) => check_match(&mut c, &format!("{rkey}.match"), m),
                 None => RouteMatch::default(),
             };
+            let rate_limit = r
+                .rate_limit
+                .as_ref()
+                .map(|rl| check_rate_limit(&mut c, &format!("{rkey}.rate_limit"), rl));
             routes.push(Route {
                 name: rname,
                 matcher,
                 upstream: r.upstream.clone(),
                 timeout,
+                rate_limit,
             });
         }
         listeners.push(Listener {
@@ -343,6 +348,59 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         listeners,
         upstreams,
     })
+}
+
+fn check_rate_limit(c: &mut Checker, key: &str, rl: &RawRateLimit) -> RateLimit {
+    if rl.requests == 0 {
+        c.err(
+            format!("{key}.requests"),
+            "a rate of 0 requests admits nothing",
+            "use at least 1, or remove `rate_limit` to admit everything",
+        );
+    }
+    if rl.burst == Some(0) {
+        c.err(
+            format!("{key}.burst"),
+            "a burst of 0 admits nothing",
+            "use at least 1 (the default is `requests`)",
+        );
+    }
+    if rl.max_keys == Some(0) {
+        c.err(
+            format!("{key}.max_keys"),
+            "0 keys tracks nothing",
+            "use at least 1 (default 100000)",
+        );
+    }
+    let key_kind = match rl.key.as_deref().map(str::trim) {
+        None | Some("none") => RateLimitKey::None,
+        Some("client_ip") => RateLimitKey::ClientIp,
+        Some(other) => match other.strip_prefix("header:").map(str::trim) {
+            Some(name) if HeaderName::from_bytes(name.as_bytes()).is_ok() && !name.is_empty() => {
+                RateLimitKey::Header(name.to_ascii_lowercase())
+            }
+            _ => {
+                c.err(
+                    format!("{key}.key"),
+                    format!("`{other}` is not a rate limit key"),
+                    "use `none`, `client_ip` or `header:NAME` (e.g. header:x-api-key)",
+                );
+                RateLimitKey::None
+            }
+        },
+    };
+    let requests = rl.requests.max(1);
+    RateLimit {
+        requests,
+        per: c.duration(
+            &format!("{key}.per"),
+            rl.per.as_deref(),
+            Duration::from_secs(1),
+        ),
+        burst: rl.burst.unwrap_or(requests).max(1),
+        key: key_kind,
+        max_keys: rl.max_keys.unwrap_or(100_000).max(1),
+    }
 }
 
 fn check_name(c: &mut Checker, key: &str, name: &str) {

@@ -132,6 +132,37 @@ pub struct Route {
     /// Overrides the upstream's `request_timeout` for this route.
     #[serde(with = "humantime_serde_compat::option")]
     pub timeout: Option<Duration>,
+    /// Local rate limit, if any.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A local rate limit: a token bucket per key holding `burst` tokens, refilled at `requests` per
+/// `per`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RateLimit {
+    /// Steady rate: requests per `per` (at least 1).
+    pub requests: u32,
+    /// Period of `requests`.
+    #[serde(with = "humantime_serde_compat")]
+    pub per: Duration,
+    /// Bucket size: requests admitted at once (at least 1).
+    pub burst: u32,
+    /// What gets its own bucket.
+    pub key: RateLimitKey,
+    /// Most keys tracked at once; beyond it new keys share one bucket.
+    pub max_keys: usize,
+}
+
+/// What a rate limit counts separately.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitKey {
+    /// One bucket for the route.
+    None,
+    /// One per client IP address (Unix socket clients share one).
+    ClientIp,
+    /// One per value of this header (lower-case name); requests without it share one.
+    Header(String),
 }
 
 /// Conditions a request must all meet; an empty match matches everything.

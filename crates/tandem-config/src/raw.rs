@@ -129,6 +129,30 @@ pub struct RawRoute {
     /// Time to the response head for this route, overriding the upstream's `request_timeout`.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Local rate limit: requests beyond it are answered 429 with `Retry-After`.
+    #[serde(default)]
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// A token bucket per key: `requests` per `per`, up to `burst` at once.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Requests admitted per `per` (the steady rate), at least 1.
+    pub requests: u32,
+    /// The period of `requests` (default `1s`).
+    #[serde(default)]
+    pub per: Option<String>,
+    /// Requests admitted at once after a quiet spell (default: `requests`).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// What gets its own bucket: `none` (one for the route, the default), `client_ip`, or
+    /// `header:NAME` (requests without the header share one bucket).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Most keys tracked at once (default 100000); beyond it, new keys share one bucket.
+    #[serde(default)]
+    pub max_keys: Option<usize>,
 }
 
 /// Route conditions.

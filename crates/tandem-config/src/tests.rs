@@ -1,6 +1,8 @@
 //! Config tests: the default and every example parse; bad files report every error with the
 //! exact line, key and a hint.
 
+use std::time::Duration;
+
 use super::*;
 
 fn errors(text: &str) -> Vec<ConfigError> {
@@ -555,4 +557,67 @@ fn damaged_examples_keep_lines_inside_the_file() {
             }
         }
     }
+}
+
+/// `rate_limit` on a route: defaults filled in, keys parsed, and each bad value reported at its
+/// own line with a fix.
+#[test]
+fn rate_limit_rules() {
+    let text = "\
+listeners:
+  inbound:
+    address: 127.0.0.1:7080
+    routes:
+      - match: { path: { prefix: /api } }
+        upstream: app
+        rate_limit: { requests: 100, key: header:X-Api-Key }
+      - match: { path: { prefix: /login } }
+        upstream: app
+        rate_limit: { requests: 5, per: 1m, burst: 2, key: client_ip, max_keys: 1000 }
+upstreams:
+  app: { endpoints: [127.0.0.1:8080] }
+";
+    let c = parse("t.yaml", text).unwrap();
+    let routes = &c.listeners[0].routes;
+    let api = routes[0].rate_limit.as_ref().unwrap();
+    assert_eq!(
+        (api.requests, api.per, api.burst, &api.key, api.max_keys),
+        (
+            100,
+            Duration::from_secs(1),
+            100,
+            &RateLimitKey::Header("x-api-key".into()),
+            100_000
+        )
+    );
+    let login = routes[1].rate_limit.as_ref().unwrap();
+    assert_eq!(
+        (
+            login.requests,
+            login.per,
+            login.burst,
+            &login.key,
+            login.max_keys
+        ),
+        (5, Duration::from_secs(60), 2, &RateLimitKey::ClientIp, 1000)
+    );
+
+    let bad = text
+        .replace(
+            "requests: 100, key: header:X-Api-Key",
+            "requests: 0, key: cookie",
+        )
+        .replace("per: 1m, burst: 2", "per: 0s, burst: 0");
+    let e = errors(&bad);
+    let got: Vec<(Option<usize>, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(7), "listeners.inbound.routes[0].rate_limit.requests"),
+            (Some(7), "listeners.inbound.routes[0].rate_limit.key"),
+            (Some(10), "listeners.inbound.routes[1].rate_limit.burst"),
+            (Some(10), "listeners.inbound.routes[1].rate_limit.per"),
+        ]
+    );
+    assert!(e[1].hint.contains("header:NAME"), "{}", e[1]);
 }

@@ -32,6 +32,8 @@ pub enum ErrorKind {
     BadRequest,
     /// Tandem is draining and takes no new requests on this connection (503).
     Draining,
+    /// The route's rate limit refused the request (429, with `Retry-After`).
+    RateLimited,
 }
 
 /// Which side a failure came from.
@@ -56,13 +58,15 @@ pub struct ProxyError {
     pub endpoint: Option<String>,
     /// Human-readable cause (one line).
     pub cause: String,
+    /// When the client may try again (sent as `Retry-After`, whole seconds rounded up).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 // === impl ErrorKind ===
 
 impl ErrorKind {
     /// Every kind, in discriminant order (indexes per-kind counters).
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::NoRoute,
         ErrorKind::NoEndpoints,
         ErrorKind::ConnectFailed,
@@ -72,6 +76,7 @@ impl ErrorKind {
         ErrorKind::UpstreamProtocol,
         ErrorKind::BadRequest,
         ErrorKind::Draining,
+        ErrorKind::RateLimited,
     ];
 
     /// The value of the `tandem-error` header.
@@ -86,6 +91,7 @@ impl ErrorKind {
             ErrorKind::UpstreamProtocol => "upstream_protocol",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::Draining => "draining",
+            ErrorKind::RateLimited => "rate_limited",
         }
     }
 
@@ -99,13 +105,14 @@ impl ErrorKind {
             }
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
     /// Where the failure came from.
     pub fn source(self) -> ErrorSource {
         match self {
-            ErrorKind::BadRequest => ErrorSource::Downstream,
+            ErrorKind::BadRequest | ErrorKind::RateLimited => ErrorSource::Downstream,
             ErrorKind::NoRoute | ErrorKind::NoEndpoints | ErrorKind::Draining => ErrorSource::Local,
             ErrorKind::ConnectFailed
             | ErrorKind::ConnectTimeout
@@ -135,6 +142,7 @@ impl ProxyError {
             upstream: None,
             endpoint: None,
             cause: cause.into(),
+            retry_after: None,
         }
     }
 
@@ -168,6 +176,11 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let Some(wait) = self.retry_after {
+            // Whole seconds, rounded up: a client retrying sooner would be refused again.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         if matches!(self.kind, ErrorKind::BadRequest | ErrorKind::Draining) {
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -201,6 +214,7 @@ mod tests {
             (ErrorKind::UpstreamProtocol, 502, "upstream_protocol"),
             (ErrorKind::BadRequest, 400, "bad_request"),
             (ErrorKind::Draining, 503, "draining"),
+            (ErrorKind::RateLimited, 429, "rate_limited"),
         ];
         for (kind, status, reason) in cases {
             let err = ProxyError::new(kind, "why\nnot").at("orders", Some("127.0.0.1:1".into()));
@@ -210,6 +224,27 @@ mod tests {
             let msg = err.message();
             assert!(msg.contains("upstream `orders` (127.0.0.1:1)"), "{msg}");
             assert_eq!(msg.matches('\n').count(), 1, "one line: {msg:?}");
+        }
+    }
+
+    /// `Retry-After` is whole seconds, rounded up, at least 1.
+    #[test]
+    fn retry_after_rounds_up() {
+        for (wait_ms, header) in [
+            (1, "1"),
+            (999, "1"),
+            (1000, "1"),
+            (1001, "2"),
+            (59_500, "60"),
+        ] {
+            let mut err = ProxyError::new(ErrorKind::RateLimited, "slow down");
+            err.retry_after = Some(std::time::Duration::from_millis(wait_ms));
+            let res = err.to_response();
+            assert_eq!(
+                res.headers()[http::header::RETRY_AFTER],
+                header,
+                "{wait_ms} ms"
+            );
         }
     }
 }

@@ -63,6 +63,25 @@ pub async fn handle(
         return res;
     };
 
+    if let Some(limiter) = &target.rate_limit {
+        if let Err(wait) = limiter.check(forwarded.client_ip(), req.headers(), start) {
+            let mut err = ProxyError::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "rate limit of route `{}` exceeded; retry in {wait:.1?}",
+                    target.name
+                ),
+            );
+            err.retry_after = Some(wait);
+            target.errors.inc(err.kind);
+            let res = err.to_response();
+            target
+                .metrics
+                .record(res.status().as_u16(), start.elapsed());
+            return res;
+        }
+    }
+
     let result = if req.method() == Method::CONNECT {
         // Boxed: tunnels are rare and their state would otherwise widen every request's future.
         Box::pin(connect_tunnel(&stack, &target, req)).await

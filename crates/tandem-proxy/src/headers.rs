@@ -8,7 +8,7 @@
 //! - Inbound requests get `forwarded` (RFC 7239), `x-forwarded-for` and `x-forwarded-proto` so the
 //!   app sees the real client.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -102,6 +102,8 @@ pub struct Forwarded {
     forwarded: HeaderValue,
     /// The client IP for `x-forwarded-for`; `None` for Unix socket peers.
     ip: Option<HeaderValue>,
+    /// The client's address; `None` for Unix socket peers.
+    peer: Option<IpAddr>,
     proto: &'static str,
 }
 
@@ -119,8 +121,14 @@ impl Forwarded {
         Forwarded {
             forwarded,
             ip,
+            peer: peer.map(|p| p.ip()),
             proto,
         }
+    }
+
+    /// The client's IP address (`None` for a Unix socket peer).
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.peer
     }
 
     /// Adds `forwarded`, `x-forwarded-for` and `x-forwarded-proto` to a request's headers,

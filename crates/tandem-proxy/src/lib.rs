@@ -7,6 +7,7 @@
 //! - [`server`]: serve one accepted connection (HTTP/1.1 and HTTP/2 detected by preface, or TCP).
 //! - [`framing`]: HTTP/1.x request-smuggling guard (conflicting Content-Length/Transfer-Encoding).
 //! - [`route`]: the pure route table (host, path, method, headers; first match wins).
+//! - [`policy`]: per-route request policies (rate limiting so far).
 //! - [`stack`]: the per-listener snapshot: routes resolved to upstream handles and metric handles.
 //! - [`forward`]: the request handler walking the phases: route, rewrite headers, balance, send.
 //! - [`headers`]: hop-by-hop removal (RFC 9110 §7.6.1) and `forwarded`/`x-forwarded-*`.
@@ -28,6 +29,7 @@ pub mod framing;
 pub mod h1;
 pub mod headers;
 pub mod listen;
+pub mod policy;
 pub mod pool;
 pub mod route;
 pub mod server;

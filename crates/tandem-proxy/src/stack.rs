@@ -6,11 +6,12 @@
 //!
 //! 1. observe: metric handles of the chosen route record the final outcome (outermost);
 //! 2. route: [`RouteTable`] first match, then the forward-proxy name lookup, then the default;
-//! 3. rewrite: hop-by-hop removal, `forwarded` on inbound;
-//! 4. balance: [`UpstreamHandle::pick`] chooses an endpoint;
-//! 5. send: the endpoint's pooled client, bounded by the route's timeout.
+//! 3. rate limit: the route's [`RateLimiter`], if any (429 with `Retry-After`);
+//! 4. rewrite: hop-by-hop removal, `forwarded` on inbound;
+//! 5. balance: [`UpstreamHandle::pick`] chooses an endpoint;
+//! 6. send: the endpoint's pooled client, bounded by the route's timeout.
 //!
-//! Later policy phases (authz, rate limit, retry, breaker) slot in between 2 and 4 as fields of
+//! Later policy phases (authz, retry, breaker) slot in between 2 and 5 as fields of
 //! [`RouteTarget`], resolved here, never looked up per request.
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use tandem_telemetry::{Counter, ListenerMetrics, Metrics, RouteMetrics};
 
 use crate::balance::Balancer;
 use crate::error::ErrorKind;
+use crate::policy::ratelimit::RateLimiter;
 use crate::pool::Endpoint;
 use crate::route::RouteTable;
 
@@ -59,6 +61,8 @@ pub struct RouteTarget {
     pub upstream: Arc<UpstreamHandle>,
     /// Time to the response head.
     pub timeout: Duration,
+    /// The route's rate limit.
+    pub rate_limit: Option<RateLimiter>,
     /// Request metrics for (listener, route, upstream).
     pub metrics: RouteMetrics,
     /// Error counters by [`ErrorKind`] for (listener, upstream).
@@ -123,7 +127,10 @@ impl Snapshot {
             .listeners
             .iter()
             .map(|l| {
-                let target = |route: &str, upstream: &str, timeout: Option<Duration>| {
+                let target = |route: &str,
+                              upstream: &str,
+                              timeout: Option<Duration>,
+                              rate_limit: Option<RateLimiter>| {
                     // `check()` guarantees the name resolves; a miss here is a bug, reported as a
                     // route to nowhere rather than a panic.
                     let up = upstreams
@@ -133,6 +140,7 @@ impl Snapshot {
                     Arc::new(RouteTarget {
                         name: route.to_owned(),
                         timeout: timeout.unwrap_or(up.request_timeout),
+                        rate_limit,
                         metrics: metrics.route(&l.name, route, upstream),
                         errors: ErrorCounters::new(metrics, &l.name, upstream),
                         upstream: up,
@@ -141,17 +149,23 @@ impl Snapshot {
                 let routes: Vec<(RouteMatch, Arc<RouteTarget>)> = l
                     .routes
                     .iter()
-                    .map(|r| (r.matcher.clone(), target(&r.name, &r.upstream, r.timeout)))
+                    .map(|r| {
+                        let limiter = r.rate_limit.as_ref().map(RateLimiter::new);
+                        (
+                            r.matcher.clone(),
+                            target(&r.name, &r.upstream, r.timeout, limiter),
+                        )
+                    })
                     .collect();
                 let default = l
                     .default_upstream
                     .as_deref()
-                    .map(|u| target("default", u, None));
+                    .map(|u| target("default", u, None, None));
                 let forward = if l.forward_proxy {
                     config
                         .upstreams
                         .iter()
-                        .map(|u| (u.name.clone(), target("forward", &u.name, None)))
+                        .map(|u| (u.name.clone(), target("forward", &u.name, None, None)))
                         .collect()
                 } else {
                     HashMap::new()
