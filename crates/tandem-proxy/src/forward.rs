@@ -63,26 +63,13 @@ pub async fn handle(
         return res;
     };
 
-    if let Some(limiter) = &target.rate_limit {
-        if let Err(wait) = limiter.check(forwarded.client_ip(), req.headers(), start) {
-            let mut err = ProxyError::new(
-                ErrorKind::RateLimited,
-                format!(
-                    "rate limit of route `{}` exceeded; retry in {wait:.1?}",
-                    target.name
-                ),
-            );
-            err.retry_after = Some(wait);
-            target.errors.inc(err.kind);
-            let res = err.to_response();
-            target
-                .metrics
-                .record(res.status().as_u16(), start.elapsed());
-            return res;
-        }
-    }
-
-    let result = if req.method() == Method::CONNECT {
+    let limited = target
+        .rate_limit
+        .as_ref()
+        .and_then(|l| l.check(forwarded.client_ip(), req.headers(), start).err());
+    let result = if let Some(wait) = limited {
+        Err(rate_limited(&target.name, wait))
+    } else if req.method() == Method::CONNECT {
         // Boxed: tunnels are rare and their state would otherwise widen every request's future.
         Box::pin(connect_tunnel(&stack, &target, req)).await
     } else {
@@ -100,6 +87,16 @@ pub async fn handle(
         .metrics
         .record(res.status().as_u16(), start.elapsed());
     res
+}
+
+/// The refusal of a request over its route's rate limit; `wait` becomes `Retry-After`.
+fn rate_limited(route: &str, wait: std::time::Duration) -> ProxyError {
+    let mut err = ProxyError::new(
+        ErrorKind::RateLimited,
+        format!("rate limit of route `{route}` exceeded; retry in {wait:.1?}"),
+    );
+    err.retry_after = Some(wait);
+    err
 }
 
 /// Answers a request whose HTTP/1.x framing was ambiguous (see [`crate::framing`]) with 400 and
