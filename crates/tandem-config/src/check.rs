@@ -217,7 +217,10 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                 idle_timeout: c.duration(
                     &format!("{key}.pool.idle_timeout"),
                     pool.and_then(|p| p.idle_timeout.as_deref()),
-                    Duration::from_secs(90),
+                    // Under the 5 s keep-alive of Node.js, uvicorn and Apache: Tandem closes an
+                    // idle connection before the app does, so the app rarely closes one under a
+                    // request (the keep-alive race).
+                    Duration::from_secs(4),
                 ),
                 max_idle_per_endpoint: pool.and_then(|p| p.max_idle_per_endpoint).unwrap_or(256),
             },

@@ -234,7 +234,7 @@ pub enum RawUpstreamProtocol {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
-    /// Idle connections close after this long (default "90s").
+    /// Idle connections close after this long (default "4s": before the app closes them).
     #[serde(default)]
     pub idle_timeout: Option<String>,
     /// Most idle connections kept per endpoint (default 256).

@@ -29,6 +29,8 @@ fn default_is_valid() {
     assert!(outbound.forward_proxy);
     assert_eq!(c.upstreams[0].endpoints[0].to_string(), "127.0.0.1:8080");
     assert_eq!(c.drain_timeout, std::time::Duration::from_secs(30));
+    // Idle upstream connections close before a typical app's 5 s keep-alive does.
+    assert_eq!(c.upstreams[0].pool.idle_timeout, Duration::from_secs(4));
 }
 
 /// Every shipped example passes.
