@@ -147,7 +147,7 @@ async fn upstreams(State(s): State<AdminState>) -> Response {
                 .endpoints
                 .iter()
                 .map(|e| EndpointView {
-                    address: e.to_string(),
+                    address: e.address.to_string(),
                 })
                 .collect(),
         })

@@ -255,7 +255,7 @@ fn app_address(config: &Config) -> Option<Address> {
         .find(|u| &u.name == name)?
         .endpoints
         .first()
-        .cloned()
+        .map(|e| e.address.clone())
 }
 
 async fn probe_app(address: Address, readiness: Arc<Readiness>) {

@@ -185,7 +185,10 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                             "remove the duplicate",
                         );
                     }
-                    endpoints.push(a);
+                    endpoints.push(UpstreamEndpoint {
+                        address: a,
+                        weight: 1,
+                    });
                 }
                 Err(msg) => c.err(
                     format!("{key}.endpoints[{i}]"),
@@ -224,6 +227,13 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                 ),
                 max_idle_per_endpoint: pool.and_then(|p| p.max_idle_per_endpoint).unwrap_or(256),
             },
+            balancer: Balancer::P2c,
+            health_check: None,
+            circuit_breaker: CircuitBreaker::default(),
+            limits: UpstreamLimits::default(),
+            retry: Retry::default(),
+            retry_budget: RetryBudget::default(),
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
         });
     }
 
@@ -323,6 +333,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                 upstream: r.upstream.clone(),
                 timeout,
                 rate_limit,
+                retry: None,
             });
         }
         listeners.push(Listener {

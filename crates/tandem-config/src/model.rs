@@ -134,6 +134,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Local rate limit, if any.
     pub rate_limit: Option<RateLimit>,
+    /// Overrides the upstream's retry policy for this route (the upstream's budget still applies).
+    pub retry: Option<Retry>,
 }
 
 /// A local rate limit: a token bucket per key holding `burst` tokens, refilled at `requests` per
@@ -220,7 +222,7 @@ pub struct Upstream {
     /// Unique name.
     pub name: String,
     /// Static endpoints; may be empty (requests then get 503).
-    pub endpoints: Vec<Address>,
+    pub endpoints: Vec<UpstreamEndpoint>,
     /// HTTP version used towards the endpoints.
     pub protocol: UpstreamProtocol,
     /// Bound on establishing one connection.
@@ -231,6 +233,174 @@ pub struct Upstream {
     pub request_timeout: Duration,
     /// Connection pool settings.
     pub pool: Pool,
+    /// How an endpoint is chosen for each request.
+    pub balancer: Balancer,
+    /// Active health checking, when configured.
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier detection: endpoints that fail are ejected for a while.
+    pub circuit_breaker: CircuitBreaker,
+    /// Bounds on concurrent work towards this upstream.
+    pub limits: UpstreamLimits,
+    /// Retry policy of every route to this upstream (a route may override it).
+    pub retry: Retry,
+    /// Bounds the retries of all routes to this upstream together.
+    pub retry_budget: RetryBudget,
+    /// A response or request body stream with no frame either way for this long is aborted
+    /// (long-lived gRPC streams and slow downloads still work while they move).
+    #[serde(with = "humantime_serde_compat")]
+    pub stream_idle_timeout: Duration,
+}
+
+/// One endpoint of an upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UpstreamEndpoint {
+    /// Where it is.
+    pub address: Address,
+    /// Relative share of traffic (at least 1; default 1).
+    pub weight: u32,
+}
+
+/// Load-balancing algorithm.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balancer {
+    /// Power of two choices over peak-EWMA latency times in-flight requests, divided by weight
+    /// (the default: moves traffic off slow endpoints within a few requests).
+    P2c,
+    /// Weighted round robin.
+    RoundRobin,
+    /// The endpoint with the fewest in-flight requests per unit of weight (ties by P2C sampling).
+    LeastRequest,
+    /// Consistent hashing (a ring of weighted virtual nodes): the same key reaches the same
+    /// endpoint while it is available (sticky sessions).
+    Hash(HashKey),
+}
+
+/// What a consistent-hash balancer hashes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    /// The value of this header (lower-case name); requests without it are spread by P2C.
+    Header(String),
+    /// The value of this cookie; requests without it are spread by P2C.
+    Cookie(String),
+    /// The client's IP address.
+    ClientIp,
+}
+
+/// Active health checks of every endpoint of an upstream.
+#[derive(Clone, Debug, Serialize)]
+pub struct HealthCheck {
+    /// What a probe does.
+    pub probe: HealthProbe,
+    /// Time between probes of one endpoint.
+    #[serde(with = "humantime_serde_compat")]
+    pub interval: Duration,
+    /// Up to this much random extra delay before each probe, so endpoints are not probed in step.
+    #[serde(with = "humantime_serde_compat")]
+    pub jitter: Duration,
+    /// A probe that takes longer fails.
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// Consecutive passing probes that make an unhealthy endpoint healthy again.
+    pub healthy_threshold: u32,
+    /// Consecutive failing probes that make an endpoint unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+/// A health probe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthProbe {
+    /// `GET path` over HTTP/1.1; passes when the status is in one of the ranges.
+    Http {
+        /// Request path, e.g. `/healthz`.
+        path: String,
+        /// Passing statuses as inclusive ranges (default 200-399).
+        expect: Vec<(u16, u16)>,
+    },
+    /// A TCP connect that succeeds passes.
+    Tcp,
+    /// `grpc.health.v1.Health/Check` over h2c; passes on `SERVING`.
+    Grpc {
+        /// The service name asked about (empty: the server as a whole).
+        service: String,
+    },
+}
+
+/// Passive outlier detection (per endpoint circuit breaking).
+#[derive(Clone, Debug, Serialize)]
+pub struct CircuitBreaker {
+    /// Whether endpoints are ejected at all.
+    pub enabled: bool,
+    /// This many failures in a row eject an endpoint (0 disables this trigger).
+    pub consecutive_failures: u32,
+    /// A failure share at or above this percentage over `window` ejects an endpoint (0 disables).
+    pub failure_rate_percent: u32,
+    /// The failure rate counts only once an endpoint had this many requests in the window.
+    pub min_requests: u32,
+    /// The window of the failure rate.
+    #[serde(with = "humantime_serde_compat")]
+    pub window: Duration,
+    /// First ejection time; each ejection in a row doubles it.
+    #[serde(with = "humantime_serde_compat")]
+    pub base_ejection: Duration,
+    /// Longest ejection time.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_ejection: Duration,
+    /// Never eject more than this percentage of an upstream's endpoints (at least one endpoint
+    /// always stays in rotation).
+    pub max_ejected_percent: u32,
+}
+
+/// Per-upstream bounds on concurrent work; beyond them requests get a fast 503 `overloaded`.
+#[derive(Clone, Debug, Serialize)]
+pub struct UpstreamLimits {
+    /// Requests in flight to the upstream at once.
+    pub max_requests: usize,
+    /// Requests waiting for one of `max_requests` at once; more are refused immediately.
+    pub max_pending: usize,
+    /// Upstream connections open at once (idle ones included); `None`: bounded by
+    /// `max_requests` plus the pool's idle connections.
+    pub max_connections: Option<usize>,
+}
+
+/// When and how a failed request is tried again.
+#[derive(Clone, Debug, Serialize)]
+pub struct Retry {
+    /// Tries in all, the first included (1 disables retries).
+    pub attempts: u32,
+    /// Response statuses that are retried (idempotent requests, or any with `all_methods`).
+    pub on_status: Vec<u16>,
+    /// gRPC status codes (from `grpc-status` in the response head) that are retried.
+    pub on_grpc: Vec<u32>,
+    /// Retry failed responses of non-idempotent methods too (connect failures and requests the
+    /// upstream never saw are retried for every method regardless).
+    pub all_methods: bool,
+    /// Bound on each try's time to the response head; `None`: only the route's deadline.
+    #[serde(with = "humantime_serde_compat::option")]
+    pub per_try_timeout: Option<Duration>,
+    /// Back-off before the first retry; doubles per retry, with full jitter.
+    #[serde(with = "humantime_serde_compat")]
+    pub backoff: Duration,
+    /// Longest back-off (also caps an honoured `Retry-After`).
+    #[serde(with = "humantime_serde_compat")]
+    pub max_backoff: Duration,
+    /// Request bodies up to this many bytes are kept for replay; larger ones are not retried.
+    pub replay_buffer: usize,
+}
+
+/// A retry budget: retries may add at most `percent` % of the requests plus `min_per_second`
+/// per second, over a sliding `window`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RetryBudget {
+    /// Retries allowed as a percentage of requests.
+    pub percent: u32,
+    /// Retries always allowed per second, so low traffic can still retry.
+    pub min_per_second: u32,
+    /// How long a request counts towards the budget.
+    #[serde(with = "humantime_serde_compat")]
+    pub window: Duration,
 }
 
 /// Connection pool settings for one upstream.
@@ -242,6 +412,65 @@ pub struct Pool {
     /// Most idle connections kept per endpoint.
     pub max_idle_per_endpoint: usize,
 }
+
+// === defaults ===
+//
+// The defaults are the safe settings a route gets without a line of config: they live here so
+// the checker, the docs' examples and the tests agree on them.
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        CircuitBreaker {
+            enabled: true,
+            consecutive_failures: 5,
+            failure_rate_percent: 50,
+            min_requests: 20,
+            window: Duration::from_secs(10),
+            base_ejection: Duration::from_secs(5),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+impl Default for UpstreamLimits {
+    fn default() -> Self {
+        UpstreamLimits {
+            max_requests: 1024,
+            max_pending: 1024,
+            max_connections: None,
+        }
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 3,
+            on_status: vec![502, 503, 504],
+            // UNAVAILABLE: the gRPC code for "try again".
+            on_grpc: vec![14],
+            all_methods: false,
+            per_try_timeout: None,
+            backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_millis(250),
+            replay_buffer: 64 * 1024,
+        }
+    }
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            percent: 20,
+            min_per_second: 10,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Default stream idle timeout (Envoy's too).
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 // === impl Address ===
 

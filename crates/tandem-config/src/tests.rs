@@ -27,7 +27,7 @@ fn default_is_valid() {
     let outbound = &c.listeners[1];
     assert_eq!(outbound.direction, Direction::Outbound);
     assert!(outbound.forward_proxy);
-    assert_eq!(c.upstreams[0].endpoints[0].to_string(), "127.0.0.1:8080");
+    assert_eq!(c.upstreams[0].endpoints[0].address.to_string(), "127.0.0.1:8080");
     assert_eq!(c.drain_timeout, std::time::Duration::from_secs(30));
     // Idle upstream connections close before a typical app's 5 s keep-alive does.
     assert_eq!(c.upstreams[0].pool.idle_timeout, Duration::from_secs(4));
@@ -165,11 +165,11 @@ upstreams:
     assert_eq!(r.matcher.headers[0].0, "x-canary");
     assert_eq!(r.timeout, Some(std::time::Duration::from_millis(250)));
     assert_eq!(
-        c.upstreams[0].endpoints[0],
+        c.upstreams[0].endpoints[0].address,
         Address::Unix("/tmp/u.sock".into())
     );
     assert_eq!(
-        c.upstreams[0].endpoints[1],
+        c.upstreams[0].endpoints[1].address,
         Address::Host {
             host: "localhost".into(),
             port: 80

@@ -110,7 +110,7 @@ impl Snapshot {
                 let endpoints = u
                     .endpoints
                     .iter()
-                    .map(|a| Endpoint::new(a.clone(), u.connect_timeout, &u.pool))
+                    .map(|e| Endpoint::new(e.address.clone(), u.connect_timeout, &u.pool))
                     .collect();
                 let h = UpstreamHandle {
                     name: u.name.clone(),

@@ -231,7 +231,10 @@ fn apply_overrides(mut config: Config, args: &RunArgs) -> anyhow::Result<Config>
         let Some(u) = config.upstreams.iter_mut().find(|u| u.name == name) else {
             bail!("--app: upstream `{name}` not found");
         };
-        u.endpoints = vec![addr];
+        u.endpoints = vec![tandem_config::UpstreamEndpoint {
+            address: addr,
+            weight: 1,
+        }];
     }
     Ok(config)
 }
