@@ -7,7 +7,7 @@
 //! | `GET /ready` | `200 ready`, or `503` naming what is missing (listeners, app, draining) |
 //! | `GET /metrics` | every Tandem metric: OpenMetrics when `Accept` asks for it, else Prometheus text 0.0.4 |
 //! | `GET /config` | the effective configuration as JSON |
-//! | `GET /upstreams` | upstreams and their endpoints as JSON |
+//! | `GET /upstreams` | upstreams and their endpoints' live state (health, breaker, EWMA latency, in flight, pool) as JSON |
 //!
 //! The router is a plain function of [`AdminState`] so tests drive it with `oneshot` or a socket.
 
@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tandem_config::Config;
+use tandem_proxy::Snapshot;
 use tandem_telemetry::Metrics;
 
 /// What `/ready` reports: each condition flips once, from the lifecycle in `tandem-app`.
@@ -39,6 +40,8 @@ pub struct AdminState {
     pub readiness: Arc<Readiness>,
     /// The effective configuration.
     pub config: Arc<Config>,
+    /// The data path's live state (upstreams: health, breakers, load).
+    pub snapshot: Arc<Snapshot>,
 }
 
 // === impl Readiness ===
@@ -123,36 +126,10 @@ async fn config(State(s): State<AdminState>) -> Response {
     Json(&*s.config).into_response()
 }
 
-#[derive(serde::Serialize)]
-struct UpstreamView<'a> {
-    name: &'a str,
-    protocol: tandem_config::UpstreamProtocol,
-    endpoints: Vec<EndpointView>,
-}
-
-#[derive(serde::Serialize)]
-struct EndpointView {
-    address: String,
-}
-
+/// Every upstream with its endpoints' live state: health, breaker, latency estimate, load and
+/// pooled connections (see `tandem_proxy::stack::EndpointView`).
 async fn upstreams(State(s): State<AdminState>) -> Response {
-    let view: Vec<UpstreamView<'_>> = s
-        .config
-        .upstreams
-        .iter()
-        .map(|u| UpstreamView {
-            name: &u.name,
-            protocol: u.protocol,
-            endpoints: u
-                .endpoints
-                .iter()
-                .map(|e| EndpointView {
-                    address: e.address.to_string(),
-                })
-                .collect(),
-        })
-        .collect();
-    Json(view).into_response()
+    Json(s.snapshot.upstreams_view()).into_response()
 }
 
 #[cfg(test)]
@@ -165,10 +142,13 @@ mod tests {
     use tower::ServiceExt;
 
     fn state() -> AdminState {
+        let config = Arc::new(tandem_config::default_config());
+        let metrics = Arc::new(Metrics::new());
         AdminState {
-            metrics: Arc::new(Metrics::new()),
+            snapshot: Arc::new(Snapshot::build(config.clone(), &metrics)),
+            metrics,
             readiness: Arc::new(Readiness::default()),
-            config: Arc::new(tandem_config::default_config()),
+            config,
         }
     }
 
@@ -216,6 +196,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v[0]["name"], "app");
         assert_eq!(v[0]["endpoints"][0]["address"], "127.0.0.1:8080");
+        assert_eq!(v[0]["endpoints"][0]["breaker"], "closed");
+        assert_eq!(v[0]["endpoints"][0]["health"], "unknown");
+        assert_eq!(v[0]["endpoints"][0]["eligible"], true);
+        assert_eq!(v[0]["endpoints"][0]["in_flight"], 0);
         let (_, body) = get(&r, "/config").await;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(

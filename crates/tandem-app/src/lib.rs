@@ -151,6 +151,7 @@ impl App {
         let inbound = Drain::new();
         let outbound = Drain::new();
         let admin_stop = Drain::new();
+        tandem_proxy::health::spawn_all(&snapshot);
 
         let admin = tokio::spawn(serve_admin(
             binds.admin,
@@ -158,6 +159,7 @@ impl App {
                 metrics,
                 readiness: readiness.clone(),
                 config: config.clone(),
+                snapshot: snapshot.clone(),
             },
             admin_stop.clone(),
         ));

@@ -10,6 +10,44 @@ use http::{HeaderName, HeaderValue, Method};
 use crate::model::*;
 use crate::raw::*;
 
+/// Largest endpoint weight: weights are relative, and a bound keeps a hash ring's virtual nodes
+/// (a multiple of the weights) small.
+const MAX_WEIGHT: u32 = 10_000;
+
+/// Largest request body kept for replay: each in-flight retryable request may hold this much.
+const MAX_REPLAY_BUFFER: usize = 16 * 1024 * 1024;
+
+/// The balancer forms, for hints.
+const BALANCERS: [&str; 6] = [
+    "p2c",
+    "round_robin",
+    "least_request",
+    "hash:header:NAME",
+    "hash:cookie:NAME",
+    "hash:client_ip",
+];
+
+/// gRPC status code names by number (index 0 is OK, never retried).
+const GRPC_CODES: [&str; 17] = [
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid_argument",
+    "deadline_exceeded",
+    "not_found",
+    "already_exists",
+    "permission_denied",
+    "resource_exhausted",
+    "failed_precondition",
+    "aborted",
+    "out_of_range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data_loss",
+    "unauthenticated",
+];
+
 /// An error before lines are attached.
 #[derive(Debug)]
 pub(crate) struct Problem {
@@ -173,31 +211,16 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
     for (name, u) in &raw.upstreams {
         let key = format!("upstreams.{name}");
         check_name(&mut c, &key, name);
-        let mut endpoints = Vec::with_capacity(u.endpoints.len());
-        let mut seen = HashSet::new();
-        for (i, e) in u.endpoints.iter().enumerate() {
-            match e.parse::<Address>() {
-                Ok(a) => {
-                    if !seen.insert(a.clone()) {
-                        c.err(
-                            format!("{key}.endpoints[{i}]"),
-                            format!("endpoint `{e}` is listed twice"),
-                            "remove the duplicate",
-                        );
-                    }
-                    endpoints.push(UpstreamEndpoint {
-                        address: a,
-                        weight: 1,
-                    });
-                }
-                Err(msg) => c.err(
-                    format!("{key}.endpoints[{i}]"),
-                    msg,
-                    "use IP:port, host:port or unix:/path.sock",
-                ),
-            }
-        }
+        let endpoints = check_endpoints(&mut c, &key, &u.endpoints);
         let pool = u.pool.as_ref();
+        let request_timeout = c.duration(
+            &format!("{key}.request_timeout"),
+            u.request_timeout.as_deref(),
+            Duration::from_secs(15),
+        );
+        let retry = u.retry.as_ref().map_or_else(Retry::default, |r| {
+            check_upstream_retry(&mut c, &format!("{key}.retry"), r, request_timeout)
+        });
         upstreams.push(Upstream {
             name: name.clone(),
             endpoints,
@@ -211,11 +234,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                 u.connect_timeout.as_deref(),
                 Duration::from_secs(2),
             ),
-            request_timeout: c.duration(
-                &format!("{key}.request_timeout"),
-                u.request_timeout.as_deref(),
-                Duration::from_secs(15),
-            ),
+            request_timeout,
             pool: Pool {
                 idle_timeout: c.duration(
                     &format!("{key}.pool.idle_timeout"),
@@ -227,13 +246,32 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                 ),
                 max_idle_per_endpoint: pool.and_then(|p| p.max_idle_per_endpoint).unwrap_or(256),
             },
-            balancer: Balancer::P2c,
-            health_check: None,
-            circuit_breaker: CircuitBreaker::default(),
-            limits: UpstreamLimits::default(),
-            retry: Retry::default(),
-            retry_budget: RetryBudget::default(),
-            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+            balancer: check_balancer(&mut c, &format!("{key}.balancer"), u.balancer.as_deref()),
+            health_check: u
+                .health_check
+                .as_ref()
+                .map(|h| check_health(&mut c, &format!("{key}.health_check"), h)),
+            circuit_breaker: u
+                .circuit_breaker
+                .as_ref()
+                .map_or_else(CircuitBreaker::default, |b| {
+                    check_breaker(&mut c, &format!("{key}.circuit_breaker"), b)
+                }),
+            limits: u.limits.as_ref().map_or_else(UpstreamLimits::default, |l| {
+                check_upstream_limits(&mut c, &format!("{key}.limits"), l)
+            }),
+            retry,
+            retry_budget: u
+                .retry_budget
+                .as_ref()
+                .map_or_else(RetryBudget::default, |b| {
+                    check_budget(&mut c, &format!("{key}.retry_budget"), b)
+                }),
+            stream_idle_timeout: c.duration(
+                &format!("{key}.stream_idle_timeout"),
+                u.stream_idle_timeout.as_deref(),
+                DEFAULT_STREAM_IDLE_TIMEOUT,
+            ),
         });
     }
 
@@ -327,13 +365,15 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                 .rate_limit
                 .as_ref()
                 .map(|rl| check_rate_limit(&mut c, &format!("{rkey}.rate_limit"), rl));
+            let upstream = upstreams.iter().find(|u| u.name == r.upstream);
+            let retry = check_route_retry(&mut c, &rkey, r, timeout, upstream);
             routes.push(Route {
                 name: rname,
                 matcher,
                 upstream: r.upstream.clone(),
                 timeout,
                 rate_limit,
-                retry: None,
+                retry,
             });
         }
         listeners.push(Listener {
@@ -415,6 +455,713 @@ fn check_rate_limit(c: &mut Checker, key: &str, rl: &RawRateLimit) -> RateLimit 
         key: key_kind,
         max_keys: rl.max_keys.unwrap_or(100_000).max(1),
     }
+}
+
+fn check_endpoints(c: &mut Checker, key: &str, raw: &[RawEndpoint]) -> Vec<UpstreamEndpoint> {
+    let mut endpoints = Vec::with_capacity(raw.len());
+    let mut seen = HashSet::new();
+    for (i, e) in raw.iter().enumerate() {
+        let ekey = format!("{key}.endpoints[{i}]");
+        let (address, weight) = match e {
+            RawEndpoint::Address(a) => (a, None),
+            RawEndpoint::Weighted(w) => (&w.address, w.weight),
+        };
+        let weight = match weight {
+            Some(0) => {
+                c.err(
+                    format!("{ekey}.weight"),
+                    "a weight of 0 sends this endpoint no traffic",
+                    format!(
+                        "use 1 to {MAX_WEIGHT} (default 1); to take the endpoint out of \
+                         rotation, remove it from `endpoints`"
+                    ),
+                );
+                1
+            }
+            Some(w) if w > MAX_WEIGHT => {
+                c.err(
+                    format!("{ekey}.weight"),
+                    format!("weight {w} is above the maximum of {MAX_WEIGHT}"),
+                    "weights are relative shares: scale them down, e.g. 1 and 3 rather than \
+                     1000 and 3000",
+                );
+                MAX_WEIGHT
+            }
+            Some(w) => w,
+            None => 1,
+        };
+        match address.parse::<Address>() {
+            Ok(a) => {
+                if !seen.insert(a.clone()) {
+                    c.err(
+                        &ekey,
+                        format!("endpoint `{address}` is listed twice"),
+                        "remove the duplicate; to send it more traffic, give it a `weight`",
+                    );
+                }
+                endpoints.push(UpstreamEndpoint { address: a, weight });
+            }
+            Err(msg) => c.err(&ekey, msg, "use IP:port, host:port or unix:/path.sock"),
+        }
+    }
+    endpoints
+}
+
+fn check_balancer(c: &mut Checker, key: &str, raw: Option<&str>) -> Balancer {
+    let Some(raw) = raw else {
+        return Balancer::P2c;
+    };
+    let s = raw.trim();
+    let lower = s.to_ascii_lowercase();
+    match lower.as_str() {
+        "p2c" => return Balancer::P2c,
+        "round_robin" => return Balancer::RoundRobin,
+        "least_request" => return Balancer::LeastRequest,
+        "hash:client_ip" => return Balancer::Hash(HashKey::ClientIp),
+        _ => {}
+    }
+    // The prefixes are ASCII, so their length in `lower` is their length in `s`; the name keeps
+    // its case (cookie names are case-sensitive).
+    if lower.starts_with("hash:header:") {
+        let name = s["hash:header:".len()..].trim();
+        if !name.is_empty() && HeaderName::from_bytes(name.as_bytes()).is_ok() {
+            return Balancer::Hash(HashKey::Header(name.to_ascii_lowercase()));
+        }
+        c.err(
+            key,
+            format!("`{name}` in `{s}` is not a header name"),
+            "name the header to hash, e.g. hash:header:x-user-id",
+        );
+        return Balancer::P2c;
+    }
+    if lower.starts_with("hash:cookie:") {
+        let name = s["hash:cookie:".len()..].trim();
+        if is_cookie_name(name) {
+            return Balancer::Hash(HashKey::Cookie(name.to_owned()));
+        }
+        c.err(
+            key,
+            format!("`{name}` in `{s}` is not a cookie name"),
+            "name the cookie to hash, e.g. hash:cookie:session (no spaces, quotes or ;,=)",
+        );
+        return Balancer::P2c;
+    }
+    let suggestion = closest(&lower, BALANCERS.iter().copied())
+        .map(|b| format!("did you mean \"{b}\"? "))
+        .unwrap_or_default();
+    c.err(
+        key,
+        format!("`{s}` is not a balancer"),
+        format!("{suggestion}use one of: {}", BALANCERS.join(", ")),
+    );
+    Balancer::P2c
+}
+
+/// A cookie name is an HTTP token (RFC 6265 section 4.1.1).
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
+fn check_health(c: &mut Checker, key: &str, h: &RawHealthCheck) -> HealthCheck {
+    let given: Vec<&str> = [
+        h.http.as_ref().map(|_| "http"),
+        h.tcp.as_ref().map(|_| "tcp"),
+        h.grpc.as_ref().map(|_| "grpc"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match given.as_slice() {
+        [] => c.err(
+            key,
+            "no probe is set",
+            "add one of `http: { path: /healthz }`, `tcp: {}` or `grpc: {}`; or remove \
+             `health_check` to rely on the circuit breaker alone",
+        ),
+        [_] => {}
+        _ => c.err(
+            key,
+            format!(
+                "more than one probe is set (`{}`); a health check has exactly one",
+                given.join("`, `")
+            ),
+            "keep one of them: `http`, `tcp` or `grpc`",
+        ),
+    }
+    let probe = if let Some(http) = &h.http {
+        let pkey = format!("{key}.http");
+        HealthProbe::Http {
+            path: check_probe_path(c, &format!("{pkey}.path"), &http.path),
+            expect: match &http.expect {
+                None => vec![(200, 399)],
+                Some(list) if list.is_empty() => {
+                    c.err(
+                        format!("{pkey}.expect"),
+                        "the expect list is empty, so no probe could pass",
+                        "remove `expect` to pass on 200-399, or list statuses: [200, \"300-399\"]",
+                    );
+                    vec![(200, 399)]
+                }
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, e)| status_range(c, &format!("{pkey}.expect[{i}]"), e))
+                    .collect(),
+            },
+        }
+    } else if let Some(grpc) = &h.grpc {
+        HealthProbe::Grpc {
+            service: grpc.service.clone().unwrap_or_default(),
+        }
+    } else {
+        HealthProbe::Tcp
+    };
+
+    let interval = c.duration(
+        &format!("{key}.interval"),
+        h.interval.as_deref(),
+        Duration::from_secs(5),
+    );
+    // "0s" is a valid choice here (probe in step), unlike for every other duration.
+    let jitter = match h.jitter.as_deref() {
+        Some(j) if humantime::parse_duration(j.trim()).is_ok_and(|d| d.is_zero()) => Duration::ZERO,
+        j => c.duration(&format!("{key}.jitter"), j, interval / 10),
+    };
+    if jitter > interval {
+        c.err(
+            format!("{key}.jitter"),
+            format!(
+                "jitter {} is longer than interval {}, so probes would drift a whole interval \
+                 or more",
+                fmt_duration(jitter),
+                fmt_duration(interval)
+            ),
+            format!(
+                "use a jitter up to the interval, e.g. {} (the default is a tenth of it)",
+                fmt_duration(interval / 10)
+            ),
+        );
+    }
+    let timeout = c.duration(
+        &format!("{key}.timeout"),
+        h.timeout.as_deref(),
+        Duration::from_secs(1),
+    );
+    if timeout >= interval {
+        let (tkey, whose) = if h.timeout.is_some() {
+            (format!("{key}.timeout"), "")
+        } else {
+            (format!("{key}.interval"), " (the default)")
+        };
+        c.err(
+            tkey,
+            format!(
+                "the probe timeout {}{whose} is not shorter than interval {}, so probes would \
+                 overlap",
+                fmt_duration(timeout),
+                fmt_duration(interval)
+            ),
+            format!(
+                "make `timeout` shorter than `interval`, e.g. timeout: {}",
+                fmt_duration(share(interval, 2))
+            ),
+        );
+    }
+    HealthCheck {
+        probe,
+        interval,
+        jitter,
+        timeout,
+        healthy_threshold: at_least_one(
+            c,
+            &format!("{key}.healthy_threshold"),
+            h.healthy_threshold,
+            2,
+        ),
+        unhealthy_threshold: at_least_one(
+            c,
+            &format!("{key}.unhealthy_threshold"),
+            h.unhealthy_threshold,
+            3,
+        ),
+    }
+}
+
+/// The path of an HTTP probe: starts with '/', may carry a query.
+fn check_probe_path(c: &mut Checker, key: &str, path: &str) -> String {
+    if !path.starts_with('/') {
+        c.err(
+            key,
+            format!("`{path}` does not start with '/'"),
+            format!("write it as \"/{}\"", path.trim_start_matches('/')),
+        );
+    } else if path.parse::<http::uri::PathAndQuery>().is_err() || path.contains('#') {
+        c.err(
+            key,
+            format!("`{path}` is not a valid request path"),
+            "use visible ASCII without '#' and percent-encode the rest, e.g. /healthz",
+        );
+    }
+    path.to_owned()
+}
+
+/// A status (`200`, `"200"`) or an inclusive range (`"200-299"`), both ends within 100..=599.
+fn status_range(c: &mut Checker, key: &str, raw: &NumberOrString) -> Option<(u16, u16)> {
+    const HINT: &str = "use a status (200) or a range (\"200-299\"), each from 100 to 599";
+    let status = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|n| (100..=599).contains(n))
+    };
+    let (text, range) = match raw {
+        NumberOrString::Number(n) => {
+            let ok = u16::try_from(*n).ok().filter(|n| (100..=599).contains(n));
+            (n.to_string(), ok.map(|n| (n, n)))
+        }
+        NumberOrString::String(s) => {
+            let range = match s.split_once('-') {
+                Some((a, b)) => status(a).zip(status(b)),
+                None => status(s).map(|n| (n, n)),
+            };
+            (s.clone(), range)
+        }
+    };
+    match range {
+        Some((a, b)) if a <= b => Some((a, b)),
+        Some((a, b)) => {
+            c.err(
+                key,
+                format!("the range `{text}` runs backwards"),
+                format!("write the lower status first: \"{b}-{a}\""),
+            );
+            None
+        }
+        None => {
+            c.err(
+                key,
+                format!("`{text}` is not a status or a status range"),
+                HINT,
+            );
+            None
+        }
+    }
+}
+
+fn check_breaker(c: &mut Checker, key: &str, b: &RawCircuitBreaker) -> CircuitBreaker {
+    let d = CircuitBreaker::default();
+    let base_ejection = c.duration(
+        &format!("{key}.base_ejection"),
+        b.base_ejection.as_deref(),
+        d.base_ejection,
+    );
+    let max_ejection = c.duration(
+        &format!("{key}.max_ejection"),
+        b.max_ejection.as_deref(),
+        d.max_ejection,
+    );
+    if max_ejection < base_ejection {
+        let which = if b.max_ejection.is_some() {
+            "max_ejection"
+        } else {
+            "base_ejection"
+        };
+        c.err(
+            format!("{key}.{which}"),
+            format!(
+                "max_ejection {} is shorter than base_ejection {}",
+                fmt_duration(max_ejection),
+                fmt_duration(base_ejection)
+            ),
+            "ejections start at base_ejection and double up to max_ejection: make max_ejection \
+             at least base_ejection",
+        );
+    }
+    CircuitBreaker {
+        enabled: b.enabled.unwrap_or(d.enabled),
+        consecutive_failures: b.consecutive_failures.unwrap_or(d.consecutive_failures),
+        failure_rate_percent: percent(
+            c,
+            &format!("{key}.failure_rate_percent"),
+            b.failure_rate_percent,
+            d.failure_rate_percent,
+            100,
+        ),
+        min_requests: b.min_requests.unwrap_or(d.min_requests),
+        window: c.duration(&format!("{key}.window"), b.window.as_deref(), d.window),
+        base_ejection,
+        max_ejection,
+        max_ejected_percent: percent(
+            c,
+            &format!("{key}.max_ejected_percent"),
+            b.max_ejected_percent,
+            d.max_ejected_percent,
+            100,
+        ),
+    }
+}
+
+fn check_upstream_limits(c: &mut Checker, key: &str, l: &RawUpstreamLimits) -> UpstreamLimits {
+    let d = UpstreamLimits::default();
+    if l.max_requests == Some(0) {
+        c.err(
+            format!("{key}.max_requests"),
+            "a limit of 0 requests refuses every request",
+            format!("use at least 1 (default {})", d.max_requests),
+        );
+    }
+    if l.max_connections == Some(0) {
+        c.err(
+            format!("{key}.max_connections"),
+            "a limit of 0 connections refuses every request",
+            "use at least 1, or remove it to be bounded by max_requests and the pool",
+        );
+    }
+    UpstreamLimits {
+        max_requests: l.max_requests.unwrap_or(d.max_requests).max(1),
+        max_pending: l.max_pending.unwrap_or(d.max_pending),
+        max_connections: l.max_connections.or(d.max_connections).map(|n| n.max(1)),
+    }
+}
+
+/// `raw` over `base`: keys given in `raw` are checked and replace the base's values.
+fn check_retry(c: &mut Checker, key: &str, raw: &RawRetry, base: &Retry) -> Retry {
+    let attempts = match raw.attempts {
+        Some(a @ 1..=10) => a,
+        Some(0) => {
+            c.err(
+                format!("{key}.attempts"),
+                "0 attempts would never send the request",
+                "use 1 to 10 tries in all, the first included; 1 means no retries",
+            );
+            base.attempts
+        }
+        Some(a) => {
+            c.err(
+                format!("{key}.attempts"),
+                format!("{a} attempts is more than the maximum of 10"),
+                "use at most 10 tries in all: retries beyond a few add load to an upstream that \
+                 is already failing",
+            );
+            base.attempts
+        }
+        None => base.attempts,
+    };
+    let on_status = match &raw.on_status {
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| retry_status(c, &format!("{key}.on_status[{i}]"), *s))
+            .collect(),
+        None => base.on_status.clone(),
+    };
+    let on_grpc = match &raw.on_grpc {
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| grpc_code(c, &format!("{key}.on_grpc[{i}]"), g))
+            .collect(),
+        None => base.on_grpc.clone(),
+    };
+    let per_try_timeout = match raw.per_try_timeout.as_deref() {
+        Some(p) => Some(c.duration(
+            &format!("{key}.per_try_timeout"),
+            Some(p),
+            Duration::from_secs(1),
+        )),
+        None => base.per_try_timeout,
+    };
+    let backoff = c.duration(
+        &format!("{key}.backoff"),
+        raw.backoff.as_deref(),
+        base.backoff,
+    );
+    let max_backoff = c.duration(
+        &format!("{key}.max_backoff"),
+        raw.max_backoff.as_deref(),
+        base.max_backoff,
+    );
+    // With neither key given here, both come from the base, which was checked where it was set.
+    if max_backoff < backoff && (raw.backoff.is_some() || raw.max_backoff.is_some()) {
+        let which = if raw.max_backoff.is_some() {
+            "max_backoff"
+        } else {
+            "backoff"
+        };
+        c.err(
+            format!("{key}.{which}"),
+            format!(
+                "max_backoff {} is shorter than backoff {}",
+                fmt_duration(max_backoff),
+                fmt_duration(backoff)
+            ),
+            "back-off starts at `backoff` and doubles up to `max_backoff`: make max_backoff at \
+             least backoff",
+        );
+    }
+    let replay_buffer = match raw.replay_buffer {
+        Some(n) if n > MAX_REPLAY_BUFFER => {
+            c.err(
+                format!("{key}.replay_buffer"),
+                format!("{n} bytes is more than the maximum of {MAX_REPLAY_BUFFER} (16 MiB)"),
+                "every retryable request in flight may hold this much memory: use at most \
+                 16777216; requests with larger bodies are sent once, without retries",
+            );
+            base.replay_buffer
+        }
+        Some(n) => n,
+        None => base.replay_buffer,
+    };
+    Retry {
+        attempts,
+        on_status,
+        on_grpc,
+        all_methods: raw.all_methods.unwrap_or(base.all_methods),
+        per_try_timeout,
+        backoff,
+        max_backoff,
+        replay_buffer,
+    }
+}
+
+/// A route's retry policy merged over its upstream's, and its per-try timeout checked against
+/// the route's deadline.
+fn check_route_retry(
+    c: &mut Checker,
+    rkey: &str,
+    r: &RawRoute,
+    timeout: Option<Duration>,
+    upstream: Option<&Upstream>,
+) -> Option<Retry> {
+    let default = Retry::default();
+    let base = upstream.map_or(&default, |u| &u.retry);
+    let retry = match &r.retry {
+        None => None,
+        // No retries: the route's deadline alone bounds its one try.
+        Some(RawRouteRetry::Off) => Some(Retry {
+            attempts: 1,
+            per_try_timeout: None,
+            ..base.clone()
+        }),
+        Some(RawRouteRetry::Policy(p)) => Some(check_retry(c, &format!("{rkey}.retry"), p, base)),
+    };
+    let Some(upstream) = upstream else {
+        return retry;
+    };
+    let effective = retry.as_ref().unwrap_or(base);
+    let (Some(per_try), attempts) = (effective.per_try_timeout, effective.attempts) else {
+        return retry;
+    };
+    let deadline = timeout.unwrap_or(upstream.request_timeout);
+    if per_try < deadline {
+        return retry;
+    }
+    let own = matches!(&r.retry, Some(RawRouteRetry::Policy(p)) if p.per_try_timeout.is_some());
+    if own {
+        let (what, fix) = match timeout {
+            Some(_) => ("the route's timeout", "`timeout`"),
+            None => (
+                "the upstream's request_timeout",
+                "the upstream's `request_timeout`",
+            ),
+        };
+        let key = format!("{rkey}.retry.per_try_timeout");
+        per_try_too_long(c, &key, per_try, (what, deadline), attempts, fix);
+    } else if timeout.is_some() {
+        // Inherited from the upstream, where it fits the upstream's own deadline (else it was
+        // reported there); this route's shorter `timeout` is what makes it useless.
+        c.err(
+            format!("{rkey}.timeout"),
+            format!(
+                "timeout {} is not longer than the per_try_timeout {} this route takes from \
+                 upstream `{}`, so no try could be cut short and retried",
+                fmt_duration(deadline),
+                fmt_duration(per_try),
+                upstream.name
+            ),
+            format!(
+                "give the route its own `retry: {{ per_try_timeout: {} }}`, or raise `timeout` \
+                 above {}",
+                fmt_duration(share(deadline, attempts)),
+                fmt_duration(per_try)
+            ),
+        );
+    }
+    retry
+}
+
+/// An upstream's retry policy, its per-try timeout checked against `request_timeout`.
+fn check_upstream_retry(
+    c: &mut Checker,
+    key: &str,
+    raw: &RawRetry,
+    request_timeout: Duration,
+) -> Retry {
+    let retry = check_retry(c, key, raw, &Retry::default());
+    if let Some(per_try) = retry.per_try_timeout.filter(|p| *p >= request_timeout) {
+        per_try_too_long(
+            c,
+            &format!("{key}.per_try_timeout"),
+            per_try,
+            ("the upstream's request_timeout", request_timeout),
+            retry.attempts,
+            "`request_timeout`",
+        );
+    }
+    retry
+}
+
+/// Reports a per-try timeout that is not shorter than the deadline (named, and its value) it is
+/// meant to split; `fix` names the key that sets the deadline.
+fn per_try_too_long(
+    c: &mut Checker,
+    key: &str,
+    per_try: Duration,
+    (what, deadline): (&str, Duration),
+    attempts: u32,
+    fix: &str,
+) {
+    c.err(
+        key,
+        format!(
+            "per_try_timeout {} is not shorter than {what} {}, so no try could be cut short and \
+             retried",
+            fmt_duration(per_try),
+            fmt_duration(deadline)
+        ),
+        format!(
+            "use a per_try_timeout below {}, e.g. {}, or raise {fix}",
+            fmt_duration(deadline),
+            fmt_duration(share(deadline, attempts))
+        ),
+    );
+}
+
+/// A retried status: an error status, 400 to 599.
+fn retry_status(c: &mut Checker, key: &str, status: u32) -> Option<u16> {
+    match status {
+        400..=599 => u16::try_from(status).ok(),
+        100..=399 => {
+            c.err(
+                key,
+                format!("{status} is not an error status"),
+                "retry on 4xx and 5xx statuses only, e.g. 429 or 503; successes and redirects \
+                 are final",
+            );
+            None
+        }
+        _ => {
+            c.err(
+                key,
+                format!("{status} is not an HTTP status"),
+                "use a status from 400 to 599, e.g. 503",
+            );
+            None
+        }
+    }
+}
+
+/// A retried gRPC status code, by name (any case) or number, 1 to 16.
+fn grpc_code(c: &mut Checker, key: &str, raw: &NumberOrString) -> Option<u32> {
+    const HINT: &str = "use a gRPC code name (unavailable, resource_exhausted, ...) or a number \
+                        from 1 to 16";
+    match raw {
+        NumberOrString::Number(0) => {
+            c.err(key, "0 is OK, which is never retried", HINT);
+            None
+        }
+        NumberOrString::Number(n @ 1..=16) => u32::try_from(*n).ok(),
+        NumberOrString::Number(n) => {
+            c.err(key, format!("{n} is not a gRPC status code"), HINT);
+            None
+        }
+        NumberOrString::String(s) => {
+            let name = s.trim().to_ascii_lowercase();
+            match GRPC_CODES.iter().position(|g| *g == name) {
+                Some(0) => {
+                    c.err(key, "`ok` is success, which is never retried", HINT);
+                    None
+                }
+                Some(n) => u32::try_from(n).ok(),
+                None => {
+                    let suggestion = closest(&name, GRPC_CODES[1..].iter().copied())
+                        .map(|g| format!("did you mean \"{g}\"? "))
+                        .unwrap_or_default();
+                    c.err(
+                        key,
+                        format!("`{s}` is not a gRPC status code"),
+                        format!("{suggestion}{HINT}"),
+                    );
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn check_budget(c: &mut Checker, key: &str, b: &RawRetryBudget) -> RetryBudget {
+    let d = RetryBudget::default();
+    let wkey = format!("{key}.window");
+    let mut window = c.duration(&wkey, b.window.as_deref(), d.window);
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&window) {
+        c.err(
+            &wkey,
+            format!("a window of {} is out of range", fmt_duration(window)),
+            "use 1s to 60s (default 10s): shorter lets bursts through, longer remembers an \
+             outage after it ended",
+        );
+        window = d.window;
+    }
+    RetryBudget {
+        percent: percent(c, &format!("{key}.percent"), b.percent, d.percent, 1000),
+        min_per_second: b.min_per_second.unwrap_or(d.min_per_second),
+        window,
+    }
+}
+
+/// A percentage from 0 to `max`.
+fn percent(c: &mut Checker, key: &str, v: Option<u32>, default: u32, max: u32) -> u32 {
+    match v {
+        Some(p) if p > max => {
+            c.err(
+                key,
+                format!("{p} is above {max} percent"),
+                format!("use 0 to {max} (default {default})"),
+            );
+            default
+        }
+        Some(p) => p,
+        None => default,
+    }
+}
+
+/// A count of at least 1.
+fn at_least_one(c: &mut Checker, key: &str, v: Option<u32>, default: u32) -> u32 {
+    match v {
+        Some(0) => {
+            c.err(
+                key,
+                "a threshold of 0 would never be reached",
+                format!("use at least 1 (default {default})"),
+            );
+            default
+        }
+        Some(n) => n,
+        None => default,
+    }
+}
+
+/// `deadline` split over `parts` tries, in whole milliseconds (at least 1 ms), for hints.
+fn share(deadline: Duration, parts: u32) -> Duration {
+    let ms = deadline.as_millis() / u128::from(parts.max(2));
+    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX).max(1))
+}
+
+fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
 }
 
 fn check_name(c: &mut Checker, key: &str, name: &str) {

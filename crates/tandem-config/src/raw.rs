@@ -132,6 +132,23 @@ pub struct RawRoute {
     /// Local rate limit: requests beyond it are answered 429 with `Retry-After`.
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
+    /// Retry policy for this route: `off`, or the keys of the upstream's `retry` to change (keys
+    /// not given keep the upstream's value).
+    #[serde(default)]
+    pub retry: Option<RawRouteRetry>,
+}
+
+/// A route's retry policy: `off` (one try only) or a mapping that overrides some of the
+/// upstream's retry keys.
+// Deserialized by hand, like `OneOrMany`, so errors inside the mapping keep their key path.
+#[derive(Debug, JsonSchema)]
+#[schemars(untagged)]
+pub enum RawRouteRetry {
+    /// `off`: no retries on this route.
+    #[schemars(schema_with = "off_schema")]
+    Off,
+    /// Keys of the upstream's `retry`; those not given keep the upstream's value.
+    Policy(RawRetry),
 }
 
 /// A token bucket per key: `requests` per `per`, up to `burst` at once.
@@ -197,13 +214,25 @@ pub enum OneOrMany {
     Many(Vec<String>),
 }
 
+/// A number or a string, e.g. a status (`200`) or a status range (`"200-299"`).
+// Deserialized by hand rather than `#[serde(untagged)]`, which would lose the key path.
+#[derive(Debug, JsonSchema)]
+#[schemars(untagged)]
+pub enum NumberOrString {
+    /// A whole number.
+    Number(i64),
+    /// A string.
+    String(String),
+}
+
 /// An upstream.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
-    /// Endpoints: `IP:port`, `host:port` (resolved when connecting) or `unix:/path`.
+    /// Endpoints: `IP:port`, `host:port` (resolved when connecting) or `unix:/path`, each either
+    /// as a plain string (weight 1) or as `{ address: ..., weight: N }`.
     #[serde(default)]
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<RawEndpoint>,
     /// `http1`, `http2` (prior knowledge) or `auto` (same as the downstream request). Default `auto`.
     #[serde(default)]
     pub protocol: Option<RawUpstreamProtocol>,
@@ -216,6 +245,201 @@ pub struct RawUpstream {
     /// Connection pool.
     #[serde(default)]
     pub pool: Option<RawPool>,
+    /// How an endpoint is chosen: `p2c` (default), `round_robin`, `least_request`,
+    /// `hash:header:NAME`, `hash:cookie:NAME` or `hash:client_ip` (sticky by key).
+    #[serde(default)]
+    pub balancer: Option<String>,
+    /// A request or response body with no data either way for this long is aborted (default "5m").
+    #[serde(default)]
+    pub stream_idle_timeout: Option<String>,
+    /// Active health checks of every endpoint; absent: none (only passive outlier detection).
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    /// Passive outlier detection: endpoints that keep failing are ejected for a while.
+    #[serde(default)]
+    pub circuit_breaker: Option<RawCircuitBreaker>,
+    /// Bounds on concurrent requests and connections; beyond them requests get 503 `overloaded`.
+    #[serde(default)]
+    pub limits: Option<RawUpstreamLimits>,
+    /// Retry policy of every route to this upstream (a route's `retry` overrides it key by key).
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+    /// Caps the retries of all routes to this upstream together.
+    #[serde(default)]
+    pub retry_budget: Option<RawRetryBudget>,
+}
+
+/// An upstream endpoint: an address (weight 1), or an address with a weight.
+// Deserialized by hand, like `OneOrMany`, so a bad `weight` is reported at its own key.
+#[derive(Debug, JsonSchema)]
+#[schemars(untagged)]
+pub enum RawEndpoint {
+    /// `IP:port`, `host:port` or `unix:/path`, with weight 1.
+    Address(String),
+    /// An address with a weight.
+    Weighted(RawWeightedEndpoint),
+}
+
+/// An endpoint with a weight.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeightedEndpoint {
+    /// `IP:port`, `host:port` (resolved when connecting) or `unix:/path`.
+    pub address: String,
+    /// Relative share of traffic, 1 to 10000 (default 1).
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+/// Active health checks: exactly one of `http`, `tcp` or `grpc`, and how often.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Probe with `GET path` over HTTP/1.1; passes on an expected status.
+    #[serde(default)]
+    pub http: Option<RawHttpProbe>,
+    /// Probe with a TCP connect (`tcp: {}`); passes when it connects.
+    #[serde(default, deserialize_with = "present")]
+    pub tcp: Option<RawTcpProbe>,
+    /// Probe with `grpc.health.v1.Health/Check` over h2c; passes on `SERVING`.
+    #[serde(default, deserialize_with = "present")]
+    pub grpc: Option<RawGrpcProbe>,
+    /// Time between probes of one endpoint (default "5s").
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Up to this much random delay before each probe (default: a tenth of `interval`; "0s" for
+    /// none).
+    #[serde(default)]
+    pub jitter: Option<String>,
+    /// A probe slower than this fails (default "1s"); must be shorter than `interval`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Passing probes in a row that make an unhealthy endpoint healthy again (default 2).
+    #[serde(default)]
+    pub healthy_threshold: Option<u32>,
+    /// Failing probes in a row that make an endpoint unhealthy (default 3).
+    #[serde(default)]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// An HTTP health probe.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpProbe {
+    /// Request path, starting with '/', e.g. `/healthz`.
+    pub path: String,
+    /// Passing statuses: codes (`200`) or ranges (`"200-299"`), 100 to 599 (default
+    /// `["200-399"]`).
+    #[serde(default)]
+    pub expect: Option<Vec<NumberOrString>>,
+}
+
+/// A TCP connect probe; takes no keys.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcpProbe {}
+
+/// A gRPC health probe.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrpcProbe {
+    /// The service asked about (default "": the server as a whole).
+    #[serde(default)]
+    pub service: Option<String>,
+}
+
+/// Passive outlier detection, per endpoint.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    /// Whether failing endpoints are ejected at all (default true).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Failures in a row that eject an endpoint (default 5; 0 disables this trigger).
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    /// A failure share at or above this percentage over `window` ejects an endpoint (default 50;
+    /// 0 disables this trigger).
+    #[serde(default)]
+    pub failure_rate_percent: Option<u32>,
+    /// Requests an endpoint needs in `window` before its failure rate counts (default 20).
+    #[serde(default)]
+    pub min_requests: Option<u32>,
+    /// The window of the failure rate (default "10s").
+    #[serde(default)]
+    pub window: Option<String>,
+    /// First ejection time; doubles with each ejection in a row (default "5s").
+    #[serde(default)]
+    pub base_ejection: Option<String>,
+    /// Longest ejection time, at least `base_ejection` (default "5m").
+    #[serde(default)]
+    pub max_ejection: Option<String>,
+    /// Most endpoints ejected at once, as a percentage (default 50); one always stays.
+    #[serde(default)]
+    pub max_ejected_percent: Option<u32>,
+}
+
+/// Per-upstream bounds on concurrent work.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamLimits {
+    /// Requests in flight to the upstream at once (default 1024, at least 1).
+    #[serde(default)]
+    pub max_requests: Option<usize>,
+    /// Requests waiting for a slot at once (default 1024; 0: refuse at once when full).
+    #[serde(default)]
+    pub max_pending: Option<usize>,
+    /// Upstream connections open at once, idle ones included (default: no own bound).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+/// When and how failed requests are tried again.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Tries in all, the first included: 1 to 10 (default 3; 1 disables retries).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// Response statuses retried, each 400 to 599 (default `[502, 503, 504]`).
+    #[serde(default)]
+    pub on_status: Option<Vec<u32>>,
+    /// gRPC status codes retried: names (`unavailable`) or numbers 1 to 16 (default
+    /// `[unavailable]`).
+    #[serde(default)]
+    pub on_grpc: Option<Vec<NumberOrString>>,
+    /// Retry responses to non-idempotent methods (POST, PATCH) too (default false).
+    #[serde(default)]
+    pub all_methods: Option<bool>,
+    /// Bound on each try's time to the response head (default: only the route's deadline);
+    /// shorter than the route's `timeout` / the upstream's `request_timeout`.
+    #[serde(default)]
+    pub per_try_timeout: Option<String>,
+    /// Back-off before the first retry, doubling per retry, with jitter (default "25ms").
+    #[serde(default)]
+    pub backoff: Option<String>,
+    /// Longest back-off, at least `backoff` (default "250ms").
+    #[serde(default)]
+    pub max_backoff: Option<String>,
+    /// Request bodies up to this many bytes are kept for a retry (default 65536, at most 16 MiB;
+    /// 0: only requests without a body are retried).
+    #[serde(default)]
+    pub replay_buffer: Option<usize>,
+}
+
+/// Caps retries to `percent` % of requests plus `min_per_second`, over `window`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryBudget {
+    /// Retries allowed as a percentage of requests, 0 to 1000 (default 20).
+    #[serde(default)]
+    pub percent: Option<u32>,
+    /// Retries always allowed per second, so low traffic can still retry (default 10).
+    #[serde(default)]
+    pub min_per_second: Option<u32>,
+    /// How long a request counts towards the budget, 1s to 60s (default "10s").
+    #[serde(default)]
+    pub window: Option<String>,
 }
 
 /// Upstream HTTP version.
@@ -270,6 +494,114 @@ impl<'de> Deserialize<'de> for OneOrMany {
 
         d.deserialize_any(OneOrManyVisitor)
     }
+}
+
+// === impl NumberOrString ===
+
+impl<'de> Deserialize<'de> for NumberOrString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NumberOrStringVisitor;
+
+        impl<'de> Visitor<'de> for NumberOrStringVisitor {
+            type Value = NumberOrString;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number or a string")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(NumberOrString::Number(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                // Out of i64's range is out of every range the checker accepts.
+                Ok(NumberOrString::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(NumberOrString::String(v.to_owned()))
+            }
+        }
+
+        d.deserialize_any(NumberOrStringVisitor)
+    }
+}
+
+// === impl RawEndpoint ===
+
+impl<'de> Deserialize<'de> for RawEndpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EndpointVisitor;
+
+        impl<'de> Visitor<'de> for EndpointVisitor {
+            type Value = RawEndpoint;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address or a mapping with `address` and `weight`")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawEndpoint::Address(v.to_owned()))
+            }
+
+            // The map is handed on, not buffered, so its errors keep their key path.
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawWeightedEndpoint::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawEndpoint::Weighted)
+            }
+        }
+
+        d.deserialize_any(EndpointVisitor)
+    }
+}
+
+// === impl RawRouteRetry ===
+
+impl<'de> Deserialize<'de> for RawRouteRetry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RouteRetryVisitor;
+
+        impl<'de> Visitor<'de> for RouteRetryVisitor {
+            type Value = RawRouteRetry;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`off` or a mapping of retry keys")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v == "off" {
+                    Ok(RawRouteRetry::Off)
+                } else {
+                    Err(de::Error::invalid_value(de::Unexpected::Str(v), &self))
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawRetry::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawRouteRetry::Policy)
+            }
+        }
+
+        d.deserialize_any(RouteRetryVisitor)
+    }
+}
+
+/// The schema of `retry: off`.
+fn off_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "const": "off",
+    })
+}
+
+/// For a probe that may be written without keys (`tcp:`): present but empty counts as given,
+/// where serde alone would read it as absent.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(|v| Some(v.unwrap_or_default()))
 }
 
 /// A name map that keeps file order and refuses a name given twice.

@@ -122,6 +122,19 @@ fn type_hint(path: &str, expected: &str) -> String {
         }
         "a string or a list of strings" => "use one value (GET) or a list ([GET, HEAD])".to_owned(),
         "a map of names to values" => "use a mapping of `name:` entries".to_owned(),
+        "an address or a mapping with `address` and `weight`" => {
+            "use an address (127.0.0.1:8080) or a mapping: { address: 127.0.0.1:8080, weight: 3 }"
+                .to_owned()
+        }
+        "`off` or a mapping of retry keys" => {
+            "use `retry: off`, or a mapping of the keys to change, e.g. { attempts: 2 }".to_owned()
+        }
+        "a number or a string" if last.starts_with("on_grpc") => {
+            "use a gRPC code name (unavailable) or a number from 1 to 16".to_owned()
+        }
+        "a number or a string" if last.starts_with("expect") => {
+            "use a status (200) or a range (\"200-299\")".to_owned()
+        }
         other => format!("use {other}"),
     }
 }
@@ -148,6 +161,15 @@ fn section_name(raw_type: &str) -> &'static str {
         "RawPathMatch" => "`path`",
         "RawUpstream" => "an upstream",
         "RawPool" => "`pool`",
+        "RawWeightedEndpoint" => "an endpoint",
+        "RawHealthCheck" => "`health_check`",
+        "RawHttpProbe" => "`http`",
+        "RawTcpProbe" => "`tcp`",
+        "RawGrpcProbe" => "`grpc`",
+        "RawCircuitBreaker" => "`circuit_breaker`",
+        "RawUpstreamLimits" => "`limits`",
+        "RawRetry" => "`retry`",
+        "RawRetryBudget" => "`retry_budget`",
         _ => "this section",
     }
 }
@@ -157,6 +179,7 @@ fn missing_example(field: &str) -> &'static str {
     match field {
         "address" => "with an IP:port or unix:/path, e.g. `address: 127.0.0.1:7080`",
         "upstream" => "naming one of `upstreams`, e.g. `upstream: app`",
+        "path" => "with the path to probe, e.g. `path: /healthz`",
         _ => "to this mapping (see docs/config.md)",
     }
 }

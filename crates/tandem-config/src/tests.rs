@@ -27,7 +27,10 @@ fn default_is_valid() {
     let outbound = &c.listeners[1];
     assert_eq!(outbound.direction, Direction::Outbound);
     assert!(outbound.forward_proxy);
-    assert_eq!(c.upstreams[0].endpoints[0].address.to_string(), "127.0.0.1:8080");
+    assert_eq!(
+        c.upstreams[0].endpoints[0].address.to_string(),
+        "127.0.0.1:8080"
+    );
     assert_eq!(c.drain_timeout, std::time::Duration::from_secs(30));
     // Idle upstream connections close before a typical app's 5 s keep-alive does.
     assert_eq!(c.upstreams[0].pool.idle_timeout, Duration::from_secs(4));
@@ -622,4 +625,828 @@ upstreams:
         ]
     );
     assert!(e[1].hint.contains("header:NAME"), "{}", e[1]);
+}
+
+/// Every resilience key, set: each lands in the model with the value written.
+#[test]
+fn resilience_keys_parse() {
+    let text = "\
+listeners:
+  inbound:
+    address: 127.0.0.1:7080
+    upstream: orders
+upstreams:
+  orders:
+    endpoints:
+      - 127.0.0.1:8080
+      - { address: 127.0.0.1:8081, weight: 3 }
+      - address: \"unix:/tmp/o.sock\"
+    balancer: hash:header:X-User-Id
+    stream_idle_timeout: 2m
+    health_check:
+      http: { path: \"/healthz?full=1\", expect: [\"200-299\", 301, \"418\"] }
+      interval: 10s
+      jitter: 2s
+      timeout: 3s
+      healthy_threshold: 4
+      unhealthy_threshold: 1
+    circuit_breaker:
+      enabled: false
+      consecutive_failures: 0
+      failure_rate_percent: 100
+      min_requests: 7
+      window: 30s
+      base_ejection: 1s
+      max_ejection: 1s
+      max_ejected_percent: 0
+    limits:
+      max_requests: 10
+      max_pending: 0
+      max_connections: 20
+    retry:
+      attempts: 10
+      on_status: [429, 500]
+      on_grpc: [UNAVAILABLE, resource_exhausted, 4]
+      all_methods: true
+      per_try_timeout: 2s
+      backoff: 10ms
+      max_backoff: 10ms
+      replay_buffer: 0
+    retry_budget:
+      percent: 1000
+      min_per_second: 0
+      window: 60s
+";
+    let c = parse("t.yaml", text).unwrap();
+    let u = &c.upstreams[0];
+    let endpoints: Vec<(String, u32)> = u
+        .endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.weight))
+        .collect();
+    assert_eq!(
+        endpoints,
+        [
+            ("127.0.0.1:8080".to_owned(), 1),
+            ("127.0.0.1:8081".to_owned(), 3),
+            ("unix:/tmp/o.sock".to_owned(), 1),
+        ]
+    );
+    assert_eq!(
+        u.balancer,
+        Balancer::Hash(HashKey::Header("x-user-id".into()))
+    );
+    assert_eq!(u.stream_idle_timeout, Duration::from_secs(120));
+
+    let h = u.health_check.as_ref().unwrap();
+    assert_eq!(
+        h.probe,
+        HealthProbe::Http {
+            path: "/healthz?full=1".into(),
+            expect: vec![(200, 299), (301, 301), (418, 418)],
+        }
+    );
+    assert_eq!(
+        (h.interval, h.jitter, h.timeout),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+            Duration::from_secs(3)
+        )
+    );
+    assert_eq!((h.healthy_threshold, h.unhealthy_threshold), (4, 1));
+
+    let b = &u.circuit_breaker;
+    assert!(!b.enabled);
+    assert_eq!(
+        (
+            b.consecutive_failures,
+            b.failure_rate_percent,
+            b.min_requests,
+            b.max_ejected_percent
+        ),
+        (0, 100, 7, 0)
+    );
+    assert_eq!(
+        (b.window, b.base_ejection, b.max_ejection),
+        (
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            Duration::from_secs(1)
+        )
+    );
+
+    assert_eq!(
+        (
+            u.limits.max_requests,
+            u.limits.max_pending,
+            u.limits.max_connections
+        ),
+        (10, 0, Some(20))
+    );
+
+    let r = &u.retry;
+    assert_eq!(r.attempts, 10);
+    assert_eq!(r.on_status, [429, 500]);
+    assert_eq!(r.on_grpc, [14, 8, 4]);
+    assert!(r.all_methods);
+    assert_eq!(r.per_try_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(
+        (r.backoff, r.max_backoff),
+        (Duration::from_millis(10), Duration::from_millis(10))
+    );
+    assert_eq!(r.replay_buffer, 0);
+
+    assert_eq!(
+        (
+            u.retry_budget.percent,
+            u.retry_budget.min_per_second,
+            u.retry_budget.window
+        ),
+        (1000, 0, Duration::from_secs(60))
+    );
+}
+
+/// Without any resilience key an upstream gets the model's defaults, and a route no retry of its
+/// own; a probe given alone gets the documented interval, jitter, timeout and thresholds.
+#[test]
+fn resilience_defaults_when_absent() {
+    let text = "\
+listeners:
+  inbound: { address: 127.0.0.1:7080, upstream: app }
+upstreams:
+  app: { endpoints: [127.0.0.1:8080] }
+  tcp:
+    health_check: { tcp: {} }
+  http:
+    health_check: { http: { path: /healthz } }
+  grpc:
+    health_check:
+      grpc:
+";
+    let c = parse("t.yaml", text).unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!(u.endpoints[0].weight, 1);
+    assert_eq!(u.balancer, Balancer::P2c);
+    assert!(u.health_check.is_none());
+    assert_eq!(u.stream_idle_timeout, DEFAULT_STREAM_IDLE_TIMEOUT);
+    assert_eq!(u.stream_idle_timeout, Duration::from_secs(300));
+
+    let b = &u.circuit_breaker;
+    assert!(b.enabled);
+    assert_eq!(
+        (
+            b.consecutive_failures,
+            b.failure_rate_percent,
+            b.min_requests,
+            b.max_ejected_percent
+        ),
+        (5, 50, 20, 50)
+    );
+    assert_eq!(
+        (b.window, b.base_ejection, b.max_ejection),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            Duration::from_secs(300)
+        )
+    );
+    assert_eq!(
+        (
+            u.limits.max_requests,
+            u.limits.max_pending,
+            u.limits.max_connections
+        ),
+        (1024, 1024, None)
+    );
+    let r = &u.retry;
+    assert_eq!(r.attempts, 3);
+    assert_eq!(r.on_status, [502, 503, 504]);
+    assert_eq!(r.on_grpc, [14]);
+    assert!(!r.all_methods);
+    assert_eq!(r.per_try_timeout, None);
+    assert_eq!(
+        (r.backoff, r.max_backoff, r.replay_buffer),
+        (
+            Duration::from_millis(25),
+            Duration::from_millis(250),
+            65_536
+        )
+    );
+    assert_eq!(
+        (
+            u.retry_budget.percent,
+            u.retry_budget.min_per_second,
+            u.retry_budget.window
+        ),
+        (20, 10, Duration::from_secs(10))
+    );
+    assert!(c.listeners[0].routes.is_empty());
+
+    let probe = |i: usize| c.upstreams[i].health_check.as_ref().unwrap();
+    let tcp = probe(1);
+    assert_eq!(tcp.probe, HealthProbe::Tcp);
+    assert_eq!(
+        (tcp.interval, tcp.jitter, tcp.timeout),
+        (
+            Duration::from_secs(5),
+            Duration::from_millis(500),
+            Duration::from_secs(1)
+        )
+    );
+    assert_eq!((tcp.healthy_threshold, tcp.unhealthy_threshold), (2, 3));
+    assert_eq!(
+        probe(2).probe,
+        HealthProbe::Http {
+            path: "/healthz".into(),
+            expect: vec![(200, 399)]
+        }
+    );
+    // `grpc:` with nothing after it is the probe with its defaults, not an absent probe.
+    assert_eq!(
+        probe(3).probe,
+        HealthProbe::Grpc {
+            service: String::new()
+        }
+    );
+}
+
+/// Endpoints take a plain address or `{ address, weight }`; weights out of 1..=10000, a bad
+/// address in either form and a duplicate across forms are each reported at the entry.
+#[test]
+fn endpoint_forms_and_weights() {
+    let text = "\
+listeners:
+  inbound: { address: 127.0.0.1:7080, upstream: app }
+upstreams:
+  app:
+    endpoints:
+      - 127.0.0.1:8080
+      - { address: 127.0.0.1:8081, weight: 0 }
+      - address: 127.0.0.1:8082
+        weight: 20000
+      - { address: 127.0.0.1:8080, weight: 2 }
+      - { address: \"nope:port\" }
+      - \"unix:\"
+";
+    let e = errors(text);
+    let got: Vec<(Option<usize>, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(7), "upstreams.app.endpoints[1].weight"),
+            (Some(9), "upstreams.app.endpoints[2].weight"),
+            (Some(10), "upstreams.app.endpoints[3]"),
+            (Some(11), "upstreams.app.endpoints[4]"),
+            (Some(12), "upstreams.app.endpoints[5]"),
+        ]
+    );
+    assert_eq!(e[0].message, "a weight of 0 sends this endpoint no traffic");
+    assert!(e[0].hint.contains("remove it from `endpoints`"), "{}", e[0]);
+    assert!(e[1].message.contains("maximum of 10000"), "{}", e[1]);
+    assert!(e[1].hint.contains("relative"), "{}", e[1]);
+    assert_eq!(e[2].message, "endpoint `127.0.0.1:8080` is listed twice");
+    assert!(e[2].hint.contains("`weight`"), "{}", e[2]);
+    assert!(e[3].message.contains("not a port number"), "{}", e[3]);
+    assert!(e[4].message.contains("needs a path"), "{}", e[4]);
+    assert!(e.iter().all(|e| !e.hint.is_empty()));
+
+    let c = parse(
+        "t.yaml",
+        "listeners:\n  i: { address: 127.0.0.1:1, upstream: a }\nupstreams:\n  a:\n    endpoints:\n      - address: localhost:80\n        weight: 10000\n      - 127.0.0.1:2\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.upstreams[0].endpoints,
+        [
+            UpstreamEndpoint {
+                address: Address::Host {
+                    host: "localhost".into(),
+                    port: 80
+                },
+                weight: 10_000
+            },
+            UpstreamEndpoint {
+                address: Address::Tcp(([127, 0, 0, 1], 2).into()),
+                weight: 1
+            },
+        ]
+    );
+}
+
+/// Mistakes inside the hand-deserialized forms (endpoint, route `retry`, code lists) keep the
+/// full key path and line, and an unknown key inside them is stepped over like anywhere else.
+#[test]
+fn resilience_type_errors_keep_key_paths() {
+    let base = "listeners:\n  a:\n    address: 127.0.0.1:1\n    routes:\n      - upstream: u\n        retry: off\nupstreams:\n  u:\n    endpoints: [127.0.0.1:2]\n";
+    let one = |text: &str| {
+        let e = errors(text);
+        assert_eq!(e.len(), 1, "{}", ConfigErrors(e.clone()));
+        e.into_iter().next().unwrap()
+    };
+
+    let e = one(&base.replace("[127.0.0.1:2]", "[8080]"));
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(9), "upstreams.u.endpoints[0]")
+    );
+    assert!(e.hint.contains("weight: 3"), "{e}");
+
+    let e = one(&base.replace("[127.0.0.1:2]", "[{ address: 127.0.0.1:2, weight: -1 }]"));
+    assert_eq!(e.key, "upstreams.u.endpoints[0].weight");
+    assert_eq!(e.hint, "use a whole number, e.g. 100");
+
+    let e = one(&base.replace("[127.0.0.1:2]", "[{ adress: 127.0.0.1:2 }]"));
+    assert_eq!(e.key, "upstreams.u.endpoints[0].adress");
+    assert!(e.hint.starts_with("did you mean \"address\"?"), "{e}");
+
+    let e = one(&base.replace("retry: off", "retry: no"));
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(6), "listeners.a.routes[0].retry")
+    );
+    assert!(e.message.contains("expected `off` or a mapping"), "{e}");
+    assert!(e.hint.contains("retry: off"), "{e}");
+
+    // The typo is read as the key it resembles, so checking goes on past it.
+    let e = errors(&base.replace("retry: off", "retry: { atempts: 0, on_status: [503, 200] }"));
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "listeners.a.routes[0].retry.atempts",
+            "listeners.a.routes[0].retry.attempts",
+            "listeners.a.routes[0].retry.on_status[1]",
+        ]
+    );
+    assert!(
+        e[0].hint.starts_with("did you mean \"attempts\"?"),
+        "{}",
+        e[0]
+    );
+
+    let e = one(&format!("{base}    retry: {{ on_grpc: [[14]] }}\n"));
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(10), "upstreams.u.retry.on_grpc[0]")
+    );
+    assert!(e.hint.contains("1 to 16"), "{e}");
+
+    let e = one(&format!(
+        "{base}    health_check: {{ tcp: {{ port: 1 }} }}\n"
+    ));
+    assert_eq!(e.key, "upstreams.u.health_check.tcp.port");
+    assert!(e.hint.contains("takes no keys"), "{e}");
+}
+
+/// Every balancer form, case-insensitive in its keywords; a typo gets a "did you mean".
+#[test]
+fn balancer_forms() {
+    let with = |b: &str| {
+        format!("listeners:\n  a: {{ address: 127.0.0.1:1, upstream: u }}\nupstreams:\n  u:\n    balancer: \"{b}\"\n")
+    };
+    for (raw, want) in [
+        ("p2c", Balancer::P2c),
+        ("round_robin", Balancer::RoundRobin),
+        ("Least_Request", Balancer::LeastRequest),
+        ("hash:client_ip", Balancer::Hash(HashKey::ClientIp)),
+        (
+            "hash:header:X-Session",
+            Balancer::Hash(HashKey::Header("x-session".into())),
+        ),
+        (
+            "hash:cookie:SessionId",
+            Balancer::Hash(HashKey::Cookie("SessionId".into())),
+        ),
+    ] {
+        let c = parse("t.yaml", &with(raw)).unwrap();
+        assert_eq!(c.upstreams[0].balancer, want, "{raw}");
+    }
+    for (raw, message, hint) in [
+        (
+            "roundrobin",
+            "`roundrobin` is not a balancer",
+            "did you mean \"round_robin\"?",
+        ),
+        (
+            "least_requests",
+            "not a balancer",
+            "did you mean \"least_request\"?",
+        ),
+        (
+            "hash:client-ip",
+            "not a balancer",
+            "did you mean \"hash:client_ip\"?",
+        ),
+        (
+            "random",
+            "`random` is not a balancer",
+            "use one of: p2c, round_robin",
+        ),
+        (
+            "hash:header:",
+            "is not a header name",
+            "hash:header:x-user-id",
+        ),
+        (
+            "hash:header:bad header",
+            "`bad header`",
+            "hash:header:x-user-id",
+        ),
+        (
+            "hash:cookie:a;b",
+            "`a;b` in `hash:cookie:a;b` is not a cookie name",
+            "hash:cookie:session",
+        ),
+    ] {
+        let e = errors(&with(raw));
+        assert_eq!(e.len(), 1, "{raw}");
+        assert_eq!(
+            (e[0].line, e[0].key.as_str()),
+            (Some(5), "upstreams.u.balancer")
+        );
+        assert!(e[0].message.contains(message), "{raw}: {}", e[0]);
+        assert!(e[0].hint.contains(hint), "{raw}: {}", e[0]);
+    }
+}
+
+/// Health check mistakes are all reported in one run, each at its key with a fix.
+#[test]
+fn health_check_rules() {
+    let text = "\
+listeners:
+  a: { address: 127.0.0.1:1, upstream: none }
+upstreams:
+  none:
+    health_check: { interval: 5s }
+  two:
+    health_check: { tcp: {}, grpc: { service: x } }
+  http:
+    health_check:
+      http: { path: healthz, expect: [\"299-200\", 600, abc, \"200-\", 99] }
+      interval: 2s
+      jitter: 3s
+      timeout: 2s
+      healthy_threshold: 0
+      unhealthy_threshold: 0
+  empty:
+    health_check:
+      http: { path: /h, expect: [] }
+      interval: 1s
+";
+    let e = errors(text);
+    let got: Vec<(Option<usize>, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(5), "upstreams.none.health_check"),
+            (Some(7), "upstreams.two.health_check"),
+            (Some(10), "upstreams.http.health_check.http.path"),
+            (Some(10), "upstreams.http.health_check.http.expect[0]"),
+            (Some(10), "upstreams.http.health_check.http.expect[1]"),
+            (Some(10), "upstreams.http.health_check.http.expect[2]"),
+            (Some(10), "upstreams.http.health_check.http.expect[3]"),
+            (Some(10), "upstreams.http.health_check.http.expect[4]"),
+            (Some(12), "upstreams.http.health_check.jitter"),
+            (Some(13), "upstreams.http.health_check.timeout"),
+            (Some(14), "upstreams.http.health_check.healthy_threshold"),
+            (Some(15), "upstreams.http.health_check.unhealthy_threshold"),
+            (Some(18), "upstreams.empty.health_check.http.expect"),
+            // The default timeout (1s) against a 1s interval: reported at what was written.
+            (Some(19), "upstreams.empty.health_check.interval"),
+        ]
+    );
+    let by_key = |k: &str| e.iter().find(|e| e.key.ends_with(k)).unwrap();
+    assert_eq!(by_key("none.health_check").message, "no probe is set");
+    assert!(by_key("none.health_check").hint.contains("tcp: {}"));
+    assert!(by_key("two.health_check").message.contains("`tcp`, `grpc`"));
+    assert_eq!(by_key("http.path").hint, "write it as \"/healthz\"");
+    assert_eq!(
+        by_key("expect[0]").message,
+        "the range `299-200` runs backwards"
+    );
+    assert_eq!(
+        by_key("expect[0]").hint,
+        "write the lower status first: \"200-299\""
+    );
+    assert!(by_key("expect[1]").message.contains("`600`"));
+    assert!(by_key("expect[2]").hint.contains("100 to 599"));
+    assert!(by_key("jitter").message.contains("longer than interval 2s"));
+    assert!(by_key("health_check.timeout")
+        .message
+        .contains("not shorter than interval 2s"));
+    assert!(by_key("health_check.timeout").hint.contains("timeout: 1s"));
+    assert!(by_key("healthy_threshold").hint.contains("default 2"));
+    assert!(by_key("unhealthy_threshold").hint.contains("default 3"));
+    assert!(by_key("http.expect").hint.contains("200-399"));
+    assert!(by_key("empty.health_check.interval")
+        .message
+        .contains("1s (the default)"));
+    assert!(e.iter().all(|e| !e.hint.is_empty()));
+
+    // "0s" turns jitter off (every other duration must be positive).
+    let c = parse(
+        "t.yaml",
+        "listeners:\n  a: { address: 127.0.0.1:1, upstream: u }\nupstreams:\n  u:\n    health_check: { tcp: {}, jitter: 0s }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.upstreams[0].health_check.as_ref().unwrap().jitter,
+        Duration::ZERO
+    );
+}
+
+/// Circuit breaker and upstream limit mistakes: percentages over 100, an ejection range that
+/// runs backwards, limits of 0 where 0 would refuse everything.
+#[test]
+fn circuit_breaker_and_limits_rules() {
+    let text = "\
+listeners:
+  a: { address: 127.0.0.1:1, upstream: u }
+upstreams:
+  u:
+    circuit_breaker:
+      failure_rate_percent: 101
+      window: 0s
+      base_ejection: 1m
+      max_ejection: 30s
+      max_ejected_percent: 200
+    limits: { max_requests: 0, max_pending: 0, max_connections: 0 }
+  v:
+    circuit_breaker: { base_ejection: 10m }
+";
+    let e = errors(text);
+    let got: Vec<(Option<usize>, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(6), "upstreams.u.circuit_breaker.failure_rate_percent"),
+            (Some(7), "upstreams.u.circuit_breaker.window"),
+            (Some(9), "upstreams.u.circuit_breaker.max_ejection"),
+            (Some(10), "upstreams.u.circuit_breaker.max_ejected_percent"),
+            (Some(11), "upstreams.u.limits.max_requests"),
+            (Some(11), "upstreams.u.limits.max_connections"),
+            // Only base_ejection was written: the default max (5m) is shorter.
+            (Some(13), "upstreams.v.circuit_breaker.base_ejection"),
+        ]
+    );
+    assert_eq!(e[0].message, "101 is above 100 percent");
+    assert_eq!(e[0].hint, "use 0 to 100 (default 50)");
+    assert_eq!(
+        e[2].message,
+        "max_ejection 30s is shorter than base_ejection 1m"
+    );
+    assert!(e[2].hint.contains("double"), "{}", e[2]);
+    assert!(e[4].hint.contains("default 1024"), "{}", e[4]);
+    assert!(e[5].hint.contains("remove it"), "{}", e[5]);
+    assert_eq!(
+        e[6].message,
+        "max_ejection 5m is shorter than base_ejection 10m"
+    );
+}
+
+/// Retry and retry budget mistakes on an upstream, all reported together.
+#[test]
+fn retry_rules() {
+    let text = "\
+listeners:
+  a: { address: 127.0.0.1:1, upstream: u }
+upstreams:
+  u:
+    request_timeout: 2s
+    retry:
+      attempts: 0
+      on_status: [503, 200, 700]
+      on_grpc: [unavailabel, 0, 17, ok, Deadline_Exceeded]
+      per_try_timeout: 2s
+      backoff: 1s
+      max_backoff: 100ms
+      replay_buffer: 16777217
+    retry_budget: { percent: 1001, window: 61s }
+  v:
+    retry: { attempts: 11, backoff: 1s }
+    retry_budget: { window: 500ms }
+";
+    let e = errors(text);
+    let got: Vec<(Option<usize>, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(7), "upstreams.u.retry.attempts"),
+            (Some(8), "upstreams.u.retry.on_status[1]"),
+            (Some(8), "upstreams.u.retry.on_status[2]"),
+            (Some(9), "upstreams.u.retry.on_grpc[0]"),
+            (Some(9), "upstreams.u.retry.on_grpc[1]"),
+            (Some(9), "upstreams.u.retry.on_grpc[2]"),
+            (Some(9), "upstreams.u.retry.on_grpc[3]"),
+            (Some(10), "upstreams.u.retry.per_try_timeout"),
+            (Some(12), "upstreams.u.retry.max_backoff"),
+            (Some(13), "upstreams.u.retry.replay_buffer"),
+            (Some(14), "upstreams.u.retry_budget.window"),
+            (Some(14), "upstreams.u.retry_budget.percent"),
+            (Some(16), "upstreams.v.retry.attempts"),
+            // Only backoff was written: the default max_backoff (250ms) is shorter.
+            (Some(16), "upstreams.v.retry.backoff"),
+            (Some(17), "upstreams.v.retry_budget.window"),
+        ]
+    );
+    let msg = |i: usize| (e[i].message.as_str(), e[i].hint.as_str());
+    assert_eq!(msg(0).0, "0 attempts would never send the request");
+    assert!(msg(0).1.contains("1 means no retries"));
+    assert_eq!(msg(1).0, "200 is not an error status");
+    assert!(msg(1).1.contains("429 or 503"));
+    assert_eq!(msg(2).0, "700 is not an HTTP status");
+    assert_eq!(msg(3).0, "`unavailabel` is not a gRPC status code");
+    assert!(
+        msg(3).1.starts_with("did you mean \"unavailable\"?"),
+        "{}",
+        e[3]
+    );
+    assert!(msg(4).0.contains("OK"));
+    assert_eq!(msg(5).0, "17 is not a gRPC status code");
+    assert!(msg(6).0.contains("`ok`"));
+    assert!(msg(7)
+        .0
+        .contains("not shorter than the upstream's request_timeout 2s"));
+    // The example splits the deadline over the tries (3: `attempts` fell back to the default).
+    assert!(msg(7).1.contains("below 2s, e.g. 666ms"), "{}", e[7]);
+    assert_eq!(msg(8).0, "max_backoff 100ms is shorter than backoff 1s");
+    assert!(msg(9).0.contains("16 MiB"));
+    assert!(msg(10).1.contains("1s to 60s"));
+    assert_eq!(msg(11).1, "use 0 to 1000 (default 20)");
+    assert_eq!(msg(12).0, "11 attempts is more than the maximum of 10");
+    assert!(msg(14).0.contains("500ms"));
+    assert!(e.iter().all(|e| !e.hint.is_empty()));
+}
+
+/// A route's `retry` overrides the upstream's key by key: keys the route leaves out come from
+/// the upstream's retry, not the global default. A route without `retry` has none of its own.
+#[test]
+fn route_retry_merges_with_upstream() {
+    let text = "\
+listeners:
+  a:
+    address: 127.0.0.1:1
+    routes:
+      - name: merged
+        upstream: u
+        retry: { attempts: 5, on_status: [429], backoff: 50ms }
+      - name: plain
+        upstream: u
+      - name: off
+        upstream: u
+        retry: off
+upstreams:
+  u:
+    retry:
+      attempts: 2
+      on_status: [503]
+      on_grpc: [internal]
+      all_methods: true
+      per_try_timeout: 3s
+      max_backoff: 1s
+      replay_buffer: 1024
+";
+    let c = parse("t.yaml", text).unwrap();
+    let routes = &c.listeners[0].routes;
+    let merged = routes[0].retry.as_ref().unwrap();
+    assert_eq!(merged.attempts, 5);
+    assert_eq!(merged.on_status, [429]);
+    assert_eq!(merged.backoff, Duration::from_millis(50));
+    // From the upstream, each differing from the default.
+    assert_eq!(merged.on_grpc, [13]);
+    assert!(merged.all_methods);
+    assert_eq!(merged.per_try_timeout, Some(Duration::from_secs(3)));
+    assert_eq!(merged.max_backoff, Duration::from_secs(1));
+    assert_eq!(merged.replay_buffer, 1024);
+
+    assert!(routes[1].retry.is_none());
+    assert_eq!(c.upstreams[0].retry.attempts, 2);
+
+    // `off`: one try; the rest is the upstream's, except that no per-try timeout applies.
+    let off = routes[2].retry.as_ref().unwrap();
+    assert_eq!(off.attempts, 1);
+    assert_eq!(off.per_try_timeout, None);
+    assert_eq!(off.on_status, [503]);
+
+    // A merge that makes max_backoff < backoff is an error at the route's key.
+    let e = errors(&text.replace("backoff: 50ms", "backoff: 2s"));
+    assert_eq!(
+        (e[0].line, e[0].key.as_str()),
+        (Some(7), "listeners.a.routes[0].retry.backoff")
+    );
+    assert_eq!(e[0].message, "max_backoff 1s is shorter than backoff 2s");
+}
+
+/// A per-try timeout must be shorter than the route's deadline: its own `timeout`, else the
+/// upstream's `request_timeout`. An inherited per-try timeout a route's shorter `timeout` makes
+/// useless is reported at that `timeout`; `retry: off` has no per-try timeout to clash.
+#[test]
+fn route_per_try_timeout_against_deadline() {
+    let text = "\
+listeners:
+  a:
+    address: 127.0.0.1:1
+    routes:
+      - upstream: u
+        timeout: 1s
+        retry: { per_try_timeout: 1s }
+      - upstream: u
+        retry: { per_try_timeout: 5s, attempts: 2 }
+      - upstream: v
+        timeout: 300ms
+      - upstream: v
+        timeout: 300ms
+        retry: off
+      - upstream: v
+        timeout: 300ms
+        retry: { per_try_timeout: 100ms }
+upstreams:
+  u: { request_timeout: 5s }
+  v:
+    retry: { per_try_timeout: 500ms }
+";
+    let e = errors(text);
+    let got: Vec<(Option<usize>, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(7), "listeners.a.routes[0].retry.per_try_timeout"),
+            (Some(9), "listeners.a.routes[1].retry.per_try_timeout"),
+            (Some(11), "listeners.a.routes[2].timeout"),
+        ]
+    );
+    assert!(
+        e[0].message
+            .contains("not shorter than the route's timeout 1s"),
+        "{}",
+        e[0]
+    );
+    assert!(e[0].hint.contains("below 1s, e.g. 333ms"), "{}", e[0]);
+    assert!(
+        e[1].message.contains("the upstream's request_timeout 5s"),
+        "{}",
+        e[1]
+    );
+    assert!(e[1].hint.contains("e.g. 2s 500ms"), "{}", e[1]);
+    assert!(e[2].message.contains("from upstream `v`"), "{}", e[2]);
+    assert!(e[2].hint.contains("per_try_timeout: 100ms"), "{}", e[2]);
+
+    let ok = text
+        .replace("timeout: 1s\n        retry: { per_try_timeout: 1s }", "timeout: 2s\n        retry: { per_try_timeout: 1s }")
+        .replace("per_try_timeout: 5s", "per_try_timeout: 4s")
+        .replace("        timeout: 300ms\n      - upstream: v\n        timeout: 300ms\n        retry: off", "        timeout: 600ms\n      - upstream: v\n        timeout: 300ms\n        retry: off");
+    let c = parse("t.yaml", &ok).unwrap();
+    let routes = &c.listeners[0].routes;
+    assert_eq!(
+        routes[0].retry.as_ref().unwrap().per_try_timeout,
+        Some(Duration::from_secs(1))
+    );
+    assert!(routes[2].retry.is_none());
+    assert_eq!(routes[3].retry.as_ref().unwrap().attempts, 1);
+}
+
+/// The schema describes both endpoint forms and both forms of a route's `retry`.
+#[test]
+fn schema_describes_resilience_forms() {
+    let v: serde_json::Value = serde_json::from_str(&json_schema()).unwrap();
+    let defs = &v["$defs"];
+    let endpoint = defs["RawEndpoint"]["anyOf"].as_array().unwrap();
+    assert_eq!(endpoint[0]["type"], "string");
+    assert_eq!(endpoint[1]["$ref"], "#/$defs/RawWeightedEndpoint");
+    let weighted = &defs["RawWeightedEndpoint"];
+    assert_eq!(weighted["required"], serde_json::json!(["address"]));
+    assert_eq!(weighted["additionalProperties"], false);
+    let retry = defs["RawRouteRetry"]["anyOf"].as_array().unwrap();
+    assert_eq!(retry[0]["const"], "off");
+    assert_eq!(retry[1]["$ref"], "#/$defs/RawRetry");
+    let upstream = &defs["RawUpstream"]["properties"];
+    for key in [
+        "balancer",
+        "stream_idle_timeout",
+        "health_check",
+        "circuit_breaker",
+        "limits",
+        "retry",
+        "retry_budget",
+    ] {
+        assert!(upstream[key]["description"].is_string(), "{key}");
+    }
+}
+
+/// The example in docs/config.md's "Resilience" section is valid and means what its comments say.
+#[test]
+fn docs_resilience_example_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/config.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let section = &doc[doc.find("## Resilience").unwrap()..];
+    let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    let c = parse("config.md", &section[start..end]).unwrap_or_else(|e| panic!("{e}"));
+    let weights: Vec<u32> = c.upstreams[0].endpoints.iter().map(|e| e.weight).collect();
+    assert_eq!(weights, [1, 3]);
+    let routes = &c.listeners[0].routes;
+    assert_eq!(routes[0].retry.as_ref().unwrap().attempts, 1);
+    let rest = routes[1].retry.as_ref().unwrap();
+    assert_eq!((rest.attempts, rest.on_status.as_slice()), (2, &[503][..]));
 }

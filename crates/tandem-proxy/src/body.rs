@@ -1,9 +1,14 @@
-//! The response body Tandem sends downstream: the upstream's body (HTTP/1.1 or HTTP/2), streamed
-//! as it arrives, or a short message Tandem wrote itself. A concrete enum instead of a boxed trait
-//! object keeps the hot path free of an allocation per response.
+//! Bodies on the data path. [`ProxyBody`]: the response body Tandem sends downstream, the
+//! upstream's body (HTTP/1.1 or HTTP/2) streamed as it arrives, or a short message Tandem wrote
+//! itself. [`RequestBody`]: the request body sent upstream, replayable for retries within a
+//! bounded buffer. Concrete enums instead of boxed trait objects keep the hot path free of an
+//! allocation per message.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -11,10 +16,36 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::h1;
+use crate::stack::InFlight;
 
-/// A downstream response body.
+/// A downstream response body, with what must live as long as it: the request's in-flight
+/// count on its endpoint and its slot in the upstream's concurrency limit.
 #[derive(Debug)]
-pub enum ProxyBody {
+pub struct ProxyBody {
+    kind: Kind,
+    guard: Option<InFlight>,
+    idle: Option<IdleTimer>,
+}
+
+/// The stream idle timeout of a proxied body: no frame for `timeout` aborts it. The timer is
+/// created only once the body has to wait, and re-armed only when it fires early, so a body
+/// that arrives at once costs a clock read per frame and nothing else.
+#[derive(Debug)]
+struct IdleTimer {
+    timeout: std::time::Duration,
+    last: tokio::time::Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// A body stalled longer than its stream idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no data from the upstream for {0:?} (stream_idle_timeout)")]
+pub struct StreamIdle(pub std::time::Duration);
+
+// Not boxed: the HTTP/1.1 body is the common case, and a box would be an allocation per response.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Kind {
     /// Read from an HTTP/1.1 upstream connection by Tandem's client ([`crate::h1`]), trailers
     /// included; the connection goes back to its pool at the end.
     Http1(h1::ResponseBody),
@@ -27,7 +58,11 @@ pub enum ProxyBody {
 impl ProxyBody {
     /// A body Tandem wrote itself.
     pub fn local(bytes: impl Into<Bytes>) -> Self {
-        ProxyBody::Local(Full::new(bytes.into()))
+        ProxyBody {
+            kind: Kind::Local(Full::new(bytes.into())),
+            guard: None,
+            idle: None,
+        }
     }
 
     /// An empty body.
@@ -35,11 +70,45 @@ impl ProxyBody {
         Self::local(Bytes::new())
     }
 
+    /// A body read from an HTTP/1.1 upstream.
+    pub fn http1(body: h1::ResponseBody) -> Self {
+        ProxyBody {
+            kind: Kind::Http1(body),
+            guard: None,
+            idle: None,
+        }
+    }
+
+    /// A body read from an HTTP/2 upstream stream.
+    pub fn http2(body: Incoming) -> Self {
+        ProxyBody {
+            kind: Kind::Http2(body),
+            guard: None,
+            idle: None,
+        }
+    }
+
+    /// Keeps `guard` until the body ends or is dropped.
+    pub fn guarded(mut self, guard: InFlight) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// Aborts the body when no frame arrives for `timeout`.
+    pub fn idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.idle = Some(IdleTimer {
+            timeout,
+            last: tokio::time::Instant::now(),
+            sleep: None,
+        });
+        self
+    }
+
     /// For a 101 response over HTTP/1.1: the connection, now carrying the upgraded protocol.
     pub fn into_upgraded(self) -> Option<h1::Upgraded> {
-        match self {
-            ProxyBody::Http1(b) => b.into_upgraded(),
-            ProxyBody::Http2(_) | ProxyBody::Local(_) => None,
+        match self.kind {
+            Kind::Http1(b) => b.into_upgraded(),
+            Kind::Http2(_) | Kind::Local(_) => None,
         }
     }
 }
@@ -52,32 +121,336 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        // Every variant is `Unpin`, so no pin projection is needed.
-        match self.get_mut() {
-            ProxyBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            ProxyBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            ProxyBody::Local(body) => match Pin::new(body).poll_frame(cx) {
+        // Every field is `Unpin`, so no pin projection is needed.
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Local(body) => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
                 Poll::Ready(Some(Err(never))) => match never {},
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+        };
+        let polled = match (polled, this.idle.as_mut()) {
+            (Poll::Pending, Some(idle)) => match idle.poll_expired(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(StreamIdle(idle.timeout).into()))),
+                Poll::Pending => Poll::Pending,
+            },
+            (Poll::Ready(Some(Ok(frame))), Some(idle)) => {
+                idle.last = tokio::time::Instant::now();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            (polled, _) => polled,
+        };
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            // The exchange is over: count it out now rather than when hyper drops the body.
+            this.guard = None;
+            this.idle = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Http1(body) => body.is_end_stream(),
+            Kind::Http2(body) => body.is_end_stream(),
+            Kind::Local(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Http1(body) => body.size_hint(),
+            Kind::Http2(body) => body.size_hint(),
+            Kind::Local(body) => body.size_hint(),
+        }
+    }
+}
+
+impl IdleTimer {
+    /// Ready once the body has been idle for the whole timeout.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let deadline = self.last + self.timeout;
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            ready!(sleep.as_mut().poll(cx));
+            if tokio::time::Instant::now() >= self.last + self.timeout {
+                return Poll::Ready(());
+            }
+        }
+    }
+}
+
+/// The request body sent upstream: nothing, the downstream body streamed as it is, or a
+/// [`ReplayBody`] that a retry can send again.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// No body (the downstream request had none).
+    Empty,
+    /// Streamed once; a request with it cannot be retried after it was sent.
+    Stream(Incoming),
+    /// Streamed, with a copy kept for retries while it fits the replay buffer.
+    Replay(ReplayBody),
+}
+
+/// Why a request body could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    /// The downstream body failed (the client went away or broke framing).
+    #[error(transparent)]
+    Downstream(#[from] hyper::Error),
+    /// A retry needed bytes the replay buffer no longer holds (never sent: retries check first).
+    #[error("the request body is larger than the replay buffer")]
+    NotReplayable,
+}
+
+/// A request body shared by the tries of one request, after linkerd2-proxy's `ReplayBody`.
+///
+/// The first try reads the downstream body and keeps each chunk (a cheap `Bytes` clone) while
+/// the total stays within the cap; a clone made for a retry replays the kept chunks, then goes
+/// on reading the downstream body where the earlier try stopped. The downstream body itself
+/// lives in shared state that the try polling it holds, and hands back when dropped: a retry
+/// waits for the failed try to let go. Once the body outgrows the cap the copy is dropped and
+/// [`ReplayBody::try_clone`] refuses: such requests are not retried after they started sending.
+#[derive(Debug)]
+pub struct ReplayBody {
+    shared: Arc<Shared>,
+    /// Held while this body is being read.
+    state: Option<ReplayState>,
+    /// Next kept chunk to replay.
+    pos: usize,
+    /// Bytes this body has produced.
+    delivered: u64,
+    trailers_sent: bool,
+    size: SizeHint,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<Option<ReplayState>>,
+    waiter: Mutex<Option<std::task::Waker>>,
+    /// The copy was given up (too large) or the body failed.
+    overflowed: AtomicBool,
+    /// Bytes were read from the downstream body.
+    consumed: AtomicBool,
+    cap: usize,
+}
+
+#[derive(Debug)]
+struct ReplayState {
+    chunks: Vec<Bytes>,
+    /// Bytes read from the downstream body so far.
+    read: u64,
+    /// The rest of the downstream body; `None` once it ended.
+    rest: Option<Incoming>,
+    trailers: Option<http::HeaderMap>,
+}
+
+// === impl RequestBody ===
+
+impl RequestBody {
+    /// Wraps a downstream body: replayable up to `cap` bytes when `replay`, else streamed.
+    pub fn new(body: Incoming, replay: bool, cap: usize) -> Self {
+        if body.is_end_stream() {
+            RequestBody::Empty
+        } else if replay {
+            let size = body.size_hint();
+            let too_big = size.lower() > cap as u64;
+            let shared = Arc::new(Shared {
+                state: Mutex::new(Some(ReplayState {
+                    chunks: Vec::new(),
+                    read: 0,
+                    rest: Some(body),
+                    trailers: None,
+                })),
+                waiter: Mutex::new(None),
+                overflowed: AtomicBool::new(too_big),
+                consumed: AtomicBool::new(false),
+                cap,
+            });
+            RequestBody::Replay(ReplayBody {
+                shared,
+                state: None,
+                pos: 0,
+                delivered: 0,
+                trailers_sent: false,
+                size,
+            })
+        } else {
+            RequestBody::Stream(body)
+        }
+    }
+
+    /// Whether another try could still send this body.
+    pub fn can_replay(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Stream(_) => false,
+            RequestBody::Replay(r) => {
+                !(r.shared.overflowed.load(Ordering::Acquire)
+                    && r.shared.consumed.load(Ordering::Acquire))
+            }
+        }
+    }
+
+    /// A body for another try, `None` when this one cannot be sent again.
+    pub fn try_clone(&self) -> Option<RequestBody> {
+        match self {
+            RequestBody::Empty => Some(RequestBody::Empty),
+            RequestBody::Stream(_) => None,
+            RequestBody::Replay(r) => r.try_clone().map(RequestBody::Replay),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Replay(b) => b.poll_frame_inner(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Http1(body) => body.is_end_stream(),
-            ProxyBody::Http2(body) => body.is_end_stream(),
-            ProxyBody::Local(body) => body.is_end_stream(),
+            RequestBody::Empty => true,
+            RequestBody::Stream(b) => b.is_end_stream(),
+            RequestBody::Replay(_) => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Http1(body) => body.size_hint(),
-            ProxyBody::Http2(body) => body.size_hint(),
-            ProxyBody::Local(body) => body.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Stream(b) => b.size_hint(),
+            RequestBody::Replay(b) => b.size,
+        }
+    }
+}
+
+// === impl ReplayBody ===
+
+impl ReplayBody {
+    /// A body replaying from the start, `None` when the copy was given up (too large) or the
+    /// downstream body failed.
+    pub fn try_clone(&self) -> Option<ReplayBody> {
+        // Too large to keep, but nothing read yet (e.g. the connect failed): a retry can still
+        // take the body over from its start.
+        if self.shared.overflowed.load(Ordering::Acquire)
+            && self.shared.consumed.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        Some(ReplayBody {
+            shared: self.shared.clone(),
+            state: None,
+            pos: 0,
+            delivered: 0,
+            trailers_sent: false,
+            size: self.size,
+        })
+    }
+
+    fn poll_frame_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        if self.state.is_none() {
+            let taken = self.shared.state.lock().ok().and_then(|mut s| s.take());
+            match taken {
+                Some(s) => self.state = Some(s),
+                None => {
+                    // An earlier try still holds the body: wait until it lets go.
+                    if let Ok(mut w) = self.shared.waiter.lock() {
+                        *w = Some(cx.waker().clone());
+                    }
+                    // It may have let go between the two locks.
+                    match self.shared.state.lock().ok().and_then(|mut s| s.take()) {
+                        Some(s) => self.state = Some(s),
+                        None => return Poll::Pending,
+                    }
+                }
+            }
+        }
+        let Some(state) = self.state.as_mut() else {
+            return Poll::Pending;
+        };
+        if self.pos < state.chunks.len() {
+            let chunk = state.chunks[self.pos].clone();
+            self.pos += 1;
+            self.delivered += chunk.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if self.delivered != state.read {
+            // Bytes this try has not sent were read by an earlier one and not kept.
+            return Poll::Ready(Some(Err(RequestBodyError::NotReplayable)));
+        }
+        let Some(rest) = state.rest.as_mut() else {
+            if let (Some(t), false) = (&state.trailers, self.trailers_sent) {
+                self.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(t.clone()))));
+            }
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(rest).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    self.shared.consumed.store(true, Ordering::Release);
+                    state.read += data.len() as u64;
+                    self.delivered = state.read;
+                    if !self.shared.overflowed.load(Ordering::Acquire) {
+                        if state.read > self.shared.cap as u64 {
+                            self.shared.overflowed.store(true, Ordering::Release);
+                            state.chunks = Vec::new();
+                        } else {
+                            state.chunks.push(data.clone());
+                        }
+                    }
+                    self.pos = state.chunks.len();
+                } else if let Some(t) = frame.trailers_ref() {
+                    state.trailers = Some(t.clone());
+                    self.trailers_sent = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => {
+                state.rest = None;
+                // A body that failed downstream cannot be sent again.
+                self.shared.consumed.store(true, Ordering::Release);
+                self.shared.overflowed.store(true, Ordering::Release);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            None => {
+                state.rest = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for ReplayBody {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            if let Ok(mut s) = self.shared.state.lock() {
+                *s = Some(state);
+            }
+            if let Some(w) = self.shared.waiter.lock().ok().and_then(|mut w| w.take()) {
+                w.wake();
+            }
         }
     }
 }

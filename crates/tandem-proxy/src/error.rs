@@ -34,6 +34,8 @@ pub enum ErrorKind {
     Draining,
     /// The route's rate limit refused the request (429, with `Retry-After`).
     RateLimited,
+    /// The upstream's concurrency limits are reached (503): refused at once instead of queued.
+    Overloaded,
 }
 
 /// Which side a failure came from.
@@ -66,7 +68,7 @@ pub struct ProxyError {
 
 impl ErrorKind {
     /// Every kind, in discriminant order (indexes per-kind counters).
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::NoRoute,
         ErrorKind::NoEndpoints,
         ErrorKind::ConnectFailed,
@@ -77,6 +79,7 @@ impl ErrorKind {
         ErrorKind::BadRequest,
         ErrorKind::Draining,
         ErrorKind::RateLimited,
+        ErrorKind::Overloaded,
     ];
 
     /// The value of the `tandem-error` header.
@@ -92,6 +95,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::Draining => "draining",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Overloaded => "overloaded",
         }
     }
 
@@ -99,7 +103,9 @@ impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
-            ErrorKind::NoEndpoints | ErrorKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoEndpoints | ErrorKind::Draining | ErrorKind::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => {
                 StatusCode::BAD_GATEWAY
             }
@@ -113,7 +119,10 @@ impl ErrorKind {
     pub fn source(self) -> ErrorSource {
         match self {
             ErrorKind::BadRequest | ErrorKind::RateLimited => ErrorSource::Downstream,
-            ErrorKind::NoRoute | ErrorKind::NoEndpoints | ErrorKind::Draining => ErrorSource::Local,
+            ErrorKind::NoRoute
+            | ErrorKind::NoEndpoints
+            | ErrorKind::Draining
+            | ErrorKind::Overloaded => ErrorSource::Local,
             ErrorKind::ConnectFailed
             | ErrorKind::ConnectTimeout
             | ErrorKind::UpstreamReset
@@ -122,13 +131,22 @@ impl ErrorKind {
         }
     }
 
-    /// Whether a retry may succeed where this attempt failed (for the retry policy to come):
-    /// only failures where the upstream cannot have processed the request.
-    pub fn retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::ConnectFailed | ErrorKind::ConnectTimeout | ErrorKind::NoEndpoints
-        )
+    /// The gRPC status code a gRPC client gets for this failure: the HTTP-to-gRPC mapping of
+    /// the gRPC spec, except that an expired deadline is `DEADLINE_EXCEEDED` (4) and a rate
+    /// limit `RESOURCE_EXHAUSTED` (8), which is what gRPC clients act on.
+    pub fn grpc_status(self) -> u8 {
+        match self {
+            ErrorKind::NoRoute => 12,
+            ErrorKind::UpstreamTimeout => 4,
+            ErrorKind::RateLimited => 8,
+            ErrorKind::BadRequest | ErrorKind::UpstreamProtocol => 13,
+            ErrorKind::NoEndpoints
+            | ErrorKind::ConnectFailed
+            | ErrorKind::ConnectTimeout
+            | ErrorKind::UpstreamReset
+            | ErrorKind::Draining
+            | ErrorKind::Overloaded => 14,
+        }
     }
 }
 
@@ -188,6 +206,41 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// The response a gRPC client gets for this error: a trailers-only gRPC response (HTTP 200,
+    /// `grpc-status`, percent-encoded `grpc-message`), still carrying `tandem-error`.
+    pub fn to_grpc_response(&self) -> Response<ProxyBody> {
+        let mut res = Response::new(ProxyBody::empty());
+        let h = res.headers_mut();
+        h.insert(ERROR_HEADER, HeaderValue::from_static(self.kind.reason()));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.kind.grpc_status())),
+        );
+        let message = self.message();
+        let mut encoded = String::with_capacity(message.len());
+        for b in message.trim_end().bytes() {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&encoded) {
+            h.insert("grpc-message", v);
+        }
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        res
+    }
+}
+
 impl std::fmt::Display for ProxyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.message().trim_end())
@@ -215,7 +268,9 @@ mod tests {
             (ErrorKind::BadRequest, 400, "bad_request"),
             (ErrorKind::Draining, 503, "draining"),
             (ErrorKind::RateLimited, 429, "rate_limited"),
+            (ErrorKind::Overloaded, 503, "overloaded"),
         ];
+        assert_eq!(cases.len(), ErrorKind::ALL.len());
         for (kind, status, reason) in cases {
             let err = ProxyError::new(kind, "why\nnot").at("orders", Some("127.0.0.1:1".into()));
             let res = err.to_response();
@@ -246,5 +301,22 @@ mod tests {
                 "{wait_ms} ms"
             );
         }
+    }
+
+    /// gRPC clients get a trailers-only response with the mapped code and a percent-encoded
+    /// message, and still the `tandem-error` reason.
+    #[test]
+    fn grpc_errors() {
+        let err =
+            ProxyError::new(ErrorKind::UpstreamTimeout, "no response within 100%").at("g", None);
+        let res = err.to_grpc_response();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["grpc-status"], "4");
+        assert_eq!(res.headers()["content-type"], "application/grpc");
+        assert_eq!(res.headers()[ERROR_HEADER], "upstream_timeout");
+        let msg = res.headers()["grpc-message"].to_str().unwrap();
+        assert!(msg.ends_with("within 100%25"), "{msg}");
+        assert_eq!(ErrorKind::Overloaded.grpc_status(), 14);
+        assert_eq!(ErrorKind::RateLimited.grpc_status(), 8);
     }
 }

@@ -14,16 +14,19 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tandem_config::{Direction, UpstreamProtocol};
+use tandem_config::{Direction, HashKey, UpstreamProtocol};
 use tokio::time::Instant;
 
-use crate::body::ProxyBody;
+use crate::balance;
+use crate::body::{ProxyBody, RequestBody};
 use crate::error::{ErrorKind, ProxyError};
 use crate::h1;
 use crate::headers;
-use crate::pool::{ConnectError, SendError};
+use crate::policy::limit::Refused;
+use crate::policy::retry::RetryReason;
+use crate::pool::{ConnSlot, ConnectError, SendError};
 use crate::route::{request_host, RequestFacts};
-use crate::stack::{ListenerStack, RouteTarget};
+use crate::stack::{InFlight, ListenerStack, RouteTarget, UpstreamHandle};
 use crate::tcp;
 
 /// Handles one request received on `stack`'s listener; `forwarded` describes the client
@@ -63,6 +66,7 @@ pub async fn handle(
         return res;
     };
 
+    let grpc = is_grpc(req.headers());
     let limited = target
         .rate_limit
         .as_ref()
@@ -73,14 +77,18 @@ pub async fn handle(
         // Boxed: tunnels are rare and their state would otherwise widen every request's future.
         Box::pin(connect_tunnel(&stack, &target, req)).await
     } else {
-        proxy(&stack, &target, forwarded, req).await
+        proxy(&stack, &target, forwarded, req, start).await
     };
     let res = match result {
         Ok(res) => res,
         Err(err) => {
             target.errors.inc(err.kind);
             tracing::debug!(listener = %stack.name, route = %target.name, error = %err, "request failed");
-            err.to_response()
+            if grpc {
+                err.to_grpc_response()
+            } else {
+                err.to_response()
+            }
         }
     };
     target
@@ -143,15 +151,24 @@ async fn proxy(
     target: &RouteTarget,
     forwarded: &headers::Forwarded,
     mut req: Request<Incoming>,
+    start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upstream = &target.upstream;
+    let policy = &*target.retry;
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    let endpoint = upstream.pick().ok_or_else(|| {
-        ProxyError::new(ErrorKind::NoEndpoints, "no endpoints").at(&upstream.name, None)
-    })?;
-    let at = |e: ProxyError| e.at(&upstream.name, Some(endpoint.label.clone()));
+    // The whole request's deadline for a response head, all tries included; a gRPC client's
+    // own deadline (`grpc-timeout`) shortens it.
+    let timeout = match grpc_timeout(req.headers()) {
+        Some(t) => t.min(target.timeout),
+        None => target.timeout,
+    };
+    let deadline = start + timeout;
+    let hash = upstream
+        .hash_key
+        .as_ref()
+        .and_then(|k| request_hash(k, req.headers(), forwarded));
 
     let use_h2 = !upgrade
         && match upstream.protocol {
@@ -162,7 +179,7 @@ async fn proxy(
 
     let (mut parts, body) = req.into_parts();
     let authority = downstream_authority(&parts.uri, &parts.headers, &upstream.name)
-        .map_err(|e| at(ProxyError::new(ErrorKind::BadRequest, e)))?;
+        .map_err(|e| ProxyError::new(ErrorKind::BadRequest, e).at(&upstream.name, None))?;
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
     // Tandem's server side already answered `100 Continue` when it started reading the body;
     // the upstream sees a plain request.
@@ -184,10 +201,11 @@ async fn proxy(
         uri.authority = Some(authority);
         uri.path_and_query = Some(path);
         parts.uri = Uri::from_parts(uri).map_err(|e| {
-            at(ProxyError::new(
+            ProxyError::new(
                 ErrorKind::BadRequest,
                 format!("invalid request target: {e}"),
-            ))
+            )
+            .at(&upstream.name, None)
         })?;
     } else {
         parts.version = Version::HTTP_11;
@@ -198,39 +216,151 @@ async fn proxy(
             }
         }
     }
-    let upstream_req = Request::from_parts(parts, body);
-    let send = async {
-        if use_h2 {
-            endpoint.send_http2(upstream_req).await
-        } else {
-            endpoint.send_http1(upstream_req).await
-        }
-    };
 
-    let res = match tokio::time::timeout(target.timeout, send).await {
-        Err(_) => {
-            return Err(at(ProxyError::new(
-                ErrorKind::UpstreamTimeout,
-                format!("no response within {:?}", target.timeout),
-            )))
-        }
-        Ok(Err(e)) => return Err(at(classify(&e))),
-        Ok(Ok(res)) => res,
-    };
+    let retries = policy.enabled() && !upgrade;
+    let body = RequestBody::new(body, retries, policy.replay_buffer);
+    let slot = upstream
+        .limit
+        .admit(deadline)
+        .await
+        .map_err(|r| overloaded(upstream, r))?;
+    if retries {
+        upstream.budget.deposit();
+    }
 
+    // Each try gets a copy of the head and a replay of the body; the last possible try takes
+    // the originals.
+    let mut parts = Some(parts);
+    let mut body = Some(body);
+    let mut attempt = 1u32;
+    let mut avoid = None;
+    loop {
+        let now = Instant::now();
+        let Some(i) = upstream.pick(hash, avoid, now) else {
+            return Err(
+                ProxyError::new(ErrorKind::NoEndpoints, "no endpoints").at(&upstream.name, None)
+            );
+        };
+        let endpoint = &upstream.endpoints[i];
+        let at = |e: ProxyError| e.at(&upstream.name, Some(endpoint.label.clone()));
+        let (try_parts, try_body, can_retry) = match (&parts, &body) {
+            (Some(p), Some(b)) if retries && attempt < policy.attempts => match b.try_clone() {
+                Some(copy) => (clone_head(p), copy, true),
+                None => (take(&mut parts)?, take(&mut body)?, false),
+            },
+            _ => (take(&mut parts)?, take(&mut body)?, false),
+        };
+        let method = try_parts.method.clone();
+        let upstream_req = Request::from_parts(try_parts, try_body);
+
+        let mut tried = Try::start(upstream, i, now);
+        let try_deadline = match policy.per_try_timeout {
+            Some(t) => (now + t).min(deadline),
+            None => deadline,
+        };
+        let send = async {
+            if use_h2 {
+                endpoint.send_http2(upstream_req).await
+            } else {
+                endpoint.send_http1(upstream_req).await
+            }
+        };
+        let outcome = tokio::time::timeout_at(try_deadline, send).await;
+        let elapsed = now.elapsed();
+
+        // Decide: a response, or an error, and whether to go again.
+        let (failure, reason) = match outcome {
+            Ok(Ok(res)) => {
+                let failed = is_failure(res.status(), res.headers());
+                tried.record(elapsed, !failed);
+                let reason = can_retry
+                    .then(|| policy.on_response(res.status(), res.headers(), &method))
+                    .flatten();
+                let wait = reason.and_then(|_| policy.backoff(attempt, Some(res.headers())));
+                if let (Some(reason), Some(wait)) = (reason, wait) {
+                    // Replayability only ever goes from yes to no, and dropping this response
+                    // stops the try from reading more of the body: checked now, it holds.
+                    if replayable(&body) && retry_allowed(upstream, reason, wait, deadline) {
+                        tracing::debug!(upstream = %upstream.name, endpoint = %endpoint.label, status = res.status().as_u16(), attempt, "retrying");
+                        drop(res);
+                        drop(tried);
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                        avoid = Some(i);
+                        continue;
+                    }
+                }
+                let guard = tried.into_in_flight(upstream.clone(), slot);
+                return finish(res, guard, downstream_upgrade, stack).map_err(at);
+            }
+            Ok(Err(e)) => {
+                tried.record(elapsed, false);
+                let unseen = e.unseen();
+                let err = at(classify(&e));
+                let reason = can_retry
+                    .then(|| policy.on_error(err.kind, unseen, &method))
+                    .flatten();
+                (err, reason)
+            }
+            Err(_) => {
+                tried.record(elapsed, false);
+                let per_try = try_deadline < deadline;
+                let err = at(ProxyError::new(
+                    ErrorKind::UpstreamTimeout,
+                    if per_try {
+                        format!(
+                            "no response within the per-try timeout of {:?}",
+                            try_deadline - now
+                        )
+                    } else {
+                        format!("no response within {timeout:?}")
+                    },
+                ));
+                let reason = (can_retry && per_try)
+                    .then(|| policy.on_error(ErrorKind::UpstreamTimeout, false, &method))
+                    .flatten();
+                (err, reason)
+            }
+        };
+        drop(tried);
+        let Some(reason) = reason else {
+            return Err(failure);
+        };
+        match policy.backoff(attempt, None) {
+            Some(wait) if replayable(&body) && retry_allowed(upstream, reason, wait, deadline) => {
+                tracing::debug!(upstream = %upstream.name, error = %failure, attempt, "retrying");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+                avoid = Some(i);
+            }
+            _ => return Err(failure),
+        }
+    }
+}
+
+/// Turns an upstream response into the downstream one: hop-by-hop fields removed, the in-flight
+/// hold moved into the body, and a `101` spliced with the downstream connection.
+fn finish(
+    res: Response<ProxyBody>,
+    guard: InFlight,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    stack: &ListenerStack,
+) -> Result<Response<ProxyBody>, ProxyError> {
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A tunnel is not a request in flight: the hold ends here.
+        drop(guard);
         let Some(down) = downstream_upgrade else {
-            return Err(at(ProxyError::new(
+            return Err(ProxyError::new(
                 ErrorKind::UpstreamProtocol,
                 "101 Switching Protocols to a request that did not ask to upgrade",
-            )));
+            ));
         };
         let (mut parts, body) = res.into_parts();
         let Some(up) = body.into_upgraded() else {
-            return Err(at(ProxyError::new(
+            return Err(ProxyError::new(
                 ErrorKind::UpstreamProtocol,
                 "101 Switching Protocols on a connection that cannot switch",
-            )));
+            ));
         };
         let idle = stack.limits.tcp_idle_timeout;
         tokio::spawn(async move {
@@ -244,10 +374,177 @@ async fn proxy(
         headers::remove_hop_by_hop(&mut parts.headers, true);
         return Ok(Response::from_parts(parts, ProxyBody::empty()));
     }
-
     let (mut parts, body) = res.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(parts, body))
+    let idle = guard.upstream().stream_idle_timeout;
+    Ok(Response::from_parts(
+        parts,
+        body.guarded(guard).idle_timeout(idle),
+    ))
+}
+
+/// One try on one endpoint: counted in flight from start; its outcome feeds the endpoint's
+/// latency estimate and breaker. Dropped without an outcome (the client went away), it still
+/// counts out and gives back a half-open probe claim.
+struct Try<'a> {
+    upstream: &'a UpstreamHandle,
+    endpoint: usize,
+    probe: bool,
+    recorded: bool,
+    open: bool,
+}
+
+impl<'a> Try<'a> {
+    fn start(upstream: &'a UpstreamHandle, endpoint: usize, now: Instant) -> Self {
+        let probe = upstream.start(endpoint, now);
+        Try {
+            upstream,
+            endpoint,
+            probe,
+            recorded: false,
+            open: true,
+        }
+    }
+
+    fn record(&mut self, elapsed: std::time::Duration, success: bool) {
+        self.recorded = true;
+        self.upstream
+            .record(self.endpoint, elapsed, success, self.probe, Instant::now());
+    }
+
+    fn into_in_flight(
+        mut self,
+        upstream: Arc<UpstreamHandle>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> InFlight {
+        self.open = false;
+        InFlight::new(upstream, self.endpoint, Some(slot))
+    }
+}
+
+impl Drop for Try<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.upstream.finish(self.endpoint);
+        }
+        if self.probe && !self.recorded {
+            if let Some(s) = self.upstream.states.get(self.endpoint) {
+                s.outlier.release_probe();
+            }
+        }
+    }
+}
+
+/// Whether a retry for `reason` after waiting `wait` may go: it must end before the deadline
+/// and the upstream's budget must have a token. Counts the retry or the refusal.
+fn retry_allowed(
+    upstream: &UpstreamHandle,
+    reason: RetryReason,
+    wait: std::time::Duration,
+    deadline: Instant,
+) -> bool {
+    if Instant::now() + wait >= deadline {
+        return false;
+    }
+    if !upstream.budget.withdraw() {
+        upstream.metrics.budget_exhausted.inc();
+        return false;
+    }
+    if let Some(c) = upstream.metrics.retries.get(reason as usize) {
+        c.inc();
+    }
+    true
+}
+
+/// What the breaker counts as a failed response: the gateway statuses (the endpoint or
+/// something behind it is unavailable) and gRPC UNAVAILABLE in a trailers-only response.
+fn is_failure(status: StatusCode, headers: &http::HeaderMap) -> bool {
+    matches!(status.as_u16(), 502..=504) || headers.get("grpc-status").is_some_and(|v| v == "14")
+}
+
+fn replayable(body: &Option<RequestBody>) -> bool {
+    body.as_ref().is_some_and(RequestBody::can_replay)
+}
+
+fn take<T>(slot: &mut Option<T>) -> Result<T, ProxyError> {
+    // Unreachable by construction (the last try takes the originals and returns); an error
+    // rather than a panic keeps a logic slip from taking the process down.
+    slot.take().ok_or_else(|| {
+        ProxyError::new(
+            ErrorKind::UpstreamReset,
+            "internal: request already sent and not replayable",
+        )
+    })
+}
+
+/// A copy of a request head for another try (extensions are not needed upstream).
+fn clone_head(p: &http::request::Parts) -> http::request::Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = p.method.clone();
+    parts.uri = p.uri.clone();
+    parts.version = p.version;
+    parts.headers = p.headers.clone();
+    parts
+}
+
+fn overloaded(upstream: &UpstreamHandle, r: Refused) -> ProxyError {
+    let cause = match r {
+        Refused::Full {
+            max_requests,
+            max_pending,
+        } => format!(
+            "{max_requests} requests in flight and {max_pending} waiting (limits.max_requests, limits.max_pending)"
+        ),
+        Refused::Deadline => {
+            "waited for a free slot (limits.max_requests) until the request's deadline".to_owned()
+        }
+    };
+    ProxyError::new(ErrorKind::Overloaded, cause).at(&upstream.name, None)
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(h: &http::HeaderMap) -> Option<std::time::Duration> {
+    let v = h.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    use std::time::Duration as D;
+    Some(match unit {
+        b"H" => D::from_secs(n * 3600),
+        b"M" => D::from_secs(n * 60),
+        b"S" => D::from_secs(n),
+        b"m" => D::from_millis(n),
+        b"u" => D::from_micros(n),
+        b"n" => D::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The hash of what a hash balancer keys on, `None` when the request does not carry it.
+fn request_hash(
+    key: &HashKey,
+    headers: &http::HeaderMap,
+    forwarded: &headers::Forwarded,
+) -> Option<u64> {
+    match key {
+        HashKey::Header(name) => headers
+            .get(name.as_str())
+            .map(|v| balance::hash_key(v.as_bytes())),
+        HashKey::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| balance::hash_key(v.as_bytes())),
+        HashKey::ClientIp => forwarded.client_ip().map(|ip| match ip {
+            std::net::IpAddr::V4(a) => balance::hash_key(&a.octets()),
+            std::net::IpAddr::V6(a) => balance::hash_key(&a.octets()),
+        }),
+    }
 }
 
 /// `CONNECT NAME:port`: open a raw connection to an endpoint of the named upstream and splice it
@@ -257,17 +554,7 @@ async fn connect_tunnel(
     target: &RouteTarget,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let upstream = &target.upstream;
-    let endpoint = upstream.pick().ok_or_else(|| {
-        ProxyError::new(ErrorKind::NoEndpoints, "no endpoints").at(&upstream.name, None)
-    })?;
-    let io = endpoint.connector().connect().await.map_err(|e| {
-        let kind = match e {
-            ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
-            ConnectError::Io(_) => ErrorKind::ConnectFailed,
-        };
-        ProxyError::new(kind, e.to_string()).at(&upstream.name, Some(endpoint.label.clone()))
-    })?;
+    let (_, io, slot) = connect_any(&target.upstream, None).await?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = stack.limits.tcp_idle_timeout;
     let counters = Some((
@@ -278,11 +565,74 @@ async fn connect_tunnel(
         match on_upgrade.await {
             Ok(down) => {
                 let _ = tcp::splice(TokioIo::new(down), io, idle, counters).await;
+                drop(slot);
             }
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
     });
     Ok(Response::new(ProxyBody::empty()))
+}
+
+/// Opens a raw connection to an endpoint of `upstream` (CONNECT tunnels, TCP listeners): the
+/// balancer picks, a failed connect feeds the endpoint's breaker and moves on to another
+/// endpoint (the upstream has seen nothing, so this is always safe), up to the retry policy's
+/// attempts.
+pub async fn connect_any(
+    upstream: &UpstreamHandle,
+    hash: Option<u64>,
+) -> Result<(usize, crate::listen::Io, Option<ConnSlot>), ProxyError> {
+    let mut avoid = None;
+    let mut attempt = 1;
+    loop {
+        let now = Instant::now();
+        let Some(i) = upstream.pick(hash, avoid, now) else {
+            return Err(
+                ProxyError::new(ErrorKind::NoEndpoints, "no endpoints").at(&upstream.name, None)
+            );
+        };
+        let endpoint = &upstream.endpoints[i];
+        let slot = endpoint.connection_slot().map_err(|e| {
+            ProxyError::new(ErrorKind::Overloaded, e.to_string()).at(&upstream.name, None)
+        })?;
+        let mut tried = Try::start(upstream, i, now);
+        match endpoint.connector().connect().await {
+            Ok(io) => {
+                tried.record(now.elapsed(), true);
+                return Ok((i, io, slot));
+            }
+            Err(e) => {
+                tried.record(now.elapsed(), false);
+                let kind = match e {
+                    ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
+                    ConnectError::Io(_) => ErrorKind::ConnectFailed,
+                };
+                let err = ProxyError::new(kind, e.to_string())
+                    .at(&upstream.name, Some(endpoint.label.clone()));
+                let retry = attempt < upstream.retry.attempts
+                    && upstream.endpoints.len() > 1
+                    && upstream.budget.withdraw();
+                if !retry {
+                    return Err(err);
+                }
+                if let Some(c) = upstream
+                    .metrics
+                    .retries
+                    .get(RetryReason::ConnectFailed as usize)
+                {
+                    c.inc();
+                }
+                tracing::debug!(error = %err, attempt, "connect failed; trying another endpoint");
+                attempt += 1;
+                avoid = Some(i);
+            }
+        }
+    }
+}
+
+/// Whether a request is gRPC (its errors are answered in gRPC's own terms).
+fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// The authority the upstream should see: the request's own (absolute-form or HTTP/2), else
@@ -318,7 +668,7 @@ fn classify(e: &SendError) -> ProxyError {
             };
             return ProxyError::new(kind, ce.to_string());
         }
-        SendError::Http1(h1e) => {
+        SendError::Http1(h1e) | SendError::Unsent(h1e) => {
             let kind = match h1e {
                 h1::Error::Protocol(_) => ErrorKind::UpstreamProtocol,
                 h1::Error::Io(_) | h1::Error::ClosedBeforeResponse | h1::Error::RequestBody(_) => {
@@ -328,6 +678,7 @@ fn classify(e: &SendError) -> ProxyError {
             return ProxyError::new(kind, h1e.to_string());
         }
         SendError::Http2(he) => he,
+        SendError::Limit(_) => return ProxyError::new(ErrorKind::Overloaded, e.to_string()),
     };
     // An HTTP/2 framing error Tandem detected (not one the upstream reported) means the upstream
     // does not speak HTTP/2 at all: usually an HTTP/1.1-only app behind `protocol: auto`.

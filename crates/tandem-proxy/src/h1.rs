@@ -38,10 +38,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::body::{RequestBody, RequestBodyError};
 use crate::listen::Io;
+use crate::pool::ConnSlot;
 
 /// Largest response head (and trailer section) accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -57,6 +58,8 @@ const MAX_READ_SIZE: usize = 64 * 1024;
 pub struct Conn {
     io: Io,
     rbuf: BytesMut,
+    /// Its place under the upstream's `max_connections`, given back when the connection closes.
+    _slot: Option<ConnSlot>,
 }
 
 /// Why an exchange failed.
@@ -73,7 +76,7 @@ pub enum Error {
     Protocol(String),
     /// The downstream request body failed while it was being sent.
     #[error("the request body failed: {0}")]
-    RequestBody(#[source] hyper::Error),
+    RequestBody(#[source] RequestBodyError),
 }
 
 /// A failed exchange. `retry` holds the request when it can safely go out again on a new
@@ -86,13 +89,15 @@ pub struct Failure {
     pub error: Error,
     /// The request, when resending it is safe.
     pub retry: Option<Exchange>,
+    /// Not a byte of the request was written.
+    pub unsent: bool,
 }
 
 /// A request ready to be written: its head serialized once, its body still to be read.
 #[derive(Debug)]
 pub struct Exchange {
     head: Bytes,
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
     has_body: bool,
     chunked: bool,
     idempotent: bool,
@@ -128,7 +133,7 @@ pub struct Upgraded {
 #[derive(Debug)]
 struct Writer {
     pending: VecDeque<Bytes>,
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
     chunked: bool,
     written: u64,
     done: bool,
@@ -160,6 +165,16 @@ impl Conn {
         Conn {
             io,
             rbuf: BytesMut::new(),
+            _slot: None,
+        }
+    }
+
+    /// A freshly connected socket holding a connection slot.
+    pub fn with_slot(io: Io, slot: Option<ConnSlot>) -> Self {
+        Conn {
+            io,
+            rbuf: BytesMut::new(),
+            _slot: slot,
         }
     }
 
@@ -193,7 +208,7 @@ impl Conn {
 impl Exchange {
     /// Serializes `req`'s head. The URI is written as it is (origin form expected) and framing
     /// fields are set from the body: its `content-length` when it has one, else chunked.
-    pub fn new(req: Request<Incoming>) -> Self {
+    pub fn new(req: Request<RequestBody>) -> Self {
         let (mut parts, body) = req.into_parts();
         let has_body = !body.is_end_stream();
         let chunked = has_body && !parts.headers.contains_key(header::CONTENT_LENGTH);
@@ -259,7 +274,12 @@ impl Exchange {
                     self.body = st.writer.body.take();
                     self
                 });
-                Err(Failure { error, retry })
+                let unsent = st.writer.written == 0;
+                Err(Failure {
+                    error,
+                    retry,
+                    unsent,
+                })
             }
         }
     }

@@ -7,18 +7,23 @@
 //! - [`server`]: serve one accepted connection (HTTP/1.1 and HTTP/2 detected by preface, or TCP).
 //! - [`framing`]: HTTP/1.x request-smuggling guard (conflicting Content-Length/Transfer-Encoding).
 //! - [`route`]: the pure route table (host, path, method, headers; first match wins).
-//! - [`policy`]: per-route request policies (rate limiting so far).
+//! - [`policy`]: request policies: rate limits, retries and budgets, breakers, concurrency limits.
 //! - [`stack`]: the per-listener snapshot: routes resolved to upstream handles and metric handles.
-//! - [`forward`]: the request handler walking the phases: route, rewrite headers, balance, send.
+//! - [`forward`]: the request handler walking the phases: route, rate limit, rewrite headers,
+//!   admit, then the retry loop (balance, send, classify).
 //! - [`headers`]: hop-by-hop removal (RFC 9110 §7.6.1) and `forwarded`/`x-forwarded-*`.
-//! - [`balance`]: endpoint choice over an upstream's endpoints.
+//! - [`balance`]: endpoint choice (P2C peak EWMA, round robin, least request, consistent hash)
+//!   and per-endpoint load, latency, breaker and health.
+//! - [`health`]: active health checks (HTTP, TCP, gRPC) per endpoint.
 //! - [`pool`]: pooled upstream connections per endpoint (HTTP/1.1 keep-alive, HTTP/2 multiplexed).
 //! - [`h1`]: Tandem's HTTP/1.1 client side: one exchange over one pooled upstream connection.
 //! - [`tcp`]: opaque TCP proxying with idle timeout and byte counts.
 //! - [`error`]: [`ProxyError`], the one place failures become status, `tandem-error` and body.
-//! - [`body`]: the response body type (upstream stream or a local message).
+//! - [`body`]: the response body (upstream stream or a local message) and the replayable
+//!   request body.
 //!
-//! Invariants: bodies stream end to end, nothing is buffered beyond hyper's bounded read buffers;
+//! Invariants: bodies stream end to end; nothing is buffered beyond hyper's bounded read buffers
+//! and a retry's replay buffer (64 KiB by default);
 //! the request path reads an immutable [`stack::ListenerStack`] and takes no global lock.
 
 pub mod balance;
@@ -28,6 +33,7 @@ pub mod forward;
 pub mod framing;
 pub mod h1;
 pub mod headers;
+pub mod health;
 pub mod listen;
 pub mod policy;
 pub mod pool;

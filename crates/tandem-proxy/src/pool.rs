@@ -23,18 +23,17 @@
 //! Non-goals: connection limits and queueing (the resilience policies bound in-flight requests).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tandem_config::{Address, Pool};
 use tokio::time::Instant;
 
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestBody};
 use crate::h1;
 use crate::listen::Io;
 
@@ -55,12 +54,112 @@ pub enum SendError {
     /// No connection could be opened.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// An HTTP/1.1 exchange failed.
+    /// An HTTP/1.1 exchange failed after the request was (partly) written.
     #[error(transparent)]
     Http1(#[from] h1::Error),
+    /// An HTTP/1.1 exchange failed before a byte of the request was written.
+    #[error(transparent)]
+    Unsent(h1::Error),
     /// The HTTP/2 handshake or stream failed (see [`hyper::Error`]'s predicates and source).
     #[error(transparent)]
     Http2(#[from] hyper::Error),
+    /// The upstream has `max_connections` open and none idle to close.
+    #[error("{0} connections open to the upstream (limits.max_connections), none idle")]
+    Limit(usize),
+}
+
+/// The open connections of one upstream against its `limits.max_connections`. At the limit, an
+/// idle HTTP/1.1 connection of any of its endpoints is closed to make room; with none idle, the
+/// new connection is refused (503 `overloaded`) rather than queued.
+#[derive(Debug)]
+pub struct ConnLimit {
+    open: AtomicUsize,
+    max: usize,
+    pools: Mutex<Vec<Weak<Http1Pool>>>,
+}
+
+/// One open connection's place under a [`ConnLimit`].
+#[derive(Debug)]
+pub struct ConnSlot(Arc<ConnLimit>);
+
+impl SendError {
+    /// Whether the upstream cannot have received the request: no connection, nothing written,
+    /// or an HTTP/2 stream the upstream refused before processing it (`REFUSED_STREAM`).
+    pub fn unseen(&self) -> bool {
+        match self {
+            SendError::Connect(_) | SendError::Unsent(_) | SendError::Limit(_) => true,
+            SendError::Http1(_) => false,
+            SendError::Http2(e) => {
+                use std::error::Error as _;
+                let mut source = e.source();
+                while let Some(s) = source {
+                    if let Some(h2e) = s.downcast_ref::<h2::Error>() {
+                        return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
+                    }
+                    source = s.source();
+                }
+                false
+            }
+        }
+    }
+}
+
+// === impl ConnLimit ===
+
+impl ConnLimit {
+    /// A limit of `max` open connections.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(ConnLimit {
+            open: AtomicUsize::new(0),
+            max: max.max(1),
+            pools: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn try_take(self: &Arc<Self>) -> Option<ConnSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnSlot(self.clone()))
+    }
+
+    /// A slot for a new connection, closing an idle one of the upstream if that makes room.
+    fn acquire(self: &Arc<Self>) -> Result<ConnSlot, SendError> {
+        if let Some(s) = self.try_take() {
+            return Ok(s);
+        }
+        let pools: Vec<Arc<Http1Pool>> = self
+            .pools
+            .lock()
+            .map(|p| p.iter().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default();
+        for pool in pools {
+            let evicted = pool.idle.lock().ok().and_then(|mut idle| {
+                // The oldest: the likeliest to be closed by the upstream anyway.
+                (!idle.is_empty()).then(|| idle.remove(0))
+            });
+            if let Some(conn) = evicted {
+                drop(conn);
+                if let Some(s) = self.try_take() {
+                    return Ok(s);
+                }
+            }
+        }
+        Err(SendError::Limit(self.max))
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Connects to one fixed endpoint.
@@ -80,6 +179,7 @@ pub struct Endpoint {
     connector: Connector,
     http1: Arc<Http1Pool>,
     http2: Arc<Http2Slot>,
+    limit: Option<Arc<ConnLimit>>,
 }
 
 /// Idle HTTP/1.1 connections of one endpoint.
@@ -111,7 +211,7 @@ struct Http2Slot {
 
 #[derive(Debug)]
 struct SharedH2 {
-    tx: http2::SendRequest<Incoming>,
+    tx: http2::SendRequest<RequestBody>,
     last_used: Instant,
 }
 
@@ -153,9 +253,15 @@ impl Connector {
 // === impl Endpoint ===
 
 impl Endpoint {
-    /// The endpoint at `address`; opens no connection yet.
-    pub fn new(address: Address, connect_timeout: Duration, pool: &Pool) -> Self {
-        Endpoint {
+    /// The endpoint at `address`; opens no connection yet. `limit`: the upstream's
+    /// `max_connections`, shared by its endpoints.
+    pub fn new(
+        address: Address,
+        connect_timeout: Duration,
+        pool: &Pool,
+        limit: Option<Arc<ConnLimit>>,
+    ) -> Self {
+        let endpoint = Endpoint {
             label: address.to_string(),
             connector: Connector::new(address.clone(), connect_timeout),
             address,
@@ -172,7 +278,19 @@ impl Endpoint {
                 idle_timeout: pool.idle_timeout,
                 reaper: AtomicBool::new(false),
             }),
+            limit,
+        };
+        if let Some(l) = &endpoint.limit {
+            if let Ok(mut pools) = l.pools.lock() {
+                pools.push(Arc::downgrade(&endpoint.http1));
+            }
         }
+        endpoint
+    }
+
+    /// A slot for a new connection under the upstream's `max_connections` (none without one).
+    pub fn connection_slot(&self) -> Result<Option<ConnSlot>, SendError> {
+        self.limit.as_ref().map(ConnLimit::acquire).transpose()
     }
 
     /// The raw connector (TCP proxying, CONNECT tunnels).
@@ -184,13 +302,13 @@ impl Endpoint {
     /// the caller passes origin form (`/path?query`) and a `Host` header.
     pub async fn send_http1(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
         let mut exchange = h1::Exchange::new(req);
         let recycle: Arc<dyn h1::Recycle> = self.http1.clone();
         if let Some(conn) = self.http1.checkout() {
             match exchange.send(conn, true, recycle.clone()).await {
-                Ok(res) => return Ok(res.map(ProxyBody::Http1)),
+                Ok(res) => return Ok(res.map(ProxyBody::http1)),
                 Err(failure) => match failure.retry {
                     Some(again) => exchange = again,
                     None => return Err(SendError::Http1(failure.error)),
@@ -199,9 +317,14 @@ impl Endpoint {
         }
         // Boxed: connecting is the rare path, and inline it would widen every request's future
         // (moved on creation and kept per connection by hyper's server side).
+        let slot = self.connection_slot()?;
         let io = Box::pin(self.connector.connect()).await?;
-        match exchange.send(h1::Conn::new(io), false, recycle).await {
-            Ok(res) => Ok(res.map(ProxyBody::Http1)),
+        match exchange
+            .send(h1::Conn::with_slot(io, slot), false, recycle)
+            .await
+        {
+            Ok(res) => Ok(res.map(ProxyBody::http1)),
+            Err(failure) if failure.unsent => Err(SendError::Unsent(failure.error)),
             Err(failure) => Err(SendError::Http1(failure.error)),
         }
     }
@@ -210,22 +333,23 @@ impl Endpoint {
     /// must carry scheme and authority (they become `:scheme` and `:authority`).
     pub async fn send_http2(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
         let mut tx = match self.http2.current() {
             Some(tx) => tx,
             None => Box::pin(self.connect_http2()).await?,
         };
         let res = tx.send_request(req).await?;
-        Ok(res.map(ProxyBody::Http2))
+        Ok(res.map(ProxyBody::http2))
     }
 
-    async fn connect_http2(&self) -> Result<http2::SendRequest<Incoming>, SendError> {
+    async fn connect_http2(&self) -> Result<http2::SendRequest<RequestBody>, SendError> {
         let _connecting = self.http2.connecting.lock().await;
         // Another request may have connected while this one waited.
         if let Some(tx) = self.http2.current() {
             return Ok(tx);
         }
+        let slot = self.connection_slot()?;
         let io = self.connector.connect().await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -239,6 +363,7 @@ impl Endpoint {
             if let Err(e) = conn.await {
                 tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/2 connection ended");
             }
+            drop(slot);
         });
         self.http2.store(tx.clone());
         Ok(tx)
@@ -305,7 +430,7 @@ impl h1::Recycle for Http1Pool {
 // === impl Http2Slot ===
 
 impl Http2Slot {
-    fn current(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn current(&self) -> Option<http2::SendRequest<RequestBody>> {
         let mut slot = self.conn.lock().ok()?;
         match slot.as_mut() {
             Some(c) if !c.tx.is_closed() => {
@@ -316,7 +441,7 @@ impl Http2Slot {
         }
     }
 
-    fn store(self: &Arc<Self>, tx: http2::SendRequest<Incoming>) {
+    fn store(self: &Arc<Self>, tx: http2::SendRequest<RequestBody>) {
         if let Ok(mut slot) = self.conn.lock() {
             *slot = Some(SharedH2 {
                 tx,
@@ -391,7 +516,7 @@ mod tests {
 
     /// A GET whose body is an [`Incoming`] (the only body type the pool sends; hyper makes those
     /// only for received messages): the body of a response from `via`.
-    async fn get(via: std::net::SocketAddr) -> Request<Incoming> {
+    async fn get(via: std::net::SocketAddr) -> Request<RequestBody> {
         let io = TcpStream::connect(via).await.unwrap();
         let (mut tx, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
             .await
@@ -402,7 +527,10 @@ mod tests {
             .body(Empty::new())
             .unwrap();
         let body = tx.send_request(req).await.unwrap().into_body();
-        Request::get("/").header("host", "a").body(body).unwrap()
+        Request::get("/")
+            .header("host", "a")
+            .body(RequestBody::new(body, false, 0))
+            .unwrap()
     }
 
     /// An endpoint whose upstream answers `fresh`, and a connection (`near`, with its upstream end
@@ -416,6 +544,7 @@ mod tests {
             Address::Tcp(server("fresh").await),
             Duration::from_secs(1),
             &pool,
+            None,
         );
         let closing = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let near = TcpStream::connect(closing.local_addr().unwrap())

@@ -18,13 +18,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem_config::{Config, Direction, Limits, ListenerProtocol, RouteMatch, UpstreamProtocol};
-use tandem_telemetry::{Counter, ListenerMetrics, Metrics, RouteMetrics};
+use tandem_config::{
+    Config, Direction, HashKey, HealthCheck, Limits, ListenerProtocol, Retry, RouteMatch, Upstream,
+    UpstreamProtocol,
+};
+use tandem_telemetry::{Counter, ListenerMetrics, Metrics, RouteMetrics, UpstreamMetrics};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 
-use crate::balance::Balancer;
+use crate::balance::{pick_or_fail_open, Balancer, EndpointState, Health};
 use crate::error::ErrorKind;
+use crate::policy::breaker::{BreakerState, EjectReason, EjectionBudget, Transition};
+use crate::policy::limit::ConcurrencyLimit;
 use crate::policy::ratelimit::RateLimiter;
-use crate::pool::Endpoint;
+use crate::policy::retry::{RetryBudget, RetryPolicy, RetryReason};
+use crate::pool::{ConnLimit, Endpoint};
 use crate::route::RouteTable;
 
 /// Everything the data path needs for one configuration.
@@ -38,7 +46,8 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<UpstreamHandle>>,
 }
 
-/// One upstream: its endpoints with their pools, and how to reach them.
+/// One upstream: its endpoints with their pools and state, and the policies shared by every
+/// route to it.
 #[derive(Debug)]
 pub struct UpstreamHandle {
     /// Name.
@@ -47,9 +56,36 @@ pub struct UpstreamHandle {
     pub protocol: UpstreamProtocol,
     /// Endpoints with their connection pools.
     pub endpoints: Vec<Endpoint>,
+    /// Load, latency, breaker and health per endpoint (same order as `endpoints`).
+    pub states: Vec<EndpointState>,
     /// Default time to the response head.
     pub request_timeout: Duration,
+    /// The upstream's retry policy (routes may override it).
+    pub retry: Arc<RetryPolicy>,
+    /// Shared by every route to this upstream.
+    pub budget: RetryBudget,
+    /// How many endpoints the breakers may eject at once.
+    pub ejections: EjectionBudget,
+    /// In-flight and pending bounds.
+    pub limit: ConcurrencyLimit,
+    /// What a hash balancer hashes.
+    pub hash_key: Option<HashKey>,
+    /// Active health checking, when configured.
+    pub health_check: Option<HealthCheck>,
+    /// A response body with no frame for this long is aborted.
+    pub stream_idle_timeout: Duration,
+    /// Retry, breaker and health metrics.
+    pub metrics: UpstreamMetrics,
     balancer: Balancer,
+}
+
+/// A request's hold on its endpoint and its upstream slot, released when the response body
+/// ends (or the request fails).
+#[derive(Debug)]
+pub struct InFlight {
+    upstream: Arc<UpstreamHandle>,
+    endpoint: usize,
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 /// Where a route sends requests, with its handles.
@@ -59,8 +95,10 @@ pub struct RouteTarget {
     pub name: String,
     /// The upstream.
     pub upstream: Arc<UpstreamHandle>,
-    /// Time to the response head.
+    /// Time to the response head, over all tries.
     pub timeout: Duration,
+    /// The route's retry policy (its own, or its upstream's).
+    pub retry: Arc<RetryPolicy>,
     /// The route's rate limit.
     pub rate_limit: Option<RateLimiter>,
     /// Request metrics for (listener, route, upstream).
@@ -106,21 +144,7 @@ impl Snapshot {
         let upstreams: HashMap<String, Arc<UpstreamHandle>> = config
             .upstreams
             .iter()
-            .map(|u| {
-                let endpoints = u
-                    .endpoints
-                    .iter()
-                    .map(|e| Endpoint::new(e.address.clone(), u.connect_timeout, &u.pool))
-                    .collect();
-                let h = UpstreamHandle {
-                    name: u.name.clone(),
-                    protocol: u.protocol,
-                    endpoints,
-                    request_timeout: u.request_timeout,
-                    balancer: Balancer::default(),
-                };
-                (u.name.clone(), Arc::new(h))
-            })
+            .map(|u| (u.name.clone(), Arc::new(UpstreamHandle::new(u, metrics))))
             .collect();
 
         let listeners = config
@@ -130,6 +154,7 @@ impl Snapshot {
                 let target = |route: &str,
                               upstream: &str,
                               timeout: Option<Duration>,
+                              retry: Option<&Retry>,
                               rate_limit: Option<RateLimiter>| {
                     // `check()` guarantees the name resolves; a miss here is a bug, reported as a
                     // route to nowhere rather than a panic.
@@ -140,6 +165,9 @@ impl Snapshot {
                     Arc::new(RouteTarget {
                         name: route.to_owned(),
                         timeout: timeout.unwrap_or(up.request_timeout),
+                        retry: retry
+                            .map(|r| Arc::new(RetryPolicy::new(r)))
+                            .unwrap_or_else(|| up.retry.clone()),
                         rate_limit,
                         metrics: metrics.route(&l.name, route, upstream),
                         errors: ErrorCounters::new(metrics, &l.name, upstream),
@@ -153,19 +181,19 @@ impl Snapshot {
                         let limiter = r.rate_limit.as_ref().map(RateLimiter::new);
                         (
                             r.matcher.clone(),
-                            target(&r.name, &r.upstream, r.timeout, limiter),
+                            target(&r.name, &r.upstream, r.timeout, r.retry.as_ref(), limiter),
                         )
                     })
                     .collect();
                 let default = l
                     .default_upstream
                     .as_deref()
-                    .map(|u| target("default", u, None, None));
+                    .map(|u| target("default", u, None, None, None));
                 let forward = if l.forward_proxy {
                     config
                         .upstreams
                         .iter()
-                        .map(|u| (u.name.clone(), target("forward", &u.name, None, None)))
+                        .map(|u| (u.name.clone(), target("forward", &u.name, None, None, None)))
                         .collect()
                 } else {
                     HashMap::new()
@@ -201,21 +229,266 @@ impl Snapshot {
 // === impl UpstreamHandle ===
 
 impl UpstreamHandle {
-    fn empty(name: &str) -> Self {
+    fn new(u: &Upstream, metrics: &Metrics) -> Self {
+        let conn_limit = u.limits.max_connections.map(ConnLimit::new);
+        let endpoints: Vec<Endpoint> = u
+            .endpoints
+            .iter()
+            .map(|e| {
+                Endpoint::new(
+                    e.address.clone(),
+                    u.connect_timeout,
+                    &u.pool,
+                    conn_limit.clone(),
+                )
+            })
+            .collect();
+        let labels: Vec<String> = endpoints.iter().map(|e| e.label.clone()).collect();
+        let weights: Vec<u32> = u.endpoints.iter().map(|e| e.weight).collect();
+        let reasons = RetryReason::ALL.map(RetryReason::as_str);
         UpstreamHandle {
-            name: name.to_owned(),
-            protocol: UpstreamProtocol::Auto,
-            endpoints: Vec::new(),
-            request_timeout: Duration::from_secs(15),
-            balancer: Balancer::default(),
+            name: u.name.clone(),
+            protocol: u.protocol,
+            states: u
+                .endpoints
+                .iter()
+                .map(|e| EndpointState::new(e.weight, u.circuit_breaker.clone()))
+                .collect(),
+            request_timeout: u.request_timeout,
+            retry: Arc::new(RetryPolicy::new(&u.retry)),
+            budget: RetryBudget::new(&u.retry_budget),
+            ejections: EjectionBudget::new(endpoints.len(), u.circuit_breaker.max_ejected_percent),
+            limit: ConcurrencyLimit::new(&u.limits),
+            hash_key: match &u.balancer {
+                tandem_config::Balancer::Hash(k) => Some(k.clone()),
+                _ => None,
+            },
+            health_check: u.health_check.clone(),
+            stream_idle_timeout: u.stream_idle_timeout,
+            metrics: metrics.upstream(&u.name, &labels, &reasons),
+            balancer: Balancer::new(&u.balancer, &weights, &labels),
+            endpoints,
         }
     }
 
-    /// The endpoint to use for the next request, `None` when there are none.
-    pub fn pick(&self) -> Option<&Endpoint> {
-        self.balancer
-            .pick(self.endpoints.len())
-            .and_then(|i| self.endpoints.get(i))
+    fn empty(name: &str) -> Self {
+        let u = Upstream {
+            name: name.to_owned(),
+            endpoints: Vec::new(),
+            protocol: UpstreamProtocol::Auto,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(15),
+            pool: tandem_config::Pool {
+                idle_timeout: Duration::from_secs(4),
+                max_idle_per_endpoint: 0,
+            },
+            balancer: tandem_config::Balancer::P2c,
+            health_check: None,
+            circuit_breaker: Default::default(),
+            limits: Default::default(),
+            retry: Default::default(),
+            retry_budget: Default::default(),
+            stream_idle_timeout: tandem_config::DEFAULT_STREAM_IDLE_TIMEOUT,
+        };
+        UpstreamHandle::new(&u, &Metrics::new())
+    }
+
+    /// The endpoint index for the next try: `hash` for hash balancers, `avoid` the endpoint the
+    /// previous try failed on. `None` only when there are no endpoints.
+    pub fn pick(&self, hash: Option<u64>, avoid: Option<usize>, now: Instant) -> Option<usize> {
+        pick_or_fail_open(&self.balancer, &self.states, hash, avoid, now)
+    }
+
+    /// Records a try's outcome on endpoint `i`: latency estimate, breaker, metrics and a log
+    /// line when the breaker changes state.
+    pub fn record(&self, i: usize, elapsed: Duration, success: bool, probe: bool, now: Instant) {
+        let (Some(state), Some(endpoint)) = (self.states.get(i), self.endpoints.get(i)) else {
+            return;
+        };
+        state.observe(elapsed, success, now);
+        let Some(t) = state.outlier.record(success, probe, now, &self.ejections) else {
+            return;
+        };
+        let gauge = self.metrics.endpoints.get(i).map(|m| &m.ejected);
+        match t {
+            Transition::Ejected(reason, d) => {
+                let idx = match reason {
+                    EjectReason::ConsecutiveFailures => 0,
+                    EjectReason::FailureRate => 1,
+                    EjectReason::ProbeFailed => 2,
+                };
+                self.metrics.ejections[idx].inc();
+                if let Some(g) = gauge {
+                    g.set(1);
+                }
+                tracing::warn!(upstream = %self.name, endpoint = %endpoint.label, reason = reason.as_str(), ejected_for = ?d, "endpoint ejected");
+            }
+            Transition::Closed => {
+                if let Some(g) = gauge {
+                    g.set(0);
+                }
+                tracing::info!(upstream = %self.name, endpoint = %endpoint.label, "endpoint back in rotation (probe succeeded)");
+            }
+            Transition::EjectionRefused(reason) => {
+                tracing::warn!(upstream = %self.name, endpoint = %endpoint.label, reason = reason.as_str(), ejected = self.ejections.ejected(), "endpoint failing but not ejected: the upstream's max_ejected_percent is reached");
+            }
+        }
+    }
+
+    /// Starts a try on endpoint `i`: counts it in flight and claims the half-open probe.
+    /// Returns whether the try is the probe.
+    pub fn start(&self, i: usize, now: Instant) -> bool {
+        match self.states.get(i) {
+            Some(s) => {
+                s.start();
+                s.outlier.on_pick(now)
+            }
+            None => false,
+        }
+    }
+
+    /// Ends a try on endpoint `i` that produced no response.
+    pub fn finish(&self, i: usize) {
+        if let Some(s) = self.states.get(i) {
+            s.finish();
+        }
+    }
+}
+
+/// What `/upstreams` shows of one upstream.
+#[derive(Debug, serde::Serialize)]
+pub struct UpstreamView {
+    /// Name.
+    pub name: String,
+    /// Protocol towards the endpoints.
+    pub protocol: UpstreamProtocol,
+    /// Requests in flight to the upstream (all endpoints).
+    pub in_flight: usize,
+    /// Requests waiting for a slot (`limits.max_pending`).
+    pub pending: usize,
+    /// Endpoints ejected by their breakers now.
+    pub ejected: usize,
+    /// Each endpoint.
+    pub endpoints: Vec<EndpointView>,
+}
+
+/// What `/upstreams` shows of one endpoint.
+#[derive(Debug, serde::Serialize)]
+pub struct EndpointView {
+    /// Configured address.
+    pub address: String,
+    /// Relative share of traffic.
+    pub weight: u32,
+    /// `healthy`, `unhealthy` (active checks), or `unknown` (unchecked / no verdict yet).
+    pub health: &'static str,
+    /// Whether the balancer would pick it now (health and breaker together).
+    pub eligible: bool,
+    /// `closed`, `open` or `half_open`.
+    pub breaker: &'static str,
+    /// Why the breaker is open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejection_reason: Option<&'static str>,
+    /// Time left in the ejection, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejected_for_ms: Option<u64>,
+    /// The peak-EWMA latency estimate, in milliseconds.
+    pub ewma_ms: f64,
+    /// Requests in flight to it.
+    pub in_flight: u32,
+    /// Idle pooled HTTP/1.1 connections.
+    pub idle_connections: usize,
+    /// Whether a shared HTTP/2 connection is open.
+    pub http2_connection: bool,
+}
+
+impl UpstreamHandle {
+    /// The live state for the admin API.
+    pub fn view(&self) -> UpstreamView {
+        let now = Instant::now();
+        UpstreamView {
+            name: self.name.clone(),
+            protocol: self.protocol,
+            in_flight: self.limit.in_flight(),
+            pending: self.limit.pending(),
+            ejected: self.ejections.ejected(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .zip(&self.states)
+                .map(|(e, s)| {
+                    let (breaker, reason, remaining) = match s.outlier.state(now) {
+                        BreakerState::Closed => ("closed", None, None),
+                        BreakerState::HalfOpen => ("half_open", None, None),
+                        BreakerState::Open { remaining, reason } => (
+                            "open",
+                            Some(reason.as_str()),
+                            Some(remaining.as_millis() as u64),
+                        ),
+                    };
+                    let (idle, h2) = e.pooled();
+                    EndpointView {
+                        address: e.label.clone(),
+                        weight: s.weight,
+                        health: match s.health() {
+                            Health::Healthy => "healthy",
+                            Health::Unhealthy => "unhealthy",
+                            Health::Unknown => "unknown",
+                        },
+                        eligible: s.eligible(now),
+                        breaker,
+                        ejection_reason: reason,
+                        ejected_for_ms: remaining,
+                        ewma_ms: (s.latency(now).as_secs_f64() * 1e6).round() / 1e3,
+                        in_flight: s.in_flight(),
+                        idle_connections: idle,
+                        http2_connection: h2,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Snapshot {
+    /// Every upstream's live state, in config order.
+    pub fn upstreams_view(&self) -> Vec<UpstreamView> {
+        self.config
+            .upstreams
+            .iter()
+            .filter_map(|u| self.upstreams.get(&u.name))
+            .map(|u| u.view())
+            .collect()
+    }
+}
+
+// === impl InFlight ===
+
+impl InFlight {
+    /// Takes over a started try on `endpoint` (ended by [`UpstreamHandle::start`]) and the
+    /// request's upstream slot.
+    pub fn new(
+        upstream: Arc<UpstreamHandle>,
+        endpoint: usize,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        InFlight {
+            upstream,
+            endpoint,
+            _slot: slot,
+        }
+    }
+}
+
+impl InFlight {
+    /// The upstream of the request.
+    pub fn upstream(&self) -> &UpstreamHandle {
+        &self.upstream
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.upstream.finish(self.endpoint);
     }
 }
 

@@ -15,9 +15,7 @@ use tandem_telemetry::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::error::ErrorKind;
 use crate::listen::Accepted;
-use crate::pool::ConnectError;
 use crate::stack::ListenerStack;
 
 /// Byte counters: (received from downstream, sent to downstream).
@@ -75,20 +73,11 @@ pub async fn proxy(stack: Arc<ListenerStack>, accepted: Accepted) {
         return;
     };
     let upstream = &target.upstream;
-    let Some(endpoint) = upstream.pick() else {
-        target.errors.inc(ErrorKind::NoEndpoints);
-        tracing::warn!(listener = %stack.name, upstream = %upstream.name, "tcp: no endpoints");
-        return;
-    };
-    let io = match endpoint.connector().connect().await {
-        Ok(io) => io,
+    let (io, _slot) = match crate::forward::connect_any(upstream, None).await {
+        Ok((_, io, slot)) => (io, slot),
         Err(e) => {
-            let kind = match e {
-                ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
-                ConnectError::Io(_) => ErrorKind::ConnectFailed,
-            };
-            target.errors.inc(kind);
-            tracing::warn!(listener = %stack.name, upstream = %upstream.name, endpoint = %endpoint.label, error = %e, "tcp: connect failed");
+            target.errors.inc(e.kind);
+            tracing::warn!(listener = %stack.name, error = %e, "tcp: no connection to the upstream");
             return;
         }
     };

@@ -59,6 +59,30 @@ struct ErrorLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamReasonLabels {
+    upstream: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    upstream: String,
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthCheckLabels {
+    upstream: String,
+    endpoint: String,
+    result: &'static str,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 /// The process-wide metrics registry.
@@ -72,6 +96,38 @@ pub struct Metrics {
     conns_rejected: Family<ListenerLabels, Counter>,
     tcp_rx: Family<ListenerLabels, Counter>,
     tcp_tx: Family<ListenerLabels, Counter>,
+    retries: Family<UpstreamReasonLabels, Counter>,
+    budget_exhausted: Family<UpstreamLabels, Counter>,
+    ejections: Family<UpstreamReasonLabels, Counter>,
+    ejected: Family<EndpointLabels, Gauge>,
+    healthy: Family<EndpointLabels, Gauge>,
+    health_checks: Family<HealthCheckLabels, Counter>,
+}
+
+/// Resilience handles for one upstream (retries, budget) and its endpoints (breakers, health).
+#[derive(Clone, Debug)]
+pub struct UpstreamMetrics {
+    /// Retries by reason, indexed like the proxy's `RetryReason::ALL`.
+    pub retries: Arc<[Counter]>,
+    /// Retries refused because the retry budget was spent.
+    pub budget_exhausted: Counter,
+    /// Ejections by reason: consecutive_failures, failure_rate, probe_failed.
+    pub ejections: Arc<[Counter; 3]>,
+    /// Per endpoint, in endpoint order.
+    pub endpoints: Arc<[EndpointMetrics]>,
+}
+
+/// Handles for one endpoint of an upstream.
+#[derive(Clone, Debug)]
+pub struct EndpointMetrics {
+    /// 1 while ejected by its breaker (half-open included), else 0.
+    pub ejected: Gauge,
+    /// 1 healthy or unchecked, 0 failing active health checks.
+    pub healthy: Gauge,
+    /// Active health checks that passed.
+    pub checks_passed: Counter,
+    /// Active health checks that failed.
+    pub checks_failed: Counter,
 }
 
 /// Handles for one (listener, route, upstream).
@@ -160,8 +216,50 @@ impl Metrics {
             Unit::Bytes,
             tcp_tx.clone(),
         );
+        let retries = Family::<UpstreamReasonLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Requests tried again, by upstream and reason (connect_failed, reset, timeout, status, grpc)",
+            retries.clone(),
+        );
+        let budget_exhausted = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries not made because the upstream's retry budget was spent",
+            budget_exhausted.clone(),
+        );
+        let ejections = Family::<UpstreamReasonLabels, Counter>::default();
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints taken out of rotation by their circuit breaker, by reason",
+            ejections.clone(),
+        );
+        let ejected = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "endpoint_ejected",
+            "1 while an endpoint is ejected by its circuit breaker (open or half-open)",
+            ejected.clone(),
+        );
+        let healthy = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "endpoint_healthy",
+            "0 while an endpoint fails its active health checks, else 1",
+            healthy.clone(),
+        );
+        let health_checks = Family::<HealthCheckLabels, Counter>::default();
+        registry.register(
+            "health_checks",
+            "Active health checks by endpoint and result (pass, fail)",
+            health_checks.clone(),
+        );
         Metrics {
             registry,
+            retries,
+            budget_exhausted,
+            ejections,
+            ejected,
+            healthy,
+            health_checks,
             requests,
             duration,
             proxy_errors,
@@ -214,6 +312,67 @@ impl Metrics {
             rejected: self.conns_rejected.get_or_create(&labels).clone(),
             tcp_received: self.tcp_rx.get_or_create(&labels).clone(),
             tcp_sent: self.tcp_tx.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Resolves the resilience handles of an upstream and its endpoints (labelled by their
+    /// configured addresses); `retry_reasons` are the retry reason labels in index order.
+    pub fn upstream(
+        &self,
+        upstream: &str,
+        endpoints: &[String],
+        retry_reasons: &[&'static str],
+    ) -> UpstreamMetrics {
+        let reason = |family: &Family<UpstreamReasonLabels, Counter>, reason: &'static str| {
+            family
+                .get_or_create(&UpstreamReasonLabels {
+                    upstream: upstream.to_owned(),
+                    reason,
+                })
+                .clone()
+        };
+        let endpoints = endpoints
+            .iter()
+            .map(|e| {
+                let labels = EndpointLabels {
+                    upstream: upstream.to_owned(),
+                    endpoint: e.clone(),
+                };
+                let check = |result| {
+                    self.health_checks
+                        .get_or_create(&HealthCheckLabels {
+                            upstream: upstream.to_owned(),
+                            endpoint: e.clone(),
+                            result,
+                        })
+                        .clone()
+                };
+                let healthy = self.healthy.get_or_create(&labels).clone();
+                healthy.set(1);
+                EndpointMetrics {
+                    ejected: self.ejected.get_or_create(&labels).clone(),
+                    healthy,
+                    checks_passed: check("pass"),
+                    checks_failed: check("fail"),
+                }
+            })
+            .collect();
+        UpstreamMetrics {
+            retries: retry_reasons
+                .iter()
+                .map(|r| reason(&self.retries, r))
+                .collect(),
+            budget_exhausted: self
+                .budget_exhausted
+                .get_or_create(&UpstreamLabels {
+                    upstream: upstream.to_owned(),
+                })
+                .clone(),
+            ejections: Arc::new(
+                ["consecutive_failures", "failure_rate", "probe_failed"]
+                    .map(|r| reason(&self.ejections, r)),
+            ),
+            endpoints,
         }
     }
 

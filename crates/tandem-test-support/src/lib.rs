@@ -4,14 +4,24 @@
 //! Everything binds 127.0.0.1 port 0 and is torn down on drop: no fixed ports, no global servers.
 //!
 //! # Layout
-//! - [`upstream`]: an HTTP/1.1 + h2c test server whose behaviour is chosen by the request path.
+//! - [`upstream`]: [`Upstream`], an HTTP/1.1 + h2c test server whose behaviour is chosen by the
+//!   request path and by whole-server modes set at runtime (delay, status, fail-next-n, reset,
+//!   gRPC status, health), with per-path counters; it can be killed and restarted on its port.
+//! - [`fault`]: [`FaultProxy`], a TCP proxy in front of any address adding one-way latency,
+//!   partitions (blackhole) and resets of every connection; this kernel has no `tc netem`.
 //! - [`TestProxy`]: the real `tandem_app::App`, built from YAML, served in a background task.
+//! - [`assert_eventually!`]: polls a condition instead of sleeping.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+pub mod fault;
 pub mod upstream;
 
+pub use fault::FaultProxy;
+pub use upstream::Upstream;
+
 use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tandem_app::{App, Binds, RunOptions, Signal};
@@ -112,4 +122,9 @@ impl TestProxy {
             .expect("drained in time")
             .unwrap()
     }
+}
+
+/// Locks a test server's state; a panic elsewhere must not hide what the state says.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -2,9 +2,22 @@
 BACKEND_H2=1 also HTTP/2 prior knowledge (h2c) on the same port, told apart by the preface.
 
 Paths: /echo... -> JSON of what arrived (method, path, version, headers, body length, server name);
-/sleep/MS -> 200 "slept" after MS ms; /__inflight -> how many sleeps are running; /status/N -> status N;
-/reset -> close without a response (HTTP/2: RST_STREAM); /chunked -> a chunked response (HTTP/2: the
-same bytes in three DATA frames); anything else -> 200 "ok".
+/sleep/MS -> 200 "slept" after MS ms; /__inflight -> how many sleeps (and delays) are running;
+/status/N -> status N; /reset -> close without a response (HTTP/2: RST_STREAM); /chunked -> a chunked
+response (HTTP/2: the same bytes in three DATA frames); anything else -> 200 "ok".
+
+Control, for tests that change a running backend's behaviour:
+POST /__control with a JSON object of any of these keys; the answer is the whole control state as JSON.
+  {"delay_ms": 50}                      hold every request 50 ms first (0 to clear)
+  {"status": 503}                       answer every request 503, body "status"  (null to clear)
+  {"fail_next": 3, "fail_status": 500}  the next 3 requests get 500 (fail_status: 503 unless given)
+  {"reset": true}                       close every request's connection without a response
+  {"health": 503}                       what /healthz answers (default 200)
+  {"reset_stats": true}                 zero the /__stats counters
+Precedence: the delay, then reset, fail_next, status, then the path. /healthz, /__control, /__stats
+and /__inflight are never affected nor counted as requests. GET /__control returns the state.
+/healthz -> the health status, body "health N"; counted as a health check, not as a request.
+GET /__stats -> {"requests": N, "health_checks": M}.
 Run: python http_backend.py PORT | unix:/path      (env BACKEND_NAME names it in /echo, BACKEND_H2=1)
 """
 import json
@@ -18,6 +31,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 INFLIGHT = 0
 LOCK = threading.Lock()
+CONTROL = {"delay_ms": 0, "status": None, "fail_next": 0, "fail_status": 503, "reset": False, "health": 200}
+STATS = {"requests": 0, "health_checks": 0}
+# What each /__control key accepts: integers (not bools), and null for "status" only.
+CONTROL_TYPES = {"delay_ms": (int,), "status": (int, type(None)), "fail_next": (int,), "fail_status": (int,),
+                 "reset": (bool,), "health": (int,), "reset_stats": (bool,)}
 H2 = os.environ.get("BACKEND_H2") == "1"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -33,11 +51,72 @@ def sleep_ms(ms):
             INFLIGHT -= 1
 
 
+def control(method, body):
+    """/__control: GET shows the state; POST changes the keys given (see the module docs)."""
+    if method == "POST":
+        try:
+            change = json.loads(body or b"{}")
+            if not isinstance(change, dict):
+                raise ValueError("not a JSON object")
+            for key, value in change.items():
+                if key not in CONTROL_TYPES:
+                    raise ValueError(f"unknown key {key!r}; known: {sorted(CONTROL_TYPES)}")
+                is_bool = isinstance(value, bool)
+                if not isinstance(value, CONTROL_TYPES[key]) or (is_bool and bool not in CONTROL_TYPES[key]):
+                    raise ValueError(f"{key}: {value!r} is not {' or '.join(t.__name__ for t in CONTROL_TYPES[key])}")
+        except ValueError as e:
+            return 400, "text/plain", str(e).encode()
+        if "fail_next" in change:
+            change.setdefault("fail_status", 503)
+        with LOCK:
+            if change.pop("reset_stats", False):
+                STATS.update(requests=0, health_checks=0)
+            CONTROL.update(change)
+    with LOCK:
+        state = dict(CONTROL)
+    return 200, "application/json", json.dumps(state).encode()
+
+
+def mode():
+    """Counts a request and returns (delay in ms, the reply the control state forces or None)."""
+    with LOCK:
+        STATS["requests"] += 1
+        forced = None
+        if CONTROL["reset"]:
+            forced = "reset"
+        elif CONTROL["fail_next"] > 0:
+            CONTROL["fail_next"] -= 1
+            forced = (int(CONTROL["fail_status"]), "text/plain", b"status")
+        elif CONTROL["status"] is not None:
+            forced = (int(CONTROL["status"]), "text/plain", b"status")
+        return CONTROL["delay_ms"], forced
+
+
 def answer(method, path, version, headers, body):
-    """The reply for a request: (status, content-type, body) or None for "reset"."""
+    """The reply for a request: (status, content-type, body), body None for /chunked, or None for
+    "reset"."""
     bare = path.split("?")[0]
     if bare == "/__inflight":
         return 200, "text/plain", str(INFLIGHT).encode()
+    if bare == "/__control":
+        return control(method, body)
+    if bare == "/__stats":
+        with LOCK:
+            return 200, "application/json", json.dumps(STATS).encode()
+    if bare == "/healthz":
+        with LOCK:
+            STATS["health_checks"] += 1
+            health = int(CONTROL["health"])
+        return health, "text/plain", b"health %d" % health
+    delay_ms, forced = mode()
+    if delay_ms:
+        sleep_ms(delay_ms)
+    if forced == "reset":
+        return None
+    if forced is not None:
+        return forced
+    if bare == "/chunked":
+        return 200, "text/plain", None
     if "/sleep/" in bare:
         sleep_ms(int(bare.rsplit("/", 1)[1]))
         return 200, "text/plain", b"slept"
@@ -80,14 +159,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def _handle(self):
         body = self._body()
-        if self.path.split("?")[0] == "/chunked":
-            self.send_response(200)
-            self.send_header("transfer-encoding", "chunked")
-            self.end_headers()
-            for part in (b"one,", b"two,", b"three"):
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
-            self.wfile.write(b"0\r\n\r\n")
-            return
         headers = [[k.lower(), v] for k, v in self.headers.items()]
         reply = answer(self.command, self.path, self.request_version, headers, body)
         if reply is None:
@@ -96,6 +167,14 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.close()
             return
         status, ctype, out = reply
+        if out is None:
+            self.send_response(status)
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for part in (b"one,", b"two,", b"three"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_response(status)
         self.send_header("content-type", ctype)
         self.send_header("content-length", str(len(out)))
@@ -135,10 +214,7 @@ def serve_h2(sock):
 
     def respond(stream_id, req_headers, body):
         pseudo = dict((k, v) for k, v in req_headers if k.startswith(":"))
-        if pseudo.get(":path", "").split("?")[0] == "/chunked":
-            reply = (200, "text/plain", None)
-        else:
-            reply = answer(pseudo.get(":method"), pseudo.get(":path"), "HTTP/2", [list(h) for h in req_headers], body)
+        reply = answer(pseudo.get(":method"), pseudo.get(":path"), "HTTP/2", [list(h) for h in req_headers], body)
         with wlock:
             try:
                 if reply is None:
@@ -146,7 +222,7 @@ def serve_h2(sock):
                 else:
                     status, ctype, out = reply
                     if out is None:
-                        conn.send_headers(stream_id, [(":status", "200"), ("content-type", ctype)])
+                        conn.send_headers(stream_id, [(":status", str(status)), ("content-type", ctype)])
                         for part in (b"one,", b"two,", b"three"):
                             conn.send_data(stream_id, part)
                         conn.end_stream(stream_id)

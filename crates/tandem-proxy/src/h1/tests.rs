@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
+use hyper::body::Incoming;
 
 // --- pure decoders -----------------------------------------------------------------------------
 
@@ -329,7 +330,7 @@ async fn collect(res: Response<ResponseBody>) -> (Vec<u8>, Option<HeaderMap>) {
     (collected.to_bytes().to_vec(), trailers)
 }
 
-fn request(method: Method, body: Incoming, length: Option<usize>) -> Request<Incoming> {
+fn request(method: Method, body: Incoming, length: Option<usize>) -> Request<RequestBody> {
     let mut b = Request::builder()
         .method(method)
         .uri("/p?q=1")
@@ -337,7 +338,7 @@ fn request(method: Method, body: Incoming, length: Option<usize>) -> Request<Inc
     if let Some(n) = length {
         b = b.header("content-length", n);
     }
-    b.body(body).unwrap()
+    b.body(RequestBody::new(body, false, 0)).unwrap()
 }
 
 /// A bodiless GET: the head as given, no framing fields; a response split into tiny writes is
@@ -569,7 +570,7 @@ async fn upgrade_hands_over_the_connection() {
         up.read_exact(&mut buf).await.unwrap();
         up.write_all(&buf).await.unwrap();
     });
-    let res = Exchange::new(req)
+    let res = Exchange::new(req.map(|b| RequestBody::new(b, false, 0)))
         .send(conn, false, Arc::new(Returned::default()))
         .await
         .unwrap();

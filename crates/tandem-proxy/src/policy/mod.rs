@@ -1,9 +1,13 @@
-//! Request policies resolved once per route when the snapshot is built, applied by
-//! [`crate::forward`] between routing and balancing (order in [`crate::stack`]).
+//! Request policies resolved once per route or upstream when the snapshot is built, applied by
+//! [`crate::forward`] (order in [`crate::stack`]).
 //!
 //! # Layout
 //! - [`ratelimit`]: local rate limiting, a token bucket per key (429 with `Retry-After`).
-//!
-//! Retries with budgets, timeouts per try, breakers and concurrency limits join here.
+//! - [`retry`]: which failures are retried, back-off, and the retry budget.
+//! - [`breaker`]: passive outlier detection, a circuit breaker per endpoint.
+//! - [`limit`]: per-upstream concurrency limits (fast 503 `overloaded`).
 
+pub mod breaker;
+pub mod limit;
 pub mod ratelimit;
+pub mod retry;
