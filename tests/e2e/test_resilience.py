@@ -55,13 +55,14 @@ def test_failing_backend_is_retried_and_ejected(tandem, start_backend):
 
 
 def test_backend_killed_with_sigkill(tandem, start_backend):
-    """A backend process killed with SIGKILL under traffic: no client request fails (connect
-    failures go to the other backend) and the dead one stops being tried."""
+    """A backend process killed with SIGKILL under traffic (round robin, so it keeps being
+    picked): no client request fails (connect failures go to the other backend), and after the
+    breaker's 5 consecutive failures the dead one is ejected and no longer tried."""
     a, b = free_port(), free_port()
     start_backend("http_backend.py", a)
     victim = start_backend("http_backend.py", b)
     port = free_port()
-    t = tandem(config(port, [f"127.0.0.1:{a}", f"127.0.0.1:{b}"]))
+    t = tandem(config(port, [f"127.0.0.1:{a}", f"127.0.0.1:{b}"], "    balancer: round_robin"))
     with httpx.Client(timeout=5) as c:
         for _ in range(20):
             assert c.get(f"http://127.0.0.1:{port}/").status_code == 200
@@ -72,4 +73,6 @@ def test_backend_killed_with_sigkill(tandem, start_backend):
         tries = metric(text, "tandem_retries_total", upstream="app", reason="connect_failed")
         print(f"SIGKILLed 1 of 2: {statuses.count(200)}/200 ok; {tries} tries at the dead backend")
         assert statuses == [200] * 200
-        assert 1 <= tries <= 10
+        assert tries == 5, "five connect failures, then ejected"
+        ups = c.get(f"{t.admin}/upstreams").json()
+        assert ups[0]["endpoints"][1]["breaker"] == "open", ups
