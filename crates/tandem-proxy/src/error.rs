@@ -195,9 +195,7 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         if let Some(wait) = self.retry_after {
-            // Whole seconds, rounded up: a client retrying sooner would be refused again.
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            h.insert(http::header::RETRY_AFTER, retry_after_secs(wait));
         }
         if matches!(self.kind, ErrorKind::BadRequest | ErrorKind::Draining) {
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -234,11 +232,17 @@ impl ProxyError {
             h.insert("grpc-message", v);
         }
         if let Some(wait) = self.retry_after {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            h.insert(http::header::RETRY_AFTER, retry_after_secs(wait));
         }
         res
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up (a client retrying sooner would be refused again),
+/// at least 1.
+fn retry_after_secs(wait: std::time::Duration) -> HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }
 
 impl std::fmt::Display for ProxyError {

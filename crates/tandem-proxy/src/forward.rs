@@ -602,10 +602,7 @@ pub async fn connect_any(
             }
             Err(e) => {
                 tried.record(now.elapsed(), false);
-                let kind = match e {
-                    ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
-                    ConnectError::Io(_) => ErrorKind::ConnectFailed,
-                };
+                let kind = connect_error_kind(&e);
                 let err = ProxyError::new(kind, e.to_string())
                     .at(&upstream.name, Some(endpoint.label.clone()));
                 let retry = attempt < upstream.retry.attempts
@@ -657,15 +654,19 @@ fn downstream_authority(
     }
 }
 
+fn connect_error_kind(e: &ConnectError) -> ErrorKind {
+    match e {
+        ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
+        ConnectError::Io(_) => ErrorKind::ConnectFailed,
+    }
+}
+
 /// Maps a failed exchange with an endpoint to the [`ErrorKind`] the user sees.
 fn classify(e: &SendError) -> ProxyError {
     use std::error::Error as _;
     let he = match e {
         SendError::Connect(ce) => {
-            let kind = match ce {
-                ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
-                ConnectError::Io(_) => ErrorKind::ConnectFailed,
-            };
+            let kind = connect_error_kind(ce);
             return ProxyError::new(kind, ce.to_string());
         }
         SendError::Http1(h1e) | SendError::Unsent(h1e) => {
