@@ -77,7 +77,7 @@ pub async fn handle(
         // Boxed: tunnels are rare and their state would otherwise widen every request's future.
         Box::pin(connect_tunnel(&stack, &target, req)).await
     } else {
-        proxy(&stack, &target, forwarded, req, start).await
+        proxy(&stack, &target, forwarded, req, start, grpc).await
     };
     let res = match result {
         Ok(res) => res,
@@ -152,6 +152,7 @@ async fn proxy(
     forwarded: &headers::Forwarded,
     mut req: Request<Incoming>,
     start: Instant,
+    grpc: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upstream = &target.upstream;
     let policy = &*target.retry;
@@ -228,14 +229,30 @@ async fn proxy(
         upstream.budget.deposit();
     }
 
-    // Each try gets a copy of the head and a replay of the body; the last possible try takes
-    // the originals.
-    let mut parts = Some(parts);
+    // Each try gets the head and a replay of the body; the last possible try takes the
+    // originals. An HTTP/1.1 head is serialized once and its bytes shared by every try; an
+    // HTTP/2 head is copied for each try but the last.
+    let method = parts.method.clone();
+    let (h1_head, mut h2_parts) = if use_h2 {
+        (None, Some(parts))
+    } else {
+        (
+            Some(h1::RequestHead::new(
+                &parts,
+                !http_body::Body::is_end_stream(&body),
+            )),
+            None,
+        )
+    };
     let mut body = Some(body);
     let mut attempt = 1u32;
     let mut avoid = None;
+    // The first try starts now, as far as the clock is concerned: one reading fewer per request.
+    let mut now = start;
     loop {
-        let now = Instant::now();
+        if attempt > 1 {
+            now = Instant::now();
+        }
         let Some(i) = upstream.pick(hash, avoid, now) else {
             return Err(
                 ProxyError::new(ErrorKind::NoEndpoints, "no endpoints").at(&upstream.name, None)
@@ -243,15 +260,23 @@ async fn proxy(
         };
         let endpoint = &upstream.endpoints[i];
         let at = |e: ProxyError| e.at(&upstream.name, Some(endpoint.label.clone()));
-        let (try_parts, try_body, can_retry) = match (&parts, &body) {
-            (Some(p), Some(b)) if retries && attempt < policy.attempts => match b.try_clone() {
-                Some(copy) => (clone_head(p), copy, true),
-                None => (take(&mut parts)?, take(&mut body)?, false),
+        let (try_body, can_retry) = match &body {
+            Some(b) if retries && attempt < policy.attempts => match b.try_clone() {
+                Some(copy) => (copy, true),
+                None => (take(&mut body)?, false),
             },
-            _ => (take(&mut parts)?, take(&mut body)?, false),
+            _ => (take(&mut body)?, false),
         };
-        let method = try_parts.method.clone();
-        let upstream_req = Request::from_parts(try_parts, try_body);
+        let outgoing = match &h1_head {
+            Some(head) => Outgoing::Http1(head.clone(), try_body),
+            None => {
+                let p = match &h2_parts {
+                    Some(p) if can_retry => clone_head(p),
+                    _ => take(&mut h2_parts)?,
+                };
+                Outgoing::Http2(Request::from_parts(p, try_body))
+            }
+        };
 
         let mut tried = Try::start(upstream, i, now);
         let try_deadline = match policy.per_try_timeout {
@@ -259,22 +284,22 @@ async fn proxy(
             None => deadline,
         };
         let send = async {
-            if use_h2 {
-                endpoint.send_http2(upstream_req).await
-            } else {
-                endpoint.send_http1(upstream_req).await
+            match outgoing {
+                Outgoing::Http1(head, body) => endpoint.send_http1(head, body).await,
+                Outgoing::Http2(req) => endpoint.send_http2(req).await,
             }
         };
         let outcome = tokio::time::timeout_at(try_deadline, send).await;
-        let elapsed = now.elapsed();
+        let ended = Instant::now();
+        let elapsed = ended - now;
 
         // Decide: a response, or an error, and whether to go again.
         let (failure, reason) = match outcome {
             Ok(Ok(res)) => {
-                let failed = is_failure(res.status(), res.headers());
-                tried.record(elapsed, !failed);
+                let failed = is_failure(res.status(), res.headers(), grpc);
+                tried.record(elapsed, !failed, ended);
                 let reason = can_retry
-                    .then(|| policy.on_response(res.status(), res.headers(), &method))
+                    .then(|| policy.on_response(res.status(), res.headers(), &method, grpc))
                     .flatten();
                 let wait = reason.and_then(|_| policy.backoff(attempt, Some(res.headers())));
                 if let (Some(reason), Some(wait)) = (reason, wait) {
@@ -294,7 +319,7 @@ async fn proxy(
                 return finish(res, guard, downstream_upgrade, stack).map_err(at);
             }
             Ok(Err(e)) => {
-                tried.record(elapsed, false);
+                tried.record(elapsed, false, ended);
                 let unseen = e.unseen();
                 let err = at(classify(&e));
                 let reason = can_retry
@@ -303,7 +328,7 @@ async fn proxy(
                 (err, reason)
             }
             Err(_) => {
-                tried.record(elapsed, false);
+                tried.record(elapsed, false, ended);
                 let per_try = try_deadline < deadline;
                 let err = at(ProxyError::new(
                     ErrorKind::UpstreamTimeout,
@@ -406,10 +431,10 @@ impl<'a> Try<'a> {
         }
     }
 
-    fn record(&mut self, elapsed: std::time::Duration, success: bool) {
+    fn record(&mut self, elapsed: std::time::Duration, success: bool, now: Instant) {
         self.recorded = true;
         self.upstream
-            .record(self.endpoint, elapsed, success, self.probe, Instant::now());
+            .record(self.endpoint, elapsed, success, self.probe, now);
     }
 
     fn into_in_flight(
@@ -457,10 +482,20 @@ fn retry_allowed(
 }
 
 /// What the breaker counts as a failed response: the gateway statuses (the endpoint or
-/// something behind it is unavailable) and gRPC UNAVAILABLE in a trailers-only response.
-fn is_failure(status: StatusCode, headers: &http::HeaderMap) -> bool {
-    matches!(status.as_u16(), 502..=504) || headers.get("grpc-status").is_some_and(|v| v == "14")
+/// something behind it is unavailable) and, to a gRPC request, UNAVAILABLE in a trailers-only
+/// response.
+fn is_failure(status: StatusCode, headers: &http::HeaderMap, grpc: bool) -> bool {
+    matches!(status.as_u16(), 502..=504)
+        || (grpc && headers.get(GRPC_STATUS).is_some_and(|v| v == "14"))
 }
+
+/// One request's head and body for one try, in the upstream's protocol.
+enum Outgoing {
+    Http1(h1::RequestHead, RequestBody),
+    Http2(Request<RequestBody>),
+}
+
+const GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
 
 fn replayable(body: &Option<RequestBody>) -> bool {
     body.as_ref().is_some_and(RequestBody::can_replay)
@@ -595,13 +630,15 @@ pub async fn connect_any(
             ProxyError::new(ErrorKind::Overloaded, e.to_string()).at(&upstream.name, None)
         })?;
         let mut tried = Try::start(upstream, i, now);
-        match endpoint.connector().connect().await {
+        let connected = endpoint.connector().connect().await;
+        let ended = Instant::now();
+        match connected {
             Ok(io) => {
-                tried.record(now.elapsed(), true);
+                tried.record(ended - now, true, ended);
                 return Ok((i, io, slot));
             }
             Err(e) => {
-                tried.record(now.elapsed(), false);
+                tried.record(ended - now, false, ended);
                 let kind = connect_error_kind(&e);
                 let err = ProxyError::new(kind, e.to_string())
                     .at(&upstream.name, Some(endpoint.label.clone()));

@@ -93,15 +93,22 @@ pub struct Failure {
     pub unsent: bool,
 }
 
-/// A request ready to be written: its head serialized once, its body still to be read.
-#[derive(Debug)]
-pub struct Exchange {
-    head: Bytes,
-    body: Option<RequestBody>,
+/// A request head serialized for the wire, with what its exchange needs to know of it. Cheap to
+/// clone: every try of a request writes the same bytes, so retries do not copy the header map.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    bytes: Bytes,
     has_body: bool,
     chunked: bool,
     idempotent: bool,
     head_request: bool,
+}
+
+/// A request ready to be written: its head serialized once, its body still to be read.
+#[derive(Debug)]
+pub struct Exchange {
+    head: RequestHead,
+    body: Option<RequestBody>,
 }
 
 /// Takes connections back for reuse (the pool).
@@ -203,21 +210,14 @@ impl Conn {
     }
 }
 
-// === impl Exchange ===
+// === impl RequestHead ===
 
-impl Exchange {
-    /// Serializes `req`'s head. The URI is written as it is (origin form expected) and framing
-    /// fields are set from the body: its `content-length` when it has one, else chunked.
-    pub fn new(req: Request<RequestBody>) -> Self {
-        let (mut parts, body) = req.into_parts();
-        let has_body = !body.is_end_stream();
+impl RequestHead {
+    /// Serializes `parts` (the URI is written as it is: origin form expected). Framing follows
+    /// `has_body`: a body without `content-length` goes chunked, and
+    /// `transfer-encoding: chunked` is written for it.
+    pub fn new(parts: &http::request::Parts, has_body: bool) -> Self {
         let chunked = has_body && !parts.headers.contains_key(header::CONTENT_LENGTH);
-        if chunked {
-            parts.headers.insert(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
-        }
         let mut head = Vec::with_capacity(256);
         head.extend_from_slice(parts.method.as_str().as_bytes());
         head.push(b' ');
@@ -225,20 +225,45 @@ impl Exchange {
         head.extend_from_slice(target.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
         for (name, value) in &parts.headers {
+            // The caller removed hop-by-hop fields; a chunked body gets exactly one of these.
+            if chunked && name == header::TRANSFER_ENCODING {
+                continue;
+            }
             head.extend_from_slice(name.as_str().as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
+        if chunked {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
         head.extend_from_slice(b"\r\n");
-        Exchange {
-            head: Bytes::from(head),
-            body: has_body.then_some(body),
+        RequestHead {
+            bytes: Bytes::from(head),
             has_body,
             chunked,
             idempotent: parts.method.is_idempotent(),
             head_request: parts.method == Method::HEAD,
         }
+    }
+}
+
+// === impl Exchange ===
+
+impl Exchange {
+    /// Serializes `req`'s head (see [`RequestHead::new`]); framing follows the body: its
+    /// `content-length` when it has one, else chunked.
+    pub fn new(req: Request<RequestBody>) -> Self {
+        let (parts, body) = req.into_parts();
+        let head = RequestHead::new(&parts, !body.is_end_stream());
+        Self::with_head(head, body)
+    }
+
+    /// `body` sent after an already serialized `head`; the head decides whether a body goes
+    /// out at all (a body the head did not announce is not sent).
+    pub fn with_head(head: RequestHead, body: RequestBody) -> Self {
+        let body = head.has_body.then_some(body);
+        Exchange { head, body }
     }
 
     /// Writes the request on `conn` (`reused`: it came from the pool) and reads the response
@@ -252,14 +277,14 @@ impl Exchange {
         let mut st = HeadState {
             conn,
             writer: Writer {
-                pending: VecDeque::from([self.head.clone()]),
+                pending: VecDeque::from([self.head.bytes.clone()]),
                 done: self.body.is_none(),
                 body: self.body.take(),
-                chunked: self.chunked,
+                chunked: self.head.chunked,
                 written: 0,
             },
             received: 0,
-            head_request: self.head_request,
+            head_request: self.head.head_request,
         };
         match std::future::poll_fn(|cx| st.poll(cx)).await {
             Ok(head) => Ok(head.into_response(st.conn, st.writer, recycle)),
@@ -269,7 +294,7 @@ impl Exchange {
                 let safe = reused
                     && !matches!(error, Error::Protocol(_) | Error::RequestBody(_))
                     && (st.writer.written == 0
-                        || (st.received == 0 && self.idempotent && !self.has_body));
+                        || (st.received == 0 && self.head.idempotent && !self.head.has_body));
                 let retry = safe.then(|| {
                     self.body = st.writer.body.take();
                     self

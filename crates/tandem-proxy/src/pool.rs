@@ -298,13 +298,14 @@ impl Endpoint {
         &self.connector
     }
 
-    /// Sends `req` over HTTP/1.1 on a pooled or new connection. The URI is written as it is, so
-    /// the caller passes origin form (`/path?query`) and a `Host` header.
+    /// Sends a request over HTTP/1.1 on a pooled or new connection: `head` serialized by
+    /// [`h1::RequestHead::new`] (origin form, `Host` set by the caller), then `body`.
     pub async fn send_http1(
         &self,
-        req: Request<RequestBody>,
+        head: h1::RequestHead,
+        body: RequestBody,
     ) -> Result<Response<ProxyBody>, SendError> {
-        let mut exchange = h1::Exchange::new(req);
+        let mut exchange = h1::Exchange::with_head(head, body);
         let recycle: Arc<dyn h1::Recycle> = self.http1.clone();
         if let Some(conn) = self.http1.checkout() {
             match exchange.send(conn, true, recycle.clone()).await {
@@ -566,8 +567,10 @@ mod tests {
         let req = get(server("").await).await;
 
         drop(far);
+        let (parts, body) = req.into_parts();
+        let head = h1::RequestHead::new(&parts, !http_body::Body::is_end_stream(&body));
         let res = endpoint
-            .send_http1(req)
+            .send_http1(head, body)
             .await
             .expect("sent on a new connection");
         let body = res.into_body().collect().await.unwrap().to_bytes();

@@ -25,6 +25,8 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 
 use crate::error::ErrorKind;
 
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// A route's retry policy, resolved once.
 #[derive(Debug)]
 pub struct RetryPolicy {
@@ -104,12 +106,14 @@ impl RetryPolicy {
         (unseen || self.method_ok(method)).then_some(reason)
     }
 
-    /// Whether a response head asks for a retry.
+    /// Whether a response head asks for a retry (`grpc`: the request was a gRPC call, whose
+    /// statuses are checked too).
     pub fn on_response(
         &self,
         status: StatusCode,
         headers: &HeaderMap,
         method: &Method,
+        grpc: bool,
     ) -> Option<RetryReason> {
         if !self.method_ok(method) {
             return None;
@@ -117,9 +121,9 @@ impl RetryPolicy {
         if self.statuses.contains(&status.as_u16()) {
             return Some(RetryReason::Status);
         }
-        if self.grpc != 0 {
+        if grpc && self.grpc != 0 {
             let code = headers
-                .get("grpc-status")
+                .get(GRPC_STATUS)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u32>().ok());
             if let Some(code) = code.filter(|&c| c < 32 && self.grpc & (1 << c) != 0) {
@@ -243,31 +247,36 @@ mod tests {
         assert_eq!(p.on_error(ErrorKind::UpstreamProtocol, true, &get), None);
         let h = HeaderMap::new();
         assert_eq!(
-            p.on_response(StatusCode::SERVICE_UNAVAILABLE, &h, &get),
+            p.on_response(StatusCode::SERVICE_UNAVAILABLE, &h, &get, true),
             Some(RetryReason::Status)
         );
         assert_eq!(
-            p.on_response(StatusCode::SERVICE_UNAVAILABLE, &h, &post),
+            p.on_response(StatusCode::SERVICE_UNAVAILABLE, &h, &post, false),
             None
         );
         assert_eq!(
-            p.on_response(StatusCode::INTERNAL_SERVER_ERROR, &h, &get),
+            p.on_response(StatusCode::INTERNAL_SERVER_ERROR, &h, &get, true),
             None
         );
         let mut g = HeaderMap::new();
         g.insert("grpc-status", "14".parse().unwrap());
         assert_eq!(
-            p.on_response(StatusCode::OK, &g, &get),
+            p.on_response(StatusCode::OK, &g, &get, true),
             Some(RetryReason::Grpc)
         );
+        assert_eq!(
+            p.on_response(StatusCode::OK, &g, &get, false),
+            None,
+            "grpc-status on the response to a plain HTTP request is not a gRPC status"
+        );
         g.insert("grpc-status", "13".parse().unwrap());
-        assert_eq!(p.on_response(StatusCode::OK, &g, &get), None);
+        assert_eq!(p.on_response(StatusCode::OK, &g, &get, true), None);
         let all = RetryPolicy::new(&Retry {
             all_methods: true,
             ..Retry::default()
         });
         assert_eq!(
-            all.on_response(StatusCode::BAD_GATEWAY, &h, &post),
+            all.on_response(StatusCode::BAD_GATEWAY, &h, &post, false),
             Some(RetryReason::Status)
         );
     }
