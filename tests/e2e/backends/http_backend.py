@@ -18,7 +18,8 @@ Precedence: the delay, then reset, fail_next, status, then the path. /healthz, /
 and /__inflight are never affected nor counted as requests. GET /__control returns the state.
 /healthz -> the health status, body "health N"; counted as a health check, not as a request.
 GET /__stats -> {"requests": N, "health_checks": M}.
-Run: python http_backend.py PORT | unix:/path      (env BACKEND_NAME names it in /echo, BACKEND_H2=1)
+Run: python http_backend.py PORT | unix:/path      (env BACKEND_NAME names it in /echo, BACKEND_H2=1,
+BACKEND_HOST binds TCP to that address instead of 127.0.0.1, e.g. inside a network namespace)
 """
 import json
 import os
@@ -299,7 +300,7 @@ def main():
             os.unlink(path)
         server = UnixHTTPServer(path, Handler)
     else:
-        server = TCPServer(("127.0.0.1", int(where)), TcpHandler)
+        server = TCPServer((os.environ.get("BACKEND_HOST", "127.0.0.1"), int(where)), TcpHandler)
     print("ready", flush=True)
     server.serve_forever()
 
