@@ -152,10 +152,10 @@ def test_admin_endpoints_and_promtool(outbound):
     metrics = httpx.get(f"{t.admin}/metrics", timeout=5).text
     r = run(["promtool", "check", "metrics"], input=metrics)
     assert r.returncode == 0, r.stdout + r.stderr
-    fwd = {"listener": "outbound", "route": "forward", "upstream": "orders"}
-    assert metric(metrics, "tandem_http_requests_total", **fwd, status_class="2xx") == 2
-    assert metric(metrics, "tandem_http_requests_total", listener="outbound", route="forward",
-                  upstream="refused", status_class="5xx") == 1
+    fwd = {"direction": "outbound", "listener": "outbound", "route": "forward", "upstream": "orders"}
+    assert metric(metrics, "tandem_http_requests_total", **fwd, method="GET", status_class="2xx") == 2
+    assert metric(metrics, "tandem_http_requests_total", direction="outbound", listener="outbound",
+                  route="forward", upstream="refused", method="GET", status_class="5xx") == 1
     assert metric(metrics, "tandem_proxy_errors_total", listener="outbound", upstream="refused",
                   reason="connect_failed") == 1
     assert metric(metrics, "tandem_http_request_duration_seconds_count", **fwd) == 2

@@ -202,7 +202,7 @@ async fn failures_are_explicit() {
     // Metrics saw all of it.
     let (_, _, metrics) = get(&client, format!("http://{}/metrics", proxy.admin)).await;
     assert!(metrics.contains(r#"tandem_proxy_errors_total{listener="outbound",upstream="refused",reason="connect_failed"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"tandem_http_requests_total{listener="inbound",route="slow",upstream="app",status_class="5xx"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"tandem_http_requests_total{direction="inbound",listener="inbound",route="slow",upstream="app",method="GET",status_class="5xx"} 1"#), "{metrics}");
 }
 
 /// Conflicting framing (request smuggling) is refused with 400 and the connection closed.

@@ -102,7 +102,7 @@ upstreams:
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"tandem_http_requests_total{listener="inbound",route="api",upstream="app",status_class="4xx"} 4"#),
+        metrics.contains(r#"tandem_http_requests_total{direction="inbound",listener="inbound",route="api",upstream="app",method="GET",status_class="4xx"} 4"#),
         "{metrics}"
     );
 }

@@ -37,6 +37,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
+    let method = tandem_telemetry::method_class(req.method().as_str());
     let target = {
         let host = request_host(req.uri(), req.headers());
         let facts = RequestFacts {
@@ -62,7 +63,7 @@ pub async fn handle(
         let res = err.to_response();
         stack
             .no_route
-            .record(res.status().as_u16(), start.elapsed());
+            .record(method, res.status().as_u16(), start.elapsed());
         return res;
     };
 
@@ -93,7 +94,7 @@ pub async fn handle(
     };
     target
         .metrics
-        .record(res.status().as_u16(), start.elapsed());
+        .record(method, res.status().as_u16(), start.elapsed());
     res
 }
 
@@ -116,9 +117,11 @@ pub fn reject_framing(stack: &ListenerStack) -> Response<ProxyBody> {
     );
     stack.no_route_errors.inc(err.kind);
     let res = err.to_response();
-    stack
-        .no_route
-        .record(res.status().as_u16(), std::time::Duration::ZERO);
+    stack.no_route.record(
+        tandem_telemetry::method_class("other"),
+        res.status().as_u16(),
+        std::time::Duration::ZERO,
+    );
     res
 }
 

@@ -151,6 +151,10 @@ impl Snapshot {
             .listeners
             .iter()
             .map(|l| {
+                let direction = match l.direction {
+                    Direction::Inbound => "inbound",
+                    Direction::Outbound => "outbound",
+                };
                 let target = |route: &str,
                               upstream: &str,
                               timeout: Option<Duration>,
@@ -169,7 +173,7 @@ impl Snapshot {
                             .map(|r| Arc::new(RetryPolicy::new(r)))
                             .unwrap_or_else(|| up.retry.clone()),
                         rate_limit,
-                        metrics: metrics.route(&l.name, route, upstream),
+                        metrics: metrics.route(direction, &l.name, route, upstream),
                         errors: ErrorCounters::new(metrics, &l.name, upstream),
                         upstream: up,
                     })
@@ -205,7 +209,7 @@ impl Snapshot {
                     routes: RouteTable::new(routes),
                     default,
                     forward,
-                    no_route: metrics.route(&l.name, "", ""),
+                    no_route: metrics.route(direction, &l.name, "", ""),
                     no_route_errors: ErrorCounters::new(metrics, &l.name, ""),
                     metrics: metrics.listener(&l.name),
                     limits: config.limits.clone(),

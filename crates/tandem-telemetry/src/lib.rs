@@ -10,6 +10,8 @@
 //!
 //! Non-goals here: tracing and access logs (later issues add them beside these handles).
 
+pub mod process;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +22,36 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-/// Latency buckets in seconds: 100 µs to 30 s, dense where a sidecar hop usually lands.
-const LATENCY_BUCKETS: [f64; 17] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
+/// Latency buckets in seconds: 0.5 ms to 30 s, roughly 1-2.5-5 per decade (a sidecar hop on
+/// loopback lands in the first buckets; a slow upstream in the last).
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    30.0,
 ];
+
+/// The method classes requests are counted by: the registered methods, and `other` for any
+/// extension method (so client input never creates a series).
+pub const METHOD_CLASSES: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "other",
+];
+
+/// The index into [`METHOD_CLASSES`] of a request method.
+pub fn method_class(method: &str) -> usize {
+    match method {
+        "GET" => 0,
+        "HEAD" => 1,
+        "POST" => 2,
+        "PUT" => 3,
+        "DELETE" => 4,
+        "PATCH" => 5,
+        "OPTIONS" => 6,
+        "CONNECT" => 7,
+        "TRACE" => 8,
+        _ => 9,
+    }
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// The Content-Type of [`Metrics::encode`]'s output (OpenMetrics).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -34,14 +61,17 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
+    direction: &'static str,
     listener: String,
     route: String,
     upstream: String,
+    method: &'static str,
     status_class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
+    direction: &'static str,
     listener: String,
     route: String,
     upstream: String,
@@ -130,10 +160,11 @@ pub struct EndpointMetrics {
     pub checks_failed: Counter,
 }
 
-/// Handles for one (listener, route, upstream).
+/// Handles for one (listener, route, upstream): a counter per method class and status class,
+/// and the route's latency histogram.
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
-    by_class: Arc<[Counter; 5]>,
+    by_class: Arc<[[Counter; 5]; METHOD_CLASSES.len()]>,
     duration: Histogram,
 }
 
@@ -163,7 +194,10 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates the registry with every Tandem metric registered.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("tandem");
+        // Process metrics keep their standard unprefixed names; Tandem's own get `tandem_`.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("tandem");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -253,7 +287,7 @@ impl Metrics {
             health_checks.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
             retries,
             budget_exhausted,
             ejections,
@@ -272,27 +306,32 @@ impl Metrics {
     }
 
     /// Resolves the handles of one route; call when building a snapshot, not per request.
-    pub fn route(&self, listener: &str, route: &str, upstream: &str) -> RouteMetrics {
-        let class = |c: &'static str| {
-            self.requests
-                .get_or_create(&RequestLabels {
-                    listener: listener.to_owned(),
-                    route: route.to_owned(),
-                    upstream: upstream.to_owned(),
-                    status_class: c,
-                })
-                .clone()
-        };
-        let by_class = Arc::new([
-            class("1xx"),
-            class("2xx"),
-            class("3xx"),
-            class("4xx"),
-            class("5xx"),
-        ]);
+    /// `direction` is the listener's (`inbound` or `outbound`).
+    pub fn route(
+        &self,
+        direction: &'static str,
+        listener: &str,
+        route: &str,
+        upstream: &str,
+    ) -> RouteMetrics {
+        let by_class = Arc::new(METHOD_CLASSES.map(|method| {
+            STATUS_CLASSES.map(|status_class| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        direction,
+                        listener: listener.to_owned(),
+                        route: route.to_owned(),
+                        upstream: upstream.to_owned(),
+                        method,
+                        status_class,
+                    })
+                    .clone()
+            })
+        }));
         let duration = self
             .duration
             .get_or_create(&RouteLabels {
+                direction,
                 listener: listener.to_owned(),
                 route: route.to_owned(),
                 upstream: upstream.to_owned(),
@@ -442,8 +481,8 @@ pub fn openmetrics_to_prometheus(text: &str) -> String {
 // === impl RouteMetrics ===
 
 impl RouteMetrics {
-    /// Records one finished request.
-    pub fn record(&self, status: u16, elapsed: Duration) {
+    /// Records one finished request; `method` is its [`method_class`].
+    pub fn record(&self, method: usize, status: u16, elapsed: Duration) {
         let idx = match status {
             100..=199 => 0,
             200..=299 => 1,
@@ -451,7 +490,9 @@ impl RouteMetrics {
             400..=499 => 3,
             _ => 4,
         };
-        self.by_class[idx].inc();
+        if let Some(c) = self.by_class.get(method).and_then(|m| m.get(idx)) {
+            c.inc();
+        }
         self.duration.observe(elapsed.as_secs_f64());
     }
 }
@@ -465,18 +506,26 @@ mod tests {
     #[test]
     fn handles_record_into_registry() {
         let m = Metrics::new();
-        let r = m.route("inbound", "api", "app");
-        r.record(204, Duration::from_millis(3));
-        r.record(503, Duration::from_millis(3));
+        let r = m.route("inbound", "inbound", "api", "app");
+        r.record(method_class("GET"), 204, Duration::from_millis(3));
+        r.record(method_class("BREW"), 503, Duration::from_millis(3));
         let l = m.listener("inbound");
         l.active.inc();
         l.tcp_received.inc_by(42);
         let text = m.encode();
         assert!(text.contains(
-            r#"tandem_http_requests_total{listener="inbound",route="api",upstream="app",status_class="2xx"} 1"#
+            r#"tandem_http_requests_total{direction="inbound",listener="inbound",route="api",upstream="app",method="GET",status_class="2xx"} 1"#
         ), "{text}");
-        assert!(text.contains(r#"status_class="5xx"} 1"#), "{text}");
-        assert!(text.contains(r#"tandem_http_request_duration_seconds_count{listener="inbound",route="api",upstream="app"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"method="other",status_class="5xx"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"tandem_http_request_duration_seconds_count{direction="inbound",listener="inbound",route="api",upstream="app"} 2"#), "{text}");
+        assert!(
+            text.contains("\n# TYPE process_resident_memory_bytes gauge\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
         assert!(
             text.contains(r#"tandem_tcp_received_bytes_total{listener="inbound"} 42"#),
             "{text}"
