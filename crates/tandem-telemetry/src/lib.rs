@@ -10,6 +10,7 @@
 //!
 //! Non-goals here: tracing and access logs (later issues add them beside these handles).
 
+pub mod histogram;
 pub mod process;
 
 use std::sync::Arc;
@@ -19,15 +20,34 @@ use prometheus_client::encoding::EncodeLabelSet;
 pub use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-/// Latency buckets in seconds: 0.5 ms to 30 s, roughly 1-2.5-5 per decade (a sidecar hop on
-/// loopback lands in the first buckets; a slow upstream in the last).
-const LATENCY_BUCKETS: [f64; 16] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
-    30.0,
+pub use crate::histogram::IntHistogram;
+
+/// Latency bucket bounds in nanoseconds: 0.5 ms to 30 s, roughly 1-2.5-5 per decade (a sidecar
+/// hop on loopback lands in the first buckets; a slow upstream in the last).
+static LATENCY_BOUNDS_NS: [u64; 16] = [
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    20_000_000_000,
+    30_000_000_000,
 ];
+
+fn latency_histogram() -> IntHistogram {
+    IntHistogram::new(&LATENCY_BOUNDS_NS, 1e9)
+}
 
 /// The method classes requests are counted by: the registered methods, and `other` for any
 /// extension method (so client input never creates a series).
@@ -113,7 +133,7 @@ struct HealthCheckLabels {
     result: &'static str,
 }
 
-type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+type HistogramFamily = Family<RouteLabels, IntHistogram, fn() -> IntHistogram>;
 
 /// The process-wide metrics registry.
 pub struct Metrics {
@@ -165,7 +185,7 @@ pub struct EndpointMetrics {
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
     by_class: Arc<[[Counter; 5]; METHOD_CLASSES.len()]>,
-    duration: Histogram,
+    duration: IntHistogram,
 }
 
 /// Handles for one listener.
@@ -204,8 +224,7 @@ impl Metrics {
             "HTTP requests completed, by listener, route, upstream and response status class",
             requests.clone(),
         );
-        let duration: HistogramFamily =
-            Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
+        let duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "http_request_duration",
             "Time from receiving a request to sending the response head",
@@ -493,7 +512,8 @@ impl RouteMetrics {
         if let Some(c) = self.by_class.get(method).and_then(|m| m.get(idx)) {
             c.inc();
         }
-        self.duration.observe(elapsed.as_secs_f64());
+        self.duration
+            .observe(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
     }
 }
 
