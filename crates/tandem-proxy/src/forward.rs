@@ -22,6 +22,7 @@ use crate::body::{ProxyBody, RequestBody};
 use crate::error::{ErrorKind, ProxyError};
 use crate::h1;
 use crate::headers;
+use crate::observe::Observer;
 use crate::policy::limit::Refused;
 use crate::policy::retry::RetryReason;
 use crate::pool::{ConnSlot, ConnectError, SendError};
@@ -37,6 +38,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
+    let mut obs = Observer::start(&stack, forwarded.client_addr(), &req, start);
     let target = {
         let host = request_host(req.uri(), req.headers());
         let facts = RequestFacts {
@@ -59,12 +61,14 @@ pub async fn handle(
             ),
         );
         stack.no_route_errors.inc(err.kind);
+        obs.failed(&err);
         let res = err.to_response();
         stack
             .no_route
             .record(res.status().as_u16(), start.elapsed());
-        return res;
+        return obs.respond(res);
     };
+    obs.route(&target);
 
     let grpc = is_grpc(req.headers());
     let limited = target
@@ -75,14 +79,15 @@ pub async fn handle(
         Err(rate_limited(&target.name, wait))
     } else if req.method() == Method::CONNECT {
         // Boxed: tunnels are rare and their state would otherwise widen every request's future.
-        Box::pin(connect_tunnel(&stack, &target, req)).await
+        Box::pin(connect_tunnel(&stack, &target, req, &mut obs)).await
     } else {
-        proxy(&stack, &target, forwarded, req, start, grpc).await
+        proxy(&stack, &target, forwarded, req, start, grpc, &mut obs).await
     };
     let res = match result {
         Ok(res) => res,
         Err(err) => {
             target.errors.inc(err.kind);
+            obs.failed(&err);
             tracing::debug!(listener = %stack.name, route = %target.name, error = %err, "request failed");
             if grpc {
                 err.to_grpc_response()
@@ -94,7 +99,7 @@ pub async fn handle(
     target
         .metrics
         .record(res.status().as_u16(), start.elapsed());
-    res
+    obs.respond(res)
 }
 
 /// The refusal of a request over its route's rate limit; `wait` becomes `Retry-After`.
@@ -153,6 +158,7 @@ async fn proxy(
     mut req: Request<Incoming>,
     start: Instant,
     grpc: bool,
+    obs: &mut Observer,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upstream = &target.upstream;
     let policy = &*target.retry;
@@ -219,7 +225,7 @@ async fn proxy(
     }
 
     let retries = policy.enabled() && !upgrade;
-    let body = RequestBody::new(body, retries, policy.replay_buffer);
+    let body = RequestBody::counted(body, retries, policy.replay_buffer, obs.request_bytes());
     let slot = upstream
         .limit
         .admit(deadline)
@@ -259,6 +265,7 @@ async fn proxy(
             );
         };
         let endpoint = &upstream.endpoints[i];
+        obs.attempt(attempt);
         let at = |e: ProxyError| e.at(&upstream.name, Some(endpoint.label.clone()));
         let (try_body, can_retry) = match &body {
             Some(b) if retries && attempt < policy.attempts => match b.try_clone() {
@@ -316,6 +323,7 @@ async fn proxy(
                     }
                 }
                 let guard = tried.into_in_flight(upstream.clone(), slot);
+                obs.answered_by(i);
                 return finish(res, guard, downstream_upgrade, stack).map_err(at);
             }
             Ok(Err(e)) => {
@@ -588,8 +596,10 @@ async fn connect_tunnel(
     stack: &ListenerStack,
     target: &RouteTarget,
     mut req: Request<Incoming>,
+    obs: &mut Observer,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (_, io, slot) = connect_any(&target.upstream, None).await?;
+    let (i, io, slot) = connect_any(&target.upstream, None).await?;
+    obs.answered_by(i);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = stack.limits.tcp_idle_timeout;
     let counters = Some((
