@@ -198,6 +198,9 @@ struct Control {
     stop: AtomicBool,
 }
 
+/// An opened output for [`start`]: stdout, a file, or any writer.
+pub struct Output(Sink);
+
 /// Where the writer thread writes.
 struct Sink {
     out: Box<dyn Write + Send>,
@@ -217,52 +220,54 @@ struct Out {
     failing: bool,
 }
 
+// === impl Output ===
+
+impl Output {
+    /// Opens stdout or the file (for appending, created when missing).
+    pub fn open(output: &AccessLogOutput) -> io::Result<Output> {
+        Ok(Output(match output {
+            AccessLogOutput::Stdout => Sink {
+                // A duplicate of fd 1, written directly: std's `Stdout` would add a lock and a
+                // line buffer of its own.
+                out: Box::new(File::from(io::stdout().as_fd().try_clone_to_owned()?)),
+                path: None,
+                chunk: STDOUT_CHUNK,
+            },
+            AccessLogOutput::File(path) => Sink {
+                out: Box::new(open(path)?),
+                path: Some(path.clone()),
+                chunk: FILE_CHUNK,
+            },
+        }))
+    }
+
+    /// Any writer (tests, embedding); [`Reopen::reopen`] does nothing to it.
+    pub fn writer(out: Box<dyn Write + Send>) -> Output {
+        Output(Sink {
+            out,
+            path: None,
+            chunk: FILE_CHUNK,
+        })
+    }
+}
+
+impl fmt::Debug for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Output").field(&self.0.name()).finish()
+    }
+}
+
 // === impl AccessLog ===
 
-/// Opens `config`'s output and starts the writer thread.
+/// Starts the writer thread on `output`: lines carry `fields`, and up to `buffer` of them wait
+/// in the queue; `dropped` counts the lines lost.
 pub fn start(
-    config: &tandem_config::AccessLog,
-    dropped: Counter,
-) -> io::Result<(AccessLog, Writer)> {
-    let sink = match &config.output {
-        AccessLogOutput::Stdout => Sink {
-            // A duplicate of fd 1, written directly: std's `Stdout` would add a lock and a
-            // line buffer of its own.
-            out: Box::new(File::from(io::stdout().as_fd().try_clone_to_owned()?)),
-            path: None,
-            chunk: STDOUT_CHUNK,
-        },
-        AccessLogOutput::File(path) => Sink {
-            out: Box::new(open(path)?),
-            path: Some(path.clone()),
-            chunk: FILE_CHUNK,
-        },
-    };
-    spawn(sink, &config.fields, config.buffer, dropped)
-}
-
-/// Starts a writer thread writing to `out` (tests, embedding): the same queue, batching and
-/// counting as [`start`]; [`Reopen::reopen`] does nothing.
-pub fn to_writer(
-    out: Box<dyn Write + Send>,
+    output: Output,
     fields: &[AccessLogField],
     buffer: usize,
     dropped: Counter,
 ) -> io::Result<(AccessLog, Writer)> {
-    let sink = Sink {
-        out,
-        path: None,
-        chunk: FILE_CHUNK,
-    };
-    spawn(sink, fields, buffer, dropped)
-}
-
-fn spawn(
-    sink: Sink,
-    fields: &[AccessLogField],
-    buffer: usize,
-    dropped: Counter,
-) -> io::Result<(AccessLog, Writer)> {
+    let sink = output.0;
     let (tx, rx) = mpsc::sync_channel(buffer.max(1));
     let control = Arc::new(Control::default());
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();

@@ -223,8 +223,8 @@ impl Shared {
 async fn shutdown_writes_out_every_line() {
     let sink = Shared::default();
     let dropped = Counter::default();
-    let (log, writer) = to_writer(
-        Box::new(sink.clone()),
+    let (log, writer) = start(
+        Output::writer(Box::new(sink.clone())),
         &[AccessLogField::SentBytes],
         10_000,
         dropped.clone(),
@@ -276,8 +276,8 @@ async fn full_queue_drops_and_counts() {
         got: got.clone(),
     };
     let dropped = Counter::default();
-    let (log, writer) = to_writer(
-        Box::new(sink),
+    let (log, writer) = start(
+        Output::writer(Box::new(sink)),
         &[AccessLogField::SentBytes],
         4,
         dropped.clone(),
@@ -326,8 +326,8 @@ async fn write_errors_count_as_dropped() {
         }
     }
     let dropped = Counter::default();
-    let (log, writer) = to_writer(
-        Box::new(Full),
+    let (log, writer) = start(
+        Output::writer(Box::new(Full)),
         &[AccessLogField::Status],
         100,
         dropped.clone(),
@@ -361,7 +361,8 @@ async fn reopen_starts_a_new_file_at_the_path() {
         buffer: 100,
     };
     let dropped = Counter::default();
-    let (log, writer) = start(&config, dropped.clone()).unwrap();
+    let output = Output::open(&config.output).unwrap();
+    let (log, writer) = start(output, &config.fields, config.buffer, dropped.clone()).unwrap();
     let reopen = writer.reopener();
     let mut r = request();
     r.sent_bytes = 1;
@@ -399,7 +400,7 @@ fn unopenable_file_fails_at_start() {
         fields: AccessLogField::ALL.to_vec(),
         buffer: 10,
     };
-    let err = start(&config, Counter::default()).err().unwrap();
+    let err = Output::open(&config.output).err().unwrap();
     assert_eq!(err.kind(), io::ErrorKind::NotFound);
 }
 
