@@ -323,3 +323,45 @@ upstreams:
     assert_eq!(proxy.terminate().await, 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A request refused for ambiguous framing (request smuggling) is logged with its reason.
+#[tokio::test]
+async fn refused_framing_is_logged() {
+    let up = Upstream::start().await;
+    let dir = temp_dir();
+    let path = dir.join("access.log");
+    let yaml = format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+access_log: {{ path: "{}", fields: [method, path, status, error, route, attempts] }}
+listeners:
+  inbound:
+    address: "127.0.0.1:0"
+    upstream: app
+upstreams:
+  app: {{ endpoints: ["{}"] }}
+"#,
+        path.display(),
+        up.addr
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let mut s = TcpStream::connect(proxy.addr("inbound")).await.unwrap();
+    s.write_all(
+        b"POST /smuggle HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(reply.starts_with(b"HTTP/1.1 400"));
+    assert_eq!(proxy.terminate().await, 0);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "{\"method\":\"POST\",\"path\":\"/smuggle\",\"status\":400,\"error\":\"bad_request\",\"route\":null,\"attempts\":0}\n"
+    );
+    assert_eq!(up.requests(), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -114,17 +114,23 @@ fn rate_limited(route: &str, wait: std::time::Duration) -> ProxyError {
 
 /// Answers a request whose HTTP/1.x framing was ambiguous (see [`crate::framing`]) with 400 and
 /// `connection: close`, without forwarding it.
-pub fn reject_framing(stack: &ListenerStack) -> Response<ProxyBody> {
+pub fn reject_framing(
+    stack: &Arc<ListenerStack>,
+    forwarded: &headers::Forwarded,
+    req: &Request<Incoming>,
+) -> Response<ProxyBody> {
+    let mut obs = Observer::start(stack, forwarded.client_addr(), req, Instant::now());
     let err = ProxyError::new(
         ErrorKind::BadRequest,
         "conflicting Content-Length and Transfer-Encoding (request smuggling risk); send exactly one",
     );
     stack.no_route_errors.inc(err.kind);
+    obs.failed(&err);
     let res = err.to_response();
     stack
         .no_route
         .record(res.status().as_u16(), std::time::Duration::ZERO);
-    res
+    obs.respond(res)
 }
 
 /// Routes first (file order), then, on a forward proxy, the upstream named by the host, then the
