@@ -150,3 +150,41 @@ fn unknown_key_inside_access_log() {
     );
     assert!(e[0].hint.contains("did you mean \"fields\"?"), "{}", e[0]);
 }
+
+/// The example in docs/config.md's "Access logs" section is valid and means what it says.
+#[test]
+fn docs_example_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/config.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let section = &doc[doc.find("## Access logs").unwrap()..];
+    let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    let c = parse("config.md", &section[start..end]).unwrap_or_else(|e| panic!("{e}"));
+    let a = c.access_log.unwrap();
+    assert_eq!(
+        a.output,
+        AccessLogOutput::File("/var/log/tandem/access.log".into())
+    );
+    assert_eq!(a.fields.len(), 12);
+    assert_eq!(
+        c.listeners.iter().map(|l| l.access_log).collect::<Vec<_>>(),
+        [true, false]
+    );
+}
+
+/// The field table in docs/config.md lists every field, in the default order.
+#[test]
+fn docs_list_every_field_in_order() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/config.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let section = &doc[doc.find("### Fields").unwrap()..];
+    let documented: Vec<&str> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| field |"))
+        .skip(2)
+        .take_while(|l| l.starts_with("| `"))
+        .filter_map(|l| l.split('`').nth(1))
+        .collect();
+    let names: Vec<&str> = AccessLogField::ALL.iter().map(|f| f.name()).collect();
+    assert_eq!(documented, names);
+}
