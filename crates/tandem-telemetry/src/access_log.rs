@@ -283,6 +283,9 @@ pub fn start(
         .name("tandem-access-log".into())
         .spawn(move || {
             run(out, &rx, &thread_control);
+            // Closed before saying done: a line logged after shutdown is refused (and counted),
+            // not queued where nobody reads it.
+            drop(rx);
             let _ = done_tx.send(());
         })?;
     let log = AccessLog {
