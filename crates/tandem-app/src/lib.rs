@@ -7,7 +7,8 @@
 //! ```text
 //! bind -> serve listeners + admin -> start the app (when supervising) -> app accepts -> ready
 //! signal: not ready -> inbound stops accepting and finishes in-flight -> signal the app
-//!         -> app exits (or drain_timeout, then SIGKILL) -> outbound drains -> exit(app's code)
+//!         -> app exits (or drain_timeout, then SIGKILL) -> outbound drains
+//!         -> access log written out -> exit(app's code)
 //! app exits by itself: not ready -> everything drains -> exit(app's code)
 //! ```
 //!
@@ -26,31 +27,46 @@ use std::time::Duration;
 use tandem_api::{AdminState, Readiness};
 use tandem_config::{Address, Config, Direction};
 use tandem_proxy::{BoundListener, Drain, Snapshot};
+use tandem_telemetry::access_log;
 use tandem_telemetry::Metrics;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 pub use supervisor::{AppCommand, Supervisor};
+pub use tandem_telemetry::access_log::Reopen as AccessLogReopen;
 
-/// A socket that could not be bound.
+/// A socket that could not be bound, or an output that could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot bind {what} on {address}: {source}")]
-pub struct BindError {
-    /// `listener "inbound"` or `admin`.
-    pub what: String,
-    /// The address.
-    pub address: Address,
-    /// Why.
-    #[source]
-    pub source: std::io::Error,
+pub enum BindError {
+    /// A listener's or the admin API's socket.
+    #[error("cannot bind {what} on {address}: {source}")]
+    Socket {
+        /// `listener "inbound"` or `admin`.
+        what: String,
+        /// The address.
+        address: Address,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The access log's file (or stdout).
+    #[error("cannot open the access log {output}: {source}")]
+    AccessLog {
+        /// The configured path.
+        output: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// Every socket of one config, bound.
+/// Every socket of one config, bound, and the access log's output, opened.
 #[derive(Debug)]
 pub struct Binds {
     listeners: Vec<BoundListener>,
     admin: BoundListener,
+    access_log: Option<access_log::Output>,
 }
 
 /// A signal Tandem reacts to.
@@ -69,6 +85,7 @@ pub struct App {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     binds: Binds,
+    access_log: Option<access_log::Writer>,
 }
 
 /// How to run.
@@ -87,7 +104,7 @@ impl Binds {
         for l in &config.listeners {
             let b = BoundListener::bind(&l.address)
                 .await
-                .map_err(|source| BindError {
+                .map_err(|source| BindError::Socket {
                     what: format!("listener \"{}\"", l.name),
                     address: l.address.clone(),
                     source,
@@ -96,30 +113,63 @@ impl Binds {
         }
         let admin = BoundListener::bind(&config.admin.address)
             .await
-            .map_err(|source| BindError {
+            .map_err(|source| BindError::Socket {
                 what: "admin".into(),
                 address: config.admin.address.clone(),
                 source,
             })?;
-        Ok(Binds { listeners, admin })
+        let access_log = match &config.access_log {
+            Some(a) => Some(access_log::Output::open(&a.output).map_err(|source| {
+                BindError::AccessLog {
+                    output: a.output.to_string(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+        Ok(Binds {
+            listeners,
+            admin,
+            access_log,
+        })
     }
 }
 
 // === impl App ===
 
 impl App {
-    /// Resolves the snapshot for `config` beside its bound sockets.
-    pub fn build(config: Config, binds: Binds) -> App {
+    /// Resolves the snapshot for `config` beside its bound sockets, and starts the access log's
+    /// writer.
+    pub fn build(config: Config, mut binds: Binds) -> App {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
-        let snapshot = Arc::new(Snapshot::build(config.clone(), &metrics));
+        let (log, writer) = match (&config.access_log, binds.access_log.take()) {
+            (Some(a), Some(output)) => {
+                match access_log::start(output, &a.fields, a.buffer, metrics.access_log_dropped()) {
+                    Ok((log, writer)) => (Some(log), Some(writer)),
+                    // Only when the OS refuses a thread: run on, without the access log.
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the access log writer; running without an access log");
+                        (None, None)
+                    }
+                }
+            }
+            _ => (None, None),
+        };
+        let snapshot = Arc::new(Snapshot::build_with(config.clone(), &metrics, log.as_ref()));
         App {
             config,
             snapshot,
             metrics,
             readiness: Arc::new(Readiness::default()),
             binds,
+            access_log: writer,
         }
+    }
+
+    /// What reopens the access log file (SIGUSR1); `None` without an access log.
+    pub fn access_log_reopener(&self) -> Option<AccessLogReopen> {
+        self.access_log.as_ref().map(access_log::Writer::reopener)
     }
 
     /// The bound address of listener `name` (real port when configured with port 0).
@@ -147,6 +197,7 @@ impl App {
             metrics,
             readiness,
             binds,
+            access_log,
         } = self;
         let inbound = Drain::new();
         let outbound = Drain::new();
@@ -242,6 +293,15 @@ impl App {
             _ = signals.recv() => tracing::warn!("second signal; exiting without waiting"),
         }
         listeners.abort_all();
+        // Write out the lines of everything that finished; a connection still open past
+        // drain_timeout is cut when the process exits, unlogged.
+        if let Some(w) = access_log {
+            if !w.shutdown(Duration::from_secs(2)).await {
+                tracing::warn!(
+                    "access log: the writer did not finish within 2s; lines still queued are lost"
+                );
+            }
+        }
         admin_stop.start();
         let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
         code

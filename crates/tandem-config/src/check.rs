@@ -10,6 +10,8 @@ use http::{HeaderName, HeaderValue, Method};
 use crate::model::*;
 use crate::raw::*;
 
+mod access_log;
+
 /// Largest endpoint weight: weights are relative, and a bound keeps a hash ring's virtual nodes
 /// (a multiple of the weights) small.
 const MAX_WEIGHT: u32 = 10_000;
@@ -275,6 +277,11 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         });
     }
 
+    let access_log = raw
+        .access_log
+        .as_ref()
+        .map(|a| access_log::check(&mut c, a));
+
     // Listeners.
     if raw.listeners.is_empty() {
         c.err(
@@ -387,6 +394,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
             routes,
             default_upstream: l.upstream.clone(),
             forward_proxy: l.forward_proxy,
+            access_log: access_log::listener(&mut c, &key, l.access_log, access_log.is_some()),
         });
     }
 
@@ -401,6 +409,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         app,
         listeners,
         upstreams,
+        access_log,
     })
 }
 

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+mod access_log;
+pub use access_log::*;
+
 /// The whole, checked configuration of one Tandem process.
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
@@ -28,6 +31,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Upstreams in file order; names are unique.
     pub upstreams: Vec<Upstream>,
+    /// The access log, when configured (off by default).
+    pub access_log: Option<AccessLog>,
 }
 
 /// The admin API (health, metrics, effective config).
@@ -117,6 +122,8 @@ pub struct Listener {
     /// Act as an HTTP forward proxy: `http://NAME/...` absolute-form requests and `CONNECT NAME:port`
     /// reach the upstream called NAME.
     pub forward_proxy: bool,
+    /// Whether its requests or connections are written to the access log (when there is one).
+    pub access_log: bool,
 }
 
 /// A route: a match and where matching requests go.

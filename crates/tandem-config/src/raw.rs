@@ -37,6 +37,9 @@ pub struct RawConfig {
     /// Upstreams by name.
     #[serde(default, deserialize_with = "unique_map")]
     pub upstreams: IndexMap<String, RawUpstream>,
+    /// Access log: one JSON line per HTTP request or TCP connection. Absent: off.
+    #[serde(default)]
+    pub access_log: Option<RawAccessLog>,
 }
 
 /// The admin API.
@@ -92,6 +95,27 @@ pub struct RawListener {
     /// Routes, first match wins (HTTP only).
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Write this listener's requests or connections to the access log (default true when
+    /// the top-level `access_log` is set).
+    #[serde(default)]
+    pub access_log: Option<bool>,
+}
+
+/// The access log.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `stdout` (the default) or a file path, appended to and reopened on SIGUSR1 (logrotate).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The fields of each line, in order (default: every field; names in docs/config.md,
+    /// "Access logs").
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    /// Lines queued for the writer before new ones are dropped and counted in
+    /// `tandem_access_log_dropped_total` (default 8192).
+    #[serde(default)]
+    pub buffer: Option<usize>,
 }
 
 /// Listener direction.

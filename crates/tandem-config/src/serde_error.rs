@@ -170,6 +170,7 @@ fn section_name(raw_type: &str) -> &'static str {
         "RawUpstreamLimits" => "`limits`",
         "RawRetry" => "`retry`",
         "RawRetryBudget" => "`retry_budget`",
+        "RawAccessLog" => "`access_log`",
         _ => "this section",
     }
 }

@@ -1,12 +1,13 @@
 //! Bodies on the data path. [`ProxyBody`]: the response body Tandem sends downstream, the
 //! upstream's body (HTTP/1.1 or HTTP/2) streamed as it arrives, or a short message Tandem wrote
 //! itself. [`RequestBody`]: the request body sent upstream, replayable for retries within a
-//! bounded buffer. Concrete enums instead of boxed trait objects keep the hot path free of an
-//! allocation per message.
+//! bounded buffer. Both count their bytes for an observed request ([`crate::observe`]); the
+//! response body also finishes the request's observation when it ends. Concrete enums instead
+//! of boxed trait objects keep the hot path free of an allocation per message.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
@@ -14,17 +15,20 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tandem_telemetry::access_log::End;
 
 use crate::h1;
+use crate::observe::Observer;
 use crate::stack::InFlight;
 
 /// A downstream response body, with what must live as long as it: the request's in-flight
-/// count on its endpoint and its slot in the upstream's concurrency limit.
+/// count on its endpoint, its slot in the upstream's concurrency limit, and its observation.
 #[derive(Debug)]
 pub struct ProxyBody {
     kind: Kind,
     guard: Option<InFlight>,
     idle: Option<IdleTimer>,
+    observer: Observer,
 }
 
 /// The stream idle timeout of a proxied body: no frame for `timeout` aborts it. The timer is
@@ -62,6 +66,7 @@ impl ProxyBody {
             kind: Kind::Local(Full::new(bytes.into())),
             guard: None,
             idle: None,
+            observer: Observer::none(),
         }
     }
 
@@ -76,6 +81,7 @@ impl ProxyBody {
             kind: Kind::Http1(body),
             guard: None,
             idle: None,
+            observer: Observer::none(),
         }
     }
 
@@ -85,12 +91,23 @@ impl ProxyBody {
             kind: Kind::Http2(body),
             guard: None,
             idle: None,
+            observer: Observer::none(),
         }
     }
 
     /// Keeps `guard` until the body ends or is dropped.
     pub fn guarded(mut self, guard: InFlight) -> Self {
         self.guard = Some(guard);
+        self
+    }
+
+    /// Counts the bytes sent and finishes `observer` when the body ends, fails or is dropped;
+    /// a body with nothing to send finishes it at once.
+    pub fn observed(mut self, mut observer: Observer) -> Self {
+        if is_end(&self.kind) {
+            observer.finish(End::Complete);
+        }
+        self.observer = observer;
         self
     }
 
@@ -144,6 +161,11 @@ impl Body for ProxyBody {
             }
             (polled, _) => polled,
         };
+        if this.observer.is_active() {
+            // After the poll: whether this frame was the last (hyper stops polling then).
+            let at_end = is_end(&this.kind);
+            this.observer.frame(&polled, at_end);
+        }
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             // The exchange is over: count it out now rather than when hyper drops the body.
             this.guard = None;
@@ -153,11 +175,7 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Http1(body) => body.is_end_stream(),
-            Kind::Http2(body) => body.is_end_stream(),
-            Kind::Local(body) => body.is_end_stream(),
-        }
+        is_end(&self.kind)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -166,6 +184,14 @@ impl Body for ProxyBody {
             Kind::Http2(body) => body.size_hint(),
             Kind::Local(body) => body.size_hint(),
         }
+    }
+}
+
+fn is_end(kind: &Kind) -> bool {
+    match kind {
+        Kind::Http1(body) => body.is_end_stream(),
+        Kind::Http2(body) => body.is_end_stream(),
+        Kind::Local(body) => body.is_end_stream(),
     }
 }
 
@@ -195,9 +221,16 @@ pub enum RequestBody {
     /// No body (the downstream request had none).
     Empty,
     /// Streamed once; a request with it cannot be retried after it was sent.
-    Stream(Incoming),
+    Stream(Downstream),
     /// Streamed, with a copy kept for retries while it fits the replay buffer.
     Replay(ReplayBody),
+}
+
+/// The body a client is sending, counting what is read of it for an observed request.
+#[derive(Debug)]
+pub struct Downstream {
+    body: Incoming,
+    read: Option<Arc<AtomicU64>>,
 }
 
 /// Why a request body could not be sent.
@@ -249,7 +282,7 @@ struct ReplayState {
     /// Bytes read from the downstream body so far.
     read: u64,
     /// The rest of the downstream body; `None` once it ended.
-    rest: Option<Incoming>,
+    rest: Option<Downstream>,
     trailers: Option<http::HeaderMap>,
 }
 
@@ -258,11 +291,17 @@ struct ReplayState {
 impl RequestBody {
     /// Wraps a downstream body: replayable up to `cap` bytes when `replay`, else streamed.
     pub fn new(body: Incoming, replay: bool, cap: usize) -> Self {
+        Self::counted(body, replay, cap, None)
+    }
+
+    /// [`RequestBody::new`], adding the bytes read from the client to `read` when given.
+    pub fn counted(body: Incoming, replay: bool, cap: usize, read: Option<Arc<AtomicU64>>) -> Self {
         if body.is_end_stream() {
             RequestBody::Empty
         } else if replay {
             let size = body.size_hint();
             let too_big = size.lower() > cap as u64;
+            let body = Downstream { body, read };
             let shared = Arc::new(Shared {
                 state: Mutex::new(Some(ReplayState {
                     chunks: Vec::new(),
@@ -284,7 +323,7 @@ impl RequestBody {
                 size,
             })
         } else {
-            RequestBody::Stream(body)
+            RequestBody::Stream(Downstream { body, read })
         }
     }
 
@@ -339,6 +378,35 @@ impl Body for RequestBody {
             RequestBody::Stream(b) => b.size_hint(),
             RequestBody::Replay(b) => b.size,
         }
+    }
+}
+
+// === impl Downstream ===
+
+impl Body for Downstream {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Some(read), Poll::Ready(Some(Ok(frame)))) = (&this.read, &polled) {
+            if let Some(data) = frame.data_ref() {
+                read.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

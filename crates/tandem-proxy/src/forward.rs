@@ -22,6 +22,7 @@ use crate::body::{ProxyBody, RequestBody};
 use crate::error::{ErrorKind, ProxyError};
 use crate::h1;
 use crate::headers;
+use crate::observe::Observer;
 use crate::policy::limit::Refused;
 use crate::policy::retry::RetryReason;
 use crate::pool::{ConnSlot, ConnectError, SendError};
@@ -38,6 +39,7 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let method = tandem_telemetry::method_class(req.method().as_str());
+    let mut obs = Observer::start(&stack, forwarded.client_addr(), &req, start);
     let target = {
         let host = request_host(req.uri(), req.headers());
         let facts = RequestFacts {
@@ -60,12 +62,14 @@ pub async fn handle(
             ),
         );
         stack.no_route_errors.inc(err.kind);
+        obs.failed(&err);
         let res = err.to_response();
         stack
             .no_route
             .record(method, res.status().as_u16(), start.elapsed());
-        return res;
+        return obs.respond(res);
     };
+    obs.route(&target);
 
     let grpc = is_grpc(req.headers());
     let limited = target
@@ -76,14 +80,15 @@ pub async fn handle(
         Err(rate_limited(&target.name, wait))
     } else if req.method() == Method::CONNECT {
         // Boxed: tunnels are rare and their state would otherwise widen every request's future.
-        Box::pin(connect_tunnel(&stack, &target, req)).await
+        Box::pin(connect_tunnel(&stack, &target, req, &mut obs)).await
     } else {
-        proxy(&stack, &target, forwarded, req, start, grpc).await
+        proxy(&stack, &target, forwarded, req, start, grpc, &mut obs).await
     };
     let res = match result {
         Ok(res) => res,
         Err(err) => {
             target.errors.inc(err.kind);
+            obs.failed(&err);
             tracing::debug!(listener = %stack.name, route = %target.name, error = %err, "request failed");
             if grpc {
                 err.to_grpc_response()
@@ -95,7 +100,7 @@ pub async fn handle(
     target
         .metrics
         .record(method, res.status().as_u16(), start.elapsed());
-    res
+    obs.respond(res)
 }
 
 /// The refusal of a request over its route's rate limit; `wait` becomes `Retry-After`.
@@ -110,19 +115,25 @@ fn rate_limited(route: &str, wait: std::time::Duration) -> ProxyError {
 
 /// Answers a request whose HTTP/1.x framing was ambiguous (see [`crate::framing`]) with 400 and
 /// `connection: close`, without forwarding it.
-pub fn reject_framing(stack: &ListenerStack) -> Response<ProxyBody> {
+pub fn reject_framing(
+    stack: &Arc<ListenerStack>,
+    forwarded: &headers::Forwarded,
+    req: &Request<Incoming>,
+) -> Response<ProxyBody> {
+    let mut obs = Observer::start(stack, forwarded.client_addr(), req, Instant::now());
     let err = ProxyError::new(
         ErrorKind::BadRequest,
         "conflicting Content-Length and Transfer-Encoding (request smuggling risk); send exactly one",
     );
     stack.no_route_errors.inc(err.kind);
+    obs.failed(&err);
     let res = err.to_response();
     stack.no_route.record(
-        tandem_telemetry::method_class("other"),
+        tandem_telemetry::method_class(req.method().as_str()),
         res.status().as_u16(),
         std::time::Duration::ZERO,
     );
-    res
+    obs.respond(res)
 }
 
 /// Routes first (file order), then, on a forward proxy, the upstream named by the host, then the
@@ -156,6 +167,7 @@ async fn proxy(
     mut req: Request<Incoming>,
     start: Instant,
     grpc: bool,
+    obs: &mut Observer,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upstream = &target.upstream;
     let policy = &*target.retry;
@@ -222,7 +234,7 @@ async fn proxy(
     }
 
     let retries = policy.enabled() && !upgrade;
-    let body = RequestBody::new(body, retries, policy.replay_buffer);
+    let body = RequestBody::counted(body, retries, policy.replay_buffer, obs.request_bytes());
     let slot = upstream
         .limit
         .admit(deadline)
@@ -262,6 +274,7 @@ async fn proxy(
             );
         };
         let endpoint = &upstream.endpoints[i];
+        obs.attempt(attempt);
         let at = |e: ProxyError| e.at(&upstream.name, Some(endpoint.label.clone()));
         let (try_body, can_retry) = match &body {
             Some(b) if retries && attempt < policy.attempts => match b.try_clone() {
@@ -319,6 +332,7 @@ async fn proxy(
                     }
                 }
                 let guard = tried.into_in_flight(upstream.clone(), slot);
+                obs.answered_by(i);
                 return finish(res, guard, downstream_upgrade, stack).map_err(at);
             }
             Ok(Err(e)) => {
@@ -591,8 +605,10 @@ async fn connect_tunnel(
     stack: &ListenerStack,
     target: &RouteTarget,
     mut req: Request<Incoming>,
+    obs: &mut Observer,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (_, io, slot) = connect_any(&target.upstream, None).await?;
+    let (i, io, slot) = connect_any(&target.upstream, None).await?;
+    obs.answered_by(i);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = stack.limits.tcp_idle_timeout;
     let counters = Some((

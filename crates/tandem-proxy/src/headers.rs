@@ -103,7 +103,7 @@ pub struct Forwarded {
     /// The client IP for `x-forwarded-for`; `None` for Unix socket peers.
     ip: Option<HeaderValue>,
     /// The client's address; `None` for Unix socket peers.
-    peer: Option<IpAddr>,
+    peer: Option<SocketAddr>,
     proto: &'static str,
 }
 
@@ -121,13 +121,18 @@ impl Forwarded {
         Forwarded {
             forwarded,
             ip,
-            peer: peer.map(|p| p.ip()),
+            peer,
             proto,
         }
     }
 
     /// The client's IP address (`None` for a Unix socket peer).
     pub fn client_ip(&self) -> Option<IpAddr> {
+        self.peer.map(|p| p.ip())
+    }
+
+    /// The client's address and port (`None` for a Unix socket peer).
+    pub fn client_addr(&self) -> Option<SocketAddr> {
         self.peer
     }
 

@@ -21,6 +21,8 @@
 //! - [`error`]: [`ProxyError`], the one place failures become status, `tandem-error` and body.
 //! - [`body`]: the response body (upstream stream or a local message) and the replayable
 //!   request body.
+//! - [`observe`]: the outermost phase: one record per request or TCP connection, finished when
+//!   its last byte is sent (access log).
 //!
 //! Invariants: bodies stream end to end; nothing is buffered beyond hyper's bounded read buffers
 //! and a retry's replay buffer (64 KiB by default);
@@ -35,6 +37,7 @@ pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod listen;
+pub mod observe;
 pub mod policy;
 pub mod pool;
 pub mod route;

@@ -59,7 +59,9 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
                         req.version() != http::Version::HTTP_2 && flag.next_request_conflicts();
                     async move {
                         if ambiguous {
-                            return Ok::<_, Infallible>(forward::reject_framing(&stack));
+                            return Ok::<_, Infallible>(forward::reject_framing(
+                                &stack, &forwarded, &req,
+                            ));
                         }
                         Ok(forward::handle(stack, &forwarded, req).await)
                     }

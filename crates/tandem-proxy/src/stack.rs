@@ -4,7 +4,8 @@
 //! Phase order for an HTTP request (see `docs/lifecycle.md`), written once here and walked by
 //! [`crate::forward::handle`]:
 //!
-//! 1. observe: metric handles of the chosen route record the final outcome (outermost);
+//! 1. observe: metric handles of the chosen route record the final outcome (outermost), and
+//!    an [`crate::observe::Observer`] follows the request to its last response byte;
 //! 2. route: [`RouteTable`] first match, then the forward-proxy name lookup, then the default;
 //! 3. rate limit: the route's [`RateLimiter`], if any (429 with `Retry-After`);
 //! 4. rewrite: hop-by-hop removal, `forwarded` on inbound;
@@ -22,6 +23,7 @@ use tandem_config::{
     Config, Direction, HashKey, HealthCheck, Limits, ListenerProtocol, Retry, RouteMatch, Upstream,
     UpstreamProtocol,
 };
+use tandem_telemetry::access_log::AccessLog;
 use tandem_telemetry::{Counter, ListenerMetrics, Metrics, RouteMetrics, UpstreamMetrics};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -134,6 +136,8 @@ pub struct ListenerStack {
     pub metrics: ListenerMetrics,
     /// Limits.
     pub limits: Limits,
+    /// Where finished requests or connections are logged; `None`: not logged.
+    pub access_log: Option<AccessLog>,
 }
 
 // === impl Snapshot ===
@@ -141,6 +145,15 @@ pub struct ListenerStack {
 impl Snapshot {
     /// Resolves `config` into request-path state. Opens no connections.
     pub fn build(config: Arc<Config>, metrics: &Metrics) -> Snapshot {
+        Self::build_with(config, metrics, None)
+    }
+
+    /// [`Snapshot::build`], with the access log that listeners with `access_log` write to.
+    pub fn build_with(
+        config: Arc<Config>,
+        metrics: &Metrics,
+        access_log: Option<&AccessLog>,
+    ) -> Snapshot {
         let upstreams: HashMap<String, Arc<UpstreamHandle>> = config
             .upstreams
             .iter()
@@ -213,6 +226,7 @@ impl Snapshot {
                     no_route_errors: ErrorCounters::new(metrics, &l.name, ""),
                     metrics: metrics.listener(&l.name),
                     limits: config.limits.clone(),
+                    access_log: access_log.filter(|_| l.access_log).cloned(),
                 })
             })
             .collect();

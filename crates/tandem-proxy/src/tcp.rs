@@ -1,4 +1,5 @@
-//! Opaque TCP proxying: splice two streams with an idle timeout, counting bytes.
+//! Opaque TCP proxying: splice two streams with an idle timeout, counting bytes; a TCP
+//! listener's connection is observed (access log) from accept to close.
 //!
 //! Used by `protocol: tcp` listeners, by `CONNECT` tunnels and by HTTP upgrades (WebSocket).
 //! Half-close is preserved: when one side shuts down its write half, the other side's write half
@@ -11,15 +12,28 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tandem_telemetry::access_log::End;
 use tandem_telemetry::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::listen::Accepted;
+use crate::observe::ConnectionObserver;
 use crate::stack::ListenerStack;
 
 /// Byte counters: (received from downstream, sent to downstream).
 pub type ByteCounters = (Counter, Counter);
+
+/// How a splice ended, with the bytes moved either way however it ended.
+#[derive(Debug)]
+pub struct Spliced {
+    /// Bytes read from downstream (and passed upstream).
+    pub received: u64,
+    /// Bytes read from upstream (and passed downstream).
+    pub sent: u64,
+    /// `Ok` when both directions ended; an idle timeout is `TimedOut`.
+    pub result: io::Result<()>,
+}
 
 /// Copies both ways until both directions end, an error occurs, or neither side moved a byte for
 /// `idle`. Returns (bytes from downstream, bytes to downstream).
@@ -29,6 +43,21 @@ pub async fn splice<D, U>(
     idle: Duration,
     counters: Option<ByteCounters>,
 ) -> io::Result<(u64, u64)>
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let s = splice_counted(down, up, idle, counters).await;
+    s.result.map(|()| (s.received, s.sent))
+}
+
+/// [`splice`], keeping the byte counts when it ends in an error or a timeout too.
+pub async fn splice_counted<D, U>(
+    down: D,
+    up: U,
+    idle: Duration,
+    counters: Option<ByteCounters>,
+) -> Spliced
 where
     D: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -44,26 +73,35 @@ where
         origin,
         last: last.clone(),
         counter: rx,
+        read: 0,
     };
     let mut up = Tracked {
         inner: up,
         origin,
         last: last.clone(),
         counter: tx,
+        read: 0,
     };
-    let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
-    tokio::pin!(copy);
-    loop {
-        let deadline = origin + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-        tokio::select! {
-            r = &mut copy => return r,
-            _ = tokio::time::sleep_until(deadline) => {
-                let idle_for = Instant::now() - (origin + Duration::from_millis(last.load(Ordering::Relaxed)));
-                if idle_for >= idle {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+    let result = {
+        let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+        tokio::pin!(copy);
+        loop {
+            let deadline = origin + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            tokio::select! {
+                r = &mut copy => break r.map(|_| ()),
+                _ = tokio::time::sleep_until(deadline) => {
+                    let idle_for = Instant::now() - (origin + Duration::from_millis(last.load(Ordering::Relaxed)));
+                    if idle_for >= idle {
+                        break Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                    }
                 }
             }
         }
+    };
+    Spliced {
+        received: down.read,
+        sent: up.read,
+        result,
     }
 }
 
@@ -72,11 +110,16 @@ pub async fn proxy(stack: Arc<ListenerStack>, accepted: Accepted) {
     let Some(target) = stack.default.clone() else {
         return;
     };
+    let mut obs = ConnectionObserver::start(&stack, &target, accepted.peer);
     let upstream = &target.upstream;
     let (io, _slot) = match crate::forward::connect_any(upstream, None).await {
-        Ok((_, io, slot)) => (io, slot),
+        Ok((i, io, slot)) => {
+            obs.connected(i);
+            (io, slot)
+        }
         Err(e) => {
             target.errors.inc(e.kind);
+            obs.failed(&e);
             tracing::warn!(listener = %stack.name, error = %e, "tcp: no connection to the upstream");
             return;
         }
@@ -85,9 +128,19 @@ pub async fn proxy(stack: Arc<ListenerStack>, accepted: Accepted) {
         stack.metrics.tcp_received.clone(),
         stack.metrics.tcp_sent.clone(),
     ));
-    if let Err(e) = splice(accepted.io, io, stack.limits.tcp_idle_timeout, counters).await {
-        tracing::debug!(listener = %stack.name, error = %e, "tcp: connection ended");
-    }
+    let spliced = splice_counted(accepted.io, io, stack.limits.tcp_idle_timeout, counters).await;
+    let end = match &spliced.result {
+        Ok(()) => End::Complete,
+        Err(e) => {
+            tracing::debug!(listener = %stack.name, error = %e, "tcp: connection ended");
+            if e.kind() == io::ErrorKind::TimedOut {
+                End::IdleTimeout
+            } else {
+                End::IoError
+            }
+        }
+    };
+    obs.finish(spliced.received, spliced.sent, end);
 }
 
 /// Counts bytes read and stamps activity; reads are where bytes enter the proxy.
@@ -96,6 +149,8 @@ struct Tracked<T> {
     origin: Instant,
     last: Arc<AtomicU64>,
     counter: Option<Counter>,
+    /// Bytes read so far.
+    read: u64,
 }
 
 impl<T> Tracked<T> {
@@ -116,6 +171,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.touch();
+            self.read += n as u64;
             if let Some(c) = &self.counter {
                 c.inc_by(n as u64);
             }

@@ -7,8 +7,12 @@
 //! # Layout
 //! - [`Metrics`]: the registry and the metric families.
 //! - [`RouteMetrics`], [`ListenerMetrics`]: pre-resolved handles for one route or listener.
+//! - [`access_log`]: request and connection records, rendered as JSON lines by a writer thread
+//!   behind a bounded queue.
 //!
-//! Non-goals here: tracing and access logs (later issues add them beside these handles).
+//! Non-goals here: tracing (a later issue adds it beside these handles).
+
+pub mod access_log;
 
 pub mod histogram;
 pub mod process;
@@ -152,6 +156,7 @@ pub struct Metrics {
     ejected: Family<EndpointLabels, Gauge>,
     healthy: Family<EndpointLabels, Gauge>,
     health_checks: Family<HealthCheckLabels, Counter>,
+    access_log_dropped: Counter,
 }
 
 /// Resilience handles for one upstream (retries, budget) and its endpoints (breakers, health).
@@ -305,8 +310,15 @@ impl Metrics {
             "Active health checks by endpoint and result (pass, fail)",
             health_checks.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer's queue was full or a write failed",
+            access_log_dropped.clone(),
+        );
         Metrics {
             registry: root,
+            access_log_dropped,
             retries,
             budget_exhausted,
             ejections,
@@ -443,6 +455,11 @@ impl Metrics {
                 reason,
             })
             .clone()
+    }
+
+    /// The counter of dropped access log lines (`tandem_access_log_dropped_total`).
+    pub fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
     }
 
     /// Renders every metric in the Prometheus text format 0.0.4.

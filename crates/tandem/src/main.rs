@@ -183,7 +183,7 @@ fn run(args: RunArgs) -> ExitCode {
             }
         };
         let app = App::build(config, binds);
-        let signals = match forward_signals() {
+        let signals = match forward_signals(app.access_log_reopener()) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("tandem: cannot install signal handlers: {e}");
@@ -239,16 +239,28 @@ fn apply_overrides(mut config: Config, args: &RunArgs) -> anyhow::Result<Config>
     Ok(config)
 }
 
-fn forward_signals() -> std::io::Result<tokio::sync::mpsc::Receiver<Signal>> {
+/// SIGTERM and SIGINT go to the app as [`Signal`]s; SIGUSR1 reopens the access log file (after
+/// logrotate renamed it) and is otherwise ignored rather than fatal.
+fn forward_signals(
+    reopen: Option<tandem_app::AccessLogReopen>,
+) -> std::io::Result<tokio::sync::mpsc::Receiver<Signal>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         loop {
             let s = tokio::select! {
                 _ = term.recv() => Signal::Terminate,
                 _ = int.recv() => Signal::Interrupt,
+                _ = usr1.recv() => {
+                    match &reopen {
+                        Some(r) => r.reopen(),
+                        None => tracing::info!("SIGUSR1: no access log file to reopen"),
+                    }
+                    continue;
+                }
             };
             if tx.send(s).await.is_err() {
                 return;

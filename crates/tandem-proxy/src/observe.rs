@@ -1,0 +1,428 @@
+//! Observing one HTTP request or TCP connection from its arrival to its last byte: the
+//! outermost phase, so it sees the final outcome (retries done, errors mapped, body streamed).
+//!
+//! An [`Observer`] is started in [`crate::forward::handle`] and filled as the request goes: the
+//! route, each try, the endpoint that answered, the error Tandem answered with. Its response
+//! head is noted by [`Observer::respond`], which moves it into the response body
+//! ([`ProxyBody::observed`]); the body counts the bytes it hands downstream, reads `grpc-status`
+//! from the trailers, and finishes the observation when it ends, fails, or is dropped because the
+//! client went away. A request cancelled before its response (the client closed the
+//! connection) finishes when its observer is dropped. A [`ConnectionObserver`] does the same for
+//! a TCP listener's connection, finished at close.
+//!
+//! The completion point is one function, `Observation::finish` (and
+//! `ConnectionObservation::finish` for TCP), called exactly once: that is where every
+//! per-request observer hooks in. Today it writes the access log line; size histograms and the
+//! request's span end there too, reading the same [`RequestRecord`].
+//!
+//! Cost: with nothing to observe (no access log on the listener) an observer is `None` and
+//! every call on it is a branch; no record is allocated. With an access log, one box per
+//! request holds the observation, copying only reference-counted handles (method, URI, a few
+//! header values) from the request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body::Frame;
+use tandem_config::Direction;
+use tandem_telemetry::access_log::{AccessLog, ConnectionRecord, End, RequestRecord};
+use tokio::time::Instant;
+
+use crate::body::{ProxyBody, StreamIdle};
+use crate::error::{ErrorKind, ProxyError};
+use crate::stack::{ListenerStack, RouteTarget};
+
+/// One request's observation, or nothing when the listener observes nothing. Finishes when
+/// dropped unfinished (the client went away).
+pub struct Observer(Option<Box<Observation>>);
+
+/// What is known about one request so far.
+pub struct Observation {
+    log: AccessLog,
+    stack: Arc<ListenerStack>,
+    target: Option<Arc<RouteTarget>>,
+    endpoint: Answered,
+    started: SystemTime,
+    start: Instant,
+    head: Option<Duration>,
+    client: Option<SocketAddr>,
+    version: Version,
+    method: Method,
+    uri: Uri,
+    host: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    status: Option<u16>,
+    grpc_status: Option<u32>,
+    /// Request body bytes, counted by the request body wherever it is polled.
+    received: Arc<AtomicU64>,
+    sent: u64,
+    attempts: u32,
+    error: Option<ErrorKind>,
+}
+
+/// The endpoint a request ended on.
+enum Answered {
+    None,
+    /// Index into the route's upstream's endpoints (the answer came from it).
+    Index(usize),
+    /// The label an error named.
+    Label(String),
+}
+
+/// One TCP connection's observation, or nothing.
+pub struct ConnectionObserver(Option<Box<ConnectionObservation>>);
+
+/// What is known about one TCP connection so far.
+pub struct ConnectionObservation {
+    log: AccessLog,
+    stack: Arc<ListenerStack>,
+    target: Arc<RouteTarget>,
+    started: SystemTime,
+    start: Instant,
+    client: Option<SocketAddr>,
+    endpoint: Answered,
+    error: Option<ErrorKind>,
+}
+
+// === impl Observer ===
+
+impl Observer {
+    /// An observer that observes nothing.
+    pub fn none() -> Observer {
+        Observer(None)
+    }
+
+    /// Starts observing `req`, received at `start` from `client` on `stack`'s listener;
+    /// nothing when the listener has no access log.
+    pub fn start<B>(
+        stack: &Arc<ListenerStack>,
+        client: Option<SocketAddr>,
+        req: &Request<B>,
+        start: Instant,
+    ) -> Observer {
+        let Some(log) = &stack.access_log else {
+            return Observer(None);
+        };
+        let host = match req.uri().authority() {
+            Some(_) => None,
+            None => req.headers().get(header::HOST).cloned(),
+        };
+        Observer(Some(Box::new(Observation {
+            log: log.clone(),
+            stack: stack.clone(),
+            target: None,
+            endpoint: Answered::None,
+            started: SystemTime::now(),
+            start,
+            head: None,
+            client,
+            version: req.version(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            host,
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            status: None,
+            grpc_status: None,
+            received: Arc::new(AtomicU64::new(0)),
+            sent: 0,
+            attempts: 0,
+            error: None,
+        })))
+    }
+
+    /// Whether anything is observed.
+    pub fn is_active(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The route (and so the upstream) the request took.
+    pub fn route(&mut self, target: &Arc<RouteTarget>) {
+        if let Some(o) = &mut self.0 {
+            o.target = Some(target.clone());
+        }
+    }
+
+    /// The counter the request body adds the bytes it reads to, when observed.
+    pub fn request_bytes(&self) -> Option<Arc<AtomicU64>> {
+        self.0.as_ref().map(|o| o.received.clone())
+    }
+
+    /// Try number `n` (1 for the first) is being sent.
+    pub fn attempt(&mut self, n: u32) {
+        if let Some(o) = &mut self.0 {
+            o.attempts = n;
+        }
+    }
+
+    /// The response came from endpoint `i` of the route's upstream.
+    pub fn answered_by(&mut self, i: usize) {
+        if let Some(o) = &mut self.0 {
+            o.endpoint = Answered::Index(i);
+        }
+    }
+
+    /// Tandem answers the request itself because of `err`.
+    pub fn failed(&mut self, err: &ProxyError) {
+        if let Some(o) = &mut self.0 {
+            o.error = Some(err.kind);
+            if let Some(e) = &err.endpoint {
+                o.endpoint = Answered::Label(e.clone());
+            }
+        }
+    }
+
+    /// Notes the response head and moves the observation into the response body, which
+    /// finishes it when the body ends.
+    pub fn respond(mut self, res: Response<ProxyBody>) -> Response<ProxyBody> {
+        let Some(o) = &mut self.0 else {
+            return res;
+        };
+        o.head = Some(o.start.elapsed());
+        o.status = Some(res.status().as_u16());
+        o.grpc_status = grpc_status(res.headers());
+        let (parts, body) = res.into_parts();
+        Response::from_parts(parts, body.observed(self))
+    }
+
+    /// Follows one poll of the response body: counts data, reads trailers, and finishes on the
+    /// last frame (`at_end`: the body has nothing more after this one), on the end, or on an
+    /// error.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn frame(
+        &mut self,
+        polled: &Poll<Option<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>>,
+        at_end: bool,
+    ) {
+        let Some(o) = &mut self.0 else {
+            return;
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    o.sent += data.len() as u64;
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(s) = grpc_status(trailers) {
+                        o.grpc_status = Some(s);
+                    }
+                }
+                if at_end {
+                    self.finish(End::Complete);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let end = if e.is::<StreamIdle>() {
+                    End::IdleTimeout
+                } else {
+                    End::UpstreamError
+                };
+                self.finish(end);
+            }
+            Poll::Ready(None) => self.finish(End::Complete),
+            Poll::Pending => {}
+        }
+    }
+
+    /// Finishes the observation (once; later calls do nothing).
+    pub(crate) fn finish(&mut self, end: End) {
+        if let Some(o) = self.0.take() {
+            o.finish(end);
+        }
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        // Unfinished: the client went away before the response ended (or before it began),
+        // or Tandem closed the connection at the end of its drain.
+        self.finish(End::ClientGone);
+    }
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Observer").field(&self.is_active()).finish()
+    }
+}
+
+// === impl Observation ===
+
+impl Observation {
+    /// The completion point of one request: everything that reports on finished requests
+    /// reads the record built here (the access log now; size histograms and the request's
+    /// span belong here too).
+    fn finish(&self, end: End) {
+        let target = self.target.as_deref();
+        let endpoint = match &self.endpoint {
+            Answered::None => None,
+            Answered::Index(i) => target
+                .and_then(|t| t.upstream.endpoints.get(*i))
+                .map(|e| e.label.as_str()),
+            Answered::Label(l) => Some(l.as_str()),
+        };
+        let authority = match self.uri.authority() {
+            Some(a) => Some(a.as_str().as_bytes()),
+            None => self.host.as_ref().map(HeaderValue::as_bytes),
+        };
+        let record = RequestRecord {
+            start: self.started,
+            head: self.head,
+            duration: self.start.elapsed(),
+            listener: &self.stack.name,
+            direction: direction(self.stack.direction),
+            route: target.map(|t| t.name.as_str()),
+            upstream: target.map(|t| t.upstream.name.as_str()),
+            endpoint,
+            client: self.client,
+            protocol: protocol(self.version),
+            method: self.method.as_str(),
+            path: self.uri.path_and_query().map_or("/", |p| p.as_str()),
+            authority,
+            status: self.status,
+            grpc_status: self.grpc_status,
+            received_bytes: self.received.load(Ordering::Relaxed),
+            sent_bytes: self.sent,
+            attempts: self.attempts,
+            error: self.error.map(ErrorKind::reason),
+            end,
+            user_agent: self.user_agent.as_ref().map(HeaderValue::as_bytes),
+            peer_identity: None,
+            trace_id: None,
+            span_id: None,
+        };
+        self.log.log_request(&record);
+    }
+}
+
+// === impl ConnectionObserver ===
+
+impl ConnectionObserver {
+    /// Starts observing a connection from `client` to `target` on `stack`'s TCP listener;
+    /// nothing when the listener has no access log.
+    pub fn start(
+        stack: &Arc<ListenerStack>,
+        target: &Arc<RouteTarget>,
+        client: Option<SocketAddr>,
+    ) -> ConnectionObserver {
+        let Some(log) = &stack.access_log else {
+            return ConnectionObserver(None);
+        };
+        ConnectionObserver(Some(Box::new(ConnectionObservation {
+            log: log.clone(),
+            stack: stack.clone(),
+            target: target.clone(),
+            started: SystemTime::now(),
+            start: Instant::now(),
+            client,
+            endpoint: Answered::None,
+            error: None,
+        })))
+    }
+
+    /// Connected to endpoint `i` of the upstream.
+    pub fn connected(&mut self, i: usize) {
+        if let Some(o) = &mut self.0 {
+            o.endpoint = Answered::Index(i);
+        }
+    }
+
+    /// No upstream connection because of `err`.
+    pub fn failed(&mut self, err: &ProxyError) {
+        if let Some(o) = &mut self.0 {
+            o.error = Some(err.kind);
+            if let Some(e) = &err.endpoint {
+                o.endpoint = Answered::Label(e.clone());
+            }
+        }
+    }
+
+    /// The connection closed after `received` bytes from the client and `sent` to it.
+    pub fn finish(mut self, received: u64, sent: u64, end: End) {
+        if let Some(o) = self.0.take() {
+            o.finish(received, sent, end);
+        }
+    }
+}
+
+impl Drop for ConnectionObserver {
+    fn drop(&mut self) {
+        if let Some(o) = self.0.take() {
+            // Never connected (see `error`), or cut off at the end of the drain.
+            let end = match o.error {
+                Some(_) => End::NoUpstream,
+                None => End::ClientGone,
+            };
+            o.finish(0, 0, end);
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnectionObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ConnectionObserver")
+            .field(&self.0.is_some())
+            .finish()
+    }
+}
+
+// === impl ConnectionObservation ===
+
+impl ConnectionObservation {
+    /// The completion point of one TCP connection.
+    fn finish(&self, received: u64, sent: u64, end: End) {
+        let upstream = &self.target.upstream;
+        let endpoint = match &self.endpoint {
+            Answered::None => None,
+            Answered::Index(i) => upstream.endpoints.get(*i).map(|e| e.label.as_str()),
+            Answered::Label(l) => Some(l.as_str()),
+        };
+        let record = ConnectionRecord {
+            start: self.started,
+            duration: self.start.elapsed(),
+            listener: &self.stack.name,
+            direction: direction(self.stack.direction),
+            upstream: Some(&upstream.name),
+            endpoint,
+            client: self.client,
+            received_bytes: received,
+            sent_bytes: sent,
+            error: self.error.map(ErrorKind::reason),
+            end,
+            peer_identity: None,
+            trace_id: None,
+            span_id: None,
+        };
+        self.log.log_connection(&record);
+    }
+}
+
+fn direction(d: Direction) -> &'static str {
+    match d {
+        Direction::Inbound => "inbound",
+        Direction::Outbound => "outbound",
+    }
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+/// `grpc-status` as a number, when present and numeric.
+fn grpc_status(h: &HeaderMap) -> Option<u32> {
+    std::str::from_utf8(h.get("grpc-status")?.as_bytes())
+        .ok()?
+        .parse()
+        .ok()
+}

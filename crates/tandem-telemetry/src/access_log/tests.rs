@@ -1,0 +1,421 @@
+//! Access log lines: escaping and caps, field selection, the writer's batching, drop-and-count
+//! with a stalled writer, reopen and shutdown.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use super::*;
+
+fn request() -> RequestRecord<'static> {
+    RequestRecord {
+        start: SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456),
+        head: Some(Duration::from_micros(1_250)),
+        duration: Duration::from_micros(3_500),
+        listener: "inbound",
+        direction: "inbound",
+        route: Some("api"),
+        upstream: Some("app"),
+        endpoint: Some("127.0.0.1:8080"),
+        client: Some("10.1.2.3:40000".parse().unwrap()),
+        protocol: "HTTP/1.1",
+        method: "GET",
+        path: "/api/x?q=1",
+        authority: Some(b"example.com"),
+        status: Some(200),
+        grpc_status: None,
+        received_bytes: 5,
+        sent_bytes: 42,
+        attempts: 2,
+        error: None,
+        end: End::Complete,
+        user_agent: Some(b"curl/8.0"),
+        peer_identity: None,
+        trace_id: None,
+        span_id: None,
+    }
+}
+
+fn connection() -> ConnectionRecord<'static> {
+    ConnectionRecord {
+        start: SystemTime::UNIX_EPOCH,
+        duration: Duration::from_millis(20),
+        listener: "db",
+        direction: "outbound",
+        upstream: Some("pg"),
+        endpoint: Some("10.0.0.20:5432"),
+        client: None,
+        received_bytes: 7,
+        sent_bytes: 9,
+        error: None,
+        end: End::IdleTimeout,
+        peer_identity: None,
+        trace_id: None,
+        span_id: None,
+    }
+}
+
+fn line(fields: &[AccessLogField], r: &RequestRecord<'_>) -> String {
+    let mut out = Vec::new();
+    format_request(fields, r, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// One line: ends in exactly one `\n`, has no other, parses as a JSON object.
+fn parse(line: &str) -> serde_json::Map<String, serde_json::Value> {
+    assert!(line.ends_with('\n'), "{line:?}");
+    assert!(!line[..line.len() - 1].contains(['\n', '\r']), "{line:?}");
+    match serde_json::from_str(line).unwrap() {
+        serde_json::Value::Object(m) => m,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+/// Every field of the default set, with the values of the record, in the documented order.
+#[test]
+fn request_line_has_every_field() {
+    let text = line(&AccessLogField::ALL, &request());
+    let m = parse(&text);
+    let names: Vec<&str> = AccessLogField::ALL.iter().map(|f| f.name()).collect();
+    let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(keys, sorted);
+    // The line keeps the order of `fields` (serde_json's map above does not).
+    let positions: Vec<usize> = names
+        .iter()
+        .map(|n| text.find(&format!("\"{n}\":")).unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+
+    let v = serde_json::Value::Object(m);
+    assert_eq!(v["kind"], "http");
+    assert_eq!(v["time"], "2025-11-24T16:00:00.123456Z");
+    assert_eq!(v["duration_ms"], 3.5);
+    assert_eq!(v["head_ms"], 1.25);
+    assert_eq!(v["client"], "10.1.2.3:40000");
+    assert_eq!(v["authority"], "example.com");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["grpc_status"], serde_json::Value::Null);
+    assert_eq!(
+        (v["received_bytes"].as_u64(), v["sent_bytes"].as_u64()),
+        (Some(5), Some(42))
+    );
+    assert_eq!(
+        (v["attempts"].as_u64(), v["retries"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        (v["end"].as_str(), v["completed"].as_bool()),
+        (Some("complete"), Some(true))
+    );
+    assert_eq!(v["user_agent"], "curl/8.0");
+    assert_eq!(v["trace_id"], serde_json::Value::Null);
+}
+
+/// A chosen list gives exactly those keys, in the order given.
+#[test]
+fn fields_are_selected_in_order() {
+    use AccessLogField as F;
+    let text = line(&[F::Status, F::Path, F::Retries], &request());
+    assert_eq!(
+        text,
+        "{\"status\":200,\"path\":\"/api/x?q=1\",\"retries\":1}\n"
+    );
+    let mut r = request();
+    r.attempts = 0;
+    r.status = None;
+    r.end = End::ClientGone;
+    let text = line(&[F::Status, F::Retries, F::Completed, F::End], &r);
+    assert_eq!(
+        text,
+        "{\"status\":null,\"retries\":0,\"completed\":false,\"end\":\"client_gone\"}\n"
+    );
+}
+
+/// A TCP line has the fields that apply to connections and none of the HTTP ones.
+#[test]
+fn connection_line_leaves_out_http_fields() {
+    let mut out = Vec::new();
+    format_connection(&AccessLogField::ALL, &connection(), &mut out).unwrap();
+    let m = parse(std::str::from_utf8(&out).unwrap());
+    let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut want: Vec<&str> = AccessLogField::ALL
+        .iter()
+        .filter(|f| f.applies_to_tcp())
+        .map(|f| f.name())
+        .collect();
+    want.sort_unstable();
+    assert_eq!(keys, want);
+    assert_eq!(m["kind"], "tcp");
+    assert_eq!(m["protocol"], "tcp");
+    assert_eq!(m["client"], serde_json::Value::Null);
+    assert_eq!(m["time"], "1970-01-01T00:00:00.000000Z");
+    assert_eq!(
+        (m["end"].as_str(), m["completed"].as_bool()),
+        (Some("idle_timeout"), Some(false))
+    );
+    assert_eq!(
+        (m["received_bytes"].as_u64(), m["sent_bytes"].as_u64()),
+        (Some(7), Some(9))
+    );
+}
+
+/// Quotes, backslashes, control characters, line breaks, invalid UTF-8 and a 64 KiB path:
+/// still one valid line, each value as sent (escaped), invalid bytes as U+FFFD, long values cut.
+#[test]
+fn hostile_bytes_stay_one_valid_line() {
+    let nasty = "/a\"b\\c\n\r\t\u{1}\u{7f}\u{2028}</script>";
+    let long = format!("/{}", "é".repeat(32 * 1024));
+    let mut r = request();
+    r.path = nasty;
+    r.user_agent = Some(b"bad \xff\xfe bytes \"\n");
+    r.authority = Some(b"h\x00st");
+    let m = parse(&line(&AccessLogField::ALL, &r));
+    assert_eq!(m["path"], nasty);
+    assert_eq!(m["user_agent"], "bad \u{fffd}\u{fffd} bytes \"\n");
+    assert_eq!(m["authority"], "h\u{0}st");
+
+    r.path = &long;
+    let ua = vec![b'x'; 70_000];
+    r.user_agent = Some(&ua);
+    let text = line(&AccessLogField::ALL, &r);
+    assert!(
+        text.len() < 4096,
+        "a hostile request makes a short line: {}",
+        text.len()
+    );
+    let m = parse(&text);
+    let path = m["path"].as_str().unwrap();
+    assert!(path.ends_with("...") && long.starts_with(&path[..path.len() - 3]));
+    assert!(path.len() <= MAX_PATH + 3, "{}", path.len());
+    assert_eq!(m["user_agent"].as_str().unwrap().len(), MAX_USER_AGENT + 3);
+}
+
+/// A `Write` that records what it got, shared with the test.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8(self.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Lines logged before shutdown are all written, in order, each whole.
+#[tokio::test]
+async fn shutdown_writes_out_every_line() {
+    let sink = Shared::default();
+    let dropped = Counter::default();
+    let (log, writer) = start(
+        Output::writer(Box::new(sink.clone())),
+        &[AccessLogField::SentBytes],
+        10_000,
+        dropped.clone(),
+    )
+    .unwrap();
+    for i in 0..5000 {
+        let mut r = request();
+        r.sent_bytes = i;
+        log.log_request(&r);
+    }
+    assert!(writer.shutdown(Duration::from_secs(10)).await);
+    let lines = sink.lines();
+    assert_eq!(lines.len(), 5000);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l, &format!("{{\"sent_bytes\":{i}}}"));
+    }
+    assert_eq!(dropped.get(), 0);
+    // After shutdown the writer is gone: lines are dropped and counted, never blocked on.
+    log.log_request(&request());
+    assert_eq!(dropped.get(), 1);
+}
+
+/// A writer stuck in `write` (a stalled disk or pipe): the queue fills, later lines are dropped
+/// and counted at once, and logging never waits. Once the writer moves again, what was queued
+/// is written.
+#[tokio::test]
+async fn full_queue_drops_and_counts() {
+    struct Stalled {
+        entered: std::sync::mpsc::Sender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+        got: Shared,
+    }
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.entered.send(());
+            let _ = self.release.recv();
+            self.got.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let got = Shared::default();
+    let sink = Stalled {
+        entered: entered_tx,
+        release: release_rx,
+        got: got.clone(),
+    };
+    let dropped = Counter::default();
+    let (log, writer) = start(
+        Output::writer(Box::new(sink)),
+        &[AccessLogField::SentBytes],
+        4,
+        dropped.clone(),
+    )
+    .unwrap();
+
+    let mut r = request();
+    r.sent_bytes = 0;
+    log.log_request(&r);
+    // The writer took line 0 and is now stuck writing it.
+    entered.recv_timeout(Duration::from_secs(5)).unwrap();
+    let started = std::time::Instant::now();
+    for i in 1..=10 {
+        r.sent_bytes = i;
+        log.log_request(&r);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "logging waited for the writer"
+    );
+    assert_eq!(dropped.get(), 6, "4 lines fit the queue; 6 were dropped");
+
+    // Unstick it: the 4 queued lines follow line 0.
+    for _ in 0..10 {
+        let _ = release.send(());
+    }
+    assert!(writer.shutdown(Duration::from_secs(10)).await);
+    assert_eq!(
+        got.lines(),
+        (0..=4)
+            .map(|i| format!("{{\"sent_bytes\":{i}}}"))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Write failures (a full disk) count the lost lines as dropped; the writer keeps going.
+#[tokio::test]
+async fn write_errors_count_as_dropped() {
+    struct Full;
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::other("no space left on device"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let dropped = Counter::default();
+    let (log, writer) = start(
+        Output::writer(Box::new(Full)),
+        &[AccessLogField::Status],
+        100,
+        dropped.clone(),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        log.log_request(&request());
+    }
+    assert!(writer.shutdown(Duration::from_secs(10)).await);
+    assert_eq!(dropped.get(), 3);
+}
+
+/// logrotate's rename-and-reopen: lines before the reopen stay in the renamed file, lines after
+/// it go to a new file at the configured path; none is lost.
+#[tokio::test]
+async fn reopen_starts_a_new_file_at_the_path() {
+    let dir = std::env::temp_dir().join(format!(
+        "tandem-access-log-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    std::fs::write(&path, "earlier\n").unwrap();
+    let config = tandem_config::AccessLog {
+        output: AccessLogOutput::File(path.clone()),
+        fields: vec![AccessLogField::SentBytes],
+        buffer: 100,
+    };
+    let dropped = Counter::default();
+    let output = Output::open(&config.output).unwrap();
+    let (log, writer) = start(output, &config.fields, config.buffer, dropped.clone()).unwrap();
+    let reopen = writer.reopener();
+    let mut r = request();
+    r.sent_bytes = 1;
+    log.log_request(&r);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&path).unwrap().lines().count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "line 1 not written");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    std::fs::rename(&path, dir.join("access.log.1")).unwrap();
+    r.sent_bytes = 2;
+    log.log_request(&r);
+    reopen.reopen();
+    r.sent_bytes = 3;
+    log.log_request(&r);
+    assert!(writer.shutdown(Duration::from_secs(10)).await);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("access.log.1")).unwrap(),
+        "earlier\n{\"sent_bytes\":1}\n{\"sent_bytes\":2}\n",
+        "appended to what was there; line 2 was queued before the reopen"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "{\"sent_bytes\":3}\n"
+    );
+    assert_eq!(dropped.get(), 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A file that cannot be opened fails at start, naming the reason.
+#[test]
+fn unopenable_file_fails_at_start() {
+    let config = tandem_config::AccessLog {
+        output: AccessLogOutput::File("/nonexistent-dir-for-tandem/access.log".into()),
+        fields: AccessLogField::ALL.to_vec(),
+        buffer: 10,
+    };
+    let err = Output::open(&config.output).err().unwrap();
+    assert_eq!(err.kind(), io::ErrorKind::NotFound);
+}
+
+/// The drop counter is `tandem_access_log_dropped_total` in the registry.
+#[test]
+fn dropped_counter_is_exported() {
+    let m = crate::Metrics::new();
+    m.access_log_dropped().inc_by(3);
+    let text = m.encode_prometheus();
+    assert!(
+        text.contains("# TYPE tandem_access_log_dropped_total counter\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\ntandem_access_log_dropped_total 3\n"),
+        "{text}"
+    );
+}
