@@ -10,6 +10,8 @@ use http::{HeaderName, HeaderValue, Method};
 use crate::model::*;
 use crate::raw::*;
 
+mod tracing;
+
 /// Largest endpoint weight: weights are relative, and a bound keeps a hash ring's virtual nodes
 /// (a multiple of the weights) small.
 const MAX_WEIGHT: u32 = 10_000;
@@ -390,6 +392,11 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         });
     }
 
+    let tracing = raw
+        .tracing
+        .as_ref()
+        .map(|t| tracing::check_tracing(&mut c, t));
+
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -401,6 +408,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         app,
         listeners,
         upstreams,
+        tracing,
     })
 }
 

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+mod tracing;
+pub use self::tracing::*;
+
 /// The whole, checked configuration of one Tandem process.
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
@@ -28,6 +31,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Upstreams in file order; names are unique.
     pub upstreams: Vec<Upstream>,
+    /// Distributed tracing; `None`: off.
+    pub tracing: Option<Tracing>,
 }
 
 /// The admin API (health, metrics, effective config).

@@ -15,6 +15,9 @@ use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+mod tracing;
+pub use self::tracing::*;
+
 /// A Tandem configuration file.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +40,9 @@ pub struct RawConfig {
     /// Upstreams by name.
     #[serde(default, deserialize_with = "unique_map")]
     pub upstreams: IndexMap<String, RawUpstream>,
+    /// Distributed tracing with OTLP export. Absent: off (trace headers pass through untouched).
+    #[serde(default)]
+    pub tracing: Option<RawTracing>,
 }
 
 /// The admin API.

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use super::*;
 
+mod tracing;
+
 fn errors(text: &str) -> Vec<ConfigError> {
     match parse("t.yaml", text) {
         Ok(_) => panic!("expected errors for:\n{text}"),
