@@ -7,8 +7,9 @@
 //! # Layout
 //! - [`Metrics`]: the registry and the metric families.
 //! - [`RouteMetrics`], [`ListenerMetrics`]: pre-resolved handles for one route or listener.
+//! - [`trace`]: distributed tracing: trace context (W3C, B3), sampling, spans, OTLP export.
 //!
-//! Non-goals here: tracing and access logs (later issues add them beside these handles).
+//! Non-goals here: access logs (a later issue adds them beside these handles).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+pub mod trace;
 
 /// Latency buckets in seconds: 100 µs to 30 s, dense where a sidecar hop usually lands.
 const LATENCY_BUCKETS: [f64; 17] = [
@@ -102,6 +105,7 @@ pub struct Metrics {
     ejected: Family<EndpointLabels, Gauge>,
     healthy: Family<EndpointLabels, Gauge>,
     health_checks: Family<HealthCheckLabels, Counter>,
+    trace: trace::TraceMetrics,
 }
 
 /// Resilience handles for one upstream (retries, budget) and its endpoints (breakers, health).
@@ -252,8 +256,10 @@ impl Metrics {
             "Active health checks by endpoint and result (pass, fail)",
             health_checks.clone(),
         );
+        let trace = trace::TraceMetrics::register(&mut registry);
         Metrics {
             registry,
+            trace,
             retries,
             budget_exhausted,
             ejections,
@@ -374,6 +380,11 @@ impl Metrics {
             ),
             endpoints,
         }
+    }
+
+    /// The tracing counters (spans exported and dropped).
+    pub fn trace(&self) -> trace::TraceMetrics {
+        self.trace.clone()
     }
 
     /// Resolves the counter of one proxy error reason.
