@@ -26,6 +26,7 @@ use std::time::Duration;
 use tandem_api::{AdminState, Readiness};
 use tandem_config::{Address, Config, Direction};
 use tandem_proxy::{BoundListener, Drain, Snapshot};
+use tandem_telemetry::trace::{Exporter, Tracer};
 use tandem_telemetry::Metrics;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -69,7 +70,12 @@ pub struct App {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     binds: Binds,
+    /// Sends finished spans to the collector once running (tracing on).
+    exporter: Option<Exporter>,
 }
+
+/// Longest wait at exit for the last spans to reach the collector.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
 /// How to run.
 #[derive(Debug, Default)]
@@ -112,13 +118,21 @@ impl App {
     pub fn build(config: Config, binds: Binds) -> App {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
-        let snapshot = Arc::new(Snapshot::build(config.clone(), &metrics));
+        let (tracer, exporter) = match &config.tracing {
+            Some(t) => {
+                let (tracer, exporter) = Tracer::new(t, metrics.trace());
+                (Some(tracer), Some(exporter))
+            }
+            None => (None, None),
+        };
+        let snapshot = Arc::new(Snapshot::build_traced(config.clone(), &metrics, tracer));
         App {
             config,
             snapshot,
             metrics,
             readiness: Arc::new(Readiness::default()),
             binds,
+            exporter,
         }
     }
 
@@ -147,7 +161,14 @@ impl App {
             metrics,
             readiness,
             binds,
+            exporter,
         } = self;
+        let exporter = exporter.map(|e| {
+            if let Some(t) = &config.tracing {
+                tracing::info!(endpoint = %t.otlp.endpoint, protocol = ?t.otlp.protocol, sample_ratio = t.sample_ratio, "tracing on");
+            }
+            e.spawn()
+        });
         let inbound = Drain::new();
         let outbound = Drain::new();
         let admin_stop = Drain::new();
@@ -242,6 +263,15 @@ impl App {
             _ = signals.recv() => tracing::warn!("second signal; exiting without waiting"),
         }
         listeners.abort_all();
+        if let Some(e) = exporter {
+            // The spans of the last requests, bounded: a collector that is down costs at most
+            // this at exit.
+            let grace = config
+                .tracing
+                .as_ref()
+                .map_or(FINAL_FLUSH, |t| t.otlp.timeout.min(FINAL_FLUSH));
+            e.shutdown(grace).await;
+        }
         admin_stop.start();
         let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
         code

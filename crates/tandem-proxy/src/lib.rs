@@ -21,6 +21,7 @@
 //! - [`error`]: [`ProxyError`], the one place failures become status, `tandem-error` and body.
 //! - [`body`]: the response body (upstream stream or a local message) and the replayable
 //!   request body.
+//! - [`trace`]: server and client spans of a request, trace context into each upstream try.
 //!
 //! Invariants: bodies stream end to end; nothing is buffered beyond hyper's bounded read buffers
 //! and a retry's replay buffer (64 KiB by default);
@@ -41,6 +42,7 @@ pub mod route;
 pub mod server;
 pub mod stack;
 pub mod tcp;
+pub mod trace;
 
 pub use error::{ErrorKind, ProxyError};
 pub use listen::{BoundListener, Drain};

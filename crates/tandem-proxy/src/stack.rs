@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_config::{
-    Config, Direction, HashKey, HealthCheck, Limits, ListenerProtocol, Retry, RouteMatch, Upstream,
-    UpstreamProtocol,
+    Config, Direction, HashKey, HealthCheck, Limits, ListenerProtocol, PathMatch, Retry,
+    RouteMatch, Upstream, UpstreamProtocol,
 };
+use tandem_telemetry::trace::Tracer;
 use tandem_telemetry::{Counter, ListenerMetrics, Metrics, RouteMetrics, UpstreamMetrics};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -105,6 +106,8 @@ pub struct RouteTarget {
     pub metrics: RouteMetrics,
     /// Error counters by [`ErrorKind`] for (listener, upstream).
     pub errors: ErrorCounters,
+    /// `http.route` of its spans: the route's path condition as a template, if it has one.
+    pub http_route: Option<Arc<str>>,
 }
 
 /// `tandem_proxy_errors_total` handles, one per reason.
@@ -134,13 +137,25 @@ pub struct ListenerStack {
     pub metrics: ListenerMetrics,
     /// Limits.
     pub limits: Limits,
+    /// Spans and trace context, when tracing is on.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 // === impl Snapshot ===
 
 impl Snapshot {
-    /// Resolves `config` into request-path state. Opens no connections.
+    /// Resolves `config` into request-path state, without tracing. Opens no connections.
     pub fn build(config: Arc<Config>, metrics: &Metrics) -> Snapshot {
+        Self::build_traced(config, metrics, None)
+    }
+
+    /// Resolves `config` into request-path state; every HTTP listener records spans with
+    /// `tracer` when given. Opens no connections.
+    pub fn build_traced(
+        config: Arc<Config>,
+        metrics: &Metrics,
+        tracer: Option<Arc<Tracer>>,
+    ) -> Snapshot {
         let upstreams: HashMap<String, Arc<UpstreamHandle>> = config
             .upstreams
             .iter()
@@ -155,7 +170,8 @@ impl Snapshot {
                               upstream: &str,
                               timeout: Option<Duration>,
                               retry: Option<&Retry>,
-                              rate_limit: Option<RateLimiter>| {
+                              rate_limit: Option<RateLimiter>,
+                              path: Option<&PathMatch>| {
                     // `check()` guarantees the name resolves; a miss here is a bug, reported as a
                     // route to nowhere rather than a panic.
                     let up = upstreams
@@ -171,6 +187,7 @@ impl Snapshot {
                         rate_limit,
                         metrics: metrics.route(&l.name, route, upstream),
                         errors: ErrorCounters::new(metrics, &l.name, upstream),
+                        http_route: crate::trace::http_route(path),
                         upstream: up,
                     })
                 };
@@ -181,19 +198,31 @@ impl Snapshot {
                         let limiter = r.rate_limit.as_ref().map(RateLimiter::new);
                         (
                             r.matcher.clone(),
-                            target(&r.name, &r.upstream, r.timeout, r.retry.as_ref(), limiter),
+                            target(
+                                &r.name,
+                                &r.upstream,
+                                r.timeout,
+                                r.retry.as_ref(),
+                                limiter,
+                                r.matcher.path.as_ref(),
+                            ),
                         )
                     })
                     .collect();
                 let default = l
                     .default_upstream
                     .as_deref()
-                    .map(|u| target("default", u, None, None, None));
+                    .map(|u| target("default", u, None, None, None, None));
                 let forward = if l.forward_proxy {
                     config
                         .upstreams
                         .iter()
-                        .map(|u| (u.name.clone(), target("forward", &u.name, None, None, None)))
+                        .map(|u| {
+                            (
+                                u.name.clone(),
+                                target("forward", &u.name, None, None, None, None),
+                            )
+                        })
                         .collect()
                 } else {
                     HashMap::new()
@@ -209,6 +238,7 @@ impl Snapshot {
                     no_route_errors: ErrorCounters::new(metrics, &l.name, ""),
                     metrics: metrics.listener(&l.name),
                     limits: config.limits.clone(),
+                    tracer: tracer.clone(),
                 })
             })
             .collect();
