@@ -4,7 +4,8 @@
 //! Phase order for an HTTP request (see `docs/lifecycle.md`), written once here and walked by
 //! [`crate::forward::handle`]:
 //!
-//! 1. observe: metric handles of the chosen route record the final outcome (outermost);
+//! 1. observe: metric handles of the chosen route record the final outcome (outermost); with
+//!    tracing, the server span starts before routing and ends with the response head;
 //! 2. route: [`RouteTable`] first match, then the forward-proxy name lookup, then the default;
 //! 3. rate limit: the route's [`RateLimiter`], if any (429 with `Retry-After`);
 //! 4. rewrite: hop-by-hop removal, `forwarded` on inbound;

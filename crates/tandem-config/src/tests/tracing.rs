@@ -211,3 +211,20 @@ fn schema_describes_tracing() {
     assert!(s.contains("http/protobuf"), "{s}");
     assert!(s.contains("b3multi"), "{s}");
 }
+
+/// The example in docs/config.md's "Tracing" section is valid and means what its comments say.
+#[test]
+fn docs_tracing_example_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/config.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let section = &doc[doc.find("## Tracing").unwrap()..];
+    let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    let c = parse("config.md", &format!("{BASE}{}", &section[start..end]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = c.tracing.unwrap();
+    assert_eq!(t.otlp.protocol, OtlpProtocol::Grpc);
+    assert_eq!(t.sample_ratio, 0.1);
+    assert_eq!(t.propagation, [Propagation::W3c, Propagation::B3]);
+    assert_eq!(t.service_name, "orders-sidecar");
+}

@@ -106,7 +106,6 @@ fn any(v: Value) -> AnyValue {
     let value = match v {
         Value::Static(s) => any_value::Value::StringValue(s.to_owned()),
         Value::String(s) => any_value::Value::StringValue(s),
-        Value::Shared(s) => any_value::Value::StringValue(s.as_ref().to_owned()),
         Value::Int(i) => any_value::Value::IntValue(i),
     };
     AnyValue { value: Some(value) }

@@ -4,8 +4,6 @@
 //! Attribute keys are `&'static str` (semantic-convention names are constants) and values are a
 //! small enum, so a span is one `Vec` of attributes plus the strings that vary per request.
 
-use std::sync::Arc;
-
 use http::HeaderValue;
 
 use super::context::{SpanId, TraceId};
@@ -53,8 +51,6 @@ pub enum Value {
     Static(&'static str),
     /// A string made for this span.
     String(String),
-    /// A string shared by many spans (a route or upstream name).
-    Shared(Arc<str>),
     /// An integer.
     Int(i64),
 }
@@ -69,18 +65,6 @@ pub enum Status {
     Error(String),
 }
 
-impl Value {
-    /// The value as text, for tests and logs.
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Value::Static(s) => Some(s),
-            Value::String(s) => Some(s),
-            Value::Shared(s) => Some(s),
-            Value::Int(_) => None,
-        }
-    }
-}
-
 impl From<&'static str> for Value {
     fn from(s: &'static str) -> Self {
         Value::Static(s)
@@ -90,12 +74,6 @@ impl From<&'static str> for Value {
 impl From<String> for Value {
     fn from(s: String) -> Self {
         Value::String(s)
-    }
-}
-
-impl From<Arc<str>> for Value {
-    fn from(s: Arc<str>) -> Self {
-        Value::Shared(s)
     }
 }
 
