@@ -36,6 +36,7 @@
 //! tries on client spans, as the conventions say. Query strings are left out (`url.query`, and
 //! the query of `url.full`): they often carry tokens, and spans leave the host.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -234,7 +235,7 @@ impl<'a> RequestTrace<'a> {
             parent: Some(self.context.span_id),
             remote_parent: false,
             trace_state: self.context.trace_state.clone(),
-            name: if method == "_OTHER" { "HTTP" } else { method }.to_owned(),
+            name: Cow::Borrowed(if method == "_OTHER" { "HTTP" } else { method }),
             kind: SpanKind::Client,
             start_unix_nanos: r.unix_nanos(started),
             end_unix_nanos: r.unix_nanos(ended),
@@ -265,9 +266,9 @@ impl<'a> RequestTrace<'a> {
         let end = r.unix_nanos(Instant::now());
         let route = target.and_then(|t| t.http_route.as_deref());
         let name = match (r.method, route) {
-            ("_OTHER", _) => "HTTP".to_owned(),
-            (m, Some(route)) => format!("{m} {route}"),
-            (m, None) => m.to_owned(),
+            ("_OTHER", _) => Cow::Borrowed("HTTP"),
+            (m, Some(route)) => Cow::Owned(format!("{m} {route}")),
+            (m, None) => Cow::Borrowed(m),
         };
         if let Some(route) = route {
             r.attributes
@@ -404,8 +405,9 @@ fn request_port(req: &Request<Incoming>) -> Option<u16> {
         Some(a) => a.as_str(),
         None => req.headers().get(http::header::HOST)?.to_str().ok()?,
     };
+    // `[v6]` without a port ends in `]`, whose last `:` is inside the brackets.
     match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(':') && !port.contains(']') => port.parse().ok(),
+        Some((_, port)) if port.bytes().all(|b| b.is_ascii_digit()) => port.parse().ok(),
         _ => Some(80),
     }
 }

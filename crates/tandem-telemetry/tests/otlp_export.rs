@@ -122,7 +122,7 @@ fn span(i: u64) -> SpanRecord {
         parent: None,
         remote_parent: false,
         trace_state: None,
-        name: format!("GET /{i}"),
+        name: format!("GET /{i}").into(),
         kind: SpanKind::Client,
         start_unix_nanos: 1_000,
         end_unix_nanos: 2_000,

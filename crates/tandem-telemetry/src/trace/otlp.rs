@@ -75,7 +75,7 @@ fn to_span(s: SpanRecord) -> Span {
             .to_owned(),
         parent_span_id: s.parent.map(|p| p.to_bytes().to_vec()).unwrap_or_default(),
         flags,
-        name: s.name,
+        name: s.name.into_owned(),
         kind: match s.kind {
             SpanKind::Server => span::SpanKind::Server,
             SpanKind::Client => span::SpanKind::Client,

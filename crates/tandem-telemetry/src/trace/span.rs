@@ -4,6 +4,8 @@
 //! Attribute keys are `&'static str` (semantic-convention names are constants) and values are a
 //! small enum, so a span is one `Vec` of attributes plus the strings that vary per request.
 
+use std::borrow::Cow;
+
 use http::HeaderValue;
 
 use super::context::{SpanId, TraceId};
@@ -21,8 +23,8 @@ pub struct SpanRecord {
     pub remote_parent: bool,
     /// W3C `tracestate` of the trace at this span.
     pub trace_state: Option<HeaderValue>,
-    /// Span name, e.g. `GET /api/*`.
-    pub name: String,
+    /// Span name, e.g. `GET /api/*` (a method alone is a constant).
+    pub name: Cow<'static, str>,
     /// Server or client.
     pub kind: SpanKind,
     /// Start, in nanoseconds since the Unix epoch.
