@@ -518,5 +518,60 @@ fn hex_lower(s: &[u8]) -> Option<u128> {
     })
 }
 
+/// Fuzzing entry (`fuzz/fuzz_targets/trace_context.rs`): `values` as one request's trace
+/// headers (assigned to the W3C and B3 header names in turn), read in every format. Nothing may
+/// panic; what is accepted has non-zero ids and a bounded `tracestate`, and, written again,
+/// reads back as itself.
+#[cfg(fuzzing)]
+pub fn fuzz_headers(values: &[Vec<u8>]) {
+    const NAMES: [HeaderName; 7] = [
+        TRACEPARENT,
+        TRACESTATE,
+        B3,
+        B3_TRACE_ID,
+        B3_SPAN_ID,
+        B3_SAMPLED,
+        B3_FLAGS,
+    ];
+    let mut headers = HeaderMap::new();
+    for (i, v) in values.iter().enumerate() {
+        if let Ok(v) = HeaderValue::from_bytes(v) {
+            headers.append(NAMES[i % NAMES.len()].clone(), v);
+        }
+    }
+    let formats = [
+        &[Propagation::W3c][..],
+        &[Propagation::B3],
+        &[Propagation::B3multi],
+        &[Propagation::B3, Propagation::W3c, Propagation::B3multi],
+    ];
+    for f in formats {
+        let p = Propagator::new(f);
+        let found = p.extract(&headers);
+        let Some(parent) = found.parent else {
+            continue;
+        };
+        assert!(parent.trace_id.to_u128() != 0 && parent.span_id.to_u64() != 0);
+        if let Some(ts) = &parent.trace_state {
+            assert!(ts.len() <= MAX_TRACE_STATE);
+        }
+        let ctx = SpanContext {
+            trace_id: parent.trace_id,
+            span_id: parent.span_id,
+            sampled: found.sampled.unwrap_or(false),
+            trace_state: parent.trace_state.clone(),
+        };
+        let mut out = HeaderMap::new();
+        p.inject(&ctx, &mut out);
+        let again = p.extract(&out);
+        let back = again.parent.expect("written context reads back");
+        assert_eq!((back.trace_id, back.span_id), (ctx.trace_id, ctx.span_id));
+        assert_eq!(again.sampled, Some(ctx.sampled));
+        if f[0] == Propagation::W3c {
+            assert_eq!(back.trace_state, ctx.trace_state);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
