@@ -28,6 +28,7 @@ use tandem_api::{AdminState, Readiness};
 use tandem_config::{Address, Config, Direction};
 use tandem_proxy::{BoundListener, Drain, Snapshot};
 use tandem_telemetry::access_log;
+use tandem_telemetry::trace::{Exporter, Tracer};
 use tandem_telemetry::Metrics;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -86,7 +87,12 @@ pub struct App {
     readiness: Arc<Readiness>,
     binds: Binds,
     access_log: Option<access_log::Writer>,
+    /// Sends finished spans to the collector once running (tracing on).
+    exporter: Option<Exporter>,
 }
+
+/// Longest wait at exit for the last spans to reach the collector.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
 /// How to run.
 #[derive(Debug, Default)]
@@ -156,7 +162,19 @@ impl App {
             }
             _ => (None, None),
         };
-        let snapshot = Arc::new(Snapshot::build_with(config.clone(), &metrics, log.as_ref()));
+        let (tracer, exporter) = match &config.tracing {
+            Some(t) => {
+                let (tracer, exporter) = Tracer::new(t, metrics.trace());
+                (Some(tracer), Some(exporter))
+            }
+            None => (None, None),
+        };
+        let snapshot = Arc::new(Snapshot::build_with(
+            config.clone(),
+            &metrics,
+            log.as_ref(),
+            tracer,
+        ));
         App {
             config,
             snapshot,
@@ -164,6 +182,7 @@ impl App {
             readiness: Arc::new(Readiness::default()),
             binds,
             access_log: writer,
+            exporter,
         }
     }
 
@@ -198,7 +217,14 @@ impl App {
             readiness,
             binds,
             access_log,
+            exporter,
         } = self;
+        let exporter = exporter.map(|e| {
+            if let Some(t) = &config.tracing {
+                tracing::info!(endpoint = %t.otlp.endpoint, protocol = ?t.otlp.protocol, sample_ratio = t.sample_ratio, "tracing on");
+            }
+            e.spawn()
+        });
         let inbound = Drain::new();
         let outbound = Drain::new();
         let admin_stop = Drain::new();
@@ -301,6 +327,15 @@ impl App {
                     "access log: the writer did not finish within 2s; lines still queued are lost"
                 );
             }
+        }
+        if let Some(e) = exporter {
+            // The spans of the last requests, bounded: a collector that is down costs at most
+            // this at exit.
+            let grace = config
+                .tracing
+                .as_ref()
+                .map_or(FINAL_FLUSH, |t| t.otlp.timeout.min(FINAL_FLUSH));
+            e.shutdown(grace).await;
         }
         admin_stop.start();
         let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;

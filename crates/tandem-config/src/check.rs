@@ -11,6 +11,7 @@ use crate::model::*;
 use crate::raw::*;
 
 mod access_log;
+mod tracing;
 
 /// Largest endpoint weight: weights are relative, and a bound keeps a hash ring's virtual nodes
 /// (a multiple of the weights) small.
@@ -398,6 +399,11 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         });
     }
 
+    let tracing = raw
+        .tracing
+        .as_ref()
+        .map(|t| tracing::check_tracing(&mut c, t));
+
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -410,6 +416,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         listeners,
         upstreams,
         access_log,
+        tracing,
     })
 }
 

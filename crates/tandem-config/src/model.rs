@@ -12,6 +12,8 @@ use serde::Serialize;
 
 mod access_log;
 pub use access_log::*;
+mod tracing;
+pub use self::tracing::*;
 
 /// The whole, checked configuration of one Tandem process.
 #[derive(Clone, Debug, Serialize)]
@@ -33,6 +35,8 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// The access log, when configured (off by default).
     pub access_log: Option<AccessLog>,
+    /// Distributed tracing; `None`: off.
+    pub tracing: Option<Tracing>,
 }
 
 /// The admin API (health, metrics, effective config).

@@ -15,6 +15,9 @@ use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+mod tracing;
+pub use self::tracing::*;
+
 /// A Tandem configuration file.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +43,9 @@ pub struct RawConfig {
     /// Access log: one JSON line per HTTP request or TCP connection. Absent: off.
     #[serde(default)]
     pub access_log: Option<RawAccessLog>,
+    /// Distributed tracing with OTLP export. Absent: off (trace headers pass through untouched).
+    #[serde(default)]
+    pub tracing: Option<RawTracing>,
 }
 
 /// The admin API.

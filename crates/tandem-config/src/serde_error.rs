@@ -99,6 +99,7 @@ fn type_hint(path: &str, expected: &str) -> String {
         // serde_yaml_ng's wording when an enum gets a list or a mapping.
         let values = match (path.starts_with("upstreams."), last) {
             (_, "direction") => "inbound or outbound",
+            _ if path == "tracing.otlp.protocol" => "grpc or http/protobuf",
             (true, "protocol") => "http1, http2 or auto",
             (false, "protocol") => "http or tcp",
             _ => "one of the values listed in docs/config.md",

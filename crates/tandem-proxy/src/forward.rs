@@ -29,6 +29,7 @@ use crate::pool::{ConnSlot, ConnectError, SendError};
 use crate::route::{request_host, RequestFacts};
 use crate::stack::{InFlight, ListenerStack, RouteTarget, UpstreamHandle};
 use crate::tcp;
+use crate::trace::{RequestTrace, TryOutcome, TryTarget};
 
 /// Handles one request received on `stack`'s listener; `forwarded` describes the client
 /// connection (rendered once per connection).
@@ -40,6 +41,11 @@ pub async fn handle(
     let start = Instant::now();
     let method = tandem_telemetry::method_class(req.method().as_str());
     let mut obs = Observer::start(&stack, forwarded.client_addr(), &req, start);
+    // The server span starts first, so it covers routing and every refusal too.
+    let mut trace = stack
+        .tracer
+        .as_deref()
+        .map(|t| RequestTrace::start(t, forwarded, &req, start));
     let target = {
         let host = request_host(req.uri(), req.headers());
         let facts = RequestFacts {
@@ -67,6 +73,10 @@ pub async fn handle(
         stack
             .no_route
             .record(method, res.status().as_u16(), start.elapsed());
+        if let Some(mut t) = trace {
+            t.failed(&err);
+            t.finish(&stack.name, None, res.status());
+        }
         return obs.respond(res);
     };
     obs.route(&target);
@@ -82,13 +92,26 @@ pub async fn handle(
         // Boxed: tunnels are rare and their state would otherwise widen every request's future.
         Box::pin(connect_tunnel(&stack, &target, req, &mut obs)).await
     } else {
-        proxy(&stack, &target, forwarded, req, start, grpc, &mut obs).await
+        proxy(
+            &stack,
+            &target,
+            forwarded,
+            req,
+            start,
+            grpc,
+            &mut obs,
+            trace.as_deref_mut(),
+        )
+        .await
     };
     let res = match result {
         Ok(res) => res,
         Err(err) => {
             target.errors.inc(err.kind);
             obs.failed(&err);
+            if let Some(t) = trace.as_deref_mut() {
+                t.failed(&err);
+            }
             tracing::debug!(listener = %stack.name, route = %target.name, error = %err, "request failed");
             if grpc {
                 err.to_grpc_response()
@@ -100,6 +123,9 @@ pub async fn handle(
     target
         .metrics
         .record(method, res.status().as_u16(), start.elapsed());
+    if let Some(t) = trace {
+        t.finish(&stack.name, Some(&target), res.status());
+    }
     obs.respond(res)
 }
 
@@ -160,6 +186,9 @@ fn select_target<'a>(
         .or(stack.default.as_ref())
 }
 
+// The request, its route and its two observers (access log record, trace) are what every phase
+// below reads or fills; bundling them in a struct would only rename the same borrows.
+#[allow(clippy::too_many_arguments)]
 async fn proxy(
     stack: &ListenerStack,
     target: &RouteTarget,
@@ -168,6 +197,7 @@ async fn proxy(
     start: Instant,
     grpc: bool,
     obs: &mut Observer,
+    mut trace: Option<&mut RequestTrace<'_>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upstream = &target.upstream;
     let policy = &*target.retry;
@@ -209,6 +239,9 @@ async fn proxy(
         .into_parts()
         .path_and_query
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if let Some(t) = trace.as_deref_mut() {
+        t.outgoing(&mut parts.headers, authority.as_str(), path.path());
+    }
     if use_h2 {
         parts.version = Version::HTTP_2;
         parts.headers.remove(header::HOST);
@@ -283,13 +316,23 @@ async fn proxy(
             },
             _ => (take(&mut body)?, false),
         };
+        // With tracing, each try carries its own client span's context.
+        if let Some(t) = trace.as_deref_mut() {
+            t.start_try(now);
+        }
         let outgoing = match &h1_head {
-            Some(head) => Outgoing::Http1(head.clone(), try_body),
+            Some(head) => match trace.as_deref().and_then(RequestTrace::h1_lines) {
+                Some(lines) => Outgoing::Http1(head.clone().with_lines(lines), try_body),
+                None => Outgoing::Http1(head.clone(), try_body),
+            },
             None => {
-                let p = match &h2_parts {
+                let mut p = match &h2_parts {
                     Some(p) if can_retry => clone_head(p),
                     _ => take(&mut h2_parts)?,
                 };
+                if let Some(t) = trace.as_deref() {
+                    t.inject(&mut p.headers);
+                }
                 Outgoing::Http2(Request::from_parts(p, try_body))
             }
         };
@@ -308,10 +351,20 @@ async fn proxy(
         let outcome = tokio::time::timeout_at(try_deadline, send).await;
         let ended = Instant::now();
         let elapsed = ended - now;
+        let to = TryTarget {
+            method: &method,
+            endpoint: &endpoint.label,
+            http2: use_h2,
+            listener: &stack.name,
+            target,
+        };
 
         // Decide: a response, or an error, and whether to go again.
         let (failure, reason) = match outcome {
             Ok(Ok(res)) => {
+                if let Some(t) = trace.as_deref_mut() {
+                    t.end_try(attempt, ended, TryOutcome::Response(res.status()), to);
+                }
                 let failed = is_failure(res.status(), res.headers(), grpc);
                 tried.record(elapsed, !failed, ended);
                 let reason = can_retry
@@ -365,6 +418,9 @@ async fn proxy(
             }
         };
         drop(tried);
+        if let Some(t) = trace.as_deref_mut() {
+            t.end_try(attempt, ended, TryOutcome::Failed(&failure), to);
+        }
         let Some(reason) = reason else {
             return Err(failure);
         };

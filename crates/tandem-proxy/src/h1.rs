@@ -98,6 +98,9 @@ pub struct Failure {
 #[derive(Debug, Clone)]
 pub struct RequestHead {
     bytes: Bytes,
+    /// Header lines that differ per try (trace context), written before the blank line that
+    /// ends `bytes`.
+    extra: Option<Bytes>,
     has_body: bool,
     chunked: bool,
     idempotent: bool,
@@ -240,10 +243,32 @@ impl RequestHead {
         head.extend_from_slice(b"\r\n");
         RequestHead {
             bytes: Bytes::from(head),
+            extra: None,
             has_body,
             chunked,
             idempotent: parts.method.is_idempotent(),
             head_request: parts.method == Method::HEAD,
+        }
+    }
+}
+
+impl RequestHead {
+    /// This head with `lines` (`name: value\r\n` each) added after its fields, for one try:
+    /// the shared bytes are not copied.
+    pub fn with_lines(mut self, lines: Bytes) -> Self {
+        self.extra = Some(lines);
+        self
+    }
+
+    /// The bytes to write, in order.
+    fn wire(&self) -> VecDeque<Bytes> {
+        match &self.extra {
+            None => VecDeque::from([self.bytes.clone()]),
+            Some(extra) => {
+                // `bytes` ends with the blank line ending the head: the lines go before it.
+                let fields = self.bytes.slice(..self.bytes.len().saturating_sub(2));
+                VecDeque::from([fields, extra.clone(), Bytes::from_static(b"\r\n")])
+            }
         }
     }
 }
@@ -277,7 +302,7 @@ impl Exchange {
         let mut st = HeadState {
             conn,
             writer: Writer {
-                pending: VecDeque::from([self.head.bytes.clone()]),
+                pending: self.head.wire(),
                 done: self.body.is_none(),
                 body: self.body.take(),
                 chunked: self.head.chunked,

@@ -23,6 +23,7 @@
 //!   request body.
 //! - [`observe`]: the outermost phase: one record per request or TCP connection, finished when
 //!   its last byte is sent (access log).
+//! - [`trace`]: server and client spans of a request, trace context into each upstream try.
 //!
 //! Invariants: bodies stream end to end; nothing is buffered beyond hyper's bounded read buffers
 //! and a retry's replay buffer (64 KiB by default);
@@ -44,6 +45,7 @@ pub mod route;
 pub mod server;
 pub mod stack;
 pub mod tcp;
+pub mod trace;
 
 pub use error::{ErrorKind, ProxyError};
 pub use listen::{BoundListener, Drain};

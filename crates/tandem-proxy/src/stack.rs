@@ -5,7 +5,8 @@
 //! [`crate::forward::handle`]:
 //!
 //! 1. observe: metric handles of the chosen route record the final outcome (outermost), and
-//!    an [`crate::observe::Observer`] follows the request to its last response byte;
+//!    an [`crate::observe::Observer`] follows the request to its last response byte; with
+//!    tracing, the server span starts before routing and ends with the response head;
 //! 2. route: [`RouteTable`] first match, then the forward-proxy name lookup, then the default;
 //! 3. rate limit: the route's [`RateLimiter`], if any (429 with `Retry-After`);
 //! 4. rewrite: hop-by-hop removal, `forwarded` on inbound;
@@ -20,10 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_config::{
-    Config, Direction, HashKey, HealthCheck, Limits, ListenerProtocol, Retry, RouteMatch, Upstream,
-    UpstreamProtocol,
+    Config, Direction, HashKey, HealthCheck, Limits, ListenerProtocol, PathMatch, Retry,
+    RouteMatch, Upstream, UpstreamProtocol,
 };
 use tandem_telemetry::access_log::AccessLog;
+use tandem_telemetry::trace::Tracer;
 use tandem_telemetry::{Counter, ListenerMetrics, Metrics, RouteMetrics, UpstreamMetrics};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -107,6 +109,8 @@ pub struct RouteTarget {
     pub metrics: RouteMetrics,
     /// Error counters by [`ErrorKind`] for (listener, upstream).
     pub errors: ErrorCounters,
+    /// `http.route` of its spans: the route's path condition as a template, if it has one.
+    pub http_route: Option<Arc<str>>,
 }
 
 /// `tandem_proxy_errors_total` handles, one per reason.
@@ -138,21 +142,25 @@ pub struct ListenerStack {
     pub limits: Limits,
     /// Where finished requests or connections are logged; `None`: not logged.
     pub access_log: Option<AccessLog>,
+    /// Spans and trace context, when tracing is on.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 // === impl Snapshot ===
 
 impl Snapshot {
-    /// Resolves `config` into request-path state. Opens no connections.
+    /// Resolves `config` into request-path state, without tracing. Opens no connections.
     pub fn build(config: Arc<Config>, metrics: &Metrics) -> Snapshot {
-        Self::build_with(config, metrics, None)
+        Self::build_with(config, metrics, None, None)
     }
 
-    /// [`Snapshot::build`], with the access log that listeners with `access_log` write to.
+    /// [`Snapshot::build`], with the access log that listeners with `access_log` write to and
+    /// the tracer every HTTP listener records spans with, when given. Opens no connections.
     pub fn build_with(
         config: Arc<Config>,
         metrics: &Metrics,
         access_log: Option<&AccessLog>,
+        tracer: Option<Arc<Tracer>>,
     ) -> Snapshot {
         let upstreams: HashMap<String, Arc<UpstreamHandle>> = config
             .upstreams
@@ -172,7 +180,8 @@ impl Snapshot {
                               upstream: &str,
                               timeout: Option<Duration>,
                               retry: Option<&Retry>,
-                              rate_limit: Option<RateLimiter>| {
+                              rate_limit: Option<RateLimiter>,
+                              path: Option<&PathMatch>| {
                     // `check()` guarantees the name resolves; a miss here is a bug, reported as a
                     // route to nowhere rather than a panic.
                     let up = upstreams
@@ -188,6 +197,7 @@ impl Snapshot {
                         rate_limit,
                         metrics: metrics.route(direction, &l.name, route, upstream),
                         errors: ErrorCounters::new(metrics, &l.name, upstream),
+                        http_route: crate::trace::http_route(path),
                         upstream: up,
                     })
                 };
@@ -198,19 +208,31 @@ impl Snapshot {
                         let limiter = r.rate_limit.as_ref().map(RateLimiter::new);
                         (
                             r.matcher.clone(),
-                            target(&r.name, &r.upstream, r.timeout, r.retry.as_ref(), limiter),
+                            target(
+                                &r.name,
+                                &r.upstream,
+                                r.timeout,
+                                r.retry.as_ref(),
+                                limiter,
+                                r.matcher.path.as_ref(),
+                            ),
                         )
                     })
                     .collect();
                 let default = l
                     .default_upstream
                     .as_deref()
-                    .map(|u| target("default", u, None, None, None));
+                    .map(|u| target("default", u, None, None, None, None));
                 let forward = if l.forward_proxy {
                     config
                         .upstreams
                         .iter()
-                        .map(|u| (u.name.clone(), target("forward", &u.name, None, None, None)))
+                        .map(|u| {
+                            (
+                                u.name.clone(),
+                                target("forward", &u.name, None, None, None, None),
+                            )
+                        })
                         .collect()
                 } else {
                     HashMap::new()
@@ -227,6 +249,7 @@ impl Snapshot {
                     metrics: metrics.listener(&l.name),
                     limits: config.limits.clone(),
                     access_log: access_log.filter(|_| l.access_log).cloned(),
+                    tracer: tracer.clone(),
                 })
             })
             .collect();

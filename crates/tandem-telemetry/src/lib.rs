@@ -9,13 +9,14 @@
 //! - [`RouteMetrics`], [`ListenerMetrics`]: pre-resolved handles for one route or listener.
 //! - [`access_log`]: request and connection records, rendered as JSON lines by a writer thread
 //!   behind a bounded queue.
-//!
-//! Non-goals here: tracing (a later issue adds it beside these handles).
+//! - [`trace`]: distributed tracing: trace context (W3C, B3), sampling, spans, OTLP export.
+//! - [`histogram`]: the lock-free histogram behind the latency metrics; [`process`]: process
+//!   metrics read from `/proc`.
 
 pub mod access_log;
-
 pub mod histogram;
 pub mod process;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,6 +158,7 @@ pub struct Metrics {
     healthy: Family<EndpointLabels, Gauge>,
     health_checks: Family<HealthCheckLabels, Counter>,
     access_log_dropped: Counter,
+    trace: trace::TraceMetrics,
 }
 
 /// Resilience handles for one upstream (retries, budget) and its endpoints (breakers, health).
@@ -316,9 +318,11 @@ impl Metrics {
             "Access log lines dropped because the writer's queue was full or a write failed",
             access_log_dropped.clone(),
         );
+        let trace = trace::TraceMetrics::register(registry);
         Metrics {
             registry: root,
             access_log_dropped,
+            trace,
             retries,
             budget_exhausted,
             ejections,
@@ -444,6 +448,11 @@ impl Metrics {
             ),
             endpoints,
         }
+    }
+
+    /// The tracing counters (spans exported and dropped).
+    pub fn trace(&self) -> trace::TraceMetrics {
+        self.trace.clone()
     }
 
     /// Resolves the counter of one proxy error reason.

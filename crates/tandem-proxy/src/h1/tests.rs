@@ -637,3 +637,50 @@ async fn trailing_garbage_prevents_reuse() {
     assert_eq!(collect(res).await.0, b"ok");
     assert_eq!(returned.count(), 0);
 }
+
+/// Per-try lines go after the shared head's fields and before its blank line, with the body
+/// behind them; the same head without lines is unchanged; a resend keeps the lines.
+#[tokio::test]
+async fn per_try_lines_go_into_the_head() {
+    let (parts, _) = Request::builder()
+        .method(Method::POST)
+        .uri("/p")
+        .header("host", "up")
+        .header("content-length", "4")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let head = RequestHead::new(&parts, true);
+    for (lines, expected) in [
+        (
+            Some(&b"traceparent: 00-a-b-01\r\nb3: a-b-1\r\n"[..]),
+            &b"POST /p HTTP/1.1\r\nhost: up\r\ncontent-length: 4\r\ntraceparent: 00-a-b-01\r\nb3: a-b-1\r\n\r\ndata"[..],
+        ),
+        (
+            None,
+            &b"POST /p HTTP/1.1\r\nhost: up\r\ncontent-length: 4\r\n\r\ndata"[..],
+        ),
+    ] {
+        let (conn, mut up) = pair().await;
+        let head = match lines {
+            Some(l) => head.clone().with_lines(Bytes::from_static(l)),
+            None => head.clone(),
+        };
+        let body = RequestBody::new(incoming(Donor::Full(b"data")).await, false, 0);
+        let server = tokio::spawn(async move {
+            let got = read_until(&mut up, b"data").await;
+            up.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+            (got, up)
+        });
+        let res = Exchange::with_head(head, body)
+            .send(conn, false, Arc::new(Returned::default()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+        let (got, _up) = server.await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected)
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! The exporter: one task that drains the span queue in batches and sends them to the collector
+//! over OTLP/gRPC (`TraceService/Export`, with tonic) or OTLP/HTTP (`POST` protobuf, with
+//! hyper's client).
+//!
+//! It wakes every `flush_interval`, or at once when the request path sees a whole batch waiting,
+//! and exports everything queued, `batch` spans per request, one request at a time, each bounded
+//! by the export timeout. While a request is out the queue keeps filling and, once full, drops:
+//! a slow collector costs spans, never request latency. A failed request drops its batch and is
+//! counted; the first failure after a success is logged as a warning, the rest at debug level
+//! until the collector takes a batch again, so a collector that is down does not flood the log.
+//!
+//! Connections: gRPC keeps one HTTP/2 channel (connected on first use, reconnected by tonic
+//! after a failure); HTTP keeps hyper's pooled keep-alive connections. Only `http://` (no TLS):
+//! `check` refuses `https://` until Tandem has a TLS client.
+//!
+//! Shutdown ([`ExporterHandle::shutdown`]): one last flush of what is queued, bounded by the
+//! caller's grace period.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+use tandem_config::{OtlpProtocol, Tracing};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+
+use super::otlp;
+use super::span::SpanRecord;
+use super::TraceMetrics;
+
+/// Largest collector response read (OTLP responses are a few bytes; errors a short message).
+const MAX_RESPONSE: usize = 64 * 1024;
+
+/// Drains the span queue to the collector; [`Exporter::spawn`] starts it.
+pub struct Exporter {
+    queue: Arc<ArrayQueue<SpanRecord>>,
+    wake: Arc<Notify>,
+    batch: usize,
+    flush_interval: Duration,
+    timeout: Duration,
+    endpoint: String,
+    protocol: OtlpProtocol,
+    resource: Resource,
+    metrics: TraceMetrics,
+    /// Whether the last export failed (failures after the first are logged at debug level).
+    failing: bool,
+}
+
+/// The running exporter.
+#[derive(Debug)]
+pub struct ExporterHandle {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// Why an export request failed.
+#[derive(Debug)]
+enum ExportError {
+    /// The collector could not be reached, the exchange broke, or the collector answered with
+    /// an error.
+    Failed(String),
+    /// No answer within the export timeout.
+    Timeout(Duration),
+}
+
+/// The connection to the collector. One lives on the exporter task: the size difference
+/// between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Client {
+    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Http {
+        client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+        uri: http::Uri,
+    },
+    /// The endpoint could not be used (`check` makes this unreachable); every export fails.
+    Unusable(String),
+}
+
+// === impl Exporter ===
+
+impl Exporter {
+    pub(super) fn new(
+        config: &Tracing,
+        queue: Arc<ArrayQueue<SpanRecord>>,
+        wake: Arc<Notify>,
+        metrics: TraceMetrics,
+    ) -> Self {
+        Exporter {
+            queue,
+            wake,
+            batch: config.batch.clamp(1, config.queue.max(1)),
+            flush_interval: config.flush_interval,
+            timeout: config.otlp.timeout,
+            endpoint: config.otlp.endpoint.clone(),
+            protocol: config.otlp.protocol,
+            resource: otlp::resource(config),
+            metrics,
+            failing: false,
+        }
+    }
+
+    /// Starts the export task on the current runtime.
+    pub fn spawn(self) -> ExporterHandle {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(self.run(stopped));
+        ExporterHandle { stop, task }
+    }
+
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let mut client = self.client();
+        let mut tick = tokio::time::interval(self.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = self.wake.notified() => false,
+                _ = &mut stop => true,
+            };
+            self.flush(&mut client).await;
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Exports everything queued now, a batch per request.
+    async fn flush(&mut self, client: &mut Client) {
+        loop {
+            let n = self.queue.len().min(self.batch);
+            if n == 0 {
+                return;
+            }
+            let mut spans = Vec::with_capacity(n);
+            while spans.len() < self.batch {
+                match self.queue.pop() {
+                    Some(s) => spans.push(s),
+                    None => break,
+                }
+            }
+            let full = spans.len() == self.batch;
+            self.export(client, spans).await;
+            if !full {
+                return;
+            }
+        }
+    }
+
+    async fn export(&mut self, client: &mut Client, spans: Vec<SpanRecord>) {
+        let n = spans.len() as u64;
+        let request = otlp::request(&self.resource, spans);
+        let sent = tokio::time::timeout(self.timeout, client.send(request)).await;
+        match sent.unwrap_or(Err(ExportError::Timeout(self.timeout))) {
+            Ok(rejected) => {
+                let rejected = rejected.min(n);
+                self.metrics.exported.inc_by(n - rejected);
+                self.metrics.dropped_rejected.inc_by(rejected);
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!(endpoint = %self.endpoint, "trace collector takes spans again");
+                }
+                if rejected > 0 {
+                    tracing::debug!(endpoint = %self.endpoint, rejected, "trace collector rejected spans");
+                }
+            }
+            Err(e) => {
+                self.metrics.export_failures.inc();
+                self.metrics.dropped_export_failed.inc_by(n);
+                if self.failing {
+                    tracing::debug!(endpoint = %self.endpoint, error = %e, spans = n, "span export failed");
+                } else {
+                    self.failing = true;
+                    tracing::warn!(endpoint = %self.endpoint, error = %e, spans = n, "span export failed; spans are dropped until the collector answers (tandem_trace_spans_dropped_total)");
+                }
+            }
+        }
+    }
+
+    fn client(&self) -> Client {
+        match self.protocol {
+            OtlpProtocol::Grpc => {
+                match tonic::transport::Endpoint::from_shared(self.endpoint.clone()) {
+                    Ok(e) => Client::Grpc(TraceServiceClient::new(
+                        e.connect_timeout(self.timeout)
+                            .timeout(self.timeout)
+                            .tcp_nodelay(true)
+                            .connect_lazy(),
+                    )),
+                    Err(e) => Client::Unusable(e.to_string()),
+                }
+            }
+            OtlpProtocol::HttpProtobuf => match self.endpoint.parse::<http::Uri>() {
+                Ok(uri) => {
+                    let mut connector = HttpConnector::new();
+                    connector.set_connect_timeout(Some(self.timeout));
+                    connector.set_nodelay(true);
+                    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(Duration::from_secs(30))
+                        .build(connector);
+                    Client::Http { client, uri }
+                }
+                Err(e) => Client::Unusable(e.to_string()),
+            },
+        }
+    }
+}
+
+// === impl ExporterHandle ===
+
+impl ExporterHandle {
+    /// Exports what is queued, then stops; gives up after `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+            tracing::warn!(
+                ?grace,
+                "spans still queued at exit were dropped: the collector did not take them in time"
+            );
+        }
+    }
+}
+
+// === impl Client ===
+
+impl Client {
+    /// Sends one request; `Ok` carries how many spans the collector rejected.
+    async fn send(&mut self, request: ExportTraceServiceRequest) -> Result<u64, ExportError> {
+        match self {
+            Client::Grpc(c) => match c.export(request).await {
+                Ok(res) => Ok(rejected(&res.into_inner())),
+                // Transport failures arrive as UNAVAILABLE with the connect error as message.
+                Err(status) => Err(ExportError::Failed(format!(
+                    "gRPC {:?}: {}",
+                    status.code(),
+                    status.message()
+                ))),
+            },
+            Client::Http { client, uri } => {
+                let body = Bytes::from(request.encode_to_vec());
+                let req = http::Request::post(uri.clone())
+                    .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+                    .header(
+                        http::header::USER_AGENT,
+                        concat!("tandem/", env!("CARGO_PKG_VERSION")),
+                    )
+                    .body(Full::new(body))
+                    .map_err(|e| ExportError::Failed(e.to_string()))?;
+                let res = client
+                    .request(req)
+                    .await
+                    .map_err(|e| ExportError::Failed(describe(&e)))?;
+                let status = res.status();
+                let body = Limited::new(res.into_body(), MAX_RESPONSE)
+                    .collect()
+                    .await
+                    .map_err(|e| ExportError::Failed(e.to_string()))?
+                    .to_bytes();
+                if !status.is_success() {
+                    return Err(ExportError::Failed(format!(
+                        "the collector answered HTTP {status}"
+                    )));
+                }
+                // A body that is not an ExportTraceServiceResponse (some proxies answer 200
+                // with nothing) counts as full success.
+                Ok(ExportTraceServiceResponse::decode(body)
+                    .map(|r| rejected(&r))
+                    .unwrap_or(0))
+            }
+            Client::Unusable(why) => Err(ExportError::Failed(why.clone())),
+        }
+    }
+}
+
+fn rejected(res: &ExportTraceServiceResponse) -> u64 {
+    res.partial_success
+        .as_ref()
+        .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0))
+}
+
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+impl std::fmt::Display for ExportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExportError::Failed(e) => f.write_str(e),
+            ExportError::Timeout(t) => write!(f, "no answer from the collector within {t:?}"),
+        }
+    }
+}
