@@ -2,6 +2,7 @@
 collector built on the official OpenTelemetry protos (backends/otlp_collector.py), trace context
 in W3C and B3 formats checked where it arrives (the echo backend shows the headers it got), and
 a collector that is down or hangs never slowing or failing a request."""
+import json
 import socket
 import time
 
@@ -421,3 +422,28 @@ def test_hung_collector_never_slows_requests(tandem, http_backend, protocol):
         assert metric(text, "tandem_trace_spans_exported_total") == 0
     finally:
         hung.close()
+
+
+def test_access_log_lines_join_the_trace(tandem, collector, http_backend, tmp_path):
+    """With tracing and the access log both on, a request's line carries its trace id and the
+    id of this sidecar's server span, so a log search lands on the trace."""
+    log = tmp_path / "access.log"
+    port = free_port()
+    t = tandem(f"""
+access_log: {{ path: {log} }}
+listeners:
+  inbound:
+    address: 127.0.0.1:{port}
+    upstream: app
+upstreams:
+  app:
+    endpoints: [{http_backend}]
+{tracing(collector.endpoint("grpc"), "grpc", "joined")}""")
+    with httpx.Client(timeout=10) as c:
+        echo(c, f"http://127.0.0.1:{port}/echo", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
+    spans = collector.trace(TRACE, 2)
+    server = one(spans, kind="server")
+    wait_for(lambda: log.exists() and log.read_text().strip(), 10, "access log line")
+    line = json.loads(log.read_text().splitlines()[-1])
+    assert line["trace_id"] == TRACE
+    assert line["span_id"] == server["span_id"]

@@ -46,6 +46,9 @@ pub async fn handle(
         .tracer
         .as_deref()
         .map(|t| RequestTrace::start(t, forwarded, &req, start));
+    if let Some(t) = &trace {
+        obs.trace(t.context());
+    }
     let target = {
         let host = request_host(req.uri(), req.headers());
         let facts = RequestFacts {

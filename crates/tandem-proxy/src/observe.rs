@@ -32,6 +32,7 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Frame;
 use tandem_config::Direction;
 use tandem_telemetry::access_log::{AccessLog, ConnectionRecord, End, RequestRecord};
+use tandem_telemetry::trace::{SpanContext, SpanId, TraceId};
 use tokio::time::Instant;
 
 use crate::body::{ProxyBody, StreamIdle};
@@ -64,6 +65,8 @@ pub struct Observation {
     sent: u64,
     attempts: u32,
     error: Option<ErrorKind>,
+    /// The trace and this sidecar's server span, when tracing is on.
+    trace: Option<(TraceId, SpanId)>,
 }
 
 /// The endpoint a request ended on.
@@ -133,6 +136,7 @@ impl Observer {
             sent: 0,
             attempts: 0,
             error: None,
+            trace: None,
         })))
     }
 
@@ -151,6 +155,13 @@ impl Observer {
     /// The counter the request body adds the bytes it reads to, when observed.
     pub fn request_bytes(&self) -> Option<Arc<AtomicU64>> {
         self.0.as_ref().map(|o| o.received.clone())
+    }
+
+    /// The request's trace and server span (tracing on), so its line joins the trace.
+    pub fn trace(&mut self, ctx: &SpanContext) {
+        if let Some(o) = &mut self.0 {
+            o.trace = Some((ctx.trace_id, ctx.span_id));
+        }
     }
 
     /// Try number `n` (1 for the first) is being sent.
@@ -269,6 +280,11 @@ impl Observation {
             Some(a) => Some(a.as_str().as_bytes()),
             None => self.host.as_ref().map(HeaderValue::as_bytes),
         };
+        let ids = self.trace.map(|(t, s)| (t.to_hex(), s.to_hex()));
+        let (trace_id, span_id) = match &ids {
+            Some((t, s)) => (std::str::from_utf8(t).ok(), std::str::from_utf8(s).ok()),
+            None => (None, None),
+        };
         let record = RequestRecord {
             start: self.started,
             head: self.head,
@@ -292,8 +308,8 @@ impl Observation {
             end,
             user_agent: self.user_agent.as_ref().map(HeaderValue::as_bytes),
             peer_identity: None,
-            trace_id: None,
-            span_id: None,
+            trace_id,
+            span_id,
         };
         self.log.log_request(&record);
     }
