@@ -30,11 +30,11 @@
 //! - [`sample`]: parent-based sampling with a trace-id ratio for new traces.
 //! - [`span`]: the finished-span record.
 //! - [`export`]: the exporter task (batching, OTLP/gRPC and OTLP/HTTP, counters).
-//! - `otlp`: span records to OTLP protobuf, and the resource.
+//! - [`otlp`]: span records to OTLP protobuf, and the resource.
 
 pub mod context;
 pub mod export;
-mod otlp;
+pub mod otlp;
 pub mod sample;
 pub mod span;
 
