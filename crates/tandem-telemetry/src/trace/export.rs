@@ -24,12 +24,10 @@ use crossbeam_queue::ArrayQueue;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use prost::Message;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::bytes::{Buf, BufMut};
+use prost::encoding::{DecodeContext, WireType};
+use prost::{DecodeError, Message};
 use tandem_config::{OtlpProtocol, Tracing};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -50,7 +48,7 @@ pub struct Exporter {
     timeout: Duration,
     endpoint: String,
     protocol: OtlpProtocol,
-    resource: Resource,
+    encoder: otlp::Encoder,
     metrics: TraceMetrics,
     /// Whether the last export failed (failures after the first are logged at debug level).
     failing: bool,
@@ -77,7 +75,7 @@ enum ExportError {
 /// between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 enum Client {
-    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
     Http {
         client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
         uri: http::Uri,
@@ -103,7 +101,7 @@ impl Exporter {
             timeout: config.otlp.timeout,
             endpoint: config.otlp.endpoint.clone(),
             protocol: config.otlp.protocol,
-            resource: otlp::resource(config),
+            encoder: otlp::Encoder::new(&otlp::resource(config)),
             metrics,
             failing: false,
         }
@@ -157,7 +155,7 @@ impl Exporter {
 
     async fn export(&mut self, client: &mut Client, spans: Vec<SpanRecord>) {
         let n = spans.len() as u64;
-        let request = otlp::request(&self.resource, spans);
+        let request = self.encoder.encode(spans);
         let sent = tokio::time::timeout(self.timeout, client.send(request)).await;
         match sent.unwrap_or(Err(ExportError::Timeout(self.timeout))) {
             Ok(rejected) => {
@@ -189,7 +187,7 @@ impl Exporter {
         match self.protocol {
             OtlpProtocol::Grpc => {
                 match tonic::transport::Endpoint::from_shared(self.endpoint.clone()) {
-                    Ok(e) => Client::Grpc(TraceServiceClient::new(
+                    Ok(e) => Client::Grpc(tonic::client::Grpc::new(
                         e.connect_timeout(self.timeout)
                             .timeout(self.timeout)
                             .tcp_nodelay(true)
@@ -234,20 +232,34 @@ impl ExporterHandle {
 // === impl Client ===
 
 impl Client {
-    /// Sends one request; `Ok` carries how many spans the collector rejected.
-    async fn send(&mut self, request: ExportTraceServiceRequest) -> Result<u64, ExportError> {
+    /// Sends one encoded `ExportTraceServiceRequest`; `Ok` carries how many spans the
+    /// collector rejected.
+    async fn send(&mut self, request: Bytes) -> Result<u64, ExportError> {
         match self {
-            Client::Grpc(c) => match c.export(request).await {
-                Ok(res) => Ok(rejected(&res.into_inner())),
-                // Transport failures arrive as UNAVAILABLE with the connect error as message.
-                Err(status) => Err(ExportError::Failed(format!(
-                    "gRPC {:?}: {}",
-                    status.code(),
-                    status.message()
-                ))),
-            },
+            Client::Grpc(grpc) => {
+                // What the generated TraceServiceClient::export does, with a body that is
+                // already protobuf.
+                grpc.ready()
+                    .await
+                    .map_err(|e| ExportError::Failed(describe(&e)))?;
+                let codec =
+                    tonic_prost::ProstCodec::<Encoded, ExportTraceServiceResponse>::default();
+                let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
+                match grpc
+                    .unary(tonic::Request::new(Encoded(request)), path, codec)
+                    .await
+                {
+                    Ok(res) => Ok(rejected(res.get_ref())),
+                    // Transport failures arrive as UNAVAILABLE with the connect error as message.
+                    Err(status) => Err(ExportError::Failed(format!(
+                        "gRPC {:?}: {}",
+                        status.code(),
+                        status.message()
+                    ))),
+                }
+            }
             Client::Http { client, uri } => {
-                let body = Bytes::from(request.encode_to_vec());
+                let body = request;
                 let req = http::Request::post(uri.clone())
                     .header(http::header::CONTENT_TYPE, "application/x-protobuf")
                     .header(
@@ -279,6 +291,38 @@ impl Client {
             }
             Client::Unusable(why) => Err(ExportError::Failed(why.clone())),
         }
+    }
+}
+
+/// The gRPC method spans are exported with.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// An `ExportTraceServiceRequest` already encoded by [`otlp::Encoder`], handed to tonic's
+/// protobuf codec as is. Never decoded.
+#[derive(Debug, Default)]
+struct Encoded(Bytes);
+
+impl Message for Encoded {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0 = Bytes::new();
     }
 }
 

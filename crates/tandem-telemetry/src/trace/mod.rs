@@ -14,9 +14,10 @@
 //! Why not the OpenTelemetry SDK: its spans are built for in-process instrumentation (a span
 //! object per span with locks, dynamic attribute maps, a processor chain), while Tandem knows
 //! every span's shape in advance. A [`SpanRecord`] is plain data the request path fills in once,
-//! sampled requests only; conversion to protobuf happens on the exporter task. The wire format
-//! comes from `opentelemetry-proto` (the generated types of the official protos) and gRPC from
-//! `tonic`, so the bytes on the wire are the collector's own definitions.
+//! sampled requests only; encoding happens on the exporter task, straight from the records to
+//! protobuf bytes ([`otlp::Encoder`]). `opentelemetry-proto` (the generated types of the
+//! official protos) encodes the resource and decodes collector responses, and is the reference
+//! the encoder is tested against; gRPC is `tonic`'s client.
 //!
 //! Loss is explicit: a full queue, a collector that is down, slow or refuses a batch all drop
 //! spans and count them in `tandem_trace_spans_dropped_total{reason}`; a request never waits for
@@ -30,11 +31,11 @@
 //! - [`sample`]: parent-based sampling with a trace-id ratio for new traces.
 //! - [`span`]: the finished-span record.
 //! - [`export`]: the exporter task (batching, OTLP/gRPC and OTLP/HTTP, counters).
-//! - `otlp`: span records to OTLP protobuf, and the resource.
+//! - [`otlp`]: span records to OTLP protobuf, and the resource.
 
 pub mod context;
 pub mod export;
-mod otlp;
+pub mod otlp;
 pub mod sample;
 pub mod span;
 
