@@ -10,6 +10,8 @@ use http::{HeaderName, HeaderValue, Method};
 use crate::model::*;
 use crate::raw::*;
 
+mod logs;
+
 /// Largest endpoint weight: weights are relative, and a bound keeps a hash ring's virtual nodes
 /// (a multiple of the weights) small.
 const MAX_WEIGHT: u32 = 10_000;
@@ -275,8 +277,8 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         });
     }
 
-    // Listeners.
-    if raw.listeners.is_empty() {
+    // Listeners: a file that only ships logs needs none.
+    if raw.listeners.is_empty() && raw.logs.is_none() {
         c.err(
             "listeners",
             "no listeners",
@@ -390,6 +392,8 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         });
     }
 
+    let logs = raw.logs.as_ref().map(|l| logs::check_logs(&mut c, l));
+
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -401,6 +405,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         app,
         listeners,
         upstreams,
+        logs,
     })
 }
 

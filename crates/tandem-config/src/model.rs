@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+mod logs;
+pub use logs::*;
+
 /// The whole, checked configuration of one Tandem process.
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
@@ -28,6 +31,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Upstreams in file order; names are unique.
     pub upstreams: Vec<Upstream>,
+    /// Log shipping, when the file has a `logs:` section.
+    pub logs: Option<Logs>,
 }
 
 /// The admin API (health, metrics, effective config).

@@ -15,6 +15,9 @@ use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+mod logs;
+pub use logs::*;
+
 /// A Tandem configuration file.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -31,9 +34,12 @@ pub struct RawConfig {
     /// Protections applied to every listener.
     #[serde(default)]
     pub limits: Option<RawLimits>,
-    /// Listeners by name. At least one.
+    /// Listeners by name. At least one, unless the file configures `logs` only.
     #[serde(default, deserialize_with = "unique_map")]
     pub listeners: IndexMap<String, RawListener>,
+    /// Log shipping: sources, sinks, checkpoints (docs/logship.md).
+    #[serde(default)]
+    pub logs: Option<RawLogs>,
     /// Upstreams by name.
     #[serde(default, deserialize_with = "unique_map")]
     pub upstreams: IndexMap<String, RawUpstream>,
