@@ -7,9 +7,11 @@
 //! # Layout
 //! - [`Metrics`]: the registry and the metric families.
 //! - [`RouteMetrics`], [`ListenerMetrics`]: pre-resolved handles for one route or listener.
+//! - [`logs`]: log shipping handles ([`logs::LogSourceMetrics`], [`logs::LogSinkMetrics`]).
 //!
 //! Non-goals here: tracing and access logs (later issues add them beside these handles).
 
+pub mod logs;
 pub mod process;
 
 use std::sync::Arc;
@@ -132,6 +134,7 @@ pub struct Metrics {
     ejected: Family<EndpointLabels, Gauge>,
     healthy: Family<EndpointLabels, Gauge>,
     health_checks: Family<HealthCheckLabels, Counter>,
+    logs: logs::LogFamilies,
 }
 
 /// Resilience handles for one upstream (retries, budget) and its endpoints (breakers, health).
@@ -286,8 +289,10 @@ impl Metrics {
             "Active health checks by endpoint and result (pass, fail)",
             health_checks.clone(),
         );
+        let logs = logs::LogFamilies::register(registry);
         Metrics {
             registry: root,
+            logs,
             retries,
             budget_exhausted,
             ejections,
