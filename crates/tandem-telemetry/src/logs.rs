@@ -6,11 +6,11 @@
 //! released). Handles are resolved once per source or sink, so recording is an atomic add.
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+/// The handle types, for crates that record into them.
+pub use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 
 use crate::{Metrics, LATENCY_BUCKETS};
 
@@ -20,7 +20,7 @@ pub const LOG_RETRY_REASONS: [&str; 6] = [
     "timeout",
     "status_429",
     "status_5xx",
-    "status_4xx",
+    "status_other",
     "io",
 ];
 
