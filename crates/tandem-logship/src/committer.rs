@@ -43,6 +43,9 @@ pub(crate) enum Msg {
     Release { key: u64, end: u64 },
     /// Every sink confirmed `[start, end)` of generation `key`.
     Ack { key: u64, start: u64, end: u64 },
+    /// Answer once everything sent before this is in the checkpoint file: a sink waits for it
+    /// before its next delivery, so a crash replays at most the deliveries in flight.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 struct Generation {
@@ -62,6 +65,7 @@ pub(crate) struct Committer {
     failing: bool,
     errors: Counter,
     entries: Vec<Entry>,
+    barriers: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Committer {
@@ -96,6 +100,7 @@ impl Committer {
             failing: false,
             errors,
             entries: Vec::new(),
+            barriers: Vec::new(),
         }
     }
 
@@ -120,6 +125,9 @@ impl Committer {
             let sync_due = self.last_sync.elapsed() >= self.sync_interval;
             if changed || (self.unsynced && sync_due) {
                 self.write(sync_due);
+            }
+            for b in self.barriers.drain(..) {
+                let _ = b.send(());
             }
         }
         self.write(true);
@@ -178,6 +186,10 @@ impl Committer {
                     return true;
                 }
                 g.release_at = Some(end);
+                false
+            }
+            Msg::Barrier(reply) => {
+                self.barriers.push(reply);
                 false
             }
             Msg::Ack { key, start, end } => {
@@ -327,6 +339,36 @@ mod tests {
         })
         .unwrap();
         wait(None);
+        drop(tx);
+        t.join().unwrap();
+    }
+
+    /// A barrier is answered only after the acks sent before it are in the file.
+    #[test]
+    fn barrier_waits_for_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let path = store.path().to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = Committer::new(
+            store,
+            vec![(1, entry(0), Arc::new(AtomicU64::new(0)))],
+            Duration::from_secs(3600),
+            Counter::default(),
+        );
+        let t = std::thread::spawn(move || c.run(rx));
+        for i in 0..50 {
+            tx.send(Msg::Ack {
+                key: 1,
+                start: i * 10,
+                end: i * 10 + 10,
+            })
+            .unwrap();
+            let (reply, wait) = tokio::sync::oneshot::channel();
+            tx.send(Msg::Barrier(reply)).unwrap();
+            wait.blocking_recv().unwrap();
+            assert_eq!(load(&path).unwrap()[0].offset, i * 10 + 10);
+        }
         drop(tx);
         t.join().unwrap();
     }

@@ -198,6 +198,12 @@ impl LogShipper {
         let host = hostname();
         for src in &cfg.sources {
             let LogSourceKind::File(f) = &src.kind;
+            let receiving = || cfg.sinks.iter().filter(|k| k.sources.contains(&src.name));
+            let chunk_lines = receiving().map(|k| k.batch.max_lines).min().unwrap_or(1000);
+            let chunk_bytes = receiving()
+                .map(|k| k.batch.max_bytes)
+                .min()
+                .unwrap_or(1 << 20);
             let out = Outputs {
                 sinks: inputs
                     .iter()
@@ -216,6 +222,8 @@ impl LogShipper {
                     labels: labels(&cfg.labels, &src.labels, host.as_deref()),
                     poll_interval: f.poll_interval,
                     scan_interval: f.scan_interval,
+                    chunk_lines,
+                    chunk_bytes,
                 },
                 per_source.remove(&src.name).unwrap_or_default(),
                 keys.clone(),

@@ -168,6 +168,14 @@ impl Chunk {
         (self.ack.key, self.ack.start, self.ack.end)
     }
 
+    /// A receiver that completes once every confirmation sent before this call is in the
+    /// checkpoint file (or at once if the committer is gone).
+    pub(crate) fn barrier(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.ack.tx.send(Msg::Barrier(tx));
+        rx
+    }
+
     /// One sink confirmed delivery; the last confirmation acknowledges the range.
     pub fn confirm(&self) {
         if self.ack.pending.fetch_sub(1, Ordering::AcqRel) == 1 {

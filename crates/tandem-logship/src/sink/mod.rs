@@ -42,6 +42,9 @@ use crate::record::Chunk;
 /// A boxed future, for [`Sink::send`] (a trait object cannot return `impl Future`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Longest wait for the checkpoint to record a delivery before the next one starts.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(1);
+
 /// The longest `Retry-After` honoured; a longer one is cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -150,8 +153,20 @@ pub async fn drive(
     let (mut lines, mut bytes) = (0usize, 0usize);
     let mut deadline: Option<Instant> = None;
     let mut open = true;
+    // A chunk that did not fit the batch being filled: it starts the next one.
+    let mut carry: Option<Arc<Chunk>> = None;
     loop {
-        let full = lines >= settings.batch.max_lines || bytes >= settings.batch.max_bytes;
+        if batch.is_empty() {
+            if let Some(chunk) = carry.take() {
+                deadline = Some(Instant::now() + settings.batch.timeout);
+                lines += chunk.records.len();
+                bytes += chunk.bytes;
+                batch.push(chunk);
+            }
+        }
+        let full = carry.is_some()
+            || lines >= settings.batch.max_lines
+            || bytes >= settings.batch.max_bytes;
         let due = deadline.is_some_and(|d| d <= Instant::now());
         if !batch.is_empty() && (full || due || !open) {
             let slot = tokio::select! {
@@ -179,12 +194,18 @@ pub async fn drive(
             _ = stop.cancelled() => break,
             m = rx.recv() => match m {
                 Some(chunk) => {
-                    if batch.is_empty() {
-                        deadline = Some(Instant::now() + settings.batch.timeout);
+                    let fits = lines + chunk.records.len() <= settings.batch.max_lines
+                        && bytes + chunk.bytes <= settings.batch.max_bytes;
+                    if batch.is_empty() || fits {
+                        if batch.is_empty() {
+                            deadline = Some(Instant::now() + settings.batch.timeout);
+                        }
+                        lines += chunk.records.len();
+                        bytes += chunk.bytes;
+                        batch.push(chunk);
+                    } else {
+                        carry = Some(chunk);
                     }
-                    lines += chunk.records.len();
-                    bytes += chunk.bytes;
-                    batch.push(chunk);
                 }
                 None => open = false,
             },
@@ -245,6 +266,12 @@ async fn deliver(
                 }
                 for chunk in &batch {
                     chunk.confirm();
+                }
+                // Hold the delivery slot until the checkpoint has caught up: with it, a crash
+                // replays at most the deliveries in flight. Bounded, so a slow disk delays
+                // shipping a little rather than stopping it.
+                if let Some(c) = batch.last() {
+                    let _ = tokio::time::timeout(CHECKPOINT_WAIT, c.barrier()).await;
                 }
                 return;
             }

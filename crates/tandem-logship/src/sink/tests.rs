@@ -50,7 +50,7 @@ fn retry(reason: RetryReason, after: Option<Duration>) -> Outcome {
 struct Rig {
     sink: Arc<Scripted>,
     tx: Option<tokio::sync::mpsc::UnboundedSender<Arc<Chunk>>>,
-    acks: Receiver<Msg>,
+    acks: Receiver<(u64, u64)>,
     ack_tx: std::sync::mpsc::Sender<Msg>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -59,12 +59,37 @@ struct Rig {
 }
 
 fn rig(outcomes: Vec<Outcome>, max_lines: usize, timeout: Duration) -> Rig {
+    rig_with(outcomes, max_lines, timeout, Duration::ZERO)
+}
+
+/// A rig whose stand-in committer answers checkpoint barriers after `barrier_delay`.
+fn rig_with(
+    outcomes: Vec<Outcome>,
+    max_lines: usize,
+    timeout: Duration,
+    barrier_delay: Duration,
+) -> Rig {
     let sink = Arc::new(Scripted {
         outcomes: Mutex::new(outcomes.into()),
         ..Scripted::default()
     });
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (ack_tx, acks) = std::sync::mpsc::channel();
+    let (ack_tx, ctl) = std::sync::mpsc::channel::<Msg>();
+    let (acked, acks) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(m) = ctl.recv() {
+            match m {
+                Msg::Ack { start, end, .. } => {
+                    let _ = acked.send((start, end));
+                }
+                Msg::Barrier(reply) => {
+                    std::thread::sleep(barrier_delay);
+                    let _ = reply.send(());
+                }
+                _ => {}
+            }
+        }
+    });
     let stop = CancellationToken::new();
     let metrics = Metrics::new().log_sink("s");
     let task = tokio::spawn(drive(
@@ -99,6 +124,11 @@ fn rig(outcomes: Vec<Outcome>, max_lines: usize, timeout: Duration) -> Rig {
 impl Rig {
     /// Sends a chunk of one record covering the next 10 bytes.
     fn chunk(&mut self) {
+        self.chunk_of(1);
+    }
+
+    /// Sends a chunk of `n` records covering the next 10 bytes.
+    fn chunk_of(&mut self, n: usize) {
         let origin = Arc::new(Origin::new(
             "app".into(),
             "/a.log".into(),
@@ -106,12 +136,15 @@ impl Rig {
         ));
         let start = self.next;
         self.next += 10;
-        let c = Chunk::new(
-            vec![Record {
-                message: format!("m{start}").into(),
+        let records = (0..n)
+            .map(|i| Record {
+                message: format!("m{start}.{i}").into(),
                 ..Record::default()
-            }],
-            9,
+            })
+            .collect();
+        let c = Chunk::new(
+            records,
+            9 * n,
             SystemTime::now(),
             origin,
             (1, start, start + 10),
@@ -123,12 +156,7 @@ impl Rig {
     }
 
     fn acked(&self) -> Vec<(u64, u64)> {
-        std::iter::from_fn(|| self.acks.try_recv().ok())
-            .filter_map(|m| match m {
-                Msg::Ack { start, end, .. } => Some((start, end)),
-                _ => None,
-            })
-            .collect()
+        std::iter::from_fn(|| self.acks.try_recv().ok()).collect()
     }
 
     fn sends(&self) -> Vec<(Instant, usize)> {
@@ -169,6 +197,21 @@ async fn batches_by_lines_then_by_time() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(r.acked().len(), 7);
     assert_eq!(r.metrics.shipped_lines.get(), 7);
+}
+
+/// A chunk that would push a batch past `max_lines` starts the next batch instead: batches
+/// stay within their bounds (what a crash can replay).
+#[tokio::test]
+async fn batches_never_exceed_their_bounds() {
+    let mut r = rig(vec![], 4, Duration::from_millis(50));
+    for _ in 0..4 {
+        r.chunk_of(3);
+    }
+    r.wait_sends(4).await;
+    assert_eq!(
+        r.sends().iter().map(|s| s.1).collect::<Vec<_>>(),
+        [3, 3, 3, 3]
+    );
 }
 
 /// When the input closes, a partial batch goes at once and the driver returns after it.
@@ -253,6 +296,24 @@ async fn hard_stop_confirms_nothing() {
         .unwrap()
         .unwrap();
     assert!(r.acked().is_empty());
+}
+
+/// The next delivery starts only once the checkpoint recorded the last one: that is what
+/// bounds replays after a crash to the deliveries in flight.
+#[tokio::test]
+async fn next_delivery_waits_for_the_checkpoint() {
+    let mut r = rig_with(
+        vec![],
+        1,
+        Duration::from_secs(1),
+        Duration::from_millis(300),
+    );
+    r.chunk();
+    r.chunk();
+    r.wait_sends(2).await;
+    let s = r.sends();
+    let gap = s[1].0 - s[0].0;
+    assert!(gap >= Duration::from_millis(300), "{gap:?}");
 }
 
 /// The back-off doubles with jitter between half and all of each step, capped at the max.

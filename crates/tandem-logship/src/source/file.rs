@@ -113,6 +113,11 @@ pub struct TailerConfig {
     pub poll_interval: Duration,
     /// Time between glob scans.
     pub scan_interval: Duration,
+    /// Most records in a chunk: the smallest `batch.max_lines` of the sinks it goes to.
+    pub chunk_lines: usize,
+    /// Most line bytes in a chunk: the smallest `batch.max_bytes` of those sinks (a single
+    /// longer line still makes a chunk of its own).
+    pub chunk_bytes: usize,
 }
 
 /// Where chunks and generation events go.
@@ -754,15 +759,17 @@ impl FileTailer {
         permit
     }
 
-    /// Turns the framed lines (from `start` to `end` of generation `key`) into a chunk for the
-    /// sinks.
+    /// Turns the framed lines (from `start` to `end` of generation `key`) into chunks for the
+    /// sinks, each within the smallest batch of those sinks, so a batch never has to exceed
+    /// its bounds to take a whole chunk (and a crash replays at most one batch per delivery in
+    /// flight).
     fn emit(
         &mut self,
         key: u64,
         origin: &Arc<Origin>,
         (start, end): (u64, u64),
         splits: u64,
-        mut permit: BudgetPermit,
+        read_permit: BudgetPermit,
     ) {
         if splits > 0 {
             self.metrics.split_lines.inc_by(splits);
@@ -771,31 +778,60 @@ impl FileTailer {
             return;
         }
         self.metrics.read_lines.inc_by(self.lines.len() as u64);
-        let mut records = Vec::with_capacity(self.lines.len());
-        let mut bytes = 0;
-        let mut errors = 0;
-        for line in self.lines.drain(..) {
-            if line.text.is_empty() {
+        let observed = SystemTime::now();
+        let mut records = Vec::new();
+        let (mut bytes, mut errors) = (0, 0);
+        let mut chunk_start = start;
+        let mut chunk_end = start;
+        let lines = std::mem::take(&mut self.lines);
+        for line in lines.iter() {
+            let len = line.text.len();
+            if !records.is_empty()
+                && (records.len() >= self.cfg.chunk_lines || bytes + len > self.cfg.chunk_bytes)
+            {
+                let full = std::mem::take(&mut records);
+                self.send_chunk(key, origin, (chunk_start, chunk_end), full, bytes, observed);
+                (chunk_start, bytes) = (chunk_end, 0);
+            }
+            chunk_end = line.end;
+            if len == 0 {
                 continue;
             }
-            bytes += line.text.len();
-            let (record, failed): (Record, bool) = parse(self.cfg.parser, line.text);
+            bytes += len;
+            let (record, failed): (Record, bool) = parse(self.cfg.parser, line.text.clone());
             errors += u64::from(failed);
             records.push(record);
         }
+        self.lines = lines;
+        self.lines.clear();
         if errors > 0 {
             self.metrics.parse_errors.inc_by(errors);
         }
+        self.send_chunk(key, origin, (chunk_start, end), records, bytes, observed);
+        // Each chunk took its own share of the budget; the read's permit goes back.
+        drop(read_permit);
+    }
+
+    fn send_chunk(
+        &mut self,
+        key: u64,
+        origin: &Arc<Origin>,
+        (start, end): (u64, u64),
+        records: Vec<Record>,
+        bytes: usize,
+        observed: SystemTime,
+    ) {
         if records.is_empty() {
             // Only empty lines: nothing to ship, the range is done.
             let _ = self.out.committer.send(Msg::Ack { key, start, end });
             return;
         }
+        let mut permit = self.budget.empty_permit();
         permit.resize(bytes + records.len() * RECORD_OVERHEAD + CHUNK_OVERHEAD);
         let chunk = Arc::new(Chunk::new(
             records,
             bytes,
-            SystemTime::now(),
+            observed,
             origin.clone(),
             (key, start, end),
             self.out.sinks.len(),

@@ -31,6 +31,8 @@ fn config(dir: &Path, pattern: &str, start_at: StartAt) -> TailerConfig {
         labels: Arc::from(Vec::new()),
         poll_interval: Duration::from_millis(10),
         scan_interval: Duration::from_millis(10),
+        chunk_lines: 1000,
+        chunk_bytes: 1 << 20,
     }
 }
 
@@ -161,6 +163,40 @@ fn chunk_ranges_are_contiguous() {
         n += c.records.len();
     }
     assert_eq!((next, n), (text.len() as u64, 5000));
+}
+
+/// Chunks stay within the smallest batch of the sinks (lines and bytes), ranges still
+/// contiguous, so a batch never has to grow past its bounds to take a chunk.
+#[test]
+fn chunks_fit_the_smallest_batch() {
+    let mut h = Harness::new("app.log");
+    h.tailer.cfg.chunk_lines = 7;
+    h.tailer.cfg.chunk_bytes = 300;
+    h.append(
+        "app.log",
+        &(numbered(1, 100) + "\n\n" + &"y".repeat(500) + "\n"),
+    );
+    h.tailer.scan(Instant::now());
+    while h.tailer.round() == Progress::More {}
+    let (mut next, mut n, mut sizes) = (0, 0, Vec::new());
+    while let Ok(c) = h.chunks.try_recv() {
+        let (_, start, end) = c.range();
+        assert_eq!(start, next);
+        next = end;
+        n += c.records.len();
+        sizes.push((c.records.len(), c.bytes));
+    }
+    assert_eq!(n, 101);
+    // 52-byte lines: 5 fit in 300 bytes; the 500-byte line goes alone.
+    assert!(
+        sizes[..sizes.len() - 1]
+            .iter()
+            .all(|&(l, b)| l <= 5 && b <= 300),
+        "{sizes:?}"
+    );
+    assert_eq!(sizes.last(), Some(&(1, 500)));
+    // The empty lines' range is acknowledged directly (no record, nothing to ship).
+    assert_eq!(next, h.tailer.files[0].framer.line_start());
 }
 
 /// Rename rotation with a glob that matches only the live name: the renamed file keeps being
