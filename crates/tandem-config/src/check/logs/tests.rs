@@ -307,3 +307,16 @@ fn sizes() {
     assert_eq!(parse_size("-1"), None);
     assert_eq!(parse_size("99999999999999999999GiB"), None);
 }
+
+/// The `logs:` examples in docs/logship.md and docs/config.md are valid.
+#[test]
+fn docs_logs_examples_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    for (file, sinks) in [("logship.md", 1), ("config.md", 2)] {
+        let doc = std::fs::read_to_string(root.join(file)).unwrap();
+        let start = doc.find("```yaml\nlogs:").unwrap() + "```yaml\n".len();
+        let end = start + doc[start..].find("```").unwrap();
+        let c = parse(file, &doc[start..end]).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(c.logs.unwrap().sinks.len(), sinks, "{file}");
+    }
+}
