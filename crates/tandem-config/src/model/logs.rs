@@ -146,7 +146,7 @@ pub struct HttpLogSink {
 pub struct LogBatch {
     /// Lines in a batch.
     pub max_lines: usize,
-    /// Bytes of lines in a batch (it may pass this by the lines of one read).
+    /// Bytes of lines in a batch (a single longer line makes a batch of its own).
     pub max_bytes: usize,
     /// Longest wait for a batch to fill.
     #[serde(with = "humantime_serde_compat")]

@@ -16,7 +16,7 @@ pub struct RawLogs {
     #[serde(default)]
     pub checkpoint: Option<RawCheckpoint>,
     /// Bytes of log lines in flight at once, in every source and sink together: a number of
-    /// bytes or a size such as "16MiB" (default "8MiB", at least "1MiB"). When it is full, file
+    /// bytes or a size such as "16MiB" (default "4MiB", at least "1MiB"). When it is full, file
     /// sources pause: the file is the buffer.
     #[serde(default)]
     pub memory_budget: Option<NumberOrString>,
@@ -172,7 +172,7 @@ pub struct RawLogBatch {
     #[serde(default)]
     pub max_lines: Option<usize>,
     /// Bytes of lines in a batch: a number or a size such as "1MiB" (default "1MiB", 1KiB to
-    /// 64MiB). A batch may pass it by the lines of one read of a file.
+    /// 64MiB). A single line longer than this makes a batch of its own.
     #[serde(default)]
     pub max_bytes: Option<NumberOrString>,
     /// Longest wait for a batch to fill (default "1s").

@@ -17,7 +17,7 @@
 //! # Layout
 //! - [`encode`]: NDJSON encoding.
 //! - [`http`], NDJSON POST over HTTP/1.1 (hyper), gzip, `Retry-After`.
-//! - [`file`], NDJSON appended to a file, or written to stdout.
+//! - [`file`](mod@file), NDJSON appended to a file, or written to stdout.
 
 pub mod encode;
 pub mod file;

@@ -1,7 +1,7 @@
 //! Log sources: where lines come from.
 //!
 //! # Layout
-//! - [`file`]: files by glob, followed through rotation ([`file::FileTailer`]).
+//! - [`file`](mod@file): files by glob, followed through rotation ([`file::FileTailer`]).
 //!
 //! Next (issue 7): the supervised app's stdout/stderr (with a disk buffer so the app never
 //! blocks), and Tandem's access log.

@@ -18,6 +18,10 @@ const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 const GIB: usize = 1024 * MIB;
 
+/// Room for a few 1 MiB batches in flight; more buys no throughput (measured in
+/// docs/benchmarks.md), only resident memory.
+const DEFAULT_BUDGET: usize = 4 * MIB;
+
 /// Headers the HTTP sink sets itself from the body it sends.
 const RESERVED_HEADERS: [&str; 4] = [
     "content-length",
@@ -30,10 +34,10 @@ pub(super) fn check_logs(c: &mut Checker, raw: &RawLogs) -> Logs {
     let labels = check_labels(c, "logs.labels", &raw.labels);
 
     let memory_budget = match &raw.memory_budget {
-        None => 8 * MIB,
+        None => DEFAULT_BUDGET,
         Some(v) => byte_size(c, "logs.memory_budget", v)
-            .map(|n| bounded_size(c, "logs.memory_budget", n, MIB, 64 * GIB, 8 * MIB))
-            .unwrap_or(8 * MIB),
+            .map(|n| bounded_size(c, "logs.memory_budget", n, MIB, 64 * GIB, DEFAULT_BUDGET))
+            .unwrap_or(DEFAULT_BUDGET),
     };
     let flush_timeout = c.duration(
         "logs.flush_timeout",

@@ -39,7 +39,7 @@ logs:
         std::path::Path::new("/var/lib/tandem/logs")
     );
     assert_eq!(logs.sync_interval, Duration::from_secs(1));
-    assert_eq!(logs.memory_budget, 8 << 20);
+    assert_eq!(logs.memory_budget, 4 << 20);
     assert_eq!(logs.flush_timeout, Duration::from_secs(5));
     let s = &logs.sources[0];
     assert_eq!(
