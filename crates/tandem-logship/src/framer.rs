@@ -139,6 +139,45 @@ impl LineFramer {
     }
 }
 
+/// Fuzzing entry (`fuzz/fuzz_targets/log_lines.rs`): frames `data` in the pieces `splits` gives,
+/// with lines cut at `max_line`, parses each line as JSON, and checks that the lines and their
+/// offsets account for every byte exactly once.
+#[cfg(fuzzing)]
+pub fn fuzz_frame(data: &[u8], splits: &[usize], max_line: usize) {
+    let max_line = max_line.clamp(1, 4096);
+    let mut f = LineFramer::new(0, max_line);
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &s in splits.iter().chain(std::iter::once(&data.len())) {
+        let to = s.clamp(at, data.len());
+        f.push(&Bytes::copy_from_slice(&data[at..to]), &mut out);
+        at = to;
+        assert!(f.held() <= max_line, "held {} > {max_line}", f.held());
+    }
+    assert_eq!(f.read_offset(), data.len() as u64);
+    f.finish(&mut out);
+    assert_eq!(f.held(), 0);
+    let mut prev = 0usize;
+    for line in &out {
+        let end = usize::try_from(line.end).unwrap_or(usize::MAX);
+        assert!(end > prev, "offsets go forward");
+        assert!(line.text.len() <= max_line);
+        let span = &data[prev..end];
+        let body = if line.cut || !span.ends_with(b"\n") {
+            span
+        } else if span.ends_with(b"\r\n") {
+            &span[..span.len() - 2]
+        } else {
+            &span[..span.len() - 1]
+        };
+        // Every byte of the span is in the text, or is its newline (and the `\r` before it).
+        assert_eq!(&line.text[..], body, "text matches its bytes");
+        let _ = crate::parse::parse(tandem_config::LogParser::Json, line.text.clone());
+        prev = end;
+    }
+    assert_eq!(prev, data.len(), "every byte is in a line");
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
