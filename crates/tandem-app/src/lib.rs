@@ -18,6 +18,10 @@
 //! # Layout
 //! - this file: [`Binds`], [`App`], the lifecycle;
 //! - [`supervisor`]: the app child process (start, signal, wait, exit code).
+//!
+//! Log shipping (`logs:`, `tandem-logship`) starts before anything serves, so a corrupt
+//! checkpoint stops the start; it stops last, after the app exited and the listeners drained,
+//! so the app's final lines are shipped, and gets `logs.flush_timeout` to deliver them.
 
 pub mod supervisor;
 
@@ -225,6 +229,17 @@ impl App {
             }
             e.spawn()
         });
+        // Before anything serves: a checkpoint that cannot be trusted must stop the start.
+        let logs = match &config.logs {
+            Some(l) => match tandem_logship::LogShipper::start(l, metrics.clone()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!("cannot start log shipping: {e}");
+                    return 1;
+                }
+            },
+            None => None,
+        };
         let inbound = Drain::new();
         let outbound = Drain::new();
         let admin_stop = Drain::new();
@@ -336,6 +351,9 @@ impl App {
                 .as_ref()
                 .map_or(FINAL_FLUSH, |t| t.otlp.timeout.min(FINAL_FLUSH));
             e.shutdown(grace).await;
+        }
+        if let (Some(shipper), Some(l)) = (logs, &config.logs) {
+            shipper.shutdown(l.flush_timeout).await;
         }
         admin_stop.start();
         let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;

@@ -11,6 +11,7 @@ use crate::model::*;
 use crate::raw::*;
 
 mod access_log;
+mod logs;
 mod tracing;
 
 /// Largest endpoint weight: weights are relative, and a bound keeps a hash ring's virtual nodes
@@ -283,8 +284,8 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         .as_ref()
         .map(|a| access_log::check(&mut c, a));
 
-    // Listeners.
-    if raw.listeners.is_empty() {
+    // Listeners: a file that only ships logs needs none.
+    if raw.listeners.is_empty() && raw.logs.is_none() {
         c.err(
             "listeners",
             "no listeners",
@@ -403,6 +404,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         .tracing
         .as_ref()
         .map(|t| tracing::check_tracing(&mut c, t));
+    let logs = raw.logs.as_ref().map(|l| logs::check_logs(&mut c, l));
 
     if !c.problems.is_empty() {
         return Err(c.problems);
@@ -417,6 +419,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         upstreams,
         access_log,
         tracing,
+        logs,
     })
 }
 

@@ -14,6 +14,8 @@ mod access_log;
 pub use access_log::*;
 mod tracing;
 pub use self::tracing::*;
+mod logs;
+pub use logs::*;
 
 /// The whole, checked configuration of one Tandem process.
 #[derive(Clone, Debug, Serialize)]
@@ -37,6 +39,8 @@ pub struct Config {
     pub access_log: Option<AccessLog>,
     /// Distributed tracing; `None`: off.
     pub tracing: Option<Tracing>,
+    /// Log shipping, when the file has a `logs:` section.
+    pub logs: Option<Logs>,
 }
 
 /// The admin API (health, metrics, effective config).

@@ -17,6 +17,8 @@ use serde::Deserialize;
 
 mod tracing;
 pub use self::tracing::*;
+mod logs;
+pub use logs::*;
 
 /// A Tandem configuration file.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -34,9 +36,12 @@ pub struct RawConfig {
     /// Protections applied to every listener.
     #[serde(default)]
     pub limits: Option<RawLimits>,
-    /// Listeners by name. At least one.
+    /// Listeners by name. At least one, unless the file configures `logs` only.
     #[serde(default, deserialize_with = "unique_map")]
     pub listeners: IndexMap<String, RawListener>,
+    /// Log shipping: sources, sinks, checkpoints (docs/logship.md).
+    #[serde(default)]
+    pub logs: Option<RawLogs>,
     /// Upstreams by name.
     #[serde(default, deserialize_with = "unique_map")]
     pub upstreams: IndexMap<String, RawUpstream>,

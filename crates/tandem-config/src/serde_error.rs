@@ -172,6 +172,11 @@ fn section_name(raw_type: &str) -> &'static str {
         "RawRetry" => "`retry`",
         "RawRetryBudget" => "`retry_budget`",
         "RawAccessLog" => "`access_log`",
+        "RawLogs" => "`logs`",
+        "RawCheckpoint" => "`checkpoint`",
+        "RawLogSource" => "a log source",
+        "RawLogSink" => "a log sink",
+        "RawLogBatch" => "`batch`",
         _ => "this section",
     }
 }
@@ -182,6 +187,8 @@ fn missing_example(field: &str) -> &'static str {
         "address" => "with an IP:port or unix:/path, e.g. `address: 127.0.0.1:7080`",
         "upstream" => "naming one of `upstreams`, e.g. `upstream: app`",
         "path" => "with the path to probe, e.g. `path: /healthz`",
+        "dir" => "with an absolute directory, e.g. `dir: /var/lib/tandem/logs`",
+        "type" => "naming the kind, e.g. `type: http` (http, file or console)",
         _ => "to this mapping (see docs/config.md)",
     }
 }

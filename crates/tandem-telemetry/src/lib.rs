@@ -10,11 +10,13 @@
 //! - [`access_log`]: request and connection records, rendered as JSON lines by a writer thread
 //!   behind a bounded queue.
 //! - [`trace`]: distributed tracing: trace context (W3C, B3), sampling, spans, OTLP export.
+//! - [`logs`]: log shipping handles ([`logs::LogSourceMetrics`], [`logs::LogSinkMetrics`]).
 //! - [`histogram`]: the lock-free histogram behind the latency metrics; [`process`]: process
 //!   metrics read from `/proc`.
 
 pub mod access_log;
 pub mod histogram;
+pub mod logs;
 pub mod process;
 pub mod trace;
 
@@ -48,6 +50,13 @@ static LATENCY_BOUNDS_NS: [u64; 16] = [
     10_000_000_000,
     20_000_000_000,
     30_000_000_000,
+];
+
+/// The same bounds in seconds, for the low-rate histograms (per batch, not per request) that
+/// use `prometheus-client`'s own type.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    30.0,
 ];
 
 fn latency_histogram() -> IntHistogram {
@@ -159,6 +168,7 @@ pub struct Metrics {
     health_checks: Family<HealthCheckLabels, Counter>,
     access_log_dropped: Counter,
     trace: trace::TraceMetrics,
+    logs: logs::LogFamilies,
 }
 
 /// Resilience handles for one upstream (retries, budget) and its endpoints (breakers, health).
@@ -319,10 +329,12 @@ impl Metrics {
             access_log_dropped.clone(),
         );
         let trace = trace::TraceMetrics::register(registry);
+        let logs = logs::LogFamilies::register(registry);
         Metrics {
             registry: root,
             access_log_dropped,
             trace,
+            logs,
             retries,
             budget_exhausted,
             ejections,

@@ -114,8 +114,15 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match tandem_config::load_file(path) {
         Ok(c) => {
+            let logs = c.logs.as_ref().map_or(String::new(), |l| {
+                format!(
+                    ", {} log sources, {} log sinks",
+                    l.sources.len(),
+                    l.sinks.len()
+                )
+            });
             println!(
-                "{}: ok ({} listeners, {} upstreams)",
+                "{}: ok ({} listeners, {} upstreams{logs})",
                 path.display(),
                 c.listeners.len(),
                 c.upstreams.len()

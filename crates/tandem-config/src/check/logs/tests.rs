@@ -1,0 +1,322 @@
+//! `logs:` section tests: a full section translates to the model with its defaults, a logs-only
+//! file needs no listeners, and each mistake is reported at its key with a fix.
+
+use std::time::Duration;
+
+use super::parse_size;
+use crate::*;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match parse("t.yaml", text) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e.0,
+    }
+}
+
+fn keys(e: &[ConfigError]) -> Vec<(Option<usize>, &str)> {
+    e.iter().map(|e| (e.line, e.key.as_str())).collect()
+}
+
+/// A logs-only file is valid (no listeners needed) and gets every default.
+#[test]
+fn logs_only_file_with_defaults() {
+    let c = parse(
+        "t.yaml",
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { paths: [/var/log/app/*.log] }
+  sinks:
+    central: { type: http, url: http://127.0.0.1:9880/ingest }
+",
+    )
+    .unwrap();
+    assert!(c.listeners.is_empty());
+    let logs = c.logs.unwrap();
+    assert_eq!(
+        logs.checkpoint_dir,
+        std::path::Path::new("/var/lib/tandem/logs")
+    );
+    assert_eq!(logs.sync_interval, Duration::from_secs(1));
+    assert_eq!(logs.memory_budget, 4 << 20);
+    assert_eq!(logs.flush_timeout, Duration::from_secs(5));
+    let s = &logs.sources[0];
+    assert_eq!(
+        (s.name.as_str(), s.parser, s.max_line_bytes),
+        ("app", LogParser::Plain, 65536)
+    );
+    let LogSourceKind::File(f) = &s.kind;
+    assert_eq!(f.paths, ["/var/log/app/*.log"]);
+    assert_eq!(f.start_at, StartAt::Beginning);
+    assert_eq!(f.poll_interval, Duration::from_millis(250));
+    assert_eq!(f.scan_interval, Duration::from_secs(1));
+    let k = &logs.sinks[0];
+    assert_eq!(k.sources, ["app"]);
+    assert_eq!(k.concurrency, 1);
+    assert_eq!(
+        (k.backoff, k.max_backoff),
+        (Duration::from_millis(100), Duration::from_secs(30))
+    );
+    assert_eq!(
+        (k.batch.max_lines, k.batch.max_bytes, k.batch.timeout),
+        (1000, 1 << 20, Duration::from_secs(1))
+    );
+    let LogSinkKind::Http(h) = &k.kind else {
+        panic!("{:?}", k.kind)
+    };
+    assert_eq!(h.url.to_string(), "http://127.0.0.1:9880/ingest");
+    assert!(!h.gzip);
+    assert_eq!(h.timeout, Duration::from_secs(30));
+}
+
+/// Every key given is carried into the model; header values never show in `GET /config`.
+#[test]
+fn every_key_translates() {
+    let c = parse(
+        "t.yaml",
+        "\
+listeners:
+  inbound: { address: 127.0.0.1:7080, upstream: app }
+upstreams:
+  app: { endpoints: [127.0.0.1:8080] }
+logs:
+  checkpoint: { dir: /state, sync_interval: 200ms }
+  memory_budget: 32MiB
+  flush_timeout: 10s
+  labels: { service: orders, env: prod }
+  sources:
+    app:
+      type: file
+      paths: [/var/log/app.log, \"/var/log/app/**/*.json\"]
+      start_at: end
+      parser: json
+      max_line_bytes: 4096
+      poll_interval: 50ms
+      scan_interval: 2s
+      labels: { env: canary }
+    other: { paths: [/srv/x.log] }
+  sinks:
+    central:
+      type: http
+      url: http://logs.internal:8080/ingest
+      headers: { authorization: Bearer secret }
+      gzip: true
+      timeout: 5s
+      sources: [app]
+      batch: { max_lines: 500, max_bytes: 65536, timeout: 200ms }
+      concurrency: 4
+      backoff: 50ms
+      max_backoff: 2s
+    archive: { type: file, path: /archive/all.ndjson }
+    debug: { type: console, sources: [other] }
+",
+    )
+    .unwrap();
+    let logs = c.logs.as_ref().unwrap();
+    assert_eq!(logs.sync_interval, Duration::from_millis(200));
+    assert_eq!(logs.memory_budget, 32 << 20);
+    assert_eq!(logs.flush_timeout, Duration::from_secs(10));
+    assert_eq!(
+        logs.labels,
+        [
+            ("service".to_owned(), "orders".to_owned()),
+            ("env".into(), "prod".into())
+        ]
+    );
+    let app = &logs.sources[0];
+    assert_eq!((app.parser, app.max_line_bytes), (LogParser::Json, 4096));
+    assert_eq!(app.labels, [("env".to_owned(), "canary".to_owned())]);
+    let LogSourceKind::File(f) = &app.kind;
+    assert_eq!(f.start_at, StartAt::End);
+    assert_eq!(
+        (f.poll_interval, f.scan_interval),
+        (Duration::from_millis(50), Duration::from_secs(2))
+    );
+    let central = &logs.sinks[0];
+    assert_eq!(central.sources, ["app"]);
+    assert_eq!(central.concurrency, 4);
+    assert_eq!(
+        (central.batch.max_lines, central.batch.max_bytes),
+        (500, 65536)
+    );
+    let LogSinkKind::Http(h) = &central.kind else {
+        panic!()
+    };
+    assert!(h.gzip);
+    assert_eq!(h.headers[0].0.as_str(), "authorization");
+    assert_eq!(logs.sinks[1].sources, ["app", "other"]);
+    assert!(
+        matches!(&logs.sinks[1].kind, LogSinkKind::File { path } if path.ends_with("all.ndjson"))
+    );
+    assert!(matches!(logs.sinks[2].kind, LogSinkKind::Console));
+    let shown = serde_json::to_string(&c).unwrap();
+    assert!(!shown.contains("secret"), "{shown}");
+    assert!(shown.contains(r#""authorization":"<redacted>""#), "{shown}");
+}
+
+/// Each semantic mistake is reported at its own line and key, all in one run.
+#[test]
+fn mistakes_are_reported_at_their_keys() {
+    let text = "\
+logs:
+  memory_budget: 100KiB
+  sources:
+    app:
+      paths: [var/log/app.log, \"/var/log/[x.log\"]
+      max_line_bytes: 10
+      labels: { 1bad: x }
+  sinks:
+    central:
+      type: http
+      url: https://logs.internal/ingest
+      path: /tmp/x
+      sources: [ap]
+      batch: { max_lines: 0, max_bytes: 16mb }
+      concurrency: 100
+      backoff: 2s
+      max_backoff: 1s
+      headers: { content-length: \"5\" }
+    archive: { type: file }
+";
+    let e = errors(text);
+    assert_eq!(
+        keys(&e),
+        [
+            (Some(1), "logs"),
+            (Some(2), "logs.memory_budget"),
+            (Some(5), "logs.sources.app.paths[0]"),
+            (Some(5), "logs.sources.app.paths[1]"),
+            (Some(6), "logs.sources.app.max_line_bytes"),
+            (Some(7), "logs.sources.app.labels.1bad"),
+            (Some(11), "logs.sinks.central.url"),
+            (Some(12), "logs.sinks.central.path"),
+            (Some(13), "logs.sinks.central.sources[0]"),
+            (Some(14), "logs.sinks.central.batch.max_lines"),
+            (Some(14), "logs.sinks.central.batch.max_bytes"),
+            (Some(15), "logs.sinks.central.concurrency"),
+            (Some(17), "logs.sinks.central.max_backoff"),
+            (Some(18), "logs.sinks.central.headers.content-length"),
+            (Some(19), "logs.sinks.archive"),
+        ],
+        "{}",
+        ConfigErrors(e.clone())
+    );
+    let hint = |k: &str| &e.iter().find(|e| e.key == k).unwrap().hint;
+    assert!(hint("logs").contains("checkpoint: { dir: /var/lib/tandem/logs }"));
+    assert!(hint("logs.memory_budget").contains("1MiB to 64GiB"));
+    assert!(hint("logs.sources.app.paths[0]").contains("/var/log/app/var/log/app.log"));
+    assert!(hint("logs.sinks.central.sources[0]").contains("did you mean \"app\"?"));
+    assert!(hint("logs.sinks.central.batch.max_bytes").contains("\"16MiB\""));
+    assert!(hint("logs.sinks.archive").contains("path: /var/log/tandem/out.ndjson"));
+}
+
+/// No sources and no sinks: both named, with an example.
+#[test]
+fn empty_sections() {
+    let e = errors("logs:\n  checkpoint: { dir: /s }\n");
+    assert_eq!(
+        keys(&e),
+        [(Some(1), "logs.sources"), (Some(1), "logs.sinks")]
+    );
+    assert!(e[0].hint.contains("paths:"), "{}", e[0]);
+    assert!(e[1].hint.contains("type: http"), "{}", e[1]);
+}
+
+/// Sinks that would read back their own output, or a checkpoint inside the tailed paths, are
+/// refused: both loop without end.
+#[test]
+fn feedback_loops_are_refused() {
+    let e = errors(
+        "\
+logs:
+  checkpoint: { dir: /var/log/app }
+  sources:
+    app: { paths: [\"/var/log/app/*\"] }
+  sinks:
+    copy: { type: file, path: /var/log/app/copy.ndjson }
+",
+    );
+    assert_eq!(
+        keys(&e),
+        [
+            (Some(2), "logs.checkpoint.dir"),
+            (Some(6), "logs.sinks.copy.path")
+        ]
+    );
+    assert!(
+        e[1].message.contains("read back what it writes"),
+        "{}",
+        e[1]
+    );
+}
+
+/// Unknown keys and wrong enum values under `logs` get the usual did-you-mean hints.
+#[test]
+fn typos_under_logs() {
+    let e = errors(
+        "\
+logs:
+  checkpoint: { dir: /s }
+  sources:
+    app: { paths: [/a.log], parsr: json }
+  sinks:
+    x: { type: htp, url: http://h/ }
+",
+    );
+    assert_eq!(e[0].key, "logs.sources.app.parsr");
+    assert!(e[0].hint.contains("did you mean \"parser\"?"), "{}", e[0]);
+    assert_eq!(e[1].line, Some(6));
+    assert!(e[1].hint.contains("did you mean \"http\"?"), "{}", e[1]);
+}
+
+/// A source no sink receives is a mistake: its lines would be read and never shipped.
+#[test]
+fn every_source_reaches_a_sink() {
+    let e = errors(
+        "\
+logs:
+  checkpoint: { dir: /s }
+  sources:
+    app: { paths: [/a.log] }
+    other: { paths: [/b.log] }
+  sinks:
+    x: { type: console, sources: [app] }
+",
+    );
+    assert_eq!(keys(&e), [(Some(5), "logs.sources.other")]);
+    assert!(e[0].hint.contains("sources"), "{}", e[0]);
+}
+
+/// Without `logs`, a file still needs a listener.
+#[test]
+fn listeners_still_required_without_logs() {
+    let e = errors("upstreams:\n  app: { endpoints: [127.0.0.1:1] }\n");
+    assert_eq!(e[0].key, "listeners");
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size("1024"), Some(1024));
+    assert_eq!(parse_size("16MiB"), Some(16 << 20));
+    assert_eq!(parse_size("16 MiB"), Some(16 << 20));
+    assert_eq!(parse_size("2KB"), Some(2000));
+    assert_eq!(parse_size("1GiB"), Some(1 << 30));
+    assert_eq!(parse_size("16mb"), None);
+    assert_eq!(parse_size("MiB"), None);
+    assert_eq!(parse_size("-1"), None);
+    assert_eq!(parse_size("99999999999999999999GiB"), None);
+}
+
+/// The `logs:` examples in docs/logship.md and docs/config.md are valid.
+#[test]
+fn docs_logs_examples_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    for (file, sinks) in [("logship.md", 1), ("config.md", 2)] {
+        let doc = std::fs::read_to_string(root.join(file)).unwrap();
+        let start = doc.find("```yaml\nlogs:").unwrap() + "```yaml\n".len();
+        let end = start + doc[start..].find("```").unwrap();
+        let c = parse(file, &doc[start..end]).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(c.logs.unwrap().sinks.len(), sinks, "{file}");
+    }
+}

@@ -1,0 +1,176 @@
+//! The checked `logs:` section: what `tandem-logship` runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::humantime_serde_compat;
+
+/// The name of the checkpoint file in `logs.checkpoint.dir`.
+pub const CHECKPOINT_FILE: &str = "checkpoints.json";
+
+/// Log shipping, checked.
+#[derive(Clone, Debug, Serialize)]
+pub struct Logs {
+    /// Directory of the checkpoint file (absolute).
+    pub checkpoint_dir: PathBuf,
+    /// How often the checkpoint file is fsynced (it is rewritten after every delivery).
+    #[serde(with = "humantime_serde_compat")]
+    pub sync_interval: Duration,
+    /// Bytes of lines in flight at once across all sources and sinks.
+    pub memory_budget: usize,
+    /// On shutdown, how long sinks may take to deliver what they hold.
+    #[serde(with = "humantime_serde_compat")]
+    pub flush_timeout: Duration,
+    /// Labels added to every record, in file order (sources may add or override some).
+    pub labels: Vec<(String, String)>,
+    /// Sources in file order; names are unique.
+    pub sources: Vec<LogSource>,
+    /// Sinks in file order; names are unique.
+    pub sinks: Vec<LogSink>,
+}
+
+/// A log source.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogSource {
+    /// Unique name, used in metrics and checkpoints.
+    pub name: String,
+    /// Where lines come from.
+    pub kind: LogSourceKind,
+    /// How a line becomes a record.
+    pub parser: LogParser,
+    /// Longest line in bytes; longer lines are split into pieces of this size.
+    pub max_line_bytes: usize,
+    /// The source's own labels (over `logs.labels`), in file order.
+    pub labels: Vec<(String, String)>,
+}
+
+/// Where a source's lines come from.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogSourceKind {
+    /// Files matching glob patterns.
+    File(FileSource),
+}
+
+/// Files matching glob patterns.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileSource {
+    /// Absolute paths or glob patterns.
+    pub paths: Vec<String>,
+    /// Where to start in files found at the first start (no checkpoint for this source yet).
+    pub start_at: StartAt,
+    /// How often files are checked for new data once read to the end.
+    #[serde(with = "humantime_serde_compat")]
+    pub poll_interval: Duration,
+    /// How often the patterns are expanded again to find new files.
+    #[serde(with = "humantime_serde_compat")]
+    pub scan_interval: Duration,
+}
+
+/// Where to start in a file found at the first start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartAt {
+    /// The whole file.
+    Beginning,
+    /// Only what is written from now on.
+    End,
+}
+
+/// How a line becomes a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogParser {
+    /// The line is the message.
+    Plain,
+    /// One JSON object per line: `message` or `msg` is the message, the other members fields.
+    Json,
+}
+
+/// A log sink.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogSink {
+    /// Unique name, used in metrics and logs.
+    pub name: String,
+    /// The sources it receives (every source when the file names none).
+    pub sources: Vec<String>,
+    /// Where the records go.
+    pub kind: LogSinkKind,
+    /// How records are grouped into deliveries.
+    pub batch: LogBatch,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// First wait before retrying a failed delivery; doubles per retry, with jitter.
+    #[serde(with = "humantime_serde_compat")]
+    pub backoff: Duration,
+    /// Longest wait between retries.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_backoff: Duration,
+}
+
+/// Where a sink's records go.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogSinkKind {
+    /// NDJSON POSTed over HTTP.
+    Http(HttpLogSink),
+    /// NDJSON appended to a file.
+    File {
+        /// Absolute path of the file.
+        path: PathBuf,
+    },
+    /// NDJSON written to Tandem's stdout.
+    Console,
+}
+
+/// An HTTP NDJSON sink.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpLogSink {
+    /// `http://host:port/path`.
+    #[serde(serialize_with = "ser_uri")]
+    pub url: http::Uri,
+    /// Headers sent with every request (values are not shown by `GET /config`).
+    #[serde(serialize_with = "ser_redacted_headers")]
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Gzip request bodies.
+    pub gzip: bool,
+    /// Bound on one request, from sending it to the end of the response.
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+/// When a batch is delivered: at `max_lines` or `max_bytes`, or `timeout` after its first line.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogBatch {
+    /// Lines in a batch.
+    pub max_lines: usize,
+    /// Bytes of lines in a batch (a single longer line makes a batch of its own).
+    pub max_bytes: usize,
+    /// Longest wait for a batch to fill.
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+impl Default for LogBatch {
+    fn default() -> Self {
+        LogBatch {
+            max_lines: 1000,
+            max_bytes: 1024 * 1024,
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+fn ser_uri<S: serde::Serializer>(u: &http::Uri, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(u)
+}
+
+/// Header values often carry credentials (`authorization`); `GET /config` shows only the names.
+fn ser_redacted_headers<S: serde::Serializer>(
+    h: &[(http::HeaderName, http::HeaderValue)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(h.iter().map(|(k, _)| (k.as_str(), "<redacted>")))
+}

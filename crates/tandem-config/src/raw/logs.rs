@@ -1,0 +1,181 @@
+//! The `logs:` section as serde sees it: log sources, sinks, checkpoints and the memory budget.
+//! Checked into [`crate::model::Logs`] by `check::logs`.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{unique_map, NumberOrString};
+
+/// Log shipping: tail files, parse and enrich their lines, ship them to sinks, and checkpoint a
+/// file's offset only once every sink that received its lines confirmed them.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogs {
+    /// Where read offsets are kept between runs. Required with file sources.
+    #[serde(default)]
+    pub checkpoint: Option<RawCheckpoint>,
+    /// Bytes of log lines in flight at once, in every source and sink together: a number of
+    /// bytes or a size such as "16MiB" (default "4MiB", at least "1MiB"). When it is full, file
+    /// sources pause: the file is the buffer.
+    #[serde(default)]
+    pub memory_budget: Option<NumberOrString>,
+    /// On shutdown, how long sinks may take to deliver what they hold (default "5s"); lines not
+    /// delivered by then are read again on the next start.
+    #[serde(default)]
+    pub flush_timeout: Option<String>,
+    /// Labels added to every record, e.g. `{ service: orders, env: prod }`. `host` is added
+    /// with the machine's host name unless given here.
+    #[serde(default, deserialize_with = "unique_map")]
+    pub labels: IndexMap<String, String>,
+    /// Log sources by name.
+    #[serde(default, deserialize_with = "unique_map")]
+    pub sources: IndexMap<String, RawLogSource>,
+    /// Log sinks by name.
+    #[serde(default, deserialize_with = "unique_map")]
+    pub sinks: IndexMap<String, RawLogSink>,
+}
+
+/// Where read offsets are kept.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheckpoint {
+    /// An absolute directory, created when missing; one Tandem at a time may use it.
+    pub dir: String,
+    /// The checkpoint is rewritten after every delivery and fsynced at most this often (default
+    /// "1s"): a crash of the process replays at most the batches in flight, a crash of the
+    /// machine at most this much more.
+    #[serde(default)]
+    pub sync_interval: Option<String>,
+}
+
+/// A log source.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogSource {
+    /// `file` (the default): files matching `paths`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<RawLogSourceType>,
+    /// Absolute paths or glob patterns (`/var/log/app/*.log`); new matching files are found by
+    /// rescanning. Include the rotated names (`app.log*`) to pick up copytruncate copies.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Where to start in files found at the first start (no checkpoint yet): `beginning` (the
+    /// default) or `end`. Files that appear later are always read from the beginning.
+    #[serde(default)]
+    pub start_at: Option<RawStartAt>,
+    /// How a line becomes a record: `plain` (the default; the line is the message) or `json`
+    /// (an object per line: its `message` or `msg` is the message, the rest are fields).
+    #[serde(default)]
+    pub parser: Option<RawLogParser>,
+    /// Longest line in bytes (default 65536, at least 256); longer lines are split into pieces
+    /// of this size and counted.
+    #[serde(default)]
+    pub max_line_bytes: Option<usize>,
+    /// How often files are checked for new data when all are read to the end (default "250ms").
+    #[serde(default)]
+    pub poll_interval: Option<String>,
+    /// How often `paths` are expanded again to find new files (default "1s").
+    #[serde(default)]
+    pub scan_interval: Option<String>,
+    /// Labels added to this source's records, over `logs.labels`.
+    #[serde(default, deserialize_with = "unique_map")]
+    pub labels: IndexMap<String, String>,
+}
+
+/// A log source type.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLogSourceType {
+    /// Files matching glob patterns.
+    File,
+}
+
+/// Where to start in a file found at the first start.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawStartAt {
+    /// Read the whole file.
+    Beginning,
+    /// Read only what is written from now on.
+    End,
+}
+
+/// A line parser.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLogParser {
+    /// The line is the message.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A log sink.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogSink {
+    /// `http` (NDJSON POST), `file` (NDJSON appended to a file) or `console` (NDJSON on stdout).
+    #[serde(rename = "type")]
+    pub kind: RawLogSinkType,
+    /// The sources this sink receives (default: all of them).
+    #[serde(default)]
+    pub sources: Option<Vec<String>>,
+    /// `http`: where batches are POSTed, `http://host:port/path`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `http`: headers sent with every request, e.g. `{ authorization: "Bearer ..." }`.
+    #[serde(default, deserialize_with = "unique_map")]
+    pub headers: IndexMap<String, String>,
+    /// `http`: gzip request bodies (default false).
+    #[serde(default)]
+    pub gzip: Option<bool>,
+    /// `http`: bound on one request, from sending to the end of the response (default "30s").
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// `file`: the absolute path NDJSON lines are appended to.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// How lines are grouped into one delivery.
+    #[serde(default)]
+    pub batch: Option<RawLogBatch>,
+    /// Deliveries in flight at once (default 1, at most 64). Each may be replayed after a crash.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// Wait before the first retry of a failed delivery, doubling per retry with jitter (default
+    /// "100ms").
+    #[serde(default)]
+    pub backoff: Option<String>,
+    /// Longest wait between retries (default "30s"). A `Retry-After` is honoured up to "5m".
+    #[serde(default)]
+    pub max_backoff: Option<String>,
+}
+
+/// A log sink type.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLogSinkType {
+    /// NDJSON POSTed over HTTP.
+    Http,
+    /// NDJSON appended to a file.
+    File,
+    /// NDJSON written to Tandem's stdout.
+    Console,
+}
+
+/// Batching: a batch is delivered when it reaches `max_lines` or `max_bytes`, or `timeout` after
+/// its first line.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogBatch {
+    /// Lines in a batch (default 1000, at least 1).
+    #[serde(default)]
+    pub max_lines: Option<usize>,
+    /// Bytes of lines in a batch: a number or a size such as "1MiB" (default "1MiB", 1KiB to
+    /// 64MiB). A single line longer than this makes a batch of its own.
+    #[serde(default)]
+    pub max_bytes: Option<NumberOrString>,
+    /// Longest wait for a batch to fill (default "1s").
+    #[serde(default)]
+    pub timeout: Option<String>,
+}

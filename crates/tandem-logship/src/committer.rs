@@ -1,0 +1,399 @@
+//! The committer: turns sink confirmations into checkpoints.
+//!
+//! One thread owns the checkpoint [`Store`] and an [`AckTracker`] per file generation. Sources
+//! tell it about generations ([`Msg::Register`], [`Msg::Update`], [`Msg::Release`]); a chunk
+//! sends [`Msg::Ack`] once the last sink that received it confirmed it. After each batch of
+//! messages that moved an offset, the checkpoint is rewritten (renamed into place, not fsynced),
+//! so a crash of the process replays only what was in flight; every `sync_interval` the write
+//! is fsynced. The channel closes when every source and every chunk is gone; the committer
+//! then writes a last, fsynced checkpoint and ends.
+//!
+//! Messages from one generation arrive in order (a generation is registered before any of its
+//! chunks exists), so an ack never precedes its registration.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem_telemetry::logs::Counter;
+
+use crate::ack::AckTracker;
+use crate::checkpoint::{Entry, Store};
+use crate::identity::Fingerprint;
+
+/// What sources and chunks tell the committer.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// A file generation starts (or a checkpointed one is found again) at `entry.offset`.
+    Register {
+        key: u64,
+        entry: Entry,
+        committed: Arc<AtomicU64>,
+    },
+    /// A generation's file moved or grew its fingerprint.
+    Update {
+        key: u64,
+        path: Option<String>,
+        dev_ino: Option<(u64, u64)>,
+        fingerprint: Option<Fingerprint>,
+    },
+    /// Nothing past `end` will be read from this generation: forget it once `end` is confirmed.
+    Release { key: u64, end: u64 },
+    /// Every sink confirmed `[start, end)` of generation `key`.
+    Ack { key: u64, start: u64, end: u64 },
+    /// Answer once everything sent before this is in the checkpoint file: a sink waits for it
+    /// before its next delivery, so a crash replays at most the deliveries in flight.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+struct Generation {
+    entry: Entry,
+    tracker: AckTracker,
+    committed: Arc<AtomicU64>,
+    release_at: Option<u64>,
+}
+
+/// The committer's state (runs on its own thread, see [`Committer::run`]).
+pub(crate) struct Committer {
+    store: Store,
+    generations: BTreeMap<u64, Generation>,
+    sync_interval: Duration,
+    last_sync: Instant,
+    unsynced: bool,
+    failing: bool,
+    errors: Counter,
+    entries: Vec<Entry>,
+    barriers: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Committer {
+    /// A committer over `store`, starting with the checkpointed generations `loaded`.
+    pub(crate) fn new(
+        store: Store,
+        loaded: Vec<(u64, Entry, Arc<AtomicU64>)>,
+        sync_interval: Duration,
+        errors: Counter,
+    ) -> Committer {
+        let generations = loaded
+            .into_iter()
+            .map(|(key, entry, committed)| {
+                let tracker = AckTracker::new(entry.offset);
+                (
+                    key,
+                    Generation {
+                        entry,
+                        tracker,
+                        committed,
+                        release_at: None,
+                    },
+                )
+            })
+            .collect();
+        Committer {
+            store,
+            generations,
+            sync_interval,
+            last_sync: Instant::now(),
+            unsynced: false,
+            failing: false,
+            errors,
+            entries: Vec::new(),
+            barriers: Vec::new(),
+        }
+    }
+
+    /// Applies messages until the channel closes, writing checkpoints as offsets move; then
+    /// writes a final, fsynced checkpoint.
+    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let wait = if self.unsynced {
+                self.sync_interval.saturating_sub(self.last_sync.elapsed())
+            } else {
+                self.sync_interval
+            };
+            let mut changed = match rx.recv_timeout(wait) {
+                Ok(m) => self.apply(m),
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            // Everything queued goes into one write.
+            while let Ok(m) = rx.try_recv() {
+                changed |= self.apply(m);
+            }
+            let sync_due = self.last_sync.elapsed() >= self.sync_interval;
+            if changed || (self.unsynced && sync_due) {
+                self.write(sync_due);
+            }
+            for b in self.barriers.drain(..) {
+                let _ = b.send(());
+            }
+        }
+        self.write(true);
+        tracing::debug!(path = %self.store.path().display(), "final log checkpoint written");
+    }
+
+    /// Applies one message; returns whether the checkpoint's content changed.
+    pub(crate) fn apply(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Register {
+                key,
+                entry,
+                committed,
+            } => {
+                committed.store(entry.offset, Ordering::Relaxed);
+                let tracker = AckTracker::new(entry.offset);
+                self.generations.insert(
+                    key,
+                    Generation {
+                        entry,
+                        tracker,
+                        committed,
+                        release_at: None,
+                    },
+                );
+                true
+            }
+            Msg::Update {
+                key,
+                path,
+                dev_ino,
+                fingerprint,
+            } => {
+                let Some(g) = self.generations.get_mut(&key) else {
+                    return false;
+                };
+                if let Some(p) = path {
+                    g.entry.path = p;
+                }
+                if let Some((dev, ino)) = dev_ino {
+                    g.entry.dev = dev;
+                    g.entry.ino = ino;
+                }
+                if let Some(fp) = fingerprint {
+                    g.entry.fingerprint = fp.hash;
+                    g.entry.fingerprint_bytes = fp.len;
+                }
+                true
+            }
+            Msg::Release { key, end } => {
+                let Some(g) = self.generations.get_mut(&key) else {
+                    return false;
+                };
+                if g.tracker.committed() >= end {
+                    self.generations.remove(&key);
+                    return true;
+                }
+                g.release_at = Some(end);
+                false
+            }
+            Msg::Barrier(reply) => {
+                self.barriers.push(reply);
+                false
+            }
+            Msg::Ack { key, start, end } => {
+                let Some(g) = self.generations.get_mut(&key) else {
+                    return false;
+                };
+                if !g.tracker.ack(start, end) {
+                    return false;
+                }
+                let committed = g.tracker.committed();
+                g.committed.store(committed, Ordering::Relaxed);
+                if g.release_at.is_some_and(|r| committed >= r) {
+                    self.generations.remove(&key);
+                }
+                true
+            }
+        }
+    }
+
+    fn write(&mut self, sync: bool) {
+        self.entries.clear();
+        self.entries
+            .extend(self.generations.values().map(|g| Entry {
+                offset: g.tracker.committed(),
+                ..g.entry.clone()
+            }));
+        match self.store.write(&self.entries, sync) {
+            Ok(()) => {
+                if self.failing {
+                    tracing::info!(path = %self.store.path().display(), "log checkpoint written again");
+                    self.failing = false;
+                }
+                if sync {
+                    self.last_sync = Instant::now();
+                    self.unsynced = false;
+                } else {
+                    self.unsynced = true;
+                }
+            }
+            Err(e) => {
+                self.errors.inc();
+                // Offsets on disk stay behind: a crash now replays more, loses nothing.
+                if !self.failing {
+                    tracing::error!(
+                        path = %self.store.path().display(),
+                        error = %e,
+                        "cannot write the log checkpoint; shipping goes on and the write is \
+                         retried (a crash before it succeeds re-reads more lines)"
+                    );
+                    self.failing = true;
+                }
+                self.unsynced = true;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn committed(&self, key: u64) -> Option<u64> {
+        self.generations.get(&key).map(|g| g.tracker.committed())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::load;
+
+    fn entry(offset: u64) -> Entry {
+        Entry {
+            source: "app".into(),
+            path: "/l/app.log".into(),
+            dev: 1,
+            ino: 2,
+            fingerprint: 3,
+            fingerprint_bytes: 10,
+            offset,
+        }
+    }
+
+    /// Out-of-order acks reach the checkpoint file only as a contiguous prefix; a released
+    /// generation leaves the file once its last range is confirmed.
+    #[test]
+    fn acks_become_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let path = store.path().to_owned();
+        let committed = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = Committer::new(
+            store,
+            Vec::new(),
+            Duration::from_secs(3600),
+            Counter::default(),
+        );
+        let t = std::thread::spawn(move || c.run(rx));
+        tx.send(Msg::Register {
+            key: 7,
+            entry: entry(100),
+            committed: committed.clone(),
+        })
+        .unwrap();
+        tx.send(Msg::Ack {
+            key: 7,
+            start: 150,
+            end: 200,
+        })
+        .unwrap();
+        let offset = || load(&path).unwrap().first().map(|e| e.offset);
+        let wait = |want: Option<u64>| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while offset() != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "checkpoint {:?} != {want:?}",
+                    offset()
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        wait(Some(100));
+        tx.send(Msg::Ack {
+            key: 7,
+            start: 100,
+            end: 150,
+        })
+        .unwrap();
+        wait(Some(200));
+        assert_eq!(committed.load(Ordering::Relaxed), 200);
+        tx.send(Msg::Release { key: 7, end: 250 }).unwrap();
+        tx.send(Msg::Update {
+            key: 7,
+            path: Some("/l/app.log.1".into()),
+            dev_ino: None,
+            fingerprint: None,
+        })
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while load(&path).unwrap()[0].path != "/l/app.log.1" {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        tx.send(Msg::Ack {
+            key: 7,
+            start: 200,
+            end: 250,
+        })
+        .unwrap();
+        wait(None);
+        drop(tx);
+        t.join().unwrap();
+    }
+
+    /// A barrier is answered only after the acks sent before it are in the file.
+    #[test]
+    fn barrier_waits_for_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let path = store.path().to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = Committer::new(
+            store,
+            vec![(1, entry(0), Arc::new(AtomicU64::new(0)))],
+            Duration::from_secs(3600),
+            Counter::default(),
+        );
+        let t = std::thread::spawn(move || c.run(rx));
+        for i in 0..50 {
+            tx.send(Msg::Ack {
+                key: 1,
+                start: i * 10,
+                end: i * 10 + 10,
+            })
+            .unwrap();
+            let (reply, wait) = tokio::sync::oneshot::channel();
+            tx.send(Msg::Barrier(reply)).unwrap();
+            wait.blocking_recv().unwrap();
+            assert_eq!(load(&path).unwrap()[0].offset, i * 10 + 10);
+        }
+        drop(tx);
+        t.join().unwrap();
+    }
+
+    /// Acks for unknown generations (released, or never registered) change nothing.
+    #[test]
+    fn unknown_keys_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let mut c = Committer::new(
+            store,
+            vec![(1, entry(10), Arc::new(AtomicU64::new(10)))],
+            Duration::from_secs(1),
+            Counter::default(),
+        );
+        assert!(!c.apply(Msg::Ack {
+            key: 9,
+            start: 0,
+            end: 5
+        }));
+        assert!(c.apply(Msg::Ack {
+            key: 1,
+            start: 10,
+            end: 20
+        }));
+        assert_eq!(c.committed(1), Some(20));
+    }
+}

@@ -1,0 +1,353 @@
+//! Log shipping: tail the app's log files, parse and enrich their lines, ship them to sinks, and
+//! never lose or silently replay them.
+//!
+//! ```text
+//!  files --(thread per source: glob scan, fstat/fingerprint, pread, frame, parse)--> chunks
+//!  chunks --(Arc, one unbounded queue per sink)--> sink driver: batch -> encode -> send, retry
+//!  sink confirms a batch --> each chunk: last sink to confirm --> committer: ack [start, end)
+//!  committer (thread): contiguous prefix per file --> checkpoints.json (rename; fsync per interval)
+//! ```
+//!
+//! The guarantee, end to end: a file offset is checkpointed only after every sink that received
+//! the lines before it confirmed them (HTTP 2xx, a completed write). After a crash, reading
+//! resumes at the checkpoint: nothing is lost, and what is shipped twice is bounded by the
+//! batches in flight (one per sink with the default `concurrency: 1`), because the checkpoint is
+//! rewritten after every confirmation. Files are known by device, inode and a fingerprint of
+//! their first bytes, so rename rotation and copytruncate neither lose nor duplicate lines
+//! (within the limits in `source::file`). Memory is bounded by one budget ([`budget`]): when
+//! sinks fall behind, sources pause and the files are the buffer.
+//!
+//! # Layout
+//! - [`framer`]: bytes -> lines with offsets; partial lines held; long lines cut.
+//! - [`identity`]: content fingerprints.
+//! - [`parse`], [`record`]: lines -> records; chunks (the unit of acknowledgement).
+//! - [`source`]: the file tailer (discovery, rotation, truncation, reading).
+//! - [`budget`]: the memory budget.
+//! - [`sink`]: the sink trait, the shared driver (batching, retries, confirmation), and the
+//!   http, file and console sinks.
+//! - [`ack`], `committer`, [`checkpoint`]: confirmations -> contiguous offsets -> an atomically
+//!   written checkpoint file, strictly read back.
+//! - this file: [`LogShipper`], which starts and stops all of it.
+//!
+//! Not yet (issue 7): stdout capture with a disk buffer, the access log as a source, logfmt and
+//! regex parsers, multi-line joining, redaction, Loki / Elasticsearch / OTLP sinks, TLS to sinks,
+//! `tandem logs status`.
+
+pub mod ack;
+pub mod budget;
+pub mod checkpoint;
+mod committer;
+pub mod framer;
+pub mod identity;
+pub mod parse;
+pub mod record;
+pub mod sink;
+pub mod source;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tandem_config::{LogSinkKind, LogSourceKind, Logs};
+use tandem_telemetry::Metrics;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::budget::Budget;
+use crate::checkpoint::{CheckpointError, Entry, Store};
+use crate::committer::Committer;
+use crate::sink::file::{ConsoleSink, FileSink};
+use crate::sink::http::HttpSink;
+use crate::sink::{DriverSettings, Sink};
+use crate::source::file::{FileTailer, Outputs, TailerConfig};
+
+/// Why log shipping could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The checkpoint directory or file cannot be used.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A file sink's file cannot be opened.
+    #[error(
+        "cannot open {path} for log sink `{sink}`: {source}; create its directory or fix its \
+         permissions"
+    )]
+    SinkFile {
+        /// The sink.
+        sink: String,
+        /// Its file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error("cannot start the thread of {what}: {source}")]
+    Thread {
+        /// Which.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Running log shipping: sources, sinks and the committer.
+pub struct LogShipper {
+    stop: Arc<AtomicBool>,
+    hard_stop: CancellationToken,
+    sources: Vec<JoinHandle<()>>,
+    sinks: JoinSet<()>,
+    committer: Option<JoinHandle<()>>,
+}
+
+impl LogShipper {
+    /// Opens the checkpoint (refusing a corrupt one), opens the sinks, and starts a thread per
+    /// source, a task per sink and the committer thread. Must be called inside a Tokio
+    /// runtime.
+    pub fn start(cfg: &Logs, metrics: Arc<Metrics>) -> Result<LogShipper, StartError> {
+        let (store, entries) = Store::open(&cfg.checkpoint_dir)?;
+        // Generation keys are unique per run; checkpointed generations get theirs first.
+        let keys = Arc::new(AtomicU64::new(1));
+        let mut per_source: HashMap<String, Vec<(u64, Entry, Arc<AtomicU64>)>> = HashMap::new();
+        let mut loaded = Vec::with_capacity(entries.len());
+        let mut dropped: Vec<String> = Vec::new();
+        for e in entries {
+            if !cfg.sources.iter().any(|s| s.name == e.source) {
+                if !dropped.contains(&e.source) {
+                    dropped.push(e.source.clone());
+                }
+                continue;
+            }
+            let key = keys.fetch_add(1, Ordering::Relaxed);
+            let committed = Arc::new(AtomicU64::new(e.offset));
+            per_source.entry(e.source.clone()).or_default().push((
+                key,
+                e.clone(),
+                committed.clone(),
+            ));
+            loaded.push((key, e, committed));
+        }
+        for name in dropped {
+            tracing::warn!(source = %name, "the log checkpoint has files of a source that is no longer configured; forgetting them");
+        }
+
+        // Sinks are opened before anything starts, so a bad one stops the start cleanly.
+        let mut built: Vec<(Arc<dyn Sink>, &tandem_config::LogSink)> = Vec::new();
+        for s in &cfg.sinks {
+            let sink: Arc<dyn Sink> = match &s.kind {
+                LogSinkKind::Http(h) => Arc::new(HttpSink::new(h)),
+                LogSinkKind::File { path } => {
+                    Arc::new(FileSink::open(path).map_err(|source| StartError::SinkFile {
+                        sink: s.name.clone(),
+                        path: path.clone(),
+                        source,
+                    })?)
+                }
+                LogSinkKind::Console => Arc::new(ConsoleSink),
+            };
+            built.push((sink, s));
+        }
+
+        let (ctl_tx, ctl_rx) = std::sync::mpsc::channel();
+        let committer = Committer::new(
+            store,
+            loaded,
+            cfg.sync_interval,
+            metrics.log_checkpoint_errors(),
+        );
+        let committer = std::thread::Builder::new()
+            .name("logs-checkpoint".into())
+            .spawn(move || committer.run(ctl_rx))
+            .map_err(|source| StartError::Thread {
+                what: "the log checkpoint".into(),
+                source,
+            })?;
+
+        let hard_stop = CancellationToken::new();
+        let mut shipper = LogShipper {
+            stop: Arc::new(AtomicBool::new(false)),
+            hard_stop: hard_stop.clone(),
+            sources: Vec::new(),
+            sinks: JoinSet::new(),
+            committer: Some(committer),
+        };
+        let mut inputs: Vec<(&[String], tokio::sync::mpsc::UnboundedSender<_>)> = Vec::new();
+        for (sink, s) in built {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            inputs.push((&s.sources, tx));
+            shipper.sinks.spawn(sink::drive(
+                sink,
+                rx,
+                DriverSettings {
+                    name: s.name.as_str().into(),
+                    batch: s.batch.clone(),
+                    concurrency: s.concurrency,
+                    backoff: s.backoff,
+                    max_backoff: s.max_backoff,
+                },
+                metrics.log_sink(&s.name),
+                hard_stop.clone(),
+            ));
+        }
+
+        let budget = Budget::new(cfg.memory_budget, metrics.log_budget_used());
+        let host = hostname();
+        for src in &cfg.sources {
+            let LogSourceKind::File(f) = &src.kind;
+            let receiving = || cfg.sinks.iter().filter(|k| k.sources.contains(&src.name));
+            let chunk_lines = receiving().map(|k| k.batch.max_lines).min().unwrap_or(1000);
+            let chunk_bytes = receiving()
+                .map(|k| k.batch.max_bytes)
+                .min()
+                .unwrap_or(1 << 20);
+            let out = Outputs {
+                sinks: inputs
+                    .iter()
+                    .filter(|(names, _)| names.contains(&src.name))
+                    .map(|(_, tx)| tx.clone())
+                    .collect(),
+                committer: ctl_tx.clone(),
+            };
+            let tailer = FileTailer::new(
+                TailerConfig {
+                    name: src.name.as_str().into(),
+                    patterns: f.paths.clone(),
+                    start_at: f.start_at,
+                    parser: src.parser,
+                    max_line: src.max_line_bytes,
+                    labels: labels(&cfg.labels, &src.labels, host.as_deref()),
+                    poll_interval: f.poll_interval,
+                    scan_interval: f.scan_interval,
+                    chunk_lines,
+                    chunk_bytes,
+                },
+                per_source.remove(&src.name).unwrap_or_default(),
+                keys.clone(),
+                out,
+                budget.clone(),
+                metrics.clone(),
+            );
+            let handle =
+                source::spawn(tailer, &src.name, shipper.stop.clone()).map_err(|source| {
+                    StartError::Thread {
+                        what: format!("log source `{}`", src.name),
+                        source,
+                    }
+                })?;
+            shipper.sources.push(handle);
+        }
+        tracing::info!(
+            sources = cfg.sources.len(),
+            sinks = cfg.sinks.len(),
+            checkpoint = %cfg.checkpoint_dir.display(),
+            "log shipping started"
+        );
+        Ok(shipper)
+    }
+
+    /// Stops reading, lets the sinks deliver what they hold for up to `flush_timeout`, then
+    /// writes the final checkpoint. What was not delivered is read again on the next start.
+    pub async fn shutdown(mut self, flush_timeout: Duration) {
+        self.stop.store(true, Ordering::Release);
+        for h in &self.sources {
+            h.thread().unpark();
+        }
+        let sources = std::mem::take(&mut self.sources);
+        let join_sources = tokio::task::spawn_blocking(move || {
+            for h in sources {
+                if h.join().is_err() {
+                    tracing::error!("a log source thread panicked");
+                }
+            }
+        });
+        let mut sinks = std::mem::take(&mut self.sinks);
+        let flushed = tokio::time::timeout(flush_timeout, async {
+            while sinks.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !flushed {
+            tracing::warn!(
+                flush_timeout = ?flush_timeout,
+                "log sinks did not deliver everything in time; the rest is read again on the next start"
+            );
+            self.hard_stop.cancel();
+            while sinks.join_next().await.is_some() {}
+        }
+        let _ = join_sources.await;
+        if let Some(c) = self.committer.take() {
+            let _ = tokio::task::spawn_blocking(move || c.join()).await;
+        }
+        tracing::info!(flushed, "log shipping stopped; checkpoint written");
+    }
+}
+
+impl Drop for LogShipper {
+    /// Dropped without [`LogShipper::shutdown`] (an aborted start): stop everything now.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.hard_stop.cancel();
+        for h in &self.sources {
+            h.thread().unpark();
+        }
+    }
+}
+
+/// `logs.labels`, then the source's labels (overriding by name), then `host` unless given.
+fn labels(
+    global: &[(String, String)],
+    own: &[(String, String)],
+    host: Option<&str>,
+) -> Arc<[(String, String)]> {
+    let mut out: Vec<(String, String)> = global.to_vec();
+    for (k, v) in own {
+        match out.iter_mut().find(|(name, _)| name == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => out.push((k.clone(), v.clone())),
+        }
+    }
+    if let Some(h) = host {
+        if !out.iter().any(|(k, _)| k == "host") {
+            out.push(("host".into(), h.to_owned()));
+        }
+    }
+    out.into()
+}
+
+fn hostname() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .map(|h| h.to_string_lossy().into_owned())
+        .filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_merge_in_order() {
+        let g = vec![
+            ("service".into(), "a".into()),
+            ("env".into(), "prod".into()),
+        ];
+        let own = vec![("env".into(), "canary".into()), ("team".into(), "x".into())];
+        let l = labels(&g, &own, Some("h1"));
+        let names: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            names,
+            [
+                ("service", "a"),
+                ("env", "canary"),
+                ("team", "x"),
+                ("host", "h1")
+            ]
+        );
+        let own = vec![("host".into(), "mine".into())];
+        assert_eq!(labels(&[], &own, Some("h1")).len(), 1);
+    }
+}

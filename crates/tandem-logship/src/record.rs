@@ -1,0 +1,190 @@
+//! Records and chunks: what flows from sources to sinks.
+//!
+//! A [`Record`] is one log line after parsing: a message, structured fields, and the event time
+//! and level when a parser found them. It is built to take the parsers still to come (logfmt,
+//! regex captures, multi-line joining, timestamp and level extraction, trace ids) without
+//! changing shape: those fill `fields`, `timestamp` and `level`.
+//!
+//! A [`Chunk`] is the unit of acknowledgement: the records of one file between two offsets,
+//! shared (`Arc`) by every sink that receives it. When the last of them confirms it, the chunk
+//! tells the committer that its byte range may be checkpointed; when the last reference goes,
+//! its bytes go back to the memory budget.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::budget::BudgetPermit;
+use crate::committer::Msg;
+
+/// One log record.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Record {
+    /// The message: the whole line (plain), or the message member of a structured line. May
+    /// hold invalid UTF-8; encoders replace it.
+    pub message: Bytes,
+    /// Structured fields, when the parser found any.
+    pub fields: Option<Box<Map<String, Value>>>,
+    /// The event time, when a parser extracted one (else the time the line was read is used).
+    pub timestamp: Option<SystemTime>,
+    /// The severity, when a parser extracted one.
+    pub level: Option<Level>,
+}
+
+/// A log severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Finest detail.
+    Trace,
+    /// Debugging.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected, handled.
+    Warn,
+    /// An operation failed.
+    Error,
+    /// The process cannot go on.
+    Fatal,
+}
+
+impl Level {
+    /// Lower-case name, as encoders write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+            Level::Fatal => "fatal",
+        }
+    }
+}
+
+/// Where a chunk's records come from: the same for every chunk of one file.
+#[derive(Debug)]
+pub struct Origin {
+    /// The source's name.
+    pub source: Arc<str>,
+    /// The path the file had when Tandem found it.
+    pub file: String,
+    /// Labels: `logs.labels`, then the source's own (overriding by name), `host` included.
+    pub labels: Arc<[(String, String)]>,
+    /// `"file":...,"labels":{...}` rendered once as JSON, for NDJSON encoders.
+    pub(crate) json_tail: String,
+}
+
+impl Origin {
+    /// An origin; renders its JSON members once.
+    pub fn new(source: Arc<str>, file: String, labels: Arc<[(String, String)]>) -> Origin {
+        let mut tail = String::from("\"file\":");
+        push_json_str(&mut tail, &file);
+        tail.push_str(",\"labels\":{");
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                tail.push(',');
+            }
+            push_json_str(&mut tail, k);
+            tail.push(':');
+            push_json_str(&mut tail, v);
+        }
+        tail.push('}');
+        Origin {
+            source,
+            file,
+            labels,
+            json_tail: tail,
+        }
+    }
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    // Serializing a &str into a String cannot fail.
+    if let Ok(q) = serde_json::to_string(s) {
+        out.push_str(&q);
+    }
+}
+
+/// The records of one file between two offsets.
+#[derive(Debug)]
+pub struct Chunk {
+    /// The records, in file order.
+    pub records: Vec<Record>,
+    /// Bytes of the lines these records came from.
+    pub bytes: usize,
+    /// When the lines were read.
+    pub observed: SystemTime,
+    /// Where they come from.
+    pub origin: Arc<Origin>,
+    ack: Ack,
+    _permit: Option<BudgetPermit>,
+}
+
+#[derive(Debug)]
+struct Ack {
+    key: u64,
+    start: u64,
+    end: u64,
+    pending: AtomicUsize,
+    tx: Sender<Msg>,
+}
+
+impl Chunk {
+    /// A chunk covering `[start, end)` of generation `key`, to be confirmed by `sinks` sinks.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        records: Vec<Record>,
+        bytes: usize,
+        observed: SystemTime,
+        origin: Arc<Origin>,
+        (key, start, end): (u64, u64, u64),
+        sinks: usize,
+        tx: Sender<Msg>,
+        permit: Option<BudgetPermit>,
+    ) -> Chunk {
+        Chunk {
+            records,
+            bytes,
+            observed,
+            origin,
+            ack: Ack {
+                key,
+                start,
+                end,
+                pending: AtomicUsize::new(sinks),
+                tx,
+            },
+            _permit: permit,
+        }
+    }
+
+    /// The byte range `(generation, start, end)` this chunk covers.
+    pub fn range(&self) -> (u64, u64, u64) {
+        (self.ack.key, self.ack.start, self.ack.end)
+    }
+
+    /// A receiver that completes once every confirmation sent before this call is in the
+    /// checkpoint file (or at once if the committer is gone).
+    pub(crate) fn barrier(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.ack.tx.send(Msg::Barrier(tx));
+        rx
+    }
+
+    /// One sink confirmed delivery; the last confirmation acknowledges the range.
+    pub fn confirm(&self) {
+        if self.ack.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The committer outlives every chunk; a send error means it is gone, at exit.
+            let _ = self.ack.tx.send(Msg::Ack {
+                key: self.ack.key,
+                start: self.ack.start,
+                end: self.ack.end,
+            });
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! NDJSON encoding: one JSON object per record and line.
+//!
+//! ```text
+//! {"timestamp":"2026-11-24T10:00:00.123Z","message":"...","level":"info","file":"/var/log/app.log","labels":{"host":"h","service":"orders"},"fields":{...}}
+//! ```
+//!
+//! `timestamp` is the event time when a parser found one, else when the line was read (one
+//! clock reading per chunk); `level` and `fields` appear when present. Labels and fields are
+//! nested so that a field never collides with a label. Invalid UTF-8 in a message becomes
+//! U+FFFD. The file and labels part is rendered once per file (`Origin`), so the per-line cost
+//! is the message's escaping and copying.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::record::{Chunk, Record};
+
+/// Appends the NDJSON lines of every record of `batch` to `out`.
+pub fn ndjson(batch: &[Arc<Chunk>], out: &mut Vec<u8>) {
+    for chunk in batch {
+        let observed = rfc3339(chunk.observed);
+        for r in &chunk.records {
+            record(r, &observed, &chunk.origin.json_tail, out);
+        }
+    }
+}
+
+fn record(r: &Record, observed: &str, tail: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    match r.timestamp {
+        Some(t) => out.extend_from_slice(rfc3339(t).as_bytes()),
+        None => out.extend_from_slice(observed.as_bytes()),
+    }
+    out.extend_from_slice(b"\",\"message\":");
+    match std::str::from_utf8(&r.message) {
+        Ok(s) => push_json_str(out, s),
+        Err(_) => push_json_str(out, &String::from_utf8_lossy(&r.message)),
+    }
+    if let Some(level) = r.level {
+        out.extend_from_slice(b",\"level\":\"");
+        out.extend_from_slice(level.as_str().as_bytes());
+        out.push(b'"');
+    }
+    out.push(b',');
+    out.extend_from_slice(tail.as_bytes());
+    if let Some(fields) = &r.fields {
+        out.extend_from_slice(b",\"fields\":");
+        // Writing a JSON value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, fields);
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Appends `s` as a JSON string: quotes, backslashes and control characters escaped.
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if short.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(short);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::record::{Level, Origin};
+
+    /// Every line is a JSON object that reads back to the record: message (escapes and invalid
+    /// UTF-8 included), level, file, labels and fields.
+    #[test]
+    fn lines_read_back() {
+        let origin = Arc::new(Origin::new(
+            "app".into(),
+            "/var/log/a \"b\".log".into(),
+            Arc::from(vec![("host".to_owned(), "h1".to_owned())]),
+        ));
+        let mut fields = serde_json::Map::new();
+        fields.insert("port".into(), 8080.into());
+        let records = vec![
+            Record {
+                message: Bytes::from_static(b"tab\there \"q\" \\ \x01 \xe2\x80\xa8 \xff end"),
+                ..Record::default()
+            },
+            Record {
+                message: Bytes::from_static(b"started"),
+                fields: Some(Box::new(fields)),
+                level: Some(Level::Warn),
+                timestamp: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_500)),
+            },
+        ];
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let chunk = Arc::new(Chunk::new(
+            records,
+            0,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(86_400),
+            origin,
+            (1, 0, 10),
+            1,
+            tx,
+            None,
+        ));
+        let mut out = Vec::new();
+        ndjson(&[chunk], &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(
+            lines[0]["message"],
+            "tab\there \"q\" \\ \u{1} \u{2028} \u{fffd} end"
+        );
+        assert_eq!(lines[0]["timestamp"], "1970-01-02T00:00:00.000Z");
+        assert_eq!(lines[0]["file"], "/var/log/a \"b\".log");
+        assert_eq!(lines[0]["labels"]["host"], "h1");
+        assert!(lines[0].get("fields").is_none() && lines[0].get("level").is_none());
+        assert_eq!(lines[1]["timestamp"], "1970-01-01T00:00:01.500Z");
+        assert_eq!(lines[1]["level"], "warn");
+        assert_eq!(lines[1]["fields"]["port"], 8080);
+    }
+}

@@ -1,0 +1,300 @@
+//! Sinks: where records go, and the driver they share.
+//!
+//! A sink only knows how to encode a batch and send it once ([`Sink`]). Everything else is the
+//! driver's ([`drive`]), the same for every sink: batching by lines, bytes and time; up to
+//! `concurrency` deliveries in flight; retries with exponential back-off and jitter, or the
+//! `Retry-After` the sink was given; and confirmation of every chunk in a batch once it is
+//! delivered, which is what lets the committer move checkpoints.
+//!
+//! Nothing is dropped: a delivery is retried until it succeeds or Tandem stops. A sink that
+//! keeps refusing (a 4xx, a full disk) holds its batches, the memory budget fills, and the
+//! sources pause until it accepts again; the metrics and the log say why.
+//!
+//! Adding a sink (Loki push, Elasticsearch bulk, OTLP logs over HTTP): implement [`Sink`] with
+//! its encoding and its response classification. A bulk API that accepts part of a batch will
+//! need an outcome naming the records to send again; the driver is where that goes.
+//!
+//! # Layout
+//! - [`encode`]: NDJSON encoding.
+//! - [`http`], NDJSON POST over HTTP/1.1 (hyper), gzip, `Retry-After`.
+//! - [`file`](mod@file), NDJSON appended to a file, or written to stdout.
+
+pub mod encode;
+pub mod file;
+pub mod http;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tandem_config::LogBatch;
+use tandem_telemetry::logs::LogSinkMetrics;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::record::Chunk;
+
+/// A boxed future, for [`Sink::send`] (a trait object cannot return `impl Future`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Longest wait for the checkpoint to record a delivery before the next one starts.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest `Retry-After` honoured; a longer one is cut to this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// One destination for records.
+pub trait Sink: Send + Sync + 'static {
+    /// Appends the encoding of `batch` to `out`. Called once per batch, off the async runtime;
+    /// retries send the same bytes again.
+    fn encode(&self, batch: &[Arc<Chunk>], out: &mut Vec<u8>);
+
+    /// Sends one encoded batch, once. Retrying is the driver's job.
+    fn send(&self, body: Bytes) -> BoxFuture<'_, Outcome>;
+}
+
+/// What one delivery attempt came to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The sink confirmed it (HTTP 2xx, bytes written).
+    Delivered,
+    /// Not delivered; try again.
+    Retry(Failure),
+}
+
+/// Why a delivery failed, and when to try again.
+#[derive(Debug)]
+pub struct Failure {
+    /// For the retry metric.
+    pub reason: RetryReason,
+    /// When the sink said when to come back (`Retry-After`).
+    pub after: Option<Duration>,
+    /// For the log: status and the start of the answer, or the error.
+    pub detail: String,
+}
+
+/// Why a delivery is tried again, indexed like [`tandem_telemetry::logs::LOG_RETRY_REASONS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryReason {
+    /// No connection could be made.
+    Connect = 0,
+    /// No complete answer in time.
+    Timeout = 1,
+    /// 429 Too Many Requests.
+    Status429 = 2,
+    /// A 5xx status.
+    Status5xx = 3,
+    /// Any other status that is not 2xx.
+    StatusOther = 4,
+    /// An I/O error: the connection broke, a write failed.
+    Io = 5,
+}
+
+/// How one sink batches and retries.
+#[derive(Clone, Debug)]
+pub struct DriverSettings {
+    /// The sink's name, for logs.
+    pub name: Arc<str>,
+    /// Batching.
+    pub batch: LogBatch,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// First back-off.
+    pub backoff: Duration,
+    /// Longest back-off.
+    pub max_backoff: Duration,
+}
+
+/// Exponential back-off with "equal jitter": each wait is between half and all of
+/// `base * 2^n`, capped at `max`, so retries of many batches spread out.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Starts at `base`.
+    pub fn new(base: Duration, max: Duration) -> Backoff {
+        Backoff {
+            next: base.min(max),
+            max,
+        }
+    }
+
+    /// The next wait.
+    pub fn next_wait(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(self.max);
+        let half = d / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Runs one sink: batches what arrives on `rx`, delivers, confirms. Returns once `rx` closed
+/// and every batch was delivered, or at `stop` (undelivered chunks stay unconfirmed: read
+/// again on the next start).
+pub async fn drive(
+    sink: Arc<dyn Sink>,
+    mut rx: UnboundedReceiver<Arc<Chunk>>,
+    settings: DriverSettings,
+    metrics: LogSinkMetrics,
+    stop: CancellationToken,
+) {
+    let settings = Arc::new(settings);
+    let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let mut inflight = JoinSet::new();
+    let mut batch: Vec<Arc<Chunk>> = Vec::new();
+    let (mut lines, mut bytes) = (0usize, 0usize);
+    let mut deadline: Option<Instant> = None;
+    let mut open = true;
+    // A chunk that did not fit the batch being filled: it starts the next one.
+    let mut carry: Option<Arc<Chunk>> = None;
+    loop {
+        if batch.is_empty() {
+            if let Some(chunk) = carry.take() {
+                deadline = Some(Instant::now() + settings.batch.timeout);
+                lines += chunk.records.len();
+                bytes += chunk.bytes;
+                batch.push(chunk);
+            }
+        }
+        let full = carry.is_some()
+            || lines >= settings.batch.max_lines
+            || bytes >= settings.batch.max_bytes;
+        let due = deadline.is_some_and(|d| d <= Instant::now());
+        if !batch.is_empty() && (full || due || !open) {
+            let slot = tokio::select! {
+                s = slots.clone().acquire_owned() => s.ok(),
+                _ = stop.cancelled() => None,
+            };
+            let Some(slot) = slot else { break };
+            inflight.spawn(deliver(
+                sink.clone(),
+                std::mem::take(&mut batch),
+                lines,
+                settings.clone(),
+                metrics.clone(),
+                stop.clone(),
+                slot,
+            ));
+            (lines, bytes, deadline) = (0, 0, None);
+            continue;
+        }
+        if !open {
+            break;
+        }
+        let wake = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            m = rx.recv() => match m {
+                Some(chunk) => {
+                    let fits = lines + chunk.records.len() <= settings.batch.max_lines
+                        && bytes + chunk.bytes <= settings.batch.max_bytes;
+                    if batch.is_empty() || fits {
+                        if batch.is_empty() {
+                            deadline = Some(Instant::now() + settings.batch.timeout);
+                        }
+                        lines += chunk.records.len();
+                        bytes += chunk.bytes;
+                        batch.push(chunk);
+                    } else {
+                        carry = Some(chunk);
+                    }
+                }
+                None => open = false,
+            },
+            _ = tokio::time::sleep_until(wake), if deadline.is_some() => {}
+            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+        }
+    }
+    loop {
+        tokio::select! {
+            r = inflight.join_next() => if r.is_none() { break },
+            _ = stop.cancelled() => {
+                inflight.abort_all();
+                while inflight.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+}
+
+/// Encodes `batch` once and sends it until delivered (or `stop`), then confirms its chunks.
+async fn deliver(
+    sink: Arc<dyn Sink>,
+    batch: Vec<Arc<Chunk>>,
+    lines: usize,
+    s: Arc<DriverSettings>,
+    metrics: LogSinkMetrics,
+    stop: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+) {
+    // Encoding (and gzip) is CPU work: off the runtime that serves the proxy.
+    let encoder = sink.clone();
+    let encoded = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::with_capacity(batch.iter().map(|c| c.bytes).sum::<usize>() * 2);
+        encoder.encode(&batch, &mut out);
+        (Bytes::from(out), batch)
+    })
+    .await;
+    let Ok((body, batch)) = encoded else {
+        tracing::error!(sink = %s.name, "encoding a log batch failed; it will be read again on the next start");
+        return;
+    };
+    let mut backoff = Backoff::new(s.backoff, s.max_backoff);
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            o = sink.send(body.clone()) => o,
+            _ = stop.cancelled() => return,
+        };
+        metrics.latency.observe(started.elapsed().as_secs_f64());
+        match outcome {
+            Outcome::Delivered => {
+                metrics.shipped_lines.inc_by(lines as u64);
+                metrics.shipped_bytes.inc_by(body.len() as u64);
+                if attempt > 1 {
+                    tracing::info!(sink = %s.name, attempt, lines, "log batch delivered after retries");
+                }
+                for chunk in &batch {
+                    chunk.confirm();
+                }
+                // Hold the delivery slot until the checkpoint has caught up: with it, a crash
+                // replays at most the deliveries in flight. Bounded, so a slow disk delays
+                // shipping a little rather than stopping it.
+                if let Some(c) = batch.last() {
+                    let _ = tokio::time::timeout(CHECKPOINT_WAIT, c.barrier()).await;
+                }
+                return;
+            }
+            Outcome::Retry(f) => {
+                if let Some(c) = metrics.retries.get(f.reason as usize) {
+                    c.inc();
+                }
+                let wait = match f.after {
+                    Some(after) => after.min(MAX_RETRY_AFTER),
+                    None => backoff.next_wait(),
+                };
+                // Said on attempts 1, 2, 4, 8, ...: visible, but never a flood.
+                if attempt.is_power_of_two() {
+                    tracing::warn!(sink = %s.name, attempt, reason = ?f.reason, detail = %f.detail, retry_in = ?wait, "log delivery failed; retrying (nothing is dropped)");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

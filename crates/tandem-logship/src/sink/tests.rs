@@ -1,0 +1,331 @@
+//! The sink driver with a scripted sink: batching by lines and time, flushing when the input
+//! closes, retrying until delivered, honouring Retry-After, confirming only what was
+//! delivered, and leaving everything unconfirmed on a hard stop.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+use std::sync::mpsc::Receiver;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use tandem_telemetry::Metrics;
+
+use super::*;
+use crate::committer::Msg;
+use crate::record::{Origin, Record};
+
+#[derive(Default)]
+struct Scripted {
+    outcomes: Mutex<VecDeque<Outcome>>,
+    sends: Mutex<Vec<(Instant, usize)>>,
+}
+
+impl Sink for Scripted {
+    fn encode(&self, batch: &[Arc<Chunk>], out: &mut Vec<u8>) {
+        encode::ndjson(batch, out);
+    }
+
+    fn send(&self, body: Bytes) -> BoxFuture<'_, Outcome> {
+        let lines = body.iter().filter(|b| **b == b'\n').count();
+        self.sends.lock().unwrap().push((Instant::now(), lines));
+        let o = self
+            .outcomes
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Outcome::Delivered);
+        Box::pin(async move { o })
+    }
+}
+
+fn retry(reason: RetryReason, after: Option<Duration>) -> Outcome {
+    Outcome::Retry(Failure {
+        reason,
+        after,
+        detail: "scripted".into(),
+    })
+}
+
+struct Rig {
+    sink: Arc<Scripted>,
+    tx: Option<tokio::sync::mpsc::UnboundedSender<Arc<Chunk>>>,
+    acks: Receiver<(u64, u64)>,
+    ack_tx: std::sync::mpsc::Sender<Msg>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    metrics: LogSinkMetrics,
+    next: u64,
+}
+
+fn rig(outcomes: Vec<Outcome>, max_lines: usize, timeout: Duration) -> Rig {
+    rig_with(outcomes, max_lines, timeout, Duration::ZERO)
+}
+
+/// A rig whose stand-in committer answers checkpoint barriers after `barrier_delay`.
+fn rig_with(
+    outcomes: Vec<Outcome>,
+    max_lines: usize,
+    timeout: Duration,
+    barrier_delay: Duration,
+) -> Rig {
+    let sink = Arc::new(Scripted {
+        outcomes: Mutex::new(outcomes.into()),
+        ..Scripted::default()
+    });
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ack_tx, ctl) = std::sync::mpsc::channel::<Msg>();
+    let (acked, acks) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(m) = ctl.recv() {
+            match m {
+                Msg::Ack { start, end, .. } => {
+                    let _ = acked.send((start, end));
+                }
+                Msg::Barrier(reply) => {
+                    std::thread::sleep(barrier_delay);
+                    let _ = reply.send(());
+                }
+                _ => {}
+            }
+        }
+    });
+    let stop = CancellationToken::new();
+    let metrics = Metrics::new().log_sink("s");
+    let task = tokio::spawn(drive(
+        sink.clone(),
+        rx,
+        DriverSettings {
+            name: "s".into(),
+            batch: LogBatch {
+                max_lines,
+                max_bytes: 1 << 20,
+                timeout,
+            },
+            concurrency: 1,
+            backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(40),
+        },
+        metrics.clone(),
+        stop.clone(),
+    ));
+    Rig {
+        sink,
+        tx: Some(tx),
+        acks,
+        ack_tx,
+        stop,
+        task,
+        metrics,
+        next: 0,
+    }
+}
+
+impl Rig {
+    /// Sends a chunk of one record covering the next 10 bytes.
+    fn chunk(&mut self) {
+        self.chunk_of(1);
+    }
+
+    /// Sends a chunk of `n` records covering the next 10 bytes.
+    fn chunk_of(&mut self, n: usize) {
+        let origin = Arc::new(Origin::new(
+            "app".into(),
+            "/a.log".into(),
+            Arc::from(vec![]),
+        ));
+        let start = self.next;
+        self.next += 10;
+        let records = (0..n)
+            .map(|i| Record {
+                message: format!("m{start}.{i}").into(),
+                ..Record::default()
+            })
+            .collect();
+        let c = Chunk::new(
+            records,
+            9 * n,
+            SystemTime::now(),
+            origin,
+            (1, start, start + 10),
+            1,
+            self.ack_tx.clone(),
+            None,
+        );
+        self.tx.as_ref().unwrap().send(Arc::new(c)).unwrap();
+    }
+
+    fn acked(&self) -> Vec<(u64, u64)> {
+        std::iter::from_fn(|| self.acks.try_recv().ok()).collect()
+    }
+
+    fn sends(&self) -> Vec<(Instant, usize)> {
+        self.sink.sends.lock().unwrap().clone()
+    }
+
+    async fn wait_sends(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.sends().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} sends, want {n}",
+                self.sends().len()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Full batches go at once; the rest goes when the batch timeout passes.
+#[tokio::test]
+async fn batches_by_lines_then_by_time() {
+    let mut r = rig(vec![], 3, Duration::from_millis(150));
+    let t0 = Instant::now();
+    for _ in 0..7 {
+        r.chunk();
+    }
+    r.wait_sends(2).await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(120),
+        "{:?}",
+        t0.elapsed()
+    );
+    r.wait_sends(3).await;
+    let sends = r.sends();
+    assert_eq!(sends.iter().map(|s| s.1).collect::<Vec<_>>(), [3, 3, 1]);
+    assert!(sends[2].0 - t0 >= Duration::from_millis(150));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(r.acked().len(), 7);
+    assert_eq!(r.metrics.shipped_lines.get(), 7);
+}
+
+/// A chunk that would push a batch past `max_lines` starts the next batch instead: batches
+/// stay within their bounds (what a crash can replay).
+#[tokio::test]
+async fn batches_never_exceed_their_bounds() {
+    let mut r = rig(vec![], 4, Duration::from_millis(50));
+    for _ in 0..4 {
+        r.chunk_of(3);
+    }
+    r.wait_sends(4).await;
+    assert_eq!(
+        r.sends().iter().map(|s| s.1).collect::<Vec<_>>(),
+        [3, 3, 3, 3]
+    );
+}
+
+/// When the input closes, a partial batch goes at once and the driver returns after it.
+#[tokio::test]
+async fn closing_flushes_the_partial_batch() {
+    let mut r = rig(vec![], 100, Duration::from_secs(60));
+    r.chunk();
+    r.chunk();
+    r.tx = None;
+    tokio::time::timeout(Duration::from_secs(2), &mut r.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.sends().iter().map(|s| s.1).collect::<Vec<_>>(), [2]);
+    assert_eq!(r.acked(), [(0, 10), (10, 20)]);
+}
+
+/// Failures are retried on the back-off until delivered; chunks are confirmed only then, and
+/// every retry is counted by reason.
+#[tokio::test]
+async fn retries_until_delivered_then_confirms() {
+    let mut r = rig(
+        vec![
+            retry(RetryReason::Status5xx, None),
+            retry(RetryReason::Connect, None),
+            retry(RetryReason::Connect, None),
+        ],
+        1,
+        Duration::from_secs(1),
+    );
+    r.chunk();
+    r.wait_sends(2).await;
+    assert!(r.acked().is_empty(), "not confirmed while failing");
+    r.wait_sends(4).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(r.acked(), [(0, 10)]);
+    let counts: Vec<u64> = r.metrics.retries.iter().map(|c| c.get()).collect();
+    assert_eq!(counts, [2, 0, 0, 1, 0, 0]);
+    let s = r.sends();
+    for w in s.windows(2) {
+        let gap = w[1].0 - w[0].0;
+        assert!(gap >= Duration::from_millis(10), "back-off waits: {gap:?}");
+        assert!(
+            gap < Duration::from_millis(200),
+            "and no more than the max: {gap:?}"
+        );
+    }
+}
+
+/// A Retry-After is waited out exactly (not the shorter back-off).
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let mut r = rig(
+        vec![retry(
+            RetryReason::Status429,
+            Some(Duration::from_millis(400)),
+        )],
+        1,
+        Duration::from_secs(1),
+    );
+    r.chunk();
+    r.wait_sends(2).await;
+    let s = r.sends();
+    let gap = s[1].0 - s[0].0;
+    assert!(gap >= Duration::from_millis(400), "{gap:?}");
+    assert!(gap < Duration::from_millis(600), "{gap:?}");
+}
+
+/// A hard stop ends the driver while a delivery keeps failing: nothing is confirmed.
+#[tokio::test]
+async fn hard_stop_confirms_nothing() {
+    let outcomes = (0..1000)
+        .map(|_| retry(RetryReason::Timeout, None))
+        .collect();
+    let mut r = rig(outcomes, 1, Duration::from_secs(1));
+    r.chunk();
+    r.chunk();
+    r.wait_sends(3).await;
+    r.stop.cancel();
+    tokio::time::timeout(Duration::from_secs(2), &mut r.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.acked().is_empty());
+}
+
+/// The next delivery starts only once the checkpoint recorded the last one: that is what
+/// bounds replays after a crash to the deliveries in flight.
+#[tokio::test]
+async fn next_delivery_waits_for_the_checkpoint() {
+    let mut r = rig_with(
+        vec![],
+        1,
+        Duration::from_secs(1),
+        Duration::from_millis(300),
+    );
+    r.chunk();
+    r.chunk();
+    r.wait_sends(2).await;
+    let s = r.sends();
+    let gap = s[1].0 - s[0].0;
+    assert!(gap >= Duration::from_millis(300), "{gap:?}");
+}
+
+/// The back-off doubles with jitter between half and all of each step, capped at the max.
+#[test]
+fn backoff_doubles_with_jitter_to_the_cap() {
+    let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+    let steps = [100u64, 200, 400, 800, 1000, 1000];
+    for ms in steps {
+        let w = b.next_wait();
+        assert!(
+            w >= Duration::from_millis(ms / 2) && w <= Duration::from_millis(ms),
+            "{w:?} for {ms}"
+        );
+    }
+}
