@@ -220,7 +220,10 @@ def test_receiver_down_then_back(tandem, receiver, tmp_path):
     wait_for(lambda: receiver.stats(n)["unique"] >= 10_000, 30, "10,000 shipped")
     receiver.control(down=True)
     down_at = receiver.stats(n)["unique"]
-    time.sleep(4)
+    time.sleep(1)
+    lag = lambda text: metric(text, "tandem_logs_file_lag_bytes", source="app", file=str(log))
+    early = lag(metrics(t))
+    time.sleep(3)
     mid = metrics(t)
     receiver.control(down=False)
     gen = finish(w)
@@ -228,12 +231,17 @@ def test_receiver_down_then_back(tandem, receiver, tmp_path):
     text = metrics(t)
     retries = {r: metric(text, "tandem_logs_retries_total", sink="central", reason=r)
                for r in ("connect", "io", "timeout")}
+    paused = metric(mid, "tandem_logs_source_paused", source="app")
     report("receiver down 4 s", s, writer=gen, unique_when_down=down_at, retries=retries,
-           lag_while_down=metric(mid, "tandem_logs_file_lag_bytes", source="app", file=str(log)))
+           lag_after_1s=early, lag_after_4s=lag(mid), source_paused=paused,
+           budget_used=metric(mid, "tandem_logs_budget_used_bytes"))
     assert s["missing"] == 0
     assert s["duplicates"] <= BATCH, "at most the batch cut mid-answer"
     assert retries["connect"] + retries["io"] >= 1
-    assert metric(mid, "tandem_logs_file_lag_bytes", source="app", file=str(log)) > 0
+    assert lag(mid) > early > 0, "the lag grows while the sink is down"
+    assert paused == 1, "the source waits for the budget instead of buffering without bound"
+    assert metric(mid, "tandem_logs_budget_used_bytes") <= 4 * 1024 * 1024 + 64 * 1024
+    assert lag(metrics(t)) == 0, "all confirmed once the receiver is back"
 
 
 def test_429_retry_after_is_honoured(tandem, receiver, tmp_path):

@@ -683,6 +683,11 @@ impl FileTailer {
         let Some(size) = self.refresh(i, false, now) else {
             return Progress::CaughtUp;
         };
+        // Before reading: a paused source still shows its lag growing.
+        let t = &self.files[i];
+        let committed = t.committed.load(Ordering::Relaxed);
+        t.lag
+            .set(i64::try_from(size.saturating_sub(committed)).unwrap_or(i64::MAX));
         let mut read_this_round = 0;
         loop {
             let offset = self.files[i].framer.read_offset();
@@ -724,10 +729,6 @@ impl FileTailer {
             );
             self.emit(key, &origin, (start, end), splits, permit);
         }
-        let t = &self.files[i];
-        let committed = t.committed.load(Ordering::Relaxed);
-        t.lag
-            .set(i64::try_from(size.saturating_sub(committed)).unwrap_or(i64::MAX));
         Progress::CaughtUp
     }
 
