@@ -52,7 +52,7 @@ class Proc:
     def __init__(self, args, env=None):
         self.args = [str(a) for a in args]
         self.log = tempfile.NamedTemporaryFile("w+", prefix="proc-", suffix=".log", delete=False)
-        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        self.p = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         deadline = time.monotonic() + 15
         line = ""
         while time.monotonic() < deadline:
