@@ -5,8 +5,13 @@
 //!   the one with the lower *peak-EWMA latency × (in-flight + 1) / weight*. Peak EWMA (as in
 //!   linkerd2-proxy and Finagle) jumps up to a slow response at once and decays back with a 10 s
 //!   time constant, so a slow endpoint loses traffic within a few requests and earns it back
-//!   gradually. A failed try counts as at least [`FAILURE_PENALTY`] of latency, so an endpoint
-//!   that fails fast does not look fast.
+//!   gradually. A failed try is not a latency sample (a refused connect is not fast, a timeout
+//!   only a lower bound): it sets a separate *failure penalty* of at least [`FAILURE_PENALTY`]
+//!   that decays with a short time constant ([`PENALTY_DECAY`]), and the cost uses the larger of
+//!   the two. So an endpoint that fails fast does not look fast, and once it stops failing it is
+//!   back to its own latency within seconds, not after the 10 s latency decay has worked off a
+//!   250 ms peak (about a minute, during which P2C sent it nothing, so its breaker never saw
+//!   enough failures to eject it and probe it back).
 //! - `round_robin`: a precomputed smooth weighted round-robin schedule walked by one atomic.
 //! - `least_request`: P2C on *(in-flight + 1) / weight* (Envoy's least request).
 //! - `hash`: a consistent-hash ring (xxh3, 160 virtual nodes per unit of weight, at most
@@ -32,8 +37,14 @@ const DECAY: Duration = Duration::from_secs(10);
 /// Latency assumed for an endpoint without samples yet: middling, so new endpoints get traffic
 /// without being flooded.
 const DEFAULT_RTT: Duration = Duration::from_millis(1);
-/// A failed try counts as at least this slow.
+/// A failed try makes the endpoint cost at least this much latency (decaying, see
+/// [`PENALTY_DECAY`]).
 pub const FAILURE_PENALTY: Duration = Duration::from_millis(250);
+/// Time constant of the failure penalty's decay: 250 ms falls below a typical loopback or LAN
+/// latency (~0.3-1 ms) in 3-4 s, so a dead endpoint gets one real try every few seconds (each a
+/// failure its breaker counts, so it is ejected and probed after `consecutive_failures` of them)
+/// and a recovered one gets its share back in seconds.
+pub const PENALTY_DECAY: Duration = Duration::from_millis(500);
 /// Most points on a consistent-hash ring.
 pub const MAX_RING: usize = 1 << 17;
 const VNODES: usize = 160;
@@ -67,6 +78,8 @@ pub struct EndpointState {
 #[derive(Debug)]
 struct PeakEwma {
     rtt_ns: f64,
+    /// Failure penalty, decaying with [`PENALTY_DECAY`]; 0 when the endpoint has not failed.
+    penalty_ns: f64,
     stamp: Instant,
 }
 
@@ -99,6 +112,7 @@ impl EndpointState {
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(PeakEwma {
                 rtt_ns: DEFAULT_RTT.as_nanos() as f64,
+                penalty_ns: 0.0,
                 stamp: Instant::now(),
             }),
             outlier: Outlier::new(breaker),
@@ -123,19 +137,27 @@ impl EndpointState {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
-    /// Feeds one try's time to the response head (or to its failure) into the latency estimate.
+    /// Feeds one try's time to the response head into the latency estimate; a failed try
+    /// (`elapsed`: its time to the failure) sets the failure penalty instead.
     pub fn observe(&self, rtt: Duration, success: bool, now: Instant) {
-        let rtt = if success {
-            rtt
-        } else {
-            rtt.max(FAILURE_PENALTY)
-        };
         if let Ok(mut e) = self.ewma.lock() {
-            e.update(rtt.as_nanos() as f64, now);
+            if success {
+                e.update(rtt.as_nanos() as f64, now);
+            } else {
+                e.penalize(rtt.max(FAILURE_PENALTY).as_nanos() as f64, now);
+            }
         }
     }
 
-    /// The current latency estimate (decayed to `now`).
+    /// Drops the failure penalty (the breaker's probe succeeded: the endpoint is back).
+    pub fn forgive(&self) {
+        if let Ok(mut e) = self.ewma.lock() {
+            e.penalty_ns = 0.0;
+        }
+    }
+
+    /// The latency P2C goes by now: the latency estimate or the failure penalty, whichever is
+    /// larger (both decayed to `now`).
     pub fn latency(&self, now: Instant) -> Duration {
         let ns = self.ewma.lock().map(|mut e| e.decayed(now)).unwrap_or(0.0);
         Duration::from_nanos(ns as u64)
@@ -175,21 +197,35 @@ impl EndpointState {
 
 impl PeakEwma {
     fn update(&mut self, rtt_ns: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
+        if self.penalty_ns > 0.0 {
+            self.penalty_ns *= (-elapsed / PENALTY_DECAY.as_nanos() as f64).exp();
+            if self.penalty_ns < 1.0 {
+                self.penalty_ns = 0.0;
+            }
+        }
         if rtt_ns > self.rtt_ns {
             self.rtt_ns = rtt_ns;
         } else {
-            let elapsed = now.saturating_duration_since(self.stamp).as_nanos() as f64;
             let decay = (-elapsed / DECAY.as_nanos() as f64).exp();
             self.rtt_ns = self.rtt_ns * decay + rtt_ns * (1.0 - decay);
         }
         self.stamp = now;
     }
 
+    /// A failure: the penalty jumps to `penalty_ns` (if higher); the latency estimate only
+    /// decays to `now`.
+    fn penalize(&mut self, penalty_ns: f64, now: Instant) {
+        self.update(0.0, now);
+        self.penalty_ns = self.penalty_ns.max(penalty_ns);
+    }
+
     /// The estimate decayed towards zero for the time without samples (as tower's `PeakEwma`
-    /// does on every load read): an endpoint that was slow long ago gets another chance.
+    /// does on every load read): an endpoint that was slow long ago gets another chance. The
+    /// larger of it and the failure penalty.
     fn decayed(&mut self, now: Instant) -> f64 {
         self.update(0.0, now);
-        self.rtt_ns
+        self.rtt_ns.max(self.penalty_ns)
     }
 }
 
@@ -460,19 +496,55 @@ mod tests {
     }
 
     /// A failed try costs at least the failure penalty, so a fast-failing endpoint loses its
-    /// traffic; the latency estimate decays back over time.
+    /// traffic; the penalty decays within seconds, the latency estimate over tens of seconds.
     #[tokio::test(start_paused = true)]
     async fn failures_count_as_slow_and_estimates_decay() {
         let e = EndpointState::new(1, CircuitBreaker::default());
         let now = Instant::now();
+        e.observe(Duration::from_millis(50), true, now);
         e.observe(Duration::from_micros(100), false, now);
         assert_eq!(e.latency(now), FAILURE_PENALTY);
-        tokio::time::advance(DECAY).await;
+        tokio::time::advance(PENALTY_DECAY).await;
         let l = e.latency(Instant::now());
         assert!(
             l < FAILURE_PENALTY / 2 && l > FAILURE_PENALTY / 3,
-            "decays by 1/e per 10 s: {l:?}"
+            "the penalty decays by 1/e per {PENALTY_DECAY:?}: {l:?}"
         );
+        // After 10 time constants the penalty is gone; what is left is the latency estimate,
+        // which the failure did not raise (50 ms decayed for 5 s).
+        tokio::time::advance(PENALTY_DECAY * 9).await;
+        let l = e.latency(Instant::now());
+        assert!(
+            l < Duration::from_millis(35) && l > Duration::from_millis(25),
+            "latency estimate decays by 1/e per 10 s: {l:?}"
+        );
+        tokio::time::advance(DECAY).await;
+        let l = e.latency(Instant::now());
+        assert!(l < Duration::from_millis(15), "{l:?}");
+        // A probe's success forgives at once.
+        e.observe(Duration::from_micros(100), false, Instant::now());
+        e.forgive();
+        assert!(e.latency(Instant::now()) < Duration::from_millis(15));
+    }
+
+    /// An endpoint that failed (e.g. restarted) gets traffic back within seconds once it works:
+    /// P2C shares are even again 5 s after its last failure.
+    #[tokio::test(start_paused = true)]
+    async fn p2c_takes_a_failed_endpoint_back_within_seconds() {
+        let eps = states(&[1, 1, 1]);
+        let b = Balancer::new(&Algorithm::P2c, &[1, 1, 1], &labels(3));
+        let now = Instant::now();
+        for e in &eps {
+            e.observe(Duration::from_micros(300), true, now);
+        }
+        eps[2].observe(Duration::from_micros(50), false, now);
+        assert_eq!(shares(&b, &eps, 3000)[2], 0);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        for e in &eps[..2] {
+            e.observe(Duration::from_micros(300), true, Instant::now());
+        }
+        let s = shares(&b, &eps, 3000);
+        assert!(s[2] > 600, "{s:?}");
     }
 
     /// Least request goes to the endpoint with fewer requests in flight per weight.

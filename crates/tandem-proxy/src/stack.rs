@@ -365,6 +365,7 @@ impl UpstreamHandle {
                 tracing::warn!(upstream = %self.name, endpoint = %endpoint.label, reason = reason.as_str(), ejected_for = ?d, "endpoint ejected");
             }
             Transition::Closed => {
+                state.forgive();
                 if let Some(g) = gauge {
                     g.set(0);
                 }
