@@ -52,13 +52,6 @@ static LATENCY_BOUNDS_NS: [u64; 16] = [
     30_000_000_000,
 ];
 
-/// The same bounds in seconds, for the low-rate histograms (per batch, not per request) that
-/// use `prometheus-client`'s own type.
-const LATENCY_BUCKETS: [f64; 16] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
-    30.0,
-];
-
 fn latency_histogram() -> IntHistogram {
     IntHistogram::new(&LATENCY_BOUNDS_NS, 1e9)
 }

@@ -10,9 +10,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::{Registry, Unit};
 
 /// The handle types, for crates that record into them.
-pub use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
+pub use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
-use crate::{Metrics, LATENCY_BUCKETS};
+use crate::{latency_histogram, IntHistogram, Metrics};
 
 /// Why a sink delivery is tried again, in [`LogSinkMetrics::retries`] order.
 pub const LOG_RETRY_REASONS: [&str; 6] = [
@@ -57,7 +57,7 @@ struct SinkReasonLabels {
     reason: &'static str,
 }
 
-type SinkHistogramFamily = Family<SinkLabels, Histogram, fn() -> Histogram>;
+type SinkHistogramFamily = Family<SinkLabels, IntHistogram, fn() -> IntHistogram>;
 
 /// The log shipping metric families (part of [`Metrics`]).
 pub(crate) struct LogFamilies {
@@ -105,8 +105,8 @@ pub struct LogSinkMetrics {
     pub shipped_bytes: Counter,
     /// Deliveries tried again, by reason ([`LOG_RETRY_REASONS`] order).
     pub retries: [Counter; 6],
-    /// Time of one delivery attempt.
-    pub latency: Histogram,
+    /// Time of one delivery attempt, in nanoseconds.
+    pub latency: IntHistogram,
 }
 
 // === impl LogFamilies ===
@@ -125,7 +125,7 @@ impl LogFamilies {
             shipped_lines: Family::default(),
             shipped_bytes: Family::default(),
             retries: Family::default(),
-            latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+            latency: Family::new_with_constructor(latency_histogram),
             budget_used: Gauge::default(),
             checkpoint_errors: Counter::default(),
         };
@@ -302,7 +302,7 @@ mod tests {
         s.dropped_bytes[0].inc_by(7);
         let k = m.log_sink("central");
         k.retries[2].inc();
-        k.latency.observe(0.002);
+        k.latency.observe(2_000_000);
         m.log_file_lag("app", "/var/log/app.log").set(42);
         let text = m.encode_prometheus();
         for want in [

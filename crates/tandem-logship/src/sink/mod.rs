@@ -256,7 +256,9 @@ async fn deliver(
             o = sink.send(body.clone()) => o,
             _ = stop.cancelled() => return,
         };
-        metrics.latency.observe(started.elapsed().as_secs_f64());
+        metrics
+            .latency
+            .observe(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
         match outcome {
             Outcome::Delivered => {
                 metrics.shipped_lines.inc_by(lines as u64);
