@@ -12,6 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::identity::PeerIdentity;
+
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -105,6 +107,8 @@ pub struct Forwarded {
     /// The client's address; `None` for Unix socket peers.
     peer: Option<SocketAddr>,
     proto: &'static str,
+    /// The peer's verified identity (mTLS), if any.
+    identity: Option<PeerIdentity>,
 }
 
 impl Forwarded {
@@ -123,7 +127,19 @@ impl Forwarded {
             ip,
             peer,
             proto,
+            identity: None,
         }
+    }
+
+    /// Attaches the identity the TLS handshake verified for this connection.
+    pub fn with_identity(mut self, identity: Option<PeerIdentity>) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// The peer's verified identity (`None` on a plaintext or server-only TLS connection).
+    pub fn identity(&self) -> Option<&PeerIdentity> {
+        self.identity.as_ref()
     }
 
     /// The client's IP address (`None` for a Unix socket peer).

@@ -12,6 +12,7 @@
 //! - [`forward`]: the request handler walking the phases: route, rate limit, rewrite headers,
 //!   admit, then the retry loop (balance, send, classify).
 //! - [`headers`]: hop-by-hop removal (RFC 9110 §7.6.1) and `forwarded`/`x-forwarded-*`.
+//! - [`identity`]: the verified peer identity of a connection (set by mTLS).
 //! - [`balance`]: endpoint choice (P2C peak EWMA, round robin, least request, consistent hash)
 //!   and per-endpoint load, latency, breaker and health.
 //! - [`health`]: active health checks (HTTP, TCP, gRPC) per endpoint.
@@ -37,6 +38,7 @@ pub mod framing;
 pub mod h1;
 pub mod headers;
 pub mod health;
+pub mod identity;
 pub mod listen;
 pub mod observe;
 pub mod policy;
