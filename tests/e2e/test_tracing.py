@@ -136,7 +136,7 @@ upstreams:
     endpoints: [127.0.0.1:{b_port}]
 {tracing(collector.endpoint(a_protocol), a_protocol, "sidecar-a")}""")
     with httpx.Client(timeout=10) as c:
-        _, got = echo(c, f"http://127.0.0.1:{a_port}/echo?token=secret", headers={"user-agent": "e2e-client"})
+        r, got = echo(c, f"http://127.0.0.1:{a_port}/echo?token=secret", headers={"user-agent": "e2e-client"})
     version, trace_id, parent_id, flags = got["traceparent"].split("-")
     assert (version, flags) == ("00", "01")
     spans = collector.trace(trace_id, 4)
@@ -182,6 +182,7 @@ upstreams:
         "client.address": "127.0.0.1",
         "user_agent.original": "e2e-client",
         "http.response.status_code": 200,
+        "http.response.body.size": len(r.content),
         "tandem.listener": "outbound",
         "tandem.route": "default",
         "tandem.upstream": "b",
@@ -197,6 +198,7 @@ upstreams:
         "tandem.listener": "outbound",
         "tandem.route": "default",
         "tandem.upstream": "b",
+        "http.response.body.size": len(r.content),
     }
     assert b_server["name"] == "GET /echo/*"
     assert b_server["attributes"]["http.route"] == "/echo/*"
@@ -290,6 +292,31 @@ def test_incoming_traceparent_is_continued(tandem, collector, http_backend):
     assert got["tracestate"] == "vendor=abc,other=1"
     received = [(k, v) for k, v in r.json()["headers"] if k in ("traceparent", "tracestate")]
     assert len(received) == 2, f"one of each, the client's own not forwarded beside it: {received}"
+
+
+def test_server_span_ends_with_the_response_body(tandem, collector, http_backend):
+    """The server span lasts until the last response byte (the body arrives 400 ms after the
+    head) and carries the body's size; so does the client span of the try that answered, while
+    a try that was retried ends at its response head."""
+    url, _ = single_sidecar(tandem, collector.endpoint("grpc"), http_backend)
+    ctl = f"http://{http_backend}/__control"
+    httpx.post(ctl, json={"fail_next": 1}, timeout=5).raise_for_status()
+    with httpx.Client(timeout=10) as c:
+        r = c.get(f"{url}/slowbody/400", headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
+    assert (r.status_code, r.text) == (200, "slow body")
+    spans = collector.trace(TRACE, 3)
+    server = one(spans, kind="server")
+    by_status = {s["attributes"]["http.response.status_code"]: s for s in spans if s["kind"] == "client"}
+    retried, answered = by_status[503], by_status[200]
+    ms = lambda s: (s["end"] - s["start"]) / 1e6
+    assert ms(server) >= 390, f"server span {ms(server):.0f} ms ended before the body did"
+    assert ms(answered) >= 390, f"answering try {ms(answered):.0f} ms ended before the body did"
+    assert answered["end"] <= server["end"]
+    assert ms(retried) < 300, f"retried try {ms(retried):.0f} ms: it ends at its response head"
+    assert "http.response.body.size" not in retried["attributes"]
+    assert server["attributes"]["http.response.body.size"] == len("slow body")
+    assert answered["attributes"]["http.response.body.size"] == len("slow body")
+    assert server["status"]["code"] == "UNSET", server
 
 
 def test_http2_tries_carry_their_own_context(tandem, collector, h2_backend):

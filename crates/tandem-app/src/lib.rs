@@ -152,7 +152,7 @@ impl App {
     /// writer.
     pub fn build(config: Config, mut binds: Binds) -> App {
         let config = Arc::new(config);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_request_metrics(config.metrics.requests));
         let (log, writer) = match (&config.access_log, binds.access_log.take()) {
             (Some(a), Some(output)) => {
                 match access_log::start(output, &a.fields, a.buffer, metrics.access_log_dropped()) {

@@ -161,3 +161,107 @@ upstreams:
     );
     assert_eq!(unrouted_counted as usize, unrouted);
 }
+
+/// Request and response body sizes per route: a retried request's body counts once (what the
+/// client sent, not what the tries replayed), a request without a body counts 0, a streamed
+/// response counts every chunk, and with `metrics: { requests: false }` nothing is recorded.
+#[tokio::test]
+async fn body_sizes_are_recorded_once_per_request() {
+    use http_body_util::Full;
+    let up = Upstream::start().await;
+    let config = |requests: bool| {
+        format!(
+            r#"
+admin: {{ address: "127.0.0.1:0" }}
+metrics: {{ requests: {requests} }}
+listeners:
+  inbound: {{ address: "127.0.0.1:0", upstream: app }}
+upstreams:
+  app:
+    endpoints: ["{}"]
+    retry: {{ attempts: 2, backoff: 1ms }}
+"#,
+            up.addr
+        )
+    };
+    for requests in [true, false] {
+        let proxy = TestProxy::start(&config(requests)).await;
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let base = format!("http://{}", proxy.addr("inbound"));
+        let call = |method: &str, path: &str, body: Vec<u8>| {
+            let req = Request::builder()
+                .method(method)
+                .uri(format!("{base}{path}"))
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let client = client.clone();
+            async move {
+                let res = client.request(req).await.unwrap();
+                let status = res.status().as_u16();
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                (status, body)
+            }
+        };
+        // The first try of the PUT gets a 503 and is retried with the replayed body.
+        up.fail_next(1, 503);
+        let tries = up.requests_to("/body-len");
+        assert_eq!(
+            call("PUT", "/body-len", vec![7; 3000]).await,
+            (200, Bytes::from("3000"))
+        );
+        assert_eq!(
+            up.requests_to("/body-len") - tries,
+            2,
+            "the PUT was retried"
+        );
+        assert_eq!(call("GET", "/stream/5/1", vec![]).await.1.len(), 40);
+        assert_eq!(call("GET", "/", vec![]).await, (200, Bytes::from("ok")));
+
+        let text = {
+            let res = client
+                .request(
+                    Request::get(format!("http://{}/metrics", proxy.admin))
+                        .body(Full::default())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8_lossy(&body).into_owned()
+        };
+        let route = r#"listener="inbound""#;
+        let value = |name: &str| sum(&text, name, &[route]);
+        if requests {
+            assert_eq!(value("tandem_http_request_size_bytes_count"), 3.0, "{text}");
+            assert_eq!(
+                value("tandem_http_request_size_bytes_sum"),
+                3000.0,
+                "{text}"
+            );
+            assert_eq!(
+                value("tandem_http_response_size_bytes_count"),
+                3.0,
+                "{text}"
+            );
+            assert_eq!(value("tandem_http_response_size_bytes_sum"), 46.0, "{text}");
+            // 0-byte bodies (two requests) land in the first bucket, 3000 bytes under 4 KiB.
+            let first = sum(
+                &text,
+                "tandem_http_request_size_bytes_bucket",
+                &[route, r#"le="64.0""#],
+            );
+            assert_eq!(first, 2.0, "{text}");
+        } else {
+            assert!(
+                !text.contains("tandem_http_request_size_bytes_count{"),
+                "{text}"
+            );
+            assert!(!text.contains("tandem_http_requests_total{"), "{text}");
+            assert!(
+                text.contains(r#"tandem_connections_accepted_total{listener="inbound"}"#),
+                "{text}"
+            );
+        }
+        drop(proxy);
+    }
+}

@@ -420,6 +420,13 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         access_log,
         tracing,
         logs,
+        metrics: MetricsConfig {
+            requests: raw
+                .metrics
+                .as_ref()
+                .and_then(|m| m.requests)
+                .unwrap_or(true),
+        },
     })
 }
 

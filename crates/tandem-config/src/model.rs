@@ -41,6 +41,21 @@ pub struct Config {
     pub tracing: Option<Tracing>,
     /// Log shipping, when the file has a `logs:` section.
     pub logs: Option<Logs>,
+    /// What `/metrics` exports.
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics.
+#[derive(Clone, Debug, Serialize)]
+pub struct MetricsConfig {
+    /// Whether per-request HTTP metrics (counts, durations, body sizes) are recorded.
+    pub requests: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { requests: true }
+    }
 }
 
 /// The admin API (health, metrics, effective config).

@@ -51,6 +51,20 @@ pub struct RawConfig {
     /// Distributed tracing with OTLP export. Absent: off (trace headers pass through untouched).
     #[serde(default)]
     pub tracing: Option<RawTracing>,
+    /// Prometheus metrics on the admin API's `/metrics`.
+    #[serde(default)]
+    pub metrics: Option<RawMetrics>,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Per-request HTTP metrics (request counts, durations, body sizes per route). Default true;
+    /// false skips them on the request path. Connection, resilience, tracing, log shipping and
+    /// process metrics are always exported.
+    #[serde(default)]
+    pub requests: Option<bool>,
 }
 
 /// The admin API.

@@ -16,10 +16,12 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tandem_telemetry::access_log::End;
+use tandem_telemetry::IntHistogram;
 
 use crate::h1;
 use crate::observe::Observer;
 use crate::stack::InFlight;
+use crate::trace::ServerSpan;
 
 /// A downstream response body, with what must live as long as it: the request's in-flight
 /// count on its endpoint, its slot in the upstream's concurrency limit, and its observation.
@@ -29,6 +31,42 @@ pub struct ProxyBody {
     guard: Option<InFlight>,
     idle: Option<IdleTimer>,
     observer: Observer,
+    /// Bytes handed downstream so far.
+    sent: u64,
+    /// What is recorded when the body ends, fails or is dropped unfinished.
+    completion: Option<Box<Completion>>,
+}
+
+/// The response's records that wait for its last byte: the route's response size histogram
+/// and the request's server span. Boxed: most responses carry none or one, and the body stays
+/// small.
+#[derive(Debug, Default)]
+struct Completion {
+    size: Option<IntHistogram>,
+    span: Option<ServerSpan>,
+}
+
+/// A request body's byte count, recorded in its route's size histogram exactly once: when the
+/// body ends, fails, or is dropped unfinished (then with the bytes that made it).
+#[derive(Debug)]
+struct SizeCount {
+    histogram: IntHistogram,
+    bytes: u64,
+}
+
+impl SizeCount {
+    fn new(histogram: Option<&IntHistogram>) -> Option<SizeCount> {
+        histogram.map(|h| SizeCount {
+            histogram: h.clone(),
+            bytes: 0,
+        })
+    }
+}
+
+impl Drop for SizeCount {
+    fn drop(&mut self) {
+        self.histogram.observe(self.bytes);
+    }
 }
 
 /// The stream idle timeout of a proxied body: no frame for `timeout` aborts it. The timer is
@@ -67,6 +105,8 @@ impl ProxyBody {
             guard: None,
             idle: None,
             observer: Observer::none(),
+            sent: 0,
+            completion: None,
         }
     }
 
@@ -82,6 +122,8 @@ impl ProxyBody {
             guard: None,
             idle: None,
             observer: Observer::none(),
+            sent: 0,
+            completion: None,
         }
     }
 
@@ -92,6 +134,8 @@ impl ProxyBody {
             guard: None,
             idle: None,
             observer: Observer::none(),
+            sent: 0,
+            completion: None,
         }
     }
 
@@ -111,6 +155,35 @@ impl ProxyBody {
         self
     }
 
+    /// Records the body's size in `histogram` (the route's response size) when it ends.
+    pub fn sized(mut self, histogram: Option<&IntHistogram>) -> Self {
+        if let Some(h) = histogram {
+            self.completion.get_or_insert_with(Box::default).size = Some(h.clone());
+        }
+        self
+    }
+
+    /// Ends the request's server span when the body ends (`None`: nothing to record).
+    pub fn traced(mut self, span: Option<ServerSpan>) -> Self {
+        if let Some(span) = span {
+            self.completion.get_or_insert_with(Box::default).span = Some(span);
+        }
+        self
+    }
+
+    /// Records what waits for the end of the body, once.
+    fn complete(&mut self, end: End) {
+        if let Some(c) = self.completion.take() {
+            let Completion { size, span } = *c;
+            if let Some(h) = size {
+                h.observe(self.sent);
+            }
+            if let Some(span) = span {
+                span.end(self.sent, end);
+            }
+        }
+    }
+
     /// Aborts the body when no frame arrives for `timeout`.
     pub fn idle_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.idle = Some(IdleTimer {
@@ -122,8 +195,8 @@ impl ProxyBody {
     }
 
     /// For a 101 response over HTTP/1.1: the connection, now carrying the upgraded protocol.
-    pub fn into_upgraded(self) -> Option<h1::Upgraded> {
-        match self.kind {
+    pub fn into_upgraded(mut self) -> Option<h1::Upgraded> {
+        match std::mem::replace(&mut self.kind, Kind::Local(Full::default())) {
             Kind::Http1(b) => b.into_upgraded(),
             Kind::Http2(_) | Kind::Local(_) => None,
         }
@@ -161,15 +234,28 @@ impl Body for ProxyBody {
             }
             (polled, _) => polled,
         };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.sent += data.len() as u64;
+            }
+        }
+        // After the poll: whether this frame was the last (hyper stops polling then).
+        let at_end = matches!(polled, Poll::Ready(Some(Ok(_)))) && is_end(&this.kind);
         if this.observer.is_active() {
-            // After the poll: whether this frame was the last (hyper stops polling then).
-            let at_end = is_end(&this.kind);
             this.observer.frame(&polled, at_end);
         }
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+        if at_end || matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             // The exchange is over: count it out now rather than when hyper drops the body.
             this.guard = None;
             this.idle = None;
+            if this.completion.is_some() {
+                let end = match &polled {
+                    Poll::Ready(Some(Err(e))) if e.is::<StreamIdle>() => End::IdleTimeout,
+                    Poll::Ready(Some(Err(_))) => End::UpstreamError,
+                    _ => End::Complete,
+                };
+                this.complete(end);
+            }
         }
         polled
     }
@@ -184,6 +270,19 @@ impl Body for ProxyBody {
             Kind::Http2(body) => body.size_hint(),
             Kind::Local(body) => body.size_hint(),
         }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // Unfinished: the client went away, or the body was never sent (a HEAD, a 304, a
+        // response with nothing to poll).
+        let end = if is_end(&self.kind) {
+            End::Complete
+        } else {
+            End::ClientGone
+        };
+        self.complete(end);
     }
 }
 
@@ -226,11 +325,13 @@ pub enum RequestBody {
     Replay(ReplayBody),
 }
 
-/// The body a client is sending, counting what is read of it for an observed request.
+/// The body a client is sending, counting what is read of it for an observed request and for
+/// the route's request size histogram.
 #[derive(Debug)]
 pub struct Downstream {
     body: Incoming,
     read: Option<Arc<AtomicU64>>,
+    size: Option<SizeCount>,
 }
 
 /// Why a request body could not be sent.
@@ -291,17 +392,30 @@ struct ReplayState {
 impl RequestBody {
     /// Wraps a downstream body: replayable up to `cap` bytes when `replay`, else streamed.
     pub fn new(body: Incoming, replay: bool, cap: usize) -> Self {
-        Self::counted(body, replay, cap, None)
+        Self::counted(body, replay, cap, None, None)
     }
 
-    /// [`RequestBody::new`], adding the bytes read from the client to `read` when given.
-    pub fn counted(body: Incoming, replay: bool, cap: usize, read: Option<Arc<AtomicU64>>) -> Self {
+    /// [`RequestBody::new`], adding the bytes read from the client to `read` when given, and
+    /// recording the body's size in `size` (the route's request size histogram) when it ends.
+    pub fn counted(
+        body: Incoming,
+        replay: bool,
+        cap: usize,
+        read: Option<Arc<AtomicU64>>,
+        size: Option<&IntHistogram>,
+    ) -> Self {
+        let counted = SizeCount::new(size);
         if body.is_end_stream() {
+            // Dropping `size` records the empty body.
             RequestBody::Empty
         } else if replay {
             let size = body.size_hint();
             let too_big = size.lower() > cap as u64;
-            let body = Downstream { body, read };
+            let body = Downstream {
+                body,
+                read,
+                size: counted,
+            };
             let shared = Arc::new(Shared {
                 state: Mutex::new(Some(ReplayState {
                     chunks: Vec::new(),
@@ -323,7 +437,11 @@ impl RequestBody {
                 size,
             })
         } else {
-            RequestBody::Stream(Downstream { body, read })
+            RequestBody::Stream(Downstream {
+                body,
+                read,
+                size: counted,
+            })
         }
     }
 
@@ -393,10 +511,21 @@ impl Body for Downstream {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let (Some(read), Poll::Ready(Some(Ok(frame)))) = (&this.read, &polled) {
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                read.fetch_add(data.len() as u64, Ordering::Relaxed);
+                let n = data.len() as u64;
+                if let Some(read) = &this.read {
+                    read.fetch_add(n, Ordering::Relaxed);
+                }
+                if let Some(size) = &mut this.size {
+                    size.bytes += n;
+                }
             }
+        }
+        if this.body.is_end_stream() || !matches!(polled, Poll::Ready(Some(Ok(_))) | Poll::Pending)
+        {
+            // Ended or failed: the size is final (a retry replays kept chunks, not this body).
+            this.size = None;
         }
         polled
     }

@@ -44,7 +44,7 @@ pub async fn handle(
     // The server span starts first, so it covers routing and every refusal too.
     let mut trace = stack
         .tracer
-        .as_deref()
+        .as_ref()
         .map(|t| RequestTrace::start(t, forwarded, &req, start));
     if let Some(t) = &trace {
         obs.trace(t.context());
@@ -76,11 +76,11 @@ pub async fn handle(
         stack
             .no_route
             .record(method, res.status().as_u16(), start.elapsed());
-        if let Some(mut t) = trace {
+        let span = trace.and_then(|mut t| {
             t.failed(&err);
-            t.finish(&stack.name, None, res.status());
-        }
-        return obs.respond(res);
+            t.respond(&stack, None, res.status())
+        });
+        return obs.respond(res.map(|b| b.sized(stack.no_route.response_size()).traced(span)));
     };
     obs.route(&target);
 
@@ -126,10 +126,8 @@ pub async fn handle(
     target
         .metrics
         .record(method, res.status().as_u16(), start.elapsed());
-    if let Some(t) = trace {
-        t.finish(&stack.name, Some(&target), res.status());
-    }
-    obs.respond(res)
+    let span = trace.and_then(|t| t.respond(&stack, Some(&target), res.status()));
+    obs.respond(res.map(|b| b.sized(target.metrics.response_size()).traced(span)))
 }
 
 /// The refusal of a request over its route's rate limit; `wait` becomes `Retry-After`.
@@ -200,7 +198,7 @@ async fn proxy(
     start: Instant,
     grpc: bool,
     obs: &mut Observer,
-    mut trace: Option<&mut RequestTrace<'_>>,
+    mut trace: Option<&mut RequestTrace>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upstream = &target.upstream;
     let policy = &*target.retry;
@@ -270,7 +268,13 @@ async fn proxy(
     }
 
     let retries = policy.enabled() && !upgrade;
-    let body = RequestBody::counted(body, retries, policy.replay_buffer, obs.request_bytes());
+    let body = RequestBody::counted(
+        body,
+        retries,
+        policy.replay_buffer,
+        obs.request_bytes(),
+        target.metrics.request_size(),
+    );
     let slot = upstream
         .limit
         .admit(deadline)

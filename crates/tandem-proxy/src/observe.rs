@@ -11,9 +11,10 @@
 //! a TCP listener's connection, finished at close.
 //!
 //! The completion point is one function, `Observation::finish` (and
-//! `ConnectionObservation::finish` for TCP), called exactly once: that is where every
-//! per-request observer hooks in. Today it writes the access log line; size histograms and the
-//! request's span end there too, reading the same [`RequestRecord`].
+//! `ConnectionObservation::finish` for TCP), called exactly once: it writes the access log line.
+//! The response size histogram and the request's server span finish at the same moment but
+//! without an observer (they exist when the listener has no access log): the response body
+//! records them (`ProxyBody::sized`, `ProxyBody::traced`).
 //!
 //! Cost: with nothing to observe (no access log on the listener) an observer is `None` and
 //! every call on it is a branch; no record is allocated. With an access log, one box per
@@ -264,9 +265,7 @@ impl std::fmt::Debug for Observer {
 // === impl Observation ===
 
 impl Observation {
-    /// The completion point of one request: everything that reports on finished requests
-    /// reads the record built here (the access log now; size histograms and the request's
-    /// span belong here too).
+    /// The completion point of one request's access log line.
     fn finish(&self, end: End) {
         let target = self.target.as_deref();
         let endpoint = match &self.endpoint {

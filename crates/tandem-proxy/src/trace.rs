@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! caller span (traceparent / b3 in the request, or none: a new trace)
-//!  '- server span   "{method} {http.route}"   request received -> response head ready
-//!      |- client span "{method}"   try 1: sent -> response head or failure
-//!      '- client span "{method}"   try 2 (http.request.resend_count = 1) ...
+//!  '- server span   "{method} {http.route}"   request received -> last response byte sent
+//!      |- client span "{method}"   try 1: sent -> failure, or the head of a response retried
+//!      '- client span "{method}"   try 2 (http.request.resend_count = 1): sent -> last byte
 //! ```
 //!
 //! Each try gets its own span id, written into that try's request (`traceparent`, `tracestate`
@@ -44,25 +44,30 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode, Version};
 use hyper::body::Incoming;
 use tandem_config::PathMatch;
+use tandem_telemetry::access_log::End;
 use tandem_telemetry::trace::{SpanContext, SpanId, SpanKind, SpanRecord, Status, Tracer, Value};
 use tokio::time::Instant;
 
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers::Forwarded;
 use crate::route::request_host;
-use crate::stack::RouteTarget;
+use crate::stack::{ListenerStack, RouteTarget};
 
 /// One request's tracing state, from receipt to the response head. Boxed by the handler so that
 /// a traced request costs the request future one pointer.
 #[derive(Debug)]
-pub struct RequestTrace<'a> {
-    tracer: &'a Tracer,
+pub struct RequestTrace {
+    tracer: Arc<Tracer>,
     /// The server span's context.
     context: SpanContext,
     /// The caller's span.
     parent: Option<SpanId>,
     /// The try in progress: its span id and when it started.
     current: Option<(SpanId, Instant)>,
+    /// The last finished try's client span when it got a response: recorded when another try
+    /// starts (it was retried: it ended at its response head), or with the server span when
+    /// its response is the one the client gets (it ends with the body, like the server span).
+    answered: Option<SpanRecord>,
     /// What a sampled request records; `None` when the request is not sampled.
     recording: Option<Recording>,
 }
@@ -106,10 +111,10 @@ pub struct TryTarget<'a> {
 
 // === impl RequestTrace ===
 
-impl<'a> RequestTrace<'a> {
+impl RequestTrace {
     /// Starts the server span of `req`: reads the caller's context and decides sampling.
     pub fn start(
-        tracer: &'a Tracer,
+        tracer: &Arc<Tracer>,
         forwarded: &Forwarded,
         req: &Request<Incoming>,
         start: Instant,
@@ -120,10 +125,11 @@ impl<'a> RequestTrace<'a> {
             .sampled
             .then(|| Recording::new(forwarded, req, start));
         Box::new(RequestTrace {
-            tracer,
+            tracer: tracer.clone(),
             context: started.context,
             parent: started.parent,
             current: None,
+            answered: None,
             recording,
         })
     }
@@ -144,6 +150,9 @@ impl<'a> RequestTrace<'a> {
 
     /// Starts a try at `now`: a new client span id.
     pub fn start_try(&mut self, now: Instant) {
+        if let Some(span) = self.answered.take() {
+            self.tracer.record(span);
+        }
         self.current = Some((SpanId::random(), now));
     }
 
@@ -229,7 +238,7 @@ impl<'a> RequestTrace<'a> {
             }
         };
         push_names(&mut attributes, to.listener, Some(to.target));
-        self.tracer.record(SpanRecord {
+        let span = SpanRecord {
             trace_id: self.context.trace_id,
             span_id,
             parent: Some(self.context.span_id),
@@ -241,7 +250,11 @@ impl<'a> RequestTrace<'a> {
             end_unix_nanos: r.unix_nanos(ended),
             attributes,
             status,
-        });
+        };
+        match outcome {
+            TryOutcome::Response(_) => self.answered = Some(span),
+            TryOutcome::Failed(_) => self.tracer.record(span),
+        }
     }
 
     /// Notes that Tandem answered the request itself with `err`.
@@ -251,19 +264,78 @@ impl<'a> RequestTrace<'a> {
         }
     }
 
-    /// Ends the server span with the response head's `status`; `target` is the route taken
-    /// (`None`: no route matched).
-    pub fn finish(
+    /// Notes the response head's `status`; `target` is the route taken (`None`: no route
+    /// matched). The server span ends with the response body ([`ServerSpan::end`]); `None` when
+    /// the request is not sampled and there is nothing to record.
+    pub fn respond(
         self: Box<Self>,
-        listener: &str,
-        target: Option<&RouteTarget>,
+        stack: &Arc<ListenerStack>,
+        target: Option<&Arc<RouteTarget>>,
         status: StatusCode,
-    ) {
-        let this = *self;
+    ) -> Option<ServerSpan> {
+        self.recording.as_ref()?;
+        Some(ServerSpan {
+            trace: self,
+            stack: stack.clone(),
+            target: target.cloned(),
+            status,
+        })
+    }
+}
+
+/// A sampled request's server span after its response head, waiting for the body's end.
+#[derive(Debug)]
+pub struct ServerSpan {
+    trace: Box<RequestTrace>,
+    stack: Arc<ListenerStack>,
+    target: Option<Arc<RouteTarget>>,
+    status: StatusCode,
+}
+
+// === impl ServerSpan ===
+
+impl ServerSpan {
+    /// Ends and records the span: the response body ended as `how` after `sent` bytes.
+    pub fn end(self, sent: u64, how: End) {
+        let ServerSpan {
+            trace,
+            stack,
+            target,
+            status,
+        } = self;
+        let this = *trace;
         let Some(mut r) = this.recording else {
             return;
         };
+        let listener = stack.name.as_str();
+        let target = target.as_deref();
         let end = r.unix_nanos(Instant::now());
+        let body_size = Value::Int(i64::try_from(sent).unwrap_or(i64::MAX));
+        if let Some(mut answered) = this.answered {
+            // The try whose response the client got lasts as long as its body, too.
+            answered.end_unix_nanos = end;
+            answered
+                .attributes
+                .push(("http.response.body.size", body_size.clone()));
+            this.tracer.record(answered);
+        }
+        r.attributes.push(("http.response.body.size", body_size));
+        // A body cut short is an error of this request unless the client chose to leave.
+        let body_error = match how {
+            End::UpstreamError => Some((
+                "response_body_failed",
+                "the upstream's response body failed part way",
+            )),
+            End::IdleTimeout => Some((
+                "stream_idle_timeout",
+                "no data from the upstream for the stream idle timeout",
+            )),
+            _ => None,
+        };
+        if matches!(how, End::ClientGone) {
+            r.attributes
+                .push(("tandem.end", Value::Static("client_gone")));
+        }
         let route = target.and_then(|t| t.http_route.as_deref());
         let name = match (r.method, route) {
             ("_OTHER", _) => Cow::Borrowed("HTTP"),
@@ -284,18 +356,22 @@ impl<'a> RequestTrace<'a> {
             || r.error
                 .as_ref()
                 .is_some_and(|(kind, _)| kind.status().is_server_error());
-        let status = match (server_error, r.error.take()) {
-            (true, Some((kind, message))) => {
+        let status = match (server_error, r.error.take(), body_error) {
+            (_, None, Some((kind, message))) => {
+                r.attributes.push(("error.type", Value::Static(kind)));
+                Status::Error(message.to_owned())
+            }
+            (true, Some((kind, message)), _) => {
                 r.attributes
                     .push(("error.type", Value::Static(kind.reason())));
                 Status::Error(message)
             }
-            (true, None) => {
+            (true, None, None) => {
                 r.attributes
                     .push(("error.type", Value::String(status.as_str().to_owned())));
                 Status::Error(format!("HTTP {status}"))
             }
-            (false, _) => Status::Unset,
+            (false, _, _) => Status::Unset,
         };
         push_names(&mut r.attributes, listener, target);
         this.tracer.record(SpanRecord {

@@ -56,6 +56,26 @@ fn latency_histogram() -> IntHistogram {
     IntHistogram::new(&LATENCY_BOUNDS_NS, 1e9)
 }
 
+/// Body size bucket bounds in bytes: powers of four from 64 B to 64 MiB (an empty body lands in
+/// the first bucket; a file upload in the last ones).
+static SIZE_BOUNDS_BYTES: [u64; 11] = [
+    64,
+    256,
+    1 << 10,
+    4 << 10,
+    16 << 10,
+    64 << 10,
+    256 << 10,
+    1 << 20,
+    4 << 20,
+    16 << 20,
+    64 << 20,
+];
+
+fn size_histogram() -> IntHistogram {
+    IntHistogram::new(&SIZE_BOUNDS_BYTES, 1.0)
+}
+
 /// The method classes requests are counted by: the registered methods, and `other` for any
 /// extension method (so client input never creates a series).
 pub const METHOD_CLASSES: [&str; 10] = [
@@ -147,6 +167,10 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: HistogramFamily,
+    request_size: HistogramFamily,
+    response_size: HistogramFamily,
+    /// Whether per-request HTTP metrics are recorded (`metrics.enabled` in the config).
+    requests_enabled: bool,
     proxy_errors: Family<ErrorLabels, Counter>,
     conns_active: Family<ListenerLabels, Gauge>,
     conns_total: Family<ListenerLabels, Counter>,
@@ -191,11 +215,17 @@ pub struct EndpointMetrics {
 }
 
 /// Handles for one (listener, route, upstream): a counter per method class and status class,
-/// and the route's latency histogram.
+/// the route's latency histogram and its body size histograms; empty (recording nothing) when
+/// request metrics are off.
 #[derive(Clone, Debug)]
-pub struct RouteMetrics {
-    by_class: Arc<[[Counter; 5]; METHOD_CLASSES.len()]>,
+pub struct RouteMetrics(Option<Arc<RouteHandles>>);
+
+#[derive(Debug)]
+struct RouteHandles {
+    by_class: [[Counter; 5]; METHOD_CLASSES.len()],
     duration: IntHistogram,
+    request_size: IntHistogram,
+    response_size: IntHistogram,
 }
 
 /// Handles for one listener.
@@ -224,6 +254,13 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates the registry with every Tandem metric registered.
     pub fn new() -> Self {
+        Self::with_request_metrics(true)
+    }
+
+    /// [`Metrics::new`]; with `enabled` false the per-request HTTP metrics (requests, durations,
+    /// body sizes) are not recorded: route handles are empty and their families stay empty.
+    /// Connection, resilience, tracing, log shipping and process metrics are unaffected.
+    pub fn with_request_metrics(enabled: bool) -> Self {
         // Process metrics keep their standard unprefixed names; Tandem's own get `tandem_`.
         let mut root = Registry::default();
         root.register_collector(Box::new(process::ProcessCollector));
@@ -240,6 +277,20 @@ impl Metrics {
             "Time from receiving a request to sending the response head",
             Unit::Seconds,
             duration.clone(),
+        );
+        let request_size: HistogramFamily = Family::new_with_constructor(size_histogram);
+        registry.register_with_unit(
+            "http_request_size",
+            "Request body bytes received from the client (0 for a request without a body)",
+            Unit::Bytes,
+            request_size.clone(),
+        );
+        let response_size: HistogramFamily = Family::new_with_constructor(size_histogram);
+        registry.register_with_unit(
+            "http_response_size",
+            "Response body bytes sent to the client, counted when the body ends",
+            Unit::Bytes,
+            response_size.clone(),
         );
         let proxy_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
@@ -336,6 +387,9 @@ impl Metrics {
             health_checks,
             requests,
             duration,
+            request_size,
+            response_size,
+            requests_enabled: enabled,
             proxy_errors,
             conns_active,
             conns_total,
@@ -354,7 +408,10 @@ impl Metrics {
         route: &str,
         upstream: &str,
     ) -> RouteMetrics {
-        let by_class = Arc::new(METHOD_CLASSES.map(|method| {
+        if !self.requests_enabled {
+            return RouteMetrics(None);
+        }
+        let by_class = METHOD_CLASSES.map(|method| {
             STATUS_CLASSES.map(|status_class| {
                 self.requests
                     .get_or_create(&RequestLabels {
@@ -367,17 +424,19 @@ impl Metrics {
                     })
                     .clone()
             })
-        }));
-        let duration = self
-            .duration
-            .get_or_create(&RouteLabels {
-                direction,
-                listener: listener.to_owned(),
-                route: route.to_owned(),
-                upstream: upstream.to_owned(),
-            })
-            .clone();
-        RouteMetrics { by_class, duration }
+        });
+        let labels = RouteLabels {
+            direction,
+            listener: listener.to_owned(),
+            route: route.to_owned(),
+            upstream: upstream.to_owned(),
+        };
+        RouteMetrics(Some(Arc::new(RouteHandles {
+            by_class,
+            duration: self.duration.get_or_create(&labels).clone(),
+            request_size: self.request_size.get_or_create(&labels).clone(),
+            response_size: self.response_size.get_or_create(&labels).clone(),
+        })))
     }
 
     /// Resolves the handles of one listener.
@@ -533,6 +592,9 @@ pub fn openmetrics_to_prometheus(text: &str) -> String {
 impl RouteMetrics {
     /// Records one finished request; `method` is its [`method_class`].
     pub fn record(&self, method: usize, status: u16, elapsed: Duration) {
+        let Some(h) = &self.0 else {
+            return;
+        };
         let idx = match status {
             100..=199 => 0,
             200..=299 => 1,
@@ -540,11 +602,21 @@ impl RouteMetrics {
             400..=499 => 3,
             _ => 4,
         };
-        if let Some(c) = self.by_class.get(method).and_then(|m| m.get(idx)) {
+        if let Some(c) = h.by_class.get(method).and_then(|m| m.get(idx)) {
             c.inc();
         }
-        self.duration
+        h.duration
             .observe(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// The request body size histogram; `None` when request metrics are off.
+    pub fn request_size(&self) -> Option<&IntHistogram> {
+        self.0.as_ref().map(|h| &h.request_size)
+    }
+
+    /// The response body size histogram; `None` when request metrics are off.
+    pub fn response_size(&self) -> Option<&IntHistogram> {
+        self.0.as_ref().map(|h| &h.response_size)
     }
 }
 
@@ -602,6 +674,50 @@ mod tests {
         assert!(
             !prom.contains("# EOF") && !prom.contains("# UNIT"),
             "{prom}"
+        );
+    }
+
+    /// Body sizes land in byte buckets (64 B ... 64 MiB) under `_bytes` names.
+    #[test]
+    fn size_histograms_use_byte_buckets() {
+        let m = Metrics::new();
+        let r = m.route("outbound", "out", "api", "app");
+        let req = r.request_size().unwrap();
+        req.observe(0);
+        req.observe(300);
+        r.response_size().unwrap().observe(70 << 20);
+        let text = m.encode();
+        let labels = r#"direction="outbound",listener="out",route="api",upstream="app""#;
+        for line in [
+            format!(r#"tandem_http_request_size_bytes_bucket{{le="64.0",{labels}}} 1"#),
+            format!(r#"tandem_http_request_size_bytes_bucket{{le="256.0",{labels}}} 1"#),
+            format!(r#"tandem_http_request_size_bytes_bucket{{le="1024.0",{labels}}} 2"#),
+            format!(r#"tandem_http_request_size_bytes_sum{{{labels}}} 300.0"#),
+            format!(r#"tandem_http_response_size_bytes_bucket{{le="67108864.0",{labels}}} 0"#),
+            format!(r#"tandem_http_response_size_bytes_bucket{{le="+Inf",{labels}}} 1"#),
+        ] {
+            assert!(text.contains(&line), "missing {line}\n{text}");
+        }
+    }
+
+    /// With request metrics off, route handles record nothing and create no series; the
+    /// other metrics are still there.
+    #[test]
+    fn request_metrics_off_records_nothing() {
+        let m = Metrics::with_request_metrics(false);
+        let r = m.route("inbound", "in", "api", "app");
+        r.record(method_class("GET"), 200, Duration::from_millis(1));
+        assert!(r.request_size().is_none() && r.response_size().is_none());
+        m.listener("in").accepted.inc();
+        let text = m.encode();
+        assert!(!text.contains("tandem_http_requests_total{"), "{text}");
+        assert!(
+            !text.contains("tandem_http_request_duration_seconds_count{"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tandem_connections_accepted_total{listener="in"} 1"#),
+            "{text}"
         );
     }
 }

@@ -118,6 +118,9 @@ def answer(method, path, version, headers, body):
         return forced
     if bare == "/chunked":
         return 200, "text/plain", None
+    if bare.startswith("/slowbody/"):
+        # The head at once, the body (`slow body`) after the given milliseconds.
+        return 200, "text/plain", ("slow", int(bare.rsplit("/", 1)[1]))
     if "/sleep/" in bare:
         sleep_ms(int(bare.rsplit("/", 1)[1]))
         return 200, "text/plain", b"slept"
@@ -168,6 +171,16 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.close()
             return
         status, ctype, out = reply
+        if isinstance(out, tuple):
+            body = b"slow body"
+            self.send_response(status)
+            self.send_header("content-type", ctype)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.flush()
+            sleep_ms(out[1])
+            self.wfile.write(body)
+            return
         if out is None:
             self.send_response(status)
             self.send_header("transfer-encoding", "chunked")
