@@ -148,12 +148,10 @@ pub fn reject_framing(
     stack: &Arc<ListenerStack>,
     forwarded: &headers::Forwarded,
     req: &Request<Incoming>,
+    why: crate::framing::Refusal,
 ) -> Response<ProxyBody> {
     let mut obs = Observer::start(stack, forwarded.client_addr(), req, Instant::now());
-    let err = ProxyError::new(
-        ErrorKind::BadRequest,
-        "conflicting Content-Length and Transfer-Encoding (request smuggling risk); send exactly one",
-    );
+    let err = ProxyError::new(ErrorKind::BadRequest, why.message());
     stack.no_route_errors.inc(err.kind);
     obs.failed(&err);
     let res = err.to_response();

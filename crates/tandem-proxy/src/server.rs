@@ -55,12 +55,13 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let stack = svc_stack.clone();
                     let forwarded = forwarded.clone();
-                    let ambiguous =
-                        req.version() != http::Version::HTTP_2 && flag.next_request_conflicts();
+                    let refusal = (req.version() != http::Version::HTTP_2)
+                        .then(|| flag.next_request_refusal())
+                        .flatten();
                     async move {
-                        if ambiguous {
+                        if let Some(why) = refusal {
                             return Ok::<_, Infallible>(forward::reject_framing(
-                                &stack, &forwarded, &req,
+                                &stack, &forwarded, &req, why,
                             ));
                         }
                         Ok(forward::handle(stack, &forwarded, req).await)
