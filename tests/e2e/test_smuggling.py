@@ -143,3 +143,87 @@ def test_probe_is_refused_and_never_forwarded(proxy, name):
     seen = b"".join(recorded(backend))
     assert b"/probe" not in seen and b"/smuggled" not in seen, f"{name} reached the backend: {seen!r}"
     assert seen.startswith(b"GET /after HTTP/1.1\r\n") and seen.count(b"HTTP/1.1") == 1, seen
+
+
+def wait_recorded(backend, needle, timeout=5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = b"".join(recorded(backend))
+        if needle in seen:
+            return seen
+        time.sleep(0.02)
+    raise AssertionError(f"{needle!r} never reached the backend")
+
+
+def test_malformed_chunk_after_forwarding_fails_the_connection(proxy):
+    """A malformed chunk that arrives after the request was handed to the upstream cannot get a
+    400 any more: the client connection fails instead, and the upstream sees a body cut short,
+    never its end nor what followed it."""
+    port, backend = proxy
+    reset(backend)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(POST + CHUNKED + b"\r\n5\r\nhello\r\n")
+        wait_recorded(backend, b"hello")
+        s.sendall(b"5\nworld\r\n0\r\n\r\n" + SMUGGLED)
+        s.settimeout(3)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except socket.timeout:
+            out += b"<timeout>"
+        except ConnectionResetError:
+            pass
+    assert b"<timeout>" not in out, f"connection left open: {out!r}"
+    assert not out.startswith(b"HTTP/1.1 200"), out
+    time.sleep(0.2)
+    seen = b"".join(recorded(backend))
+    assert b"world" not in seen and b"/smuggled" not in seen and not seen.endswith(b"0\r\n\r\n"), seen
+
+
+def test_slow_head_and_slow_body_are_cut_off(tandem, start_backend):
+    """Slowloris: a head trickled a byte at a time is cut off by header_read_timeout (nothing
+    forwarded); a body that stops arriving gets 408 `client_timeout` after body_read_timeout and
+    the upstream request is abandoned before its body ends."""
+    b = free_port()
+    start_backend("recording_backend.py", b)
+    backend = f"127.0.0.1:{b}"
+    port = free_port()
+    tandem(config(port, backend, extra="limits: { header_read_timeout: 1s, body_read_timeout: 1s }"))
+
+    reset(backend)
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        closed = False
+        for byte in GET:
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.1)
+            if time.monotonic() - start > 4:
+                break
+        if not closed:
+            s.settimeout(3)
+            try:
+                closed = s.recv(65536) is not None
+            except (socket.timeout, ConnectionResetError):
+                closed = False
+    took = time.monotonic() - start
+    print(f"slow head cut off after {took:.2f}s")
+    assert closed and took < 3.5, f"slow head not cut off ({took:.2f}s)"
+    assert recorded(backend) == []
+
+    reset(backend)
+    start = time.monotonic()
+    out = raw(port, POST + b"content-length: 100\r\n\r\n" + b"x" * 10, timeout=5)
+    took = time.monotonic() - start
+    print(f"stalled body answered after {took:.2f}s: {out[:60]!r}")
+    assert out.startswith(b"HTTP/1.1 408 "), out
+    assert b"tandem-error: client_timeout" in out and not out.endswith(b"<timeout>"), out
+    assert 0.9 < took < 3, took
+    seen = b"".join(recorded(backend))
+    assert seen.endswith(b"\r\n\r\n" + b"x" * 10), seen
+    r = httpx.get(f"http://127.0.0.1:{port}/after", timeout=5)
+    assert (r.status_code, r.text) == (200, "ok GET /after")

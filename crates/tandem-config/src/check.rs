@@ -208,6 +208,43 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
             rl.tcp_idle_timeout.as_deref(),
             Duration::from_secs(3600),
         ),
+        body_read_timeout: c.duration(
+            "limits.body_read_timeout",
+            rl.body_read_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
+        h2: H2Limits {
+            max_concurrent_streams: positive(
+                &mut c,
+                "limits.h2_max_concurrent_streams",
+                rl.h2_max_concurrent_streams.map(|v| v as usize),
+                256,
+                1,
+            )
+            .try_into()
+            .unwrap_or(u32::MAX),
+            max_pending_accept_reset_streams: positive(
+                &mut c,
+                "limits.h2_max_pending_accept_reset_streams",
+                rl.h2_max_pending_accept_reset_streams,
+                20,
+                1,
+            ),
+            max_local_error_reset_streams: positive(
+                &mut c,
+                "limits.h2_max_local_error_reset_streams",
+                rl.h2_max_local_error_reset_streams,
+                1024,
+                1,
+            ),
+            max_send_buf_size: positive(
+                &mut c,
+                "limits.h2_max_send_buf_size",
+                rl.h2_max_send_buf_size,
+                409_600,
+                16_384,
+            ),
+        },
     };
 
     // Upstreams.

@@ -73,6 +73,28 @@ pub struct Limits {
     /// A TCP proxy connection with no bytes either way for this long is closed.
     #[serde(with = "humantime_serde_compat")]
     pub tcp_idle_timeout: Duration,
+    /// A request body with no data from the client for this long fails (slow bodies).
+    #[serde(with = "humantime_serde_compat")]
+    pub body_read_timeout: Duration,
+    /// HTTP/2 flood limits.
+    pub h2: H2Limits,
+}
+
+/// Per-connection HTTP/2 limits against floods (rapid reset, CONTINUATION, HPACK bombs, stalls).
+/// The header list limit is [`Limits::max_header_bytes`]; h2 also bounds CONTINUATION frames by
+/// it and answers SETTINGS and PING floods with a bounded number of queued acknowledgements.
+#[derive(Clone, Debug, Serialize)]
+pub struct H2Limits {
+    /// Streams open at once on one connection; more are refused with REFUSED_STREAM.
+    pub max_concurrent_streams: u32,
+    /// Streams the client opened and reset before Tandem accepted them, at once; beyond this
+    /// the connection gets GOAWAY (ENHANCE_YOUR_CALM).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams Tandem reset because of the client's protocol errors; beyond this the connection
+    /// gets GOAWAY (ENHANCE_YOUR_CALM).
+    pub max_local_error_reset_streams: usize,
+    /// Response bytes buffered per stream while the client's window is closed.
+    pub max_send_buf_size: usize,
 }
 
 /// A socket address: TCP `host:port` or a Unix domain socket path.

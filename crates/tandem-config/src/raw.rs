@@ -83,6 +83,21 @@ pub struct RawLimits {
     pub header_read_timeout: Option<String>,
     /// A TCP proxy connection idle this long in both directions is closed (default "1h").
     pub tcp_idle_timeout: Option<String>,
+    /// A request body with no data from the client for this long fails (default "30s"): 408
+    /// when no response has started, else the stream or connection is closed (slow bodies).
+    pub body_read_timeout: Option<String>,
+    /// HTTP/2 streams one client connection may have open at once (default 256); more are
+    /// refused with REFUSED_STREAM.
+    pub h2_max_concurrent_streams: Option<u32>,
+    /// HTTP/2 streams a client may open and reset before Tandem accepts them, at once, before
+    /// the connection gets GOAWAY (rapid reset, CVE-2023-44487; default 20).
+    pub h2_max_pending_accept_reset_streams: Option<usize>,
+    /// HTTP/2 streams Tandem may reset for a client's protocol errors before the connection gets
+    /// GOAWAY (default 1024).
+    pub h2_max_local_error_reset_streams: Option<usize>,
+    /// Bytes of response data buffered per HTTP/2 stream while the client's flow-control window
+    /// is closed (default 409600, at least 16384).
+    pub h2_max_send_buf_size: Option<usize>,
 }
 
 /// A listener.

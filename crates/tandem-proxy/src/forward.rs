@@ -18,7 +18,7 @@ use tandem_config::{Direction, HashKey, UpstreamProtocol};
 use tokio::time::Instant;
 
 use crate::balance;
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{ProxyBody, RequestBody, RequestBodyError};
 use crate::error::{ErrorKind, ProxyError};
 use crate::h1;
 use crate::headers;
@@ -268,7 +268,8 @@ async fn proxy(
     }
 
     let retries = policy.enabled() && !upgrade;
-    let body = RequestBody::counted(body, retries, policy.replay_buffer, obs.request_bytes());
+    let body = RequestBody::counted(body, retries, policy.replay_buffer, obs.request_bytes())
+        .with_read_timeout(stack.limits.body_read_timeout);
     let slot = upstream
         .limit
         .admit(deadline)
@@ -785,6 +786,9 @@ fn classify(e: &SendError) -> ProxyError {
         SendError::Http1(h1e) | SendError::Unsent(h1e) => {
             let kind = match h1e {
                 h1::Error::Protocol(_) => ErrorKind::UpstreamProtocol,
+                h1::Error::RequestBody(RequestBodyError::ClientTimeout(_)) => {
+                    ErrorKind::ClientTimeout
+                }
                 h1::Error::Io(_) | h1::Error::ClosedBeforeResponse | h1::Error::RequestBody(_) => {
                     ErrorKind::UpstreamReset
                 }
@@ -798,6 +802,9 @@ fn classify(e: &SendError) -> ProxyError {
     // does not speak HTTP/2 at all: usually an HTTP/1.1-only app behind `protocol: auto`.
     let mut source = he.source();
     while let Some(s) = source {
+        if let Some(RequestBodyError::ClientTimeout(_)) = s.downcast_ref::<RequestBodyError>() {
+            return ProxyError::new(ErrorKind::ClientTimeout, s.to_string());
+        }
         if let Some(h2e) = s.downcast_ref::<h2::Error>() {
             let framing = matches!(
                 h2e.reason(),

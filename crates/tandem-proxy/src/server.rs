@@ -2,7 +2,8 @@
 //! knowledge on one port, told apart by the HTTP/2 preface) or opaque TCP.
 //!
 //! Limits applied per connection: request head size and field count (431 beyond), a header read
-//! timeout (slow clients are disconnected), HTTP/2 concurrent streams and header list size.
+//! timeout (slow clients are disconnected), HTTP/2 concurrent streams, header list size, reset
+//! stream counts and send buffer (`limits.h2_*`).
 //! Drain: stop accepting, ask every HTTP connection to finish (HTTP/1.1 closes once idle or after
 //! its in-flight response, HTTP/2 sends GOAWAY and finishes open streams), wait for TCP tunnels.
 
@@ -100,10 +101,19 @@ fn http_builder(stack: &ListenerStack) -> auto::Builder<TokioExecutor> {
         .max_headers(limits.max_headers)
         .keep_alive(true)
         .half_close(false);
+    // Flood limits, set explicitly rather than inherited from hyper's defaults (docs/security.md,
+    // "Hardening"): the header list bound also caps CONTINUATION frames per header block (h2
+    // allows about max_header_list_size / max_frame_size of them), rapid reset is bounded by
+    // the pending-accept reset count, and a client that stops reading (zero window) holds at
+    // most max_send_buf_size per open stream.
+    let h2 = &limits.h2;
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(h2.max_local_error_reset_streams)
+        .max_send_buf_size(h2.max_send_buf_size)
         .adaptive_window(true)
         .enable_connect_protocol();
     b

@@ -3,7 +3,7 @@ BACKEND_H2=1 also HTTP/2 prior knowledge (h2c) on the same port, told apart by t
 
 Paths: /echo... -> JSON of what arrived (method, path, version, headers, body length, server name);
 /sleep/MS -> 200 "slept" after MS ms; /__inflight -> how many sleeps (and delays) are running;
-/status/N -> status N; /reset -> close without a response (HTTP/2: RST_STREAM); /chunked -> a chunked
+/status/N -> status N; /bytes/N -> N bytes; /reset -> close without a response (HTTP/2: RST_STREAM); /chunked -> a chunked
 response (HTTP/2: the same bytes in three DATA frames); anything else -> 200 "ok".
 
 Control, for tests that change a running backend's behaviour:
@@ -123,6 +123,8 @@ def answer(method, path, version, headers, body):
         return 200, "text/plain", b"slept"
     if bare.startswith("/status/"):
         return int(bare.split("/")[2]), "text/plain", b"status"
+    if bare.startswith("/bytes/"):
+        return 200, "application/octet-stream", b"x" * int(bare.split("/")[2])
     if bare == "/reset":
         return None
     if bare.startswith("/echo"):
