@@ -151,6 +151,13 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
     let admin = c
         .listen_address("admin.address", admin_raw)
         .unwrap_or(Address::Tcp(([127, 0, 0, 1], 7901).into()));
+    let admin = Admin {
+        address: admin,
+        allow_remote: raw.admin.as_ref().is_some_and(|a| a.allow_remote),
+    };
+    if let Some((message, hint)) = admin.exposure_error() {
+        c.err("admin.address", message, hint);
+    }
 
     let app = raw.app.as_ref().map(|a| {
         resolve(&mut c, "app.upstream", &a.upstream);
@@ -330,7 +337,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         );
     }
     // Addresses already taken, with who took them, to catch two sockets that cannot both bind.
-    let mut taken: Vec<(Address, String)> = vec![(admin.clone(), "admin".into())];
+    let mut taken: Vec<(Address, String)> = vec![(admin.address.clone(), "admin".into())];
     let mut listeners = Vec::with_capacity(raw.listeners.len());
     for (name, l) in &raw.listeners {
         let key = format!("listeners.{name}");
@@ -448,7 +455,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
     }
     Ok(Config {
         source: source.to_owned(),
-        admin: Admin { address: admin },
+        admin,
         drain_timeout,
         limits,
         app,

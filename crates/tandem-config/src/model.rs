@@ -46,8 +46,27 @@ pub struct Config {
 /// The admin API (health, metrics, effective config).
 #[derive(Clone, Debug, Serialize)]
 pub struct Admin {
-    /// Where the admin API listens; loopback or a Unix socket by default.
+    /// Where the admin API listens; loopback or a Unix socket unless `allow_remote`.
     pub address: Address,
+    /// A non-loopback `address` was allowed explicitly.
+    pub allow_remote: bool,
+}
+
+impl Admin {
+    /// The error for an admin address that is neither loopback nor a Unix socket when remote
+    /// access was not allowed explicitly: what is wrong, and the fix.
+    pub fn exposure_error(&self) -> Option<(String, &'static str)> {
+        if self.allow_remote || self.address.is_local() {
+            return None;
+        }
+        Some((
+            format!(
+                "`{}` is not a loopback address; the admin API is unauthenticated (configuration, metrics, upstream state)",
+                self.address
+            ),
+            "use 127.0.0.1:PORT, [::1]:PORT or unix:/path.sock, or set `admin.allow_remote: true` to expose it on purpose (behind a firewall or network policy)",
+        ))
+    }
 }
 
 /// The app Tandem runs beside.
@@ -510,6 +529,17 @@ impl Default for RetryBudget {
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 // === impl Address ===
+
+impl Address {
+    /// A loopback IP or a Unix socket: reachable from this host only.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Address::Tcp(a) => a.ip().is_loopback(),
+            Address::Unix(_) => true,
+            Address::Host { .. } => false,
+        }
+    }
+}
 
 impl std::fmt::Display for Address {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

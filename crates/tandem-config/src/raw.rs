@@ -57,8 +57,13 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    /// `IP:port` or `unix:/path`. Keep it on loopback or a Unix socket.
+    /// `IP:port` or `unix:/path`. Keep it on loopback or a Unix socket: any other address is an
+    /// error unless `allow_remote` is set.
     pub address: String,
+    /// Allow a non-loopback `address` (the admin API is unauthenticated: expose it only behind
+    /// a firewall or network policy). Default false.
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 /// The app Tandem runs beside.

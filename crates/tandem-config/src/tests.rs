@@ -1453,3 +1453,30 @@ fn docs_resilience_example_is_valid() {
     let rest = routes[1].retry.as_ref().unwrap();
     assert_eq!((rest.attempts, rest.on_status.as_slice()), (2, &[503][..]));
 }
+
+/// The admin API stays on loopback or a Unix socket unless remote access is allowed explicitly;
+/// the error names the key, its line and both fixes.
+#[test]
+fn admin_binds_loopback_unless_allowed() {
+    for address in ["0.0.0.0:9901", "[::]:9901", "192.0.2.1:9901"] {
+        let e = errors(&format!(
+            "admin: {{ address: \"{address}\" }}\nlisteners:\n  in: {{ address: 127.0.0.1:7080, upstream: u }}\nupstreams:\n  u: {{ endpoints: [127.0.0.1:1] }}\n"
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].key.as_str(), e[0].line), ("admin.address", Some(1)));
+        assert!(e[0].message.contains("not a loopback address"), "{}", e[0]);
+        assert!(e[0].hint.contains("admin.allow_remote: true"), "{}", e[0]);
+    }
+    for admin in [
+        "{ address: \"0.0.0.0:9901\", allow_remote: true }",
+        "{ address: \"[::1]:9901\" }",
+        "{ address: \"127.0.0.2:9901\" }",
+        "{ address: \"unix:/tmp/tandem-admin.sock\" }",
+    ] {
+        let c = parse("t.yaml", &format!(
+            "admin: {admin}\nlisteners:\n  in: {{ address: 127.0.0.1:7080, upstream: u }}\nupstreams:\n  u: {{ endpoints: [127.0.0.1:1] }}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{admin}: {e:?}"));
+        assert_eq!(c.admin.allow_remote, admin.contains("allow_remote"));
+    }
+}
