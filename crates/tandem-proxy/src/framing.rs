@@ -18,8 +18,8 @@
 //! instead (an I/O error, like hyper's own for an invalid chunk size): the upstream then sees a
 //! request body cut short, never a completed or a second request.
 //!
-//! The tracker copies nothing but request heads (bounded by `max_header_bytes`, beyond which hyper
-//! answers 431 and the tracker stops) and chunk-size lines (bounded), skips bodies by their
+//! The tracker copies nothing but request heads (bounded by hyper's own head buffer limit, beyond
+//! which hyper answers 431 and the tracker stops) and chunk-size lines (bounded), skips bodies by their
 //! declared length or chunk sizes, and stops tracking on HTTP/2 (its preface is not an HTTP/1
 //! head), upgrades, `CONNECT`, or a head `httparse` cannot parse: hyper (which parses with the
 //! same rules) then rejects or handles the bytes itself, so a tracker gap never lets a request
@@ -65,10 +65,12 @@ pub enum Refusal {
     HostMismatch,
     /// A malformed chunk: size, extension, line ending or data length.
     InvalidChunk,
+    /// A head larger than the tracker's bound (hyper's, which answers 431 first).
+    HeadTooLarge,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 10] = [
+    const ALL: [Refusal; 11] = [
         Refusal::LengthAndChunked,
         Refusal::RepeatedLength,
         Refusal::InvalidLength,
@@ -79,6 +81,7 @@ impl Refusal {
         Refusal::InvalidHost,
         Refusal::HostMismatch,
         Refusal::InvalidChunk,
+        Refusal::HeadTooLarge,
     ];
 
     /// The one-line reason in the 400 body: what was wrong and what to send instead.
@@ -107,6 +110,9 @@ impl Refusal {
             }
             Refusal::InvalidChunk => {
                 "malformed chunked body (size, extension or line ending); send RFC 9112 chunks"
+            }
+            Refusal::HeadTooLarge => {
+                "request head too large; send a smaller one or raise limits.max_header_bytes"
             }
         }
     }
@@ -226,7 +232,7 @@ impl<T> FramingGuard<T> {
                     if self.line.is_empty() {
                         if let Some(end) = find_head_end(data, 0) {
                             if end > self.max_head {
-                                return self.off();
+                                return self.too_large();
                             }
                             self.state = self.on_head(&data[..end]);
                             data = &data[end..];
@@ -236,7 +242,7 @@ impl<T> FramingGuard<T> {
                     let before = self.line.len();
                     self.line.extend_from_slice(data);
                     match find_head_end(&self.line, before.saturating_sub(3)) {
-                        Some(end) if end > self.max_head => return self.off(),
+                        Some(end) if end > self.max_head => return self.too_large(),
                         Some(end) => {
                             let consumed = end - before;
                             data = &data[consumed..];
@@ -245,7 +251,7 @@ impl<T> FramingGuard<T> {
                         }
                         None => {
                             if self.line.len() > self.max_head {
-                                self.off();
+                                self.too_large();
                             }
                             return;
                         }
@@ -317,6 +323,14 @@ impl<T> FramingGuard<T> {
     fn off(&mut self) {
         self.state = State::Off;
         self.line = Vec::new();
+    }
+
+    /// A head over the bound, which is hyper's own: hyper answers 431 and never asks the
+    /// handler. Refused all the same, so that a head the tracker could not judge is never
+    /// forwarded should the two bounds ever differ.
+    fn too_large(&mut self) {
+        self.flag.refuse(self.heads, Refusal::HeadTooLarge);
+        self.off();
     }
 
     /// Inspects one complete head and returns the body state that follows it.
@@ -729,6 +743,22 @@ POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r
         }
         assert_eq!(judge(b"GET / HTTP/1.1\r\nhost: a\n\r\n", 100), Err(BareLf));
         assert_eq!(judge(b"GET / HTTP/1.1\nhost: a\n\n", 100), Err(BareLf));
+    }
+
+    /// A head over the bound is refused whether it arrives in one read or in pieces.
+    #[test]
+    fn head_over_the_bound_is_refused() {
+        let head = format!(
+            "GET / HTTP/1.1\r\nhost: x\r\nx-a: {}\r\n\r\n",
+            "a".repeat(100)
+        );
+        for split in [head.len(), 10, 90] {
+            let flag = Arc::new(FramingFlag::default());
+            let mut g = FramingGuard::new((), 100, 100, flag.clone());
+            g.observe(&head.as_bytes()[..split]);
+            g.observe(&head.as_bytes()[split..]);
+            assert_eq!(flag.next_request_refusal(), Some(Refusal::HeadTooLarge));
+        }
     }
 
     /// Chunk-size lines: hex with optional extensions, nothing else.

@@ -49,7 +49,7 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
                 let flag = Arc::new(FramingFlag::default());
                 let io = FramingGuard::new(
                     accepted.io,
-                    stack.limits.max_header_bytes,
+                    head_buffer(&stack.limits),
                     stack.limits.max_headers,
                     flag.clone(),
                 );
@@ -91,13 +91,19 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
     tokio::join!(graceful.shutdown(), tunnels.wait());
 }
 
+/// hyper's read buffer limit, the largest head it accepts (it needs at least 8 KiB): the framing
+/// guard judges every head up to the same size.
+fn head_buffer(limits: &tandem_config::Limits) -> usize {
+    limits.max_header_bytes.max(8192)
+}
+
 fn http_builder(stack: &ListenerStack) -> auto::Builder<TokioExecutor> {
     let limits = &stack.limits;
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(head_buffer(limits))
         .max_headers(limits.max_headers)
         .keep_alive(true)
         .half_close(false);
