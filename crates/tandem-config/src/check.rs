@@ -251,6 +251,15 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                 409_600,
                 16_384,
             ),
+            max_resets_per_second: positive(
+                &mut c,
+                "limits.h2_max_resets_per_second",
+                rl.h2_max_resets_per_second.map(|v| v as usize),
+                200,
+                1,
+            )
+            .try_into()
+            .unwrap_or(u32::MAX),
         },
     };
 

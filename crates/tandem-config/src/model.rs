@@ -114,6 +114,9 @@ pub struct H2Limits {
     pub max_local_error_reset_streams: usize,
     /// Response bytes buffered per stream while the client's window is closed.
     pub max_send_buf_size: usize,
+    /// Requests a client may cancel per second on one connection before their response starts
+    /// (burst of as many); beyond it the connection is closed.
+    pub max_resets_per_second: u32,
 }
 
 /// A socket address: TCP `host:port` or a Unix domain socket path.

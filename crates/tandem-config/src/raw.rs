@@ -103,6 +103,10 @@ pub struct RawLimits {
     /// Bytes of response data buffered per HTTP/2 stream while the client's flow-control window
     /// is closed (default 409600, at least 16384).
     pub h2_max_send_buf_size: Option<usize>,
+    /// HTTP/2 requests a client may cancel (RST_STREAM) per second on one connection before
+    /// their response starts, with a burst of as many; beyond it the connection is closed
+    /// (rapid reset after accept; default 200).
+    pub h2_max_resets_per_second: Option<u32>,
 }
 
 /// A listener.

@@ -53,28 +53,47 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
                     stack.limits.max_headers,
                     flag.clone(),
                 );
+                let resets = Arc::new(ResetBudget::new(stack.limits.h2.max_resets_per_second));
+                let svc_resets = resets.clone();
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let stack = svc_stack.clone();
                     let forwarded = forwarded.clone();
-                    let refusal = (req.version() != http::Version::HTTP_2)
-                        .then(|| flag.next_request_refusal())
-                        .flatten();
+                    let h2 = req.version() == http::Version::HTTP_2;
+                    let refusal = (!h2).then(|| flag.next_request_refusal()).flatten();
+                    // hyper drops this future when the client resets the stream.
+                    let cancelled = h2.then(|| Cancelled(Some(svc_resets.clone())));
                     async move {
                         if let Some(why) = refusal {
                             return Ok::<_, Infallible>(forward::reject_framing(
                                 &stack, &forwarded, &req, why,
                             ));
                         }
-                        Ok(forward::handle(stack, &forwarded, req).await)
+                        let res = forward::handle(stack, &forwarded, req).await;
+                        if let Some(mut c) = cancelled {
+                            c.0 = None;
+                        }
+                        Ok(res)
                     }
                 });
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(io), svc)
                     .into_owned();
                 let conn = graceful.watch(conn);
+                let peer = accepted.peer;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(listener = %stack.name, error = %e, "connection error");
+                    tokio::select! {
+                        r = conn => if let Err(e) = r {
+                            tracing::debug!(listener = %stack.name, error = %e, "connection error");
+                        },
+                        () = resets.exceeded.notified() => {
+                            // Dropping the connection closes it, with its open streams.
+                            tracing::warn!(
+                                listener = %stack.name,
+                                peer = ?peer,
+                                limit = stack.limits.h2.max_resets_per_second,
+                                "closed an HTTP/2 connection cancelling more requests per second than limits.h2_max_resets_per_second (rapid reset)"
+                            );
+                        }
                     }
                     stack.metrics.active.dec();
                     drop(permit);
@@ -89,6 +108,58 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
     tracing::info!(listener = %stack.name, open = graceful.count(), "draining");
     tunnels.close();
     tokio::join!(graceful.shutdown(), tunnels.wait());
+}
+
+/// `limits.h2_max_resets_per_second` for one connection: a token bucket holding one second's
+/// worth, taken from by each request the client cancels before its response starts.
+///
+/// h2's own rapid-reset defence counts only streams reset before hyper accepts them; a client
+/// that waits for the accept, then cancels, costs the app a request each time while never
+/// holding more than `h2_max_concurrent_streams`. This bounds that rate per connection.
+#[derive(Debug)]
+struct ResetBudget {
+    rate: f64,
+    /// Tokens left and when they were counted. Touched only on cancellations.
+    bucket: std::sync::Mutex<(f64, tokio::time::Instant)>,
+    exceeded: tokio::sync::Notify,
+}
+
+/// Alive while a request's handler runs; dropped with `Some` inside, the client cancelled it.
+struct Cancelled(Option<Arc<ResetBudget>>);
+
+// === impl ResetBudget ===
+
+impl ResetBudget {
+    fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second.max(1));
+        ResetBudget {
+            rate,
+            bucket: std::sync::Mutex::new((rate, tokio::time::Instant::now())),
+            exceeded: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Counts one cancellation; wakes the connection's task when the budget is spent.
+    fn cancelled(&self) {
+        let Ok(mut b) = self.bucket.lock() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let refill = (now - b.1).as_secs_f64() * self.rate;
+        b.0 = (b.0 + refill).min(self.rate) - 1.0;
+        b.1 = now;
+        if b.0 < 0.0 {
+            self.exceeded.notify_one();
+        }
+    }
+}
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        if let Some(budget) = self.0.take() {
+            budget.cancelled();
+        }
+    }
 }
 
 /// hyper's read buffer limit, the largest head it accepts (it needs at least 8 KiB): the framing
@@ -123,4 +194,33 @@ fn http_builder(stack: &ListenerStack) -> auto::Builder<TokioExecutor> {
         .adaptive_window(true)
         .enable_connect_protocol();
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A burst of one second's worth passes; one more within the second trips the budget, and
+    /// cancellations spread at the allowed rate never do.
+    #[tokio::test(start_paused = true)]
+    async fn reset_budget_allows_its_rate() {
+        let b = ResetBudget::new(10);
+        for _ in 0..10 {
+            b.cancelled();
+        }
+        let tripped = tokio::time::timeout(Duration::ZERO, b.exceeded.notified());
+        assert!(tripped.await.is_err(), "tripped within the burst");
+        b.cancelled();
+        let tripped = tokio::time::timeout(Duration::ZERO, b.exceeded.notified());
+        assert!(tripped.await.is_ok(), "not tripped past the burst");
+
+        let b = ResetBudget::new(10);
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            b.cancelled();
+        }
+        let tripped = tokio::time::timeout(Duration::ZERO, b.exceeded.notified());
+        assert!(tripped.await.is_err(), "tripped at the allowed rate");
+    }
 }
