@@ -227,3 +227,40 @@ def test_slow_head_and_slow_body_are_cut_off(tandem, start_backend):
     assert seen.endswith(b"\r\n\r\n" + b"x" * 10), seen
     r = httpx.get(f"http://127.0.0.1:{port}/after", timeout=5)
     assert (r.status_code, r.text) == (200, "ok GET /after")
+
+
+def test_client_faults_do_not_eject_endpoints(tandem, start_backend):
+    """Requests whose bodies stall (408) or break off are the client's fault: they must not count
+    as endpoint failures, or any client could eject healthy endpoints (here two failures in a
+    row would). Both endpoints stay in rotation."""
+    backends = []
+    for _ in range(2):
+        b = free_port()
+        start_backend("recording_backend.py", b)
+        backends.append(f"127.0.0.1:{b}")
+    port = free_port()
+    t = tandem(f"""
+limits: {{ body_read_timeout: 500ms }}
+listeners:
+  inbound: {{ address: 127.0.0.1:{port}, upstream: app }}
+upstreams:
+  app:
+    endpoints: [{backends[0]}, {backends[1]}]
+    protocol: http1
+    balancer: round_robin
+    circuit_breaker: {{ consecutive_failures: 2 }}
+""")
+    stalled = [raw(port, POST + b"content-length: 100\r\n\r\nabc", timeout=5) for _ in range(3)]
+    assert all(s.startswith(b"HTTP/1.1 408 ") for s in stalled), stalled
+    for i in range(3):
+        # Break off mid-body, once the upstream has the request.
+        marker = b"broken-%d" % i
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(POST + b"content-length: 100\r\n\r\n" + marker)
+            deadline = time.monotonic() + 5
+            while not any(marker in c for b in backends for c in recorded(b)):
+                assert time.monotonic() < deadline, "the broken request never reached a backend"
+                time.sleep(0.02)
+    view = httpx.get(f"{t.admin}/upstreams", timeout=5).json()
+    endpoints = view[0]["endpoints"]
+    assert [(e["breaker"], e["eligible"]) for e in endpoints] == [("closed", True)] * 2, endpoints

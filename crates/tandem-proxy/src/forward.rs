@@ -391,7 +391,11 @@ async fn proxy(
                 return finish(res, guard, downstream_upgrade, stack).map_err(at);
             }
             Ok(Err(e)) => {
-                tried.record(elapsed, false, ended);
+                // A try the client broke (its body stalled or failed) says nothing about the
+                // endpoint: recording it would let a client eject healthy endpoints.
+                if !client_fault(&e) {
+                    tried.record(elapsed, false, ended);
+                }
                 let unseen = e.unseen();
                 let err = at(classify(&e));
                 let reason = can_retry
@@ -775,6 +779,32 @@ fn connect_error_kind(e: &ConnectError) -> ErrorKind {
     }
 }
 
+/// Whether a try failed because of the client: its request body broke or stalled.
+fn client_fault(e: &SendError) -> bool {
+    use std::error::Error as _;
+    let by_client = |b: &RequestBodyError| {
+        matches!(
+            b,
+            RequestBodyError::Downstream(_) | RequestBodyError::ClientTimeout(_)
+        )
+    };
+    match e {
+        SendError::Http1(h1::Error::RequestBody(b))
+        | SendError::Unsent(h1::Error::RequestBody(b)) => by_client(b),
+        SendError::Http2(he) => {
+            let mut source = he.source();
+            while let Some(s) = source {
+                if let Some(b) = s.downcast_ref::<RequestBodyError>() {
+                    return by_client(b);
+                }
+                source = s.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
 /// Maps a failed exchange with an endpoint to the [`ErrorKind`] the user sees.
 fn classify(e: &SendError) -> ProxyError {
     use std::error::Error as _;
@@ -789,6 +819,7 @@ fn classify(e: &SendError) -> ProxyError {
                 h1::Error::RequestBody(RequestBodyError::ClientTimeout(_)) => {
                     ErrorKind::ClientTimeout
                 }
+                h1::Error::RequestBody(RequestBodyError::Downstream(_)) => ErrorKind::BadRequest,
                 h1::Error::Io(_) | h1::Error::ClosedBeforeResponse | h1::Error::RequestBody(_) => {
                     ErrorKind::UpstreamReset
                 }
@@ -802,8 +833,17 @@ fn classify(e: &SendError) -> ProxyError {
     // does not speak HTTP/2 at all: usually an HTTP/1.1-only app behind `protocol: auto`.
     let mut source = he.source();
     while let Some(s) = source {
-        if let Some(RequestBodyError::ClientTimeout(_)) = s.downcast_ref::<RequestBodyError>() {
-            return ProxyError::new(ErrorKind::ClientTimeout, s.to_string());
+        match s.downcast_ref::<RequestBodyError>() {
+            Some(RequestBodyError::ClientTimeout(_)) => {
+                return ProxyError::new(ErrorKind::ClientTimeout, s.to_string());
+            }
+            Some(RequestBodyError::Downstream(_)) => {
+                return ProxyError::new(
+                    ErrorKind::BadRequest,
+                    format!("the request body failed: {s}"),
+                );
+            }
+            _ => {}
         }
         if let Some(h2e) = s.downcast_ref::<h2::Error>() {
             let framing = matches!(
