@@ -387,3 +387,40 @@ def test_stream_errors_provoked_in_bulk_get_goaway(tandem, http_backend):
     a, stats = run_attack(tandem, http_backend, provoked_resets)
     print(f"streams opened by the attacker: {(state['sid'] - 1) // 2}, goaway={a.goaway}")
     assert a.goaway == 0xB, a.goaway
+
+
+def test_stalled_h2_body_gets_408(tandem, http_backend):
+    """An HTTP/2 request whose body stops arriving gets 408 `client_timeout` after
+    body_read_timeout, as its stream's response."""
+    import hpack
+
+    port = free_port()
+    tandem(config(port, http_backend, "body_read_timeout: 1s"))
+    a = Attacker(port)
+    head = b"\x83\x86\x04\x05/echo\x01\x01a"  # POST /echo, authority a
+    start = time.monotonic()
+    a.send(frame(HEADERS, END_HEADERS, 1, head) + frame(0x0, 0, 1, b"x" * 10))  # DATA, no END_STREAM
+    status = None
+    dec = hpack.Decoder()
+    while status is None and time.monotonic() - start < 5:
+        time.sleep(0.05)
+        a.s.setblocking(False)
+        try:
+            a.inbuf += a.s.recv(65536)
+        except BlockingIOError:
+            pass
+        finally:
+            a.s.setblocking(True)
+        while len(a.inbuf) >= 9:
+            length = int.from_bytes(a.inbuf[:3], "big")
+            if len(a.inbuf) < 9 + length:
+                break
+            kind, sid, payload = a.inbuf[3], int.from_bytes(a.inbuf[5:9], "big"), a.inbuf[9:9 + length]
+            a.inbuf = a.inbuf[9 + length:]
+            if kind == HEADERS and sid == 1:
+                headers = dict(dec.decode(payload))
+                status = (headers[":status"], headers.get("tandem-error"))
+    took = time.monotonic() - start
+    print(f"stalled HTTP/2 body answered after {took:.2f}s: {status}")
+    assert status == ("408", "client_timeout"), status
+    assert 0.9 < took < 3, took
