@@ -4,7 +4,8 @@
   error naming the key and the fix, from the file and from `--admin`, unless
   `admin.allow_remote: true` says it is meant.
 - Admin endpoints answer their own method only: anything else gets 405 with `Allow`.
-- `limits.max_connections` is a budget per listener: one listener full does not starve another.
+- `limits.max_connections` is a budget per listener, also settable in a listener's own `limits`:
+  one listener full does not starve another.
 """
 import socket
 
@@ -82,14 +83,17 @@ def test_admin_endpoints_refuse_other_methods(tandem, http_backend):
     assert httpx.get(f"{t.admin}/ready", timeout=5).status_code == 200
 
 
-def test_max_connections_is_per_listener(tandem, http_backend):
-    """Two listeners with max_connections: 1: while one connection holds listener `a`, a second
-    one to `a` waits, and listener `b` still serves at once."""
+@pytest.mark.parametrize("where", ["top_level", "listener"])
+def test_max_connections_is_per_listener(tandem, http_backend, where):
+    """max_connections: 1, set for every listener or in listener `a`'s own `limits`: while one
+    connection holds `a`, a second one to `a` waits, and listener `b` still serves at once."""
     a, b = free_port(), free_port()
+    top, own = ("limits: { max_connections: 1 }", "") if where == "top_level" else \
+        ("", ", limits: { max_connections: 1 }")
     tandem(f"""
-limits: {{ max_connections: 1 }}
+{top}
 listeners:
-  a: {{ address: 127.0.0.1:{a}, upstream: app }}
+  a: {{ address: 127.0.0.1:{a}, upstream: app{own} }}
   b: {{ address: 127.0.0.1:{b}, upstream: app }}
 upstreams:
   app:

@@ -99,6 +99,27 @@ pub struct Limits {
     pub h2: H2Limits,
 }
 
+impl Default for Limits {
+    /// The defaults documented in docs/config.md, `limits`.
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_header_bytes: 65_536,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            tcp_idle_timeout: Duration::from_secs(3600),
+            body_read_timeout: Duration::from_secs(30),
+            h2: H2Limits {
+                max_concurrent_streams: 256,
+                max_pending_accept_reset_streams: 20,
+                max_local_error_reset_streams: 1024,
+                max_send_buf_size: 409_600,
+                max_resets_per_second: 200,
+            },
+        }
+    }
+}
+
 /// Per-connection HTTP/2 limits against floods (rapid reset, CONTINUATION, HPACK bombs, stalls).
 /// The header list limit is [`Limits::max_header_bytes`]; h2 also bounds CONTINUATION frames by
 /// it and answers SETTINGS and PING floods with a bounded number of queued acknowledgements.
@@ -176,6 +197,8 @@ pub struct Listener {
     pub forward_proxy: bool,
     /// Whether its requests or connections are written to the access log (when there is one).
     pub access_log: bool,
+    /// Its protections: the top-level `limits` with this listener's own keys applied.
+    pub limits: Limits,
 }
 
 /// A route: a match and where matching requests go.

@@ -134,6 +134,9 @@ pub struct RawListener {
     /// the top-level `access_log` is set).
     #[serde(default)]
     pub access_log: Option<bool>,
+    /// This listener's protections: each key given replaces the top-level `limits` value.
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
 }
 
 /// The access log.

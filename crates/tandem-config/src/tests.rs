@@ -1480,3 +1480,45 @@ fn admin_binds_loopback_unless_allowed() {
         assert_eq!(c.admin.allow_remote, admin.contains("allow_remote"));
     }
 }
+
+/// A listener's own `limits` replace the top-level values key by key; the rest is inherited, and
+/// a bad value is reported at the listener's key path and line.
+#[test]
+fn listener_limits_override_the_top_level() {
+    let text = "\
+limits: { max_connections: 500, body_read_timeout: 5s, h2_max_concurrent_streams: 64 }
+listeners:
+  public:
+    address: 127.0.0.1:7080
+    upstream: u
+    limits: { max_connections: 50, h2_max_resets_per_second: 20 }
+  local: { address: 127.0.0.1:7081, upstream: u }
+upstreams:
+  u: { endpoints: [127.0.0.1:1] }
+";
+    let c = parse("t.yaml", text).unwrap_or_else(|e| panic!("{e:?}"));
+    let (public, local) = (&c.listeners[0].limits, &c.listeners[1].limits);
+    assert_eq!((public.max_connections, local.max_connections), (50, 500));
+    assert_eq!(public.body_read_timeout, Duration::from_secs(5));
+    assert_eq!(public.h2.max_concurrent_streams, 64);
+    assert_eq!(
+        (
+            public.h2.max_resets_per_second,
+            local.h2.max_resets_per_second
+        ),
+        (20, 200)
+    );
+    assert_eq!(c.limits.max_connections, 500);
+
+    let e = errors(
+        "listeners:\n  a:\n    address: 127.0.0.1:7080\n    upstream: u\n    limits:\n      max_header_bytes: 10\n      body_read_timeout: soon\nupstreams:\n  u: { endpoints: [127.0.0.1:1] }\n",
+    );
+    let got: Vec<(Option<usize>, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(6), "listeners.a.limits.max_header_bytes"),
+            (Some(7), "listeners.a.limits.body_read_timeout")
+        ]
+    );
+}
