@@ -264,3 +264,35 @@ upstreams:
     view = httpx.get(f"{t.admin}/upstreams", timeout=5).json()
     endpoints = view[0]["endpoints"]
     assert [(e["breaker"], e["eligible"]) for e in endpoints] == [("closed", True)] * 2, endpoints
+
+
+def test_client_that_stops_reading_is_disconnected(tandem, http_backend):
+    """Slow read: a client asks for 50 MB and never reads. Once the socket buffers are full,
+    send_timeout (1 s here) closes the connection, so the response cannot hold its upstream
+    request forever; what the client finally reads ends well short of 50 MB."""
+    port = free_port()
+    tandem(config(port, http_backend, extra="limits: { send_timeout: 1s }"))
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /bytes/50000000 HTTP/1.1\r\nhost: a\r\n\r\n")
+    time.sleep(3)  # the client reads nothing
+    got, ended = 0, None
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < 5:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                ended = "eof"
+                break
+            got += len(chunk)
+    except ConnectionResetError:
+        ended = "reset"
+    except socket.timeout:
+        ended = None
+    s.close()
+    print(f"slow reader got {got} bytes before the connection ended ({ended})")
+    assert ended is not None and got < 50_000_000, (got, ended)
+    r = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+    assert r.status_code == 200

@@ -483,6 +483,11 @@ fn check_limits(c: &mut Checker, key: &str, rl: &RawLimits, base: &Limits) -> Li
             rl.body_read_timeout.as_deref(),
             base.body_read_timeout,
         ),
+        send_timeout: duration(
+            "send_timeout",
+            rl.send_timeout.as_deref(),
+            base.send_timeout,
+        ),
         h2,
     }
 }

@@ -95,6 +95,10 @@ pub struct Limits {
     /// A request body with no data from the client for this long fails (slow bodies).
     #[serde(with = "humantime_serde_compat")]
     pub body_read_timeout: Duration,
+    /// A client connection that accepts no bytes for this long while Tandem has some to send
+    /// is closed (slow readers).
+    #[serde(with = "humantime_serde_compat")]
+    pub send_timeout: Duration,
     /// HTTP/2 flood limits.
     pub h2: H2Limits,
 }
@@ -109,6 +113,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             tcp_idle_timeout: Duration::from_secs(3600),
             body_read_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             h2: H2Limits {
                 max_concurrent_streams: 256,
                 max_pending_accept_reset_streams: 20,

@@ -88,6 +88,9 @@ pub struct RawLimits {
     pub header_read_timeout: Option<String>,
     /// A TCP proxy connection idle this long in both directions is closed (default "1h").
     pub tcp_idle_timeout: Option<String>,
+    /// A client connection that accepts no bytes for this long while Tandem has some to send is
+    /// closed (default "60s"; slow readers).
+    pub send_timeout: Option<String>,
     /// A request body with no data from the client for this long fails (default "30s"): 408
     /// when no response has started, else the stream or connection is closed (slow bodies).
     pub body_read_timeout: Option<String>,

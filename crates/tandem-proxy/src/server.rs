@@ -2,19 +2,26 @@
 //! knowledge on one port, told apart by the HTTP/2 preface) or opaque TCP.
 //!
 //! Limits applied per connection: request head size and field count (431 beyond), a header read
-//! timeout (slow clients are disconnected), HTTP/2 concurrent streams, header list size, reset
-//! stream counts and send buffer (`limits.h2_*`).
+//! timeout (slow clients are disconnected), a send timeout (clients that stop reading are
+//! disconnected), HTTP/2 concurrent streams, header list size, reset stream counts and send
+//! buffer (`limits.h2_*`).
 //! Drain: stop accepting, ask every HTTP connection to finish (HTTP/1.1 closes once idle or after
 //! its in-flight response, HTTP/2 sends GOAWAY and finishes open streams), wait for TCP tunnels.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tandem_config::ListenerProtocol;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::task::TaskTracker;
 
 use crate::framing::{FramingFlag, FramingGuard};
@@ -48,7 +55,7 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
                 let svc_stack = stack.clone();
                 let flag = Arc::new(FramingFlag::default());
                 let io = FramingGuard::new(
-                    accepted.io,
+                    SendTimeout::new(accepted.io, stack.limits.send_timeout),
                     head_buffer(&stack.limits),
                     stack.limits.max_headers,
                     flag.clone(),
@@ -159,6 +166,101 @@ impl Drop for Cancelled {
         if let Some(budget) = self.0.take() {
             budget.cancelled();
         }
+    }
+}
+
+/// `limits.send_timeout`: a connection whose client accepts no bytes for this long while Tandem
+/// has some to write fails with `TimedOut` (slow readers: a response nobody reads would otherwise
+/// hold its upstream request forever). Armed only while a write is blocked; the sleep is
+/// allocated once, on the first blocked write.
+struct SendTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+// === impl SendTimeout ===
+
+impl<T> SendTimeout<T> {
+    fn new(inner: T, timeout: Duration) -> Self {
+        SendTimeout {
+            inner,
+            timeout,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// After a write attempt: disarms on progress; on `Pending`, arms (if not yet) and reports
+    /// whether the client has not read for the whole timeout.
+    fn check<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.armed = false;
+            return polled;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            self.armed = true;
+            sleep.as_mut().reset(deadline);
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing for limits.send_timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SendTimeout<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
