@@ -278,10 +278,14 @@ class Dispatch:
 
 class TCPServer(Dispatch, ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 overflows when a test opens connections in bursts
+    # (the kernel then drops SYNs and the client retries after 1 s).
+    request_queue_size = 128
 
 
 class UnixHTTPServer(Dispatch, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = 128
 
     def get_request(self):
         sock, _ = super().get_request()

@@ -5,9 +5,11 @@ It answers each request it can frame (Content-Length or chunked body) with `200`
 record kept in memory. Bytes it cannot frame get a `400` and a closed connection: a smuggled
 request that reached the backend is then visible both in the record and in the answer.
 
-Control (connections whose first request targets `/__`; they are never recorded):
-  GET  /__recorded  -> JSON {"connections": [base64 of each recorded connection's bytes, ...]}
-  POST /__reset     -> forget the record
+Every connection is recorded from its first byte, even one that never completes a head;
+control connections (whose first request targets `/__`) are dropped from the record.
+  GET  /__recorded  -> JSON {"connections": [base64 of each connection's bytes, ...]}: connections
+                       with at least one byte since the last reset
+  POST /__reset     -> forget every byte so far (connections kept open go on being recorded)
 Run: python recording_backend.py PORT
 """
 import base64
@@ -36,18 +38,23 @@ def read_head(conn, buf):
 
 
 class Conn:
-    """A client connection and its record (None until its first request shows it is not control)."""
+    """A client connection and its record, listed in RECORD from the start."""
 
     def __init__(self, sock):
         self.sock = sock
-        self.record = None
+        self.record = bytearray()
+        with LOCK:
+            RECORD.append(self.record)
 
     def recv(self, n):
         data = self.sock.recv(n)
-        if self.record is not None:
-            with LOCK:
-                self.record.extend(data)
+        with LOCK:
+            self.record.extend(data)
         return data
+
+    def forget(self):
+        with LOCK:
+            RECORD[:] = [r for r in RECORD if r is not self.record]
 
     def sendall(self, data):
         self.sock.sendall(data)
@@ -116,10 +123,8 @@ def serve(conn):
             if first:
                 first = False
                 if path.startswith(b"/__"):
+                    conn.forget()
                     return control(conn, method, path)
-                with LOCK:
-                    conn.record = bytearray(head + b"\r\n\r\n" + rest)
-                    RECORD.append(conn.record)
             fields = {}
             for line in lines[1:]:
                 name, sep, value = line.partition(b":")
@@ -147,11 +152,13 @@ def serve(conn):
 def control(conn, method, path):
     if method == b"POST" and path == b"/__reset":
         with LOCK:
-            RECORD.clear()
+            for r in RECORD:
+                del r[:]
         body = b"{}"
     elif path == b"/__recorded":
         with LOCK:
-            body = json.dumps({"connections": [base64.b64encode(bytes(r)).decode() for r in RECORD]}).encode()
+            seen = [base64.b64encode(bytes(r)).decode() for r in RECORD if r]
+        body = json.dumps({"connections": seen}).encode()
     else:
         body = b"unknown control path"
     conn.sendall(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-type: application/json\r\n"
