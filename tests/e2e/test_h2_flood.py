@@ -424,3 +424,83 @@ def test_stalled_h2_body_gets_408(tandem, http_backend):
     print(f"stalled HTTP/2 body answered after {took:.2f}s: {status}")
     assert status == ("408", "client_timeout"), status
     assert 0.9 < took < 3, took
+
+
+def literal(name, value):
+    """An HPACK literal header field without indexing, new name (RFC 7541 §6.2.2)."""
+    return b"\x00" + hpack_int(len(name), 7) + name + hpack_int(len(value), 7) + value
+
+
+# HTTP/2 requests that an HTTP/1.1 upstream would read as two requests (or a different one) if
+# Tandem copied their bytes into an HTTP/1.1 head: HPACK carries any byte, so CR, LF, NUL, spaces
+# and colons must be refused on the way in (h2 and http do), never serialized.
+DOWNGRADE = {
+    "crlf_in_value": literal(b"x-a", b"a\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: a"),
+    "lf_in_value": literal(b"x-a", b"a\nGET /smuggled HTTP/1.1"),
+    "nul_in_value": literal(b"x-a", b"a\x00/smuggled"),
+    "crlf_in_name": literal(b"x-a\r\nx-smuggled", b"1"),
+    "colon_in_name": literal(b"x-smuggled:", b"1"),
+    "space_in_name": literal(b"x smuggled", b"1"),
+    "uppercase_name": literal(b"X-Smuggled", b"1"),
+    "transfer_encoding": literal(b"transfer-encoding", b"chunked"),
+    "connection_header": literal(b"connection", b"x-smuggled"),
+    "te_not_trailers": literal(b"te", b"x-smuggled"),
+}
+PATHS = {
+    "crlf_in_path": b"/probe HTTP/1.1\r\nhost: a\r\n\r\nGET /smuggled",
+    "space_in_path": b"/probe /smuggled",
+}
+
+
+def test_h2_to_h1_downgrade_probes_are_refused(tandem, start_backend):
+    """Each probe on its own stream of one HTTP/2 connection to Tandem in front of an HTTP/1.1
+    recording backend: none gets a 200, and the backend never receives `smuggled` bytes."""
+    import base64
+
+    b = free_port()
+    start_backend("recording_backend.py", b)
+    backend = f"127.0.0.1:{b}"
+    port = free_port()
+    tandem(config(port, backend))
+    outcomes = {}
+    for name, extra in list(DOWNGRADE.items()) + [(n, None) for n in PATHS]:
+        a = Attacker(port)
+        if extra is None:
+            block = b"\x82\x86\x04" + hpack_int(len(PATHS[name]), 7) + PATHS[name] + b"\x01\x01a"
+        else:
+            block = request_headers("/probe") + extra
+        a.send(frame(HEADERS, END_HEADERS | END_STREAM, 1, block))
+        deadline = time.monotonic() + 3
+        answer = None
+        while answer is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            a.s.setblocking(False)
+            try:
+                data = a.s.recv(65536)
+                a.inbuf += data
+                if not data:
+                    answer = "closed"
+            except BlockingIOError:
+                pass
+            finally:
+                a.s.setblocking(True)
+            while len(a.inbuf) >= 9 and answer is None:
+                length = int.from_bytes(a.inbuf[:3], "big")
+                if len(a.inbuf) < 9 + length:
+                    break
+                kind, payload = a.inbuf[3], a.inbuf[9:9 + length]
+                a.inbuf = a.inbuf[9 + length:]
+                if kind == RST_STREAM:
+                    answer = f"rst {int.from_bytes(payload, 'big')}"
+                elif kind == GOAWAY:
+                    answer = f"goaway {int.from_bytes(payload[4:8], 'big')}"
+                elif kind == HEADERS:
+                    answer = "headers " + payload[:1].hex()
+        a.s.close()
+        outcomes[name] = answer
+    print("\n" + "\n".join(f"{k}: {v}" for k, v in outcomes.items()))
+    seen = b"".join(base64.b64decode(c) for c in
+                    httpx.get(f"http://{backend}/__recorded", timeout=5).json()["connections"])
+    assert b"smuggled" not in seen.lower(), seen
+    # `\x88` is the static-table index of `:status: 200`.
+    assert all(v is not None and v != "headers 88" for v in outcomes.values()), outcomes
