@@ -9,6 +9,11 @@
 //! | `GET /config` | the effective configuration as JSON |
 //! | `GET /upstreams` | upstreams and their endpoints' live state (health, breaker, EWMA latency, in flight, pool) as JSON |
 //!
+//! Every endpoint is a read-only `GET`; any other method gets `405` with an `Allow` header (axum's
+//! method router). An endpoint that changes state must be routed with `post()` only, so a
+//! cross-site `GET` (an `<img>` tag, a prefetch) can never trigger it. The address is loopback or
+//! a Unix socket unless `admin.allow_remote` is set (`tandem_config::Admin::exposure_error`).
+//!
 //! The router is a plain function of [`AdminState`] so tests drive it with `oneshot` or a socket.
 
 use std::sync::atomic::{AtomicBool, Ordering};

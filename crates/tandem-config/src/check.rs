@@ -151,6 +151,13 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
     let admin = c
         .listen_address("admin.address", admin_raw)
         .unwrap_or(Address::Tcp(([127, 0, 0, 1], 7901).into()));
+    let admin = Admin {
+        address: admin,
+        allow_remote: raw.admin.as_ref().is_some_and(|a| a.allow_remote),
+    };
+    if let Some((message, hint)) = admin.exposure_error() {
+        c.err("admin.address", message, hint);
+    }
 
     let app = raw.app.as_ref().map(|a| {
         resolve(&mut c, "app.upstream", &a.upstream);
@@ -166,49 +173,12 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
     );
 
     // Limits.
-    let rl = raw.limits.unwrap_or_default();
-    let positive =
-        |c: &mut Checker, key: &str, v: Option<usize>, default: usize, min: usize| -> usize {
-            match v {
-                Some(v) if v < min => {
-                    c.err(
-                        key,
-                        format!("{v} is too small"),
-                        format!("use at least {min} (default {default})"),
-                    );
-                    default
-                }
-                Some(v) => v,
-                None => default,
-            }
-        };
-    let limits = Limits {
-        max_connections: positive(
-            &mut c,
-            "limits.max_connections",
-            rl.max_connections,
-            10_000,
-            1,
-        ),
-        max_header_bytes: positive(
-            &mut c,
-            "limits.max_header_bytes",
-            rl.max_header_bytes,
-            65_536,
-            1024,
-        ),
-        max_headers: positive(&mut c, "limits.max_headers", rl.max_headers, 100, 1),
-        header_read_timeout: c.duration(
-            "limits.header_read_timeout",
-            rl.header_read_timeout.as_deref(),
-            Duration::from_secs(10),
-        ),
-        tcp_idle_timeout: c.duration(
-            "limits.tcp_idle_timeout",
-            rl.tcp_idle_timeout.as_deref(),
-            Duration::from_secs(3600),
-        ),
-    };
+    let limits = check_limits(
+        &mut c,
+        "limits",
+        raw.limits.as_ref().unwrap_or(&RawLimits::default()),
+        &Limits::default(),
+    );
 
     // Upstreams.
     let mut upstreams = Vec::with_capacity(raw.upstreams.len());
@@ -293,7 +263,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         );
     }
     // Addresses already taken, with who took them, to catch two sockets that cannot both bind.
-    let mut taken: Vec<(Address, String)> = vec![(admin.clone(), "admin".into())];
+    let mut taken: Vec<(Address, String)> = vec![(admin.address.clone(), "admin".into())];
     let mut listeners = Vec::with_capacity(raw.listeners.len());
     for (name, l) in &raw.listeners {
         let key = format!("listeners.{name}");
@@ -320,6 +290,10 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         let protocol = match l.protocol {
             Some(RawListenerProtocol::Tcp) => ListenerProtocol::Tcp,
             _ => ListenerProtocol::Http,
+        };
+        let listener_limits = match &l.limits {
+            Some(rl) => check_limits(&mut c, &format!("{key}.limits"), rl, &limits),
+            None => limits.clone(),
         };
         if let Some(u) = &l.upstream {
             resolve(&mut c, &format!("{key}.upstream"), u);
@@ -397,6 +371,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
             default_upstream: l.upstream.clone(),
             forward_proxy: l.forward_proxy,
             access_log: access_log::listener(&mut c, &key, l.access_log, access_log.is_some()),
+            limits: listener_limits,
         });
     }
 
@@ -411,7 +386,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
     }
     Ok(Config {
         source: source.to_owned(),
-        admin: Admin { address: admin },
+        admin,
         drain_timeout,
         limits,
         app,
@@ -428,6 +403,100 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                 .unwrap_or(true),
         },
     })
+}
+
+/// `limits` at `key` over `base`: every key given replaces the base value (the defaults at the
+/// top level, the top-level limits for a listener).
+fn check_limits(c: &mut Checker, key: &str, rl: &RawLimits, base: &Limits) -> Limits {
+    let mut positive = |name: &str, v: Option<usize>, base: usize, min: usize| -> usize {
+        match v {
+            Some(v) if v < min => {
+                c.err(
+                    format!("{key}.{name}"),
+                    format!("{v} is too small"),
+                    format!("use at least {min} (otherwise {base})"),
+                );
+                base
+            }
+            Some(v) => v,
+            None => base,
+        }
+    };
+    let u32_of = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    let h2 = &base.h2;
+    let max_connections = positive(
+        "max_connections",
+        rl.max_connections,
+        base.max_connections,
+        1,
+    );
+    let max_header_bytes = positive(
+        "max_header_bytes",
+        rl.max_header_bytes,
+        base.max_header_bytes,
+        1024,
+    );
+    let max_headers = positive("max_headers", rl.max_headers, base.max_headers, 1);
+    let h2 = H2Limits {
+        max_concurrent_streams: u32_of(positive(
+            "h2_max_concurrent_streams",
+            rl.h2_max_concurrent_streams.map(|v| v as usize),
+            h2.max_concurrent_streams as usize,
+            1,
+        )),
+        max_pending_accept_reset_streams: positive(
+            "h2_max_pending_accept_reset_streams",
+            rl.h2_max_pending_accept_reset_streams,
+            h2.max_pending_accept_reset_streams,
+            1,
+        ),
+        max_local_error_reset_streams: positive(
+            "h2_max_local_error_reset_streams",
+            rl.h2_max_local_error_reset_streams,
+            h2.max_local_error_reset_streams,
+            1,
+        ),
+        max_send_buf_size: positive(
+            "h2_max_send_buf_size",
+            rl.h2_max_send_buf_size,
+            h2.max_send_buf_size,
+            16_384,
+        ),
+        max_resets_per_second: u32_of(positive(
+            "h2_max_resets_per_second",
+            rl.h2_max_resets_per_second.map(|v| v as usize),
+            h2.max_resets_per_second as usize,
+            1,
+        )),
+    };
+    let mut duration =
+        |name: &str, v: Option<&str>, base: Duration| c.duration(&format!("{key}.{name}"), v, base);
+    Limits {
+        max_connections,
+        max_header_bytes,
+        max_headers,
+        header_read_timeout: duration(
+            "header_read_timeout",
+            rl.header_read_timeout.as_deref(),
+            base.header_read_timeout,
+        ),
+        tcp_idle_timeout: duration(
+            "tcp_idle_timeout",
+            rl.tcp_idle_timeout.as_deref(),
+            base.tcp_idle_timeout,
+        ),
+        body_read_timeout: duration(
+            "body_read_timeout",
+            rl.body_read_timeout.as_deref(),
+            base.body_read_timeout,
+        ),
+        send_timeout: duration(
+            "send_timeout",
+            rl.send_timeout.as_deref(),
+            base.send_timeout,
+        ),
+        h2,
+    }
 }
 
 fn check_rate_limit(c: &mut Checker, key: &str, rl: &RawRateLimit) -> RateLimit {

@@ -61,8 +61,27 @@ impl Default for MetricsConfig {
 /// The admin API (health, metrics, effective config).
 #[derive(Clone, Debug, Serialize)]
 pub struct Admin {
-    /// Where the admin API listens; loopback or a Unix socket by default.
+    /// Where the admin API listens; loopback or a Unix socket unless `allow_remote`.
     pub address: Address,
+    /// A non-loopback `address` was allowed explicitly.
+    pub allow_remote: bool,
+}
+
+impl Admin {
+    /// The error for an admin address that is neither loopback nor a Unix socket when remote
+    /// access was not allowed explicitly: what is wrong, and the fix.
+    pub fn exposure_error(&self) -> Option<(String, &'static str)> {
+        if self.allow_remote || self.address.is_local() {
+            return None;
+        }
+        Some((
+            format!(
+                "`{}` is not a loopback address; the admin API is unauthenticated (configuration, metrics, upstream state)",
+                self.address
+            ),
+            "use 127.0.0.1:PORT, [::1]:PORT or unix:/path.sock, or set `admin.allow_remote: true` to expose it on purpose (behind a firewall or network policy)",
+        ))
+    }
 }
 
 /// The app Tandem runs beside.
@@ -88,6 +107,57 @@ pub struct Limits {
     /// A TCP proxy connection with no bytes either way for this long is closed.
     #[serde(with = "humantime_serde_compat")]
     pub tcp_idle_timeout: Duration,
+    /// A request body with no data from the client for this long fails (slow bodies).
+    #[serde(with = "humantime_serde_compat")]
+    pub body_read_timeout: Duration,
+    /// A client connection that accepts no bytes for this long while Tandem has some to send
+    /// is closed (slow readers).
+    #[serde(with = "humantime_serde_compat")]
+    pub send_timeout: Duration,
+    /// HTTP/2 flood limits.
+    pub h2: H2Limits,
+}
+
+impl Default for Limits {
+    /// The defaults documented in docs/config.md, `limits`.
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_header_bytes: 65_536,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            tcp_idle_timeout: Duration::from_secs(3600),
+            body_read_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
+            h2: H2Limits {
+                max_concurrent_streams: 256,
+                max_pending_accept_reset_streams: 20,
+                max_local_error_reset_streams: 1024,
+                max_send_buf_size: 409_600,
+                max_resets_per_second: 200,
+            },
+        }
+    }
+}
+
+/// Per-connection HTTP/2 limits against floods (rapid reset, CONTINUATION, HPACK bombs, stalls).
+/// The header list limit is [`Limits::max_header_bytes`]; h2 also bounds CONTINUATION frames by
+/// it and answers SETTINGS and PING floods with a bounded number of queued acknowledgements.
+#[derive(Clone, Debug, Serialize)]
+pub struct H2Limits {
+    /// Streams open at once on one connection; more are refused with REFUSED_STREAM.
+    pub max_concurrent_streams: u32,
+    /// Streams the client opened and reset before Tandem accepted them, at once; beyond this
+    /// the connection gets GOAWAY (ENHANCE_YOUR_CALM).
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams Tandem reset because of the client's protocol errors; beyond this the connection
+    /// gets GOAWAY (ENHANCE_YOUR_CALM).
+    pub max_local_error_reset_streams: usize,
+    /// Response bytes buffered per stream while the client's window is closed.
+    pub max_send_buf_size: usize,
+    /// Requests a client may cancel per second on one connection before their response starts
+    /// (burst of as many); beyond it the connection is closed.
+    pub max_resets_per_second: u32,
 }
 
 /// A socket address: TCP `host:port` or a Unix domain socket path.
@@ -147,6 +217,8 @@ pub struct Listener {
     pub forward_proxy: bool,
     /// Whether its requests or connections are written to the access log (when there is one).
     pub access_log: bool,
+    /// Its protections: the top-level `limits` with this listener's own keys applied.
+    pub limits: Limits,
 }
 
 /// A route: a match and where matching requests go.
@@ -503,6 +575,17 @@ impl Default for RetryBudget {
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 // === impl Address ===
+
+impl Address {
+    /// A loopback IP or a Unix socket: reachable from this host only.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Address::Tcp(a) => a.ip().is_loopback(),
+            Address::Unix(_) => true,
+            Address::Host { .. } => false,
+        }
+    }
+}
 
 impl std::fmt::Display for Address {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

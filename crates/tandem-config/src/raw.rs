@@ -71,8 +71,13 @@ pub struct RawMetrics {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    /// `IP:port` or `unix:/path`. Keep it on loopback or a Unix socket.
+    /// `IP:port` or `unix:/path`. Keep it on loopback or a Unix socket: any other address is an
+    /// error unless `allow_remote` is set.
     pub address: String,
+    /// Allow a non-loopback `address` (the admin API is unauthenticated: expose it only behind
+    /// a firewall or network policy). Default false.
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 /// The app Tandem runs beside.
@@ -97,6 +102,28 @@ pub struct RawLimits {
     pub header_read_timeout: Option<String>,
     /// A TCP proxy connection idle this long in both directions is closed (default "1h").
     pub tcp_idle_timeout: Option<String>,
+    /// A client connection that accepts no bytes for this long while Tandem has some to send is
+    /// closed (default "60s"; slow readers).
+    pub send_timeout: Option<String>,
+    /// A request body with no data from the client for this long fails (default "30s"): 408
+    /// when no response has started, else the stream or connection is closed (slow bodies).
+    pub body_read_timeout: Option<String>,
+    /// HTTP/2 streams one client connection may have open at once (default 256); more are
+    /// refused with REFUSED_STREAM.
+    pub h2_max_concurrent_streams: Option<u32>,
+    /// HTTP/2 streams a client may open and reset before Tandem accepts them, at once, before
+    /// the connection gets GOAWAY (rapid reset, CVE-2023-44487; default 20).
+    pub h2_max_pending_accept_reset_streams: Option<usize>,
+    /// HTTP/2 streams Tandem may reset for a client's protocol errors before the connection gets
+    /// GOAWAY (default 1024).
+    pub h2_max_local_error_reset_streams: Option<usize>,
+    /// Bytes of response data buffered per HTTP/2 stream while the client's flow-control window
+    /// is closed (default 409600, at least 16384).
+    pub h2_max_send_buf_size: Option<usize>,
+    /// HTTP/2 requests a client may cancel (RST_STREAM) per second on one connection before
+    /// their response starts, with a burst of as many; beyond it the connection is closed
+    /// (rapid reset after accept; default 200).
+    pub h2_max_resets_per_second: Option<u32>,
 }
 
 /// A listener.
@@ -124,6 +151,9 @@ pub struct RawListener {
     /// the top-level `access_log` is set).
     #[serde(default)]
     pub access_log: Option<bool>,
+    /// This listener's protections: each key given replaces the top-level `limits` value.
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
 }
 
 /// The access log.

@@ -1453,3 +1453,72 @@ fn docs_resilience_example_is_valid() {
     let rest = routes[1].retry.as_ref().unwrap();
     assert_eq!((rest.attempts, rest.on_status.as_slice()), (2, &[503][..]));
 }
+
+/// The admin API stays on loopback or a Unix socket unless remote access is allowed explicitly;
+/// the error names the key, its line and both fixes.
+#[test]
+fn admin_binds_loopback_unless_allowed() {
+    for address in ["0.0.0.0:9901", "[::]:9901", "192.0.2.1:9901"] {
+        let e = errors(&format!(
+            "admin: {{ address: \"{address}\" }}\nlisteners:\n  in: {{ address: 127.0.0.1:7080, upstream: u }}\nupstreams:\n  u: {{ endpoints: [127.0.0.1:1] }}\n"
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].key.as_str(), e[0].line), ("admin.address", Some(1)));
+        assert!(e[0].message.contains("not a loopback address"), "{}", e[0]);
+        assert!(e[0].hint.contains("admin.allow_remote: true"), "{}", e[0]);
+    }
+    for admin in [
+        "{ address: \"0.0.0.0:9901\", allow_remote: true }",
+        "{ address: \"[::1]:9901\" }",
+        "{ address: \"127.0.0.2:9901\" }",
+        "{ address: \"unix:/tmp/tandem-admin.sock\" }",
+    ] {
+        let c = parse("t.yaml", &format!(
+            "admin: {admin}\nlisteners:\n  in: {{ address: 127.0.0.1:7080, upstream: u }}\nupstreams:\n  u: {{ endpoints: [127.0.0.1:1] }}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{admin}: {e:?}"));
+        assert_eq!(c.admin.allow_remote, admin.contains("allow_remote"));
+    }
+}
+
+/// A listener's own `limits` replace the top-level values key by key; the rest is inherited, and
+/// a bad value is reported at the listener's key path and line.
+#[test]
+fn listener_limits_override_the_top_level() {
+    let text = "\
+limits: { max_connections: 500, body_read_timeout: 5s, h2_max_concurrent_streams: 64 }
+listeners:
+  public:
+    address: 127.0.0.1:7080
+    upstream: u
+    limits: { max_connections: 50, h2_max_resets_per_second: 20 }
+  local: { address: 127.0.0.1:7081, upstream: u }
+upstreams:
+  u: { endpoints: [127.0.0.1:1] }
+";
+    let c = parse("t.yaml", text).unwrap_or_else(|e| panic!("{e:?}"));
+    let (public, local) = (&c.listeners[0].limits, &c.listeners[1].limits);
+    assert_eq!((public.max_connections, local.max_connections), (50, 500));
+    assert_eq!(public.body_read_timeout, Duration::from_secs(5));
+    assert_eq!(public.h2.max_concurrent_streams, 64);
+    assert_eq!(
+        (
+            public.h2.max_resets_per_second,
+            local.h2.max_resets_per_second
+        ),
+        (20, 200)
+    );
+    assert_eq!(c.limits.max_connections, 500);
+
+    let e = errors(
+        "listeners:\n  a:\n    address: 127.0.0.1:7080\n    upstream: u\n    limits:\n      max_header_bytes: 10\n      body_read_timeout: soon\nupstreams:\n  u: { endpoints: [127.0.0.1:1] }\n",
+    );
+    let got: Vec<(Option<usize>, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(6), "listeners.a.limits.max_header_bytes"),
+            (Some(7), "listeners.a.limits.body_read_timeout")
+        ]
+    );
+}

@@ -332,6 +332,16 @@ pub struct Downstream {
     body: Incoming,
     read: Option<Arc<AtomicU64>>,
     size: Option<SizeCount>,
+    timer: Option<ReadTimer>,
+}
+
+/// `limits.body_read_timeout`: armed when the body has to wait for the client (not while the
+/// upstream is slow to take it), disarmed by each frame; the sleep is allocated once.
+#[derive(Debug)]
+struct ReadTimer {
+    timeout: std::time::Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
 }
 
 /// Why a request body could not be sent.
@@ -340,6 +350,9 @@ pub enum RequestBodyError {
     /// The downstream body failed (the client went away or broke framing).
     #[error(transparent)]
     Downstream(#[from] hyper::Error),
+    /// The client sent no body data for this long (`limits.body_read_timeout`).
+    #[error("no request body data from the client for {0:?} (limits.body_read_timeout)")]
+    ClientTimeout(std::time::Duration),
     /// A retry needed bytes the replay buffer no longer holds (never sent: retries check first).
     #[error("the request body is larger than the replay buffer")]
     NotReplayable,
@@ -415,6 +428,7 @@ impl RequestBody {
                 body,
                 read,
                 size: counted,
+                timer: None,
             };
             let shared = Arc::new(Shared {
                 state: Mutex::new(Some(ReplayState {
@@ -441,7 +455,32 @@ impl RequestBody {
                 body,
                 read,
                 size: counted,
+                timer: None,
             })
+        }
+    }
+
+    /// Fails the body when the client sends nothing for `timeout` while it is being read.
+    pub fn with_read_timeout(self, timeout: std::time::Duration) -> Self {
+        let timer = || ReadTimer {
+            timeout,
+            sleep: None,
+            armed: false,
+        };
+        match self {
+            RequestBody::Stream(mut d) => {
+                d.timer = Some(timer());
+                RequestBody::Stream(d)
+            }
+            RequestBody::Replay(r) => {
+                if let Ok(mut state) = r.shared.state.lock() {
+                    if let Some(d) = state.as_mut().and_then(|s| s.rest.as_mut()) {
+                        d.timer = Some(timer());
+                    }
+                }
+                RequestBody::Replay(r)
+            }
+            RequestBody::Empty => RequestBody::Empty,
         }
     }
 
@@ -477,7 +516,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Replay(b) => b.poll_frame_inner(cx),
         }
     }
@@ -503,14 +542,16 @@ impl Body for RequestBody {
 
 impl Body for Downstream {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RequestBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let polled = Pin::new(&mut this.body)
+            .poll_frame(cx)
+            .map_err(RequestBodyError::from);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 let n = data.len() as u64;
@@ -527,6 +568,15 @@ impl Body for Downstream {
             // Ended or failed: the size is final (a retry replays kept chunks, not this body).
             this.size = None;
         }
+        let Some(t) = this.timer.as_mut() else {
+            return polled;
+        };
+        if polled.is_ready() {
+            t.armed = false;
+        } else if t.expired(cx) {
+            this.size = None;
+            return Poll::Ready(Some(Err(RequestBodyError::ClientTimeout(t.timeout))));
+        }
         polled
     }
 
@@ -536,6 +586,23 @@ impl Body for Downstream {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+// === impl ReadTimer ===
+
+impl ReadTimer {
+    /// Arms the timer if it is not (the body just started waiting), then whether it fired.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            self.armed = true;
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -629,7 +696,7 @@ impl ReplayBody {
                 // A body that failed downstream cannot be sent again.
                 self.shared.consumed.store(true, Ordering::Release);
                 self.shared.overflowed.store(true, Ordering::Release);
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             None => {
                 state.rest = None;

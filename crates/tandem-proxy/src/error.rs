@@ -36,6 +36,8 @@ pub enum ErrorKind {
     RateLimited,
     /// The upstream's concurrency limits are reached (503): refused at once instead of queued.
     Overloaded,
+    /// The client stopped sending its request body for `limits.body_read_timeout` (408).
+    ClientTimeout,
 }
 
 /// Which side a failure came from.
@@ -68,7 +70,7 @@ pub struct ProxyError {
 
 impl ErrorKind {
     /// Every kind, in discriminant order (indexes per-kind counters).
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::NoRoute,
         ErrorKind::NoEndpoints,
         ErrorKind::ConnectFailed,
@@ -80,6 +82,7 @@ impl ErrorKind {
         ErrorKind::Draining,
         ErrorKind::RateLimited,
         ErrorKind::Overloaded,
+        ErrorKind::ClientTimeout,
     ];
 
     /// The value of the `tandem-error` header.
@@ -96,6 +99,7 @@ impl ErrorKind {
             ErrorKind::Draining => "draining",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::ClientTimeout => "client_timeout",
         }
     }
 
@@ -112,13 +116,16 @@ impl ErrorKind {
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
     /// Where the failure came from.
     pub fn source(self) -> ErrorSource {
         match self {
-            ErrorKind::BadRequest | ErrorKind::RateLimited => ErrorSource::Downstream,
+            ErrorKind::BadRequest | ErrorKind::RateLimited | ErrorKind::ClientTimeout => {
+                ErrorSource::Downstream
+            }
             ErrorKind::NoRoute
             | ErrorKind::NoEndpoints
             | ErrorKind::Draining
@@ -137,7 +144,7 @@ impl ErrorKind {
     pub fn grpc_status(self) -> u8 {
         match self {
             ErrorKind::NoRoute => 12,
-            ErrorKind::UpstreamTimeout => 4,
+            ErrorKind::UpstreamTimeout | ErrorKind::ClientTimeout => 4,
             ErrorKind::RateLimited => 8,
             ErrorKind::BadRequest | ErrorKind::UpstreamProtocol => 13,
             ErrorKind::NoEndpoints
@@ -197,7 +204,10 @@ impl ProxyError {
         if let Some(wait) = self.retry_after {
             h.insert(http::header::RETRY_AFTER, retry_after_secs(wait));
         }
-        if matches!(self.kind, ErrorKind::BadRequest | ErrorKind::Draining) {
+        if matches!(
+            self.kind,
+            ErrorKind::BadRequest | ErrorKind::Draining | ErrorKind::ClientTimeout
+        ) {
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         res
@@ -273,6 +283,7 @@ mod tests {
             (ErrorKind::Draining, 503, "draining"),
             (ErrorKind::RateLimited, 429, "rate_limited"),
             (ErrorKind::Overloaded, 503, "overloaded"),
+            (ErrorKind::ClientTimeout, 408, "client_timeout"),
         ];
         assert_eq!(cases.len(), ErrorKind::ALL.len());
         for (kind, status, reason) in cases {

@@ -18,7 +18,7 @@ use tandem_config::{Direction, HashKey, UpstreamProtocol};
 use tokio::time::Instant;
 
 use crate::balance;
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{ProxyBody, RequestBody, RequestBodyError};
 use crate::error::{ErrorKind, ProxyError};
 use crate::h1;
 use crate::headers;
@@ -146,12 +146,10 @@ pub fn reject_framing(
     stack: &Arc<ListenerStack>,
     forwarded: &headers::Forwarded,
     req: &Request<Incoming>,
+    why: crate::framing::Refusal,
 ) -> Response<ProxyBody> {
     let mut obs = Observer::start(stack, forwarded.client_addr(), req, Instant::now());
-    let err = ProxyError::new(
-        ErrorKind::BadRequest,
-        "conflicting Content-Length and Transfer-Encoding (request smuggling risk); send exactly one",
-    );
+    let err = ProxyError::new(ErrorKind::BadRequest, why.message());
     stack.no_route_errors.inc(err.kind);
     obs.failed(&err);
     let res = err.to_response();
@@ -274,7 +272,8 @@ async fn proxy(
         policy.replay_buffer,
         obs.request_bytes(),
         target.metrics.request_size(),
-    );
+    )
+    .with_read_timeout(stack.limits.body_read_timeout);
     let slot = upstream
         .limit
         .admit(deadline)
@@ -396,7 +395,11 @@ async fn proxy(
                 return finish(res, guard, downstream_upgrade, stack).map_err(at);
             }
             Ok(Err(e)) => {
-                tried.record(elapsed, false, ended);
+                // A try the client broke (its body stalled or failed) says nothing about the
+                // endpoint: recording it would let a client eject healthy endpoints.
+                if !client_fault(&e) {
+                    tried.record(elapsed, false, ended);
+                }
                 let unseen = e.unseen();
                 let err = at(classify(&e));
                 let reason = can_retry
@@ -780,6 +783,32 @@ fn connect_error_kind(e: &ConnectError) -> ErrorKind {
     }
 }
 
+/// Whether a try failed because of the client: its request body broke or stalled.
+fn client_fault(e: &SendError) -> bool {
+    use std::error::Error as _;
+    let by_client = |b: &RequestBodyError| {
+        matches!(
+            b,
+            RequestBodyError::Downstream(_) | RequestBodyError::ClientTimeout(_)
+        )
+    };
+    match e {
+        SendError::Http1(h1::Error::RequestBody(b))
+        | SendError::Unsent(h1::Error::RequestBody(b)) => by_client(b),
+        SendError::Http2(he) => {
+            let mut source = he.source();
+            while let Some(s) = source {
+                if let Some(b) = s.downcast_ref::<RequestBodyError>() {
+                    return by_client(b);
+                }
+                source = s.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
 /// Maps a failed exchange with an endpoint to the [`ErrorKind`] the user sees.
 fn classify(e: &SendError) -> ProxyError {
     use std::error::Error as _;
@@ -791,6 +820,10 @@ fn classify(e: &SendError) -> ProxyError {
         SendError::Http1(h1e) | SendError::Unsent(h1e) => {
             let kind = match h1e {
                 h1::Error::Protocol(_) => ErrorKind::UpstreamProtocol,
+                h1::Error::RequestBody(RequestBodyError::ClientTimeout(_)) => {
+                    ErrorKind::ClientTimeout
+                }
+                h1::Error::RequestBody(RequestBodyError::Downstream(_)) => ErrorKind::BadRequest,
                 h1::Error::Io(_) | h1::Error::ClosedBeforeResponse | h1::Error::RequestBody(_) => {
                     ErrorKind::UpstreamReset
                 }
@@ -804,6 +837,18 @@ fn classify(e: &SendError) -> ProxyError {
     // does not speak HTTP/2 at all: usually an HTTP/1.1-only app behind `protocol: auto`.
     let mut source = he.source();
     while let Some(s) = source {
+        match s.downcast_ref::<RequestBodyError>() {
+            Some(RequestBodyError::ClientTimeout(_)) => {
+                return ProxyError::new(ErrorKind::ClientTimeout, s.to_string());
+            }
+            Some(RequestBodyError::Downstream(_)) => {
+                return ProxyError::new(
+                    ErrorKind::BadRequest,
+                    format!("the request body failed: {s}"),
+                );
+            }
+            _ => {}
+        }
         if let Some(h2e) = s.downcast_ref::<h2::Error>() {
             let framing = matches!(
                 h2e.reason(),

@@ -2,18 +2,26 @@
 //! knowledge on one port, told apart by the HTTP/2 preface) or opaque TCP.
 //!
 //! Limits applied per connection: request head size and field count (431 beyond), a header read
-//! timeout (slow clients are disconnected), HTTP/2 concurrent streams and header list size.
+//! timeout (slow clients are disconnected), a send timeout (clients that stop reading are
+//! disconnected), HTTP/2 concurrent streams, header list size, reset stream counts and send
+//! buffer (`limits.h2_*`).
 //! Drain: stop accepting, ask every HTTP connection to finish (HTTP/1.1 closes once idle or after
 //! its in-flight response, HTTP/2 sends GOAWAY and finishes open streams), wait for TCP tunnels.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tandem_config::ListenerProtocol;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::task::TaskTracker;
 
 use crate::framing::{FramingFlag, FramingGuard};
@@ -47,32 +55,52 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
                 let svc_stack = stack.clone();
                 let flag = Arc::new(FramingFlag::default());
                 let io = FramingGuard::new(
-                    accepted.io,
-                    stack.limits.max_header_bytes,
+                    SendTimeout::new(accepted.io, stack.limits.send_timeout),
+                    head_buffer(&stack.limits),
                     stack.limits.max_headers,
                     flag.clone(),
                 );
+                let resets = Arc::new(ResetBudget::new(stack.limits.h2.max_resets_per_second));
+                let svc_resets = resets.clone();
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let stack = svc_stack.clone();
                     let forwarded = forwarded.clone();
-                    let ambiguous =
-                        req.version() != http::Version::HTTP_2 && flag.next_request_conflicts();
+                    let h2 = req.version() == http::Version::HTTP_2;
+                    let refusal = (!h2).then(|| flag.next_request_refusal()).flatten();
+                    // hyper drops this future when the client resets the stream.
+                    let cancelled = h2.then(|| Cancelled(Some(svc_resets.clone())));
                     async move {
-                        if ambiguous {
+                        if let Some(why) = refusal {
                             return Ok::<_, Infallible>(forward::reject_framing(
-                                &stack, &forwarded, &req,
+                                &stack, &forwarded, &req, why,
                             ));
                         }
-                        Ok(forward::handle(stack, &forwarded, req).await)
+                        let res = forward::handle(stack, &forwarded, req).await;
+                        if let Some(mut c) = cancelled {
+                            c.0 = None;
+                        }
+                        Ok(res)
                     }
                 });
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(io), svc)
                     .into_owned();
                 let conn = graceful.watch(conn);
+                let peer = accepted.peer;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(listener = %stack.name, error = %e, "connection error");
+                    tokio::select! {
+                        r = conn => if let Err(e) = r {
+                            tracing::debug!(listener = %stack.name, error = %e, "connection error");
+                        },
+                        () = resets.exceeded.notified() => {
+                            // Dropping the connection closes it, with its open streams.
+                            tracing::warn!(
+                                listener = %stack.name,
+                                peer = ?peer,
+                                limit = stack.limits.h2.max_resets_per_second,
+                                "closed an HTTP/2 connection cancelling more requests per second than limits.h2_max_resets_per_second (rapid reset)"
+                            );
+                        }
                     }
                     stack.metrics.active.dec();
                     drop(permit);
@@ -89,21 +117,212 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
     tokio::join!(graceful.shutdown(), tunnels.wait());
 }
 
+/// `limits.h2_max_resets_per_second` for one connection: a token bucket holding one second's
+/// worth, taken from by each request the client cancels before its response starts.
+///
+/// h2's own rapid-reset defence counts only streams reset before hyper accepts them; a client
+/// that waits for the accept, then cancels, costs the app a request each time while never
+/// holding more than `h2_max_concurrent_streams`. This bounds that rate per connection.
+#[derive(Debug)]
+struct ResetBudget {
+    rate: f64,
+    /// Tokens left and when they were counted. Touched only on cancellations.
+    bucket: std::sync::Mutex<(f64, tokio::time::Instant)>,
+    exceeded: tokio::sync::Notify,
+}
+
+/// Alive while a request's handler runs; dropped with `Some` inside, the client cancelled it.
+struct Cancelled(Option<Arc<ResetBudget>>);
+
+// === impl ResetBudget ===
+
+impl ResetBudget {
+    fn new(per_second: u32) -> Self {
+        let rate = f64::from(per_second.max(1));
+        ResetBudget {
+            rate,
+            bucket: std::sync::Mutex::new((rate, tokio::time::Instant::now())),
+            exceeded: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Counts one cancellation; wakes the connection's task when the budget is spent.
+    fn cancelled(&self) {
+        let Ok(mut b) = self.bucket.lock() else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let refill = (now - b.1).as_secs_f64() * self.rate;
+        b.0 = (b.0 + refill).min(self.rate) - 1.0;
+        b.1 = now;
+        if b.0 < 0.0 {
+            self.exceeded.notify_one();
+        }
+    }
+}
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        if let Some(budget) = self.0.take() {
+            budget.cancelled();
+        }
+    }
+}
+
+/// `limits.send_timeout`: a connection whose client accepts no bytes for this long while Tandem
+/// has some to write fails with `TimedOut` (slow readers: a response nobody reads would otherwise
+/// hold its upstream request forever). Armed only while a write is blocked; the sleep is
+/// allocated once, on the first blocked write.
+struct SendTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+// === impl SendTimeout ===
+
+impl<T> SendTimeout<T> {
+    fn new(inner: T, timeout: Duration) -> Self {
+        SendTimeout {
+            inner,
+            timeout,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// After a write attempt: disarms on progress; on `Pending`, arms (if not yet) and reports
+    /// whether the client has not read for the whole timeout.
+    fn check<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.armed = false;
+            return polled;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            self.armed = true;
+            sleep.as_mut().reset(deadline);
+        }
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing for limits.send_timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SendTimeout<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// hyper's read buffer limit, the largest head it accepts (it needs at least 8 KiB): the framing
+/// guard judges every head up to the same size.
+fn head_buffer(limits: &tandem_config::Limits) -> usize {
+    limits.max_header_bytes.max(8192)
+}
+
 fn http_builder(stack: &ListenerStack) -> auto::Builder<TokioExecutor> {
     let limits = &stack.limits;
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(head_buffer(limits))
         .max_headers(limits.max_headers)
         .keep_alive(true)
         .half_close(false);
+    // Flood limits, set explicitly rather than inherited from hyper's defaults (docs/security.md,
+    // "Hardening"): the header list bound also caps CONTINUATION frames per header block (h2
+    // allows about max_header_list_size / max_frame_size of them), rapid reset is bounded by
+    // the pending-accept reset count, and a client that stops reading (zero window) holds at
+    // most max_send_buf_size per open stream.
+    let h2 = &limits.h2;
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(h2.max_local_error_reset_streams)
+        .max_send_buf_size(h2.max_send_buf_size)
         .adaptive_window(true)
         .enable_connect_protocol();
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A burst of one second's worth passes; one more within the second trips the budget, and
+    /// cancellations spread at the allowed rate never do.
+    #[tokio::test(start_paused = true)]
+    async fn reset_budget_allows_its_rate() {
+        let b = ResetBudget::new(10);
+        for _ in 0..10 {
+            b.cancelled();
+        }
+        let tripped = tokio::time::timeout(Duration::ZERO, b.exceeded.notified());
+        assert!(tripped.await.is_err(), "tripped within the burst");
+        b.cancelled();
+        let tripped = tokio::time::timeout(Duration::ZERO, b.exceeded.notified());
+        assert!(tripped.await.is_ok(), "not tripped past the burst");
+
+        let b = ResetBudget::new(10);
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            b.cancelled();
+        }
+        let tripped = tokio::time::timeout(Duration::ZERO, b.exceeded.notified());
+        assert!(tripped.await.is_err(), "tripped at the allowed rate");
+    }
 }

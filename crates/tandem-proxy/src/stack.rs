@@ -247,7 +247,7 @@ impl Snapshot {
                     no_route: metrics.route(direction, &l.name, "", ""),
                     no_route_errors: ErrorCounters::new(metrics, &l.name, ""),
                     metrics: metrics.listener(&l.name),
-                    limits: config.limits.clone(),
+                    limits: l.limits.clone(),
                     access_log: access_log.filter(|_| l.access_log).cloned(),
                     tracer: tracer.clone(),
                 })

@@ -223,6 +223,9 @@ fn apply_overrides(mut config: Config, args: &RunArgs) -> anyhow::Result<Config>
     }
     if let Some(v) = &args.admin {
         config.admin.address = parse("admin", v)?;
+        if let Some((message, hint)) = config.admin.exposure_error() {
+            bail!("--admin {v}: {message}\n  hint: {hint}");
+        }
     }
     let app_addr = match (&args.app, args.app_port) {
         (Some(a), _) => Some(parse("app", a)?),

@@ -3,7 +3,7 @@ BACKEND_H2=1 also HTTP/2 prior knowledge (h2c) on the same port, told apart by t
 
 Paths: /echo... -> JSON of what arrived (method, path, version, headers, body length, server name);
 /sleep/MS -> 200 "slept" after MS ms; /__inflight -> how many sleeps (and delays) are running;
-/status/N -> status N; /reset -> close without a response (HTTP/2: RST_STREAM); /chunked -> a chunked
+/status/N -> status N; /bytes/N -> N bytes; /reset -> close without a response (HTTP/2: RST_STREAM); /chunked -> a chunked
 response (HTTP/2: the same bytes in three DATA frames); anything else -> 200 "ok".
 
 Control, for tests that change a running backend's behaviour:
@@ -126,6 +126,8 @@ def answer(method, path, version, headers, body):
         return 200, "text/plain", b"slept"
     if bare.startswith("/status/"):
         return int(bare.split("/")[2]), "text/plain", b"status"
+    if bare.startswith("/bytes/"):
+        return 200, "application/octet-stream", b"x" * int(bare.split("/")[2])
     if bare == "/reset":
         return None
     if bare.startswith("/echo"):
@@ -289,10 +291,14 @@ class Dispatch:
 
 class TCPServer(Dispatch, ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 overflows when a test opens connections in bursts
+    # (the kernel then drops SYNs and the client retries after 1 s).
+    request_queue_size = 128
 
 
 class UnixHTTPServer(Dispatch, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = 128
 
     def get_request(self):
         sock, _ = super().get_request()
