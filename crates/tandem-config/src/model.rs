@@ -16,6 +16,8 @@ mod tracing;
 pub use self::tracing::*;
 mod logs;
 pub use logs::*;
+mod security;
+pub use security::*;
 
 /// The whole, checked configuration of one Tandem process.
 #[derive(Clone, Debug, Serialize)]
@@ -132,6 +134,8 @@ pub struct Listener {
     pub forward_proxy: bool,
     /// Whether its requests or connections are written to the access log (when there is one).
     pub access_log: bool,
+    /// Authorization policy; `None`: every request is allowed.
+    pub authorization: Option<Authorization>,
 }
 
 /// A route: a match and where matching requests go.
@@ -151,6 +155,8 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// Overrides the upstream's retry policy for this route (the upstream's budget still applies).
     pub retry: Option<Retry>,
+    /// JWT authentication, if required.
+    pub jwt: Option<Jwt>,
 }
 
 /// A local rate limit: a token bucket per key holding `burst` tokens, refilled at `requests` per

@@ -19,6 +19,8 @@ mod tracing;
 pub use self::tracing::*;
 mod logs;
 pub use logs::*;
+mod security;
+pub use security::*;
 
 /// A Tandem configuration file.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -110,6 +112,10 @@ pub struct RawListener {
     /// the top-level `access_log` is set).
     #[serde(default)]
     pub access_log: Option<bool>,
+    /// Authorization policy of the listener's requests (docs/security.md). Absent: everything
+    /// is allowed.
+    #[serde(default)]
+    pub authorization: Option<RawAuthorization>,
 }
 
 /// The access log.
@@ -171,6 +177,9 @@ pub struct RawRoute {
     /// not given keep the upstream's value).
     #[serde(default)]
     pub retry: Option<RawRouteRetry>,
+    /// JWT authentication: requests need a valid bearer token (docs/security.md).
+    #[serde(default)]
+    pub jwt: Option<RawJwt>,
 }
 
 /// A route's retry policy: `off` (one try only) or a mapping that overrides some of the
