@@ -36,6 +36,10 @@ pub enum ErrorKind {
     RateLimited,
     /// The upstream's concurrency limits are reached (503): refused at once instead of queued.
     Overloaded,
+    /// The listener's authorization policy denied the request (403).
+    Forbidden,
+    /// The route requires a valid JWT and the request has none (401, with `WWW-Authenticate`).
+    Unauthenticated,
 }
 
 /// Which side a failure came from.
@@ -62,13 +66,15 @@ pub struct ProxyError {
     pub cause: String,
     /// When the client may try again (sent as `Retry-After`, whole seconds rounded up).
     pub retry_after: Option<std::time::Duration>,
+    /// The `WWW-Authenticate` challenge of a 401.
+    pub challenge: Option<HeaderValue>,
 }
 
 // === impl ErrorKind ===
 
 impl ErrorKind {
     /// Every kind, in discriminant order (indexes per-kind counters).
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::NoRoute,
         ErrorKind::NoEndpoints,
         ErrorKind::ConnectFailed,
@@ -80,6 +86,8 @@ impl ErrorKind {
         ErrorKind::Draining,
         ErrorKind::RateLimited,
         ErrorKind::Overloaded,
+        ErrorKind::Forbidden,
+        ErrorKind::Unauthenticated,
     ];
 
     /// The value of the `tandem-error` header.
@@ -96,6 +104,8 @@ impl ErrorKind {
             ErrorKind::Draining => "draining",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Unauthenticated => "unauthenticated",
         }
     }
 
@@ -112,13 +122,18 @@ impl ErrorKind {
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
         }
     }
 
     /// Where the failure came from.
     pub fn source(self) -> ErrorSource {
         match self {
-            ErrorKind::BadRequest | ErrorKind::RateLimited => ErrorSource::Downstream,
+            ErrorKind::BadRequest
+            | ErrorKind::RateLimited
+            | ErrorKind::Forbidden
+            | ErrorKind::Unauthenticated => ErrorSource::Downstream,
             ErrorKind::NoRoute
             | ErrorKind::NoEndpoints
             | ErrorKind::Draining
@@ -133,12 +148,15 @@ impl ErrorKind {
 
     /// The gRPC status code a gRPC client gets for this failure: the HTTP-to-gRPC mapping of
     /// the gRPC spec, except that an expired deadline is `DEADLINE_EXCEEDED` (4) and a rate
-    /// limit `RESOURCE_EXHAUSTED` (8), which is what gRPC clients act on.
+    /// limit `RESOURCE_EXHAUSTED` (8), which is what gRPC clients act on; authorization and
+    /// authentication failures are `PERMISSION_DENIED` (7) and `UNAUTHENTICATED` (16).
     pub fn grpc_status(self) -> u8 {
         match self {
             ErrorKind::NoRoute => 12,
             ErrorKind::UpstreamTimeout => 4,
             ErrorKind::RateLimited => 8,
+            ErrorKind::Forbidden => 7,
+            ErrorKind::Unauthenticated => 16,
             ErrorKind::BadRequest | ErrorKind::UpstreamProtocol => 13,
             ErrorKind::NoEndpoints
             | ErrorKind::ConnectFailed
@@ -161,6 +179,7 @@ impl ProxyError {
             endpoint: None,
             cause: cause.into(),
             retry_after: None,
+            challenge: None,
         }
     }
 
@@ -196,6 +215,9 @@ impl ProxyError {
         );
         if let Some(wait) = self.retry_after {
             h.insert(http::header::RETRY_AFTER, retry_after_secs(wait));
+        }
+        if let Some(c) = &self.challenge {
+            h.insert(http::header::WWW_AUTHENTICATE, c.clone());
         }
         if matches!(self.kind, ErrorKind::BadRequest | ErrorKind::Draining) {
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -273,6 +295,8 @@ mod tests {
             (ErrorKind::Draining, 503, "draining"),
             (ErrorKind::RateLimited, 429, "rate_limited"),
             (ErrorKind::Overloaded, 503, "overloaded"),
+            (ErrorKind::Forbidden, 403, "forbidden"),
+            (ErrorKind::Unauthenticated, 401, "unauthenticated"),
         ];
         assert_eq!(cases.len(), ErrorKind::ALL.len());
         for (kind, status, reason) in cases {

@@ -66,7 +66,9 @@ fn is_normal(p: &[u8]) -> Result<bool, PathError> {
                     return Err(PathError::Nul);
                 }
                 // An unreserved character to decode, or lower-case hex digits to raise.
-                if is_unreserved(b) || p[i + 1].is_ascii_lowercase() || p[i + 2].is_ascii_lowercase()
+                if is_unreserved(b)
+                    || p[i + 1].is_ascii_lowercase()
+                    || p[i + 2].is_ascii_lowercase()
                 {
                     normal = false;
                 }
@@ -278,7 +280,14 @@ mod tests {
         }
         assert_eq!(normalize("/a%00b").unwrap_err(), PathError::Nul);
         assert_eq!(normalize("/a\0b").unwrap_err(), PathError::Nul);
-        for p in ["/", "/api/v1/users", "/a/", "/a%2Fb", "/.well-known/x", "/a..b"] {
+        for p in [
+            "/",
+            "/api/v1/users",
+            "/a/",
+            "/a%2Fb",
+            "/.well-known/x",
+            "/a..b",
+        ] {
             assert!(matches!(normalize(p).unwrap(), Cow::Borrowed(_)), "{p}");
         }
         assert_eq!(n("*"), "*");

@@ -273,6 +273,8 @@ pub(super) fn check_jwt(c: &mut Checker, key: &str, raw: &RawJwt) -> Jwt {
             "use the audience your tokens are issued for, e.g. [orders-api]",
         );
     }
+    // A mistyped algorithm must not also be reported as a jwks/secret mismatch.
+    let mut typo = false;
     let algorithms = match &raw.algorithms {
         None => DEFAULT_ALGORITHMS.to_vec(),
         Some(list) => {
@@ -294,6 +296,7 @@ pub(super) fn check_jwt(c: &mut Checker, key: &str, raw: &RawJwt) -> Jwt {
                         "remove the duplicate",
                     ),
                     None => {
+                        typo = true;
                         let names = JwtAlgorithm::ALL.map(JwtAlgorithm::as_str);
                         let hint = if a.trim().eq_ignore_ascii_case("none") {
                             "unsigned tokens (`alg: none`) are never accepted".to_owned()
@@ -318,7 +321,7 @@ pub(super) fn check_jwt(c: &mut Checker, key: &str, raw: &RawJwt) -> Jwt {
             "HS256 needs a shared secret",
             "add `hs256_secret_file: /path/to/secret`, or remove HS256",
         ),
-        (false, Some(_)) => c.err(
+        (false, Some(_)) if !typo => c.err(
             format!("{key}.hs256_secret_file"),
             "HS256 is not in `algorithms`, so the secret would never be used",
             "add HS256 to `algorithms` explicitly, or remove `hs256_secret_file`",
@@ -341,6 +344,7 @@ pub(super) fn check_jwt(c: &mut Checker, key: &str, raw: &RawJwt) -> Jwt {
             );
             None
         }
+        (Some(j), false) if typo => Some(check_jwks(c, &format!("{key}.jwks"), j)),
         (Some(_), false) => {
             c.err(
                 format!("{key}.jwks"),
