@@ -105,11 +105,11 @@ impl AuthzPolicy {
         let identity = req.identity.map(PeerIdentity::as_str);
         match decision {
             Decision::Allowed(rule) => {
-                tracing::debug!(target: AUDIT_TARGET, listener = %self.listener, route = req.route, identity, source = ?req.source, method = %req.method, path = req.path, decision = "allow", rule, "request allowed");
+                tracing::debug!(target: AUDIT_TARGET, listener = %self.listener, route = req.route, identity, source = ?req.source, method = %req.method, path = req.path, decision = "allow", rule, "audit: request allowed");
                 Ok(())
             }
             Decision::Denied(rule) => {
-                tracing::info!(target: AUDIT_TARGET, listener = %self.listener, route = req.route, identity, source = ?req.source, method = %req.method, path = req.path, decision = "deny", rule, "request denied");
+                tracing::info!(target: AUDIT_TARGET, listener = %self.listener, route = req.route, identity, source = ?req.source, method = %req.method, path = req.path, decision = "deny", rule, "audit: request denied");
                 match self.rules.iter().find(|r| r.cfg.name == rule) {
                     Some(r) => r.denied.inc(),
                     None => self.default_denied.inc(),
