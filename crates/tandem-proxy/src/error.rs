@@ -66,8 +66,8 @@ pub struct ProxyError {
     pub cause: String,
     /// When the client may try again (sent as `Retry-After`, whole seconds rounded up).
     pub retry_after: Option<std::time::Duration>,
-    /// The `WWW-Authenticate` challenge of a 401.
-    pub challenge: Option<HeaderValue>,
+    /// The `WWW-Authenticate` challenge of a 401 (boxed: errors stay small on the hot path).
+    pub challenge: Option<Box<HeaderValue>>,
 }
 
 // === impl ErrorKind ===
@@ -217,7 +217,7 @@ impl ProxyError {
             h.insert(http::header::RETRY_AFTER, retry_after_secs(wait));
         }
         if let Some(c) = &self.challenge {
-            h.insert(http::header::WWW_AUTHENTICATE, c.clone());
+            h.insert(http::header::WWW_AUTHENTICATE, HeaderValue::clone(c));
         }
         if matches!(self.kind, ErrorKind::BadRequest | ErrorKind::Draining) {
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));

@@ -30,7 +30,7 @@ pub async fn authenticate(
             ErrorKind::Unauthenticated,
             format!("route `{route}` requires a valid bearer token: {e}"),
         );
-        err.challenge = Some(e.challenge());
+        err.challenge = Some(Box::new(e.challenge()));
         err
     })?;
     for (claim, h) in verifier.forward_claims() {
