@@ -50,7 +50,7 @@ def test_encoded_path_bypasses_are_denied_and_the_app_gets_the_normalized_path(t
     letters, dot segments, encoded and mixed-case encoded dots) gets 403 `forbidden` naming the
     rule; allowed requests reach the backend with the normalized path and the query untouched;
     bad escapes and NUL are 400; denials are counted per rule and written to the audit log."""
-    port = free_port()
+    port, out_port = free_port(), free_port()
     t = tandem(f"""
 listeners:
   inbound:
@@ -60,6 +60,10 @@ listeners:
       rules:
         - {{ name: no-admin, action: deny, paths: ["/admin/*"] }}
         - {{ name: rest, action: allow }}
+  outbound:
+    address: 127.0.0.1:{out_port}
+    direction: outbound
+    upstream: app
 upstreams:
   app: {{ endpoints: [{http_backend}] }}
 """)
@@ -88,6 +92,10 @@ upstreams:
         status, _, body = raw_get(port, sent)
         assert status == 200, (sent, body)
         assert echoed(body)[0] == want, (sent, body)
+    # An outbound listener (the app's own requests) passes the path as sent.
+    # (Not a leading `//`: Python's http.server collapses that itself.)
+    status, _, body = raw_get(out_port, "/echo//%61/../b")
+    assert status == 200 and echoed(body)[0] == "/echo//%61/../b", body
     for bad in ["/echo/%zz", "/echo/%4", "/echo/a%00b"]:
         status, headers, body = raw_get(port, bad)
         assert (status, headers.get("tandem-error")) == (400, "bad_request"), (bad, body)

@@ -403,6 +403,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
             default_upstream: l.upstream.clone(),
             forward_proxy: l.forward_proxy,
             access_log: access_log::listener(&mut c, &key, l.access_log, access_log.is_some()),
+            normalize_path: security::check_normalize_path(&mut c, &key, l),
             authorization: l.authorization.as_ref().map(|a| {
                 security::check_authorization(&mut c, &format!("{key}.authorization"), a, protocol)
             }),

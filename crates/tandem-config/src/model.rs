@@ -136,6 +136,8 @@ pub struct Listener {
     pub access_log: bool,
     /// Authorization policy; `None`: every request is allowed.
     pub authorization: Option<Authorization>,
+    /// Whether request paths are normalized before routing, authorization and forwarding.
+    pub normalize_path: bool,
 }
 
 /// A route: a match and where matching requests go.

@@ -112,6 +112,10 @@ pub struct RawListener {
     /// the top-level `access_log` is set).
     #[serde(default)]
     pub access_log: Option<bool>,
+    /// Normalize request paths before routing, authorization and forwarding (default: true on
+    /// inbound listeners and on listeners with `authorization`, false on outbound ones).
+    #[serde(default)]
+    pub normalize_path: Option<bool>,
     /// Authorization policy of the listener's requests (docs/security.md). Absent: everything
     /// is allowed.
     #[serde(default)]

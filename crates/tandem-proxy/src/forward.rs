@@ -52,7 +52,7 @@ pub async fn handle(
         obs.trace(t.context());
     }
     // Routing, authorization and the app all see the normalized path (see `crate::path`).
-    if let Err(err) = normalize_path(&mut req) {
+    if let Err(err) = normalize_path(&stack, &mut req) {
         return refuse_unrouted(&stack, err, obs, trace, method, start);
     }
     let target = {
@@ -147,10 +147,11 @@ fn refuse_unrouted(
     obs.respond(res)
 }
 
-/// Replaces the request's path with its normal form (query untouched); 400 when the path
-/// cannot be normalized. CONNECT's authority-form target has no path.
-fn normalize_path(req: &mut Request<Incoming>) -> Result<(), ProxyError> {
-    if req.method() == Method::CONNECT {
+/// Replaces the request's path with its normal form (query untouched) when the listener
+/// normalizes; 400 when the path cannot be normalized. CONNECT's authority-form target has no
+/// path.
+fn normalize_path(stack: &ListenerStack, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+    if !stack.normalize_path || req.method() == Method::CONNECT {
         return Ok(());
     }
     let normal = match crate::path::normalize(req.uri().path()) {

@@ -156,6 +156,8 @@ pub struct ListenerStack {
     pub tracer: Option<Arc<Tracer>>,
     /// The authorization policy, when the listener has one.
     pub authz: Option<AuthzPolicy>,
+    /// Whether request paths are normalized ([`crate::path`]).
+    pub normalize_path: bool,
 }
 
 // === impl Snapshot ===
@@ -271,6 +273,7 @@ impl Snapshot {
                     limits: config.limits.clone(),
                     access_log: access_log.filter(|_| l.access_log).cloned(),
                     tracer: tracer.clone(),
+                    normalize_path: l.normalize_path,
                     authz: l
                         .authorization
                         .as_ref()

@@ -11,7 +11,9 @@ use crate::model::{
     Authorization, AuthzAction, AuthzPath, AuthzRule, Cidr, IdentityMatch, Jwks, JwksSource, Jwt,
     JwtAlgorithm, ListenerProtocol,
 };
-use crate::raw::{RawAuthorization, RawAuthzAction, RawAuthzRule, RawJwks, RawJwt};
+use crate::raw::{
+    RawAuthorization, RawAuthzAction, RawAuthzRule, RawDirection, RawJwks, RawJwt, RawListener,
+};
 
 /// The default accepted algorithms: asymmetric only.
 const DEFAULT_ALGORITHMS: [JwtAlgorithm; 3] = [
@@ -19,6 +21,31 @@ const DEFAULT_ALGORITHMS: [JwtAlgorithm; 3] = [
     JwtAlgorithm::ES256,
     JwtAlgorithm::EdDSA,
 ];
+
+/// A listener's `normalize_path`: on by default for inbound listeners and wherever a policy
+/// reads paths; turning it off under path rules would make them bypassable, so that is refused.
+pub(super) fn check_normalize_path(c: &mut Checker, key: &str, l: &RawListener) -> bool {
+    let outbound = matches!(l.direction, Some(RawDirection::Outbound));
+    match l.normalize_path {
+        Some(false) => {
+            let path_rules = l
+                .authorization
+                .as_ref()
+                .is_some_and(|a| a.rules.iter().any(|r| r.paths.is_some()));
+            if path_rules {
+                c.err(
+                    format!("{key}.normalize_path"),
+                    "authorization rules match paths, and without normalization `//admin` or \
+                     `/x/../admin` would get past a rule on `/admin`",
+                    "remove `normalize_path: false`, or the rules' `paths`",
+                );
+            }
+            false
+        }
+        Some(true) => true,
+        None => !outbound || l.authorization.is_some(),
+    }
+}
 
 /// Checks `raw`, the policy at `key` (`listeners.NAME.authorization`).
 pub(super) fn check_authorization(

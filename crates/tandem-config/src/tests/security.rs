@@ -183,3 +183,23 @@ fn jwt_mistakes() {
     let e = one(&GOOD.replace("leeway: 0s", "leeway: soon"));
     assert_eq!(e.key, format!("{key}.leeway"));
 }
+
+/// Paths are normalized on inbound listeners and under a policy by default, not on outbound
+/// ones (an app's own request, e.g. a signed one, passes as sent); off under path rules is
+/// refused.
+#[test]
+fn normalize_path_defaults() {
+    let c = parse(
+        "t.yaml",
+        "listeners:\n  in: { address: 127.0.0.1:7080, upstream: app }\n  out: { address: 127.0.0.1:7001, upstream: app, direction: outbound }\n  out2: { address: 127.0.0.1:7002, upstream: app, direction: outbound, normalize_path: true }\n  in2: { address: 127.0.0.1:7081, upstream: app, normalize_path: false }\nupstreams:\n  app: { endpoints: [127.0.0.1:8080] }\n",
+    )
+    .unwrap();
+    let n: Vec<bool> = c.listeners.iter().map(|l| l.normalize_path).collect();
+    assert_eq!(n, [true, false, true, false]);
+    let e = one(&GOOD.replace(
+        "    upstream: app\n    authorization:",
+        "    upstream: app\n    normalize_path: false\n    authorization:",
+    ));
+    assert_eq!(e.key, "listeners.inbound.normalize_path");
+    assert_eq!(e.line, Some(5));
+}
