@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from conftest import free_port, metric, run, wait_for
+from conftest import TANDEM_BIN, free_port, metric, run, wait_for
 
 ISSUER = "https://issuer.test"
 
@@ -65,7 +65,7 @@ listeners:
     direction: outbound
     upstream: app
 upstreams:
-  app: {{ endpoints: [{http_backend}] }}
+  app: {{ endpoints: [{http_backend}], protocol: http1 }}
 """)
     bypasses = ["/admin", "//admin", "///admin/", "/%61dmin", "/%61%64%6d%69%6e/x", "/x/../admin",
                 "/./admin", "/admin/.", "/%2e%2e/admin", "/%2E%2E/admin", "/x/%2E%2e/admin",
@@ -74,10 +74,13 @@ upstreams:
         status, headers, body = raw_get(port, target)
         assert (status, headers.get("tandem-error")) == (403, "forbidden"), (target, status, body)
         assert "rule `no-admin`" in body, (target, body)
-    # The same with a different real client.
-    r = run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--path-as-is",
-             f"http://127.0.0.1:{port}/x/../%61dmin"])
-    assert r.stdout == "403", r
+    # The same with a different real client, over HTTP/1.1 and HTTP/2 (prior knowledge).
+    for http2 in ([], ["--http2-prior-knowledge"]):
+        r = run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "--path-as-is",
+                 *http2, f"http://127.0.0.1:{port}/x/../%61dmin"])
+        assert r.stdout == ("403 2" if http2 else "403 1.1"), r
+    r = run(["curl", "-s", "--http2-prior-knowledge", "--path-as-is", f"http://127.0.0.1:{port}/x/..//%65cho/./h2?q=/../"])
+    assert echoed(r.stdout)[0] == "/echo/h2?q=/../", r
 
     allowed = {
         "/echo/../echo/a?x=%2e%2e&y=/../z": "/echo/a?x=%2e%2e&y=/../z",
@@ -101,9 +104,9 @@ upstreams:
         assert (status, headers.get("tandem-error")) == (400, "bad_request"), (bad, body)
 
     m = httpx.get(f"{t.admin}/metrics").text
-    assert metric(m, "tandem_authz_denied_total", listener="inbound", rule="no-admin") == len(bypasses) + 1
+    assert metric(m, "tandem_authz_denied_total", listener="inbound", rule="no-admin") == len(bypasses) + 2
     audit = [line for line in t.log().splitlines() if "audit: request denied" in line]
-    assert len(audit) == len(bypasses) + 1, t.log()[-3000:]
+    assert len(audit) == len(bypasses) + 2, t.log()[-3000:]
     assert all("decision=\"deny\"" in line and "rule=\"no-admin\"" in line for line in audit), audit[0]
     assert any("path=\"/admin\"" in line and "source=Some(127.0.0.1)" in line for line in audit), audit
 
@@ -112,7 +115,7 @@ def test_source_method_and_header_rules(tandem, http_backend):
     """Rules combine source networks, methods and headers; deny beats allow; anything no allow
     rule matches is denied by `default`. The client connects from 127.0.0.1 or 127.0.0.2."""
     port = free_port()
-    t = tandem(f"""
+    t = tandem(args=["--log", "info,tandem::audit=debug"], config_text=f"""
 listeners:
   inbound:
     address: 127.0.0.1:{port}
@@ -147,6 +150,43 @@ upstreams:
     m = httpx.get(f"{t.admin}/metrics").text
     assert metric(m, "tandem_authz_denied_total", listener="inbound", rule="default") == 4
     assert metric(m, "tandem_authz_denied_total", listener="inbound", rule="no-deletes") == 1
+    # With tandem::audit at debug, allows are audited too.
+    log = t.log()
+    assert log.count("audit: request allowed") == 2, log[-3000:]
+    assert 'rule="tenant-writes"' in log and 'source=Some(127.0.0.2)' in log
+    assert log.count("audit: request denied") == 5
+
+
+def test_check_reports_policy_and_jwt_mistakes(tmp_path):
+    """`tandem check` reports authorization and jwt mistakes at their lines with a fix, and
+    exits 64."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("""\
+listeners:
+  inbound:
+    address: 127.0.0.1:7080
+    upstream: app
+    authorization:
+      rules:
+        - { action: deny, paths: ["/x/../admin"] }
+        - { action: allow, source_cidrs: [10.0.0.1/8] }
+    routes:
+      - match: { path: { prefix: /api } }
+        upstream: app
+        jwt: { issuer: i, audiences: [a], algorithms: [RS256, none], jwks: { url: "https://idp/jwks" } }
+upstreams:
+  app: { endpoints: [127.0.0.1:8080] }
+""")
+    r = run([TANDEM_BIN, "check", "-c", str(bad)])
+    assert r.returncode == 64, r
+    err = r.stderr
+    assert f"{bad}:7: listeners.inbound.authorization.rules[0].paths[0]:" in err, err
+    assert f"{bad}:8: listeners.inbound.authorization.rules[1].source_cidrs[0]:" in err, err
+    assert "the network is 10.0.0.0/8" in err
+    assert "listeners.inbound.routes[0].jwt.algorithms[1]: `none` is not a supported algorithm" in err
+    assert "never accepted" in err
+    assert "listeners.inbound.routes[0].jwt.jwks.url: https JWKS URLs are not supported yet" in err
+    assert err.splitlines()[-1] == f"{bad}: 4 error(s)"
 
 
 class Jwks:

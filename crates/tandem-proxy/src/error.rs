@@ -346,5 +346,7 @@ mod tests {
         assert!(msg.ends_with("within 100%25"), "{msg}");
         assert_eq!(ErrorKind::Overloaded.grpc_status(), 14);
         assert_eq!(ErrorKind::RateLimited.grpc_status(), 8);
+        assert_eq!(ErrorKind::Forbidden.grpc_status(), 7);
+        assert_eq!(ErrorKind::Unauthenticated.grpc_status(), 16);
     }
 }
