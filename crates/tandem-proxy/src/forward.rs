@@ -183,7 +183,9 @@ async fn admit(
     start: Instant,
 ) -> Result<(), ProxyError> {
     if let Some(v) = &target.jwt {
-        authn::authenticate(v, &target.name, req.headers_mut()).await?;
+        // Boxed: verification may wait for a JWKS fetch, state every other request's future
+        // would otherwise carry.
+        Box::pin(authn::authenticate(v, &target.name, req.headers_mut())).await?;
     }
     if let Some(policy) = &stack.authz {
         policy.authorize(&AuthzRequest {

@@ -17,8 +17,8 @@
 //! 7. balance: [`UpstreamHandle::pick`] chooses an endpoint;
 //! 8. send: the endpoint's pooled client, bounded by the route's timeout.
 //!
-//! Later policy phases (authz, retry, breaker) slot in between 2 and 5 as fields of
-//! [`RouteTarget`], resolved here, never looked up per request.
+//! Policy phases (JWT, rate limit, retry, breaker) are fields of [`RouteTarget`] or
+//! [`ListenerStack`] (authorization), resolved here, never looked up per request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +31,7 @@ use tandem_config::{
 use tandem_telemetry::access_log::AccessLog;
 use tandem_telemetry::trace::Tracer;
 use tandem_telemetry::{Counter, ListenerMetrics, Metrics, RouteMetrics, UpstreamMetrics};
+use tandem_tls::jwt::Verifier;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -43,7 +44,6 @@ use crate::policy::ratelimit::RateLimiter;
 use crate::policy::retry::{RetryBudget, RetryPolicy, RetryReason};
 use crate::pool::{ConnLimit, Endpoint};
 use crate::route::RouteTable;
-use tandem_tls::jwt::Verifier;
 
 /// Everything the data path needs for one configuration.
 #[derive(Debug)]
