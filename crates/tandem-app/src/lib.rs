@@ -244,6 +244,7 @@ impl App {
         let outbound = Drain::new();
         let admin_stop = Drain::new();
         tandem_proxy::health::spawn_all(&snapshot);
+        snapshot.spawn_jwks_refresh();
 
         let admin = tokio::spawn(serve_admin(
             binds.admin,

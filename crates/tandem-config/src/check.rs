@@ -12,6 +12,7 @@ use crate::raw::*;
 
 mod access_log;
 mod logs;
+mod security;
 mod tracing;
 
 /// Largest endpoint weight: weights are relative, and a bound keeps a hash ring's virtual nodes
@@ -350,6 +351,10 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                 .map(|rl| check_rate_limit(&mut c, &format!("{rkey}.rate_limit"), rl));
             let upstream = upstreams.iter().find(|u| u.name == r.upstream);
             let retry = check_route_retry(&mut c, &rkey, r, timeout, upstream);
+            let jwt = r
+                .jwt
+                .as_ref()
+                .map(|j| security::check_jwt(&mut c, &format!("{rkey}.jwt"), j));
             routes.push(Route {
                 name: rname,
                 matcher,
@@ -357,6 +362,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                 timeout,
                 rate_limit,
                 retry,
+                jwt,
             });
         }
         listeners.push(Listener {
@@ -372,6 +378,10 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
             forward_proxy: l.forward_proxy,
             access_log: access_log::listener(&mut c, &key, l.access_log, access_log.is_some()),
             limits: listener_limits,
+            normalize_path: security::check_normalize_path(&mut c, &key, l),
+            authorization: l.authorization.as_ref().map(|a| {
+                security::check_authorization(&mut c, &format!("{key}.authorization"), a, protocol)
+            }),
         });
     }
 

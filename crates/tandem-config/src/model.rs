@@ -16,6 +16,8 @@ mod tracing;
 pub use self::tracing::*;
 mod logs;
 pub use logs::*;
+mod security;
+pub use security::*;
 
 /// The whole, checked configuration of one Tandem process.
 #[derive(Clone, Debug, Serialize)]
@@ -219,6 +221,10 @@ pub struct Listener {
     pub access_log: bool,
     /// Its protections: the top-level `limits` with this listener's own keys applied.
     pub limits: Limits,
+    /// Authorization policy; `None`: every request is allowed.
+    pub authorization: Option<Authorization>,
+    /// Whether request paths are normalized before routing, authorization and forwarding.
+    pub normalize_path: bool,
 }
 
 /// A route: a match and where matching requests go.
@@ -238,6 +244,8 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// Overrides the upstream's retry policy for this route (the upstream's budget still applies).
     pub retry: Option<Retry>,
+    /// JWT authentication, if required.
+    pub jwt: Option<Jwt>,
 }
 
 /// A local rate limit: a token bucket per key holding `burst` tokens, refilled at `requests` per

@@ -19,6 +19,8 @@ mod tracing;
 pub use self::tracing::*;
 mod logs;
 pub use logs::*;
+mod security;
+pub use security::*;
 
 /// A Tandem configuration file.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -154,6 +156,14 @@ pub struct RawListener {
     /// This listener's protections: each key given replaces the top-level `limits` value.
     #[serde(default)]
     pub limits: Option<RawLimits>,
+    /// Normalize request paths before routing, authorization and forwarding (default: true on
+    /// inbound listeners and on listeners with `authorization`, false on outbound ones).
+    #[serde(default)]
+    pub normalize_path: Option<bool>,
+    /// Authorization policy of the listener's requests (docs/security.md). Absent: everything
+    /// is allowed.
+    #[serde(default)]
+    pub authorization: Option<RawAuthorization>,
 }
 
 /// The access log.
@@ -215,6 +225,9 @@ pub struct RawRoute {
     /// not given keep the upstream's value).
     #[serde(default)]
     pub retry: Option<RawRouteRetry>,
+    /// JWT authentication: requests need a valid bearer token (docs/security.md).
+    #[serde(default)]
+    pub jwt: Option<RawJwt>,
 }
 
 /// A route's retry policy: `off` (one try only) or a mapping that overrides some of the

@@ -1,4 +1,5 @@
-//! Criterion benches for the per-request hot functions: route matching and header rewriting.
+//! Criterion benches for the per-request hot functions: route matching, header rewriting and
+//! path normalization.
 //!
 //! Run: `cargo bench -p tandem-proxy --bench hot_path`. Whole-proxy numbers come from
 //! `bench/run.sh` (the shared harness); both are recorded in `docs/benchmarks.md`.
@@ -99,5 +100,21 @@ fn header_rewrite(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_match, header_rewrite);
+/// Path normalization: the common already-normal path (borrowed, no allocation) against paths
+/// that need decoding and dot-segment removal.
+fn path_normalize(c: &mut Criterion) {
+    let mut g = c.benchmark_group("path_normalize");
+    for (name, path) in [
+        ("normal", "/api/v1/orders/12345/items"),
+        ("encoded", "/api/v1/%6Frders/12345/./items"),
+        ("dots", "//api/x/../v1/%2e%2e/v1/orders/items/"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| tandem_proxy::path::normalize(black_box(path)).map(|p| p.len()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, route_match, header_rewrite, path_normalize);
 criterion_main!(benches);

@@ -38,6 +38,10 @@ pub enum ErrorKind {
     Overloaded,
     /// The client stopped sending its request body for `limits.body_read_timeout` (408).
     ClientTimeout,
+    /// The listener's authorization policy denied the request (403).
+    Forbidden,
+    /// The route requires a valid JWT and the request has none (401, with `WWW-Authenticate`).
+    Unauthenticated,
 }
 
 /// Which side a failure came from.
@@ -64,13 +68,15 @@ pub struct ProxyError {
     pub cause: String,
     /// When the client may try again (sent as `Retry-After`, whole seconds rounded up).
     pub retry_after: Option<std::time::Duration>,
+    /// The `WWW-Authenticate` challenge of a 401 (boxed: errors stay small on the hot path).
+    pub challenge: Option<Box<HeaderValue>>,
 }
 
 // === impl ErrorKind ===
 
 impl ErrorKind {
     /// Every kind, in discriminant order (indexes per-kind counters).
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::NoRoute,
         ErrorKind::NoEndpoints,
         ErrorKind::ConnectFailed,
@@ -83,6 +89,8 @@ impl ErrorKind {
         ErrorKind::RateLimited,
         ErrorKind::Overloaded,
         ErrorKind::ClientTimeout,
+        ErrorKind::Forbidden,
+        ErrorKind::Unauthenticated,
     ];
 
     /// The value of the `tandem-error` header.
@@ -100,6 +108,8 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::ClientTimeout => "client_timeout",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Unauthenticated => "unauthenticated",
         }
     }
 
@@ -117,15 +127,19 @@ impl ErrorKind {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
         }
     }
 
     /// Where the failure came from.
     pub fn source(self) -> ErrorSource {
         match self {
-            ErrorKind::BadRequest | ErrorKind::RateLimited | ErrorKind::ClientTimeout => {
-                ErrorSource::Downstream
-            }
+            ErrorKind::BadRequest
+            | ErrorKind::RateLimited
+            | ErrorKind::ClientTimeout
+            | ErrorKind::Forbidden
+            | ErrorKind::Unauthenticated => ErrorSource::Downstream,
             ErrorKind::NoRoute
             | ErrorKind::NoEndpoints
             | ErrorKind::Draining
@@ -140,12 +154,15 @@ impl ErrorKind {
 
     /// The gRPC status code a gRPC client gets for this failure: the HTTP-to-gRPC mapping of
     /// the gRPC spec, except that an expired deadline is `DEADLINE_EXCEEDED` (4) and a rate
-    /// limit `RESOURCE_EXHAUSTED` (8), which is what gRPC clients act on.
+    /// limit `RESOURCE_EXHAUSTED` (8), which is what gRPC clients act on; authorization and
+    /// authentication failures are `PERMISSION_DENIED` (7) and `UNAUTHENTICATED` (16).
     pub fn grpc_status(self) -> u8 {
         match self {
             ErrorKind::NoRoute => 12,
             ErrorKind::UpstreamTimeout | ErrorKind::ClientTimeout => 4,
             ErrorKind::RateLimited => 8,
+            ErrorKind::Forbidden => 7,
+            ErrorKind::Unauthenticated => 16,
             ErrorKind::BadRequest | ErrorKind::UpstreamProtocol => 13,
             ErrorKind::NoEndpoints
             | ErrorKind::ConnectFailed
@@ -168,6 +185,7 @@ impl ProxyError {
             endpoint: None,
             cause: cause.into(),
             retry_after: None,
+            challenge: None,
         }
     }
 
@@ -203,6 +221,9 @@ impl ProxyError {
         );
         if let Some(wait) = self.retry_after {
             h.insert(http::header::RETRY_AFTER, retry_after_secs(wait));
+        }
+        if let Some(c) = &self.challenge {
+            h.insert(http::header::WWW_AUTHENTICATE, HeaderValue::clone(c));
         }
         if matches!(
             self.kind,
@@ -284,6 +305,8 @@ mod tests {
             (ErrorKind::RateLimited, 429, "rate_limited"),
             (ErrorKind::Overloaded, 503, "overloaded"),
             (ErrorKind::ClientTimeout, 408, "client_timeout"),
+            (ErrorKind::Forbidden, 403, "forbidden"),
+            (ErrorKind::Unauthenticated, 401, "unauthenticated"),
         ];
         assert_eq!(cases.len(), ErrorKind::ALL.len());
         for (kind, status, reason) in cases {
@@ -333,5 +356,7 @@ mod tests {
         assert!(msg.ends_with("within 100%25"), "{msg}");
         assert_eq!(ErrorKind::Overloaded.grpc_status(), 14);
         assert_eq!(ErrorKind::RateLimited.grpc_status(), 8);
+        assert_eq!(ErrorKind::Forbidden.grpc_status(), 7);
+        assert_eq!(ErrorKind::Unauthenticated.grpc_status(), 16);
     }
 }

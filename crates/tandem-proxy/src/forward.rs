@@ -23,6 +23,8 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::h1;
 use crate::headers;
 use crate::observe::Observer;
+use crate::policy::authn;
+use crate::policy::authz::AuthzRequest;
 use crate::policy::limit::Refused;
 use crate::policy::retry::RetryReason;
 use crate::pool::{ConnSlot, ConnectError, SendError};
@@ -36,7 +38,7 @@ use crate::trace::{RequestTrace, TryOutcome, TryTarget};
 pub async fn handle(
     stack: Arc<ListenerStack>,
     forwarded: &headers::Forwarded,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let method = tandem_telemetry::method_class(req.method().as_str());
@@ -48,6 +50,10 @@ pub async fn handle(
         .map(|t| RequestTrace::start(t, forwarded, &req, start));
     if let Some(t) = &trace {
         obs.trace(t.context());
+    }
+    // Routing, authorization and the app all see the normalized path (see `crate::path`).
+    if let Err(err) = normalize_path(&stack, &mut req) {
+        return refuse_unrouted(&stack, err, obs, trace, method, start);
     }
     let target = {
         let host = request_host(req.uri(), req.headers());
@@ -70,27 +76,14 @@ pub async fn handle(
                 stack.name
             ),
         );
-        stack.no_route_errors.inc(err.kind);
-        obs.failed(&err);
-        let res = err.to_response();
-        stack
-            .no_route
-            .record(method, res.status().as_u16(), start.elapsed());
-        let span = trace.and_then(|mut t| {
-            t.failed(&err);
-            t.respond(&stack, None, res.status())
-        });
-        return obs.respond(res.map(|b| b.sized(stack.no_route.response_size()).traced(span)));
+        return refuse_unrouted(&stack, err, obs, trace, method, start);
     };
     obs.route(&target);
 
     let grpc = is_grpc(req.headers());
-    let limited = target
-        .rate_limit
-        .as_ref()
-        .and_then(|l| l.check(forwarded.client_ip(), req.headers(), start).err());
-    let result = if let Some(wait) = limited {
-        Err(rate_limited(&target.name, wait))
+    let admitted = admit(&stack, &target, forwarded, &mut req, start).await;
+    let result = if let Err(err) = admitted {
+        Err(err)
     } else if req.method() == Method::CONNECT {
         // Boxed: tunnels are rare and their state would otherwise widen every request's future.
         Box::pin(connect_tunnel(&stack, &target, req, &mut obs)).await
@@ -128,6 +121,86 @@ pub async fn handle(
         .record(method, res.status().as_u16(), start.elapsed());
     let span = trace.and_then(|t| t.respond(&stack, Some(&target), res.status()));
     obs.respond(res.map(|b| b.sized(target.metrics.response_size()).traced(span)))
+}
+
+/// The answer to a request refused before it had a route (bad path, no route).
+fn refuse_unrouted(
+    stack: &Arc<ListenerStack>,
+    err: ProxyError,
+    mut obs: Observer,
+    trace: Option<Box<RequestTrace>>,
+    method: usize,
+    start: Instant,
+) -> Response<ProxyBody> {
+    stack.no_route_errors.inc(err.kind);
+    obs.failed(&err);
+    let res = err.to_response();
+    stack
+        .no_route
+        .record(method, res.status().as_u16(), start.elapsed());
+    let span = trace.and_then(|mut t| {
+        t.failed(&err);
+        t.respond(stack, None, res.status())
+    });
+    obs.respond(res.map(|b| b.sized(stack.no_route.response_size()).traced(span)))
+}
+
+/// Replaces the request's path with its normal form (query untouched) when the listener
+/// normalizes; 400 when the path cannot be normalized. CONNECT's authority-form target has no
+/// path.
+fn normalize_path(stack: &ListenerStack, req: &mut Request<Incoming>) -> Result<(), ProxyError> {
+    if !stack.normalize_path || req.method() == Method::CONNECT {
+        return Ok(());
+    }
+    let normal = match crate::path::normalize(req.uri().path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Owned(p)) => p,
+        Err(e) => return Err(ProxyError::new(ErrorKind::BadRequest, e.to_string())),
+    };
+    let target = match req.uri().query() {
+        Some(q) => format!("{normal}?{q}"),
+        None => normal,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        PathAndQuery::try_from(target)
+            .map_err(|e| ProxyError::new(ErrorKind::BadRequest, format!("invalid path: {e}")))?,
+    );
+    *req.uri_mut() = Uri::from_parts(parts)
+        .map_err(|e| ProxyError::new(ErrorKind::BadRequest, format!("invalid path: {e}")))?;
+    Ok(())
+}
+
+/// The admission phases between routing and forwarding, in order: authenticate (the route's
+/// JWT), authorize (the listener's policy), rate limit (the route's).
+async fn admit(
+    stack: &ListenerStack,
+    target: &RouteTarget,
+    forwarded: &headers::Forwarded,
+    req: &mut Request<Incoming>,
+    start: Instant,
+) -> Result<(), ProxyError> {
+    if let Some(v) = &target.jwt {
+        // Boxed: verification may wait for a JWKS fetch, state every other request's future
+        // would otherwise carry.
+        Box::pin(authn::authenticate(v, &target.name, req.headers_mut())).await?;
+    }
+    if let Some(policy) = &stack.authz {
+        policy.authorize(&AuthzRequest {
+            route: &target.name,
+            identity: forwarded.identity(),
+            source: forwarded.client_ip(),
+            method: req.method(),
+            path: req.uri().path(),
+            headers: req.headers(),
+        })?;
+    }
+    if let Some(limiter) = &target.rate_limit {
+        limiter
+            .check(forwarded.client_ip(), req.headers(), start)
+            .map_err(|wait| rate_limited(&target.name, wait))?;
+    }
+    Ok(())
 }
 
 /// The refusal of a request over its route's rate limit; `wait` becomes `Retry-After`.

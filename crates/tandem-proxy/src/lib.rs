@@ -6,8 +6,9 @@
 //! - [`listen`]: bind TCP and Unix sockets, accept under a connection bound, drain.
 //! - [`server`]: serve one accepted connection (HTTP/1.1 and HTTP/2 detected by preface, or TCP).
 //! - [`framing`]: HTTP/1.x request-smuggling guard (conflicting Content-Length/Transfer-Encoding).
+//! - [`path`]: request path normalization (before routing and authorization).
 //! - [`route`]: the pure route table (host, path, method, headers; first match wins).
-//! - [`policy`]: request policies: rate limits, retries and budgets, breakers, concurrency limits.
+//! - [`policy`]: request policies: authorization, JWT authentication, rate limits, retries and budgets, breakers, concurrency limits.
 //! - [`stack`]: the per-listener snapshot: routes resolved to upstream handles and metric handles.
 //! - [`forward`]: the request handler walking the phases: route, rate limit, rewrite headers,
 //!   admit, then the retry loop (balance, send, classify).
@@ -41,6 +42,7 @@ pub mod health;
 pub mod identity;
 pub mod listen;
 pub mod observe;
+pub mod path;
 pub mod policy;
 pub mod pool;
 pub mod route;

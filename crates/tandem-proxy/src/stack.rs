@@ -7,14 +7,18 @@
 //! 1. observe: metric handles of the chosen route record the final outcome (outermost), and
 //!    an [`crate::observe::Observer`] follows the request to its last response byte; with
 //!    tracing, the server span starts before routing and ends with the response head;
-//! 2. route: [`RouteTable`] first match, then the forward-proxy name lookup, then the default;
-//! 3. rate limit: the route's [`RateLimiter`], if any (429 with `Retry-After`);
-//! 4. rewrite: hop-by-hop removal, `forwarded` on inbound;
-//! 5. balance: [`UpstreamHandle::pick`] chooses an endpoint;
-//! 6. send: the endpoint's pooled client, bounded by the route's timeout.
+//! 2. route: the path normalized ([`crate::path`]; 400 when it cannot be), then [`RouteTable`]
+//!    first match, then the forward-proxy name lookup, then the default;
+//! 3. authenticate: the route's JWT [`Verifier`], if any (401 with `WWW-Authenticate`); claims
+//!    forwarded as headers;
+//! 4. authorize: the listener's [`AuthzPolicy`], if any (403), with an audit event;
+//! 5. rate limit: the route's [`RateLimiter`], if any (429 with `Retry-After`);
+//! 6. rewrite: hop-by-hop removal, `forwarded` on inbound;
+//! 7. balance: [`UpstreamHandle::pick`] chooses an endpoint;
+//! 8. send: the endpoint's pooled client, bounded by the route's timeout.
 //!
-//! Later policy phases (authz, retry, breaker) slot in between 2 and 5 as fields of
-//! [`RouteTarget`], resolved here, never looked up per request.
+//! Policy phases (JWT, rate limit, retry, breaker) are fields of [`RouteTarget`] or
+//! [`ListenerStack`] (authorization), resolved here, never looked up per request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,11 +31,13 @@ use tandem_config::{
 use tandem_telemetry::access_log::AccessLog;
 use tandem_telemetry::trace::Tracer;
 use tandem_telemetry::{Counter, ListenerMetrics, Metrics, RouteMetrics, UpstreamMetrics};
+use tandem_tls::jwt::Verifier;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::balance::{pick_or_fail_open, Balancer, EndpointState, Health};
 use crate::error::ErrorKind;
+use crate::policy::authz::AuthzPolicy;
 use crate::policy::breaker::{BreakerState, EjectReason, EjectionBudget, Transition};
 use crate::policy::limit::ConcurrencyLimit;
 use crate::policy::ratelimit::RateLimiter;
@@ -48,6 +54,8 @@ pub struct Snapshot {
     pub listeners: Vec<Arc<ListenerStack>>,
     /// Upstreams by name.
     pub upstreams: HashMap<String, Arc<UpstreamHandle>>,
+    /// Every route's JWT verifier, for [`Snapshot::spawn_jwks_refresh`].
+    pub verifiers: Vec<Arc<Verifier>>,
 }
 
 /// One upstream: its endpoints with their pools and state, and the policies shared by every
@@ -111,6 +119,8 @@ pub struct RouteTarget {
     pub errors: ErrorCounters,
     /// `http.route` of its spans: the route's path condition as a template, if it has one.
     pub http_route: Option<Arc<str>>,
+    /// JWT authentication, when the route requires it.
+    pub jwt: Option<Arc<Verifier>>,
 }
 
 /// `tandem_proxy_errors_total` handles, one per reason.
@@ -144,6 +154,10 @@ pub struct ListenerStack {
     pub access_log: Option<AccessLog>,
     /// Spans and trace context, when tracing is on.
     pub tracer: Option<Arc<Tracer>>,
+    /// The authorization policy, when the listener has one.
+    pub authz: Option<AuthzPolicy>,
+    /// Whether request paths are normalized ([`crate::path`]).
+    pub normalize_path: bool,
 }
 
 // === impl Snapshot ===
@@ -168,6 +182,7 @@ impl Snapshot {
             .map(|u| (u.name.clone(), Arc::new(UpstreamHandle::new(u, metrics))))
             .collect();
 
+        let mut verifiers = Vec::new();
         let listeners = config
             .listeners
             .iter()
@@ -181,7 +196,8 @@ impl Snapshot {
                               timeout: Option<Duration>,
                               retry: Option<&Retry>,
                               rate_limit: Option<RateLimiter>,
-                              path: Option<&PathMatch>| {
+                              path: Option<&PathMatch>,
+                              jwt: Option<Arc<Verifier>>| {
                     // `check()` guarantees the name resolves; a miss here is a bug, reported as a
                     // route to nowhere rather than a panic.
                     let up = upstreams
@@ -198,6 +214,7 @@ impl Snapshot {
                         metrics: metrics.route(direction, &l.name, route, upstream),
                         errors: ErrorCounters::new(metrics, &l.name, upstream),
                         http_route: crate::trace::http_route(path),
+                        jwt,
                         upstream: up,
                     })
                 };
@@ -206,6 +223,11 @@ impl Snapshot {
                     .iter()
                     .map(|r| {
                         let limiter = r.rate_limit.as_ref().map(RateLimiter::new);
+                        let jwt = r.jwt.as_ref().map(|j| {
+                            let v = Arc::new(Verifier::new(&r.name, j));
+                            verifiers.push(v.clone());
+                            v
+                        });
                         (
                             r.matcher.clone(),
                             target(
@@ -215,6 +237,7 @@ impl Snapshot {
                                 r.retry.as_ref(),
                                 limiter,
                                 r.matcher.path.as_ref(),
+                                jwt,
                             ),
                         )
                     })
@@ -222,7 +245,7 @@ impl Snapshot {
                 let default = l
                     .default_upstream
                     .as_deref()
-                    .map(|u| target("default", u, None, None, None, None));
+                    .map(|u| target("default", u, None, None, None, None, None));
                 let forward = if l.forward_proxy {
                     config
                         .upstreams
@@ -230,7 +253,7 @@ impl Snapshot {
                         .map(|u| {
                             (
                                 u.name.clone(),
-                                target("forward", &u.name, None, None, None, None),
+                                target("forward", &u.name, None, None, None, None, None),
                             )
                         })
                         .collect()
@@ -250,6 +273,11 @@ impl Snapshot {
                     limits: l.limits.clone(),
                     access_log: access_log.filter(|_| l.access_log).cloned(),
                     tracer: tracer.clone(),
+                    normalize_path: l.normalize_path,
+                    authz: l
+                        .authorization
+                        .as_ref()
+                        .map(|a| AuthzPolicy::new(&l.name, a, metrics)),
                 })
             })
             .collect();
@@ -258,6 +286,14 @@ impl Snapshot {
             config,
             listeners,
             upstreams,
+            verifiers,
+        }
+    }
+
+    /// Starts the JWKS load and refresh tasks of every JWT route (they end with the snapshot).
+    pub fn spawn_jwks_refresh(&self) {
+        for v in &self.verifiers {
+            v.spawn_refresh();
         }
     }
 

@@ -137,6 +137,12 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthzLabels {
+    listener: String,
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     upstream: String,
 }
@@ -184,6 +190,7 @@ pub struct Metrics {
     healthy: Family<EndpointLabels, Gauge>,
     health_checks: Family<HealthCheckLabels, Counter>,
     access_log_dropped: Counter,
+    authz_denied: Family<AuthzLabels, Counter>,
     trace: trace::TraceMetrics,
     logs: logs::LogFamilies,
 }
@@ -372,11 +379,19 @@ impl Metrics {
             "Access log lines dropped because the writer's queue was full or a write failed",
             access_log_dropped.clone(),
         );
+        let authz_denied = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "authz_denied",
+            "Requests denied by a listener's authorization policy, by the rule that decided \
+             (`default`: no allow rule matched)",
+            authz_denied.clone(),
+        );
         let trace = trace::TraceMetrics::register(registry);
         let logs = logs::LogFamilies::register(registry);
         Metrics {
             registry: root,
             access_log_dropped,
+            authz_denied,
             trace,
             logs,
             retries,
@@ -526,6 +541,17 @@ impl Metrics {
                 listener: listener.to_owned(),
                 upstream: upstream.to_owned(),
                 reason,
+            })
+            .clone()
+    }
+
+    /// The counter of requests `listener`'s policy denied by `rule`
+    /// (`tandem_authz_denied_total`); resolve when building a snapshot.
+    pub fn authz_denied(&self, listener: &str, rule: &str) -> Counter {
+        self.authz_denied
+            .get_or_create(&AuthzLabels {
+                listener: listener.to_owned(),
+                rule: rule.to_owned(),
             })
             .clone()
     }
