@@ -16,6 +16,8 @@ mod tracing;
 pub use self::tracing::*;
 mod logs;
 pub use logs::*;
+mod tls;
+pub use self::tls::*;
 
 /// The whole, checked configuration of one Tandem process.
 #[derive(Clone, Debug, Serialize)]
@@ -41,6 +43,8 @@ pub struct Config {
     pub tracing: Option<Tracing>,
     /// Log shipping, when the file has a `logs:` section.
     pub logs: Option<Logs>,
+    /// The workload identity (certificate files); `None`: no TLS anywhere.
+    pub tls: Option<Tls>,
 }
 
 /// The admin API (health, metrics, effective config).
@@ -132,6 +136,8 @@ pub struct Listener {
     pub forward_proxy: bool,
     /// Whether its requests or connections are written to the access log (when there is one).
     pub access_log: bool,
+    /// TLS termination; `None`: plaintext.
+    pub tls: Option<ListenerTls>,
 }
 
 /// A route: a match and where matching requests go.
@@ -264,6 +270,8 @@ pub struct Upstream {
     /// (long-lived gRPC streams and slow downloads still work while they move).
     #[serde(with = "humantime_serde_compat")]
     pub stream_idle_timeout: Duration,
+    /// TLS origination; `None`: plaintext.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// One endpoint of an upstream.

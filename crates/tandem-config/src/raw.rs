@@ -19,6 +19,8 @@ mod tracing;
 pub use self::tracing::*;
 mod logs;
 pub use logs::*;
+mod tls;
+pub use self::tls::*;
 
 /// A Tandem configuration file.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -51,6 +53,9 @@ pub struct RawConfig {
     /// Distributed tracing with OTLP export. Absent: off (trace headers pass through untouched).
     #[serde(default)]
     pub tracing: Option<RawTracing>,
+    /// The workload identity for TLS and mTLS: certificate, key, trust bundle (docs/security.md).
+    #[serde(default)]
+    pub tls: Option<RawTls>,
 }
 
 /// The admin API.
@@ -110,6 +115,9 @@ pub struct RawListener {
     /// the top-level `access_log` is set).
     #[serde(default)]
     pub access_log: Option<bool>,
+    /// Terminate TLS on this listener with the workload certificate (top-level `tls`).
+    #[serde(default)]
+    pub tls: Option<RawListenerTls>,
 }
 
 /// The access log.
@@ -302,6 +310,9 @@ pub struct RawUpstream {
     /// Caps the retries of all routes to this upstream together.
     #[serde(default)]
     pub retry_budget: Option<RawRetryBudget>,
+    /// Connect to the endpoints over TLS (mTLS with the workload certificate by default).
+    #[serde(default)]
+    pub tls: Option<RawUpstreamTls>,
 }
 
 /// An upstream endpoint: an address (weight 1), or an address with a weight.

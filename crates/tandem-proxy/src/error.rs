@@ -36,6 +36,9 @@ pub enum ErrorKind {
     RateLimited,
     /// The upstream's concurrency limits are reached (503): refused at once instead of queued.
     Overloaded,
+    /// The TLS handshake with the upstream failed: untrusted certificate, not the expected
+    /// identity, or the upstream refused Tandem's certificate (502).
+    UpstreamTls,
 }
 
 /// Which side a failure came from.
@@ -68,7 +71,7 @@ pub struct ProxyError {
 
 impl ErrorKind {
     /// Every kind, in discriminant order (indexes per-kind counters).
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::NoRoute,
         ErrorKind::NoEndpoints,
         ErrorKind::ConnectFailed,
@@ -80,6 +83,7 @@ impl ErrorKind {
         ErrorKind::Draining,
         ErrorKind::RateLimited,
         ErrorKind::Overloaded,
+        ErrorKind::UpstreamTls,
     ];
 
     /// The value of the `tandem-error` header.
@@ -96,6 +100,7 @@ impl ErrorKind {
             ErrorKind::Draining => "draining",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::UpstreamTls => "upstream_tls",
         }
     }
 
@@ -106,9 +111,10 @@ impl ErrorKind {
             ErrorKind::NoEndpoints | ErrorKind::Draining | ErrorKind::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => {
-                StatusCode::BAD_GATEWAY
-            }
+            ErrorKind::ConnectFailed
+            | ErrorKind::UpstreamReset
+            | ErrorKind::UpstreamProtocol
+            | ErrorKind::UpstreamTls => StatusCode::BAD_GATEWAY,
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -127,7 +133,8 @@ impl ErrorKind {
             | ErrorKind::ConnectTimeout
             | ErrorKind::UpstreamReset
             | ErrorKind::UpstreamTimeout
-            | ErrorKind::UpstreamProtocol => ErrorSource::Upstream,
+            | ErrorKind::UpstreamProtocol
+            | ErrorKind::UpstreamTls => ErrorSource::Upstream,
         }
     }
 
@@ -145,7 +152,8 @@ impl ErrorKind {
             | ErrorKind::ConnectTimeout
             | ErrorKind::UpstreamReset
             | ErrorKind::Draining
-            | ErrorKind::Overloaded => 14,
+            | ErrorKind::Overloaded
+            | ErrorKind::UpstreamTls => 14,
         }
     }
 }

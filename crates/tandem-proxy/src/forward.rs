@@ -41,6 +41,7 @@ pub async fn handle(
     let start = Instant::now();
     let method = tandem_telemetry::method_class(req.method().as_str());
     let mut obs = Observer::start(&stack, forwarded.client_addr(), &req, start);
+    obs.identity(forwarded.identity());
     // The server span starts first, so it covers routing and every refusal too.
     let mut trace = stack
         .tracer
@@ -233,8 +234,16 @@ async fn proxy(
     // Tandem's server side already answered `100 Continue` when it started reading the body;
     // the upstream sees a plain request.
     parts.headers.remove(header::EXPECT);
+    // Only Tandem vouches for a peer's identity: a client-sent header is dropped on every
+    // listener, and an inbound one carries the identity its mTLS handshake verified.
+    parts.headers.remove(headers::PEER_IDENTITY);
     if stack.direction == Direction::Inbound {
         forwarded.apply(&mut parts.headers);
+        if let Some(id) = forwarded.identity() {
+            if let Ok(v) = http::HeaderValue::from_str(id.as_str()) {
+                parts.headers.insert(headers::PEER_IDENTITY, v);
+            }
+        }
     }
     // Reuse the parsed path and query. HTTP/1.1 upstreams get origin form (`/path?query`) with
     // `Host`; HTTP/2 carries scheme and authority in the URI (`:scheme`, `:authority`).
@@ -773,6 +782,7 @@ fn connect_error_kind(e: &ConnectError) -> ErrorKind {
     match e {
         ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
         ConnectError::Io(_) => ErrorKind::ConnectFailed,
+        ConnectError::Tls(_) => ErrorKind::UpstreamTls,
     }
 }
 

@@ -26,6 +26,10 @@ pub enum Io {
     Tcp(TcpStream),
     /// Unix domain socket.
     Unix(UnixStream),
+    /// TLS terminated by Tandem (an accepted connection on a TLS listener).
+    TlsServer(Box<tokio_rustls::server::TlsStream<Io>>),
+    /// TLS originated by Tandem (a connection to a TLS upstream).
+    TlsClient(Box<tokio_rustls::client::TlsStream<Io>>),
 }
 
 /// A bound listening socket.
@@ -216,6 +220,8 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Io::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Io::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -229,6 +235,8 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Io::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Io::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -240,6 +248,8 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::TlsServer(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::TlsClient(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -247,6 +257,8 @@ impl AsyncWrite for Io {
         match self {
             Io::Tcp(s) => s.is_write_vectored(),
             Io::Unix(s) => s.is_write_vectored(),
+            Io::TlsServer(s) => s.is_write_vectored(),
+            Io::TlsClient(s) => s.is_write_vectored(),
         }
     }
 
@@ -254,6 +266,8 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_flush(cx),
             Io::Unix(s) => Pin::new(s).poll_flush(cx),
+            Io::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -261,6 +275,8 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Io::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Io::TlsServer(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -36,6 +36,8 @@ use tokio::time::Instant;
 use crate::body::{ProxyBody, RequestBody};
 use crate::h1;
 use crate::listen::Io;
+use tandem_tls::client::{Alpn, ClientTls};
+use tandem_tls::handshake::HandshakeError;
 
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,9 @@ pub enum ConnectError {
     /// The OS refused or failed the connection.
     #[error("connect failed: {0}")]
     Io(#[from] io::Error),
+    /// The TLS handshake failed (or the upstream's TLS settings are unusable).
+    #[error("{0}")]
+    Tls(#[from] tandem_tls::handshake::HandshakeError),
 }
 
 /// Why sending a request to an endpoint failed.
@@ -167,6 +172,8 @@ impl Drop for ConnSlot {
 pub struct Connector {
     address: Arc<Address>,
     timeout: Duration,
+    /// TLS origination, when the upstream has `tls` (`Err`: configured but unusable).
+    tls: Option<Result<Arc<ClientTls>, Arc<str>>>,
 }
 
 /// One endpoint of an upstream with its pooled connections.
@@ -223,11 +230,41 @@ impl Connector {
         Connector {
             address: Arc::new(address),
             timeout,
+            tls: None,
         }
     }
 
-    /// Opens a new connection (also used for TCP proxying and CONNECT tunnels).
+    /// Opens a new connection (also used for TCP proxying, CONNECT tunnels and health probes):
+    /// over TLS when the upstream has `tls`, offering no ALPN protocol.
     pub async fn connect(&self) -> Result<Io, ConnectError> {
+        self.connect_alpn(Alpn::None).await
+    }
+
+    /// Opens a new connection, offering `alpn` when it is a TLS one. TCP connect and TLS
+    /// handshake together are bounded by the connect timeout.
+    pub async fn connect_alpn(&self, alpn: Alpn) -> Result<Io, ConnectError> {
+        let tls = match &self.tls {
+            None => return self.connect_plain().await,
+            Some(Ok(tls)) => tls,
+            Some(Err(why)) => return Err(ConnectError::Tls(HandshakeError::setup(why))),
+        };
+        let fut = async {
+            let io = self.connect_plain().await?;
+            let host = match &*self.address {
+                Address::Tcp(sa) => sa.ip().to_string(),
+                Address::Host { host, .. } => host.clone(),
+                Address::Unix(_) => "localhost".to_owned(),
+            };
+            let s = tls.connect(io, &host, alpn).await?;
+            Ok::<_, ConnectError>(Io::TlsClient(Box::new(s)))
+        };
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn connect_plain(&self) -> Result<Io, ConnectError> {
         let fut = async {
             match &*self.address {
                 Address::Tcp(sa) => {
@@ -288,6 +325,12 @@ impl Endpoint {
         endpoint
     }
 
+    /// Connects over TLS with `tls` (origination; the upstream's `tls`).
+    pub fn with_tls(mut self, tls: Option<Result<Arc<ClientTls>, Arc<str>>>) -> Self {
+        self.connector.tls = tls;
+        self
+    }
+
     /// A slot for a new connection under the upstream's `max_connections` (none without one).
     pub fn connection_slot(&self) -> Result<Option<ConnSlot>, SendError> {
         self.limit.as_ref().map(ConnLimit::acquire).transpose()
@@ -319,7 +362,7 @@ impl Endpoint {
         // Boxed: connecting is the rare path, and inline it would widen every request's future
         // (moved on creation and kept per connection by hyper's server side).
         let slot = self.connection_slot()?;
-        let io = Box::pin(self.connector.connect()).await?;
+        let io = Box::pin(self.connector.connect_alpn(Alpn::Http1)).await?;
         match exchange
             .send(h1::Conn::with_slot(io, slot), false, recycle)
             .await
@@ -351,7 +394,7 @@ impl Endpoint {
             return Ok(tx);
         }
         let slot = self.connection_slot()?;
-        let io = self.connector.connect().await?;
+        let io = self.connector.connect_alpn(Alpn::H2).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)

@@ -3,6 +3,8 @@
 //!
 //! Limits applied per connection: request head size and field count (431 beyond), a header read
 //! timeout (slow clients are disconnected), HTTP/2 concurrent streams and header list size.
+//! TLS listeners run the handshake on the connection's task (bounded by `handshake_timeout`),
+//! then serve the decrypted stream the same way, with the client's verified identity attached.
 //! Drain: stop accepting, ask every HTTP connection to finish (HTTP/1.1 closes once idle or after
 //! its in-flight response, HTTP/2 sends GOAWAY and finishes open streams), wait for TCP tunnels.
 
@@ -18,8 +20,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::framing::{FramingFlag, FramingGuard};
 use crate::headers::Forwarded;
-use crate::listen::{accept_loop, BoundListener, DrainWatch};
-use crate::stack::ListenerStack;
+use crate::identity::PeerIdentity;
+use crate::listen::{accept_loop, Accepted, BoundListener, DrainWatch, Io};
+use crate::stack::{ListenerStack, ListenerTls};
 use crate::{forward, tcp};
 
 /// Serves `listener` until drain, then waits until its connections have finished. The caller
@@ -34,41 +37,17 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
         let stack = stack.clone();
         stack.metrics.accepted.inc();
         stack.metrics.active.inc();
-        match stack.protocol {
-            ListenerProtocol::Tcp => {
+        match (&stack.tls, stack.protocol) {
+            (ListenerTls::Plain, ListenerProtocol::Tcp) => {
                 tunnels.spawn(async move {
                     tcp::proxy(stack.clone(), accepted).await;
                     stack.metrics.active.dec();
                     drop(permit);
                 });
             }
-            ListenerProtocol::Http => {
-                let forwarded = Arc::new(Forwarded::new(accepted.peer, "http"));
-                let svc_stack = stack.clone();
-                let flag = Arc::new(FramingFlag::default());
-                let io = FramingGuard::new(
-                    accepted.io,
-                    stack.limits.max_header_bytes,
-                    stack.limits.max_headers,
-                    flag.clone(),
-                );
-                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let stack = svc_stack.clone();
-                    let forwarded = forwarded.clone();
-                    let ambiguous =
-                        req.version() != http::Version::HTTP_2 && flag.next_request_conflicts();
-                    async move {
-                        if ambiguous {
-                            return Ok::<_, Infallible>(forward::reject_framing(
-                                &stack, &forwarded, &req,
-                            ));
-                        }
-                        Ok(forward::handle(stack, &forwarded, req).await)
-                    }
-                });
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                    .into_owned();
+            (ListenerTls::Plain, ListenerProtocol::Http) => {
+                let forwarded = Forwarded::new(accepted.peer, "http");
+                let conn = serve_http(&builder, &stack, accepted.io, forwarded);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -77,6 +56,53 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
                     stack.metrics.active.dec();
                     drop(permit);
                 });
+            }
+            (ListenerTls::Tls(tls), protocol) => {
+                // The handshake runs on the connection's own task, never in the accept loop.
+                let tls = tls.clone();
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let task = async move {
+                    let peer = accepted.peer;
+                    match tls.accept(accepted.io).await {
+                        Ok((io, identity)) => {
+                            let io = Io::TlsServer(Box::new(io));
+                            let identity = identity.map(PeerIdentity::new);
+                            match protocol {
+                                ListenerProtocol::Tcp => {
+                                    tcp::proxy(stack.clone(), Accepted { io, peer }).await;
+                                }
+                                ListenerProtocol::Http => {
+                                    let forwarded =
+                                        Forwarded::new(peer, "https").with_identity(identity);
+                                    let conn = serve_http(&builder, &stack, io, forwarded);
+                                    if let Err(e) = watcher.watch(conn).await {
+                                        tracing::debug!(listener = %stack.name, error = %e, "connection error");
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(listener = %stack.name, client = ?peer, reason = e.reason_str(), error = %e, "TLS handshake failed");
+                        }
+                    }
+                    stack.metrics.active.dec();
+                    drop(permit);
+                };
+                match protocol {
+                    ListenerProtocol::Tcp => {
+                        tunnels.spawn(task);
+                    }
+                    ListenerProtocol::Http => {
+                        tokio::spawn(task);
+                    }
+                }
+            }
+            (ListenerTls::Broken(why), _) => {
+                tracing::warn!(listener = %stack.name, reason = %why, "TLS is not usable on this listener; connection closed");
+                drop(accepted);
+                stack.metrics.active.dec();
+                drop(permit);
             }
         }
     })
@@ -87,6 +113,40 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
     tracing::info!(listener = %stack.name, open = graceful.count(), "draining");
     tunnels.close();
     tokio::join!(graceful.shutdown(), tunnels.wait());
+}
+
+/// One HTTP connection (HTTP/1.1 or HTTP/2, told apart by the preface) on `io`.
+fn serve_http(
+    builder: &auto::Builder<TokioExecutor>,
+    stack: &Arc<ListenerStack>,
+    io: Io,
+    forwarded: Forwarded,
+) -> impl hyper_util::server::graceful::GracefulConnection<
+    Error = Box<dyn std::error::Error + Send + Sync>,
+> {
+    let forwarded = Arc::new(forwarded);
+    let svc_stack = stack.clone();
+    let flag = Arc::new(FramingFlag::default());
+    let io = FramingGuard::new(
+        io,
+        stack.limits.max_header_bytes,
+        stack.limits.max_headers,
+        flag.clone(),
+    );
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let stack = svc_stack.clone();
+        let forwarded = forwarded.clone();
+        let ambiguous = req.version() != http::Version::HTTP_2 && flag.next_request_conflicts();
+        async move {
+            if ambiguous {
+                return Ok::<_, Infallible>(forward::reject_framing(&stack, &forwarded, &req));
+            }
+            Ok(forward::handle(stack, &forwarded, req).await)
+        }
+    });
+    builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .into_owned()
 }
 
 fn http_builder(stack: &ListenerStack) -> auto::Builder<TokioExecutor> {
