@@ -152,3 +152,65 @@ impl Identity {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::dev_ca;
+
+    fn issue(root: &std::path::Path, out: &str, id: &str) {
+        dev_ca::issue(&dev_ca::IssueRequest {
+            ca_dir: root.join("ca"),
+            out_dir: root.join(out),
+            identity: Some(id.to_owned()),
+            dns: vec![],
+            days: 30,
+        })
+        .unwrap();
+    }
+
+    /// Unchanged files change nothing; a new pair is swapped in; a broken one is refused once
+    /// (the last good pair stays, and the same bad contents are not reported again); a good pair
+    /// after it is picked up.
+    #[tokio::test]
+    async fn reload_swaps_good_pairs_and_keeps_the_last_one_on_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        dev_ca::init(&root.join("ca"), "d.test", 30).unwrap();
+        issue(root, "w", "spiffe://d.test/w/1");
+        let files = Files {
+            cert: root.join("w/cert.pem"),
+            key: root.join("w/key.pem"),
+            trust_bundle: Some(root.join("ca/ca.pem")),
+        };
+        let id = Identity::load(files.clone()).unwrap();
+        assert!(!id.reload().await.unwrap());
+
+        issue(root, "w", "spiffe://d.test/w/2");
+        assert!(id.reload().await.unwrap());
+        assert_eq!(
+            id.current().identity.as_deref(),
+            Some("spiffe://d.test/w/2")
+        );
+
+        let good = std::fs::read(&files.cert).unwrap();
+        std::fs::write(&files.cert, &good[..good.len() / 2]).unwrap();
+        assert!(id.reload().await.is_err());
+        assert_eq!(
+            id.current().identity.as_deref(),
+            Some("spiffe://d.test/w/2")
+        );
+        assert!(
+            !id.reload().await.unwrap(),
+            "the same bad file is refused once"
+        );
+
+        issue(root, "w", "spiffe://d.test/w/3");
+        assert!(id.reload().await.unwrap());
+        assert_eq!(
+            id.current().identity.as_deref(),
+            Some("spiffe://d.test/w/3")
+        );
+    }
+}
