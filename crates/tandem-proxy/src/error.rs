@@ -281,6 +281,7 @@ mod tests {
             (ErrorKind::Draining, 503, "draining"),
             (ErrorKind::RateLimited, 429, "rate_limited"),
             (ErrorKind::Overloaded, 503, "overloaded"),
+            (ErrorKind::UpstreamTls, 502, "upstream_tls"),
         ];
         assert_eq!(cases.len(), ErrorKind::ALL.len());
         for (kind, status, reason) in cases {
