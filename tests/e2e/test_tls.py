@@ -399,3 +399,69 @@ upstreams:
 """, wait_ready=False)
     assert t.wait(10) != 0
     assert "tls.key" in t.log() and "does not belong" in t.log()
+
+
+def test_tcp_listeners_over_mtls(tandem, pki, start_backend):
+    """Opaque TCP through A (plaintext TCP listener, mTLS upstream) -> B (mTLS TCP listener) ->
+    an echo server: bytes and the half-close come back; a direct client without a certificate
+    is refused by B."""
+    import socket
+
+    backend = free_port()
+    start_backend("tcp_echo.py", backend)
+    b_port, a_port = free_port(), free_port()
+    b = tandem(pki.tls_section("b") + f"""
+listeners:
+  inbound: {{ address: 127.0.0.1:{b_port}, protocol: tcp, upstream: echo, tls: {{}} }}
+upstreams:
+  echo: {{ endpoints: [127.0.0.1:{backend}] }}
+""")
+    tandem(pki.tls_section("a") + f"""
+listeners:
+  outbound: {{ address: 127.0.0.1:{a_port}, protocol: tcp, direction: outbound, upstream: b }}
+upstreams:
+  b:
+    endpoints: [127.0.0.1:{b_port}]
+    tls: {{ identities: [{ID_B}] }}
+""")
+    payload = os.urandom(200_000)
+    with socket.create_connection(("127.0.0.1", a_port), timeout=10) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got == payload
+
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{b_port}", "-CAfile", str(pki.dir("ca") / "ca.pem")],
+                       input="hello\n", capture_output=True, text=True, timeout=10)
+    assert "hello" not in r.stdout
+    wait_for(lambda: metric(httpx.get(f"{b.admin}/metrics").text, "tandem_tls_handshakes_total",
+                            listener="inbound", result="no_client_cert") == 1, what="refusal counted")
+
+
+def test_upstream_refusing_our_certificate_is_upstream_tls(tandem, pki, h2_backend):
+    """A presents a certificate from a CA that B does not trust: B refuses it (after A's side of
+    the TLS 1.3 handshake) and A answers 502 upstream_tls saying the upstream refused its
+    certificate (HTTP/1.1 to the upstream; over HTTP/2 the alert reaches hyper's connection task,
+    not the request, which still reads upstream_reset: a known gap)."""
+    b, b_port = sidecar_b(tandem, pki, h2_backend)
+    # A trusts B's CA (so B passes A's check) but holds the foreign CA's certificate.
+    evil = pki.dir("evil")
+    port = free_port()
+    tandem(f"""
+tls: {{ cert: {evil}/cert.pem, key: {evil}/key.pem, trust_bundle: {pki.root}/ca/ca.pem }}
+listeners:
+  outbound: {{ address: 127.0.0.1:{port}, direction: outbound, upstream: b }}
+upstreams:
+  b:
+    endpoints: [127.0.0.1:{b_port}]
+    tls: {{ identities: [{ID_B}] }}
+""")
+    for _ in range(3):
+        r = httpx.get(f"http://127.0.0.1:{port}/echo", timeout=5)
+        assert r.status_code == 502, r.text
+        assert r.headers["tandem-error"] == "upstream_tls", r.text
+        assert "refused" in r.text and "client certificate" in r.text, r.text
+    text = httpx.get(f"{b.admin}/metrics").text
+    assert metric(text, "tandem_tls_handshakes_total", listener="inbound", result="unknown_ca") >= 3

@@ -541,10 +541,7 @@ fn damaged_examples_keep_lines_inside_the_file() {
         if path.is_dir() {
             continue;
         }
-        let original: Vec<char> = std::fs::read_to_string(path)
-            .unwrap()
-            .chars()
-            .collect();
+        let original: Vec<char> = std::fs::read_to_string(path).unwrap().chars().collect();
         for _ in 0..300 {
             let mut t = original.clone();
             for _ in 0..1 + rnd(4) {

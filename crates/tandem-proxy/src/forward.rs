@@ -30,6 +30,7 @@ use crate::route::{request_host, RequestFacts};
 use crate::stack::{InFlight, ListenerStack, RouteTarget, UpstreamHandle};
 use crate::tcp;
 use crate::trace::{RequestTrace, TryOutcome, TryTarget};
+use tandem_tls::handshake::HandshakeError;
 
 /// Handles one request received on `stack`'s listener; `forwarded` describes the client
 /// connection (rendered once per connection).
@@ -795,6 +796,9 @@ fn classify(e: &SendError) -> ProxyError {
             return ProxyError::new(kind, ce.to_string());
         }
         SendError::Http1(h1e) | SendError::Unsent(h1e) => {
+            if let Some(refused) = upstream_tls_refusal(h1e) {
+                return refused;
+            }
             let kind = match h1e {
                 h1::Error::Protocol(_) => ErrorKind::UpstreamProtocol,
                 h1::Error::Io(_) | h1::Error::ClosedBeforeResponse | h1::Error::RequestBody(_) => {
@@ -806,6 +810,16 @@ fn classify(e: &SendError) -> ProxyError {
         SendError::Http2(he) => he,
         SendError::Limit(_) => return ProxyError::new(ErrorKind::Overloaded, e.to_string()),
     };
+    let mut source = he.source();
+    while let Some(s) = source {
+        if let Some(refused) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(HandshakeError::peer_refused)
+        {
+            return ProxyError::new(ErrorKind::UpstreamTls, refused.detail);
+        }
+        source = s.source();
+    }
     // An HTTP/2 framing error Tandem detected (not one the upstream reported) means the upstream
     // does not speak HTTP/2 at all: usually an HTTP/1.1-only app behind `protocol: auto`.
     let mut source = he.source();
@@ -832,6 +846,16 @@ fn classify(e: &SendError) -> ProxyError {
         ErrorKind::UpstreamReset
     };
     ProxyError::new(kind, describe(he))
+}
+
+/// An upstream that refused Tandem's client certificate after the handshake (TLS 1.3): the
+/// first read returns its alert.
+fn upstream_tls_refusal(e: &h1::Error) -> Option<ProxyError> {
+    match e {
+        h1::Error::Io(io) => HandshakeError::peer_refused(io)
+            .map(|r| ProxyError::new(ErrorKind::UpstreamTls, r.detail)),
+        _ => None,
+    }
 }
 
 fn describe(e: &hyper::Error) -> String {

@@ -65,6 +65,22 @@ impl HandshakeError {
         }
     }
 
+    /// A TLS alert the peer sent after the handshake looked complete: under TLS 1.3 a server
+    /// refuses a client certificate only after the client's side of the handshake finished, so
+    /// the refusal surfaces on the first read. `None` for any other I/O error.
+    pub fn peer_refused(e: &std::io::Error) -> Option<Self> {
+        match e.get_ref()?.downcast_ref::<TlsError>()? {
+            tls @ TlsError::AlertReceived(a) => {
+                let mut h = Self::from_tls(tls);
+                h.detail = format!(
+                    "the upstream refused the TLS connection ({a:?} alert): it does not accept Tandem's client certificate"
+                );
+                Some(h)
+            }
+            _ => None,
+        }
+    }
+
     /// Classifies a rustls error.
     pub fn from_tls(e: &TlsError) -> Self {
         let reason = match e {
