@@ -191,7 +191,7 @@ def test_two_sidecars_http1_http2(tandem, pki, h2_backend):
     """App -> A (plaintext) -> mTLS -> B -> app: HTTP/1.1 and HTTP/2 both arrive, with A's
     identity verified by B and handed to the app; a fake identity the calling app sends is gone."""
     b, b_port = sidecar_b(tandem, pki, h2_backend)
-    a, a_port = sidecar_a(tandem, pki, b_port)
+    a, a_port = sidecar_a(tandem, pki, b_port, pool="health_check: { http: { path: /healthz }, interval: 200ms, timeout: 150ms }")
     with httpx.Client(timeout=5) as c:
         r = c.get(f"http://127.0.0.1:{a_port}/echo", headers={"x-tandem-peer-identity": "spiffe://fake/x"})
     assert r.status_code == 200, r.text
@@ -203,8 +203,13 @@ def test_two_sidecars_http1_http2(tandem, pki, h2_backend):
     assert r.status_code == 200 and r.http_version == "HTTP/2"
     assert r.json()["version"] == "HTTP/2"
     assert [v for k, v in r.json()["headers"] if k == "x-tandem-peer-identity"] == [ID_A]
-    up = metric(httpx.get(f"{a.admin}/metrics").text, "tandem_tls_handshakes_total", upstream="b", result="ok")
+    text = httpx.get(f"{a.admin}/metrics").text
+    up = metric(text, "tandem_tls_handshakes_total", upstream="b", result="ok")
     assert up >= 2  # one HTTP/1.1 and one HTTP/2 connection (ALPN http/1.1, h2)
+    # A's active health checks reach the app through B over mTLS too.
+    wait_for(lambda: (metric(httpx.get(f"{a.admin}/metrics").text, "tandem_health_checks_total",
+                             upstream="b", endpoint=f"127.0.0.1:{b_port}", result="pass") or 0) >= 2,
+             what="health checks passing over mTLS")
 
 
 def test_two_sidecars_grpc(tandem, pki, start_backend):
@@ -401,16 +406,18 @@ upstreams:
     assert "tls.key" in t.log() and "does not belong" in t.log()
 
 
-def test_tcp_listeners_over_mtls(tandem, pki, start_backend):
+def test_tcp_listeners_over_mtls(tandem, pki, start_backend, tmp_path):
     """Opaque TCP through A (plaintext TCP listener, mTLS upstream) -> B (mTLS TCP listener) ->
-    an echo server: bytes and the half-close come back; a direct client without a certificate
-    is refused by B."""
+    an echo server: bytes and the half-close come back, B logs the connection with A's identity;
+    a direct client without a certificate is refused by B."""
     import socket
 
     backend = free_port()
     start_backend("tcp_echo.py", backend)
     b_port, a_port = free_port(), free_port()
+    log = tmp_path / "access.log"
     b = tandem(pki.tls_section("b") + f"""
+access_log: {{ path: {log} }}
 listeners:
   inbound: {{ address: 127.0.0.1:{b_port}, protocol: tcp, upstream: echo, tls: {{}} }}
 upstreams:
@@ -432,6 +439,8 @@ upstreams:
         while chunk := s.recv(65536):
             got += chunk
     assert got == payload
+    wait_for(lambda: log.read_text().strip(), what="access log line")
+    assert json.loads(log.read_text().splitlines()[0])["peer_identity"] == ID_A
 
     r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{b_port}", "-CAfile", str(pki.dir("ca") / "ca.pem")],
                        input="hello\n", capture_output=True, text=True, timeout=10)

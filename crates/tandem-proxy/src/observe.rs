@@ -94,6 +94,8 @@ pub struct ConnectionObservation {
     client: Option<SocketAddr>,
     endpoint: Answered,
     error: Option<ErrorKind>,
+    /// The client's verified identity (mTLS).
+    identity: Option<PeerIdentity>,
 }
 
 // === impl Observer ===
@@ -348,7 +350,15 @@ impl ConnectionObserver {
             client,
             endpoint: Answered::None,
             error: None,
+            identity: None,
         })))
+    }
+
+    /// The client's verified identity (mTLS), for the `peer_identity` field.
+    pub fn identity(&mut self, identity: Option<PeerIdentity>) {
+        if let Some(o) = &mut self.0 {
+            o.identity = identity;
+        }
     }
 
     /// Connected to endpoint `i` of the upstream.
@@ -420,7 +430,7 @@ impl ConnectionObservation {
             sent_bytes: sent,
             error: self.error.map(ErrorKind::reason),
             end,
-            peer_identity: None,
+            peer_identity: self.identity.as_ref().map(PeerIdentity::as_str),
             trace_id: None,
             span_id: None,
         };

@@ -70,7 +70,9 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
                             let identity = identity.map(PeerIdentity::new);
                             match protocol {
                                 ListenerProtocol::Tcp => {
-                                    tcp::proxy(stack.clone(), Accepted { io, peer }).await;
+                                    let accepted = Accepted { io, peer };
+                                    tcp::proxy_with_identity(stack.clone(), accepted, identity)
+                                        .await;
                                 }
                                 ListenerProtocol::Http => {
                                     let forwarded =
