@@ -128,6 +128,8 @@ def test_mtls_listener_with_curl(tandem, pki, h2_backend, tmp_path):
     assert {line["peer_identity"] for line in lines} == {ID_A}
 
     text = httpx.get(f"{b.admin}/metrics").text
+    check = run(["promtool", "check", "metrics"], input=text)
+    assert check.returncode == 0, check.stdout + check.stderr
     hs = lambda result: metric(text, "tandem_tls_handshakes_total", listener="inbound", result=result)
     assert hs("ok") == 2
     assert hs("no_client_cert") == 1
@@ -474,3 +476,27 @@ upstreams:
         assert "refused" in r.text and "client certificate" in r.text, r.text
     text = httpx.get(f"{b.admin}/metrics").text
     assert metric(text, "tandem_tls_handshakes_total", listener="inbound", result="unknown_ca") >= 3
+
+
+@pytest.mark.parametrize("name,ok", [("b.e2e.test", True), ("c.e2e.test", False)])
+def test_outbound_verifies_a_dns_server_name(tandem, pki, http_backend, name, ok):
+    """Without `identities`, `server_name` is sent as SNI and B's certificate must carry it as a
+    DNS SAN: b.e2e.test passes, c.e2e.test is refused (502 upstream_tls, identity_mismatch)."""
+    _, b_port = sidecar_b(tandem, pki, http_backend)
+    port = free_port()
+    a = tandem(pki.tls_section("a") + f"""
+listeners:
+  outbound: {{ address: 127.0.0.1:{port}, direction: outbound, upstream: b }}
+upstreams:
+  b:
+    endpoints: [127.0.0.1:{b_port}]
+    tls: {{ server_name: {name} }}
+""")
+    r = httpx.get(f"http://127.0.0.1:{port}/echo", timeout=5)
+    text = httpx.get(f"{a.admin}/metrics").text
+    if ok:
+        assert r.status_code == 200, r.text
+        assert [v for k, v in r.json()["headers"] if k == "x-tandem-peer-identity"] == [ID_A]
+    else:
+        assert r.status_code == 502 and r.headers["tandem-error"] == "upstream_tls", r.text
+        assert metric(text, "tandem_tls_handshakes_total", upstream="b", result="identity_mismatch") >= 1
