@@ -810,15 +810,8 @@ fn classify(e: &SendError) -> ProxyError {
         SendError::Http2(he) => he,
         SendError::Limit(_) => return ProxyError::new(ErrorKind::Overloaded, e.to_string()),
     };
-    let mut source = he.source();
-    while let Some(s) = source {
-        if let Some(refused) = s
-            .downcast_ref::<std::io::Error>()
-            .and_then(HandshakeError::peer_refused)
-        {
-            return ProxyError::new(ErrorKind::UpstreamTls, refused.detail);
-        }
-        source = s.source();
+    if let Some(refused) = crate::pool::tls_refusal(he) {
+        return ProxyError::new(ErrorKind::UpstreamTls, refused.detail);
     }
     // An HTTP/2 framing error Tandem detected (not one the upstream reported) means the upstream
     // does not speak HTTP/2 at all: usually an HTTP/1.1-only app behind `protocol: auto`.

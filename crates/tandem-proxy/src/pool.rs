@@ -39,6 +39,10 @@ use crate::listen::Io;
 use tandem_tls::client::{Alpn, ClientTls};
 use tandem_tls::handshake::HandshakeError;
 
+/// How long a failed first request on a new TLS HTTP/2 connection waits for the connection's
+/// own error, which says whether the server refused Tandem's certificate.
+const REFUSAL_WAIT: Duration = Duration::from_millis(100);
+
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -379,19 +383,40 @@ impl Endpoint {
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
-        let mut tx = match self.http2.current() {
-            Some(tx) => tx,
+        let (mut tx, refusal) = match self.http2.current() {
+            Some(tx) => (tx, None),
             None => Box::pin(self.connect_http2()).await?,
         };
-        let res = tx.send_request(req).await?;
-        Ok(res.map(ProxyBody::http2))
+        match tx.send_request(req).await {
+            Ok(res) => Ok(res.map(ProxyBody::http2)),
+            Err(e) => {
+                // A TLS 1.3 server refuses a client certificate after the client's handshake
+                // finished; the alert reaches the connection task, not this request. Ask it.
+                if let Some(rx) = refusal {
+                    if let Ok(Ok(refused)) = tokio::time::timeout(REFUSAL_WAIT, rx).await {
+                        return Err(SendError::Connect(ConnectError::Tls(refused)));
+                    }
+                }
+                Err(SendError::Http2(e))
+            }
+        }
     }
 
-    async fn connect_http2(&self) -> Result<http2::SendRequest<RequestBody>, SendError> {
+    /// Opens the endpoint's HTTP/2 connection (or returns the one another request just opened);
+    /// over TLS, the receiver says whether the server refused Tandem's certificate.
+    async fn connect_http2(
+        &self,
+    ) -> Result<
+        (
+            http2::SendRequest<RequestBody>,
+            Option<tokio::sync::oneshot::Receiver<HandshakeError>>,
+        ),
+        SendError,
+    > {
         let _connecting = self.http2.connecting.lock().await;
         // Another request may have connected while this one waited.
         if let Some(tx) = self.http2.current() {
-            return Ok(tx);
+            return Ok((tx, None));
         }
         let slot = self.connection_slot()?;
         let io = self.connector.connect_alpn(Alpn::H2).await?;
@@ -403,14 +428,24 @@ impl Endpoint {
             .handshake(TokioIo::new(io))
             .await?;
         let label = self.label.clone();
+        let (refused_tx, refused_rx) = match &self.connector.tls {
+            Some(_) => {
+                let (t, r) = tokio::sync::oneshot::channel();
+                (Some(t), Some(r))
+            }
+            None => (None, None),
+        };
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/2 connection ended");
+                if let (Some(t), Some(refused)) = (refused_tx, tls_refusal(&e)) {
+                    let _ = t.send(refused);
+                }
             }
             drop(slot);
         });
         self.http2.store(tx.clone());
-        Ok(tx)
+        Ok((tx, refused_rx))
     }
 
     /// Idle HTTP/1.1 connections and whether an HTTP/2 connection is open (admin, tests).
@@ -418,6 +453,23 @@ impl Endpoint {
         let idle = self.http1.idle.lock().map(|v| v.len()).unwrap_or(0);
         (idle, self.http2.current().is_some())
     }
+}
+
+/// The TLS alert behind a failed HTTP/2 connection, if that is what ended it.
+pub(crate) fn tls_refusal(e: &hyper::Error) -> Option<HandshakeError> {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        // h2 keeps the I/O error of a failed connection behind `get_io`, not `source`.
+        let io = s
+            .downcast_ref::<io::Error>()
+            .or_else(|| s.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
+        if let Some(r) = io.and_then(HandshakeError::peer_refused) {
+            return Some(r);
+        }
+        source = s.source();
+    }
+    None
 }
 
 // === impl Http1Pool ===

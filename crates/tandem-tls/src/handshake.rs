@@ -69,15 +69,36 @@ impl HandshakeError {
     /// refuses a client certificate only after the client's side of the handshake finished, so
     /// the refusal surfaces on the first read. `None` for any other I/O error.
     pub fn peer_refused(e: &std::io::Error) -> Option<Self> {
-        match e.get_ref()?.downcast_ref::<TlsError>()? {
-            tls @ TlsError::AlertReceived(a) => {
+        let detail = |alert: &dyn fmt::Debug| {
+            format!(
+                "the upstream refused the TLS connection ({alert:?} alert): it does not accept Tandem's client certificate"
+            )
+        };
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<TlsError>())
+        {
+            Some(tls @ TlsError::AlertReceived(a)) => {
                 let mut h = Self::from_tls(tls);
-                h.detail = format!(
-                    "the upstream refused the TLS connection ({a:?} alert): it does not accept Tandem's client certificate"
-                );
+                h.detail = detail(a);
                 Some(h)
             }
-            _ => None,
+            Some(_) => None,
+            // h2 keeps only the kind and text of a connection's I/O error: rustls's wording of a
+            // received alert is all that is left of it.
+            None if e.kind() == std::io::ErrorKind::InvalidData => {
+                let text = e.to_string();
+                let alert = text.strip_prefix("received fatal alert: ")?;
+                Some(HandshakeError {
+                    reason: if alert == "CertificateRequired" {
+                        NO_CLIENT_CERT
+                    } else {
+                        PEER_REJECTED
+                    },
+                    detail: detail(&format_args!("{alert}")),
+                })
+            }
+            None => None,
         }
     }
 
@@ -154,3 +175,36 @@ impl fmt::Display for IdentityMismatch {
 }
 
 impl std::error::Error for IdentityMismatch {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An alert is recognised both as the rustls error tokio-rustls returns and as the text h2
+    /// keeps of it; other I/O errors are not refusals.
+    #[test]
+    fn peer_refusals() {
+        let typed = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            TlsError::AlertReceived(AlertDescription::UnknownCA),
+        );
+        let h = HandshakeError::peer_refused(&typed).expect("a refusal");
+        assert_eq!(h.reason_str(), "peer_rejected");
+        assert!(h.detail.contains("UnknownCA alert"), "{}", h.detail);
+
+        let text = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateRequired",
+        );
+        let h = HandshakeError::peer_refused(&text).expect("a refusal");
+        assert_eq!(h.reason_str(), "no_client_cert");
+        assert!(
+            h.detail.contains("CertificateRequired alert"),
+            "{}",
+            h.detail
+        );
+
+        let other = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(HandshakeError::peer_refused(&other).is_none());
+    }
+}

@@ -101,9 +101,13 @@ impl ServerTls {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config.clone());
-        let result = match tokio::time::timeout(self.timeout, acceptor.accept(io)).await {
+        let accept = acceptor.accept(io).into_fallible();
+        let result = match tokio::time::timeout(self.timeout, accept).await {
             Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(HandshakeError::from_io(&e)),
+            Ok(Err((e, io))) => {
+                lingering_close(io).await;
+                Err(HandshakeError::from_io(&e))
+            }
             Err(_) => Err(HandshakeError::timeout(self.timeout)),
         };
         if let Some(m) = &self.metrics {
@@ -118,6 +122,25 @@ impl ServerTls {
             .and_then(identity_of);
         Ok((stream, identity))
     }
+}
+
+/// Closes a refused connection so that the client reads the alert rustls wrote: FIN first,
+/// then whatever the client had already sent is read and dropped (bounded). Closing with unread
+/// bytes would send a RST, and a client (under TLS 1.3, already writing its request) could lose
+/// the alert and see only a reset.
+async fn lingering_close<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LINGER: Duration = Duration::from_millis(500);
+    let drain = async {
+        let _ = io.shutdown().await;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 // === impl CurrentCert ===
