@@ -1,8 +1,8 @@
 //! Upstream connections: a connector per endpoint (TCP or Unix socket, bounded by the connect
 //! timeout) and the endpoint's pooled connections on top of it.
 //!
-//! Each endpoint keeps, per protocol (the pool key is (endpoint, protocol); TLS identity joins it
-//! later):
+//! Each endpoint keeps, per protocol (the pool key is (endpoint, protocol); TLS settings are the
+//! upstream's, so every connection of an endpoint has the same ones, made by its [`Connector`]):
 //! - HTTP/1.1: a stack of idle keep-alive connections, newest on top (a warm connection is the
 //!   likeliest to still be open), spoken by Tandem's own client side ([`crate::h1`]): a pooled
 //!   connection is a socket and a read buffer, with no task of its own. It goes back on the stack
@@ -393,7 +393,9 @@ impl Endpoint {
                 // A TLS 1.3 server refuses a client certificate after the client's handshake
                 // finished; the alert reaches the connection task, not this request. Ask it.
                 if let Some(rx) = refusal {
-                    if let Ok(Ok(refused)) = tokio::time::timeout(REFUSAL_WAIT, rx).await {
+                    // Boxed: the rare path stays out of every request's future.
+                    if let Ok(Ok(refused)) = Box::pin(tokio::time::timeout(REFUSAL_WAIT, rx)).await
+                    {
                         return Err(SendError::Connect(ConnectError::Tls(refused)));
                     }
                 }
