@@ -500,3 +500,28 @@ upstreams:
     else:
         assert r.status_code == 502 and r.headers["tandem-error"] == "upstream_tls", r.text
         assert metric(text, "tandem_tls_handshakes_total", upstream="b", result="identity_mismatch") >= 1
+
+
+def test_certs_cli_refuses_mistakes(tmp_path):
+    """`tandem certs`: a second init over an existing CA, an invalid trust domain or SPIFFE ID,
+    and an issue without any identity are refused with exit 64 and a message naming the flag;
+    nothing is overwritten; private keys are written mode 0600."""
+    ca = tmp_path / "ca"
+    assert run([TANDEM_BIN, "certs", "init", "--trust-domain", "d.test", "--out", str(ca)]).returncode == 0
+    key = (ca / "ca-key.pem").read_text()
+    r = run([TANDEM_BIN, "certs", "init", "--trust-domain", "d.test", "--out", str(ca)])
+    assert r.returncode == 64 and "exists" in r.stderr, r.stderr
+    assert (ca / "ca-key.pem").read_text() == key
+    r = run([TANDEM_BIN, "certs", "init", "--trust-domain", "Bad Domain", "--out", str(tmp_path / "x")])
+    assert r.returncode == 64 and "--trust-domain" in r.stderr, r.stderr
+    r = run([TANDEM_BIN, "certs", "issue", "--ca", str(ca), "--identity", "spiffe://d.test/a//b", "--out", str(tmp_path / "w")])
+    assert r.returncode == 64 and "--identity" in r.stderr, r.stderr
+    r = run([TANDEM_BIN, "certs", "issue", "--ca", str(ca), "--out", str(tmp_path / "w")])
+    assert r.returncode == 64 and "--identity" in r.stderr and "--dns" in r.stderr, r.stderr
+    assert not (tmp_path / "w").exists()
+    r = run([TANDEM_BIN, "certs", "issue", "--ca", str(tmp_path / "nope"), "--identity", "spiffe://d.test/a", "--out", str(tmp_path / "w")])
+    assert r.returncode == 1 and "ca.pem" in r.stderr, r.stderr
+    r = run([TANDEM_BIN, "certs", "issue", "--ca", str(ca), "--identity", "spiffe://d.test/a", "--out", str(tmp_path / "w")])
+    assert r.returncode == 0, r.stderr
+    assert os.stat(tmp_path / "w" / "key.pem").st_mode & 0o777 == 0o600
+    assert os.stat(ca / "ca-key.pem").st_mode & 0o777 == 0o600

@@ -216,3 +216,21 @@ async fn rotation_reaches_the_next_handshake() {
         Some(new_id)
     );
 }
+
+/// `optional` client auth: a client without a certificate is served (no identity), one with a
+/// certificate is verified and identified.
+#[tokio::test]
+async fn optional_client_auth() {
+    let pki = Pki::new();
+    let s = issue(pki.root(), "ca", "server", SERVER);
+    let c = issue(pki.root(), "ca", "client", CLIENT);
+    let expected = Expected::Identities(vec![SERVER.into()]);
+    let (port, task) = serve_once(server(&s, ClientAuth::Optional)).await;
+    assert!(client_once(&client(&c, expected.clone(), false), port)
+        .await
+        .is_ok());
+    assert_eq!(task.await.unwrap().unwrap(), None);
+    let (port, task) = serve_once(server(&s, ClientAuth::Optional)).await;
+    assert!(client_once(&client(&c, expected, true), port).await.is_ok());
+    assert_eq!(task.await.unwrap().unwrap().as_deref(), Some(CLIENT));
+}
