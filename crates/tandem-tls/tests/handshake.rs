@@ -234,3 +234,68 @@ async fn optional_client_auth() {
     assert!(client_once(&client(&c, expected, true), port).await.is_ok());
     assert_eq!(task.await.unwrap().unwrap().as_deref(), Some(CLIENT));
 }
+
+/// A certificate past its notAfter is refused as a workload pair, and as a client certificate
+/// the server refuses it as `expired`.
+#[tokio::test]
+async fn expired_client_certificate() {
+    let pki = Pki::new();
+    let s = issue(pki.root(), "ca", "server", SERVER);
+    // Sign an already-expired certificate with the CA (rcgen directly: `tandem certs` never
+    // writes one).
+    let ca_pem = std::fs::read_to_string(pki.root().join("ca/ca.pem")).unwrap();
+    let ca_key = rcgen::KeyPair::from_pem(
+        &std::fs::read_to_string(pki.root().join("ca/ca-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let ca = rcgen::CertificateParams::from_ca_cert_pem(&ca_pem)
+        .unwrap()
+        .self_signed(&ca_key)
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(CLIENT.try_into().unwrap())];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 2, 1);
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let dir = pki.root().join("expired");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    // The pair itself is refused as a workload identity...
+    let files = Files {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+        trust_bundle: Some(pki.root().join("ca/ca.pem")),
+    };
+    let e = Identity::load(files.clone()).unwrap_err();
+    assert!(e.to_string().contains("expired"), "{e}");
+    // ...and a plain rustls client presenting it anyway is refused by the server: `expired`.
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(tandem_tls::pair::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+                .unwrap(),
+        )
+        .unwrap();
+    let (port, task) = serve_once(server(&s, ClientAuth::Required)).await;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("server.t.test").unwrap();
+    if let Ok(mut tls) = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+    {
+        let _ = tls.write_all(b"x").await;
+        let _ = tls.flush().await;
+    }
+    assert_eq!(task.await.unwrap().unwrap_err(), "expired");
+}
