@@ -354,6 +354,7 @@ def test_rotation_under_load_drops_nothing(tandem, pki, h2_backend, tmp_path):
         stop.set()
         for t in threads:
             t.join(15)
+    print(f"rotation under load: {results['ok']} requests through A -> B, {len(results['failed'])} failed")
     assert results["failed"] == [], results["failed"][:5]
     assert results["ok"] > 250
     # The HTTP/2 connection from the second A was opened once and carried on through it all.
