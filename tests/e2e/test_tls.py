@@ -264,10 +264,10 @@ upstreams:
     assert "trust bundle" in r.text, r.text
 
 
-def replace_pair(pki, name, identity, serial_dir):
-    """Issues a new pair for `identity` elsewhere, then moves it over `name`'s files (key first,
-    each by rename), as cert-manager or SPIRE helpers do."""
-    pki.issue(name, identity, out=serial_dir)
+def replace_pair(pki, name, identity, serial_dir, ca="ca"):
+    """Issues a new pair for `identity` elsewhere (from CA directory `ca`), then moves it over
+    `name`'s files (key first, each by rename), as cert-manager or SPIRE helpers do."""
+    pki.issue(name, identity, ca=ca, out=serial_dir)
     target = pki.dir(name)
     for f in ("key.pem", "cert.pem"):
         shutil.copy(serial_dir / f, target / f"{f}.new")
@@ -285,8 +285,8 @@ def served_cert(port, pki):
 
 def test_rotation_under_load_drops_nothing(tandem, pki, h2_backend, tmp_path):
     """Clients loop requests through A -> B (a new mTLS connection per request, and through a
-    second A, one HTTP/2 mTLS connection kept open throughout) while B's and then A's certificates are replaced by new ones from the same CA,
-    and once B's by a broken file: zero failed requests; new handshakes present the new
+    second A, one HTTP/2 mTLS connection kept open throughout) while B's and then A's
+    certificates are replaced by new ones from the same CA, and once B's by a broken file: zero failed requests; new handshakes present the new
     certificates; the broken file is refused (reload error counted) and the last good pair
     keeps serving; then a good pair is picked up again."""
     b, b_port = sidecar_b(tandem, pki, h2_backend)
@@ -526,3 +526,72 @@ def test_certs_cli_refuses_mistakes(tmp_path):
     assert r.returncode == 0, r.stderr
     assert os.stat(tmp_path / "w" / "key.pem").st_mode & 0o777 == 0o600
     assert os.stat(ca / "ca-key.pem").st_mode & 0o777 == 0o600
+
+
+
+def test_ca_rotation_with_an_overlapping_bundle(tandem, pki, http_backend, tmp_path):
+    """CA rotation under load, the way the docs describe it: the shared trust bundle gets the new
+    CA beside the old one, B then A are reissued from the new CA, then the old CA leaves the
+    bundle. Requests loop through A -> B (a new mTLS connection each) the whole time: zero fail,
+    and at the end a certificate from the old CA is refused."""
+    pki.certs("init", "--trust-domain", DOMAIN, "--out", tmp_path / "ca2")
+    bundle = pki.dir("ca") / "ca.pem"
+    old_ca = bundle.read_text()
+    new_ca = (tmp_path / "ca2" / "ca.pem").read_text()
+    b, b_port = sidecar_b(tandem, pki, http_backend)
+    a, a_port = sidecar_a(tandem, pki, b_port, pool="pool: { max_idle_per_endpoint: 0 }")
+    stop = threading.Event()
+    results = {"ok": 0, "failed": []}
+
+    def loop():
+        while not stop.is_set():
+            try:
+                r = httpx.get(f"http://127.0.0.1:{a_port}/echo", timeout=10)
+                if r.status_code == 200:
+                    results["ok"] += 1
+                else:
+                    results["failed"].append((r.status_code, r.text))
+            except httpx.HTTPError as e:
+                results["failed"].append(repr(e))
+
+    def write_bundle(text):
+        (bundle.parent / "ca.pem.new").write_text(text)
+        os.rename(bundle.parent / "ca.pem.new", bundle)
+
+    def reloads(t):
+        return metric(httpx.get(f"{t.admin}/metrics").text, "tandem_tls_cert_reload_total", result="ok")
+
+    def traffic_goes_on():
+        n = results["ok"]
+        wait_for(lambda: results["ok"] > n + 30, what="traffic")
+
+    threads = [threading.Thread(target=loop) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        traffic_goes_on()
+        write_bundle(old_ca + new_ca)
+        wait_for(lambda: reloads(a) == 1 and reloads(b) == 1, what="both trust both CAs")
+        traffic_goes_on()
+        replace_pair(pki, "b", ID_B, tmp_path / "b2", ca=tmp_path / "ca2")
+        wait_for(lambda: reloads(b) == 2, what="B on the new CA")
+        traffic_goes_on()
+        replace_pair(pki, "a", ID_A, tmp_path / "a2", ca=tmp_path / "ca2")
+        wait_for(lambda: reloads(a) == 2, what="A on the new CA")
+        traffic_goes_on()
+        write_bundle(new_ca)
+        wait_for(lambda: reloads(a) == 3 and reloads(b) == 3, what="the old CA gone")
+        traffic_goes_on()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    print(f"CA rotation under load: {results['ok']} requests through A -> B, {len(results['failed'])} failed")
+    assert results["failed"] == [], results["failed"][:5]
+    # The old CA is no longer trusted: a workload certificate from it is refused by B.
+    pki.issue("old", ID_A)
+    old = pki.dir("old")
+    r = curl(b_port, str(bundle), "--cert", str(old / "cert.pem"), "--key", str(old / "key.pem"))
+    assert r.returncode != 0 and r.stdout == ""
+    text = httpx.get(f"{b.admin}/metrics").text
+    assert metric(text, "tandem_tls_handshakes_total", listener="inbound", result="unknown_ca") == 1
