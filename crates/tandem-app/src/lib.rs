@@ -34,6 +34,7 @@ use tandem_proxy::{BoundListener, Drain, Snapshot};
 use tandem_telemetry::access_log;
 use tandem_telemetry::trace::{Exporter, Tracer};
 use tandem_telemetry::Metrics;
+use tandem_tls::store::Identity;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -55,6 +56,17 @@ pub enum BindError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS identity's files (`tls`): missing, unparsable, mismatched or expired.
+    #[error("cannot load the TLS identity ({key}): {source}\n  hint: {hint}")]
+    Tls {
+        /// The config key naming the file.
+        key: &'static str,
+        /// Why.
+        #[source]
+        source: tandem_tls::pair::LoadError,
+        /// How to fix it.
+        hint: &'static str,
+    },
     /// The access log's file (or stdout).
     #[error("cannot open the access log {output}: {source}")]
     AccessLog {
@@ -72,6 +84,7 @@ pub struct Binds {
     listeners: Vec<BoundListener>,
     admin: BoundListener,
     access_log: Option<access_log::Output>,
+    identity: Option<Arc<Identity>>,
 }
 
 /// A signal Tandem reacts to.
@@ -137,10 +150,39 @@ impl Binds {
             })?),
             None => None,
         };
+        // The identity loads before anything serves: a TLS listener never starts without it.
+        let identity = match &config.tls {
+            Some(t) => {
+                let files = tandem_tls::pair::Files {
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    trust_bundle: t.trust_bundle.clone(),
+                };
+                match Identity::load(files.clone()) {
+                    Ok(i) => Some(i),
+                    Err(source) => {
+                        let key = if source.path() == files.key {
+                            "tls.key"
+                        } else if files.trust_bundle.as_deref() == Some(source.path()) {
+                            "tls.trust_bundle"
+                        } else {
+                            "tls.cert"
+                        };
+                        return Err(BindError::Tls {
+                            key,
+                            hint: source.hint(),
+                            source,
+                        });
+                    }
+                }
+            }
+            None => None,
+        };
         Ok(Binds {
             listeners,
             admin,
             access_log,
+            identity,
         })
     }
 }
@@ -173,11 +215,17 @@ impl App {
             }
             None => (None, None),
         };
-        let snapshot = Arc::new(Snapshot::build_with(
+        let identity = binds.identity.take();
+        if let (Some(id), Some(t)) = (&identity, &config.tls) {
+            id.attach_metrics(metrics.tls_certs());
+            id.spawn_watcher(t.reload_interval);
+        }
+        let snapshot = Arc::new(Snapshot::build_tls(
             config.clone(),
             &metrics,
             log.as_ref(),
             tracer,
+            identity.as_ref(),
         ));
         App {
             config,

@@ -13,6 +13,7 @@ use crate::raw::*;
 mod access_log;
 mod logs;
 mod security;
+mod tls;
 mod tracing;
 
 /// Largest endpoint weight: weights are relative, and a bound keeps a hash ring's virtual nodes
@@ -196,6 +197,13 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         let retry = u.retry.as_ref().map_or_else(Retry::default, |r| {
             check_upstream_retry(&mut c, &format!("{key}.retry"), r, request_timeout)
         });
+        let upstream_tls = u.tls.as_ref().map(|t| {
+            let all_ips = !endpoints.is_empty()
+                && endpoints
+                    .iter()
+                    .all(|e| !matches!(e.address, Address::Host { .. }));
+            tls::check_upstream(&mut c, &format!("{key}.tls"), t, raw.tls.as_ref(), all_ips)
+        });
         upstreams.push(Upstream {
             name: name.clone(),
             endpoints,
@@ -247,6 +255,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                 u.stream_idle_timeout.as_deref(),
                 DEFAULT_STREAM_IDLE_TIMEOUT,
             ),
+            tls: upstream_tls,
         });
     }
 
@@ -382,6 +391,10 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
             authorization: l.authorization.as_ref().map(|a| {
                 security::check_authorization(&mut c, &format!("{key}.authorization"), a, protocol)
             }),
+            tls: l
+                .tls
+                .as_ref()
+                .map(|t| tls::check_listener(&mut c, &format!("{key}.tls"), t, raw.tls.as_ref())),
         });
     }
 
@@ -390,6 +403,10 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         .as_ref()
         .map(|t| tracing::check_tracing(&mut c, t));
     let logs = raw.logs.as_ref().map(|l| logs::check_logs(&mut c, l));
+    let tls = raw
+        .tls
+        .as_ref()
+        .map(|t| tls::check_identity(&mut c, source, t));
 
     if !c.problems.is_empty() {
         return Err(c.problems);
@@ -405,6 +422,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         access_log,
         tracing,
         logs,
+        tls,
         metrics: MetricsConfig {
             requests: raw
                 .metrics

@@ -115,6 +115,26 @@ pub fn parse(source: &str, text: &str) -> Result<Config, ConfigErrors> {
     Err(ConfigErrors(errors))
 }
 
+/// An error found after `check()`, by a step that reads the environment (e.g. `tandem check`
+/// loading certificate files): located at `key`'s line in the file at `path`.
+pub fn environment_error(
+    path: &std::path::Path,
+    key: &str,
+    message: String,
+    hint: String,
+) -> ConfigError {
+    let line = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| lines::Lines::index(&text).line(key));
+    ConfigError {
+        file: path.display().to_string(),
+        line,
+        key: key.to_owned(),
+        message,
+        hint,
+    }
+}
+
 /// The embedded default, checked.
 pub fn default_config() -> Config {
     match parse(DEFAULT_SOURCE, DEFAULT_CONFIG) {

@@ -18,6 +18,8 @@ mod logs;
 pub use logs::*;
 mod security;
 pub use security::*;
+mod tls;
+pub use self::tls::*;
 
 /// The whole, checked configuration of one Tandem process.
 #[derive(Clone, Debug, Serialize)]
@@ -43,6 +45,8 @@ pub struct Config {
     pub tracing: Option<Tracing>,
     /// Log shipping, when the file has a `logs:` section.
     pub logs: Option<Logs>,
+    /// The workload identity (certificate files); `None`: no TLS anywhere.
+    pub tls: Option<Tls>,
     /// What `/metrics` exports.
     pub metrics: MetricsConfig,
 }
@@ -225,6 +229,8 @@ pub struct Listener {
     pub authorization: Option<Authorization>,
     /// Whether request paths are normalized before routing, authorization and forwarding.
     pub normalize_path: bool,
+    /// TLS termination; `None`: plaintext.
+    pub tls: Option<ListenerTls>,
 }
 
 /// A route: a match and where matching requests go.
@@ -359,6 +365,8 @@ pub struct Upstream {
     /// (long-lived gRPC streams and slow downloads still work while they move).
     #[serde(with = "humantime_serde_compat")]
     pub stream_idle_timeout: Duration,
+    /// TLS origination; `None`: plaintext.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// One endpoint of an upstream.

@@ -21,6 +21,8 @@ mod logs;
 pub use logs::*;
 mod security;
 pub use security::*;
+mod tls;
+pub use self::tls::*;
 
 /// A Tandem configuration file.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -53,6 +55,9 @@ pub struct RawConfig {
     /// Distributed tracing with OTLP export. Absent: off (trace headers pass through untouched).
     #[serde(default)]
     pub tracing: Option<RawTracing>,
+    /// The workload identity for TLS and mTLS: certificate, key, trust bundle (docs/security.md).
+    #[serde(default)]
+    pub tls: Option<RawTls>,
     /// Prometheus metrics on the admin API's `/metrics`.
     #[serde(default)]
     pub metrics: Option<RawMetrics>,
@@ -164,6 +169,9 @@ pub struct RawListener {
     /// is allowed.
     #[serde(default)]
     pub authorization: Option<RawAuthorization>,
+    /// Terminate TLS on this listener with the workload certificate (top-level `tls`).
+    #[serde(default)]
+    pub tls: Option<RawListenerTls>,
 }
 
 /// The access log.
@@ -359,6 +367,9 @@ pub struct RawUpstream {
     /// Caps the retries of all routes to this upstream together.
     #[serde(default)]
     pub retry_budget: Option<RawRetryBudget>,
+    /// Connect to the endpoints over TLS (mTLS with the workload certificate by default).
+    #[serde(default)]
+    pub tls: Option<RawUpstreamTls>,
 }
 
 /// An upstream endpoint: an address (weight 1), or an address with a weight.

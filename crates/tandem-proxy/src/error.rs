@@ -42,6 +42,9 @@ pub enum ErrorKind {
     Forbidden,
     /// The route requires a valid JWT and the request has none (401, with `WWW-Authenticate`).
     Unauthenticated,
+    /// The TLS handshake with the upstream failed: untrusted certificate, not the expected
+    /// identity, or the upstream refused Tandem's certificate (502).
+    UpstreamTls,
 }
 
 /// Which side a failure came from.
@@ -76,7 +79,7 @@ pub struct ProxyError {
 
 impl ErrorKind {
     /// Every kind, in discriminant order (indexes per-kind counters).
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::NoRoute,
         ErrorKind::NoEndpoints,
         ErrorKind::ConnectFailed,
@@ -91,6 +94,7 @@ impl ErrorKind {
         ErrorKind::ClientTimeout,
         ErrorKind::Forbidden,
         ErrorKind::Unauthenticated,
+        ErrorKind::UpstreamTls,
     ];
 
     /// The value of the `tandem-error` header.
@@ -110,6 +114,7 @@ impl ErrorKind {
             ErrorKind::ClientTimeout => "client_timeout",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::UpstreamTls => "upstream_tls",
         }
     }
 
@@ -120,9 +125,10 @@ impl ErrorKind {
             ErrorKind::NoEndpoints | ErrorKind::Draining | ErrorKind::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ErrorKind::ConnectFailed | ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocol => {
-                StatusCode::BAD_GATEWAY
-            }
+            ErrorKind::ConnectFailed
+            | ErrorKind::UpstreamReset
+            | ErrorKind::UpstreamProtocol
+            | ErrorKind::UpstreamTls => StatusCode::BAD_GATEWAY,
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -148,7 +154,8 @@ impl ErrorKind {
             | ErrorKind::ConnectTimeout
             | ErrorKind::UpstreamReset
             | ErrorKind::UpstreamTimeout
-            | ErrorKind::UpstreamProtocol => ErrorSource::Upstream,
+            | ErrorKind::UpstreamProtocol
+            | ErrorKind::UpstreamTls => ErrorSource::Upstream,
         }
     }
 
@@ -169,7 +176,8 @@ impl ErrorKind {
             | ErrorKind::ConnectTimeout
             | ErrorKind::UpstreamReset
             | ErrorKind::Draining
-            | ErrorKind::Overloaded => 14,
+            | ErrorKind::Overloaded
+            | ErrorKind::UpstreamTls => 14,
         }
     }
 }
@@ -307,6 +315,7 @@ mod tests {
             (ErrorKind::ClientTimeout, 408, "client_timeout"),
             (ErrorKind::Forbidden, 403, "forbidden"),
             (ErrorKind::Unauthenticated, 401, "unauthenticated"),
+            (ErrorKind::UpstreamTls, 502, "upstream_tls"),
         ];
         assert_eq!(cases.len(), ErrorKind::ALL.len());
         for (kind, status, reason) in cases {

@@ -32,6 +32,7 @@ use crate::route::{request_host, RequestFacts};
 use crate::stack::{InFlight, ListenerStack, RouteTarget, UpstreamHandle};
 use crate::tcp;
 use crate::trace::{RequestTrace, TryOutcome, TryTarget};
+use tandem_tls::handshake::HandshakeError;
 
 /// Handles one request received on `stack`'s listener; `forwarded` describes the client
 /// connection (rendered once per connection).
@@ -43,6 +44,7 @@ pub async fn handle(
     let start = Instant::now();
     let method = tandem_telemetry::method_class(req.method().as_str());
     let mut obs = Observer::start(&stack, forwarded.client_addr(), &req, start);
+    obs.identity(forwarded.identity());
     // The server span starts first, so it covers routing and every refusal too.
     let mut trace = stack
         .tracer
@@ -302,8 +304,16 @@ async fn proxy(
     // Tandem's server side already answered `100 Continue` when it started reading the body;
     // the upstream sees a plain request.
     parts.headers.remove(header::EXPECT);
+    // Only Tandem vouches for a peer's identity: a client-sent header is dropped on every
+    // listener, and an inbound one carries the identity its mTLS handshake verified.
+    parts.headers.remove(headers::PEER_IDENTITY);
     if stack.direction == Direction::Inbound {
         forwarded.apply(&mut parts.headers);
+        if let Some(id) = forwarded.identity() {
+            if let Ok(v) = http::HeaderValue::from_str(id.as_str()) {
+                parts.headers.insert(headers::PEER_IDENTITY, v);
+            }
+        }
     }
     // Reuse the parsed path and query. HTTP/1.1 upstreams get origin form (`/path?query`) with
     // `Host`; HTTP/2 carries scheme and authority in the URI (`:scheme`, `:authority`).
@@ -853,6 +863,7 @@ fn connect_error_kind(e: &ConnectError) -> ErrorKind {
     match e {
         ConnectError::Timeout(_) => ErrorKind::ConnectTimeout,
         ConnectError::Io(_) => ErrorKind::ConnectFailed,
+        ConnectError::Tls(_) => ErrorKind::UpstreamTls,
     }
 }
 
@@ -891,6 +902,9 @@ fn classify(e: &SendError) -> ProxyError {
             return ProxyError::new(kind, ce.to_string());
         }
         SendError::Http1(h1e) | SendError::Unsent(h1e) => {
+            if let Some(refused) = upstream_tls_refusal(h1e) {
+                return refused;
+            }
             let kind = match h1e {
                 h1::Error::Protocol(_) => ErrorKind::UpstreamProtocol,
                 h1::Error::RequestBody(RequestBodyError::ClientTimeout(_)) => {
@@ -906,6 +920,9 @@ fn classify(e: &SendError) -> ProxyError {
         SendError::Http2(he) => he,
         SendError::Limit(_) => return ProxyError::new(ErrorKind::Overloaded, e.to_string()),
     };
+    if let Some(refused) = crate::pool::tls_refusal(he) {
+        return ProxyError::new(ErrorKind::UpstreamTls, refused.detail);
+    }
     // An HTTP/2 framing error Tandem detected (not one the upstream reported) means the upstream
     // does not speak HTTP/2 at all: usually an HTTP/1.1-only app behind `protocol: auto`.
     let mut source = he.source();
@@ -944,6 +961,16 @@ fn classify(e: &SendError) -> ProxyError {
         ErrorKind::UpstreamReset
     };
     ProxyError::new(kind, describe(he))
+}
+
+/// An upstream that refused Tandem's client certificate after the handshake (TLS 1.3): the
+/// first read returns its alert.
+fn upstream_tls_refusal(e: &h1::Error) -> Option<ProxyError> {
+    match e {
+        h1::Error::Io(io) => HandshakeError::peer_refused(io)
+            .map(|r| ProxyError::new(ErrorKind::UpstreamTls, r.detail)),
+        _ => None,
+    }
 }
 
 fn describe(e: &hyper::Error) -> String {

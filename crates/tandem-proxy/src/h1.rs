@@ -192,24 +192,32 @@ impl Conn {
     /// or stray bytes both make it unusable). Costs a syscall only when the socket polled
     /// readable.
     pub fn is_usable(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut probe = [0u8; 1];
-        match &self.io {
-            Io::Tcp(s) => match s.poll_read_ready(&mut cx) {
-                Poll::Pending => true,
-                Poll::Ready(Err(_)) => false,
-                Poll::Ready(Ok(())) => {
-                    matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-                }
-            },
-            Io::Unix(s) => match s.poll_read_ready(&mut cx) {
-                Poll::Pending => true,
-                Poll::Ready(Err(_)) => false,
-                Poll::Ready(Ok(())) => {
-                    matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-                }
-            },
-        }
+        socket_idle(&self.io)
+    }
+}
+
+/// Whether nothing arrived on an idle socket (TLS: on the socket under it; a record there, even
+/// a close_notify, makes the connection unusable, which is the safe answer).
+fn socket_idle(io: &Io) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut probe = [0u8; 1];
+    match io {
+        Io::Tcp(s) => match s.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        },
+        Io::Unix(s) => match s.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        },
+        Io::TlsServer(s) => socket_idle(s.get_ref().0),
+        Io::TlsClient(s) => socket_idle(s.get_ref().0),
     }
 }
 

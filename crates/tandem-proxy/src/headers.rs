@@ -96,6 +96,10 @@ fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue, keep_upgrade:
     }
 }
 
+/// The header carrying the client's mTLS-verified identity to the app on inbound listeners.
+/// Tandem removes any copy a client sent, so the app can trust it.
+pub const PEER_IDENTITY: HeaderName = HeaderName::from_static("x-tandem-peer-identity");
+
 /// The forwarding identity of one downstream connection, rendered once per connection rather
 /// than per request.
 #[derive(Clone, Debug)]

@@ -16,6 +16,7 @@
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tandem_tls::client::Alpn;
 
 use bytes::{Buf, Bytes};
 use http::{Request, StatusCode};
@@ -122,7 +123,16 @@ async fn probe(
     authority: &str,
     probe: &HealthProbe,
 ) -> Result<(), String> {
-    let io = connector.connect().await.map_err(|e| e.to_string())?;
+    // Over TLS, ALPN names the protocol the probe speaks (gRPC servers insist on `h2`).
+    let alpn = match probe {
+        HealthProbe::Tcp => Alpn::None,
+        HealthProbe::Http { .. } => Alpn::Http1,
+        HealthProbe::Grpc { .. } => Alpn::H2,
+    };
+    let io = connector
+        .connect_alpn(alpn)
+        .await
+        .map_err(|e| e.to_string())?;
     match probe {
         HealthProbe::Tcp => Ok(()),
         HealthProbe::Http { path, expect } => {

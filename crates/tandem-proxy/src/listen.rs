@@ -26,6 +26,10 @@ pub enum Io {
     Tcp(TcpStream),
     /// Unix domain socket.
     Unix(UnixStream),
+    /// TLS terminated by Tandem (an accepted connection on a TLS listener).
+    TlsServer(Box<tokio_rustls::server::TlsStream<Io>>),
+    /// TLS originated by Tandem (a connection to a TLS upstream).
+    TlsClient(Box<tokio_rustls::client::TlsStream<Io>>),
 }
 
 /// A bound listening socket.
@@ -216,6 +220,8 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Io::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Io::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -229,6 +235,8 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Io::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Io::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::TlsClient(s) => with_alert(s, cx, |s, cx| Pin::new(s).poll_write(cx, buf)),
         }
     }
 
@@ -240,6 +248,10 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::TlsServer(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::TlsClient(s) => {
+                with_alert(s, cx, |s, cx| Pin::new(s).poll_write_vectored(cx, bufs))
+            }
         }
     }
 
@@ -247,6 +259,8 @@ impl AsyncWrite for Io {
         match self {
             Io::Tcp(s) => s.is_write_vectored(),
             Io::Unix(s) => s.is_write_vectored(),
+            Io::TlsServer(s) => s.is_write_vectored(),
+            Io::TlsClient(s) => s.is_write_vectored(),
         }
     }
 
@@ -254,6 +268,8 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_flush(cx),
             Io::Unix(s) => Pin::new(s).poll_flush(cx),
+            Io::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::TlsClient(s) => with_alert(s, cx, |s, cx| Pin::new(s).poll_flush(cx)),
         }
     }
 
@@ -261,6 +277,39 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Io::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Io::TlsServer(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// Runs a write on a TLS client stream; when it fails because the server closed the connection,
+/// the server's TLS alert (if it sent one before closing) replaces the bare "broken pipe". Under
+/// TLS 1.3 a server that refuses the client certificate says so only after the client finished
+/// its handshake, so the alert is what explains the failure.
+fn with_alert<T>(
+    s: &mut tokio_rustls::client::TlsStream<Io>,
+    cx: &mut Context<'_>,
+    write: impl FnOnce(
+        &mut tokio_rustls::client::TlsStream<Io>,
+        &mut Context<'_>,
+    ) -> Poll<io::Result<T>>,
+) -> Poll<io::Result<T>> {
+    match write(s, cx) {
+        Poll::Ready(Err(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            // The connection is dead either way: reading what is left costs nothing.
+            let mut scratch = [0u8; 256];
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(s).poll_read(cx, &mut buf) {
+                Poll::Ready(Err(alert)) if alert.get_ref().is_some() => Poll::Ready(Err(alert)),
+                _ => Poll::Ready(Err(e)),
+            }
+        }
+        other => other,
     }
 }

@@ -38,6 +38,7 @@ use tokio::time::Instant;
 
 use crate::body::{ProxyBody, StreamIdle};
 use crate::error::{ErrorKind, ProxyError};
+use crate::identity::PeerIdentity;
 use crate::stack::{ListenerStack, RouteTarget};
 
 /// One request's observation, or nothing when the listener observes nothing. Finishes when
@@ -68,6 +69,8 @@ pub struct Observation {
     error: Option<ErrorKind>,
     /// The trace and this sidecar's server span, when tracing is on.
     trace: Option<(TraceId, SpanId)>,
+    /// The client's verified identity (mTLS).
+    identity: Option<PeerIdentity>,
 }
 
 /// The endpoint a request ended on.
@@ -92,6 +95,8 @@ pub struct ConnectionObservation {
     client: Option<SocketAddr>,
     endpoint: Answered,
     error: Option<ErrorKind>,
+    /// The client's verified identity (mTLS).
+    identity: Option<PeerIdentity>,
 }
 
 // === impl Observer ===
@@ -138,6 +143,7 @@ impl Observer {
             attempts: 0,
             error: None,
             trace: None,
+            identity: None,
         })))
     }
 
@@ -156,6 +162,13 @@ impl Observer {
     /// The counter the request body adds the bytes it reads to, when observed.
     pub fn request_bytes(&self) -> Option<Arc<AtomicU64>> {
         self.0.as_ref().map(|o| o.received.clone())
+    }
+
+    /// The client's verified identity (mTLS), for the `peer_identity` field.
+    pub fn identity(&mut self, identity: Option<&PeerIdentity>) {
+        if let Some(o) = &mut self.0 {
+            o.identity = identity.cloned();
+        }
     }
 
     /// The request's trace and server span (tracing on), so its line joins the trace.
@@ -306,7 +319,7 @@ impl Observation {
             error: self.error.map(ErrorKind::reason),
             end,
             user_agent: self.user_agent.as_ref().map(HeaderValue::as_bytes),
-            peer_identity: None,
+            peer_identity: self.identity.as_ref().map(PeerIdentity::as_str),
             trace_id,
             span_id,
         };
@@ -336,7 +349,15 @@ impl ConnectionObserver {
             client,
             endpoint: Answered::None,
             error: None,
+            identity: None,
         })))
+    }
+
+    /// The client's verified identity (mTLS), for the `peer_identity` field.
+    pub fn identity(&mut self, identity: Option<PeerIdentity>) {
+        if let Some(o) = &mut self.0 {
+            o.identity = identity;
+        }
     }
 
     /// Connected to endpoint `i` of the upstream.
@@ -408,7 +429,7 @@ impl ConnectionObservation {
             sent_bytes: sent,
             error: self.error.map(ErrorKind::reason),
             end,
-            peer_identity: None,
+            peer_identity: self.identity.as_ref().map(PeerIdentity::as_str),
             trace_id: None,
             span_id: None,
         };

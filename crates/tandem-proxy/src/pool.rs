@@ -1,8 +1,8 @@
 //! Upstream connections: a connector per endpoint (TCP or Unix socket, bounded by the connect
 //! timeout) and the endpoint's pooled connections on top of it.
 //!
-//! Each endpoint keeps, per protocol (the pool key is (endpoint, protocol); TLS identity joins it
-//! later):
+//! Each endpoint keeps, per protocol (the pool key is (endpoint, protocol); TLS settings are the
+//! upstream's, so every connection of an endpoint has the same ones, made by its [`Connector`]):
 //! - HTTP/1.1: a stack of idle keep-alive connections, newest on top (a warm connection is the
 //!   likeliest to still be open), spoken by Tandem's own client side ([`crate::h1`]): a pooled
 //!   connection is a socket and a read buffer, with no task of its own. It goes back on the stack
@@ -36,6 +36,12 @@ use tokio::time::Instant;
 use crate::body::{ProxyBody, RequestBody};
 use crate::h1;
 use crate::listen::Io;
+use tandem_tls::client::{Alpn, ClientTls};
+use tandem_tls::handshake::HandshakeError;
+
+/// How long a failed first request on a new TLS HTTP/2 connection waits for the connection's
+/// own error, which says whether the server refused Tandem's certificate.
+const REFUSAL_WAIT: Duration = Duration::from_millis(100);
 
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,9 @@ pub enum ConnectError {
     /// The OS refused or failed the connection.
     #[error("connect failed: {0}")]
     Io(#[from] io::Error),
+    /// The TLS handshake failed (or the upstream's TLS settings are unusable).
+    #[error("{0}")]
+    Tls(#[from] tandem_tls::handshake::HandshakeError),
 }
 
 /// Why sending a request to an endpoint failed.
@@ -167,6 +176,8 @@ impl Drop for ConnSlot {
 pub struct Connector {
     address: Arc<Address>,
     timeout: Duration,
+    /// TLS origination, when the upstream has `tls` (`Err`: configured but unusable).
+    tls: Option<Result<Arc<ClientTls>, Arc<str>>>,
 }
 
 /// One endpoint of an upstream with its pooled connections.
@@ -223,11 +234,41 @@ impl Connector {
         Connector {
             address: Arc::new(address),
             timeout,
+            tls: None,
         }
     }
 
-    /// Opens a new connection (also used for TCP proxying and CONNECT tunnels).
+    /// Opens a new connection (also used for TCP proxying, CONNECT tunnels and health probes):
+    /// over TLS when the upstream has `tls`, offering no ALPN protocol.
     pub async fn connect(&self) -> Result<Io, ConnectError> {
+        self.connect_alpn(Alpn::None).await
+    }
+
+    /// Opens a new connection, offering `alpn` when it is a TLS one. TCP connect and TLS
+    /// handshake together are bounded by the connect timeout.
+    pub async fn connect_alpn(&self, alpn: Alpn) -> Result<Io, ConnectError> {
+        let tls = match &self.tls {
+            None => return self.connect_plain().await,
+            Some(Ok(tls)) => tls,
+            Some(Err(why)) => return Err(ConnectError::Tls(HandshakeError::setup(why))),
+        };
+        let fut = async {
+            let io = self.connect_plain().await?;
+            let host = match &*self.address {
+                Address::Tcp(sa) => sa.ip().to_string(),
+                Address::Host { host, .. } => host.clone(),
+                Address::Unix(_) => "localhost".to_owned(),
+            };
+            let s = tls.connect(io, &host, alpn).await?;
+            Ok::<_, ConnectError>(Io::TlsClient(Box::new(s)))
+        };
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn connect_plain(&self) -> Result<Io, ConnectError> {
         let fut = async {
             match &*self.address {
                 Address::Tcp(sa) => {
@@ -288,6 +329,12 @@ impl Endpoint {
         endpoint
     }
 
+    /// Connects over TLS with `tls` (origination; the upstream's `tls`).
+    pub fn with_tls(mut self, tls: Option<Result<Arc<ClientTls>, Arc<str>>>) -> Self {
+        self.connector.tls = tls;
+        self
+    }
+
     /// A slot for a new connection under the upstream's `max_connections` (none without one).
     pub fn connection_slot(&self) -> Result<Option<ConnSlot>, SendError> {
         self.limit.as_ref().map(ConnLimit::acquire).transpose()
@@ -319,7 +366,7 @@ impl Endpoint {
         // Boxed: connecting is the rare path, and inline it would widen every request's future
         // (moved on creation and kept per connection by hyper's server side).
         let slot = self.connection_slot()?;
-        let io = Box::pin(self.connector.connect()).await?;
+        let io = Box::pin(self.connector.connect_alpn(Alpn::Http1)).await?;
         match exchange
             .send(h1::Conn::with_slot(io, slot), false, recycle)
             .await
@@ -336,22 +383,45 @@ impl Endpoint {
         &self,
         req: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, SendError> {
-        let mut tx = match self.http2.current() {
-            Some(tx) => tx,
+        let (mut tx, refusal) = match self.http2.current() {
+            Some(tx) => (tx, None),
             None => Box::pin(self.connect_http2()).await?,
         };
-        let res = tx.send_request(req).await?;
-        Ok(res.map(ProxyBody::http2))
+        match tx.send_request(req).await {
+            Ok(res) => Ok(res.map(ProxyBody::http2)),
+            Err(e) => {
+                // A TLS 1.3 server refuses a client certificate after the client's handshake
+                // finished; the alert reaches the connection task, not this request. Ask it.
+                if let Some(rx) = refusal {
+                    // Boxed: the rare path stays out of every request's future.
+                    if let Ok(Ok(refused)) = Box::pin(tokio::time::timeout(REFUSAL_WAIT, rx)).await
+                    {
+                        return Err(SendError::Connect(ConnectError::Tls(refused)));
+                    }
+                }
+                Err(SendError::Http2(e))
+            }
+        }
     }
 
-    async fn connect_http2(&self) -> Result<http2::SendRequest<RequestBody>, SendError> {
+    /// Opens the endpoint's HTTP/2 connection (or returns the one another request just opened);
+    /// over TLS, the receiver says whether the server refused Tandem's certificate.
+    async fn connect_http2(
+        &self,
+    ) -> Result<
+        (
+            http2::SendRequest<RequestBody>,
+            Option<tokio::sync::oneshot::Receiver<HandshakeError>>,
+        ),
+        SendError,
+    > {
         let _connecting = self.http2.connecting.lock().await;
         // Another request may have connected while this one waited.
         if let Some(tx) = self.http2.current() {
-            return Ok(tx);
+            return Ok((tx, None));
         }
         let slot = self.connection_slot()?;
-        let io = self.connector.connect().await?;
+        let io = self.connector.connect_alpn(Alpn::H2).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -360,14 +430,24 @@ impl Endpoint {
             .handshake(TokioIo::new(io))
             .await?;
         let label = self.label.clone();
+        let (refused_tx, refused_rx) = match &self.connector.tls {
+            Some(_) => {
+                let (t, r) = tokio::sync::oneshot::channel();
+                (Some(t), Some(r))
+            }
+            None => (None, None),
+        };
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/2 connection ended");
+                if let (Some(t), Some(refused)) = (refused_tx, tls_refusal(&e)) {
+                    let _ = t.send(refused);
+                }
             }
             drop(slot);
         });
         self.http2.store(tx.clone());
-        Ok(tx)
+        Ok((tx, refused_rx))
     }
 
     /// Idle HTTP/1.1 connections and whether an HTTP/2 connection is open (admin, tests).
@@ -375,6 +455,23 @@ impl Endpoint {
         let idle = self.http1.idle.lock().map(|v| v.len()).unwrap_or(0);
         (idle, self.http2.current().is_some())
     }
+}
+
+/// The TLS alert behind a failed HTTP/2 connection, if that is what ended it.
+pub(crate) fn tls_refusal(e: &hyper::Error) -> Option<HandshakeError> {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        // h2 keeps the I/O error of a failed connection behind `get_io`, not `source`.
+        let io = s
+            .downcast_ref::<io::Error>()
+            .or_else(|| s.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
+        if let Some(r) = io.and_then(HandshakeError::peer_refused) {
+            return Some(r);
+        }
+        source = s.source();
+    }
+    None
 }
 
 // === impl Http1Pool ===

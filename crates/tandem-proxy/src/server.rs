@@ -5,6 +5,8 @@
 //! timeout (slow clients are disconnected), a send timeout (clients that stop reading are
 //! disconnected), HTTP/2 concurrent streams, header list size, reset stream counts and send
 //! buffer (`limits.h2_*`).
+//! TLS listeners run the handshake on the connection's task (bounded by `handshake_timeout`),
+//! then serve the decrypted stream the same way, with the client's verified identity attached.
 //! Drain: stop accepting, ask every HTTP connection to finish (HTTP/1.1 closes once idle or after
 //! its in-flight response, HTTP/2 sends GOAWAY and finishes open streams), wait for TCP tunnels.
 
@@ -26,8 +28,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::framing::{FramingFlag, FramingGuard};
 use crate::headers::Forwarded;
-use crate::listen::{accept_loop, BoundListener, DrainWatch};
-use crate::stack::ListenerStack;
+use crate::identity::PeerIdentity;
+use crate::listen::{accept_loop, Accepted, BoundListener, DrainWatch, Io};
+use crate::stack::{ListenerStack, ListenerTls};
 use crate::{forward, tcp};
 
 /// Serves `listener` until drain, then waits until its connections have finished. The caller
@@ -42,69 +45,72 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
         let stack = stack.clone();
         stack.metrics.accepted.inc();
         stack.metrics.active.inc();
-        match stack.protocol {
-            ListenerProtocol::Tcp => {
+        match (&stack.tls, stack.protocol) {
+            (ListenerTls::Plain, ListenerProtocol::Tcp) => {
                 tunnels.spawn(async move {
                     tcp::proxy(stack.clone(), accepted).await;
                     stack.metrics.active.dec();
                     drop(permit);
                 });
             }
-            ListenerProtocol::Http => {
-                let forwarded = Arc::new(Forwarded::new(accepted.peer, "http"));
-                let svc_stack = stack.clone();
-                let flag = Arc::new(FramingFlag::default());
-                let io = FramingGuard::new(
-                    SendTimeout::new(accepted.io, stack.limits.send_timeout),
-                    head_buffer(&stack.limits),
-                    stack.limits.max_headers,
-                    flag.clone(),
-                );
-                let resets = Arc::new(ResetBudget::new(stack.limits.h2.max_resets_per_second));
-                let svc_resets = resets.clone();
-                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let stack = svc_stack.clone();
-                    let forwarded = forwarded.clone();
-                    let h2 = req.version() == http::Version::HTTP_2;
-                    let refusal = (!h2).then(|| flag.next_request_refusal()).flatten();
-                    // hyper drops this future when the client resets the stream.
-                    let cancelled = h2.then(|| Cancelled(Some(svc_resets.clone())));
-                    async move {
-                        if let Some(why) = refusal {
-                            return Ok::<_, Infallible>(forward::reject_framing(
-                                &stack, &forwarded, &req, why,
-                            ));
-                        }
-                        let res = forward::handle(stack, &forwarded, req).await;
-                        if let Some(mut c) = cancelled {
-                            c.0 = None;
-                        }
-                        Ok(res)
-                    }
-                });
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                    .into_owned();
+            (ListenerTls::Plain, ListenerProtocol::Http) => {
+                let forwarded = Forwarded::new(accepted.peer, "http");
+                let (conn, resets) = serve_http(&builder, &stack, accepted.io, forwarded);
                 let conn = graceful.watch(conn);
                 let peer = accepted.peer;
                 tokio::spawn(async move {
-                    tokio::select! {
-                        r = conn => if let Err(e) = r {
-                            tracing::debug!(listener = %stack.name, error = %e, "connection error");
-                        },
-                        () = resets.exceeded.notified() => {
-                            // Dropping the connection closes it, with its open streams.
-                            tracing::warn!(
-                                listener = %stack.name,
-                                peer = ?peer,
-                                limit = stack.limits.h2.max_resets_per_second,
-                                "closed an HTTP/2 connection cancelling more requests per second than limits.h2_max_resets_per_second (rapid reset)"
-                            );
+                    drive(conn, &resets, &stack, peer).await;
+                    stack.metrics.active.dec();
+                    drop(permit);
+                });
+            }
+            (ListenerTls::Tls(tls), protocol) => {
+                // The handshake runs on the connection's own task, never in the accept loop.
+                let tls = tls.clone();
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let task = async move {
+                    let peer = accepted.peer;
+                    match tls.accept(accepted.io).await {
+                        Ok((io, identity)) => {
+                            let io = Io::TlsServer(Box::new(io));
+                            let identity = identity.map(PeerIdentity::new);
+                            match protocol {
+                                ListenerProtocol::Tcp => {
+                                    let accepted = Accepted { io, peer };
+                                    tcp::proxy_with_identity(stack.clone(), accepted, identity)
+                                        .await;
+                                }
+                                ListenerProtocol::Http => {
+                                    let forwarded =
+                                        Forwarded::new(peer, "https").with_identity(identity);
+                                    let (conn, resets) =
+                                        serve_http(&builder, &stack, io, forwarded);
+                                    drive(watcher.watch(conn), &resets, &stack, peer).await;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(listener = %stack.name, client = ?peer, reason = e.reason_str(), error = %e, "TLS handshake failed");
                         }
                     }
                     stack.metrics.active.dec();
                     drop(permit);
-                });
+                };
+                match protocol {
+                    ListenerProtocol::Tcp => {
+                        tunnels.spawn(task);
+                    }
+                    ListenerProtocol::Http => {
+                        tokio::spawn(task);
+                    }
+                }
+            }
+            (ListenerTls::Broken(why), _) => {
+                tracing::warn!(listener = %stack.name, reason = %why, "TLS is not usable on this listener; connection closed");
+                drop(accepted);
+                stack.metrics.active.dec();
+                drop(permit);
             }
         }
     })
@@ -268,6 +274,80 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
 /// guard judges every head up to the same size.
 fn head_buffer(limits: &tandem_config::Limits) -> usize {
     limits.max_header_bytes.max(8192)
+}
+
+/// One HTTP connection (HTTP/1.1 or HTTP/2, told apart by the preface) on `io`, and the reset
+/// budget [`drive`] watches it with.
+fn serve_http(
+    builder: &auto::Builder<TokioExecutor>,
+    stack: &Arc<ListenerStack>,
+    io: Io,
+    forwarded: Forwarded,
+) -> (
+    impl hyper_util::server::graceful::GracefulConnection<
+        Error = Box<dyn std::error::Error + Send + Sync>,
+    >,
+    Arc<ResetBudget>,
+) {
+    let forwarded = Arc::new(forwarded);
+    let svc_stack = stack.clone();
+    let flag = Arc::new(FramingFlag::default());
+    let io = FramingGuard::new(
+        SendTimeout::new(io, stack.limits.send_timeout),
+        head_buffer(&stack.limits),
+        stack.limits.max_headers,
+        flag.clone(),
+    );
+    let resets = Arc::new(ResetBudget::new(stack.limits.h2.max_resets_per_second));
+    let svc_resets = resets.clone();
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let stack = svc_stack.clone();
+        let forwarded = forwarded.clone();
+        let h2 = req.version() == http::Version::HTTP_2;
+        let refusal = (!h2).then(|| flag.next_request_refusal()).flatten();
+        // hyper drops this future when the client resets the stream.
+        let cancelled = h2.then(|| Cancelled(Some(svc_resets.clone())));
+        async move {
+            if let Some(why) = refusal {
+                return Ok::<_, Infallible>(forward::reject_framing(&stack, &forwarded, &req, why));
+            }
+            let res = forward::handle(stack, &forwarded, req).await;
+            if let Some(mut c) = cancelled {
+                c.0 = None;
+            }
+            Ok(res)
+        }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .into_owned();
+    (conn, resets)
+}
+
+/// Runs a served connection to its end, or closes it (dropping it, with its open streams) when
+/// the client cancels requests faster than `limits.h2_max_resets_per_second`.
+async fn drive<F, E>(
+    conn: F,
+    resets: &ResetBudget,
+    stack: &ListenerStack,
+    peer: impl std::fmt::Debug,
+) where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            tracing::debug!(listener = %stack.name, error = %e, "connection error");
+        },
+        () = resets.exceeded.notified() => {
+            tracing::warn!(
+                listener = %stack.name,
+                peer = ?peer,
+                limit = stack.limits.h2.max_resets_per_second,
+                "closed an HTTP/2 connection cancelling more requests per second than limits.h2_max_resets_per_second (rapid reset)"
+            );
+        }
+    }
 }
 
 fn http_builder(stack: &ListenerStack) -> auto::Builder<TokioExecutor> {

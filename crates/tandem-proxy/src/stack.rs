@@ -44,6 +44,11 @@ use crate::policy::ratelimit::RateLimiter;
 use crate::policy::retry::{RetryBudget, RetryPolicy, RetryReason};
 use crate::pool::{ConnLimit, Endpoint};
 use crate::route::RouteTable;
+use tandem_telemetry::tls::Side;
+use tandem_tls::client::ClientTls;
+use tandem_tls::identity::Expected;
+use tandem_tls::server::{ClientAuth, ServerTls};
+use tandem_tls::store::Identity;
 
 /// Everything the data path needs for one configuration.
 #[derive(Debug)]
@@ -158,6 +163,20 @@ pub struct ListenerStack {
     pub authz: Option<AuthzPolicy>,
     /// Whether request paths are normalized ([`crate::path`]).
     pub normalize_path: bool,
+    /// TLS termination, when the listener has `tls`.
+    pub tls: ListenerTls,
+}
+
+/// A listener's TLS state.
+#[derive(Debug)]
+pub enum ListenerTls {
+    /// Plaintext.
+    Plain,
+    /// TLS terminated with the workload identity.
+    Tls(ServerTls),
+    /// TLS configured but unusable (no identity loaded, or rustls refused the settings): every
+    /// connection is closed rather than served in plaintext.
+    Broken(Arc<str>),
 }
 
 // === impl Snapshot ===
@@ -176,10 +195,31 @@ impl Snapshot {
         access_log: Option<&AccessLog>,
         tracer: Option<Arc<Tracer>>,
     ) -> Snapshot {
+        Self::build_tls(config, metrics, access_log, tracer, None)
+    }
+
+    /// [`Snapshot::build_with`], with the workload identity that TLS listeners terminate with
+    /// and TLS upstreams originate with (`None`: the config has no `tls`).
+    pub fn build_tls(
+        config: Arc<Config>,
+        metrics: &Metrics,
+        access_log: Option<&AccessLog>,
+        tracer: Option<Arc<Tracer>>,
+        identity: Option<&Arc<Identity>>,
+    ) -> Snapshot {
         let upstreams: HashMap<String, Arc<UpstreamHandle>> = config
             .upstreams
             .iter()
-            .map(|u| (u.name.clone(), Arc::new(UpstreamHandle::new(u, metrics))))
+            .map(|u| {
+                let tls = u
+                    .tls
+                    .as_ref()
+                    .map(|t| client_tls(&u.name, t, identity, metrics));
+                (
+                    u.name.clone(),
+                    Arc::new(UpstreamHandle::with_tls(u, metrics, tls)),
+                )
+            })
             .collect();
 
         let mut verifiers = Vec::new();
@@ -278,6 +318,10 @@ impl Snapshot {
                         .authorization
                         .as_ref()
                         .map(|a| AuthzPolicy::new(&l.name, a, metrics)),
+                    tls: match &l.tls {
+                        None => ListenerTls::Plain,
+                        Some(t) => server_tls(&l.name, t, identity, metrics),
+                    },
                 })
             })
             .collect();
@@ -303,10 +347,82 @@ impl Snapshot {
     }
 }
 
+/// A listener's TLS terminator from its settings and the workload identity.
+fn server_tls(
+    name: &str,
+    t: &tandem_config::ListenerTls,
+    identity: Option<&Arc<Identity>>,
+    metrics: &Metrics,
+) -> ListenerTls {
+    let Some(identity) = identity else {
+        return ListenerTls::Broken("no TLS identity is loaded (top-level `tls`)".into());
+    };
+    let auth = match t.client_auth {
+        tandem_config::ClientAuth::Required => ClientAuth::Required,
+        tandem_config::ClientAuth::Optional => ClientAuth::Optional,
+        tandem_config::ClientAuth::None => ClientAuth::None,
+    };
+    let handshakes = metrics.tls_handshakes(Side::Listener, name);
+    match ServerTls::new(
+        identity.clone(),
+        auth,
+        t.handshake_timeout,
+        Some(handshakes),
+    ) {
+        Ok(s) => ListenerTls::Tls(s),
+        Err(e) => {
+            tracing::error!(listener = %name, error = %e, "TLS settings refused; the listener will close every connection");
+            ListenerTls::Broken(e.to_string().into())
+        }
+    }
+}
+
+/// An upstream's TLS originator from its settings and the workload identity.
+fn client_tls(
+    name: &str,
+    t: &tandem_config::UpstreamTls,
+    identity: Option<&Arc<Identity>>,
+    metrics: &Metrics,
+) -> Result<Arc<ClientTls>, Arc<str>> {
+    let Some(identity) = identity else {
+        return Err("no TLS identity is loaded (top-level `tls`)".into());
+    };
+    let expected = if t.identities.is_empty() {
+        // `check()` requires a name when every endpoint is an IP; with host endpoints the
+        // host is verified per connection (no configured name).
+        Expected::DnsName(t.server_name.clone().unwrap_or_default())
+    } else {
+        Expected::Identities(t.identities.clone())
+    };
+    let handshakes = metrics.tls_handshakes(Side::Upstream, name);
+    ClientTls::new(
+        identity.clone(),
+        expected,
+        t.server_name.clone(),
+        t.client_cert,
+        Some(handshakes),
+    )
+    .map(Arc::new)
+    .map_err(|e| {
+        tracing::error!(upstream = %name, error = %e, "TLS settings refused; connections to it will fail");
+        Arc::from(e.to_string())
+    })
+}
+
 // === impl UpstreamHandle ===
 
 impl UpstreamHandle {
     fn new(u: &Upstream, metrics: &Metrics) -> Self {
+        Self::with_tls(u, metrics, None)
+    }
+
+    /// `tls`: the endpoints' TLS origination (`Err`: configured but unusable, every connect
+    /// fails with the reason).
+    fn with_tls(
+        u: &Upstream,
+        metrics: &Metrics,
+        tls: Option<Result<Arc<ClientTls>, Arc<str>>>,
+    ) -> Self {
         let conn_limit = u.limits.max_connections.map(ConnLimit::new);
         let endpoints: Vec<Endpoint> = u
             .endpoints
@@ -318,6 +434,7 @@ impl UpstreamHandle {
                     &u.pool,
                     conn_limit.clone(),
                 )
+                .with_tls(tls.clone())
             })
             .collect();
         let labels: Vec<String> = endpoints.iter().map(|e| e.label.clone()).collect();
@@ -366,6 +483,7 @@ impl UpstreamHandle {
             retry: Default::default(),
             retry_budget: Default::default(),
             stream_idle_timeout: tandem_config::DEFAULT_STREAM_IDLE_TIMEOUT,
+            tls: None,
         };
         UpstreamHandle::new(&u, &Metrics::new())
     }

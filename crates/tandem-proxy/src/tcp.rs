@@ -17,6 +17,7 @@ use tandem_telemetry::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::identity::PeerIdentity;
 use crate::listen::Accepted;
 use crate::observe::ConnectionObserver;
 use crate::stack::ListenerStack;
@@ -107,10 +108,20 @@ where
 
 /// Proxies one connection accepted on a `protocol: tcp` listener to its upstream.
 pub async fn proxy(stack: Arc<ListenerStack>, accepted: Accepted) {
+    proxy_with_identity(stack, accepted, None).await;
+}
+
+/// [`proxy`] for a connection whose client proved `identity` (mTLS), for the access log.
+pub async fn proxy_with_identity(
+    stack: Arc<ListenerStack>,
+    accepted: Accepted,
+    identity: Option<PeerIdentity>,
+) {
     let Some(target) = stack.default.clone() else {
         return;
     };
     let mut obs = ConnectionObserver::start(&stack, &target, accepted.peer);
+    obs.identity(identity);
     let upstream = &target.upstream;
     let (io, _slot) = match crate::forward::connect_any(upstream, None).await {
         Ok((i, io, slot)) => {

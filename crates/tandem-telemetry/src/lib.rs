@@ -11,6 +11,7 @@
 //!   behind a bounded queue.
 //! - [`trace`]: distributed tracing: trace context (W3C, B3), sampling, spans, OTLP export.
 //! - [`logs`]: log shipping handles ([`logs::LogSourceMetrics`], [`logs::LogSinkMetrics`]).
+//! - [`tls`]: TLS handshakes, certificate expiry and reloads.
 //! - [`histogram`]: the lock-free histogram behind the latency metrics; [`process`]: process
 //!   metrics read from `/proc`.
 
@@ -18,6 +19,7 @@ pub mod access_log;
 pub mod histogram;
 pub mod logs;
 pub mod process;
+pub mod tls;
 pub mod trace;
 
 use std::sync::Arc;
@@ -193,6 +195,7 @@ pub struct Metrics {
     authz_denied: Family<AuthzLabels, Counter>,
     trace: trace::TraceMetrics,
     logs: logs::LogFamilies,
+    tls: tls::TlsFamilies,
 }
 
 /// Resilience handles for one upstream (retries, budget) and its endpoints (breakers, health).
@@ -388,12 +391,14 @@ impl Metrics {
         );
         let trace = trace::TraceMetrics::register(registry);
         let logs = logs::LogFamilies::register(registry);
+        let tls = tls::TlsFamilies::register(registry);
         Metrics {
             registry: root,
             access_log_dropped,
             authz_denied,
             trace,
             logs,
+            tls,
             retries,
             budget_exhausted,
             ejections,

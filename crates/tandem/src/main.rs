@@ -45,6 +45,45 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Development certificates for mTLS: a CA, and workload certificates with SPIFFE IDs.
+    Certs {
+        #[command(subcommand)]
+        what: CertsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Create a development CA for a SPIFFE trust domain (ca.pem, ca-key.pem).
+    Init {
+        /// The trust domain, e.g. `dev.local`.
+        #[arg(long, value_name = "DOMAIN")]
+        trust_domain: String,
+        /// Directory to write the CA to.
+        #[arg(long, value_name = "DIR", default_value = "tandem-ca")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, value_name = "N", default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue a workload certificate (cert.pem, key.pem, and the CA as ca.pem) from a CA.
+    Issue {
+        /// The workload's SPIFFE ID, e.g. `spiffe://dev.local/ns/shop/sa/cart`.
+        #[arg(long, value_name = "SPIFFE_ID")]
+        identity: Option<String>,
+        /// A DNS name for the certificate (repeatable).
+        #[arg(long, value_name = "NAME")]
+        dns: Vec<String>,
+        /// The CA directory (from `tandem certs init`).
+        #[arg(long, value_name = "DIR", default_value = "tandem-ca")]
+        ca: PathBuf,
+        /// Directory to write the workload's files to.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, value_name = "N", default_value_t = 90)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,11 +147,74 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => run(args),
+        Command::Certs { what } => certs(what),
+    }
+}
+
+fn certs(what: CertsCommand) -> ExitCode {
+    let result = match what {
+        CertsCommand::Init {
+            trust_domain,
+            out,
+            days,
+        } => tandem_tls::dev_ca::init(&out, &trust_domain, days).map(|ca| {
+            println!(
+                "created a development CA for spiffe://{trust_domain} in {}\n  trust bundle: {}\n  next: tandem certs issue --ca {} --identity spiffe://{trust_domain}/ns/NS/sa/SA --out DIR",
+                out.display(),
+                ca.display(),
+                out.display()
+            );
+        }),
+        CertsCommand::Issue {
+            identity,
+            dns,
+            ca,
+            out,
+            days,
+        } => tandem_tls::dev_ca::issue(&tandem_tls::dev_ca::IssueRequest {
+            ca_dir: ca,
+            out_dir: out.clone(),
+            identity,
+            dns,
+            days,
+        })
+        .map(|cert| {
+            println!(
+                "issued {} (key.pem and the CA as ca.pem beside it)\n  config: tls: {{ cert: {}, key: {}, trust_bundle: {} }}",
+                cert.display(),
+                cert.display(),
+                out.join("key.pem").display(),
+                out.join("ca.pem").display()
+            );
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(tandem_tls::dev_ca::CaError::Input(e)) => {
+            eprintln!("tandem certs: {e}");
+            ExitCode::from(64)
+        }
+        Err(e) => {
+            eprintln!("tandem certs: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match tandem_config::load_file(path) {
+    // The pure check, then the file step: configured certificates exist, parse and match.
+    let loaded = tandem_config::load_file(path).and_then(|c| {
+        let problems: Vec<_> = tandem_tls::check::check_files(&c)
+            .into_iter()
+            .map(|p| tandem_config::environment_error(path, p.key, p.message, p.hint))
+            .collect();
+        if problems.is_empty() {
+            Ok(c)
+        } else {
+            Err(tandem_config::ConfigErrors(problems))
+        }
+    });
+    match loaded {
         Ok(c) => {
             let logs = c.logs.as_ref().map_or(String::new(), |l| {
                 format!(
