@@ -11,6 +11,7 @@ use crate::model::*;
 use crate::raw::*;
 
 mod access_log;
+mod discovery;
 mod logs;
 mod tracing;
 
@@ -216,6 +217,13 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         let key = format!("upstreams.{name}");
         check_name(&mut c, &key, name);
         let endpoints = check_endpoints(&mut c, &key, &u.endpoints);
+        let discovery = discovery::check_discovery(
+            &mut c,
+            &key,
+            u.discovery.as_ref(),
+            !u.endpoints.is_empty(),
+            raw.etcd.is_some(),
+        );
         let pool = u.pool.as_ref();
         let request_timeout = c.duration(
             &format!("{key}.request_timeout"),
@@ -228,6 +236,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         upstreams.push(Upstream {
             name: name.clone(),
             endpoints,
+            discovery,
             protocol: match u.protocol {
                 Some(RawUpstreamProtocol::Http1) => UpstreamProtocol::Http1,
                 Some(RawUpstreamProtocol::Http2) => UpstreamProtocol::Http2,
@@ -405,6 +414,11 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         .as_ref()
         .map(|t| tracing::check_tracing(&mut c, t));
     let logs = raw.logs.as_ref().map(|l| logs::check_logs(&mut c, l));
+    let etcd = raw.etcd.as_ref().map(|e| discovery::check_etcd(&mut c, e));
+    let registration = raw
+        .registration
+        .as_ref()
+        .map(|r| discovery::check_registration(&mut c, r, &listeners, etcd.is_some()));
 
     if !c.problems.is_empty() {
         return Err(c.problems);
@@ -420,6 +434,8 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         access_log,
         tracing,
         logs,
+        etcd,
+        registration,
     })
 }
 

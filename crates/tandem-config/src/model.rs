@@ -16,6 +16,8 @@ mod tracing;
 pub use self::tracing::*;
 mod logs;
 pub use logs::*;
+mod discovery;
+pub use discovery::*;
 
 /// The whole, checked configuration of one Tandem process.
 #[derive(Clone, Debug, Serialize)]
@@ -41,6 +43,10 @@ pub struct Config {
     pub tracing: Option<Tracing>,
     /// Log shipping, when the file has a `logs:` section.
     pub logs: Option<Logs>,
+    /// The etcd cluster, when configured.
+    pub etcd: Option<Etcd>,
+    /// The app's registration in etcd, when configured.
+    pub registration: Option<Registration>,
 }
 
 /// The admin API (health, metrics, effective config).
@@ -236,8 +242,11 @@ pub enum UpstreamProtocol {
 pub struct Upstream {
     /// Unique name.
     pub name: String,
-    /// Static endpoints; may be empty (requests then get 503).
+    /// Static endpoints; may be empty (requests then get 503). With another `discovery`
+    /// source, empty: endpoints arrive at run time.
     pub endpoints: Vec<UpstreamEndpoint>,
+    /// Where the endpoints come from.
+    pub discovery: Discovery,
     /// HTTP version used towards the endpoints.
     pub protocol: UpstreamProtocol,
     /// Bound on establishing one connection.

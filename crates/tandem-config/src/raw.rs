@@ -19,6 +19,8 @@ mod tracing;
 pub use self::tracing::*;
 mod logs;
 pub use logs::*;
+mod discovery;
+pub use discovery::*;
 
 /// A Tandem configuration file.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -51,6 +53,12 @@ pub struct RawConfig {
     /// Distributed tracing with OTLP export. Absent: off (trace headers pass through untouched).
     #[serde(default)]
     pub tracing: Option<RawTracing>,
+    /// The etcd cluster for `discovery: { etcd }` upstreams and `registration`.
+    #[serde(default)]
+    pub etcd: Option<RawEtcd>,
+    /// Register the app in etcd under a lease while this sidecar runs (docs/discovery.md).
+    #[serde(default)]
+    pub registration: Option<RawRegistration>,
 }
 
 /// The admin API.
@@ -268,6 +276,10 @@ pub struct RawUpstream {
     /// as a plain string (weight 1) or as `{ address: ..., weight: N }`.
     #[serde(default)]
     pub endpoints: Vec<RawEndpoint>,
+    /// Where the endpoints come from when they are not listed in `endpoints`: `dns`, `file` or
+    /// `etcd` (docs/discovery.md).
+    #[serde(default)]
+    pub discovery: Option<RawDiscovery>,
     /// `http1`, `http2` (prior knowledge) or `auto` (same as the downstream request). Default `auto`.
     #[serde(default)]
     pub protocol: Option<RawUpstreamProtocol>,

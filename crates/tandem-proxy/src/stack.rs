@@ -17,16 +17,22 @@
 //! [`RouteTarget`], resolved here, never looked up per request.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use tandem_config::{
-    Config, Direction, HashKey, HealthCheck, Limits, ListenerProtocol, PathMatch, Retry,
-    RouteMatch, Upstream, UpstreamProtocol,
+    Address, CircuitBreaker, Config, Direction, HashKey, HealthCheck, Limits, ListenerProtocol,
+    PathMatch, Pool, Retry, RouteMatch, Upstream, UpstreamEndpoint, UpstreamProtocol,
 };
 use tandem_telemetry::access_log::AccessLog;
 use tandem_telemetry::trace::Tracer;
-use tandem_telemetry::{Counter, ListenerMetrics, Metrics, RouteMetrics, UpstreamMetrics};
+use tandem_telemetry::discovery::EndpointFamilies;
+use tandem_telemetry::{
+    Counter, EndpointMetrics, ListenerMetrics, Metrics, RouteMetrics, UpstreamMetrics,
+};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -52,16 +58,17 @@ pub struct Snapshot {
 
 /// One upstream: its endpoints with their pools and state, and the policies shared by every
 /// route to it.
+///
+/// The endpoints are a [`Members`] snapshot behind an [`ArcSwap`]: discovery replaces it with
+/// [`UpstreamHandle::set_endpoints`] while requests run. A request loads the snapshot once per
+/// try and keeps it, so indices stay valid for that try; endpoints that stay across a change
+/// keep their state (latency estimate, breaker, health, pooled connections).
 #[derive(Debug)]
 pub struct UpstreamHandle {
     /// Name.
     pub name: String,
     /// Protocol towards the endpoints.
     pub protocol: UpstreamProtocol,
-    /// Endpoints with their connection pools.
-    pub endpoints: Vec<Endpoint>,
-    /// Load, latency, breaker and health per endpoint (same order as `endpoints`).
-    pub states: Vec<EndpointState>,
     /// Default time to the response head.
     pub request_timeout: Duration,
     /// The upstream's retry policy (routes may override it).
@@ -80,7 +87,63 @@ pub struct UpstreamHandle {
     pub stream_idle_timeout: Duration,
     /// Retry, breaker and health metrics.
     pub metrics: UpstreamMetrics,
+    members: ArcSwap<Members>,
+    params: MemberParams,
+    /// Serializes [`UpstreamHandle::set_endpoints`] (readers never take it).
+    updating: Mutex<()>,
+    /// Set by [`crate::health::spawn_all`]: endpoints that join later get their own checker.
+    pub(crate) health_started: AtomicBool,
+    /// What the admin API shows about the endpoints' source.
+    discovery: Mutex<Option<DiscoveryStatus>>,
+}
+
+/// The endpoints of an upstream at one moment, with their state and metric handles (all in
+/// the same order), and the balancer built for exactly this set.
+#[derive(Debug)]
+pub struct Members {
+    /// Endpoints with their connection pools.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Load, latency, breaker and health per endpoint.
+    pub states: Vec<Arc<EndpointState>>,
+    /// Breaker and health metric handles per endpoint.
+    pub metrics: Vec<EndpointMetrics>,
     balancer: Balancer,
+}
+
+/// What a new endpoint is built with.
+#[derive(Debug)]
+struct MemberParams {
+    connect_timeout: Duration,
+    pool: Pool,
+    conn_limit: Option<Arc<ConnLimit>>,
+    breaker: CircuitBreaker,
+    algorithm: tandem_config::Balancer,
+    families: EndpointFamilies,
+}
+
+/// Where an upstream's endpoints came from, for `/upstreams`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DiscoveryStatus {
+    /// `static`, `dns`, `file` or `etcd`.
+    pub source: &'static str,
+    /// What the source watches (a DNS name, a path, an etcd key prefix).
+    pub target: String,
+    /// When the source last answered successfully.
+    #[serde(skip)]
+    pub updated: Option<Instant>,
+    /// The source's last error, while it fails (the last good endpoints keep serving).
+    pub error: Option<String>,
+}
+
+/// What changed when a new endpoint set was applied.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// Endpoints that joined.
+    pub added: Vec<String>,
+    /// Endpoints that left.
+    pub removed: Vec<String>,
+    /// Endpoints that stayed but changed weight.
+    pub reweighted: Vec<String>,
 }
 
 /// A request's hold on its endpoint and its upstream slot, released when the response body
@@ -88,6 +151,7 @@ pub struct UpstreamHandle {
 #[derive(Debug)]
 pub struct InFlight {
     upstream: Arc<UpstreamHandle>,
+    members: Arc<Members>,
     endpoint: usize,
     _slot: Option<OwnedSemaphorePermit>,
 }
@@ -271,34 +335,50 @@ impl Snapshot {
 
 impl UpstreamHandle {
     fn new(u: &Upstream, metrics: &Metrics) -> Self {
-        let conn_limit = u.limits.max_connections.map(ConnLimit::new);
-        let endpoints: Vec<Endpoint> = u
-            .endpoints
-            .iter()
-            .map(|e| {
-                Endpoint::new(
-                    e.address.clone(),
-                    u.connect_timeout,
-                    &u.pool,
-                    conn_limit.clone(),
-                )
-            })
-            .collect();
-        let labels: Vec<String> = endpoints.iter().map(|e| e.label.clone()).collect();
-        let weights: Vec<u32> = u.endpoints.iter().map(|e| e.weight).collect();
+        let params = MemberParams {
+            connect_timeout: u.connect_timeout,
+            pool: u.pool.clone(),
+            conn_limit: u.limits.max_connections.map(ConnLimit::new),
+            breaker: u.circuit_breaker.clone(),
+            algorithm: u.balancer.clone(),
+            families: metrics.endpoint_families(),
+        };
+        let labels: Vec<String> = u.endpoints.iter().map(|e| e.address.to_string()).collect();
         let reasons = RetryReason::ALL.map(RetryReason::as_str);
+        let upstream_metrics = metrics.upstream(&u.name, &labels, &reasons);
+        let members = Members::build(
+            &params,
+            u.endpoints
+                .iter()
+                .zip(upstream_metrics.endpoints.iter())
+                .map(|(e, m)| {
+                    (
+                        Arc::new(params.endpoint(e.address.clone())),
+                        Arc::new(EndpointState::new(e.weight, params.breaker.clone())),
+                        m.clone(),
+                    )
+                })
+                .collect(),
+        );
+        let discovery = match &u.discovery {
+            tandem_config::Discovery::Static => None,
+            d => Some(DiscoveryStatus {
+                source: discovery_source(d),
+                target: String::new(),
+                updated: None,
+                error: Some("no answer from the source yet".into()),
+            }),
+        };
         UpstreamHandle {
             name: u.name.clone(),
             protocol: u.protocol,
-            states: u
-                .endpoints
-                .iter()
-                .map(|e| EndpointState::new(e.weight, u.circuit_breaker.clone()))
-                .collect(),
             request_timeout: u.request_timeout,
             retry: Arc::new(RetryPolicy::new(&u.retry)),
             budget: RetryBudget::new(&u.retry_budget),
-            ejections: EjectionBudget::new(endpoints.len(), u.circuit_breaker.max_ejected_percent),
+            ejections: EjectionBudget::new(
+                members.endpoints.len(),
+                u.circuit_breaker.max_ejected_percent,
+            ),
             limit: ConcurrencyLimit::new(&u.limits),
             hash_key: match &u.balancer {
                 tandem_config::Balancer::Hash(k) => Some(k.clone()),
@@ -306,9 +386,12 @@ impl UpstreamHandle {
             },
             health_check: u.health_check.clone(),
             stream_idle_timeout: u.stream_idle_timeout,
-            metrics: metrics.upstream(&u.name, &labels, &reasons),
-            balancer: Balancer::new(&u.balancer, &weights, &labels),
-            endpoints,
+            metrics: upstream_metrics,
+            members: ArcSwap::from_pointee(members),
+            params,
+            updating: Mutex::new(()),
+            health_started: AtomicBool::new(false),
+            discovery: Mutex::new(discovery),
         }
     }
 
@@ -316,6 +399,7 @@ impl UpstreamHandle {
         let u = Upstream {
             name: name.to_owned(),
             endpoints: Vec::new(),
+            discovery: tandem_config::Discovery::Static,
             protocol: UpstreamProtocol::Auto,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(15),
@@ -334,23 +418,117 @@ impl UpstreamHandle {
         UpstreamHandle::new(&u, &Metrics::new())
     }
 
-    /// The endpoint index for the next try: `hash` for hash balancers, `avoid` the endpoint the
-    /// previous try failed on. `None` only when there are no endpoints.
-    pub fn pick(&self, hash: Option<u64>, avoid: Option<usize>, now: Instant) -> Option<usize> {
-        pick_or_fail_open(&self.balancer, &self.states, hash, avoid, now)
+    /// The endpoints now. A request keeps the snapshot for a whole try.
+    pub fn members(&self) -> Arc<Members> {
+        self.members.load_full()
     }
 
-    /// Records a try's outcome on endpoint `i`: latency estimate, breaker, metrics and a log
-    /// line when the breaker changes state.
-    pub fn record(&self, i: usize, elapsed: Duration, success: bool, probe: bool, now: Instant) {
-        let (Some(state), Some(endpoint)) = (self.states.get(i), self.endpoints.get(i)) else {
+    /// Replaces the endpoint set. Endpoints whose address stays keep their state and pooled
+    /// connections (a new weight takes effect at once); new ones start fresh; removed ones
+    /// leave the balancer now, and requests already on them finish. Returns what changed
+    /// (nothing: the set is not replaced).
+    pub fn set_endpoints(self: &Arc<Self>, wanted: &[UpstreamEndpoint]) -> MembershipChange {
+        let _serial = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.members.load_full();
+        let mut change = MembershipChange::default();
+        let mut entries = Vec::with_capacity(wanted.len());
+        let mut joined = Vec::new();
+        let mut seen: Vec<&Address> = Vec::with_capacity(wanted.len());
+        for w in wanted {
+            if seen.contains(&&w.address) {
+                continue;
+            }
+            seen.push(&w.address);
+            let weight = w.weight.max(1);
+            match old.endpoints.iter().position(|e| e.address == w.address) {
+                Some(i) => {
+                    if old.states[i].weight() != weight {
+                        change.reweighted.push(old.endpoints[i].label.clone());
+                        old.states[i].set_weight(weight);
+                    }
+                    entries.push((
+                        old.endpoints[i].clone(),
+                        old.states[i].clone(),
+                        old.metrics[i].clone(),
+                    ));
+                }
+                None => {
+                    let endpoint = Arc::new(self.params.endpoint(w.address.clone()));
+                    let metrics = self.params.families.endpoint(&self.name, &endpoint.label);
+                    change.added.push(endpoint.label.clone());
+                    let state = Arc::new(EndpointState::new(weight, self.params.breaker.clone()));
+                    joined.push(entries.len());
+                    entries.push((endpoint, state, metrics));
+                }
+            }
+        }
+        let now = Instant::now();
+        for (i, e) in old.endpoints.iter().enumerate() {
+            if !wanted.iter().any(|w| w.address == e.address) {
+                change.removed.push(e.label.clone());
+                self.params.families.remove(&self.name, &e.label);
+                // Its breaker's claim on the ejection budget leaves with it.
+                if old.states[i].outlier.state(now) != BreakerState::Closed {
+                    self.ejections.release();
+                }
+            }
+        }
+        if change == MembershipChange::default() {
+            return change;
+        }
+        let members = Arc::new(Members::build(&self.params, entries));
+        self.ejections.resize(members.endpoints.len());
+        self.members.store(members.clone());
+        if self.health_started.load(Ordering::Acquire) {
+            if let Some(check) = &self.health_check {
+                for i in joined {
+                    crate::health::spawn_one(self, &members, i, check.clone());
+                }
+            }
+        }
+        change
+    }
+
+    /// Records what the admin API shows about the endpoints' source.
+    pub fn set_discovery_status(&self, status: DiscoveryStatus) {
+        if let Ok(mut d) = self.discovery.lock() {
+            *d = Some(status);
+        }
+    }
+
+    /// The endpoint index in `members` for the next try: `hash` for hash balancers, `avoid`
+    /// the endpoint the previous try failed on. `None` only when there are no endpoints.
+    pub fn pick(
+        &self,
+        members: &Members,
+        hash: Option<u64>,
+        avoid: Option<&Arc<Endpoint>>,
+        now: Instant,
+    ) -> Option<usize> {
+        let avoid = avoid.and_then(|a| members.endpoints.iter().position(|e| Arc::ptr_eq(e, a)));
+        pick_or_fail_open(&members.balancer, &members.states, hash, avoid, now)
+    }
+
+    /// Records a try's outcome on endpoint `i` of `members`: latency estimate, breaker,
+    /// metrics and a log line when the breaker changes state.
+    pub fn record(
+        &self,
+        members: &Members,
+        i: usize,
+        elapsed: Duration,
+        success: bool,
+        probe: bool,
+        now: Instant,
+    ) {
+        let (Some(state), Some(endpoint)) = (members.states.get(i), members.endpoints.get(i))
+        else {
             return;
         };
         state.observe(elapsed, success, now);
         let Some(t) = state.outlier.record(success, probe, now, &self.ejections) else {
             return;
         };
-        let gauge = self.metrics.endpoints.get(i).map(|m| &m.ejected);
+        let gauge = members.metrics.get(i).map(|m| &m.ejected);
         match t {
             Transition::Ejected(reason, d) => {
                 let idx = match reason {
@@ -377,10 +555,10 @@ impl UpstreamHandle {
         }
     }
 
-    /// Starts a try on endpoint `i`: counts it in flight and claims the half-open probe.
-    /// Returns whether the try is the probe.
-    pub fn start(&self, i: usize, now: Instant) -> bool {
-        match self.states.get(i) {
+    /// Starts a try on endpoint `i` of `members`: counts it in flight and claims the half-open
+    /// probe. Returns whether the try is the probe.
+    pub fn start(&self, members: &Members, i: usize, now: Instant) -> bool {
+        match members.states.get(i) {
             Some(s) => {
                 s.start();
                 s.outlier.on_pick(now)
@@ -389,11 +567,70 @@ impl UpstreamHandle {
         }
     }
 
-    /// Ends a try on endpoint `i` that produced no response.
-    pub fn finish(&self, i: usize) {
-        if let Some(s) = self.states.get(i) {
+    /// Ends a try on endpoint `i` of `members` that produced no response.
+    pub fn finish(&self, members: &Members, i: usize) {
+        if let Some(s) = members.states.get(i) {
             s.finish();
         }
+    }
+}
+
+/// The `source` label of a discovery setting.
+pub fn discovery_source(d: &tandem_config::Discovery) -> &'static str {
+    match d {
+        tandem_config::Discovery::Static => "static",
+        tandem_config::Discovery::Dns(_) => "dns",
+        tandem_config::Discovery::File(_) => "file",
+        tandem_config::Discovery::Etcd(_) => "etcd",
+    }
+}
+
+// === impl Members ===
+
+impl Members {
+    fn build(
+        params: &MemberParams,
+        entries: Vec<(Arc<Endpoint>, Arc<EndpointState>, EndpointMetrics)>,
+    ) -> Members {
+        let mut endpoints = Vec::with_capacity(entries.len());
+        let mut states = Vec::with_capacity(entries.len());
+        let mut metrics = Vec::with_capacity(entries.len());
+        for (e, s, m) in entries {
+            endpoints.push(e);
+            states.push(s);
+            metrics.push(m);
+        }
+        let labels: Vec<String> = endpoints.iter().map(|e| e.label.clone()).collect();
+        let weights: Vec<u32> = states.iter().map(|s| s.weight()).collect();
+        Members {
+            balancer: Balancer::new(&params.algorithm, &weights, &labels),
+            endpoints,
+            states,
+            metrics,
+        }
+    }
+
+    /// Number of endpoints.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether there are no endpoints.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+}
+
+// === impl MemberParams ===
+
+impl MemberParams {
+    fn endpoint(&self, address: Address) -> Endpoint {
+        Endpoint::new(
+            address,
+            self.connect_timeout,
+            &self.pool,
+            self.conn_limit.clone(),
+        )
     }
 }
 
@@ -410,8 +647,24 @@ pub struct UpstreamView {
     pub pending: usize,
     /// Endpoints ejected by their breakers now.
     pub ejected: usize,
+    /// Where the endpoints come from (absent: the static `endpoints` list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryView>,
     /// Each endpoint.
     pub endpoints: Vec<EndpointView>,
+}
+
+/// What `/upstreams` shows of an upstream's discovery source.
+#[derive(Debug, serde::Serialize)]
+pub struct DiscoveryView {
+    /// `dns`, `file` or `etcd`.
+    pub source: &'static str,
+    /// What it watches.
+    pub target: String,
+    /// Seconds since the source last answered successfully (absent: never).
+    pub last_update_age_seconds: Option<f64>,
+    /// The source's current error, while it fails (the last good endpoints keep serving).
+    pub error: Option<String>,
 }
 
 /// What `/upstreams` shows of one endpoint.
@@ -447,16 +700,31 @@ impl UpstreamHandle {
     /// The live state for the admin API.
     pub fn view(&self) -> UpstreamView {
         let now = Instant::now();
+        let members = self.members();
+        let discovery = self
+            .discovery
+            .lock()
+            .ok()
+            .and_then(|d| d.clone())
+            .map(|d| DiscoveryView {
+                source: d.source,
+                target: d.target,
+                last_update_age_seconds: d
+                    .updated
+                    .map(|u| (now.saturating_duration_since(u).as_secs_f64() * 10.0).round() / 10.0),
+                error: d.error,
+            });
         UpstreamView {
             name: self.name.clone(),
             protocol: self.protocol,
             in_flight: self.limit.in_flight(),
             pending: self.limit.pending(),
             ejected: self.ejections.ejected(),
-            endpoints: self
+            discovery,
+            endpoints: members
                 .endpoints
                 .iter()
-                .zip(&self.states)
+                .zip(&members.states)
                 .map(|(e, s)| {
                     let (breaker, reason, remaining) = match s.outlier.state(now) {
                         BreakerState::Closed => ("closed", None, None),
@@ -470,7 +738,7 @@ impl UpstreamHandle {
                     let (idle, h2) = e.pooled();
                     EndpointView {
                         address: e.label.clone(),
-                        weight: s.weight,
+                        weight: s.weight(),
                         health: match s.health() {
                             Health::Healthy => "healthy",
                             Health::Unhealthy => "unhealthy",
@@ -510,11 +778,13 @@ impl InFlight {
     /// request's upstream slot.
     pub fn new(
         upstream: Arc<UpstreamHandle>,
+        members: Arc<Members>,
         endpoint: usize,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Self {
         InFlight {
             upstream,
+            members,
             endpoint,
             _slot: slot,
         }
@@ -530,7 +800,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.upstream.finish(self.endpoint);
+        self.upstream.finish(&self.members, self.endpoint);
     }
 }
 

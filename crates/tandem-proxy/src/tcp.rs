@@ -113,8 +113,8 @@ pub async fn proxy(stack: Arc<ListenerStack>, accepted: Accepted) {
     let mut obs = ConnectionObserver::start(&stack, &target, accepted.peer);
     let upstream = &target.upstream;
     let (io, _slot) = match crate::forward::connect_any(upstream, None).await {
-        Ok((i, io, slot)) => {
-            obs.connected(i);
+        Ok((endpoint, io, slot)) => {
+            obs.connected(&endpoint);
             (io, slot)
         }
         Err(e) => {

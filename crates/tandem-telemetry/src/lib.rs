@@ -15,6 +15,7 @@
 //!   metrics read from `/proc`.
 
 pub mod access_log;
+pub mod discovery;
 pub mod histogram;
 pub mod logs;
 pub mod process;
@@ -162,6 +163,7 @@ pub struct Metrics {
     access_log_dropped: Counter,
     trace: trace::TraceMetrics,
     logs: logs::LogFamilies,
+    discovery: discovery::DiscoveryFamilies,
 }
 
 /// Resilience handles for one upstream (retries, budget) and its endpoints (breakers, health).
@@ -323,11 +325,13 @@ impl Metrics {
         );
         let trace = trace::TraceMetrics::register(registry);
         let logs = logs::LogFamilies::register(registry);
+        let discovery = discovery::DiscoveryFamilies::register(registry);
         Metrics {
             registry: root,
             access_log_dropped,
             trace,
             logs,
+            discovery,
             retries,
             budget_exhausted,
             ejections,

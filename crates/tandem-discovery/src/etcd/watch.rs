@@ -1,0 +1,98 @@
+//! The etcd endpoint source: lists `<prefix><service>/`, then watches it from the next
+//! revision, publishing the instance set after every change. On any failure (member down,
+//! stream cut, compaction) it reports the error, keeps the last set, backs off and lists again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::client::{Client, Error};
+use super::{service_prefix, Instance};
+use crate::{Endpoint, Publisher};
+
+/// Longest back-off between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Watches `service` until the publisher's receivers are gone.
+pub(crate) async fn run(client: Client, prefix: String, service: String, publisher: Publisher) {
+    let key_prefix = service_prefix(&prefix, &service);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if publisher.closed() {
+            return;
+        }
+        match list_and_watch(&client, &key_prefix, &publisher).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(service = %service, error = %e, "etcd discovery failed; keeping the last endpoints");
+                publisher.failed(e.to_string());
+                client.reset();
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Lists then watches; returns `Ok` only when nobody listens any more.
+async fn list_and_watch(client: &Client, key_prefix: &str, publisher: &Publisher) -> Result<(), Error> {
+    let (kvs, revision) = client.range_prefix(key_prefix).await?;
+    let mut instances: BTreeMap<String, Vec<u8>> = kvs
+        .into_iter()
+        .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value))
+        .collect();
+    publisher.publish(endpoints(key_prefix, &instances));
+    let mut watch = client.watch(key_prefix, revision + 1).await?;
+    loop {
+        let res = tokio::select! {
+            r = watch.next() => r?,
+            _ = publisher.wait_closed() => return Ok(()),
+        };
+        if res.canceled || res.compact_revision > 0 {
+            return Err(Error::Stream(format!(
+                "watch cancelled{}",
+                if res.cancel_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", res.cancel_reason)
+                }
+            )));
+        }
+        if res.events.is_empty() {
+            // Created or a progress notification: the set is confirmed current.
+            publisher.confirm();
+            continue;
+        }
+        for ev in res.events {
+            let Some(kv) = ev.kv else { continue };
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            if ev.r#type == 1 {
+                instances.remove(&key);
+            } else {
+                instances.insert(key, kv.value);
+            }
+        }
+        publisher.publish(endpoints(key_prefix, &instances));
+    }
+}
+
+/// The endpoints of the stored instances; a value that does not parse is skipped with a
+/// warning (one bad key must not empty the service).
+fn endpoints(key_prefix: &str, instances: &BTreeMap<String, Vec<u8>>) -> Vec<Endpoint> {
+    let mut out = Vec::with_capacity(instances.len());
+    for (key, value) in instances {
+        // Only direct children: `<prefix><service>/<id>`.
+        let id = key.strip_prefix(key_prefix).unwrap_or(key);
+        if id.is_empty() || id.contains('/') {
+            continue;
+        }
+        match Instance::parse(value).and_then(|i| i.endpoint()) {
+            Ok(e) => {
+                if !out.iter().any(|o: &Endpoint| o.address == e.address) {
+                    out.push(e);
+                }
+            }
+            Err(why) => tracing::warn!(key = %key, reason = %why, "ignoring an unreadable instance in etcd"),
+        }
+    }
+    out
+}
