@@ -75,7 +75,10 @@ async fn resolve(
                     Ok(ip) => vec![ip],
                     Err(_) => match r.lookup_ip(target.as_str()).await {
                         Ok(l) => {
-                            if let Some(t) = l.valid_until().checked_duration_since(std::time::Instant::now()) {
+                            if let Some(t) = l
+                                .valid_until()
+                                .checked_duration_since(std::time::Instant::now())
+                            {
                                 ttl = ttl.min(t.as_secs() as u32);
                             }
                             l.iter().collect()

@@ -141,7 +141,10 @@ mod tests {
         assert_eq!(e[1].weight, 1);
         assert!(parse("[]").unwrap().is_empty());
         let err = parse("- { address: 10.0.0.1:80, weight: 0 }").unwrap_err();
-        assert!(err.contains("endpoints[0]") && err.contains("weight 0"), "{err}");
+        assert!(
+            err.contains("endpoints[0]") && err.contains("weight 0"),
+            "{err}"
+        );
         let err = parse("- 10.0.0.1\n").unwrap_err();
         assert!(err.contains("endpoints[0]"), "{err}");
         assert!(parse("{ nope: 1 }").is_err());

@@ -28,8 +28,8 @@ use tandem_config::{
     PathMatch, Pool, Retry, RouteMatch, Upstream, UpstreamEndpoint, UpstreamProtocol,
 };
 use tandem_telemetry::access_log::AccessLog;
-use tandem_telemetry::trace::Tracer;
 use tandem_telemetry::discovery::EndpointFamilies;
+use tandem_telemetry::trace::Tracer;
 use tandem_telemetry::{
     Counter, EndpointMetrics, ListenerMetrics, Metrics, RouteMetrics, UpstreamMetrics,
 };
@@ -709,9 +709,9 @@ impl UpstreamHandle {
             .map(|d| DiscoveryView {
                 source: d.source,
                 target: d.target,
-                last_update_age_seconds: d
-                    .updated
-                    .map(|u| (now.saturating_duration_since(u).as_secs_f64() * 10.0).round() / 10.0),
+                last_update_age_seconds: d.updated.map(|u| {
+                    (now.saturating_duration_since(u).as_secs_f64() * 10.0).round() / 10.0
+                }),
                 error: d.error,
             });
         UpstreamView {

@@ -167,8 +167,7 @@ pub(super) fn check_discovery(
 fn valid_service(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
@@ -232,7 +231,11 @@ pub(super) fn check_etcd(c: &mut Checker, raw: &RawEtcd) -> Etcd {
         username: raw.username.clone(),
         password: raw.password.clone(),
         password_env: raw.password_env.clone(),
-        timeout: c.duration("etcd.timeout", raw.timeout.as_deref(), Duration::from_secs(5)),
+        timeout: c.duration(
+            "etcd.timeout",
+            raw.timeout.as_deref(),
+            Duration::from_secs(5),
+        ),
     }
 }
 
@@ -278,9 +281,7 @@ pub(super) fn check_registration(
             }
         },
         None => {
-            let l = listeners
-                .iter()
-                .find(|l| l.direction == Direction::Inbound);
+            let l = listeners.iter().find(|l| l.direction == Direction::Inbound);
             if l.is_none() {
                 c.err(
                     "registration",

@@ -172,8 +172,14 @@ impl Client {
                     name: name.clone(),
                     password: password.clone(),
                 };
-                let res: AuthenticateResponse =
-                    call(channel.clone(), None, "/etcdserverpb.Auth/Authenticate", req, t).await?;
+                let res: AuthenticateResponse = call(
+                    channel.clone(),
+                    None,
+                    "/etcdserverpb.Auth/Authenticate",
+                    req,
+                    t,
+                )
+                .await?;
                 Some(
                     AsciiMetadataValue::try_from(res.token.as_str())
                         .map_err(|e| Error::Status(format!("unusable auth token: {e}")))?,

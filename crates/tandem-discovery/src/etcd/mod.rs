@@ -49,6 +49,50 @@ fn one() -> u32 {
     1
 }
 
+/// One registry entry, as `tandem services` lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listed {
+    /// Service name.
+    pub service: String,
+    /// Instance id (the last key segment).
+    pub id: String,
+    /// The stored instance, or why it does not parse.
+    pub instance: Result<Instance, String>,
+    /// The lease it is attached to (0: none, it stays until deleted).
+    pub lease: i64,
+}
+
+/// What the registry holds: every service's instances, or `service`'s only.
+pub async fn list(
+    client: &Client,
+    prefix: &str,
+    service: Option<&str>,
+) -> Result<Vec<Listed>, Error> {
+    let scan = match service {
+        Some(s) => service_prefix(prefix, s),
+        None => prefix.to_owned(),
+    };
+    let (kvs, _) = client.range_prefix(&scan).await?;
+    let mut out = Vec::with_capacity(kvs.len());
+    for kv in kvs {
+        let key = String::from_utf8_lossy(&kv.key).into_owned();
+        let rest = key.strip_prefix(prefix).unwrap_or(&key);
+        let Some((service, id)) = rest.split_once('/') else {
+            continue;
+        };
+        if id.is_empty() || id.contains('/') {
+            continue;
+        }
+        out.push(Listed {
+            service: service.to_owned(),
+            id: id.to_owned(),
+            instance: Instance::parse(&kv.value),
+            lease: kv.lease,
+        });
+    }
+    Ok(out)
+}
+
 /// The key prefix of `service`'s instances.
 pub fn service_prefix(prefix: &str, service: &str) -> String {
     format!("{prefix}{service}/")
@@ -120,7 +164,10 @@ mod tests {
 
         let bare = Instance::parse(b"10.0.0.6:7080\n").unwrap();
         assert_eq!(bare.weight, 1);
-        assert_eq!(bare.endpoint().unwrap().address.to_string(), "10.0.0.6:7080");
+        assert_eq!(
+            bare.endpoint().unwrap().address.to_string(),
+            "10.0.0.6:7080"
+        );
 
         assert!(Instance::parse(br#"{"address":"x:1","wieght":2}"#)
             .unwrap_err()

@@ -10,7 +10,7 @@ use super::{service_prefix, Instance};
 use crate::{Endpoint, Publisher};
 
 /// Longest back-off between attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Watches `service` until the publisher's receivers are gone.
 pub(crate) async fn run(client: Client, prefix: String, service: String, publisher: Publisher) {
@@ -34,7 +34,11 @@ pub(crate) async fn run(client: Client, prefix: String, service: String, publish
 }
 
 /// Lists then watches; returns `Ok` only when nobody listens any more.
-async fn list_and_watch(client: &Client, key_prefix: &str, publisher: &Publisher) -> Result<(), Error> {
+async fn list_and_watch(
+    client: &Client,
+    key_prefix: &str,
+    publisher: &Publisher,
+) -> Result<(), Error> {
     let (kvs, revision) = client.range_prefix(key_prefix).await?;
     let mut instances: BTreeMap<String, Vec<u8>> = kvs
         .into_iter()
@@ -91,7 +95,9 @@ fn endpoints(key_prefix: &str, instances: &BTreeMap<String, Vec<u8>>) -> Vec<End
                     out.push(e);
                 }
             }
-            Err(why) => tracing::warn!(key = %key, reason = %why, "ignoring an unreadable instance in etcd"),
+            Err(why) => {
+                tracing::warn!(key = %key, reason = %why, "ignoring an unreadable instance in etcd")
+            }
         }
     }
     out
