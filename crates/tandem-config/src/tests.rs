@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::*;
 
 mod access_log;
+mod discovery;
 mod tracing;
 
 fn errors(text: &str) -> Vec<ConfigError> {

@@ -92,7 +92,7 @@ impl Publisher {
     /// A successful answer: publishes `endpoints` if they differ from the last set (order
     /// does not matter), and marks the source fresh and healthy.
     pub fn publish(&self, mut endpoints: Vec<Endpoint>) {
-        endpoints.sort_by(|a, b| a.address.to_string().cmp(&b.address.to_string()));
+        endpoints.sort_by_cached_key(|a| a.address.to_string());
         endpoints.dedup_by(|a, b| a.address == b.address);
         self.tx.send_modify(|s| {
             if s.endpoints.as_deref() != Some(&endpoints) {

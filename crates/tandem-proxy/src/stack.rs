@@ -818,3 +818,138 @@ impl ErrorCounters {
         self.0[kind as usize].inc();
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn upstream(endpoints: &[&str]) -> Arc<UpstreamHandle> {
+        let config = Upstream {
+            endpoints: endpoints.iter().map(|a| ep(a, 1)).collect(),
+            ..upstream_config()
+        };
+        Arc::new(UpstreamHandle::new(&config, &Metrics::new()))
+    }
+
+    fn upstream_config() -> Upstream {
+        Upstream {
+            name: "orders".into(),
+            endpoints: Vec::new(),
+            discovery: tandem_config::Discovery::Static,
+            protocol: UpstreamProtocol::Auto,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(15),
+            pool: Pool {
+                idle_timeout: Duration::from_secs(4),
+                max_idle_per_endpoint: 8,
+            },
+            balancer: tandem_config::Balancer::P2c,
+            health_check: None,
+            circuit_breaker: CircuitBreaker {
+                consecutive_failures: 1,
+                ..Default::default()
+            },
+            limits: Default::default(),
+            retry: Default::default(),
+            retry_budget: Default::default(),
+            stream_idle_timeout: tandem_config::DEFAULT_STREAM_IDLE_TIMEOUT,
+        }
+    }
+
+    fn ep(a: &str, weight: u32) -> UpstreamEndpoint {
+        UpstreamEndpoint {
+            address: a.parse().unwrap(),
+            weight,
+        }
+    }
+
+    /// A new set keeps the state of endpoints that stay (same objects: latency, breaker,
+    /// health, pools), starts joiners fresh, drops leavers, and applies a new weight in place;
+    /// the same set again changes nothing.
+    #[tokio::test(start_paused = true)]
+    async fn set_endpoints_diffs_by_address() {
+        let u = upstream(&["10.0.0.1:80", "10.0.0.2:80"]);
+        let before = u.members();
+        let kept = before.states[1].clone();
+        kept.observe(Duration::from_millis(40), true, Instant::now());
+
+        let change = u.set_endpoints(&[ep("10.0.0.2:80", 3), ep("10.0.0.3:80", 1)]);
+        assert_eq!(change.added, ["10.0.0.3:80"]);
+        assert_eq!(change.removed, ["10.0.0.1:80"]);
+        assert_eq!(change.reweighted, ["10.0.0.2:80"]);
+        let after = u.members();
+        let labels: Vec<&str> = after.endpoints.iter().map(|e| e.label.as_str()).collect();
+        assert_eq!(labels, ["10.0.0.2:80", "10.0.0.3:80"]);
+        assert!(Arc::ptr_eq(&after.states[0], &kept));
+        assert!(Arc::ptr_eq(&after.endpoints[0], &before.endpoints[1]));
+        assert_eq!(after.states[0].weight(), 3);
+        assert!(after.states[0].latency(Instant::now()) >= Duration::from_millis(39));
+        assert_eq!(after.states[1].weight(), 1);
+
+        let again = u.set_endpoints(&[ep("10.0.0.3:80", 1), ep("10.0.0.2:80", 3)]);
+        assert_eq!(again, MembershipChange::default());
+        assert!(Arc::ptr_eq(&after, &u.members()));
+
+        // Picks only ever land on the current set.
+        for _ in 0..50 {
+            let m = u.members();
+            let i = u.pick(&m, None, None, Instant::now()).unwrap();
+            assert_ne!(m.endpoints[i].label, "10.0.0.1:80");
+        }
+        // Empty set: no endpoints, 503 upstream of this.
+        u.set_endpoints(&[]);
+        assert_eq!(u.pick(&u.members(), None, None, Instant::now()), None);
+    }
+
+    /// A request on an endpoint that leaves finishes on it: its hold counts out on the old
+    /// state; a retry's `avoid` resolves against the new set by identity.
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_requests_survive_a_change() {
+        let u = upstream(&["10.0.0.1:80", "10.0.0.2:80"]);
+        let m = u.members();
+        let i = 0;
+        u.start(&m, i, Instant::now());
+        let state = m.states[i].clone();
+        let endpoint = m.endpoints[i].clone();
+        let hold = InFlight::new(u.clone(), m, i, None);
+        u.set_endpoints(&[ep("10.0.0.2:80", 1), ep("10.0.0.3:80", 1)]);
+        assert_eq!(state.in_flight(), 1);
+        drop(hold);
+        assert_eq!(state.in_flight(), 0);
+        let now_set = u.members();
+        let kept = now_set.endpoints[0].clone();
+        for _ in 0..50 {
+            assert_eq!(
+                u.pick(&now_set, None, Some(&kept), Instant::now()),
+                Some(1),
+                "the avoided endpoint is skipped in the new set"
+            );
+            // Avoiding an endpoint that left avoids nothing.
+            assert!(u
+                .pick(&now_set, None, Some(&endpoint), Instant::now())
+                .is_some());
+        }
+    }
+
+    /// An ejected endpoint that leaves gives its share of the ejection budget back, and the
+    /// budget follows the set's size.
+    #[tokio::test(start_paused = true)]
+    async fn removed_ejected_endpoint_returns_its_budget() {
+        let u = upstream(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]);
+        let m = u.members();
+        let now = Instant::now();
+        u.start(&m, 0, now);
+        u.record(&m, 0, Duration::from_millis(1), false, false, now);
+        assert_eq!(u.ejections.ejected(), 1);
+        u.set_endpoints(&[ep("10.0.0.2:80", 1), ep("10.0.0.3:80", 1)]);
+        assert_eq!(u.ejections.ejected(), 0);
+        // Two endpoints at 50 %: one may be ejected, never both.
+        let m = u.members();
+        for i in 0..2 {
+            u.start(&m, i, now);
+            u.record(&m, i, Duration::from_millis(1), false, false, now);
+        }
+        assert_eq!(u.ejections.ejected(), 1);
+    }
+}
