@@ -92,6 +92,8 @@ impl Publisher {
     /// A successful answer: publishes `endpoints` if they differ from the last set (order
     /// does not matter), and marks the source fresh and healthy.
     pub fn publish(&self, mut endpoints: Vec<Endpoint>) {
+        // Sorted and without duplicates (two ids may name one address: the first wins), so
+        // equal sets compare equal whatever order the source produced.
         endpoints.sort_by_cached_key(|a| a.address.to_string());
         endpoints.dedup_by(|a, b| a.address == b.address);
         self.tx.send_modify(|s| {

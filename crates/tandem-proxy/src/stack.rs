@@ -16,7 +16,7 @@
 //! Later policy phases (authz, retry, breaker) slot in between 2 and 5 as fields of
 //! [`RouteTarget`], resolved here, never looked up per request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -430,18 +430,24 @@ impl UpstreamHandle {
     pub fn set_endpoints(self: &Arc<Self>, wanted: &[UpstreamEndpoint]) -> MembershipChange {
         let _serial = self.updating.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.members.load_full();
+        // By address, so a set of thousands of endpoints is diffed in linear time.
+        let index: HashMap<&Address, usize> = old
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (&e.address, i))
+            .collect();
         let mut change = MembershipChange::default();
         let mut entries = Vec::with_capacity(wanted.len());
         let mut joined = Vec::new();
-        let mut seen: Vec<&Address> = Vec::with_capacity(wanted.len());
+        let mut seen: HashSet<&Address> = HashSet::with_capacity(wanted.len());
         for w in wanted {
-            if seen.contains(&&w.address) {
+            if !seen.insert(&w.address) {
                 continue;
             }
-            seen.push(&w.address);
             let weight = w.weight.max(1);
-            match old.endpoints.iter().position(|e| e.address == w.address) {
-                Some(i) => {
+            match index.get(&w.address) {
+                Some(&i) => {
                     if old.states[i].weight() != weight {
                         change.reweighted.push(old.endpoints[i].label.clone());
                         old.states[i].set_weight(weight);
@@ -464,7 +470,7 @@ impl UpstreamHandle {
         }
         let now = Instant::now();
         for (i, e) in old.endpoints.iter().enumerate() {
-            if !wanted.iter().any(|w| w.address == e.address) {
+            if !seen.contains(&e.address) {
                 change.removed.push(e.label.clone());
                 self.params.families.remove(&self.name, &e.label);
                 // Its breaker's claim on the ejection budget leaves with it.

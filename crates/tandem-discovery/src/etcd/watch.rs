@@ -40,11 +40,12 @@ async fn list_and_watch(
     publisher: &Publisher,
 ) -> Result<(), Error> {
     let (kvs, revision) = client.range_prefix(key_prefix).await?;
-    let mut instances: BTreeMap<String, Vec<u8>> = kvs
+    // Parsed once per put: a change to one instance of thousands costs one parse.
+    let mut instances: BTreeMap<String, Endpoint> = kvs
         .into_iter()
-        .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value))
+        .filter_map(|kv| parse(key_prefix, &kv.key, &kv.value))
         .collect();
-    publisher.publish(endpoints(key_prefix, &instances));
+    publisher.publish(instances.values().cloned().collect());
     let mut watch = client.watch(key_prefix, revision + 1).await?;
     loop {
         let res = tokio::select! {
@@ -69,36 +70,31 @@ async fn list_and_watch(
         for ev in res.events {
             let Some(kv) = ev.kv else { continue };
             let key = String::from_utf8_lossy(&kv.key).into_owned();
-            if ev.r#type == 1 {
-                instances.remove(&key);
-            } else {
-                instances.insert(key, kv.value);
+            instances.remove(&key);
+            if ev.r#type != 1 {
+                if let Some((key, e)) = parse(key_prefix, &kv.key, &kv.value) {
+                    instances.insert(key, e);
+                }
             }
         }
-        publisher.publish(endpoints(key_prefix, &instances));
+        publisher.publish(instances.values().cloned().collect());
     }
 }
 
-/// The endpoints of the stored instances; a value that does not parse is skipped with a
-/// warning (one bad key must not empty the service).
-fn endpoints(key_prefix: &str, instances: &BTreeMap<String, Vec<u8>>) -> Vec<Endpoint> {
-    let mut out = Vec::with_capacity(instances.len());
-    for (key, value) in instances {
-        // Only direct children: `<prefix><service>/<id>`.
-        let id = key.strip_prefix(key_prefix).unwrap_or(key);
-        if id.is_empty() || id.contains('/') {
-            continue;
-        }
-        match Instance::parse(value).and_then(|i| i.endpoint()) {
-            Ok(e) => {
-                if !out.iter().any(|o: &Endpoint| o.address == e.address) {
-                    out.push(e);
-                }
-            }
-            Err(why) => {
-                tracing::warn!(key = %key, reason = %why, "ignoring an unreadable instance in etcd")
-            }
+/// The endpoint of one stored instance, keyed by its etcd key; `None` for keys that are not
+/// direct children of the service (`<prefix><service>/<id>`) and, with a warning, for values
+/// that do not parse (one bad key must not empty the service).
+fn parse(key_prefix: &str, key: &[u8], value: &[u8]) -> Option<(String, Endpoint)> {
+    let key = String::from_utf8_lossy(key).into_owned();
+    let id = key.strip_prefix(key_prefix).unwrap_or(&key);
+    if id.is_empty() || id.contains('/') {
+        return None;
+    }
+    match Instance::parse(value).and_then(|i| i.endpoint()) {
+        Ok(e) => Some((key, e)),
+        Err(why) => {
+            tracing::warn!(key = %key, reason = %why, "ignoring an unreadable instance in etcd");
+            None
         }
     }
-    out
 }
