@@ -470,3 +470,31 @@ upstreams:
         assert who(url) == (200, "y")
     text = httpx.get(f"{t.admin}/metrics").text
     assert metric(text, "tandem_endpoint_healthy", upstream="orders", endpoint=f"127.0.0.1:{ports['x']}") is None
+
+
+def test_zone_preference(tandem, start_backend, tmp_path):
+    """`prefer_zone`: traffic stays in the local zone while it has an eligible endpoint, and
+    moves to the other zone when the local one dies, without failed requests."""
+    procs, ports = {}, {}
+    for name in ("x", "y"):
+        ports[name] = free_port()
+        procs[name] = start_backend("http_backend.py", ports[name], {"BACKEND_NAME": name})
+    f = tmp_path / "orders.yaml"
+    f.write_text(f"- {{ address: 127.0.0.1:{ports['x']}, zone: a }}\n- {{ address: 127.0.0.1:{ports['y']}, zone: b }}\n")
+    port = free_port()
+    t = tandem(f"""
+listeners:
+  out: {{ address: 127.0.0.1:{port}, direction: outbound, upstream: orders }}
+upstreams:
+  orders:
+    discovery: {{ file: {{ path: {f}, interval: 100ms }} }}
+    prefer_zone: {{ zone: a }}
+""")
+    url = f"http://127.0.0.1:{port}"
+    assert {who(url)[1] for _ in range(40)} == {"x"}
+    zones = {e["address"]: e.get("zone") for e in endpoints_of(t)["endpoints"]}
+    assert zones == {f"127.0.0.1:{ports['x']}": "a", f"127.0.0.1:{ports['y']}": "b"}
+    procs["x"].p.kill()  # the fixture's teardown still cleans up after it
+    procs["x"].p.wait(5)
+    answers = [who(url) for _ in range(40)]
+    assert answers == [(200, "y")] * 40

@@ -237,6 +237,14 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
             name: name.clone(),
             endpoints,
             discovery,
+            prefer_zone: u.prefer_zone.as_ref().map(|p| {
+                discovery::check_prefer_zone(
+                    &mut c,
+                    &key,
+                    p,
+                    raw.registration.as_ref().and_then(|r| r.zone.as_deref()),
+                )
+            }),
             protocol: match u.protocol {
                 Some(RawUpstreamProtocol::Http1) => UpstreamProtocol::Http1,
                 Some(RawUpstreamProtocol::Http2) => UpstreamProtocol::Http2,
@@ -497,9 +505,9 @@ fn check_endpoints(c: &mut Checker, key: &str, raw: &[RawEndpoint]) -> Vec<Upstr
     let mut seen = HashSet::new();
     for (i, e) in raw.iter().enumerate() {
         let ekey = format!("{key}.endpoints[{i}]");
-        let (address, weight) = match e {
-            RawEndpoint::Address(a) => (a, None),
-            RawEndpoint::Weighted(w) => (&w.address, w.weight),
+        let (address, weight, zone) = match e {
+            RawEndpoint::Address(a) => (a, None, None),
+            RawEndpoint::Weighted(w) => (&w.address, w.weight, w.zone.clone()),
         };
         let weight = match weight {
             Some(0) => {
@@ -534,7 +542,11 @@ fn check_endpoints(c: &mut Checker, key: &str, raw: &[RawEndpoint]) -> Vec<Upstr
                         "remove the duplicate; to send it more traffic, give it a `weight`",
                     );
                 }
-                endpoints.push(UpstreamEndpoint { address: a, weight });
+                endpoints.push(UpstreamEndpoint {
+                    address: a,
+                    weight,
+                    zone,
+                });
             }
             Err(msg) => c.err(&ekey, msg, "use IP:port, host:port or unix:/path.sock"),
         }

@@ -247,6 +247,8 @@ pub struct Upstream {
     pub endpoints: Vec<UpstreamEndpoint>,
     /// Where the endpoints come from.
     pub discovery: Discovery,
+    /// Zone-aware preference, when configured.
+    pub prefer_zone: Option<PreferZone>,
     /// HTTP version used towards the endpoints.
     pub protocol: UpstreamProtocol,
     /// Bound on establishing one connection.
@@ -282,6 +284,9 @@ pub struct UpstreamEndpoint {
     pub address: Address,
     /// Relative share of traffic (at least 1; default 1).
     pub weight: u32,
+    /// Zone, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 /// Load-balancing algorithm.

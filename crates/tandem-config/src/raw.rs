@@ -280,6 +280,9 @@ pub struct RawUpstream {
     /// `etcd` (docs/discovery.md).
     #[serde(default)]
     pub discovery: Option<RawDiscovery>,
+    /// Send requests to endpoints in the local zone while enough of them are available.
+    #[serde(default)]
+    pub prefer_zone: Option<RawPreferZone>,
     /// `http1`, `http2` (prior knowledge) or `auto` (same as the downstream request). Default `auto`.
     #[serde(default)]
     pub protocol: Option<RawUpstreamProtocol>,
@@ -336,6 +339,9 @@ pub struct RawWeightedEndpoint {
     /// Relative share of traffic, 1 to 10000 (default 1).
     #[serde(default)]
     pub weight: Option<u32>,
+    /// The endpoint's zone (for `prefer_zone`).
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 /// Active health checks: exactly one of `http`, `tcp` or `grpc`, and how often.

@@ -928,11 +928,13 @@ upstreams:
                     host: "localhost".into(),
                     port: 80
                 },
-                weight: 10_000
+                weight: 10_000,
+                zone: None,
             },
             UpstreamEndpoint {
                 address: Address::Tcp(([127, 0, 0, 1], 2).into()),
-                weight: 1
+                weight: 1,
+                zone: None,
             },
         ]
     );

@@ -68,6 +68,7 @@ impl Endpoint {
         UpstreamEndpoint {
             address: self.address.clone(),
             weight: self.weight.max(1),
+            zone: self.zone.clone(),
         }
     }
 }

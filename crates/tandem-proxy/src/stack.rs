@@ -107,8 +107,30 @@ pub struct Members {
     pub states: Vec<Arc<EndpointState>>,
     /// Breaker and health metric handles per endpoint.
     pub metrics: Vec<EndpointMetrics>,
+    /// Zone per endpoint, when known.
+    pub zones: Vec<Option<String>>,
     balancer: Balancer,
+    /// The local zone's endpoints, with `prefer_zone`.
+    local: Option<LocalZone>,
 }
+
+/// The endpoints of the local zone and a balancer over just them.
+#[derive(Debug)]
+struct LocalZone {
+    /// Index into the whole set of each local endpoint.
+    idx: Vec<usize>,
+    states: Vec<Arc<EndpointState>>,
+    balancer: Balancer,
+    min_eligible: usize,
+}
+
+/// An endpoint with its state, metric handles and zone, as a set is built from them.
+type MemberEntry = (
+    Arc<Endpoint>,
+    Arc<EndpointState>,
+    EndpointMetrics,
+    Option<String>,
+);
 
 /// What a new endpoint is built with.
 #[derive(Debug)]
@@ -119,6 +141,7 @@ struct MemberParams {
     breaker: CircuitBreaker,
     algorithm: tandem_config::Balancer,
     families: EndpointFamilies,
+    prefer_zone: Option<tandem_config::PreferZone>,
 }
 
 /// Where an upstream's endpoints came from, for `/upstreams`.
@@ -144,6 +167,8 @@ pub struct MembershipChange {
     pub removed: Vec<String>,
     /// Endpoints that stayed but changed weight.
     pub reweighted: Vec<String>,
+    /// Endpoints that stayed but changed zone.
+    pub rezoned: Vec<String>,
 }
 
 /// A request's hold on its endpoint and its upstream slot, released when the response body
@@ -342,6 +367,7 @@ impl UpstreamHandle {
             breaker: u.circuit_breaker.clone(),
             algorithm: u.balancer.clone(),
             families: metrics.endpoint_families(),
+            prefer_zone: u.prefer_zone.clone(),
         };
         let labels: Vec<String> = u.endpoints.iter().map(|e| e.address.to_string()).collect();
         let reasons = RetryReason::ALL.map(RetryReason::as_str);
@@ -356,6 +382,7 @@ impl UpstreamHandle {
                         Arc::new(params.endpoint(e.address.clone())),
                         Arc::new(EndpointState::new(e.weight, params.breaker.clone())),
                         m.clone(),
+                        e.zone.clone(),
                     )
                 })
                 .collect(),
@@ -400,6 +427,7 @@ impl UpstreamHandle {
             name: name.to_owned(),
             endpoints: Vec::new(),
             discovery: tandem_config::Discovery::Static,
+            prefer_zone: None,
             protocol: UpstreamProtocol::Auto,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(15),
@@ -452,10 +480,14 @@ impl UpstreamHandle {
                         change.reweighted.push(old.endpoints[i].label.clone());
                         old.states[i].set_weight(weight);
                     }
+                    if old.zones[i] != w.zone {
+                        change.rezoned.push(old.endpoints[i].label.clone());
+                    }
                     entries.push((
                         old.endpoints[i].clone(),
                         old.states[i].clone(),
                         old.metrics[i].clone(),
+                        w.zone.clone(),
                     ));
                 }
                 None => {
@@ -464,7 +496,7 @@ impl UpstreamHandle {
                     change.added.push(endpoint.label.clone());
                     let state = Arc::new(EndpointState::new(weight, self.params.breaker.clone()));
                     joined.push(entries.len());
-                    entries.push((endpoint, state, metrics));
+                    entries.push((endpoint, state, metrics, w.zone.clone()));
                 }
             }
         }
@@ -512,6 +544,21 @@ impl UpstreamHandle {
         now: Instant,
     ) -> Option<usize> {
         let avoid = avoid.and_then(|a| members.endpoints.iter().position(|e| Arc::ptr_eq(e, a)));
+        if let Some(local) = &members.local {
+            // The local zone while enough of it is available (a scan of the local endpoints).
+            let eligible = local
+                .idx
+                .iter()
+                .zip(&local.states)
+                .filter(|(i, s)| Some(**i) != avoid && s.eligible(now))
+                .count();
+            if eligible >= local.min_eligible {
+                let local_avoid = avoid.and_then(|a| local.idx.iter().position(|&i| i == a));
+                if let Some(j) = local.balancer.pick(&local.states, hash, local_avoid, now) {
+                    return local.idx.get(j).copied();
+                }
+            }
+        }
         pick_or_fail_open(&members.balancer, &members.states, hash, avoid, now)
     }
 
@@ -594,25 +641,43 @@ pub fn discovery_source(d: &tandem_config::Discovery) -> &'static str {
 // === impl Members ===
 
 impl Members {
-    fn build(
-        params: &MemberParams,
-        entries: Vec<(Arc<Endpoint>, Arc<EndpointState>, EndpointMetrics)>,
-    ) -> Members {
+    fn build(params: &MemberParams, entries: Vec<MemberEntry>) -> Members {
         let mut endpoints = Vec::with_capacity(entries.len());
         let mut states = Vec::with_capacity(entries.len());
         let mut metrics = Vec::with_capacity(entries.len());
-        for (e, s, m) in entries {
+        let mut zones = Vec::with_capacity(entries.len());
+        for (e, s, m, z) in entries {
             endpoints.push(e);
             states.push(s);
             metrics.push(m);
+            zones.push(z);
         }
         let labels: Vec<String> = endpoints.iter().map(|e| e.label.clone()).collect();
         let weights: Vec<u32> = states.iter().map(|s| s.weight()).collect();
+        let local = params.prefer_zone.as_ref().and_then(|p| {
+            let idx: Vec<usize> = (0..zones.len())
+                .filter(|&i| zones[i].as_deref() == Some(p.zone.as_str()))
+                .collect();
+            // Everything local, or nothing: no preference to apply.
+            if idx.is_empty() || idx.len() == zones.len() {
+                return None;
+            }
+            let w: Vec<u32> = idx.iter().map(|&i| weights[i]).collect();
+            let l: Vec<String> = idx.iter().map(|&i| labels[i].clone()).collect();
+            Some(LocalZone {
+                states: idx.iter().map(|&i| states[i].clone()).collect(),
+                balancer: Balancer::new(&params.algorithm, &w, &l),
+                idx,
+                min_eligible: p.min_eligible,
+            })
+        });
         Members {
             balancer: Balancer::new(&params.algorithm, &weights, &labels),
             endpoints,
             states,
             metrics,
+            zones,
+            local,
         }
     }
 
@@ -680,6 +745,9 @@ pub struct EndpointView {
     pub address: String,
     /// Relative share of traffic.
     pub weight: u32,
+    /// Zone, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// `healthy`, `unhealthy` (active checks), or `unknown` (unchecked / no verdict yet).
     pub health: &'static str,
     /// Whether the balancer would pick it now (health and breaker together).
@@ -731,7 +799,8 @@ impl UpstreamHandle {
                 .endpoints
                 .iter()
                 .zip(&members.states)
-                .map(|(e, s)| {
+                .zip(&members.zones)
+                .map(|((e, s), zone)| {
                     let (breaker, reason, remaining) = match s.outlier.state(now) {
                         BreakerState::Closed => ("closed", None, None),
                         BreakerState::HalfOpen => ("half_open", None, None),
@@ -745,6 +814,7 @@ impl UpstreamHandle {
                     EndpointView {
                         address: e.label.clone(),
                         weight: s.weight(),
+                        zone: zone.clone(),
                         health: match s.health() {
                             Health::Healthy => "healthy",
                             Health::Unhealthy => "unhealthy",
@@ -843,6 +913,7 @@ mod tests {
             name: "orders".into(),
             endpoints: Vec::new(),
             discovery: tandem_config::Discovery::Static,
+            prefer_zone: None,
             protocol: UpstreamProtocol::Auto,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(15),
@@ -867,6 +938,7 @@ mod tests {
         UpstreamEndpoint {
             address: a.parse().unwrap(),
             weight,
+            zone: None,
         }
     }
 
@@ -957,5 +1029,62 @@ mod tests {
             u.record(&m, i, Duration::from_millis(1), false, false, now);
         }
         assert_eq!(u.ejections.ejected(), 1);
+    }
+
+    /// With `prefer_zone`, picks stay in the local zone while at least `min_eligible` of its
+    /// endpoints are eligible; below that every zone shares; a zone change applies at once.
+    #[tokio::test(start_paused = true)]
+    async fn prefers_the_local_zone_while_enough_is_eligible() {
+        let config = Upstream {
+            prefer_zone: Some(tandem_config::PreferZone {
+                zone: "a".into(),
+                min_eligible: 2,
+            }),
+            ..upstream_config()
+        };
+        let u = Arc::new(UpstreamHandle::new(&config, &Metrics::new()));
+        let zoned = |a: &str, z: &str| UpstreamEndpoint {
+            zone: Some(z.into()),
+            ..ep(a, 1)
+        };
+        u.set_endpoints(&[
+            zoned("10.0.0.1:80", "a"),
+            zoned("10.0.0.2:80", "a"),
+            zoned("10.0.0.3:80", "b"),
+            zoned("10.0.0.4:80", "b"),
+        ]);
+        let picks = |u: &UpstreamHandle| {
+            let m = u.members();
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..200 {
+                let i = u.pick(&m, None, None, Instant::now()).unwrap();
+                seen.insert(m.endpoints[i].label.clone());
+            }
+            seen.into_iter().collect::<Vec<_>>()
+        };
+        assert_eq!(picks(&u), ["10.0.0.1:80", "10.0.0.2:80"]);
+
+        // One local endpoint ejected: fewer than 2 eligible, every zone shares.
+        let m = u.members();
+        u.start(&m, 0, Instant::now());
+        u.record(
+            &m,
+            0,
+            Duration::from_millis(1),
+            false,
+            false,
+            Instant::now(),
+        );
+        assert_eq!(picks(&u), ["10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]);
+
+        // A third endpoint moves into zone a: preferred again (the ejected one stays out).
+        let change = u.set_endpoints(&[
+            zoned("10.0.0.1:80", "a"),
+            zoned("10.0.0.2:80", "a"),
+            zoned("10.0.0.3:80", "a"),
+            zoned("10.0.0.4:80", "b"),
+        ]);
+        assert_eq!(change.rezoned, ["10.0.0.3:80"]);
+        assert_eq!(picks(&u), ["10.0.0.2:80", "10.0.0.3:80"]);
     }
 }

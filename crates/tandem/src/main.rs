@@ -333,6 +333,7 @@ fn apply_overrides(mut config: Config, args: &RunArgs) -> anyhow::Result<Config>
         u.endpoints = vec![tandem_config::UpstreamEndpoint {
             address: addr,
             weight: 1,
+            zone: None,
         }];
         u.discovery = tandem_config::Discovery::Static;
     }

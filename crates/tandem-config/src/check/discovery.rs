@@ -9,9 +9,9 @@ use std::time::Duration;
 use super::Checker;
 use crate::model::{
     Address, Direction, Discovery, DnsDiscovery, DnsRecord, Etcd, EtcdDiscovery, FileDiscovery,
-    Listener, Registration,
+    Listener, PreferZone, Registration,
 };
-use crate::raw::{RawDiscovery, RawDnsRecord, RawEtcd, RawRegistration};
+use crate::raw::{RawDiscovery, RawDnsRecord, RawEtcd, RawPreferZone, RawRegistration};
 
 /// Most a weight may be (same bound as static endpoints).
 const MAX_WEIGHT: u32 = 10_000;
@@ -372,4 +372,38 @@ pub(super) fn check_registration(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     }
+}
+
+/// Checks `upstreams.NAME.prefer_zone`; the zone defaults to the registration's.
+pub(super) fn check_prefer_zone(
+    c: &mut Checker,
+    key: &str,
+    raw: &RawPreferZone,
+    registered: Option<&str>,
+) -> PreferZone {
+    let key = format!("{key}.prefer_zone");
+    let zone = match raw.zone.as_deref().or(registered).map(str::trim) {
+        Some(z) if !z.is_empty() => z.to_owned(),
+        _ => {
+            c.err(
+                &key,
+                "no local zone to prefer",
+                "set `zone:` here, or `zone:` under `registration`",
+            );
+            String::new()
+        }
+    };
+    let min_eligible = match raw.min_eligible {
+        None => 1,
+        Some(0) => {
+            c.err(
+                format!("{key}.min_eligible"),
+                "0 would keep preferring a zone with nothing left in it",
+                "use at least 1 (default 1)",
+            );
+            1
+        }
+        Some(n) => n,
+    };
+    PreferZone { zone, min_eligible }
 }

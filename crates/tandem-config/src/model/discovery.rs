@@ -115,3 +115,12 @@ pub struct Registration {
     /// Metadata, in file order.
     pub metadata: Vec<(String, String)>,
 }
+
+/// Zone-aware preference of an upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PreferZone {
+    /// The local zone.
+    pub zone: String,
+    /// Prefer it while at least this many of its endpoints are eligible.
+    pub min_eligible: usize,
+}

@@ -136,3 +136,16 @@ pub struct RawRegistration {
     #[serde(default)]
     pub metadata: IndexMap<String, String>,
 }
+
+/// Zone-aware preference.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPreferZone {
+    /// The local zone (default: `registration.zone`).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Prefer the local zone while at least this many of its endpoints are eligible (not
+    /// ejected, not failing health checks); fewer, and every zone shares (default 1).
+    #[serde(default)]
+    pub min_eligible: Option<usize>,
+}

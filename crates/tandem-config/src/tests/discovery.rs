@@ -147,3 +147,40 @@ upstreams:
     .unwrap();
     assert_eq!(c.etcd.unwrap().prefix, "/svc/");
 }
+
+/// `prefer_zone` takes the registration's zone by default; without any zone it is an error.
+#[test]
+fn prefer_zone_rules() {
+    let base = "\
+listeners:
+  inbound: { address: 127.0.0.1:7080, upstream: a }
+upstreams:
+  a:
+    endpoints: [{ address: 127.0.0.1:8080, zone: z1 }, { address: 127.0.0.1:8081, zone: z2 }]
+    prefer_zone: {}
+";
+    let e = errors(base);
+    assert_eq!(e[0].key, "upstreams.a.prefer_zone");
+    assert!(e[0].hint.contains("registration"));
+    let c = parse(
+        "t.yaml",
+        &format!(
+            "{base}etcd: {{ endpoints: [\"http://e:2379\"] }}\nregistration: {{ service: a, zone: z1 }}\n"
+        ),
+    )
+    .unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!(
+        u.prefer_zone,
+        Some(PreferZone {
+            zone: "z1".into(),
+            min_eligible: 1
+        })
+    );
+    assert_eq!(u.endpoints[1].zone.as_deref(), Some("z2"));
+    let e = errors(&base.replace(
+        "prefer_zone: {}",
+        "prefer_zone: { zone: z1, min_eligible: 0 }",
+    ));
+    assert_eq!(e[0].key, "upstreams.a.prefer_zone.min_eligible");
+}
