@@ -39,13 +39,17 @@ pub fn spawn_all(snapshot: &Snapshot) {
         let Some(check) = upstream.health_check.clone() else {
             continue;
         };
-        if upstream.health_started.swap(true, Ordering::AcqRel) {
-            continue;
-        }
-        let members = upstream.members();
-        for i in 0..members.len() {
-            spawn_one(upstream, &members, i, check.clone());
-        }
+        // Under the upstream's update lock: a set applied concurrently is either seen here
+        // or sees the flag and starts its joiners' checkers itself.
+        upstream.with_update_lock(|| {
+            if upstream.health_started.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let members = upstream.members();
+            for i in 0..members.len() {
+                spawn_one(upstream, &members, i, check.clone());
+            }
+        });
     }
 }
 

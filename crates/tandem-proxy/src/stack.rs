@@ -527,6 +527,12 @@ impl UpstreamHandle {
         change
     }
 
+    /// Runs `f` while no endpoint set is being applied.
+    pub(crate) fn with_update_lock(&self, f: impl FnOnce()) {
+        let _serial = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        f();
+    }
+
     /// Records what the admin API shows about the endpoints' source.
     pub fn set_discovery_status(&self, status: DiscoveryStatus) {
         if let Ok(mut d) = self.discovery.lock() {
