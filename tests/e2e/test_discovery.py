@@ -498,3 +498,80 @@ upstreams:
     procs["x"].p.wait(5)
     answers = [who(url) for _ in range(40)]
     assert answers == [(200, "y")] * 40
+
+
+def make_certs(d):
+    """A CA, an etcd server certificate for 127.0.0.1 and a client certificate (openssl CLI)."""
+    def ossl(*args):
+        r = run(["openssl", *map(str, args)])
+        assert r.returncode == 0, r.stderr
+
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+         "-subj", "/CN=test etcd CA", "-keyout", d / "ca.key", "-out", d / "ca.pem")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (d / f"{name}.ext").write_text(ext + "\n")
+        ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
+             "-keyout", d / f"{name}.key", "-out", d / f"{name}.csr")
+        ossl("x509", "-req", "-in", d / f"{name}.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
+             "-CAcreateserial", "-days", "2", "-extfile", d / f"{name}.ext", "-out", d / f"{name}.pem")
+
+
+def test_etcd_over_tls_with_client_certificates(tandem, start_backend, tmp_path):
+    """etcd with TLS and client-certificate authentication: registration and discovery work over
+    https with `etcd.tls`; a missing TLS file stops the start with the path named."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl CLI not installed")
+    make_certs(tmp_path)
+    cport, pport = free_port(), free_port()
+    url = f"https://127.0.0.1:{cport}"
+    log = open(tmp_path / "etcd.log", "w")
+    etcd = subprocess.Popen([
+        ETCD, "--name", "t", "--data-dir", str(tmp_path / "data"),
+        "--listen-client-urls", url, "--advertise-client-urls", url,
+        "--cert-file", str(tmp_path / "server.pem"), "--key-file", str(tmp_path / "server.key"),
+        "--client-cert-auth", "--trusted-ca-file", str(tmp_path / "ca.pem"),
+        "--listen-peer-urls", f"http://127.0.0.1:{pport}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+        "--initial-cluster", f"t=http://127.0.0.1:{pport}",
+    ], stdout=log, stderr=log)
+    tls_args = ["--cacert", tmp_path / "ca.pem", "--cert", tmp_path / "client.pem", "--key", tmp_path / "client.key"]
+    try:
+        wait_for(lambda: etcdctl([url], *map(str, tls_args), "endpoint", "health").returncode == 0, 15, "etcd (TLS) healthy")
+        section = (f"etcd: {{ endpoints: [{url}], timeout: 1s, tls: {{ ca: {tmp_path / 'ca.pem'}, "
+                   f"cert: {tmp_path / 'client.pem'}, key: {tmp_path / 'client.key'} }} }}\n")
+
+        bport = free_port()
+        start_backend("http_backend.py", bport, {"BACKEND_NAME": "a"})
+        port = free_port()
+        tandem(section + f"""
+listeners:
+  inbound: {{ address: 127.0.0.1:{port}, upstream: app }}
+upstreams:
+  app: {{ endpoints: [127.0.0.1:{bport}] }}
+registration: {{ service: orders, ttl: 2s }}
+""")
+        pport2 = free_port()
+        peer = tandem(section + f"""
+listeners:
+  out: {{ address: 127.0.0.1:{pport2}, direction: outbound, upstream: orders }}
+upstreams:
+  orders: {{ discovery: {{ etcd: {{ service: orders }} }} }}
+""")
+        wait_for(lambda: addresses(peer) == [f"127.0.0.1:{port}"], 5, "registered and discovered over TLS")
+        assert who(f"http://127.0.0.1:{pport2}") == (200, "a")
+        out = etcdctl([url], *map(str, tls_args), "get", "--prefix", "/tandem/services/orders/", "--keys-only")
+        assert out.stdout.strip() == f"/tandem/services/orders/127.0.0.1:{port}"
+
+        bad = tandem(section.replace("client.key", "missing.key") + f"""
+listeners:
+  out: {{ address: 127.0.0.1:{free_port()}, direction: outbound, upstream: orders }}
+upstreams:
+  orders: {{ discovery: {{ etcd: {{ service: orders }} }} }}
+""", wait_ready=False)
+        assert bad.wait(10) == 1
+        assert "missing.key" in bad.log()
+    finally:
+        etcd.kill()
+        etcd.wait(5)
+        log.close()

@@ -30,9 +30,14 @@ pub(crate) struct Discoverer {
 // === impl Discoverer ===
 
 impl Discoverer {
-    /// Starts a source for every discovered upstream of `snapshot`.
-    pub(crate) fn start(config: &Config, snapshot: &Snapshot, metrics: &Metrics) -> Discoverer {
-        let etcd = config.etcd.as_ref().map(etcd::Client::new);
+    /// Starts a source for every discovered upstream of `snapshot`. Fails when the etcd TLS
+    /// files cannot be read.
+    pub(crate) fn start(
+        config: &Config,
+        snapshot: &Snapshot,
+        metrics: &Metrics,
+    ) -> Result<Discoverer, etcd::Error> {
+        let etcd = config.etcd.as_ref().map(etcd::Client::new).transpose()?;
         let prefix = config.etcd.as_ref().map(|e| e.prefix.clone());
         let mut sources = Vec::new();
         for u in &config.upstreams {
@@ -50,7 +55,7 @@ impl Discoverer {
             tokio::spawn(apply(rx.clone(), handle.clone(), m));
             sources.push(rx);
         }
-        Discoverer { sources, etcd }
+        Ok(Discoverer { sources, etcd })
     }
 
     /// Waits until every source answered once (or failed once), at most `limit`: the first

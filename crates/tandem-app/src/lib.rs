@@ -240,6 +240,15 @@ impl App {
             }
             e.spawn()
         });
+        // Discovery first (an unreadable etcd TLS file stops the start); health checks later
+        // cover the endpoints it found.
+        let discoverer = match discovery::Discoverer::start(&config, &snapshot, &metrics) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("cannot start discovery: {e}");
+                return 1;
+            }
+        };
         // Before anything serves: a checkpoint that cannot be trusted must stop the start.
         let logs = match &config.logs {
             Some(l) => match tandem_logship::LogShipper::start(l, metrics.clone()) {
@@ -254,8 +263,6 @@ impl App {
         let inbound = Drain::new();
         let outbound = Drain::new();
         let admin_stop = Drain::new();
-        // Discovery first: health checks then cover the endpoints it found.
-        let discoverer = discovery::Discoverer::start(&config, &snapshot, &metrics);
         discoverer.primed(DISCOVERY_PRIMING).await;
         tandem_proxy::health::spawn_all(&snapshot);
         let advertised = config

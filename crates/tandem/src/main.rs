@@ -153,7 +153,13 @@ fn services(path: &std::path::Path, service: Option<&str>, json: bool) -> ExitCo
             return ExitCode::FAILURE;
         }
     };
-    let client = tandem_discovery::etcd::Client::new(&etcd);
+    let client = match tandem_discovery::etcd::Client::new(&etcd) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tandem: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listed = match rt.block_on(tandem_discovery::etcd::list(&client, &etcd.prefix, service)) {
         Ok(l) => l,
         Err(e) => {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::Checker;
 use crate::model::{
-    Address, Direction, Discovery, DnsDiscovery, DnsRecord, Etcd, EtcdDiscovery, FileDiscovery,
-    Listener, PreferZone, Registration,
+    Address, Direction, Discovery, DnsDiscovery, DnsRecord, Etcd, EtcdDiscovery, EtcdTls,
+    FileDiscovery, Listener, PreferZone, Registration,
 };
 use crate::raw::{RawDiscovery, RawDnsRecord, RawEtcd, RawPreferZone, RawRegistration};
 
@@ -180,23 +180,63 @@ pub(super) fn check_etcd(c: &mut Checker, raw: &RawEtcd) -> Etcd {
             "list the members' client URLs, e.g. endpoints: [http://127.0.0.1:2379]",
         );
     }
+    let tls = raw.tls.is_some();
     for (i, e) in raw.endpoints.iter().enumerate() {
-        let ok = e
-            .strip_prefix("http://")
-            .is_some_and(|rest| !rest.is_empty() && rest.contains(':'));
-        if !ok {
-            let hint = if e.starts_with("https://") {
-                "TLS to etcd is not supported yet: use an http:// URL on a trusted network"
-            } else {
-                "use a client URL with a port, e.g. http://10.0.0.1:2379"
-            };
+        let (scheme, rest) = match (e.strip_prefix("http://"), e.strip_prefix("https://")) {
+            (Some(rest), _) => ("http", rest),
+            (_, Some(rest)) => ("https", rest),
+            _ => ("", ""),
+        };
+        if rest.is_empty() || !rest.contains(':') {
             c.err(
                 format!("etcd.endpoints[{i}]"),
                 format!("`{e}` is not an etcd client URL"),
-                hint,
+                "use a client URL with a port, e.g. http://10.0.0.1:2379 (https:// with `tls`)",
+            );
+        } else if tls && scheme == "http" {
+            c.err(
+                format!("etcd.endpoints[{i}]"),
+                format!("`{e}` is plain HTTP but `etcd.tls` is set"),
+                "use https:// for every member, or remove `tls`",
+            );
+        } else if !tls && scheme == "https" {
+            c.err(
+                format!("etcd.endpoints[{i}]"),
+                format!("`{e}` needs TLS settings"),
+                "add `tls: { ca: /path/to/etcd-ca.pem }` under `etcd`",
             );
         }
     }
+    let tls = raw.tls.as_ref().map(|t| {
+        let path = |c: &mut Checker, key: &str, p: &str| {
+            if !p.starts_with('/') {
+                c.err(
+                    format!("etcd.tls.{key}"),
+                    format!("`{p}` is a relative path"),
+                    "use an absolute path, e.g. /etc/tandem/etcd-ca.pem; a relative one would depend on the directory Tandem starts in",
+                );
+            }
+            std::path::PathBuf::from(p)
+        };
+        let ca = path(c, "ca", &t.ca);
+        let client = match (&t.cert, &t.key) {
+            (Some(cert), Some(key)) => Some((path(c, "cert", cert), path(c, "key", key))),
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                c.err(
+                    "etcd.tls",
+                    "a client certificate needs both `cert` and `key`",
+                    "give both (client-certificate authentication), or neither",
+                );
+                None
+            }
+        };
+        EtcdTls {
+            ca,
+            client,
+            server_name: t.server_name.clone(),
+        }
+    });
     let mut prefix = raw
         .prefix
         .clone()
@@ -236,6 +276,7 @@ pub(super) fn check_etcd(c: &mut Checker, raw: &RawEtcd) -> Etcd {
             raw.timeout.as_deref(),
             Duration::from_secs(5),
         ),
+        tls,
     }
 }
 

@@ -90,6 +90,19 @@ pub struct Etcd {
     /// Bound on each request.
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
+    /// TLS to the members, with `https://` endpoints.
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EtcdTls {
+    /// CA bundle (PEM).
+    pub ca: PathBuf,
+    /// Client certificate and key (PEM), for client-certificate authentication.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// Name to verify instead of each endpoint's host.
+    pub server_name: Option<String>,
 }
 
 /// Registration of the app in etcd.

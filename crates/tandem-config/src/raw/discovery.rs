@@ -101,6 +101,27 @@ pub struct RawEtcd {
     /// Bound on each request to etcd (default "5s").
     #[serde(default)]
     pub timeout: Option<String>,
+    /// TLS to etcd (`https://` endpoints): the CA that signed the members' certificates and,
+    /// for client-certificate authentication, a certificate and key.
+    #[serde(default)]
+    pub tls: Option<RawEtcdTls>,
+}
+
+/// TLS to etcd.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcdTls {
+    /// PEM file of the CA(s) the members' certificates must chain to (absolute path).
+    pub ca: String,
+    /// PEM client certificate (absolute path), with `key`.
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// PEM private key of `cert` (absolute path).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Name the members' certificates must carry (default: each endpoint's host).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// Registration of this sidecar's app in etcd, under a lease.

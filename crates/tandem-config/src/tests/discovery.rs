@@ -139,7 +139,19 @@ upstreams:
         keys,
         ["etcd.endpoints[0]", "etcd.endpoints[1]", "etcd.username"]
     );
-    assert!(e[1].hint.contains("TLS"));
+    assert!(e[1].hint.contains("tls: { ca:"));
+    let e = errors(&format!(
+        "{base}etcd: {{ endpoints: [\"http://e:2379\"], tls: {{ ca: ca.pem, cert: /c.pem }} }}\n"
+    ));
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["etcd.endpoints[0]", "etcd.tls.ca", "etcd.tls"]);
+    let c = parse(
+        "t.yaml",
+        &format!("{base}etcd: {{ endpoints: [\"https://e:2379\"], tls: {{ ca: /ca.pem, cert: /c.pem, key: /k.pem }} }}\n"),
+    )
+    .unwrap();
+    let tls = c.etcd.unwrap().tls.unwrap();
+    assert_eq!(tls.client.unwrap().1, std::path::PathBuf::from("/k.pem"));
     let c = parse(
         "t.yaml",
         &format!("{base}etcd: {{ endpoints: [\"http://e:2379\"], prefix: /svc }}\n"),

@@ -15,7 +15,7 @@ use tandem_config::Etcd;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status, Streaming};
 
 use super::proto::*;
@@ -35,6 +35,15 @@ pub enum Error {
     /// A stream ended or carried something unexpected.
     #[error("etcd: {0}")]
     Stream(String),
+    /// A TLS file could not be read.
+    #[error("etcd TLS: cannot read {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A cheap-to-clone handle on the etcd cluster.
@@ -47,6 +56,7 @@ struct Inner {
     endpoints: Vec<String>,
     timeout: Duration,
     auth: Option<(String, String)>,
+    tls: Option<ClientTlsConfig>,
     conn: Mutex<Conn>,
 }
 
@@ -81,8 +91,28 @@ pub struct KeepAlive {
 
 impl Client {
     /// A client for `config`'s members; connects on first use. The password comes from the
-    /// file or from the environment variable it names.
-    pub fn new(config: &Etcd) -> Client {
+    /// file or from the environment variable it names; TLS files are read now.
+    pub fn new(config: &Etcd) -> Result<Client, Error> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| Error::TlsFile {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let tls = match &config.tls {
+            Some(t) => {
+                let mut c =
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&t.ca)?));
+                if let Some((cert, key)) = &t.client {
+                    c = c.identity(Identity::from_pem(read(cert)?, read(key)?));
+                }
+                if let Some(name) = &t.server_name {
+                    c = c.domain_name(name.clone());
+                }
+                Some(c)
+            }
+            None => None,
+        };
         let password = config.password.clone().or_else(|| {
             config
                 .password_env
@@ -93,14 +123,15 @@ impl Client {
             .username
             .clone()
             .map(|u| (u, password.unwrap_or_default()));
-        Client {
+        Ok(Client {
             inner: Arc::new(Inner {
                 endpoints: config.endpoints.clone(),
                 timeout: config.timeout,
                 auth,
+                tls,
                 conn: Mutex::new(Conn::default()),
             }),
-        }
+        })
     }
 
     /// The per-call timeout.
@@ -155,8 +186,14 @@ impl Client {
 
     async fn connect(&self, url: &str) -> Result<Connected, Error> {
         let t = self.inner.timeout;
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Error::Unreachable(e.to_string()))?
+        let mut endpoint =
+            Endpoint::from_shared(url.to_owned()).map_err(|e| Error::Unreachable(e.to_string()))?;
+        if let Some(tls) = &self.inner.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| Error::Unreachable(format!("TLS: {e}")))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(t)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(2))
