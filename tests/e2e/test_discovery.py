@@ -575,3 +575,39 @@ upstreams:
         etcd.kill()
         etcd.wait(5)
         log.close()
+
+
+def test_etcd_with_authentication(tandem, start_backend, etcd_cluster):
+    """etcd with authentication on: a user with a role on the registry prefix registers and
+    discovers with `username` and `password_env`; a wrong password leaves the registration
+    retrying (and the peer's source failing) instead of crashing."""
+    members = etcd_cluster(1)
+    urls = [m.url for m in members]
+    for args in (["user", "add", "root:rootpw"], ["user", "add", "tandem:s3cret"], ["role", "add", "registry"],
+                 ["role", "grant-permission", "registry", "--prefix=true", "readwrite", "/tandem/services/"],
+                 ["user", "grant-role", "tandem", "registry"], ["auth", "enable"]):
+        r = etcdctl(urls, *args)  # auth is enabled last: no credentials needed until then
+        assert r.returncode == 0, (args, r.stderr)
+    section = f"etcd: {{ endpoints: [{urls[0]}], timeout: 1s, username: tandem, password_env: ETCD_PW }}\n"
+    bport, port, oport = free_port(), free_port(), free_port()
+    start_backend("http_backend.py", bport, {"BACKEND_NAME": "a"})
+    tandem(section + f"""
+listeners:
+  inbound: {{ address: 127.0.0.1:{port}, upstream: app }}
+upstreams:
+  app: {{ endpoints: [127.0.0.1:{bport}] }}
+registration: {{ service: orders, ttl: 2s }}
+""", env={"ETCD_PW": "s3cret"})
+    peer_config = section + f"""
+listeners:
+  out: {{ address: 127.0.0.1:{oport}, direction: outbound, upstream: orders }}
+upstreams:
+  orders: {{ discovery: {{ etcd: {{ service: orders }} }} }}
+"""
+    peer = tandem(peer_config, env={"ETCD_PW": "s3cret"})
+    wait_for(lambda: addresses(peer) == [f"127.0.0.1:{port}"], 5, "registered and discovered with auth")
+    assert who(f"http://127.0.0.1:{oport}") == (200, "a")
+
+    wrong = tandem(peer_config.replace(str(oport), str(free_port())), env={"ETCD_PW": "nope"})
+    wait_for(lambda: (endpoints_of(wrong)["discovery"]["error"] or "").find("auth") >= 0, 5, "auth failure shown")
+    assert addresses(wrong) == []

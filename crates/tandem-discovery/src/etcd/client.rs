@@ -451,9 +451,13 @@ where
 
 fn status(s: Status) -> Error {
     match s.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
-            Error::Unreachable(format!("{:?}: {}", s.code(), s.message()))
-        }
+        // Unauthenticated: the auth token expired (etcd's simple tokens last 5 minutes); a new
+        // connection authenticates again.
+        Code::Unavailable
+        | Code::Unknown
+        | Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Unauthenticated => Error::Unreachable(format!("{:?}: {}", s.code(), s.message())),
         _ => Error::Status(format!("{:?}: {}", s.code(), s.message())),
     }
 }
