@@ -9,7 +9,7 @@
 //!
 //! # Layout
 //! - this file: [`Endpoint`], [`SourceState`], [`Publisher`], [`spawn`];
-//! - [`file`]: YAML/JSON endpoint files (parsing, polling for changes);
+//! - [`mod@file`]: YAML/JSON endpoint files (parsing, polling for changes);
 //! - [`dns`]: A/AAAA/SRV resolution with TTL floor and ceiling;
 //! - [`etcd`]: the registry data model, the etcd client, the watching source and the
 //!   registration under a lease.

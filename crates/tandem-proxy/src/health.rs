@@ -33,7 +33,7 @@ use crate::stack::{Members, Snapshot, UpstreamHandle};
 
 /// Starts the health-check tasks of every upstream in `snapshot` that has a health check.
 /// Must be called inside a tokio runtime. Endpoints that discovery adds later get their task
-/// when they join ([`spawn_one`]).
+/// when they join (`UpstreamHandle::set_endpoints` starts them).
 pub fn spawn_all(snapshot: &Snapshot) {
     for upstream in snapshot.upstreams.values() {
         let Some(check) = upstream.health_check.clone() else {
