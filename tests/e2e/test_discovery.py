@@ -203,6 +203,9 @@ def test_register_then_a_peer_routes_to_it_within_a_second(tandem, start_backend
     # /upstreams names the source; the metrics count the endpoints.
     d = endpoints_of(peer)["discovery"]
     assert d["source"] == "etcd" and d["error"] is None and d["target"] == "/tandem/services/orders/"
+    # A quiet but open watch is current: the age stays small (it grows only when the source fails).
+    time.sleep(2.5)
+    assert endpoints_of(peer)["discovery"]["last_update_age_seconds"] < 1.5
     text = httpx.get(f"{peer.admin}/metrics").text
     assert metric(text, "tandem_discovery_endpoints", upstream="orders", source="etcd") == 1
     text = httpx.get(f"{a.admin}/metrics").text

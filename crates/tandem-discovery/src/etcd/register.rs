@@ -73,23 +73,24 @@ impl Registration {
     }
 
     /// Stops keeping the lease alive and removes the registration: revokes the lease (etcd
-    /// deletes the key with it), within `timeout`. Returns whether etcd confirmed.
+    /// deletes the key with it) and deletes the key (in case a registration was under way and
+    /// its lease not yet recorded), within `timeout`. Returns whether a registration was in place
+    /// and etcd confirmed its removal.
     pub async fn withdraw(self, timeout: Duration) -> bool {
         self.task.abort();
         let lease = self.lease.lock().ok().and_then(|mut l| l.take());
         let client = self.client;
         let key = self.key;
         let done = async {
-            match lease {
-                Some(id) => client.lease_revoke(id).await,
-                // Not registered (yet): nothing of ours can be there.
-                None => Ok(()),
+            if let Some(id) = lease {
+                client.lease_revoke(id).await?;
             }
+            client.delete(&key).await
         };
         match tokio::time::timeout(timeout, done).await {
             Ok(Ok(())) => {
                 tracing::info!(key = %key, "registration withdrawn");
-                true
+                lease.is_some()
             }
             Ok(Err(e)) => {
                 tracing::warn!(key = %key, error = %e, "could not withdraw the registration; it expires with its lease");

@@ -47,9 +47,17 @@ async fn list_and_watch(
         .collect();
     publisher.publish(instances.values().cloned().collect());
     let mut watch = client.watch(key_prefix, revision + 1).await?;
+    // An open watch is a current view: HTTP/2 pings end a stream whose member stopped answering
+    // within seconds, so while it is open the set counts as confirmed (the age metric then
+    // measures staleness, not quiet).
+    let mut fresh = tokio::time::interval(Duration::from_secs(1));
     loop {
         let res = tokio::select! {
             r = watch.next() => r?,
+            _ = fresh.tick() => {
+                publisher.confirm();
+                continue;
+            }
             _ = publisher.wait_closed() => return Ok(()),
         };
         if res.canceled || res.compact_revision > 0 {
