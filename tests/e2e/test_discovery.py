@@ -614,3 +614,35 @@ upstreams:
     wrong = tandem(peer_config.replace(str(oport), str(free_port())), env={"ETCD_PW": "nope"})
     wait_for(lambda: (endpoints_of(wrong)["discovery"]["error"] or "").find("auth") >= 0, 5, "auth failure shown")
     assert addresses(wrong) == []
+
+
+def test_registration_waits_for_the_supervised_app(tandem, etcd_cluster):
+    """With a supervised app, the instance is registered only once the app accepts connections
+    (its readiness), not when the listeners are bound."""
+    members = etcd_cluster(1)
+    urls = [m.url for m in members]
+    bport, port = free_port(), free_port()
+    delay = 1.5
+    app = ["sh", "-c", f"sleep {delay}; exec {sys.executable} {HERE / 'backends' / 'http_backend.py'} {bport}"]
+    t = tandem(etcd_section(members) + f"""
+app: {{ upstream: app }}
+listeners:
+  inbound: {{ address: 127.0.0.1:{port}, upstream: app }}
+upstreams:
+  app: {{ endpoints: [127.0.0.1:{bport}] }}
+registration: {{ service: orders, ttl: 2s }}
+""", args=["--", *app], wait_ready=False)
+    started = time.monotonic()
+
+    def keys():
+        return etcdctl(urls, "get", "--prefix", "/tandem/services/orders/", "--keys-only").stdout.split()
+
+    wait_for(lambda: httpx.get(f"{t.admin}/live", timeout=1).status_code == 200, 5, "tandem serving")
+    assert httpx.get(f"{t.admin}/ready", timeout=1).status_code == 503
+    assert keys() == []
+    wait_for(lambda: keys() != [], delay + 5, "registered")
+    at = time.monotonic() - started
+    print(f"registered {at:.2f}s after start (app listening after {delay}s)")
+    assert at >= delay
+    # By the time peers can see it, the app answers.
+    assert httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200
