@@ -132,6 +132,13 @@ pub(super) fn check_discovery(
                 "the path is empty",
                 "name a YAML or JSON file listing endpoints, e.g. /etc/tandem/orders.yaml",
             );
+        } else if !f.path.starts_with('/') {
+            c.err(
+                format!("{fkey}.path"),
+                format!("`{}` is a relative path", f.path),
+                "use an absolute path, e.g. /etc/tandem/orders.yaml; a relative one would depend \
+                 on the directory Tandem starts in",
+            );
         }
         return Discovery::File(FileDiscovery {
             path: PathBuf::from(&f.path),

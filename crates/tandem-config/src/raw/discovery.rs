@@ -64,7 +64,7 @@ pub enum RawDnsRecord {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFileDiscovery {
-    /// Path of a YAML or JSON file: a list of endpoints, each `"IP:port"` or
+    /// Absolute path of a YAML or JSON file: a list of endpoints, each `"IP:port"` or
     /// `{ address, weight, zone }`, or a map with that list under `endpoints`.
     pub path: String,
     /// How often the file is checked for changes (default "1s").

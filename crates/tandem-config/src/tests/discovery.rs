@@ -87,13 +87,14 @@ listeners:
 upstreams:
   a:
     endpoints: [127.0.0.1:8080]
-    discovery: { file: { path: x.yaml } }
+    discovery: { file: { path: /x.yaml } }
   b: { discovery: {} }
   c: { discovery: { dns: { name: x, port: 80 }, file: { path: y } } }
   d: { discovery: { dns: { name: x } } }
   e: { discovery: { dns: { name: _s._tcp.x, record: srv, port: 80 } } }
   f: { discovery: { dns: { name: x, port: 80, nameserver: dns.local, min_ttl: 10s, max_ttl: 1s } } }
   g: { discovery: { etcd: { service: \"a/b\" } } }
+  h: { discovery: { file: { path: endpoints.yaml } } }
 registration: { service: a, ttl: 1s, weight: 0 }
 ";
     let e = errors(text);
@@ -110,16 +111,18 @@ registration: { service: a, ttl: 1s, weight: 0 }
             (Some(11), "upstreams.f.discovery.dns.max_ttl"),
             (Some(12), "upstreams.g.discovery.etcd.service"),
             (Some(12), "upstreams.g.discovery.etcd"),
-            (Some(13), "registration"),
-            (Some(13), "registration.address"),
-            (Some(13), "registration.ttl"),
-            (Some(13), "registration.weight"),
+            (Some(13), "upstreams.h.discovery.file.path"),
+            (Some(14), "registration"),
+            (Some(14), "registration.address"),
+            (Some(14), "registration.ttl"),
+            (Some(14), "registration.weight"),
         ],
         "{e:#?}"
     );
     assert!(e[0].hint.contains("remove `endpoints`"));
-    assert!(e[9].hint.contains("etcd: { endpoints"));
-    assert!(e[10].message.contains("0.0.0.0:7080"));
+    assert!(e[9].hint.contains("absolute path"));
+    assert!(e[10].hint.contains("etcd: { endpoints"));
+    assert!(e[11].message.contains("0.0.0.0:7080"));
 }
 
 /// The etcd section: URLs, credentials, prefix normalization.
