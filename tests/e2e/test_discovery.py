@@ -315,6 +315,9 @@ def test_etcd_down_keeps_the_last_endpoints_and_registration_returns(tandem, sta
     # Stays registered past a TTL (the keep-alive runs on the new or restored lease).
     time.sleep(TTL + 1)
     assert addresses(peer) == [a.inbound]
+    text = httpx.get(f"{a.admin}/metrics").text
+    assert metric(text, "tandem_registration_registered", service="orders") == 1
+    assert metric(text, "tandem_registration_lease_lost_total", service="orders") >= 1
     assert who(peer.url) == (200, "a")
     print(f"registration and watch back {time.monotonic() - back:.2f}s after etcd")
 
