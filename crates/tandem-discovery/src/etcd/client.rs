@@ -20,6 +20,10 @@ use tonic::{Code, Request, Status, Streaming};
 
 use super::proto::*;
 
+/// Largest answer accepted: a range over a service with tens of thousands of instances is
+/// several MiB (tonic's default limit is 4 MiB).
+const MAX_MESSAGE: usize = 256 << 20;
+
 /// What went wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -363,7 +367,8 @@ impl Client {
         Req: prost::Message + Send + Sync + 'static,
         Res: prost::Message + Default + Send + Sync + 'static,
     {
-        let mut grpc = tonic::client::Grpc::new(c.channel.clone());
+        let mut grpc =
+            tonic::client::Grpc::new(c.channel.clone()).max_decoding_message_size(MAX_MESSAGE);
         let t = self.inner.timeout;
         tokio::time::timeout(t, grpc.ready())
             .await
@@ -430,7 +435,7 @@ where
     Res: prost::Message + Default + Send + Sync + 'static,
 {
     let fut = async move {
-        let mut grpc = tonic::client::Grpc::new(channel);
+        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE);
         grpc.ready()
             .await
             .map_err(|e| Error::Unreachable(e.to_string()))?;
