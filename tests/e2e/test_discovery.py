@@ -331,9 +331,21 @@ def test_three_member_cluster_survives_leader_death(tandem, start_backend, etcd_
     peer = peer_sidecar(tandem, members)
     wait_for(lambda: addresses(peer) == [a.inbound], 3, "a seen")
 
-    status = json.loads(etcdctl(urls, "endpoint", "status", "-w", "json").stdout)
-    leader_id = status[0]["Status"]["leader"]
-    leader = next(m for m, s in zip(members, status) if s["Status"]["header"]["member_id"] == leader_id)
+    found = []
+
+    def leader_known():
+        # Every member answers and agrees on one leader; matched to a member by its endpoint.
+        status = json.loads(etcdctl(urls, "endpoint", "status", "-w", "json").stdout)
+        leaders = {s["Status"]["leader"] for s in status}
+        if len(status) != 3 or len(leaders) != 1 or 0 in leaders:
+            return False
+        (lid,) = leaders
+        found[:] = [m for m in members for s in status
+                    if s["Endpoint"] == m.url and s["Status"]["header"]["member_id"] == lid]
+        return len(found) == 1
+
+    wait_for(leader_known, 10, "a leader all members agree on")
+    leader = found[0]
     leader.kill()
     alive = [m.url for m in members if m is not leader]
     wait_healthy(alive)
