@@ -157,6 +157,7 @@ upstreams:
   orders:
     discovery: {{ etcd: {{ service: orders }} }}
     connect_timeout: 300ms
+    balancer: round_robin   # every instance gets its turn: the tests count who answers
 {extra}"""
     )
     t.url = f"http://127.0.0.1:{port}"
@@ -466,6 +467,7 @@ listeners:
 upstreams:
   orders:
     discovery: {{ file: {{ path: {f}, interval: 100ms }} }}
+    balancer: round_robin
 """)
     url = f"http://127.0.0.1:{port}"
     assert who(url) == (200, "x")

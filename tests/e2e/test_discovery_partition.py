@@ -194,6 +194,7 @@ listeners:
 upstreams:
   orders:
     discovery: {{ etcd: {{ service: orders }} }}
+    balancer: round_robin   # every host gets its turn: the test counts who answers
     connect_timeout: 200ms
     retry: {{ attempts: 3, per_try_timeout: 300ms }}
 """)

@@ -20,9 +20,14 @@ pub(crate) async fn run(client: Client, prefix: String, service: String, publish
         if publisher.closed() {
             return;
         }
+        let attempt = tokio::time::Instant::now();
         match list_and_watch(&client, &key_prefix, &publisher).await {
             Ok(()) => return,
             Err(e) => {
+                // A watch that ran a while before failing starts the back-off over.
+                if attempt.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_millis(100);
+                }
                 tracing::warn!(service = %service, error = %e, "etcd discovery failed; keeping the last endpoints");
                 publisher.failed(e.to_string());
                 client.reset();
