@@ -2,7 +2,8 @@
 # Runs Tandem's whole test suite from the repository root, installing what it needs when missing:
 #   apt: curl, openssl (s_client in tests/e2e/test_tls.py), prometheus (promtool), nghttp2-client
 #   (h2load), iptables and iproute2 (the network partition test, tests/e2e/test_partition.py, which
-#   runs as root only), python3 + python3-venv, build-essential;
+#   runs as root only), python3 + python3-venv, build-essential, etcd-server + etcd-client (etcd and
+#   etcdctl for tests/e2e/test_discovery.py);
 #   a Python venv in .venv with tests/e2e/requirements.txt (re-installed when that file changes).
 # Phases: cargo fmt --check, clippy -D warnings, build, Rust tests (nextest when present), examples
 # through `tandem check`, then the end-to-end suite (pytest tests/e2e) against target/debug/tandem.
@@ -59,6 +60,8 @@ command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
 # iptables and ip live in /usr/sbin, which a non-root user's PATH on Debian lacks.
 PATH="$PATH:/usr/sbin:/sbin" command -v iptables >/dev/null || need+=(iptables)
 PATH="$PATH:/usr/sbin:/sbin" command -v ip >/dev/null || need+=(iproute2)

@@ -23,6 +23,7 @@
 //! checkpoint stops the start; it stops last, after the app exited and the listeners drained,
 //! so the app's final lines are shipped, and gets `logs.flush_timeout` to deliver them.
 
+mod discovery;
 pub mod supervisor;
 
 use std::sync::Arc;
@@ -110,6 +111,16 @@ pub struct App {
 
 /// Longest wait at exit for the last spans to reach the collector.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// Longest wait at start for discovery sources' first answers.
+const DISCOVERY_PRIMING: Duration = Duration::from_secs(3);
+
+/// Longest wait at drain for etcd to confirm the registration's withdrawal.
+const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Time peers get to see the withdrawal (an etcd watch delivers it in milliseconds) before the
+/// inbound listeners close.
+const WITHDRAW_GRACE: Duration = Duration::from_millis(500);
 
 /// How to run.
 #[derive(Debug, Default)]
@@ -277,6 +288,15 @@ impl App {
             }
             e.spawn()
         });
+        // Discovery first (an unreadable etcd TLS file stops the start); health checks later
+        // cover the endpoints it found.
+        let discoverer = match discovery::Discoverer::start(&config, &snapshot, &metrics) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("cannot start discovery: {e}");
+                return 1;
+            }
+        };
         // Before anything serves: a checkpoint that cannot be trusted must stop the start.
         let logs = match &config.logs {
             Some(l) => match tandem_logship::LogShipper::start(l, metrics.clone()) {
@@ -291,8 +311,16 @@ impl App {
         let inbound = Drain::new();
         let outbound = Drain::new();
         let admin_stop = Drain::new();
+        discoverer.primed(DISCOVERY_PRIMING).await;
         tandem_proxy::health::spawn_all(&snapshot);
         snapshot.spawn_jwks_refresh();
+        let advertised = config
+            .registration
+            .as_ref()
+            .and_then(|r| config.listeners.iter().position(|l| l.name == r.listener))
+            .and_then(|i| binds.listeners.get(i))
+            .and_then(|b| b.local_address().ok());
+        let metrics_for_registration = metrics.clone();
 
         let admin = tokio::spawn(serve_admin(
             binds.admin,
@@ -319,6 +347,12 @@ impl App {
         }
         readiness.set_listeners_bound();
         tracing::info!(listeners = config.listeners.len(), source = %config.source, "listening");
+        let registration = discoverer.register(
+            &config,
+            advertised,
+            readiness.clone(),
+            &metrics_for_registration,
+        );
 
         let mut app = match opts.supervise {
             Some(cmd) => match Supervisor::start(&cmd) {
@@ -356,6 +390,14 @@ impl App {
         readiness.set_draining();
         let deadline = Instant::now() + config.drain_timeout;
         tracing::info!(?signal, app_exited, drain_timeout = ?config.drain_timeout, "draining");
+        // Peers stop sending before the listeners close: withdraw, give their watches a moment
+        // to deliver the deletion, then close.
+        if let Some(r) = registration {
+            let budget = config.drain_timeout / 2;
+            if r.withdraw(WITHDRAW_TIMEOUT.min(budget)).await {
+                tokio::time::sleep(WITHDRAW_GRACE.min(budget)).await;
+            }
+        }
         inbound.start();
 
         if let (Some(a), false) = (app.as_mut(), app_exited) {

@@ -11,6 +11,7 @@ use crate::model::*;
 use crate::raw::*;
 
 mod access_log;
+mod discovery;
 mod logs;
 mod security;
 mod tls;
@@ -188,6 +189,13 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         let key = format!("upstreams.{name}");
         check_name(&mut c, &key, name);
         let endpoints = check_endpoints(&mut c, &key, &u.endpoints);
+        let discovery = discovery::check_discovery(
+            &mut c,
+            &key,
+            u.discovery.as_ref(),
+            !u.endpoints.is_empty(),
+            raw.etcd.is_some(),
+        );
         let pool = u.pool.as_ref();
         let request_timeout = c.duration(
             &format!("{key}.request_timeout"),
@@ -207,6 +215,15 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         upstreams.push(Upstream {
             name: name.clone(),
             endpoints,
+            discovery,
+            prefer_zone: u.prefer_zone.as_ref().map(|p| {
+                discovery::check_prefer_zone(
+                    &mut c,
+                    &key,
+                    p,
+                    raw.registration.as_ref().and_then(|r| r.zone.as_deref()),
+                )
+            }),
             protocol: match u.protocol {
                 Some(RawUpstreamProtocol::Http1) => UpstreamProtocol::Http1,
                 Some(RawUpstreamProtocol::Http2) => UpstreamProtocol::Http2,
@@ -407,6 +424,11 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         .tls
         .as_ref()
         .map(|t| tls::check_identity(&mut c, source, t));
+    let etcd = raw.etcd.as_ref().map(|e| discovery::check_etcd(&mut c, e));
+    let registration = raw
+        .registration
+        .as_ref()
+        .map(|r| discovery::check_registration(&mut c, r, &listeners, etcd.is_some()));
 
     if !c.problems.is_empty() {
         return Err(c.problems);
@@ -430,6 +452,8 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
                 .and_then(|m| m.requests)
                 .unwrap_or(true),
         },
+        etcd,
+        registration,
     })
 }
 
@@ -585,9 +609,9 @@ fn check_endpoints(c: &mut Checker, key: &str, raw: &[RawEndpoint]) -> Vec<Upstr
     let mut seen = HashSet::new();
     for (i, e) in raw.iter().enumerate() {
         let ekey = format!("{key}.endpoints[{i}]");
-        let (address, weight) = match e {
-            RawEndpoint::Address(a) => (a, None),
-            RawEndpoint::Weighted(w) => (&w.address, w.weight),
+        let (address, weight, zone) = match e {
+            RawEndpoint::Address(a) => (a, None, None),
+            RawEndpoint::Weighted(w) => (&w.address, w.weight, w.zone.clone()),
         };
         let weight = match weight {
             Some(0) => {
@@ -622,7 +646,11 @@ fn check_endpoints(c: &mut Checker, key: &str, raw: &[RawEndpoint]) -> Vec<Upstr
                         "remove the duplicate; to send it more traffic, give it a `weight`",
                     );
                 }
-                endpoints.push(UpstreamEndpoint { address: a, weight });
+                endpoints.push(UpstreamEndpoint {
+                    address: a,
+                    weight,
+                    zone,
+                });
             }
             Err(msg) => c.err(&ekey, msg, "use IP:port, host:port or unix:/path.sock"),
         }

@@ -20,6 +20,8 @@ mod security;
 pub use security::*;
 mod tls;
 pub use self::tls::*;
+mod discovery;
+pub use discovery::*;
 
 /// The whole, checked configuration of one Tandem process.
 #[derive(Clone, Debug, Serialize)]
@@ -45,6 +47,10 @@ pub struct Config {
     pub tracing: Option<Tracing>,
     /// Log shipping, when the file has a `logs:` section.
     pub logs: Option<Logs>,
+    /// The etcd cluster, when configured.
+    pub etcd: Option<Etcd>,
+    /// The app's registration in etcd, when configured.
+    pub registration: Option<Registration>,
     /// The workload identity (certificate files); `None`: no TLS anywhere.
     pub tls: Option<Tls>,
     /// What `/metrics` exports.
@@ -337,8 +343,13 @@ pub enum UpstreamProtocol {
 pub struct Upstream {
     /// Unique name.
     pub name: String,
-    /// Static endpoints; may be empty (requests then get 503).
+    /// Static endpoints; may be empty (requests then get 503). With another `discovery`
+    /// source, empty: endpoints arrive at run time.
     pub endpoints: Vec<UpstreamEndpoint>,
+    /// Where the endpoints come from.
+    pub discovery: Discovery,
+    /// Zone-aware preference, when configured.
+    pub prefer_zone: Option<PreferZone>,
     /// HTTP version used towards the endpoints.
     pub protocol: UpstreamProtocol,
     /// Bound on establishing one connection.
@@ -376,6 +387,9 @@ pub struct UpstreamEndpoint {
     pub address: Address,
     /// Relative share of traffic (at least 1; default 1).
     pub weight: u32,
+    /// Zone, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 /// Load-balancing algorithm.

@@ -23,6 +23,8 @@ mod security;
 pub use security::*;
 mod tls;
 pub use self::tls::*;
+mod discovery;
+pub use discovery::*;
 
 /// A Tandem configuration file.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -55,6 +57,12 @@ pub struct RawConfig {
     /// Distributed tracing with OTLP export. Absent: off (trace headers pass through untouched).
     #[serde(default)]
     pub tracing: Option<RawTracing>,
+    /// The etcd cluster for `discovery: { etcd }` upstreams and `registration`.
+    #[serde(default)]
+    pub etcd: Option<RawEtcd>,
+    /// Register the app in etcd under a lease while this sidecar runs (docs/discovery.md).
+    #[serde(default)]
+    pub registration: Option<RawRegistration>,
     /// The workload identity for TLS and mTLS: certificate, key, trust bundle (docs/security.md).
     #[serde(default)]
     pub tls: Option<RawTls>,
@@ -333,6 +341,13 @@ pub struct RawUpstream {
     /// as a plain string (weight 1) or as `{ address: ..., weight: N }`.
     #[serde(default)]
     pub endpoints: Vec<RawEndpoint>,
+    /// Where the endpoints come from when they are not listed in `endpoints`: `dns`, `file` or
+    /// `etcd` (docs/discovery.md).
+    #[serde(default)]
+    pub discovery: Option<RawDiscovery>,
+    /// Send requests to endpoints in the local zone while enough of them are available.
+    #[serde(default)]
+    pub prefer_zone: Option<RawPreferZone>,
     /// `http1`, `http2` (prior knowledge) or `auto` (same as the downstream request). Default `auto`.
     #[serde(default)]
     pub protocol: Option<RawUpstreamProtocol>,
@@ -392,6 +407,9 @@ pub struct RawWeightedEndpoint {
     /// Relative share of traffic, 1 to 10000 (default 1).
     #[serde(default)]
     pub weight: Option<u32>,
+    /// The endpoint's zone (for `prefer_zone`).
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 /// Active health checks: exactly one of `http`, `tcp` or `grpc`, and how often.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::*;
 
 mod access_log;
+mod discovery;
 mod security;
 mod tls;
 mod tracing;
@@ -931,11 +932,13 @@ upstreams:
                     host: "localhost".into(),
                     port: 80
                 },
-                weight: 10_000
+                weight: 10_000,
+                zone: None,
             },
             UpstreamEndpoint {
                 address: Address::Tcp(([127, 0, 0, 1], 2).into()),
-                weight: 1
+                weight: 1,
+                zone: None,
             },
         ]
     );

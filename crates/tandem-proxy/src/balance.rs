@@ -23,6 +23,7 @@
 //! When nothing is eligible Tandem fails open and balances over every endpoint, as Envoy's panic
 //! mode does: traffic to a possibly broken endpoint beats certain failure.
 
+use std::borrow::Borrow;
 use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -66,8 +67,8 @@ pub enum Health {
 /// Load, latency, breaker and health of one endpoint.
 #[derive(Debug)]
 pub struct EndpointState {
-    /// Relative share of traffic.
-    pub weight: u32,
+    /// Relative share of traffic (discovery may change it).
+    weight: AtomicU32,
     in_flight: AtomicU32,
     ewma: Mutex<PeakEwma>,
     /// The endpoint's breaker.
@@ -108,7 +109,7 @@ impl EndpointState {
     /// A fresh endpoint: no load, default latency, breaker closed, health unknown.
     pub fn new(weight: u32, breaker: CircuitBreaker) -> Self {
         EndpointState {
-            weight: weight.max(1),
+            weight: AtomicU32::new(weight.max(1)),
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(PeakEwma {
                 rtt_ns: DEFAULT_RTT.as_nanos() as f64,
@@ -118,6 +119,16 @@ impl EndpointState {
             outlier: Outlier::new(breaker),
             health: AtomicU8::new(Health::Unknown as u8),
         }
+    }
+
+    /// Relative share of traffic.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Changes the share of traffic (the balancer of the next endpoint set uses it).
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
     }
 
     /// Requests in flight now.
@@ -185,11 +196,11 @@ impl EndpointState {
 
     fn p2c_cost(&self, now: Instant) -> f64 {
         let rtt = self.ewma.lock().map(|mut e| e.decayed(now)).unwrap_or(0.0);
-        rtt * f64::from(self.in_flight() + 1) / f64::from(self.weight)
+        rtt * f64::from(self.in_flight() + 1) / f64::from(self.weight())
     }
 
     fn request_cost(&self) -> f64 {
-        f64::from(self.in_flight() + 1) / f64::from(self.weight)
+        f64::from(self.in_flight() + 1) / f64::from(self.weight())
     }
 }
 
@@ -274,9 +285,9 @@ impl Balancer {
 
     /// The endpoint for the next request: `hash` is the request's hash key (hash balancers),
     /// `avoid` the endpoint a previous try failed on. `None` only when there are no endpoints.
-    pub fn pick(
+    pub fn pick<E: Borrow<EndpointState>>(
         &self,
-        eps: &[EndpointState],
+        eps: &[E],
         hash: Option<u64>,
         avoid: Option<usize>,
         now: Instant,
@@ -286,7 +297,7 @@ impl Balancer {
             1 => return Some(0),
             _ => {}
         }
-        let eligible = |i: usize| Some(i) != avoid && eps[i].eligible(now);
+        let eligible = |i: usize| Some(i) != avoid && eps[i].borrow().eligible(now);
         match self.algorithm {
             Kind::RoundRobin => {
                 let len = self.schedule.len().max(1);
@@ -316,23 +327,23 @@ impl Balancer {
         }
     }
 
-    fn p2c(
+    fn p2c<E: Borrow<EndpointState>>(
         &self,
-        eps: &[EndpointState],
+        eps: &[E],
         eligible: &dyn Fn(usize) -> bool,
         cost: impl Fn(&EndpointState) -> f64,
     ) -> Option<usize> {
         let a = self.sample(eps, eligible)?;
         let b = self.sample(eps, &|i| i != a && eligible(i));
         match b {
-            Some(b) if cost(&eps[b]) < cost(&eps[a]) => Some(b),
+            Some(b) if cost(eps[b].borrow()) < cost(eps[a].borrow()) => Some(b),
             _ => Some(a),
         }
     }
 
     /// A random eligible endpoint, by weight; failing open to any endpoint (still honouring
     /// the filter's exclusions when possible) when none is eligible.
-    fn sample(&self, eps: &[EndpointState], eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn sample<E>(&self, eps: &[E], eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
         // Random draws first: with most endpoints eligible, one or two draws do.
         for _ in 0..4 {
             let i = self.draw(eps.len());
@@ -360,9 +371,9 @@ impl Balancer {
 
 /// Picks like [`Balancer::pick`], then fails open: with nothing eligible, any endpoint but the
 /// avoided one (or that one, when it is the only one).
-pub fn pick_or_fail_open(
+pub fn pick_or_fail_open<E: Borrow<EndpointState>>(
     balancer: &Balancer,
-    eps: &[EndpointState],
+    eps: &[E],
     hash: Option<u64>,
     avoid: Option<usize>,
     now: Instant,

@@ -27,9 +27,10 @@ use crate::policy::authn;
 use crate::policy::authz::AuthzRequest;
 use crate::policy::limit::Refused;
 use crate::policy::retry::RetryReason;
+use crate::pool::Endpoint;
 use crate::pool::{ConnSlot, ConnectError, SendError};
 use crate::route::{request_host, RequestFacts};
-use crate::stack::{InFlight, ListenerStack, RouteTarget, UpstreamHandle};
+use crate::stack::{InFlight, ListenerStack, Members, RouteTarget, UpstreamHandle};
 use crate::tcp;
 use crate::trace::{RequestTrace, TryOutcome, TryTarget};
 use tandem_tls::handshake::HandshakeError;
@@ -390,12 +391,13 @@ async fn proxy(
         if attempt > 1 {
             now = Instant::now();
         }
-        let Some(i) = upstream.pick(hash, avoid, now) else {
+        let members = upstream.members();
+        let Some(i) = upstream.pick(&members, hash, avoid.as_ref(), now) else {
             return Err(
                 ProxyError::new(ErrorKind::NoEndpoints, "no endpoints").at(&upstream.name, None)
             );
         };
-        let endpoint = &upstream.endpoints[i];
+        let endpoint = members.endpoints[i].clone();
         obs.attempt(attempt);
         let at = |e: ProxyError| e.at(&upstream.name, Some(endpoint.label.clone()));
         let (try_body, can_retry) = match &body {
@@ -426,7 +428,7 @@ async fn proxy(
             }
         };
 
-        let mut tried = Try::start(upstream, i, now);
+        let mut tried = Try::start(upstream, members, i, now);
         let try_deadline = match policy.per_try_timeout {
             Some(t) => (now + t).min(deadline),
             None => deadline,
@@ -469,12 +471,12 @@ async fn proxy(
                         drop(tried);
                         tokio::time::sleep(wait).await;
                         attempt += 1;
-                        avoid = Some(i);
+                        avoid = Some(endpoint);
                         continue;
                     }
                 }
                 let guard = tried.into_in_flight(upstream.clone(), slot);
-                obs.answered_by(i);
+                obs.answered_by(&endpoint);
                 return finish(res, guard, downstream_upgrade, stack).map_err(at);
             }
             Ok(Err(e)) => {
@@ -522,7 +524,7 @@ async fn proxy(
                 tracing::debug!(upstream = %upstream.name, error = %failure, attempt, "retrying");
                 tokio::time::sleep(wait).await;
                 attempt += 1;
-                avoid = Some(i);
+                avoid = Some(endpoint);
             }
             _ => return Err(failure),
         }
@@ -579,6 +581,7 @@ fn finish(
 /// counts out and gives back a half-open probe claim.
 struct Try<'a> {
     upstream: &'a UpstreamHandle,
+    members: Arc<Members>,
     endpoint: usize,
     probe: bool,
     recorded: bool,
@@ -586,10 +589,16 @@ struct Try<'a> {
 }
 
 impl<'a> Try<'a> {
-    fn start(upstream: &'a UpstreamHandle, endpoint: usize, now: Instant) -> Self {
-        let probe = upstream.start(endpoint, now);
+    fn start(
+        upstream: &'a UpstreamHandle,
+        members: Arc<Members>,
+        endpoint: usize,
+        now: Instant,
+    ) -> Self {
+        let probe = upstream.start(&members, endpoint, now);
         Try {
             upstream,
+            members,
             endpoint,
             probe,
             recorded: false,
@@ -599,8 +608,14 @@ impl<'a> Try<'a> {
 
     fn record(&mut self, elapsed: std::time::Duration, success: bool, now: Instant) {
         self.recorded = true;
-        self.upstream
-            .record(self.endpoint, elapsed, success, self.probe, now);
+        self.upstream.record(
+            &self.members,
+            self.endpoint,
+            elapsed,
+            success,
+            self.probe,
+            now,
+        );
     }
 
     fn into_in_flight(
@@ -609,17 +624,17 @@ impl<'a> Try<'a> {
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> InFlight {
         self.open = false;
-        InFlight::new(upstream, self.endpoint, Some(slot))
+        InFlight::new(upstream, self.members.clone(), self.endpoint, Some(slot))
     }
 }
 
 impl Drop for Try<'_> {
     fn drop(&mut self) {
         if self.open {
-            self.upstream.finish(self.endpoint);
+            self.upstream.finish(&self.members, self.endpoint);
         }
         if self.probe && !self.recorded {
-            if let Some(s) = self.upstream.states.get(self.endpoint) {
+            if let Some(s) = self.members.states.get(self.endpoint) {
                 s.outlier.release_probe();
             }
         }
@@ -756,8 +771,8 @@ async fn connect_tunnel(
     mut req: Request<Incoming>,
     obs: &mut Observer,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (i, io, slot) = connect_any(&target.upstream, None).await?;
-    obs.answered_by(i);
+    let (endpoint, io, slot) = connect_any(&target.upstream, None).await?;
+    obs.answered_by(&endpoint);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = stack.limits.tcp_idle_timeout;
     let counters = Some((
@@ -783,36 +798,37 @@ async fn connect_tunnel(
 pub async fn connect_any(
     upstream: &UpstreamHandle,
     hash: Option<u64>,
-) -> Result<(usize, crate::listen::Io, Option<ConnSlot>), ProxyError> {
-    let mut avoid = None;
+) -> Result<(Arc<Endpoint>, crate::listen::Io, Option<ConnSlot>), ProxyError> {
+    let mut avoid: Option<Arc<Endpoint>> = None;
     let mut attempt = 1;
     loop {
         let now = Instant::now();
-        let Some(i) = upstream.pick(hash, avoid, now) else {
+        let members = upstream.members();
+        let Some(i) = upstream.pick(&members, hash, avoid.as_ref(), now) else {
             return Err(
                 ProxyError::new(ErrorKind::NoEndpoints, "no endpoints").at(&upstream.name, None)
             );
         };
-        let endpoint = &upstream.endpoints[i];
+        let endpoint = members.endpoints[i].clone();
+        let several = members.len() > 1;
         let slot = endpoint.connection_slot().map_err(|e| {
             ProxyError::new(ErrorKind::Overloaded, e.to_string()).at(&upstream.name, None)
         })?;
-        let mut tried = Try::start(upstream, i, now);
+        let mut tried = Try::start(upstream, members, i, now);
         let connected = endpoint.connector().connect().await;
         let ended = Instant::now();
         match connected {
             Ok(io) => {
                 tried.record(ended - now, true, ended);
-                return Ok((i, io, slot));
+                return Ok((endpoint, io, slot));
             }
             Err(e) => {
                 tried.record(ended - now, false, ended);
                 let kind = connect_error_kind(&e);
                 let err = ProxyError::new(kind, e.to_string())
                     .at(&upstream.name, Some(endpoint.label.clone()));
-                let retry = attempt < upstream.retry.attempts
-                    && upstream.endpoints.len() > 1
-                    && upstream.budget.withdraw();
+                let retry =
+                    attempt < upstream.retry.attempts && several && upstream.budget.withdraw();
                 if !retry {
                     return Err(err);
                 }
@@ -825,7 +841,7 @@ pub async fn connect_any(
                 }
                 tracing::debug!(error = %err, attempt, "connect failed; trying another endpoint");
                 attempt += 1;
-                avoid = Some(i);
+                avoid = Some(endpoint);
             }
         }
     }

@@ -14,6 +14,7 @@
 //!
 //! The tasks hold the upstream weakly and end when the snapshot that owns it is dropped.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tandem_tls::client::Alpn;
@@ -24,26 +25,67 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tandem_config::{HealthCheck, HealthProbe};
+use tandem_telemetry::EndpointMetrics;
 use tokio::time::Instant;
 
-use crate::balance::Health;
-use crate::stack::{Snapshot, UpstreamHandle};
+use crate::balance::{EndpointState, Health};
+use crate::pool::Endpoint;
+use crate::stack::{Members, Snapshot, UpstreamHandle};
 
 /// Starts the health-check tasks of every upstream in `snapshot` that has a health check.
-/// Must be called inside a tokio runtime.
+/// Must be called inside a tokio runtime. Endpoints that discovery adds later get their task
+/// when they join (`UpstreamHandle::set_endpoints` starts them).
 pub fn spawn_all(snapshot: &Snapshot) {
     for upstream in snapshot.upstreams.values() {
         let Some(check) = upstream.health_check.clone() else {
             continue;
         };
-        for i in 0..upstream.endpoints.len() {
-            tokio::spawn(run(Arc::downgrade(upstream), i, check.clone()));
-        }
+        // Under the upstream's update lock: a set applied concurrently is either seen here
+        // or sees the flag and starts its joiners' checkers itself.
+        upstream.with_update_lock(|| {
+            if upstream.health_started.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let members = upstream.members();
+            for i in 0..members.len() {
+                spawn_one(upstream, &members, i, check.clone());
+            }
+        });
     }
 }
 
-/// Probes endpoint `i` of `upstream` until the upstream is gone.
-async fn run(upstream: Weak<UpstreamHandle>, i: usize, check: HealthCheck) {
+/// Starts the health-check task of endpoint `i` of `members`, an endpoint set of `upstream`.
+pub(crate) fn spawn_one(
+    upstream: &Arc<UpstreamHandle>,
+    members: &Members,
+    i: usize,
+    check: HealthCheck,
+) {
+    let (Some(endpoint), Some(state), Some(metrics)) = (
+        members.endpoints.get(i),
+        members.states.get(i),
+        members.metrics.get(i),
+    ) else {
+        return;
+    };
+    tokio::spawn(run(
+        Arc::downgrade(upstream),
+        Arc::downgrade(endpoint),
+        Arc::downgrade(state),
+        metrics.clone(),
+        check,
+    ));
+}
+
+/// Probes one endpoint until it leaves its upstream (no endpoint set holds it any more) or the
+/// upstream is gone.
+async fn run(
+    upstream: Weak<UpstreamHandle>,
+    endpoint: Weak<Endpoint>,
+    state: Weak<EndpointState>,
+    metrics: EndpointMetrics,
+    check: HealthCheck,
+) {
     let mut passes = 0u32;
     let mut failures = 0u32;
     // The first probe goes out within the first jitter, so a verdict comes quickly.
@@ -52,27 +94,25 @@ async fn run(upstream: Weak<UpstreamHandle>, i: usize, check: HealthCheck) {
         tokio::time::sleep(wait).await;
         wait = check.interval + jitter(check.jitter);
         let Some(up) = upstream.upgrade() else { return };
-        let Some(endpoint) = up.endpoints.get(i) else {
-            return;
-        };
-        let connector = endpoint.connector().clone();
-        let label = endpoint.label.clone();
-        // Not holding the upstream while probing: a reload must be able to drop it.
+        let Some(ep) = endpoint.upgrade() else { return };
+        let connector = ep.connector().clone();
+        let label = ep.label.clone();
+        // Not holding the upstream or the endpoint while probing: a reload or a discovery
+        // change must be able to drop them.
+        drop(ep);
         drop(up);
         let result = tokio::time::timeout(check.timeout, probe(&connector, &label, &check.probe))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {:?}", check.timeout)));
 
         let Some(up) = upstream.upgrade() else { return };
-        let Some(state) = up.states.get(i) else {
+        let Some(state) = state.upgrade() else {
             return;
         };
-        let metrics = up.metrics.endpoints.get(i);
+        let m = &metrics;
         match result {
             Ok(()) => {
-                if let Some(m) = metrics {
-                    m.checks_passed.inc();
-                }
+                m.checks_passed.inc();
                 failures = 0;
                 passes += 1;
                 if state.health() != Health::Healthy
@@ -82,24 +122,18 @@ async fn run(upstream: Weak<UpstreamHandle>, i: usize, check: HealthCheck) {
                         tracing::info!(upstream = %up.name, endpoint = %label, "endpoint healthy again (active health check)");
                     }
                     state.set_health(Health::Healthy);
-                    if let Some(m) = metrics {
-                        m.healthy.set(1);
-                    }
+                    m.healthy.set(1);
                 }
                 state.outlier.half_open_now(Instant::now());
             }
             Err(why) => {
-                if let Some(m) = metrics {
-                    m.checks_failed.inc();
-                }
+                m.checks_failed.inc();
                 passes = 0;
                 failures += 1;
                 if state.health() != Health::Unhealthy && failures >= check.unhealthy_threshold {
                     tracing::warn!(upstream = %up.name, endpoint = %label, reason = %why, failures, "endpoint unhealthy (active health check)");
                     state.set_health(Health::Unhealthy);
-                    if let Some(m) = metrics {
-                        m.healthy.set(0);
-                    }
+                    m.healthy.set(0);
                 } else {
                     tracing::debug!(upstream = %up.name, endpoint = %label, reason = %why, "health check failed");
                 }

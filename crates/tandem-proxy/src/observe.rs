@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use crate::body::{ProxyBody, StreamIdle};
 use crate::error::{ErrorKind, ProxyError};
 use crate::identity::PeerIdentity;
+use crate::pool::Endpoint;
 use crate::stack::{ListenerStack, RouteTarget};
 
 /// One request's observation, or nothing when the listener observes nothing. Finishes when
@@ -76,8 +77,8 @@ pub struct Observation {
 /// The endpoint a request ended on.
 enum Answered {
     None,
-    /// Index into the route's upstream's endpoints (the answer came from it).
-    Index(usize),
+    /// The endpoint the answer came from.
+    Endpoint(Arc<Endpoint>),
     /// The label an error named.
     Label(String),
 }
@@ -185,10 +186,10 @@ impl Observer {
         }
     }
 
-    /// The response came from endpoint `i` of the route's upstream.
-    pub fn answered_by(&mut self, i: usize) {
+    /// The response came from `endpoint` of the route's upstream.
+    pub fn answered_by(&mut self, endpoint: &Arc<Endpoint>) {
         if let Some(o) = &mut self.0 {
-            o.endpoint = Answered::Index(i);
+            o.endpoint = Answered::Endpoint(endpoint.clone());
         }
     }
 
@@ -283,9 +284,7 @@ impl Observation {
         let target = self.target.as_deref();
         let endpoint = match &self.endpoint {
             Answered::None => None,
-            Answered::Index(i) => target
-                .and_then(|t| t.upstream.endpoints.get(*i))
-                .map(|e| e.label.as_str()),
+            Answered::Endpoint(e) => Some(e.label.as_str()),
             Answered::Label(l) => Some(l.as_str()),
         };
         let authority = match self.uri.authority() {
@@ -360,10 +359,10 @@ impl ConnectionObserver {
         }
     }
 
-    /// Connected to endpoint `i` of the upstream.
-    pub fn connected(&mut self, i: usize) {
+    /// Connected to `endpoint` of the upstream.
+    pub fn connected(&mut self, endpoint: &Arc<Endpoint>) {
         if let Some(o) = &mut self.0 {
-            o.endpoint = Answered::Index(i);
+            o.endpoint = Answered::Endpoint(endpoint.clone());
         }
     }
 
@@ -414,7 +413,7 @@ impl ConnectionObservation {
         let upstream = &self.target.upstream;
         let endpoint = match &self.endpoint {
             Answered::None => None,
-            Answered::Index(i) => upstream.endpoints.get(*i).map(|e| e.label.as_str()),
+            Answered::Endpoint(e) => Some(e.label.as_str()),
             Answered::Label(l) => Some(l.as_str()),
         };
         let record = ConnectionRecord {

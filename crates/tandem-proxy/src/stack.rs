@@ -20,17 +20,23 @@
 //! Policy phases (JWT, rate limit, retry, breaker) are fields of [`RouteTarget`] or
 //! [`ListenerStack`] (authorization), resolved here, never looked up per request.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use tandem_config::{
-    Config, Direction, HashKey, HealthCheck, Limits, ListenerProtocol, PathMatch, Retry,
-    RouteMatch, Upstream, UpstreamProtocol,
+    Address, CircuitBreaker, Config, Direction, HashKey, HealthCheck, Limits, ListenerProtocol,
+    PathMatch, Pool, Retry, RouteMatch, Upstream, UpstreamEndpoint, UpstreamProtocol,
 };
 use tandem_telemetry::access_log::AccessLog;
+use tandem_telemetry::discovery::EndpointFamilies;
 use tandem_telemetry::trace::Tracer;
-use tandem_telemetry::{Counter, ListenerMetrics, Metrics, RouteMetrics, UpstreamMetrics};
+use tandem_telemetry::{
+    Counter, EndpointMetrics, ListenerMetrics, Metrics, RouteMetrics, UpstreamMetrics,
+};
 use tandem_tls::jwt::Verifier;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -65,16 +71,17 @@ pub struct Snapshot {
 
 /// One upstream: its endpoints with their pools and state, and the policies shared by every
 /// route to it.
+///
+/// The endpoints are a [`Members`] snapshot behind an [`ArcSwap`]: discovery replaces it with
+/// [`UpstreamHandle::set_endpoints`] while requests run. A request loads the snapshot once per
+/// try and keeps it, so indices stay valid for that try; endpoints that stay across a change
+/// keep their state (latency estimate, breaker, health, pooled connections).
 #[derive(Debug)]
 pub struct UpstreamHandle {
     /// Name.
     pub name: String,
     /// Protocol towards the endpoints.
     pub protocol: UpstreamProtocol,
-    /// Endpoints with their connection pools.
-    pub endpoints: Vec<Endpoint>,
-    /// Load, latency, breaker and health per endpoint (same order as `endpoints`).
-    pub states: Vec<EndpointState>,
     /// Default time to the response head.
     pub request_timeout: Duration,
     /// The upstream's retry policy (routes may override it).
@@ -93,7 +100,90 @@ pub struct UpstreamHandle {
     pub stream_idle_timeout: Duration,
     /// Retry, breaker and health metrics.
     pub metrics: UpstreamMetrics,
+    members: ArcSwap<Members>,
+    params: MemberParams,
+    /// Serializes [`UpstreamHandle::set_endpoints`] (readers never take it).
+    updating: Mutex<()>,
+    /// Set by [`crate::health::spawn_all`]: endpoints that join later get their own checker.
+    pub(crate) health_started: AtomicBool,
+    /// What the admin API shows about the endpoints' source.
+    discovery: Mutex<Option<DiscoveryStatus>>,
+}
+
+/// The endpoints of an upstream at one moment, with their state and metric handles (all in
+/// the same order), and the balancer built for exactly this set.
+#[derive(Debug)]
+pub struct Members {
+    /// Endpoints with their connection pools.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Load, latency, breaker and health per endpoint.
+    pub states: Vec<Arc<EndpointState>>,
+    /// Breaker and health metric handles per endpoint.
+    pub metrics: Vec<EndpointMetrics>,
+    /// Zone per endpoint, when known.
+    pub zones: Vec<Option<String>>,
     balancer: Balancer,
+    /// The local zone's endpoints, with `prefer_zone`.
+    local: Option<LocalZone>,
+}
+
+/// The endpoints of the local zone and a balancer over just them.
+#[derive(Debug)]
+struct LocalZone {
+    /// Index into the whole set of each local endpoint.
+    idx: Vec<usize>,
+    states: Vec<Arc<EndpointState>>,
+    balancer: Balancer,
+    min_eligible: usize,
+}
+
+/// An endpoint with its state, metric handles and zone, as a set is built from them.
+type MemberEntry = (
+    Arc<Endpoint>,
+    Arc<EndpointState>,
+    EndpointMetrics,
+    Option<String>,
+);
+
+/// What a new endpoint is built with.
+#[derive(Debug)]
+struct MemberParams {
+    connect_timeout: Duration,
+    pool: Pool,
+    conn_limit: Option<Arc<ConnLimit>>,
+    breaker: CircuitBreaker,
+    algorithm: tandem_config::Balancer,
+    families: EndpointFamilies,
+    prefer_zone: Option<tandem_config::PreferZone>,
+    /// TLS origination for every endpoint (`Err`: configured but unusable).
+    tls: Option<Result<Arc<ClientTls>, Arc<str>>>,
+}
+
+/// Where an upstream's endpoints came from, for `/upstreams`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DiscoveryStatus {
+    /// `static`, `dns`, `file` or `etcd`.
+    pub source: &'static str,
+    /// What the source watches (a DNS name, a path, an etcd key prefix).
+    pub target: String,
+    /// When the source last answered successfully.
+    #[serde(skip)]
+    pub updated: Option<Instant>,
+    /// The source's last error, while it fails (the last good endpoints keep serving).
+    pub error: Option<String>,
+}
+
+/// What changed when a new endpoint set was applied.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// Endpoints that joined.
+    pub added: Vec<String>,
+    /// Endpoints that left.
+    pub removed: Vec<String>,
+    /// Endpoints that stayed but changed weight.
+    pub reweighted: Vec<String>,
+    /// Endpoints that stayed but changed zone.
+    pub rezoned: Vec<String>,
 }
 
 /// A request's hold on its endpoint and its upstream slot, released when the response body
@@ -101,6 +191,7 @@ pub struct UpstreamHandle {
 #[derive(Debug)]
 pub struct InFlight {
     upstream: Arc<UpstreamHandle>,
+    members: Arc<Members>,
     endpoint: usize,
     _slot: Option<OwnedSemaphorePermit>,
 }
@@ -423,35 +514,53 @@ impl UpstreamHandle {
         metrics: &Metrics,
         tls: Option<Result<Arc<ClientTls>, Arc<str>>>,
     ) -> Self {
-        let conn_limit = u.limits.max_connections.map(ConnLimit::new);
-        let endpoints: Vec<Endpoint> = u
-            .endpoints
-            .iter()
-            .map(|e| {
-                Endpoint::new(
-                    e.address.clone(),
-                    u.connect_timeout,
-                    &u.pool,
-                    conn_limit.clone(),
-                )
-                .with_tls(tls.clone())
-            })
-            .collect();
-        let labels: Vec<String> = endpoints.iter().map(|e| e.label.clone()).collect();
-        let weights: Vec<u32> = u.endpoints.iter().map(|e| e.weight).collect();
+        let params = MemberParams {
+            connect_timeout: u.connect_timeout,
+            pool: u.pool.clone(),
+            conn_limit: u.limits.max_connections.map(ConnLimit::new),
+            breaker: u.circuit_breaker.clone(),
+            algorithm: u.balancer.clone(),
+            families: metrics.endpoint_families(),
+            prefer_zone: u.prefer_zone.clone(),
+            tls,
+        };
+        let labels: Vec<String> = u.endpoints.iter().map(|e| e.address.to_string()).collect();
         let reasons = RetryReason::ALL.map(RetryReason::as_str);
+        let upstream_metrics = metrics.upstream(&u.name, &labels, &reasons);
+        let members = Members::build(
+            &params,
+            u.endpoints
+                .iter()
+                .zip(upstream_metrics.endpoints.iter())
+                .map(|(e, m)| {
+                    (
+                        Arc::new(params.endpoint(e.address.clone())),
+                        Arc::new(EndpointState::new(e.weight, params.breaker.clone())),
+                        m.clone(),
+                        e.zone.clone(),
+                    )
+                })
+                .collect(),
+        );
+        let discovery = match &u.discovery {
+            tandem_config::Discovery::Static => None,
+            d => Some(DiscoveryStatus {
+                source: discovery_source(d),
+                target: String::new(),
+                updated: None,
+                error: Some("no answer from the source yet".into()),
+            }),
+        };
         UpstreamHandle {
             name: u.name.clone(),
             protocol: u.protocol,
-            states: u
-                .endpoints
-                .iter()
-                .map(|e| EndpointState::new(e.weight, u.circuit_breaker.clone()))
-                .collect(),
             request_timeout: u.request_timeout,
             retry: Arc::new(RetryPolicy::new(&u.retry)),
             budget: RetryBudget::new(&u.retry_budget),
-            ejections: EjectionBudget::new(endpoints.len(), u.circuit_breaker.max_ejected_percent),
+            ejections: EjectionBudget::new(
+                members.endpoints.len(),
+                u.circuit_breaker.max_ejected_percent,
+            ),
             limit: ConcurrencyLimit::new(&u.limits),
             hash_key: match &u.balancer {
                 tandem_config::Balancer::Hash(k) => Some(k.clone()),
@@ -459,9 +568,12 @@ impl UpstreamHandle {
             },
             health_check: u.health_check.clone(),
             stream_idle_timeout: u.stream_idle_timeout,
-            metrics: metrics.upstream(&u.name, &labels, &reasons),
-            balancer: Balancer::new(&u.balancer, &weights, &labels),
-            endpoints,
+            metrics: upstream_metrics,
+            members: ArcSwap::from_pointee(members),
+            params,
+            updating: Mutex::new(()),
+            health_started: AtomicBool::new(false),
+            discovery: Mutex::new(discovery),
         }
     }
 
@@ -469,6 +581,8 @@ impl UpstreamHandle {
         let u = Upstream {
             name: name.to_owned(),
             endpoints: Vec::new(),
+            discovery: tandem_config::Discovery::Static,
+            prefer_zone: None,
             protocol: UpstreamProtocol::Auto,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(15),
@@ -488,23 +602,148 @@ impl UpstreamHandle {
         UpstreamHandle::new(&u, &Metrics::new())
     }
 
-    /// The endpoint index for the next try: `hash` for hash balancers, `avoid` the endpoint the
-    /// previous try failed on. `None` only when there are no endpoints.
-    pub fn pick(&self, hash: Option<u64>, avoid: Option<usize>, now: Instant) -> Option<usize> {
-        pick_or_fail_open(&self.balancer, &self.states, hash, avoid, now)
+    /// The endpoints now. A request keeps the snapshot for a whole try.
+    pub fn members(&self) -> Arc<Members> {
+        self.members.load_full()
     }
 
-    /// Records a try's outcome on endpoint `i`: latency estimate, breaker, metrics and a log
-    /// line when the breaker changes state.
-    pub fn record(&self, i: usize, elapsed: Duration, success: bool, probe: bool, now: Instant) {
-        let (Some(state), Some(endpoint)) = (self.states.get(i), self.endpoints.get(i)) else {
+    /// Replaces the endpoint set. Endpoints whose address stays keep their state and pooled
+    /// connections (a new weight takes effect at once); new ones start fresh; removed ones
+    /// leave the balancer now, and requests already on them finish. Returns what changed
+    /// (nothing: the set is not replaced).
+    pub fn set_endpoints(self: &Arc<Self>, wanted: &[UpstreamEndpoint]) -> MembershipChange {
+        let _serial = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.members.load_full();
+        // By address, so a set of thousands of endpoints is diffed in linear time.
+        let index: HashMap<&Address, usize> = old
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (&e.address, i))
+            .collect();
+        let mut change = MembershipChange::default();
+        let mut entries = Vec::with_capacity(wanted.len());
+        let mut joined = Vec::new();
+        let mut seen: HashSet<&Address> = HashSet::with_capacity(wanted.len());
+        for w in wanted {
+            if !seen.insert(&w.address) {
+                continue;
+            }
+            let weight = w.weight.max(1);
+            match index.get(&w.address) {
+                Some(&i) => {
+                    if old.states[i].weight() != weight {
+                        change.reweighted.push(old.endpoints[i].label.clone());
+                        old.states[i].set_weight(weight);
+                    }
+                    if old.zones[i] != w.zone {
+                        change.rezoned.push(old.endpoints[i].label.clone());
+                    }
+                    entries.push((
+                        old.endpoints[i].clone(),
+                        old.states[i].clone(),
+                        old.metrics[i].clone(),
+                        w.zone.clone(),
+                    ));
+                }
+                None => {
+                    let endpoint = Arc::new(self.params.endpoint(w.address.clone()));
+                    let metrics = self.params.families.endpoint(&self.name, &endpoint.label);
+                    change.added.push(endpoint.label.clone());
+                    let state = Arc::new(EndpointState::new(weight, self.params.breaker.clone()));
+                    joined.push(entries.len());
+                    entries.push((endpoint, state, metrics, w.zone.clone()));
+                }
+            }
+        }
+        let now = Instant::now();
+        for (i, e) in old.endpoints.iter().enumerate() {
+            if !seen.contains(&e.address) {
+                change.removed.push(e.label.clone());
+                self.params.families.remove(&self.name, &e.label);
+                // Its breaker's claim on the ejection budget leaves with it.
+                if old.states[i].outlier.state(now) != BreakerState::Closed {
+                    self.ejections.release();
+                }
+            }
+        }
+        if change == MembershipChange::default() {
+            return change;
+        }
+        let members = Arc::new(Members::build(&self.params, entries));
+        self.ejections.resize(members.endpoints.len());
+        self.members.store(members.clone());
+        if self.health_started.load(Ordering::Acquire) {
+            if let Some(check) = &self.health_check {
+                for i in joined {
+                    crate::health::spawn_one(self, &members, i, check.clone());
+                }
+            }
+        }
+        change
+    }
+
+    /// Runs `f` while no endpoint set is being applied.
+    pub(crate) fn with_update_lock(&self, f: impl FnOnce()) {
+        let _serial = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        f();
+    }
+
+    /// Records what the admin API shows about the endpoints' source.
+    pub fn set_discovery_status(&self, status: DiscoveryStatus) {
+        if let Ok(mut d) = self.discovery.lock() {
+            *d = Some(status);
+        }
+    }
+
+    /// The endpoint index in `members` for the next try: `hash` for hash balancers, `avoid`
+    /// the endpoint the previous try failed on. `None` only when there are no endpoints.
+    pub fn pick(
+        &self,
+        members: &Members,
+        hash: Option<u64>,
+        avoid: Option<&Arc<Endpoint>>,
+        now: Instant,
+    ) -> Option<usize> {
+        let avoid = avoid.and_then(|a| members.endpoints.iter().position(|e| Arc::ptr_eq(e, a)));
+        if let Some(local) = &members.local {
+            // The local zone while enough of it is available (a scan of the local endpoints).
+            let eligible = local
+                .idx
+                .iter()
+                .zip(&local.states)
+                .filter(|(i, s)| Some(**i) != avoid && s.eligible(now))
+                .count();
+            if eligible >= local.min_eligible {
+                let local_avoid = avoid.and_then(|a| local.idx.iter().position(|&i| i == a));
+                if let Some(j) = local.balancer.pick(&local.states, hash, local_avoid, now) {
+                    return local.idx.get(j).copied();
+                }
+            }
+        }
+        pick_or_fail_open(&members.balancer, &members.states, hash, avoid, now)
+    }
+
+    /// Records a try's outcome on endpoint `i` of `members`: latency estimate, breaker,
+    /// metrics and a log line when the breaker changes state.
+    pub fn record(
+        &self,
+        members: &Members,
+        i: usize,
+        elapsed: Duration,
+        success: bool,
+        probe: bool,
+        now: Instant,
+    ) {
+        let (Some(state), Some(endpoint)) = (members.states.get(i), members.endpoints.get(i))
+        else {
             return;
         };
         state.observe(elapsed, success, now);
         let Some(t) = state.outlier.record(success, probe, now, &self.ejections) else {
             return;
         };
-        let gauge = self.metrics.endpoints.get(i).map(|m| &m.ejected);
+        let gauge = members.metrics.get(i).map(|m| &m.ejected);
         match t {
             Transition::Ejected(reason, d) => {
                 let idx = match reason {
@@ -531,10 +770,10 @@ impl UpstreamHandle {
         }
     }
 
-    /// Starts a try on endpoint `i`: counts it in flight and claims the half-open probe.
-    /// Returns whether the try is the probe.
-    pub fn start(&self, i: usize, now: Instant) -> bool {
-        match self.states.get(i) {
+    /// Starts a try on endpoint `i` of `members`: counts it in flight and claims the half-open
+    /// probe. Returns whether the try is the probe.
+    pub fn start(&self, members: &Members, i: usize, now: Instant) -> bool {
+        match members.states.get(i) {
             Some(s) => {
                 s.start();
                 s.outlier.on_pick(now)
@@ -543,11 +782,89 @@ impl UpstreamHandle {
         }
     }
 
-    /// Ends a try on endpoint `i` that produced no response.
-    pub fn finish(&self, i: usize) {
-        if let Some(s) = self.states.get(i) {
+    /// Ends a try on endpoint `i` of `members` that produced no response.
+    pub fn finish(&self, members: &Members, i: usize) {
+        if let Some(s) = members.states.get(i) {
             s.finish();
         }
+    }
+}
+
+/// The `source` label of a discovery setting.
+pub fn discovery_source(d: &tandem_config::Discovery) -> &'static str {
+    match d {
+        tandem_config::Discovery::Static => "static",
+        tandem_config::Discovery::Dns(_) => "dns",
+        tandem_config::Discovery::File(_) => "file",
+        tandem_config::Discovery::Etcd(_) => "etcd",
+    }
+}
+
+// === impl Members ===
+
+impl Members {
+    fn build(params: &MemberParams, entries: Vec<MemberEntry>) -> Members {
+        let mut endpoints = Vec::with_capacity(entries.len());
+        let mut states = Vec::with_capacity(entries.len());
+        let mut metrics = Vec::with_capacity(entries.len());
+        let mut zones = Vec::with_capacity(entries.len());
+        for (e, s, m, z) in entries {
+            endpoints.push(e);
+            states.push(s);
+            metrics.push(m);
+            zones.push(z);
+        }
+        let labels: Vec<String> = endpoints.iter().map(|e| e.label.clone()).collect();
+        let weights: Vec<u32> = states.iter().map(|s| s.weight()).collect();
+        let local = params.prefer_zone.as_ref().and_then(|p| {
+            let idx: Vec<usize> = (0..zones.len())
+                .filter(|&i| zones[i].as_deref() == Some(p.zone.as_str()))
+                .collect();
+            // Everything local, or nothing: no preference to apply.
+            if idx.is_empty() || idx.len() == zones.len() {
+                return None;
+            }
+            let w: Vec<u32> = idx.iter().map(|&i| weights[i]).collect();
+            let l: Vec<String> = idx.iter().map(|&i| labels[i].clone()).collect();
+            Some(LocalZone {
+                states: idx.iter().map(|&i| states[i].clone()).collect(),
+                balancer: Balancer::new(&params.algorithm, &w, &l),
+                idx,
+                min_eligible: p.min_eligible,
+            })
+        });
+        Members {
+            balancer: Balancer::new(&params.algorithm, &weights, &labels),
+            endpoints,
+            states,
+            metrics,
+            zones,
+            local,
+        }
+    }
+
+    /// Number of endpoints.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether there are no endpoints.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+}
+
+// === impl MemberParams ===
+
+impl MemberParams {
+    fn endpoint(&self, address: Address) -> Endpoint {
+        Endpoint::new(
+            address,
+            self.connect_timeout,
+            &self.pool,
+            self.conn_limit.clone(),
+        )
+        .with_tls(self.tls.clone())
     }
 }
 
@@ -564,8 +881,24 @@ pub struct UpstreamView {
     pub pending: usize,
     /// Endpoints ejected by their breakers now.
     pub ejected: usize,
+    /// Where the endpoints come from (absent: the static `endpoints` list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryView>,
     /// Each endpoint.
     pub endpoints: Vec<EndpointView>,
+}
+
+/// What `/upstreams` shows of an upstream's discovery source.
+#[derive(Debug, serde::Serialize)]
+pub struct DiscoveryView {
+    /// `dns`, `file` or `etcd`.
+    pub source: &'static str,
+    /// What it watches.
+    pub target: String,
+    /// Seconds since the source last answered successfully (absent: never).
+    pub last_update_age_seconds: Option<f64>,
+    /// The source's current error, while it fails (the last good endpoints keep serving).
+    pub error: Option<String>,
 }
 
 /// What `/upstreams` shows of one endpoint.
@@ -575,6 +908,9 @@ pub struct EndpointView {
     pub address: String,
     /// Relative share of traffic.
     pub weight: u32,
+    /// Zone, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// `healthy`, `unhealthy` (active checks), or `unknown` (unchecked / no verdict yet).
     pub health: &'static str,
     /// Whether the balancer would pick it now (health and breaker together).
@@ -601,17 +937,33 @@ impl UpstreamHandle {
     /// The live state for the admin API.
     pub fn view(&self) -> UpstreamView {
         let now = Instant::now();
+        let members = self.members();
+        let discovery = self
+            .discovery
+            .lock()
+            .ok()
+            .and_then(|d| d.clone())
+            .map(|d| DiscoveryView {
+                source: d.source,
+                target: d.target,
+                last_update_age_seconds: d.updated.map(|u| {
+                    (now.saturating_duration_since(u).as_secs_f64() * 10.0).round() / 10.0
+                }),
+                error: d.error,
+            });
         UpstreamView {
             name: self.name.clone(),
             protocol: self.protocol,
             in_flight: self.limit.in_flight(),
             pending: self.limit.pending(),
             ejected: self.ejections.ejected(),
-            endpoints: self
+            discovery,
+            endpoints: members
                 .endpoints
                 .iter()
-                .zip(&self.states)
-                .map(|(e, s)| {
+                .zip(&members.states)
+                .zip(&members.zones)
+                .map(|((e, s), zone)| {
                     let (breaker, reason, remaining) = match s.outlier.state(now) {
                         BreakerState::Closed => ("closed", None, None),
                         BreakerState::HalfOpen => ("half_open", None, None),
@@ -624,7 +976,8 @@ impl UpstreamHandle {
                     let (idle, h2) = e.pooled();
                     EndpointView {
                         address: e.label.clone(),
-                        weight: s.weight,
+                        weight: s.weight(),
+                        zone: zone.clone(),
                         health: match s.health() {
                             Health::Healthy => "healthy",
                             Health::Unhealthy => "unhealthy",
@@ -664,11 +1017,13 @@ impl InFlight {
     /// request's upstream slot.
     pub fn new(
         upstream: Arc<UpstreamHandle>,
+        members: Arc<Members>,
         endpoint: usize,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Self {
         InFlight {
             upstream,
+            members,
             endpoint,
             _slot: slot,
         }
@@ -684,7 +1039,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.upstream.finish(self.endpoint);
+        self.upstream.finish(&self.members, self.endpoint);
     }
 }
 
@@ -700,5 +1055,200 @@ impl ErrorCounters {
     /// Counts one error of `kind`.
     pub fn inc(&self, kind: ErrorKind) {
         self.0[kind as usize].inc();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn upstream(endpoints: &[&str]) -> Arc<UpstreamHandle> {
+        let config = Upstream {
+            endpoints: endpoints.iter().map(|a| ep(a, 1)).collect(),
+            ..upstream_config()
+        };
+        Arc::new(UpstreamHandle::new(&config, &Metrics::new()))
+    }
+
+    fn upstream_config() -> Upstream {
+        Upstream {
+            name: "orders".into(),
+            endpoints: Vec::new(),
+            discovery: tandem_config::Discovery::Static,
+            prefer_zone: None,
+            protocol: UpstreamProtocol::Auto,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(15),
+            pool: Pool {
+                idle_timeout: Duration::from_secs(4),
+                max_idle_per_endpoint: 8,
+            },
+            balancer: tandem_config::Balancer::P2c,
+            health_check: None,
+            circuit_breaker: CircuitBreaker {
+                consecutive_failures: 1,
+                ..Default::default()
+            },
+            limits: Default::default(),
+            retry: Default::default(),
+            retry_budget: Default::default(),
+            stream_idle_timeout: tandem_config::DEFAULT_STREAM_IDLE_TIMEOUT,
+            tls: None,
+        }
+    }
+
+    fn ep(a: &str, weight: u32) -> UpstreamEndpoint {
+        UpstreamEndpoint {
+            address: a.parse().unwrap(),
+            weight,
+            zone: None,
+        }
+    }
+
+    /// A new set keeps the state of endpoints that stay (same objects: latency, breaker,
+    /// health, pools), starts joiners fresh, drops leavers, and applies a new weight in place;
+    /// the same set again changes nothing.
+    #[tokio::test(start_paused = true)]
+    async fn set_endpoints_diffs_by_address() {
+        let u = upstream(&["10.0.0.1:80", "10.0.0.2:80"]);
+        let before = u.members();
+        let kept = before.states[1].clone();
+        kept.observe(Duration::from_millis(40), true, Instant::now());
+
+        let change = u.set_endpoints(&[ep("10.0.0.2:80", 3), ep("10.0.0.3:80", 1)]);
+        assert_eq!(change.added, ["10.0.0.3:80"]);
+        assert_eq!(change.removed, ["10.0.0.1:80"]);
+        assert_eq!(change.reweighted, ["10.0.0.2:80"]);
+        let after = u.members();
+        let labels: Vec<&str> = after.endpoints.iter().map(|e| e.label.as_str()).collect();
+        assert_eq!(labels, ["10.0.0.2:80", "10.0.0.3:80"]);
+        assert!(Arc::ptr_eq(&after.states[0], &kept));
+        assert!(Arc::ptr_eq(&after.endpoints[0], &before.endpoints[1]));
+        assert_eq!(after.states[0].weight(), 3);
+        assert!(after.states[0].latency(Instant::now()) >= Duration::from_millis(39));
+        assert_eq!(after.states[1].weight(), 1);
+
+        let again = u.set_endpoints(&[ep("10.0.0.3:80", 1), ep("10.0.0.2:80", 3)]);
+        assert_eq!(again, MembershipChange::default());
+        assert!(Arc::ptr_eq(&after, &u.members()));
+
+        // Picks only ever land on the current set.
+        for _ in 0..50 {
+            let m = u.members();
+            let i = u.pick(&m, None, None, Instant::now()).unwrap();
+            assert_ne!(m.endpoints[i].label, "10.0.0.1:80");
+        }
+        // Empty set: no endpoints, 503 upstream of this.
+        u.set_endpoints(&[]);
+        assert_eq!(u.pick(&u.members(), None, None, Instant::now()), None);
+    }
+
+    /// A request on an endpoint that leaves finishes on it: its hold counts out on the old
+    /// state; a retry's `avoid` resolves against the new set by identity.
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_requests_survive_a_change() {
+        let u = upstream(&["10.0.0.1:80", "10.0.0.2:80"]);
+        let m = u.members();
+        let i = 0;
+        u.start(&m, i, Instant::now());
+        let state = m.states[i].clone();
+        let endpoint = m.endpoints[i].clone();
+        let hold = InFlight::new(u.clone(), m, i, None);
+        u.set_endpoints(&[ep("10.0.0.2:80", 1), ep("10.0.0.3:80", 1)]);
+        assert_eq!(state.in_flight(), 1);
+        drop(hold);
+        assert_eq!(state.in_flight(), 0);
+        let now_set = u.members();
+        let kept = now_set.endpoints[0].clone();
+        for _ in 0..50 {
+            assert_eq!(
+                u.pick(&now_set, None, Some(&kept), Instant::now()),
+                Some(1),
+                "the avoided endpoint is skipped in the new set"
+            );
+            // Avoiding an endpoint that left avoids nothing.
+            assert!(u
+                .pick(&now_set, None, Some(&endpoint), Instant::now())
+                .is_some());
+        }
+    }
+
+    /// An ejected endpoint that leaves gives its share of the ejection budget back, and the
+    /// budget follows the set's size.
+    #[tokio::test(start_paused = true)]
+    async fn removed_ejected_endpoint_returns_its_budget() {
+        let u = upstream(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]);
+        let m = u.members();
+        let now = Instant::now();
+        u.start(&m, 0, now);
+        u.record(&m, 0, Duration::from_millis(1), false, false, now);
+        assert_eq!(u.ejections.ejected(), 1);
+        u.set_endpoints(&[ep("10.0.0.2:80", 1), ep("10.0.0.3:80", 1)]);
+        assert_eq!(u.ejections.ejected(), 0);
+        // Two endpoints at 50 %: one may be ejected, never both.
+        let m = u.members();
+        for i in 0..2 {
+            u.start(&m, i, now);
+            u.record(&m, i, Duration::from_millis(1), false, false, now);
+        }
+        assert_eq!(u.ejections.ejected(), 1);
+    }
+
+    /// With `prefer_zone`, picks stay in the local zone while at least `min_eligible` of its
+    /// endpoints are eligible; below that every zone shares; a zone change applies at once.
+    #[tokio::test(start_paused = true)]
+    async fn prefers_the_local_zone_while_enough_is_eligible() {
+        let config = Upstream {
+            prefer_zone: Some(tandem_config::PreferZone {
+                zone: "a".into(),
+                min_eligible: 2,
+            }),
+            ..upstream_config()
+        };
+        let u = Arc::new(UpstreamHandle::new(&config, &Metrics::new()));
+        let zoned = |a: &str, z: &str| UpstreamEndpoint {
+            zone: Some(z.into()),
+            ..ep(a, 1)
+        };
+        u.set_endpoints(&[
+            zoned("10.0.0.1:80", "a"),
+            zoned("10.0.0.2:80", "a"),
+            zoned("10.0.0.3:80", "b"),
+            zoned("10.0.0.4:80", "b"),
+        ]);
+        let picks = |u: &UpstreamHandle| {
+            let m = u.members();
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..200 {
+                let i = u.pick(&m, None, None, Instant::now()).unwrap();
+                seen.insert(m.endpoints[i].label.clone());
+            }
+            seen.into_iter().collect::<Vec<_>>()
+        };
+        assert_eq!(picks(&u), ["10.0.0.1:80", "10.0.0.2:80"]);
+
+        // One local endpoint ejected: fewer than 2 eligible, every zone shares.
+        let m = u.members();
+        u.start(&m, 0, Instant::now());
+        u.record(
+            &m,
+            0,
+            Duration::from_millis(1),
+            false,
+            false,
+            Instant::now(),
+        );
+        assert_eq!(picks(&u), ["10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"]);
+
+        // A third endpoint moves into zone a: preferred again (the ejected one stays out).
+        let change = u.set_endpoints(&[
+            zoned("10.0.0.1:80", "a"),
+            zoned("10.0.0.2:80", "a"),
+            zoned("10.0.0.3:80", "a"),
+            zoned("10.0.0.4:80", "b"),
+        ]);
+        assert_eq!(change.rezoned, ["10.0.0.3:80"]);
+        assert_eq!(picks(&u), ["10.0.0.2:80", "10.0.0.3:80"]);
     }
 }

@@ -124,8 +124,8 @@ pub async fn proxy_with_identity(
     obs.identity(identity);
     let upstream = &target.upstream;
     let (io, _slot) = match crate::forward::connect_any(upstream, None).await {
-        Ok((i, io, slot)) => {
-            obs.connected(i);
+        Ok((endpoint, io, slot)) => {
+            obs.connected(&endpoint);
             (io, slot)
         }
         Err(e) => {

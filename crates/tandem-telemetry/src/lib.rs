@@ -16,6 +16,7 @@
 //!   metrics read from `/proc`.
 
 pub mod access_log;
+pub mod discovery;
 pub mod histogram;
 pub mod logs;
 pub mod process;
@@ -196,6 +197,7 @@ pub struct Metrics {
     trace: trace::TraceMetrics,
     logs: logs::LogFamilies,
     tls: tls::TlsFamilies,
+    discovery: discovery::DiscoveryFamilies,
 }
 
 /// Resilience handles for one upstream (retries, budget) and its endpoints (breakers, health).
@@ -392,6 +394,7 @@ impl Metrics {
         let trace = trace::TraceMetrics::register(registry);
         let logs = logs::LogFamilies::register(registry);
         let tls = tls::TlsFamilies::register(registry);
+        let discovery = discovery::DiscoveryFamilies::register(registry);
         Metrics {
             registry: root,
             access_log_dropped,
@@ -399,6 +402,7 @@ impl Metrics {
             trace,
             logs,
             tls,
+            discovery,
             retries,
             budget_exhausted,
             ejections,

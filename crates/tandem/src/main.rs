@@ -40,6 +40,17 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// List what the etcd service registry holds (the file's `etcd` section says where).
+    Services {
+        /// The configuration file (its `etcd` section).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Only this service's instances.
+        service: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the embedded default configuration or the JSON Schema of the file format.
     Config {
         #[command(subcommand)]
@@ -148,6 +159,11 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => run(args),
         Command::Certs { what } => certs(what),
+        Command::Services {
+            config,
+            service,
+            json,
+        } => services(&config, service.as_deref(), json),
     }
 }
 
@@ -199,6 +215,88 @@ fn certs(what: CertsCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tandem services`: the registry's instances, one per line (or JSON).
+fn services(path: &std::path::Path, service: Option<&str>, json: bool) -> ExitCode {
+    let config = match tandem_config::load_file(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::from(64);
+        }
+    };
+    let Some(etcd) = config.etcd.clone() else {
+        eprintln!(
+            "{}: no `etcd` section: add etcd: {{ endpoints: [http://127.0.0.1:2379] }}",
+            path.display()
+        );
+        return ExitCode::from(64);
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = match tandem_discovery::etcd::Client::new(&etcd) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tandem: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listed = match rt.block_on(tandem_discovery::etcd::list(&client, &etcd.prefix, service)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tandem: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        let v: Vec<serde_json::Value> = listed
+            .iter()
+            .map(|l| match &l.instance {
+                Ok(i) => serde_json::json!({
+                    "service": l.service, "id": l.id, "lease": l.lease,
+                    "address": i.address, "weight": i.weight, "zone": i.zone,
+                    "identity": i.identity, "metadata": i.metadata,
+                }),
+                Err(e) => serde_json::json!({
+                    "service": l.service, "id": l.id, "lease": l.lease, "error": e,
+                }),
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<20} {:<24} {:<24} {:>6} {:<10} LEASE",
+        "SERVICE", "ID", "ADDRESS", "WEIGHT", "ZONE"
+    );
+    for l in &listed {
+        let lease = if l.lease == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:x}", l.lease)
+        };
+        match &l.instance {
+            Ok(i) => println!(
+                "{:<20} {:<24} {:<24} {:>6} {:<10} {lease}",
+                l.service,
+                l.id,
+                i.address,
+                i.weight,
+                i.zone.as_deref().unwrap_or("-"),
+            ),
+            Err(e) => println!("{:<20} {:<24} unreadable: {e}", l.service, l.id),
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -346,7 +444,9 @@ fn apply_overrides(mut config: Config, args: &RunArgs) -> anyhow::Result<Config>
         u.endpoints = vec![tandem_config::UpstreamEndpoint {
             address: addr,
             weight: 1,
+            zone: None,
         }];
+        u.discovery = tandem_config::Discovery::Static;
     }
     Ok(config)
 }

@@ -28,7 +28,7 @@ const BUCKETS: usize = 10;
 #[derive(Debug)]
 pub struct EjectionBudget {
     ejected: AtomicUsize,
-    total: usize,
+    total: AtomicUsize,
     max_percent: u32,
 }
 
@@ -109,9 +109,19 @@ impl EjectionBudget {
     pub fn new(total: usize, max_percent: u32) -> Self {
         EjectionBudget {
             ejected: AtomicUsize::new(0),
-            total,
+            total: AtomicUsize::new(total),
             max_percent,
         }
+    }
+
+    /// The upstream now has `total` endpoints (discovery changed the set).
+    pub fn resize(&self, total: usize) {
+        self.total.store(total, Ordering::Release);
+    }
+
+    /// An ejected endpoint left the upstream: its share of the budget is free again.
+    pub fn release(&self) {
+        self.give_back();
     }
 
     /// Endpoints ejected now.
@@ -123,8 +133,9 @@ impl EjectionBudget {
         self.ejected
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 let next = n + 1;
-                let share_ok = next * 100 <= self.max_percent as usize * self.total;
-                (share_ok && next < self.total).then_some(next)
+                let total = self.total.load(Ordering::Acquire);
+                let share_ok = next * 100 <= self.max_percent as usize * total;
+                (share_ok && next < total).then_some(next)
             })
             .is_ok()
     }
