@@ -98,7 +98,7 @@ class Host:
         d = Path(tempfile.mkdtemp(prefix=f"tdd-{self.name}-"))
         cfg = d / "tandem.yaml"
         cfg.write_text(f"""
-admin: {{ address: {self.ip}:{ADMIN_PORT} }}
+admin: {{ address: {self.ip}:{ADMIN_PORT}, allow_remote: true }}
 etcd: {{ endpoints: [http://{self.gw}:{etcd_port}], timeout: 500ms }}
 drain_timeout: 3s
 listeners:
