@@ -600,7 +600,8 @@ def test_ca_rotation_with_an_overlapping_bundle(tandem, pki, http_backend, tmp_p
 def test_authorization_by_peer_identity_over_mtls(tandem, pki, h2_backend):
     """Identity rules with real client certificates (curl): the allowed identity gets 200 on
     /admin, another identity from the same CA gets 403 `forbidden` naming the rule, a prefix
-    rule admits the whole namespace elsewhere, and a forged identity header changes nothing."""
+    rule admits the whole namespace elsewhere, and a forged identity header changes nothing;
+    requests are counted per peer only for identities the rules name exactly."""
     pki.issue("c", f"spiffe://{DOMAIN}/ns/shop/sa/c")
     pki.issue("ops", f"spiffe://{DOMAIN}/ns/ops/sa/admin")
     port = free_port()
@@ -647,3 +648,9 @@ upstreams:
     assert status == 403, body
     text = httpx.get(f"{b.admin}/metrics").text
     assert metric(text, "tandem_authz_denied_total", listener="inbound", rule="admin-only-ops") == 3
+    # Requests by peer: the identity a rule names exactly is a label value, any other is `other`.
+    peers = lambda who: metric(text, "tandem_http_peer_requests_total", listener="inbound", peer_identity=who)
+    assert peers(f"spiffe://{DOMAIN}/ns/ops/sa/admin") == 1
+    assert peers("other") == 5
+    assert peers("none") == 0
+    assert "sa/c" not in text and "sa/a\"" not in text, "an unnamed identity became a label value"

@@ -44,6 +44,9 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let method = tandem_telemetry::method_class(req.method().as_str());
+    if let Some(p) = &stack.peers {
+        p.count(forwarded.identity());
+    }
     let mut obs = Observer::start(&stack, forwarded.client_addr(), &req, start);
     obs.identity(forwarded.identity());
     // The server span starts first, so it covers routing and every refusal too.

@@ -256,6 +256,53 @@ pub struct ListenerStack {
     pub normalize_path: bool,
     /// TLS termination, when the listener has `tls`.
     pub tls: ListenerTls,
+    /// Requests by client identity, on TLS listeners.
+    pub peers: Option<PeerCounters>,
+}
+
+/// `tandem_http_peer_requests_total` of one TLS listener: a counter per identity its
+/// authorization rules name exactly (the only identities that become label values, so a client
+/// certificate never creates a series), `other` and `none`.
+#[derive(Debug)]
+pub struct PeerCounters {
+    known: Vec<(String, Counter)>,
+    other: Counter,
+    none: Counter,
+}
+
+impl PeerCounters {
+    fn new(
+        listener: &str,
+        authz: Option<&tandem_config::Authorization>,
+        metrics: &Metrics,
+    ) -> Self {
+        let mut known: Vec<(String, Counter)> = Vec::new();
+        for rule in authz.map_or(&[][..], |a| &a.rules[..]) {
+            for m in &rule.identities {
+                if let tandem_config::IdentityMatch::Exact(id) = m {
+                    if !known.iter().any(|(k, _)| k == id) {
+                        known.push((id.clone(), metrics.peer_requests(listener, id)));
+                    }
+                }
+            }
+        }
+        PeerCounters {
+            known,
+            other: metrics.peer_requests(listener, "other"),
+            none: metrics.peer_requests(listener, "none"),
+        }
+    }
+
+    /// Counts one request from `identity`. A linear scan: a policy names a handful.
+    pub fn count(&self, identity: Option<&crate::identity::PeerIdentity>) {
+        match identity {
+            None => self.none.inc(),
+            Some(id) => match self.known.iter().find(|(k, _)| k == id.as_str()) {
+                Some((_, c)) => c.inc(),
+                None => self.other.inc(),
+            },
+        };
+    }
 }
 
 /// A listener's TLS state.
@@ -413,6 +460,10 @@ impl Snapshot {
                         None => ListenerTls::Plain,
                         Some(t) => server_tls(&l.name, t, identity, metrics),
                     },
+                    peers: l
+                        .tls
+                        .as_ref()
+                        .map(|_| PeerCounters::new(&l.name, l.authorization.as_ref(), metrics)),
                 })
             })
             .collect();

@@ -146,6 +146,12 @@ struct AuthzLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    listener: String,
+    peer_identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     upstream: String,
 }
@@ -194,6 +200,7 @@ pub struct Metrics {
     health_checks: Family<HealthCheckLabels, Counter>,
     access_log_dropped: Counter,
     authz_denied: Family<AuthzLabels, Counter>,
+    peer_requests: Family<PeerLabels, Counter>,
     trace: trace::TraceMetrics,
     logs: logs::LogFamilies,
     tls: tls::TlsFamilies,
@@ -391,6 +398,14 @@ impl Metrics {
              (`default`: no allow rule matched)",
             authz_denied.clone(),
         );
+        let peer_requests = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "http_peer_requests",
+            "HTTP requests on TLS listeners by the client's verified identity: the identities a \
+             listener's authorization rules name exactly, `other` for any other, `none` without \
+             a client certificate",
+            peer_requests.clone(),
+        );
         let trace = trace::TraceMetrics::register(registry);
         let logs = logs::LogFamilies::register(registry);
         let tls = tls::TlsFamilies::register(registry);
@@ -399,6 +414,7 @@ impl Metrics {
             registry: root,
             access_log_dropped,
             authz_denied,
+            peer_requests,
             trace,
             logs,
             tls,
@@ -561,6 +577,18 @@ impl Metrics {
             .get_or_create(&AuthzLabels {
                 listener: listener.to_owned(),
                 rule: rule.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The request counter of `peer_identity` on `listener`'s TLS connections
+    /// (`tandem_http_peer_requests_total`); the caller bounds the values (config names, `other`,
+    /// `none`). Resolve when building a snapshot.
+    pub fn peer_requests(&self, listener: &str, peer_identity: &str) -> Counter {
+        self.peer_requests
+            .get_or_create(&PeerLabels {
+                listener: listener.to_owned(),
+                peer_identity: peer_identity.to_owned(),
             })
             .clone()
     }
