@@ -244,7 +244,7 @@ start_pair() { # proxy hop dir -> sets A_PID B_PID
 }
 
 # ---------------------------------------------------------------- run
-taskset -c "$LOAD_CPU" "$BACKEND_BIN" "$BACKEND_PORT" >"$OUT/backend.log" 2>&1 &
+taskset -c "$LOAD_CPU" "$BACKEND_BIN" "127.0.0.1:$BACKEND_PORT" >"$OUT/backend.log" 2>&1 &
 pids+=($!)
 printf 'round\thop\tproxy\tmetric\tvalue\n' >"$OUT/results.tsv"
 hz=$(getconf CLK_TCK)
