@@ -242,7 +242,7 @@ impl Body for ProxyBody {
         // After the poll: whether this frame was the last (hyper stops polling then).
         let at_end = matches!(polled, Poll::Ready(Some(Ok(_)))) && is_end(&this.kind);
         if this.observer.is_active() {
-            this.observer.frame(&polled, at_end);
+            this.observer.frame(&polled, at_end, this.sent);
         }
         if at_end || matches!(polled, Poll::Ready(None | Some(Err(_)))) {
             // The exchange is over: count it out now rather than when hyper drops the body.

@@ -216,23 +216,24 @@ impl Observer {
         Response::from_parts(parts, body.observed(self))
     }
 
-    /// Follows one poll of the response body: counts data, reads trailers, and finishes on the
-    /// last frame (`at_end`: the body has nothing more after this one), on the end, or on an
-    /// error.
+    /// Follows one poll of the response body (`sent`: its bytes so far): reads trailers, and
+    /// finishes on the last frame (`at_end`: the body has nothing more after this one), on the
+    /// end, or on an error.
     #[allow(clippy::type_complexity)]
     pub(crate) fn frame(
         &mut self,
         polled: &Poll<Option<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>>,
         at_end: bool,
+        sent: u64,
     ) {
         let Some(o) = &mut self.0 else {
             return;
         };
+        // The body counts its bytes once, for every record that needs them.
+        o.sent = sent;
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    o.sent += data.len() as u64;
-                } else if let Some(trailers) = frame.trailers_ref() {
+                if let Some(trailers) = frame.trailers_ref() {
                     if let Some(s) = grpc_status(trailers) {
                         o.grpc_status = Some(s);
                     }
