@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import ssl
 import threading
 import time
 import uuid
@@ -173,7 +174,7 @@ listeners:
     routes:
       - match: { path: { prefix: /api } }
         upstream: app
-        jwt: { issuer: i, audiences: [a], algorithms: [RS256, none], jwks: { url: "https://idp/jwks" } }
+        jwt: { issuer: i, audiences: [a], algorithms: [RS256, none], jwks: { url: "http://idp/jwks", ca: /etc/ca.pem } }
 upstreams:
   app: { endpoints: [127.0.0.1:8080] }
 """)
@@ -185,14 +186,15 @@ upstreams:
     assert "the network is 10.0.0.0/8" in err
     assert "listeners.inbound.routes[0].jwt.algorithms[1]: `none` is not a supported algorithm" in err
     assert "never accepted" in err
-    assert "listeners.inbound.routes[0].jwt.jwks.url: https JWKS URLs are not supported yet" in err
+    assert "listeners.inbound.routes[0].jwt.jwks.ca: `ca` only applies to an https:// JWKS URL" in err
     assert err.splitlines()[-1] == f"{bad}: 4 error(s)"
 
 
 class Jwks:
-    """An HTTP server on loopback serving a JWKS that the test changes; counts fetches."""
+    """An HTTP server on loopback serving a JWKS that the test changes; counts fetches. With
+    `tls=(cert, key)` it serves HTTPS as `localhost`."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
         self.keys = []
         self.fetches = 0
         self.lock = threading.Lock()
@@ -213,7 +215,14 @@ class Jwks:
                 self.wfile.write(body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/.well-known/jwks.json"
+        port = self.server.server_address[1]
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://localhost:{port}/.well-known/jwks.json"
+        else:
+            self.url = f"http://127.0.0.1:{port}/.well-known/jwks.json"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def set(self, *jwks):
@@ -426,3 +435,54 @@ def test_jwks_rotation_over_http(tandem, http_backend, jwks_server, tmp_path):
     jwks_server.close()
     time.sleep(2.5)
     assert call(port2, "/echo/api/x", new.token())[0] == 200
+
+
+def test_jwks_over_https_is_verified_against_the_configured_ca(tandem, http_backend, tmp_path):
+    """A JWKS served over HTTPS loads when its certificate chains to `jwks.ca` (tokens pass);
+    a server whose certificate comes from another CA is refused (the log says why, tokens get
+    401: a JWKS from an unauthenticated server would let anyone mint tokens)."""
+    for name in ("ca", "other"):
+        r = run([TANDEM_BIN, "certs", "init", "--trust-domain", f"{name}.test",
+                 "--out", str(tmp_path / name)])
+        assert r.returncode == 0, r
+    r = run([TANDEM_BIN, "certs", "issue", "--ca", str(tmp_path / "ca"), "--dns", "localhost",
+             "--identity", "spiffe://ca.test/idp", "--out", str(tmp_path / "idp")])
+    assert r.returncode == 0, r
+    server = Jwks(tls=(str(tmp_path / "idp" / "cert.pem"), str(tmp_path / "idp" / "key.pem")))
+    try:
+        key = Key("RS256", "rsa-tls")
+        server.set(key.jwk)
+        secret = tmp_path / "hs256"
+        secret.write_bytes(b"x" * 40)
+
+        def config(port, ca):
+            return jwt_config(port, http_backend, server.url, secret).replace(
+                f'jwks: {{ url: "{server.url}" }}',
+                f'jwks: {{ url: "{server.url}", ca: {ca} }}').replace(
+                f'jwks: {{ url: "{server.url}", refresh: 2s, min_refresh_interval: 1s }}',
+                f'jwks: {{ url: "{server.url}", ca: {ca}, refresh: 2s, min_refresh_interval: 1s }}')
+
+        good = free_port()
+        tandem(config(good, tmp_path / "ca" / "ca.pem"))
+        deadline = time.time() + 5
+        while True:
+            status, _, body = call(good, "/echo/api/x", key.token())
+            if status == 200 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        assert status == 200, body
+        assert server.count() >= 1
+
+        bad = free_port()
+        fetched = server.count()
+        t = tandem(config(bad, tmp_path / "other" / "ca.pem"))
+        deadline = time.time() + 5
+        while "JWKS reload failed" not in t.log() and time.time() < deadline:
+            time.sleep(0.1)
+        log = t.log()
+        assert "JWKS reload failed" in log, log
+        assert "TLS handshake" in log and "certificate" in log.lower(), log
+        assert server.count() == fetched, "no JWKS request may be sent over an unverified TLS session"
+        assert_401(call(bad, "/echo/api/x", key.token()), "")
+    finally:
+        server.close()

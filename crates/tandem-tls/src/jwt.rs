@@ -13,13 +13,18 @@
 //!   times.
 //!
 //! Key sets: a file is loaded when the verifier is built and re-read every `refresh`; an
-//! `http://` URL is fetched by [`Verifier::spawn_refresh`]'s task at start and every `refresh`.
+//! `http://` or `https://` URL is fetched by [`Verifier::spawn_refresh`]'s task at start and every `refresh`.
 //! A token whose `kid` is unknown triggers one reload, at most once per `min_refresh_interval`
 //! (concurrent requests share it), so a key rotated in at the issuer is picked up at once while
 //! a stream of made-up `kid`s cannot turn into a stream of fetches. A failed reload keeps the
 //! last good set.
 //!
-//! Non-goals: HTTPS JWKS URLs (pending TLS origination), token introspection, encrypted JWTs.
+//! An `https://` URL is verified like a browser would (WebPKI, the URL's host as the name)
+//! against `jwks.ca` or, without it, the system's trust store, loaded once when the verifier is
+//! built: a JWKS fetched from an unauthenticated server would let whoever sits on the path mint
+//! tokens.
+//!
+//! Non-goals: token introspection, encrypted JWTs.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -115,6 +120,8 @@ pub struct Verifier {
     accepted: Vec<Algorithm>,
     hs256: Option<DecodingKey>,
     keys: ArcSwap<KeySet>,
+    /// TLS for an `https://` JWKS URL (see [`https_config`]).
+    https: Option<Result<Arc<rustls::ClientConfig>, String>>,
     source: Option<JwksSource>,
     refresh: Duration,
     min_refresh_interval: Duration,
@@ -239,6 +246,7 @@ impl Verifier {
             accepted,
             hs256,
             keys: ArcSwap::from_pointee(keys),
+            https: https_config(route, cfg.jwks.as_ref()),
             source,
             refresh,
             min_refresh_interval,
@@ -362,7 +370,9 @@ impl Verifier {
                     .await
                     .unwrap_or_else(|e| Err(e.to_string()))
             }
-            JwksSource::Url(u) => fetch(u).await.and_then(|b| KeySet::parse(&b)),
+            JwksSource::Url(u) => fetch(u, self.https.as_ref())
+                .await
+                .and_then(|b| KeySet::parse(&b)),
         };
         match loaded {
             Ok(keys) => {
@@ -519,15 +529,93 @@ fn load_file(p: &Path) -> Result<KeySet, String> {
     KeySet::parse(&doc)
 }
 
-/// GETs an `http://` URL, bounded in time and size; only 200 is success.
-async fn fetch(url: &str) -> Result<Bytes, String> {
+/// The TLS client config for an `https://` JWKS URL: `jwks.ca`'s CAs or the system's trust
+/// store. `None` for other sources; `Some(Err)` (logged here, repeated by each fetch) when no
+/// usable CA could be loaded.
+fn https_config(
+    route: &str,
+    jwks: Option<&tandem_config::Jwks>,
+) -> Option<Result<Arc<rustls::ClientConfig>, String>> {
+    let jwks = jwks?;
+    match &jwks.source {
+        JwksSource::Url(u) if u.starts_with("https://") => {}
+        _ => return None,
+    }
+    let built = jwks_roots(jwks.ca.as_deref()).and_then(|roots| {
+        rustls::ClientConfig::builder_with_provider(crate::pair::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map(|b| {
+                let mut c = b.with_root_certificates(roots).with_no_client_auth();
+                c.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Arc::new(c)
+            })
+            .map_err(|e| e.to_string())
+    });
+    if let Err(e) = &built {
+        tracing::error!(route, error = %e, "no CA to verify the JWKS server with; tokens will be refused until this is fixed");
+    }
+    Some(built)
+}
+
+/// The CAs trusted for an `https://` JWKS server.
+fn jwks_roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(p) => {
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(p)
+                .map_err(|e| format!("jwks.ca `{}`: {e}", p.display()))?;
+            for c in certs {
+                let c = c.map_err(|e| format!("jwks.ca `{}`: {e}", p.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("jwks.ca `{}`: {e}", p.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "jwks.ca `{}` holds no certificate (expected PEM `CERTIFICATE` blocks)",
+                    p.display()
+                ));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found
+                    .errors
+                    .first()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "the system trust store has no CA certificate{why}; install ca-certificates or set `jwks.ca`"
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// GETs an `http://` or `https://` URL, bounded in time and size; only 200 is success.
+async fn fetch(
+    url: &str,
+    https: Option<&Result<Arc<rustls::ClientConfig>, String>>,
+) -> Result<Bytes, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let tls = match (uri.scheme_str(), https) {
+        (Some("https"), Some(Ok(c))) => Some(c.clone()),
+        (Some("https"), Some(Err(e))) => return Err(e.clone()),
+        (Some("https"), None) => return Err("no TLS configuration for an https URL".into()),
+        _ => None,
+    };
     let host = uri.host().ok_or("the URL has no host")?;
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
     let authority = uri
         .authority()
         .map(|a| a.as_str().to_owned())
@@ -540,31 +628,50 @@ async fn fetch(url: &str) -> Result<Bytes, String> {
         let stream = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         let req = http::Request::get(path)
             .header(http::header::HOST, authority)
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        if res.status() != http::StatusCode::OK {
-            return Err(format!("HTTP {}", res.status()));
+        match tls {
+            Some(config) => {
+                let name = rustls_pki_types::ServerName::try_from(host.clone())
+                    .map_err(|_| format!("`{host}` is not a valid TLS server name"))?;
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                get_on(stream, req).await
+            }
+            None => get_on(stream, req).await,
         }
-        Limited::new(res.into_body(), MAX_JWKS_BYTES)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .map_err(|e| format!("body: {e}"))
     };
     tokio::time::timeout(FETCH_TIMEOUT, get)
         .await
         .map_err(|_| format!("no complete answer within {FETCH_TIMEOUT:?}"))?
+}
+
+/// Sends `req` over HTTP/1.1 on `io`; the body of a 200, at most [`MAX_JWKS_BYTES`].
+async fn get_on<IO>(io: IO, req: http::Request<Empty<Bytes>>) -> Result<Bytes, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    if res.status() != http::StatusCode::OK {
+        return Err(format!("HTTP {}", res.status()));
+    }
+    Limited::new(res.into_body(), MAX_JWKS_BYTES)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| format!("body: {e}"))
 }
 
 /// Fuzzing entry point: arbitrary bytes as an `Authorization` value through token extraction,

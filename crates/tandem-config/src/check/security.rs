@@ -367,7 +367,7 @@ pub(super) fn check_jwt(c: &mut Checker, key: &str, raw: &RawJwt) -> Jwt {
             c.err(
                 format!("{key}.jwks"),
                 "asymmetric algorithms need public keys",
-                "add `jwks: { url: http://... }` or `jwks: { file: /path/jwks.json }`",
+                "add `jwks: { url: https://... }` or `jwks: { file: /path/jwks.json }`",
             );
             None
         }
@@ -445,24 +445,18 @@ fn check_jwks(c: &mut Checker, key: &str, raw: &RawJwks) -> Jwks {
         (Some(f), None) if !f.trim().is_empty() => JwksSource::File(PathBuf::from(f.trim())),
         (None, Some(u)) => {
             let u = u.trim();
-            match u.strip_prefix("http://") {
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"));
+            match rest {
                 Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {
-                    JwksSource::Url(u.to_owned())
-                }
-                _ if u.starts_with("https://") => {
-                    c.err(
-                        format!("{key}.url"),
-                        "https JWKS URLs are not supported yet (TLS origination is in progress)",
-                        "serve the JWKS over http on a trusted network (e.g. loopback), or \
-                         download it to a file and use `file:`",
-                    );
                     JwksSource::Url(u.to_owned())
                 }
                 _ => {
                     c.err(
                         format!("{key}.url"),
-                        format!("`{u}` is not an http:// URL"),
-                        "use e.g. http://127.0.0.1:8081/.well-known/jwks.json",
+                        format!("`{u}` is not an http:// or https:// URL with a host"),
+                        "use e.g. https://idp.example.com/.well-known/jwks.json",
                     );
                     JwksSource::Url(u.to_owned())
                 }
@@ -485,8 +479,24 @@ fn check_jwks(c: &mut Checker, key: &str, raw: &RawJwks) -> Jwks {
             JwksSource::File(PathBuf::new())
         }
     };
+    let ca = raw.ca.as_deref().map(str::trim).map(PathBuf::from);
+    if ca.is_some() && !matches!(&source, JwksSource::Url(u) if u.starts_with("https://")) {
+        c.err(
+            format!("{key}.ca"),
+            "`ca` only applies to an https:// JWKS URL",
+            "remove `ca`, or serve the JWKS over https",
+        );
+    }
+    if ca.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        c.err(
+            format!("{key}.ca"),
+            "`ca` is empty",
+            "name a PEM file of CA certificates, or remove `ca` to use the system's trust store",
+        );
+    }
     Jwks {
         source,
+        ca,
         refresh: c.duration(
             &format!("{key}.refresh"),
             raw.refresh.as_deref(),

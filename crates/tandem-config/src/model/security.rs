@@ -106,6 +106,8 @@ pub struct Jwt {
 pub struct Jwks {
     /// A file or an URL.
     pub source: JwksSource,
+    /// For an `https://` URL: the CAs trusted for its server; `None`: the system's trust store.
+    pub ca: Option<PathBuf>,
     /// Time between reloads.
     #[serde(with = "humantime_serde_compat")]
     pub refresh: Duration,
@@ -120,7 +122,7 @@ pub struct Jwks {
 pub enum JwksSource {
     /// A local file.
     File(PathBuf),
-    /// An `http://` URL.
+    /// An `http://` or `https://` URL.
     Url(String),
 }
 

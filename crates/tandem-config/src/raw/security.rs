@@ -92,9 +92,13 @@ pub struct RawJwks {
     /// A JWKS file, re-read every `refresh`.
     #[serde(default)]
     pub file: Option<String>,
-    /// An `http://` URL serving the JWKS, fetched at start and every `refresh`.
+    /// An `http://` or `https://` URL serving the JWKS, fetched at start and every `refresh`.
     #[serde(default)]
     pub url: Option<String>,
+    /// For an `https://` URL: a PEM bundle of the CAs trusted to sign the server's certificate
+    /// (default: the system's trust store).
+    #[serde(default)]
+    pub ca: Option<String>,
     /// Time between reloads (default "5m").
     #[serde(default)]
     pub refresh: Option<String>,

@@ -165,8 +165,28 @@ fn jwt_mistakes() {
         "algorithms: [RS256]",
     ));
     assert_eq!(e.key, format!("{key}.hs256_secret_file"));
-    let e = one(&GOOD.replace("http://127.0.0.1:9/jwks.json", "https://idp.test/jwks.json"));
+    let https = GOOD.replace(
+        "url: \"http://127.0.0.1:9/jwks.json\"",
+        "url: \"https://idp.test/jwks.json\", ca: /etc/idp-ca.pem",
+    );
+    assert_ne!(https, GOOD);
+    let c = parse("t.yaml", &https).unwrap();
+    let jwks = c.listeners[0].routes[0]
+        .jwt
+        .as_ref()
+        .and_then(|j| j.jwks.as_ref())
+        .unwrap();
+    assert_eq!(
+        jwks.ca.as_deref(),
+        Some(std::path::Path::new("/etc/idp-ca.pem"))
+    );
+    let e = one(&GOOD.replace("http://127.0.0.1:9/jwks.json", "ftp://idp.test/jwks.json"));
     assert_eq!(e.key, format!("{key}.jwks.url"));
+    let e = one(&GOOD.replace(
+        "url: \"http://127.0.0.1:9/jwks.json\"",
+        "url: \"http://127.0.0.1:9/jwks.json\", ca: /etc/idp-ca.pem",
+    ));
+    assert_eq!(e.key, format!("{key}.jwks.ca"));
     let e = one(&GOOD.replace("audiences: [orders]", "audiences: []"));
     assert_eq!(e.key, format!("{key}.audiences"));
     let e = one(&GOOD.replace("sub: X-User", "sub: authorization"));

@@ -56,6 +56,7 @@ fn config(jwks: Option<&Path>, algorithms: &[JwtAlgorithm], secret: Option<&Path
         audiences: vec!["orders".into(), "billing".into()],
         jwks: jwks.map(|p| Jwks {
             source: JwksSource::File(p.to_owned()),
+            ca: None,
             refresh: Duration::from_secs(300),
             min_refresh_interval: Duration::from_millis(1),
         }),
