@@ -654,3 +654,59 @@ upstreams:
     assert peers("other") == 5
     assert peers("none") == 0
     assert "sa/c" not in text and "sa/a\"" not in text, "an unnamed identity became a label value"
+
+
+def test_tcp_listener_authorizes_connections_by_identity(tandem, pki, start_backend, tmp_path):
+    """A `protocol: tcp` mTLS listener with an authorization policy: a client whose certificate
+    names an allowed identity gets its bytes echoed; a valid certificate with another identity
+    is closed without a byte from the upstream, logged as `forbidden` and counted."""
+    import socket
+    import ssl
+
+    id_c = f"spiffe://{DOMAIN}/ns/web/sa/c"
+    pki.issue("c", id_c)
+    backend = free_port()
+    start_backend("tcp_echo.py", backend)
+    port = free_port()
+    log = tmp_path / "access.log"
+    b = tandem(pki.tls_section("b") + f"""
+access_log: {{ path: {log} }}
+listeners:
+  inbound:
+    address: 127.0.0.1:{port}
+    protocol: tcp
+    upstream: echo
+    tls: {{}}
+    authorization:
+      rules:
+        - {{ action: allow, name: shop, identities: ["spiffe://{DOMAIN}/ns/shop/*"] }}
+upstreams:
+  echo: {{ endpoints: [127.0.0.1:{backend}] }}
+""")
+
+    def exchange(name):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(str(pki.dir("ca") / "ca.pem"))
+        ctx.load_cert_chain(str(pki.dir(name) / "cert.pem"), str(pki.dir(name) / "key.pem"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="b.e2e.test") as s:
+                try:
+                    s.sendall(b"hello")
+                    got = b""
+                    while len(got) < 5 and (chunk := s.recv(100)):
+                        got += chunk
+                    return got
+                except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+                    return b""
+
+    assert exchange("a") == b"hello"
+    assert exchange("c") == b""
+    wait_for(lambda: len(log.read_text().splitlines()) == 2, what="two access log lines")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    by_identity = {line["peer_identity"]: line for line in lines}
+    assert by_identity[ID_A]["error"] is None, by_identity
+    assert by_identity[id_c]["error"] == "forbidden", by_identity
+    assert by_identity[id_c]["endpoint"] is None, "denied before connecting upstream"
+    text = httpx.get(f"{b.admin}/metrics").text
+    assert metric(text, "tandem_authz_denied_total", listener="inbound", rule="default") == 1
+    assert "audit: connection denied" in b.log()

@@ -121,6 +121,16 @@ pub async fn proxy_with_identity(
         return;
     };
     let mut obs = ConnectionObserver::start(&stack, &target, accepted.peer);
+    if let Some(policy) = &stack.authz {
+        let source = accepted.peer.map(|p| p.ip().to_canonical());
+        if let Err(e) = policy.authorize_connection(identity.as_ref(), source) {
+            obs.identity(identity);
+            target.errors.inc(e.kind);
+            obs.failed(&e);
+            // Closed before connecting upstream: the client learns nothing but the close.
+            return;
+        }
+    }
     obs.identity(identity);
     let upstream = &target.upstream;
     let (io, _slot) = match crate::forward::connect_any(upstream, None).await {

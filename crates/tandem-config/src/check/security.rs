@@ -55,11 +55,27 @@ pub(super) fn check_authorization(
     protocol: ListenerProtocol,
 ) -> Authorization {
     if protocol == ListenerProtocol::Tcp {
-        c.err(
-            key,
-            "authorization applies to http listeners only (for now)",
-            "remove `authorization` from this tcp listener, or use `protocol: http`",
-        );
+        // A tcp listener decides per connection: there is no method, path or header to match.
+        for (i, r) in raw.rules.iter().enumerate() {
+            for (field, set) in [
+                ("methods", r.methods.is_some()),
+                ("paths", r.paths.is_some()),
+                ("headers", !r.headers.is_empty()),
+            ] {
+                if set {
+                    c.err(
+                        format!("{key}.rules[{i}].{field}"),
+                        format!(
+                            "a tcp listener authorizes whole connections: it has no {field} to match"
+                        ),
+                        format!(
+                            "remove `{field}` (tcp rules match `identities` and `source_cidrs`), \
+                             or use `protocol: http`"
+                        ),
+                    );
+                }
+            }
+        }
     }
     if raw.rules.is_empty() {
         c.err(

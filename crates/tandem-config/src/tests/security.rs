@@ -223,3 +223,34 @@ fn normalize_path_defaults() {
     assert_eq!(e.key, "listeners.inbound.normalize_path");
     assert_eq!(e.line, Some(5));
 }
+
+/// A tcp listener's policy may match identities and source networks, nothing per request.
+#[test]
+fn tcp_policies_match_connections_only() {
+    let tcp = |rule: &str| {
+        format!("listeners:\n  db:\n    address: 127.0.0.1:7080\n    protocol: tcp\n    upstream: app\n    authorization:\n      rules:\n        - {rule}\nupstreams:\n  app: {{ endpoints: [127.0.0.1:8080] }}\n")
+    };
+    let c = parse(
+        "t.yaml",
+        &tcp("{ action: allow, identities: [\"spiffe://p/*\"], source_cidrs: [10.0.0.0/8] }"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.listeners[0].authorization.as_ref().unwrap().rules.len(),
+        1
+    );
+    for (field, rule) in [
+        ("methods", "{ action: allow, methods: [GET] }"),
+        ("paths", "{ action: allow, paths: [/x] }"),
+        ("headers", "{ action: allow, headers: { x-a: b } }"),
+    ] {
+        let e = one(&tcp(rule));
+        assert_eq!(
+            e.key,
+            format!("listeners.db.authorization.rules[0].{field}"),
+            "{e}"
+        );
+        assert!(e.message.contains("whole connections"), "{e}");
+        assert!(e.hint.contains("identities"), "{e}");
+    }
+}

@@ -10,6 +10,10 @@
 //! normalized one ([`crate::path`]) that the app receives. A connection without identity
 //! matches no identity condition, so identity rules fail closed on plaintext.
 //!
+//! On a `protocol: tcp` listener the policy decides once per connection, before Tandem connects
+//! upstream, on identity and source network only (`tandem check` refuses methods, paths and
+//! headers there); a denied connection is closed without a byte sent.
+//!
 //! Every decision is an audit event on the `tandem::audit` target (denials at INFO, allows at
 //! DEBUG) and every denial counts in `tandem_authz_denied_total{listener, rule}`. Rules and
 //! their counters are resolved when the snapshot is built; deciding allocates nothing.
@@ -110,36 +114,73 @@ impl AuthzPolicy {
             }
             Decision::Denied(rule) => {
                 tracing::info!(target: AUDIT_TARGET, listener = %self.listener, route = req.route, identity, source = ?req.source, method = %req.method, path = req.path, decision = "deny", rule, "audit: request denied");
-                match self.rules.iter().find(|r| r.cfg.name == rule) {
-                    Some(r) => r.denied.inc(),
-                    None => self.default_denied.inc(),
-                };
-                let cause = if rule == "default" {
-                    format!(
-                        "no allow rule of listener `{}` matches this request (default deny)",
-                        self.listener
-                    )
-                } else {
-                    format!("denied by rule `{rule}` of listener `{}`", self.listener)
-                };
-                Err(ProxyError::new(ErrorKind::Forbidden, cause))
+                Err(self.denied(rule))
             }
         }
     }
+
+    /// Decides for a connection on a `tcp` listener: rules there name identities and source
+    /// networks only. Writes the audit event and counts a denial like [`Self::authorize`].
+    pub fn authorize_connection(
+        &self,
+        identity: Option<&PeerIdentity>,
+        source: Option<IpAddr>,
+    ) -> Result<(), ProxyError> {
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| connection_matches(&r.cfg, identity, source));
+        let id = identity.map(PeerIdentity::as_str);
+        match rule {
+            Some(r) if r.cfg.action == AuthzAction::Allow => {
+                tracing::debug!(target: AUDIT_TARGET, listener = %self.listener, identity = id, source = ?source, decision = "allow", rule = %r.cfg.name, "audit: connection allowed");
+                Ok(())
+            }
+            _ => {
+                let rule = rule.map_or("default", |r| r.cfg.name.as_str());
+                tracing::info!(target: AUDIT_TARGET, listener = %self.listener, identity = id, source = ?source, decision = "deny", rule, "audit: connection denied");
+                Err(self.denied(rule))
+            }
+        }
+    }
+
+    /// Counts a denial by `rule` and says why, for the client and the access log.
+    fn denied(&self, rule: &str) -> ProxyError {
+        match self.rules.iter().find(|r| r.cfg.name == rule) {
+            Some(r) => r.denied.inc(),
+            None => self.default_denied.inc(),
+        };
+        let cause = if rule == "default" {
+            format!(
+                "no allow rule of listener `{}` matches this request (default deny)",
+                self.listener
+            )
+        } else {
+            format!("denied by rule `{rule}` of listener `{}`", self.listener)
+        };
+        ProxyError::new(ErrorKind::Forbidden, cause)
+    }
 }
 
-/// Whether every condition of `r` holds for `req`.
-fn rule_matches(r: &AuthzRule, req: &AuthzRequest<'_>) -> bool {
+/// Whether the connection-level conditions of `r` (identity, source network) hold.
+fn connection_matches(
+    r: &AuthzRule,
+    identity: Option<&PeerIdentity>,
+    source: Option<IpAddr>,
+) -> bool {
     (r.identities.is_empty()
-        || req.identity.is_some_and(|id| {
+        || identity.is_some_and(|id| {
             r.identities
                 .iter()
                 .any(|m| identity_matches(m, id.as_str()))
         }))
         && (r.source_cidrs.is_empty()
-            || req
-                .source
-                .is_some_and(|ip| r.source_cidrs.iter().any(|c| c.contains(ip))))
+            || source.is_some_and(|ip| r.source_cidrs.iter().any(|c| c.contains(ip))))
+}
+
+/// Whether every condition of `r` holds for `req`.
+fn rule_matches(r: &AuthzRule, req: &AuthzRequest<'_>) -> bool {
+    connection_matches(r, req.identity, req.source)
         && (r.methods.is_empty() || r.methods.iter().any(|m| m == req.method))
         && (r.paths.is_empty() || r.paths.iter().any(|p| path_matches(p, req.path)))
         && r.headers

@@ -171,3 +171,42 @@ fn authorize_counts_and_answers_403() {
         "{text}"
     );
 }
+
+/// On a tcp listener the policy decides per connection on identity and source: deny rules
+/// first, then allow rules, else the default deny; every denial is counted.
+#[test]
+fn connections_are_decided_on_identity_and_source() {
+    let text = "listeners:\n  db:\n    address: 127.0.0.1:7080\n    protocol: tcp\n    upstream: app\n    authorization:\n      rules:\n        - { action: allow, name: shop, identities: [\"spiffe://prod/ns/shop/*\"] }\n        - { action: deny, name: bad-net, source_cidrs: [192.0.2.0/24] }\n        - { action: allow, name: local, source_cidrs: [127.0.0.0/8] }\nupstreams:\n  app: { endpoints: [127.0.0.1:8080] }\n";
+    let cfg = parse("t.yaml", text).unwrap_or_else(|e| panic!("{e}"));
+    let metrics = Metrics::new();
+    let p = AuthzPolicy::new(
+        "db",
+        cfg.listeners[0].authorization.as_ref().unwrap(),
+        &metrics,
+    );
+    let shop = PeerIdentity::new("spiffe://prod/ns/shop/sa/cart");
+    let other = PeerIdentity::new("spiffe://prod/ns/web/sa/ui");
+    let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+    assert!(p.authorize_connection(Some(&shop), ip("10.1.2.3")).is_ok());
+    assert!(p.authorize_connection(None, ip("127.0.0.1")).is_ok());
+    // The deny rule wins over the identity allow, whatever the order in the file.
+    let e = p
+        .authorize_connection(Some(&shop), ip("192.0.2.9"))
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Forbidden);
+    assert!(e.to_string().contains("bad-net"), "{e}");
+    let e = p
+        .authorize_connection(Some(&other), ip("10.1.2.3"))
+        .unwrap_err();
+    assert!(e.to_string().contains("default deny"), "{e}");
+    assert!(p.authorize_connection(None, None).is_err());
+    let text = metrics.encode();
+    assert!(
+        text.contains("tandem_authz_denied_total{listener=\"db\",rule=\"bad-net\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tandem_authz_denied_total{listener=\"db\",rule=\"default\"} 2"),
+        "{text}"
+    );
+}
