@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # mTLS sidecar-to-sidecar benchmark: client -> sidecar A (plaintext, outbound) ==mTLS==> sidecar B
 # (inbound, client certificate required) -> backend, Tandem against Envoy configured equivalently.
-# Not run as part of the test suite; written for issue 5 and not yet run (no figures exist yet).
+# Not run as part of the test suite (figures: docs/benchmarks.md, "mTLS pair vs Envoy").
 #
-#   bench/mtls.sh [--out DIR] [--rounds N] [--duration S] [--rate R] [--hops "h1 h2"]
-#                 [--proxies "tandem envoy"] [--no-build]
+#   bench/mtls.sh [--out DIR] [--rounds N] [--duration S] [--rate R] [--hops "h1 h2 hs"]
+#                 [--proxies "direct tandem envoy"] [--no-build]
 #
 # Per system and hop protocol (h1: HTTP/1.1 on the mTLS hop; h2: HTTP/2 on it, one multiplexed
-# connection as meshes do), both sidecars with one worker thread, pinned together on CPU 0; the
+# connection as meshes do; hs: HTTP/1.1 with a new mTLS connection from A to B for every request,
+# so wrk's rate is the pair's handshakes per second), both sidecars with one worker thread, pinned together on CPU 0; the
 # backend (../shared/bench/backend) and the load generators on CPU 1. Equivalence:
 #   - both: TLS 1.2+/1.3 with ECDSA P-256 workload certs from one CA (made with `tandem certs`),
 #     B requires a client certificate from the CA, A verifies B's SPIFFE ID (URI SAN) exactly,
 #     B passes the client identity to the app (Tandem: x-tandem-peer-identity; Envoy:
 #     x-forwarded-client-cert with the URI, forward_client_cert_details SANITIZE_SET),
 #     upstream keep-alive on, no access logs, no request ids.
+# `direct` is the client to the backend with no sidecar (h1 and h2 only): the p99 a pair *adds*
+# is its p99 minus direct's, in summary.md.
 # Measured per run: wrk -t1 -c64 (max throughput, HTTP/1.1 into A), oha --latency-correction at
 # --rate (p50/p90/p99/p99.9), h2load -c16 -m16 h2c into A; CPU seconds of A+B over each
 # measurement (/proc/<pid>/stat utime+stime) -> CPU us per request; RSS of A+B after the runs.
@@ -27,7 +30,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 harness=${HARNESS:-$repo/../shared/bench}
 
-OUT="" ROUNDS=3 DURATION=10 RATE=2000 HOPS="h1 h2" PROXIES="tandem envoy" BUILD=1
+OUT="" ROUNDS=3 DURATION=10 RATE=2000 HOPS="h1 h2 hs" PROXIES="direct tandem envoy" BUILD=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
@@ -88,8 +91,11 @@ C=$OUT/certs
 
 # ---------------------------------------------------------------- configs
 write_configs() { # $1 = hop protocol (h1 | h2)
-  local tandem_proto=http1 envoy_proto="http_protocol_options: {}" alpn='"http/1.1"'
+  local tandem_proto=http1 envoy_proto="http_protocol_options: {}" alpn='"http/1.1"' idle=1024 envoy_common=""
   if [[ "$1" == h2 ]]; then tandem_proto=http2 envoy_proto="http2_protocol_options: {}" alpn='"h2"'; fi
+  # hs: one request per A->B connection (Tandem keeps no idle connection; Envoy closes after one
+  # request), TLS session resumption left at each proxy's default.
+  if [[ "$1" == hs ]]; then idle=0 envoy_common="common_http_protocol_options: { max_requests_per_connection: 1 }"; fi
   cat >"$OUT/conf/tandem-b.yaml" <<EOF
 tls: { cert: $C/b/cert.pem, key: $C/b/key.pem, trust_bundle: $C/ca/ca.pem }
 admin: { address: 127.0.0.1:$B_ADMIN }
@@ -110,7 +116,7 @@ upstreams:
   b:
     endpoints: [127.0.0.1:$B_PORT]
     protocol: $tandem_proto
-    pool: { max_idle_per_endpoint: 1024 }
+    pool: { max_idle_per_endpoint: $idle }
     tls: { identities: [$ID_B] }
 EOF
   local hcm_common='"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -185,6 +191,7 @@ static_resources:
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        $envoy_common
         explicit_http_config: { $envoy_proto }
     transport_socket:
       name: envoy.transport_sockets.tls
@@ -229,6 +236,7 @@ record() { printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" >>"$OUT/result
 start_pair() { # proxy hop dir -> sets A_PID B_PID
   local proxy=$1 hop=$2 dir=$3
   case "$proxy" in
+    direct) A_PID="" B_PID="" ; return ;;
     tandem)
       taskset -c "$PROXY_CPU" "$TANDEM_BIN" run -c "$OUT/conf/tandem-b.yaml" --threads 1 --log warn >"$dir/b.log" 2>&1 &
       B_PID=$!
@@ -242,6 +250,7 @@ start_pair() { # proxy hop dir -> sets A_PID B_PID
   esac
   pids+=("$A_PID" "$B_PID")
 }
+cpu_pair() { [[ -n "$A_PID" ]] && cpu_ticks "$A_PID" "$B_PID" || echo 0; }
 
 # ---------------------------------------------------------------- run
 taskset -c "$LOAD_CPU" "$BACKEND_BIN" "127.0.0.1:$BACKEND_PORT" >"$OUT/backend.log" 2>&1 &
@@ -252,22 +261,33 @@ for r in $(seq 1 "$ROUNDS"); do
   for hop in $HOPS; do
     write_configs "$hop"
     for proxy in $PROXIES; do
+      [[ "$proxy" == direct && "$hop" == hs ]] && continue
       dir=$OUT/raw/$hop/$proxy/r$r && mkdir -p "$dir"
       start_pair "$proxy" "$hop" "$dir"
-      wait_http "http://127.0.0.1:$A_PORT/"
+      port=$A_PORT
+      [[ "$proxy" == direct ]] && port=$BACKEND_PORT
+      url="http://127.0.0.1:$port/"
+      wait_http "$url"
       # The identity reached the app (Tandem's header or Envoy's XFCC): checked once per run.
-      curl -s -o /dev/null -D "$dir/headers.txt" "http://127.0.0.1:$A_PORT/"
-      taskset -c "$LOAD_CPU" "$WRK_BIN" -t1 -c64 -d2s "http://127.0.0.1:$A_PORT/" >/dev/null # warm-up
+      curl -s -o /dev/null -D "$dir/headers.txt" "$url"
+      taskset -c "$LOAD_CPU" "$WRK_BIN" -t1 -c64 -d2s "$url" >/dev/null # warm-up
 
-      t0=$(cpu_ticks "$A_PID" "$B_PID")
-      taskset -c "$LOAD_CPU" "$WRK_BIN" -t1 -c64 -d"${DURATION}s" --latency "http://127.0.0.1:$A_PORT/" >"$dir/wrk.txt"
-      t1=$(cpu_ticks "$A_PID" "$B_PID")
+      t0=$(cpu_pair)
+      taskset -c "$LOAD_CPU" "$WRK_BIN" -t1 -c64 -d"${DURATION}s" --latency "$url" >"$dir/wrk.txt"
+      t1=$(cpu_pair)
       reqs=$(awk '/requests in/ {print $1}' "$dir/wrk.txt")
+      if [[ "$hop" == hs ]]; then
+        record "$r" "$hop" "$proxy" handshakes_per_s "$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")"
+        record "$r" "$hop" "$proxy" cpu_us_per_handshake "$(python3 -c "print(round(($t1-$t0)/$hz*1e6/max($reqs,1),2))")"
+        record "$r" "$hop" "$proxy" non2xx "$(awk '/Non-2xx/ {print $5}' "$dir/wrk.txt" | grep . || echo 0)"
+        kill "$A_PID" "$B_PID"; wait "$A_PID" "$B_PID" 2>/dev/null || true
+        continue
+      fi
       record "$r" "$hop" "$proxy" wrk_rps "$(awk '/Requests\/sec/ {print $2}' "$dir/wrk.txt")"
-      record "$r" "$hop" "$proxy" wrk_cpu_us_per_req "$(python3 -c "print(round(($t1-$t0)/$hz*1e6/max($reqs,1),2))")"
+      [[ "$proxy" != direct ]] && record "$r" "$hop" "$proxy" wrk_cpu_us_per_req "$(python3 -c "print(round(($t1-$t0)/$hz*1e6/max($reqs,1),2))")"
 
       taskset -c "$LOAD_CPU" "$OHA_BIN" --no-tui --output-format json -o "$dir/oha.json" --latency-correction \
-        -z "${DURATION}s" -c 32 -q "$RATE" "http://127.0.0.1:$A_PORT/" >"$dir/oha.log" 2>&1
+        -z "${DURATION}s" -c 32 -q "$RATE" "$url" >"$dir/oha.log" 2>&1
       python3 - "$dir/oha.json" "$r" "$hop" "$proxy" >>"$OUT/results.tsv" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); p = d.get("latencyPercentiles", {})
@@ -276,9 +296,10 @@ for k in ("p50", "p90", "p99", "p99.9"):
 print(f"{sys.argv[2]}\t{sys.argv[3]}\t{sys.argv[4]}\toha_success_rate\t{d.get('summary', {}).get('successRate')}")
 PY
 
-      t0=$(cpu_ticks "$A_PID" "$B_PID")
-      taskset -c "$LOAD_CPU" "$H2LOAD_BIN" -t1 -c16 -m16 -n200000 "http://127.0.0.1:$A_PORT/" >"$dir/h2load.txt"
-      t1=$(cpu_ticks "$A_PID" "$B_PID")
+      if [[ "$proxy" == direct ]]; then continue; fi
+      t0=$(cpu_pair)
+      taskset -c "$LOAD_CPU" "$H2LOAD_BIN" -t1 -c16 -m16 -n200000 "$url" >"$dir/h2load.txt"
+      t1=$(cpu_pair)
       record "$r" "$hop" "$proxy" h2load_rps "$(awk '/^finished in/ {print $4}' "$dir/h2load.txt")"
       record "$r" "$hop" "$proxy" h2load_cpu_us_per_req "$(python3 -c "print(round(($t1-$t0)/$hz*1e6/200000,2))")"
       record "$r" "$hop" "$proxy" rss_kb_pair "$(rss_kb "$A_PID" "$B_PID")"
@@ -301,6 +322,16 @@ for hop in hops:
     print("| metric | " + " | ".join(proxies) + " |"); print("|---" * (len(proxies) + 1) + "|")
     for m in metrics:
         print(f"| {m} | " + " | ".join(f"{statistics.median(vals[(hop, m, p)]):g}" if vals[(hop, m, p)] else "-" for p in proxies) + " |")
+    # The latency a pair adds: its percentile minus the direct path's, medians over rounds.
+    for k in ("p50", "p99", "p99.9"):
+        m = f"oha_{k}_ms"
+        d = vals.get((hop, m, "direct"))
+        if not d: continue
+        added = {p: statistics.median(vals[(hop, m, p)]) - statistics.median(d) for p in proxies if p != "direct" and vals[(hop, m, p)]}
+        line = ", ".join(f"{p} {v:.3f} ms" for p, v in added.items())
+        if added.get("envoy", 0) > 0 and "tandem" in added:
+            line += f" (tandem/envoy {added['tandem'] / added['envoy']:.2f}x)"
+        print(f"\nadded {k}: {line}")
 PY
 cat "$OUT/summary.md"
 echo "results in $OUT"
