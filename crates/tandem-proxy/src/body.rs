@@ -213,6 +213,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         // Every field is `Unpin`, so no pin projection is needed.
         let this = self.get_mut();
+        crate::stall::polled();
         let polled = match &mut this.kind {
             Kind::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Kind::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
@@ -237,6 +238,7 @@ impl Body for ProxyBody {
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 this.sent += data.len() as u64;
+                crate::stall::handed_out();
             }
         }
         // After the poll: whether this frame was the last (hyper stops polling then).

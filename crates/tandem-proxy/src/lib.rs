@@ -48,6 +48,7 @@ pub mod pool;
 pub mod route;
 pub mod server;
 pub mod stack;
+pub mod stall;
 pub mod tcp;
 pub mod trace;
 

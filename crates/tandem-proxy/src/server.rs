@@ -19,11 +19,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tandem_config::ListenerProtocol;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::framing::{FramingFlag, FramingGuard};
@@ -31,13 +32,16 @@ use crate::headers::Forwarded;
 use crate::identity::PeerIdentity;
 use crate::listen::{accept_loop, Accepted, BoundListener, DrainWatch, Io};
 use crate::stack::{ListenerStack, ListenerTls};
+use crate::stall::StreamExecutor;
 use crate::{forward, tcp};
 
 /// Serves `listener` until drain, then waits until its connections have finished. The caller
 /// bounds the wait (`drain_timeout`).
 pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, drain: DrainWatch) {
     let builder = http_builder(&stack);
-    let graceful = GracefulShutdown::new();
+    // HTTP connections: tracked, and told to finish (GOAWAY / `connection: close`) on drain.
+    let connections = TaskTracker::new();
+    let drained = CancellationToken::new();
     let tunnels = TaskTracker::new();
     let max = stack.limits.max_connections;
 
@@ -56,10 +60,10 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
             (ListenerTls::Plain, ListenerProtocol::Http) => {
                 let forwarded = Forwarded::new(accepted.peer, "http");
                 let (conn, resets) = serve_http(&builder, &stack, accepted.io, forwarded);
-                let conn = graceful.watch(conn);
                 let peer = accepted.peer;
-                tokio::spawn(async move {
-                    drive(conn, &resets, &stack, peer).await;
+                let drained = drained.clone();
+                connections.spawn(async move {
+                    drive(conn, &resets, &stack, peer, &drained).await;
                     stack.metrics.active.dec();
                     drop(permit);
                 });
@@ -67,7 +71,7 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
             (ListenerTls::Tls(tls), protocol) => {
                 // The handshake runs on the connection's own task, never in the accept loop.
                 let tls = tls.clone();
-                let watcher = graceful.watcher();
+                let drained = drained.clone();
                 let builder = builder.clone();
                 let task = async move {
                     let peer = accepted.peer;
@@ -86,7 +90,7 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
                                         Forwarded::new(peer, "https").with_identity(identity);
                                     let (conn, resets) =
                                         serve_http(&builder, &stack, io, forwarded);
-                                    drive(watcher.watch(conn), &resets, &stack, peer).await;
+                                    drive(conn, &resets, &stack, peer, &drained).await;
                                 }
                             }
                         }
@@ -102,7 +106,7 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
                         tunnels.spawn(task);
                     }
                     ListenerProtocol::Http => {
-                        tokio::spawn(task);
+                        connections.spawn(task);
                     }
                 }
             }
@@ -118,9 +122,11 @@ pub async fn run_listener(listener: BoundListener, stack: Arc<ListenerStack>, dr
 
     // Closing the socket first makes new connections fail fast instead of queueing.
     drop(listener);
-    tracing::info!(listener = %stack.name, open = graceful.count(), "draining");
+    tracing::info!(listener = %stack.name, open = connections.len() + tunnels.len(), "draining");
+    drained.cancel();
+    connections.close();
     tunnels.close();
-    tokio::join!(graceful.shutdown(), tunnels.wait());
+    tokio::join!(connections.wait(), tunnels.wait());
 }
 
 /// `limits.h2_max_resets_per_second` for one connection: a token bucket holding one second's
@@ -279,7 +285,7 @@ fn head_buffer(limits: &tandem_config::Limits) -> usize {
 /// One HTTP connection (HTTP/1.1 or HTTP/2, told apart by the preface) on `io`, and the reset
 /// budget [`drive`] watches it with.
 fn serve_http(
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &auto::Builder<StreamExecutor>,
     stack: &Arc<ListenerStack>,
     io: Io,
     forwarded: Forwarded,
@@ -324,35 +330,58 @@ fn serve_http(
     (conn, resets)
 }
 
-/// Runs a served connection to its end, or closes it (dropping it, with its open streams) when
-/// the client cancels requests faster than `limits.h2_max_resets_per_second`.
-async fn drive<F, E>(
-    conn: F,
+/// How long a connection told to go away for cancelling too many requests may take to finish
+/// its open streams before it is closed.
+const CALM_DOWN: Duration = Duration::from_secs(1);
+
+/// Runs a served connection to its end. On drain it is told to finish (HTTP/2 GOAWAY, HTTP/1
+/// `connection: close`) and its open requests complete. A client cancelling requests faster
+/// than `limits.h2_max_resets_per_second` gets a GOAWAY too, and the connection is dropped with
+/// whatever is still open after [`CALM_DOWN`].
+async fn drive<C>(
+    conn: C,
     resets: &ResetBudget,
     stack: &ListenerStack,
     peer: impl std::fmt::Debug,
+    drained: &CancellationToken,
 ) where
-    F: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
 {
-    tokio::select! {
-        r = conn => if let Err(e) = r {
+    let mut conn = std::pin::pin!(conn);
+    let log = |r: Result<(), C::Error>| {
+        if let Err(e) = r {
             tracing::debug!(listener = %stack.name, error = %e, "connection error");
-        },
-        () = resets.exceeded.notified() => {
-            tracing::warn!(
-                listener = %stack.name,
-                peer = ?peer,
-                limit = stack.limits.h2.max_resets_per_second,
-                "closed an HTTP/2 connection cancelling more requests per second than limits.h2_max_resets_per_second (rapid reset)"
-            );
         }
+    };
+    tokio::select! {
+        r = conn.as_mut() => return log(r),
+        () = drained.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => return log(r),
+                () = resets.exceeded.notified() => {}
+            }
+        }
+        () = resets.exceeded.notified() => {}
+    }
+    // Only the reset budget gets here.
+    tracing::warn!(
+        listener = %stack.name,
+        peer = ?peer,
+        limit = stack.limits.h2.max_resets_per_second,
+        "closing an HTTP/2 connection cancelling more requests per second than limits.h2_max_resets_per_second (rapid reset)"
+    );
+    conn.as_mut().graceful_shutdown();
+    if let Ok(r) = tokio::time::timeout(CALM_DOWN, conn.as_mut()).await {
+        log(r);
     }
 }
 
-fn http_builder(stack: &ListenerStack) -> auto::Builder<TokioExecutor> {
+fn http_builder(stack: &ListenerStack) -> auto::Builder<StreamExecutor> {
     let limits = &stack.limits;
-    let mut b = auto::Builder::new(TokioExecutor::new());
+    // HTTP/2 streams run in tasks that reset them once stalled by the client (crate::stall).
+    let mut b = auto::Builder::new(StreamExecutor::new(limits.send_timeout));
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
