@@ -710,3 +710,48 @@ upstreams:
     text = httpx.get(f"{b.admin}/metrics").text
     assert metric(text, "tandem_authz_denied_total", listener="inbound", rule="default") == 1
     assert "audit: connection denied" in b.log()
+
+
+def test_routes_and_rate_limits_by_peer_identity(tandem, pki, h2_backend, tmp_path):
+    """`match.peer_identities` routes by the client certificate's identity and `rate_limit.key:
+    peer_identity` gives each identity its own bucket (curl with real client certificates; the
+    access log names the route each request took)."""
+    pki.issue("web", f"spiffe://{DOMAIN}/ns/web/sa/ui")
+    port = free_port()
+    log = tmp_path / "access.log"
+    tandem(pki.tls_section("b") + f"""
+access_log: {{ path: {log} }}
+listeners:
+  inbound:
+    address: 127.0.0.1:{port}
+    upstream: app
+    tls: {{ client_auth: required }}
+    routes:
+      - name: shop
+        match: {{ peer_identities: ["spiffe://{DOMAIN}/ns/shop/*"] }}
+        upstream: app
+        rate_limit: {{ requests: 2, per: 1m, key: peer_identity }}
+      - name: rest
+        upstream: app
+upstreams:
+  app:
+    endpoints: [{h2_backend}]
+""")
+    ca = str(pki.dir("ca") / "ca.pem")
+
+    def status(who):
+        d = pki.dir(who)
+        r = curl(port, ca, "--cert", str(d / "cert.pem"), "--key", str(d / "key.pem"),
+                 "-o", "/dev/null", "-w", "%{http_code}")
+        assert r.returncode == 0, (who, r.stderr)
+        return int(r.stdout)
+
+    # a and b are in ns/shop: own buckets of 2; web takes the other route, unlimited.
+    assert [status("a") for _ in range(3)] == [200, 200, 429]
+    assert [status("b") for _ in range(3)] == [200, 200, 429]
+    assert [status("web") for _ in range(3)] == [200, 200, 200]
+    wait_for(lambda: len(log.read_text().splitlines()) == 9, what="nine access log lines")
+    routes = {}
+    for line in map(json.loads, log.read_text().splitlines()):
+        routes.setdefault(line["peer_identity"], set()).add(line["route"])
+    assert routes == {ID_A: {"shop"}, ID_B: {"shop"}, f"spiffe://{DOMAIN}/ns/web/sa/ui": {"rest"}}, routes

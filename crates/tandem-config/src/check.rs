@@ -576,6 +576,7 @@ fn check_rate_limit(c: &mut Checker, key: &str, rl: &RawRateLimit) -> RateLimit 
     let key_kind = match rl.key.as_deref().map(str::trim) {
         None | Some("none") => RateLimitKey::None,
         Some("client_ip") => RateLimitKey::ClientIp,
+        Some("peer_identity") => RateLimitKey::PeerIdentity,
         Some(other) => match other.strip_prefix("header:").map(str::trim) {
             Some(name) if HeaderName::from_bytes(name.as_bytes()).is_ok() && !name.is_empty() => {
                 RateLimitKey::Header(name.to_ascii_lowercase())
@@ -584,7 +585,7 @@ fn check_rate_limit(c: &mut Checker, key: &str, rl: &RawRateLimit) -> RateLimit 
                 c.err(
                     format!("{key}.key"),
                     format!("`{other}` is not a rate limit key"),
-                    "use `none`, `client_ip` or `header:NAME` (e.g. header:x-api-key)",
+                    "use `none`, `client_ip`, `peer_identity` or `header:NAME` (e.g. header:x-api-key)",
                 );
                 RateLimitKey::None
             }
@@ -1426,6 +1427,13 @@ fn check_match(c: &mut Checker, key: &str, m: &RawMatch) -> RouteMatch {
             ),
         }
     }
+    out.peer_identities = security::list(
+        c,
+        key,
+        "peer_identities",
+        m.peer_identities.as_deref(),
+        security::identity_match,
+    );
     out
 }
 

@@ -285,6 +285,8 @@ pub enum RateLimitKey {
     None,
     /// One per client IP address (Unix socket clients share one).
     ClientIp,
+    /// One per verified peer identity (mTLS); connections without one share one.
+    PeerIdentity,
     /// One per value of this header (lower-case name); requests without it share one.
     Header(String),
 }
@@ -302,6 +304,9 @@ pub struct RouteMatch {
     /// Headers that must be present with exactly this value.
     #[serde(serialize_with = "ser_headers")]
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The connection's verified peer identity must match one of these; empty means any
+    /// (including none).
+    pub peer_identities: Vec<IdentityMatch>,
 }
 
 /// Host condition.

@@ -296,6 +296,9 @@ pub struct RawMatch {
     /// Headers that must be present with exactly these values.
     #[serde(default, deserialize_with = "unique_map")]
     pub headers: IndexMap<String, String>,
+    /// Verified peer identities (mTLS): exact, a prefix ending in `*`, or `*`; any may match.
+    #[serde(default)]
+    pub peer_identities: Option<Vec<String>>,
 }
 
 /// Path condition; exactly one of the two.

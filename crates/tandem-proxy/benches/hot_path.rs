@@ -27,7 +27,7 @@ fn table(n: usize) -> RouteTable<usize> {
                 host: Some(HostMatch::Exact(format!("svc{i}.internal"))),
                 path: Some(PathMatch::Prefix(format!("/api/v{i}"))),
                 methods: vec![Method::GET, Method::POST],
-                headers: vec![],
+                ..RouteMatch::default()
             },
             i,
         ));
@@ -76,6 +76,7 @@ fn route_match(c: &mut Criterion) {
                     path: uri.path(),
                     method: &Method::GET,
                     headers: &headers,
+                    identity: None,
                 };
                 black_box(t.find(black_box(&facts)))
             })

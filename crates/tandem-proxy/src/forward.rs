@@ -22,6 +22,7 @@ use crate::body::{ProxyBody, RequestBody, RequestBodyError};
 use crate::error::{ErrorKind, ProxyError};
 use crate::h1;
 use crate::headers;
+use crate::identity::PeerIdentity;
 use crate::observe::Observer;
 use crate::policy::authn;
 use crate::policy::authz::AuthzRequest;
@@ -68,6 +69,7 @@ pub async fn handle(
             path: req.uri().path(),
             method: req.method(),
             headers: req.headers(),
+            identity: forwarded.identity().map(PeerIdentity::as_str),
         };
         select_target(&stack, &facts).cloned()
     };
@@ -203,7 +205,12 @@ async fn admit(
     }
     if let Some(limiter) = &target.rate_limit {
         limiter
-            .check(forwarded.client_ip(), req.headers(), start)
+            .check(
+                forwarded.client_ip(),
+                forwarded.identity().map(PeerIdentity::as_str),
+                req.headers(),
+                start,
+            )
             .map_err(|wait| rate_limited(&target.name, wait))?;
     }
     Ok(())

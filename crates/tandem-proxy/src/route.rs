@@ -24,6 +24,8 @@ pub struct RequestFacts<'a> {
     pub method: &'a Method,
     /// Headers.
     pub headers: &'a HeaderMap,
+    /// The connection's verified peer identity (mTLS), if any.
+    pub identity: Option<&'a str>,
 }
 
 impl<T> RouteTable<T> {
@@ -79,6 +81,13 @@ pub fn matches(m: &RouteMatch, req: &RequestFacts<'_>) -> bool {
     if !m.methods.is_empty() && !m.methods.iter().any(|x| x == req.method) {
         return false;
     }
+    if !m.peer_identities.is_empty()
+        && !req
+            .identity
+            .is_some_and(|id| m.peer_identities.iter().any(|p| p.matches(id)))
+    {
+        return false;
+    }
     m.headers
         .iter()
         .all(|(name, value)| req.headers.get_all(name).iter().any(|v| v == value))
@@ -127,7 +136,7 @@ mod tests {
             host,
             path,
             methods: methods.to_vec(),
-            headers: vec![],
+            ..RouteMatch::default()
         }
     }
 
@@ -142,6 +151,7 @@ mod tests {
             path,
             method: m,
             headers: h,
+            identity: None,
         }
     }
 
@@ -218,5 +228,33 @@ mod tests {
         h.insert("host", HeaderValue::from_static("[::1]:80"));
         assert_eq!(request_host(&origin, &h), Some("::1"));
         assert!(prefix_matches("/api/", "/api"));
+    }
+
+    /// `peer_identities` matches the connection's verified identity (exact, prefix, any); a
+    /// connection without one matches no identity condition.
+    #[test]
+    fn peer_identities() {
+        use tandem_config::IdentityMatch;
+        let admin = RouteMatch {
+            peer_identities: vec![
+                IdentityMatch::Exact("spiffe://p/ns/ops/sa/admin".into()),
+                IdentityMatch::Prefix("spiffe://p/ns/shop/".into()),
+            ],
+            ..RouteMatch::default()
+        };
+        let any = RouteMatch {
+            peer_identities: vec![IdentityMatch::Any],
+            ..RouteMatch::default()
+        };
+        let t = RouteTable::new(vec![(admin, 1), (any, 2), (RouteMatch::default(), 3)]);
+        let h = HeaderMap::new();
+        let with = |id| RequestFacts {
+            identity: id,
+            ..facts(None, "/", &Method::GET, &h)
+        };
+        assert_eq!(t.find(&with(Some("spiffe://p/ns/ops/sa/admin"))), Some(&1));
+        assert_eq!(t.find(&with(Some("spiffe://p/ns/shop/sa/cart"))), Some(&1));
+        assert_eq!(t.find(&with(Some("spiffe://p/ns/ops/sa/admin2"))), Some(&2));
+        assert_eq!(t.find(&with(None)), Some(&3));
     }
 }

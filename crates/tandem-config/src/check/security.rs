@@ -127,22 +127,13 @@ fn check_rule(c: &mut Checker, key: &str, index: usize, r: &RawAuthzRule) -> Aut
         }
         None => format!("rules[{index}]"),
     };
-    let identities = list(c, key, "identities", r.identities.as_deref(), |s| {
-        let s = s.trim();
-        match s {
-            "" => Err(
-                "use an identity like spiffe://prod/ns/shop/sa/cart, a prefix ending in *, or *"
-                    .into(),
-            ),
-            "*" => Ok(IdentityMatch::Any),
-            _ => match s.strip_suffix('*') {
-                Some(p) if p.contains('*') => Err("`*` may only end the pattern".into()),
-                Some(p) => Ok(IdentityMatch::Prefix(p.to_owned())),
-                None if s.contains('*') => Err("`*` may only end the pattern".into()),
-                None => Ok(IdentityMatch::Exact(s.to_owned())),
-            },
-        }
-    });
+    let identities = list(
+        c,
+        key,
+        "identities",
+        r.identities.as_deref(),
+        identity_match,
+    );
     let source_cidrs = list(c, key, "source_cidrs", r.source_cidrs.as_deref(), |s| {
         s.trim()
             .parse::<Cidr>()
@@ -192,7 +183,25 @@ fn check_rule(c: &mut Checker, key: &str, index: usize, r: &RawAuthzRule) -> Aut
 
 /// Parses each entry of an optional list; an empty list is refused (it reads as "nothing" but
 /// would mean "no condition").
-fn list<T>(
+/// Parses an identity pattern: exact, a prefix ending in `*`, or `*`. The error is a hint.
+pub(super) fn identity_match(s: &str) -> Result<IdentityMatch, String> {
+    let s = s.trim();
+    match s {
+        "" => Err(
+            "use an identity like spiffe://prod/ns/shop/sa/cart, a prefix ending in *, or *".into(),
+        ),
+        "*" => Ok(IdentityMatch::Any),
+        _ => match s.strip_suffix('*') {
+            Some(p) if p.contains('*') => Err("`*` may only end the pattern".into()),
+            Some(p) => Ok(IdentityMatch::Prefix(p.to_owned())),
+            None if s.contains('*') => Err("`*` may only end the pattern".into()),
+            None => Ok(IdentityMatch::Exact(s.to_owned())),
+        },
+    }
+}
+
+/// Parses `raw` at `key.field` as a list, each entry with `parse` (whose error is a hint).
+pub(super) fn list<T>(
     c: &mut Checker,
     key: &str,
     field: &str,

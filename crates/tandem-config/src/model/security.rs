@@ -59,6 +59,17 @@ pub enum IdentityMatch {
     Prefix(String),
 }
 
+impl IdentityMatch {
+    /// Whether the verified identity `id` matches.
+    pub fn matches(&self, id: &str) -> bool {
+        match self {
+            IdentityMatch::Any => true,
+            IdentityMatch::Exact(e) => id == e,
+            IdentityMatch::Prefix(p) => id.starts_with(p.as_str()),
+        }
+    }
+}
+
 /// A normalized path pattern.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

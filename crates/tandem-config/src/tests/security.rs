@@ -254,3 +254,26 @@ fn tcp_policies_match_connections_only() {
         assert!(e.hint.contains("identities"), "{e}");
     }
 }
+
+/// `match.peer_identities` takes identity patterns; a bad one is reported at its index.
+#[test]
+fn route_peer_identities() {
+    let text = |ids: &str| {
+        format!("listeners:\n  in:\n    address: 127.0.0.1:7080\n    routes:\n      - match: {{ peer_identities: {ids} }}\n        upstream: app\n      - upstream: app\nupstreams:\n  app: {{ endpoints: [127.0.0.1:8080] }}\n")
+    };
+    let c = parse("t.yaml", &text("[\"spiffe://p/ns/a/*\", \"*\"]")).unwrap();
+    assert_eq!(
+        c.listeners[0].routes[0].matcher.peer_identities,
+        [
+            IdentityMatch::Prefix("spiffe://p/ns/a/".into()),
+            IdentityMatch::Any
+        ]
+    );
+    let e = one(&text("[\"spiffe://p/*/a\"]"));
+    assert_eq!(
+        e.key, "listeners.in.routes[0].match.peer_identities[0]",
+        "{e}"
+    );
+    let e = one(&text("[]"));
+    assert_eq!(e.key, "listeners.in.routes[0].match.peer_identities", "{e}");
+}

@@ -21,7 +21,7 @@
 use std::net::IpAddr;
 
 use http::{HeaderMap, Method};
-use tandem_config::{Authorization, AuthzAction, AuthzPath, AuthzRule, IdentityMatch};
+use tandem_config::{Authorization, AuthzAction, AuthzPath, AuthzRule};
 use tandem_telemetry::{Counter, Metrics};
 
 use crate::error::{ErrorKind, ProxyError};
@@ -169,11 +169,7 @@ fn connection_matches(
     source: Option<IpAddr>,
 ) -> bool {
     (r.identities.is_empty()
-        || identity.is_some_and(|id| {
-            r.identities
-                .iter()
-                .any(|m| identity_matches(m, id.as_str()))
-        }))
+        || identity.is_some_and(|id| r.identities.iter().any(|m| m.matches(id.as_str()))))
         && (r.source_cidrs.is_empty()
             || source.is_some_and(|ip| r.source_cidrs.iter().any(|c| c.contains(ip))))
 }
@@ -186,14 +182,6 @@ fn rule_matches(r: &AuthzRule, req: &AuthzRequest<'_>) -> bool {
         && r.headers
             .iter()
             .all(|(name, value)| req.headers.get_all(name).iter().any(|v| v == value))
-}
-
-fn identity_matches(m: &IdentityMatch, id: &str) -> bool {
-    match m {
-        IdentityMatch::Any => true,
-        IdentityMatch::Exact(e) => id == e,
-        IdentityMatch::Prefix(p) => id.starts_with(p.as_str()),
-    }
 }
 
 /// Matches a normalized path against a pattern (see [`AuthzPath`]).

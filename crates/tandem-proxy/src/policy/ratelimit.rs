@@ -42,6 +42,7 @@ pub struct RateLimiter {
 enum KeyKind {
     None,
     ClientIp,
+    PeerIdentity,
     Header(HeaderName),
 }
 
@@ -64,6 +65,7 @@ impl RateLimiter {
         let key = match &cfg.key {
             RateLimitKey::None => KeyKind::None,
             RateLimitKey::ClientIp => KeyKind::ClientIp,
+            RateLimitKey::PeerIdentity => KeyKind::PeerIdentity,
             RateLimitKey::Header(name) => HeaderName::from_bytes(name.as_bytes())
                 .map(KeyKind::Header)
                 .unwrap_or(KeyKind::None),
@@ -81,11 +83,12 @@ impl RateLimiter {
         }
     }
 
-    /// Admits or refuses one request from `client` with `headers` at `now`; a refusal carries the
-    /// time until the same request would be admitted.
+    /// Admits or refuses one request from `client` (verified as `identity`, if any) with
+    /// `headers` at `now`; a refusal carries the time until the same request would be admitted.
     pub fn check(
         &self,
         client: Option<IpAddr>,
+        identity: Option<&str>,
         headers: &HeaderMap,
         now: Instant,
     ) -> Result<(), Duration> {
@@ -95,6 +98,7 @@ impl RateLimiter {
                 IpAddr::V4(v4) => v4.octets().to_vec(),
                 IpAddr::V6(v6) => v6.octets().to_vec(),
             }),
+            KeyKind::PeerIdentity => identity.map(|id| id.as_bytes().to_vec()),
             KeyKind::Header(name) => headers.get(name).map(|v| v.as_bytes().to_vec()),
         };
         let Ok(mut state) = self.state.lock() else {
@@ -165,7 +169,7 @@ mod tests {
 
     fn admitted(l: &RateLimiter, n: usize, ip: Option<IpAddr>, headers: &HeaderMap) -> usize {
         (0..n)
-            .filter(|_| l.check(ip, headers, Instant::now()).is_ok())
+            .filter(|_| l.check(ip, None, headers, Instant::now()).is_ok())
             .count()
     }
 
@@ -175,12 +179,12 @@ mod tests {
         let l = limiter(10, 1000, 3, RateLimitKey::None, 10);
         let none = HeaderMap::new();
         assert_eq!(admitted(&l, 10, None, &none), 3);
-        let wait = l.check(None, &none, Instant::now()).unwrap_err();
+        let wait = l.check(None, None, &none, Instant::now()).unwrap_err();
         assert_eq!(wait, Duration::from_millis(100));
         tokio::time::advance(Duration::from_millis(99)).await;
-        assert!(l.check(None, &none, Instant::now()).is_err());
+        assert!(l.check(None, None, &none, Instant::now()).is_err());
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(l.check(None, &none, Instant::now()).is_ok());
+        assert!(l.check(None, None, &none, Instant::now()).is_ok());
         // Over 10 s of steady demand, 10 per second.
         let mut ok = 0;
         for _ in 0..1000 {
@@ -241,5 +245,27 @@ mod tests {
         assert_eq!(admitted(&l, 1, None, &key(2000)), 1);
         assert_eq!(admitted(&l, 1, None, &key(2001)), 1);
         assert!(l.state.lock().unwrap().keys.len() <= 3);
+    }
+
+    /// `key: peer_identity`: a bucket per verified identity; connections without one share one.
+    #[tokio::test(start_paused = true)]
+    async fn per_peer_identity() {
+        let l = limiter(1, 1000, 1, RateLimitKey::PeerIdentity, 100);
+        let none = HeaderMap::new();
+        let ip: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
+        let count = |id: Option<&str>| {
+            (0..3)
+                .filter(|_| l.check(ip, id, &none, Instant::now()).is_ok())
+                .count()
+        };
+        assert_eq!(count(Some("spiffe://p/a")), 1);
+        assert_eq!(
+            count(Some("spiffe://p/b")),
+            1,
+            "another identity, another bucket"
+        );
+        assert_eq!(count(Some("spiffe://p/a")), 0);
+        assert_eq!(count(None), 1);
+        assert_eq!(count(None), 0, "no identity: one shared bucket");
     }
 }
