@@ -95,6 +95,7 @@ def test_stdout_capture_sink_down(tandem, receiver, tmp_path):
     assert app["max_write_ms"] < 100, f"the app was blocked: {app}"
     assert st["dropped_disk_full"] == 0 and st["disk_buffer_segments"] == 0, st
     assert metric(metrics(t), "tandem_logs_disk_buffer_used_bytes", source="app") == 0
+    assert metric(metrics(t), "tandem_logs_passthrough_dropped_bytes_total", source="app") == 0
 
     # Records carry the stream; every stderr line (seq % 10 == 9) arrived as stderr.
     first = [json.loads(l) for l in receiver.lines(100)]
@@ -137,6 +138,7 @@ def test_stdout_capture_tiny_disk_buffer(tandem, receiver, tmp_path):
     assert s["duplicates"] == 0
     assert s["received"] + dropped == n
     assert app["max_write_ms"] < 100, f"the app was blocked: {app}"
+    assert metric(metrics(t), "tandem_logs_passthrough_dropped_bytes_total", source="app") == 0
     stop.touch()
     assert t.wait(15) == 0
     got = t.stdout_path.read_bytes()

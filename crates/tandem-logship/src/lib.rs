@@ -116,6 +116,9 @@ pub enum StartError {
     },
 }
 
+/// Takes the access log's lines into the `access_log` source (`tandem_telemetry::access_log::Tap`).
+pub type AccessLogTap = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Running log shipping: sources, sinks and the committer.
 pub struct LogShipper {
     stop: Arc<AtomicBool>,
@@ -341,7 +344,7 @@ impl LogShipper {
     /// The tap for the access log's writer, when an `access_log` source is configured: every
     /// line it is handed goes into the pipeline (memory, then disk buffer, then dropped and
     /// counted), without ever blocking.
-    pub fn access_log_tap(&self) -> Option<Box<dyn Fn(&[u8]) + Send + Sync>> {
+    pub fn access_log_tap(&self) -> Option<AccessLogTap> {
         let input = self.access_log.clone()?;
         Some(Box::new(move |line: &[u8]| {
             let mut framer = framer::LineFramer::new(0, input.max_line());

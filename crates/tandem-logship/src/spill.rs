@@ -351,7 +351,7 @@ mod tests {
     #[test]
     fn segments_roll_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = DiskBuffer::open(dir.path(), 1 << 20).unwrap();
+        let mut b = DiskBuffer::open(dir.path(), 128 * 1024).unwrap();
         assert_eq!(b.segment_size, MIN_SEGMENT);
         let ls = lines(0..5000);
         for chunk in ls.chunks(100) {
@@ -370,7 +370,7 @@ mod tests {
     #[test]
     fn ack_then_delete() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = DiskBuffer::open(dir.path(), 1 << 20).unwrap();
+        let mut b = DiskBuffer::open(dir.path(), 128 * 1024).unwrap();
         for chunk in lines(0..3000).chunks(100) {
             append(&mut b, chunk).unwrap();
         }
@@ -397,7 +397,7 @@ mod tests {
     #[test]
     fn restart_recovers_unconfirmed_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = DiskBuffer::open(dir.path(), 1 << 20).unwrap();
+        let mut b = DiskBuffer::open(dir.path(), 128 * 1024).unwrap();
         for chunk in lines(0..3000).chunks(100) {
             append(&mut b, chunk).unwrap();
         }
@@ -415,7 +415,7 @@ mod tests {
         f.write_all(b"oline 9999").unwrap();
         drop(f);
 
-        let mut b = DiskBuffer::open(dir.path(), 1 << 20).unwrap();
+        let mut b = DiskBuffer::open(dir.path(), 128 * 1024).unwrap();
         assert_eq!((b.start(), b.end(), b.used()), (first_end, end, used));
         let back = read_all(&b, b.start());
         assert_eq!(back.len() as u64, (end - first_end) / 12);

@@ -211,8 +211,11 @@ pub struct FileTailer {
     lines: Vec<Line>,
     paused: bool,
     last_pause_log: Option<Instant>,
-    status: Option<(Arc<std::sync::Mutex<Vec<FileRow>>>, Option<Instant>)>,
+    status: Option<(FileRows, Option<Instant>)>,
 }
+
+/// Where a tailer publishes its files for `/logs`.
+pub type FileRows = Arc<std::sync::Mutex<Vec<FileRow>>>;
 
 /// One file being read, for `/logs`.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -403,7 +406,7 @@ impl FileTailer {
     }
 
     /// Publishes the offsets of the files read on `board`, for `/logs`.
-    pub fn with_status(mut self, board: Arc<std::sync::Mutex<Vec<FileRow>>>) -> FileTailer {
+    pub fn with_status(mut self, board: FileRows) -> FileTailer {
         self.status = Some((board, None));
         self
     }

@@ -4,10 +4,11 @@
 //!
 //! One reader thread per captured stream reads the pipe (64 KiB at a time) and never waits on
 //! anything slow, so the app never blocks on its output:
-//! - the bytes go, unchanged and in order, to a pass-through thread through a bounded queue
-//!   ([`PASSTHROUGH_QUEUE`] reads, at most 4 MiB). If Tandem's own stdout is slower than the
-//!   app (a stalled terminal or log collector), reads that do not fit are not passed through,
-//!   counted in `tandem_logs_passthrough_dropped_bytes_total`; shipping is not affected;
+//! - the bytes go, unchanged and in order, to a pass-through thread through a buffer of at
+//!   most [`PASSTHROUGH_BYTES`], which that thread writes out in one go. If Tandem's own stdout
+//!   is slower than the app (a stalled terminal or log collector), reads that do not fit are
+//!   not passed through, counted in `tandem_logs_passthrough_dropped_bytes_total`; shipping is
+//!   not affected;
 //! - the lines go to the stream source ([`super::stream`]): memory, then the disk buffer, then
 //!   dropped and counted.
 //!
@@ -17,7 +18,7 @@
 use std::fs::File;
 use std::io::{self, PipeWriter, Read, Write};
 use std::os::fd::AsFd;
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -25,8 +26,8 @@ use bytes::Bytes;
 use super::stream::{Stream, StreamInput};
 use crate::framer::LineFramer;
 
-/// Reads of the app's output waiting to be passed through (64 KiB each at most).
-pub const PASSTHROUGH_QUEUE: usize = 64;
+/// Bytes of the app's output waiting to be passed through, at most.
+pub const PASSTHROUGH_BYTES: usize = 4 * 1024 * 1024;
 
 /// Bytes asked of one pipe read.
 const PIPE_READ: usize = 64 * 1024;
@@ -86,29 +87,65 @@ impl StdioCapture {
             Stream::Stderr => io::stderr().as_fd().try_clone_to_owned()?,
             _ => io::stdout().as_fd().try_clone_to_owned()?,
         };
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(PASSTHROUGH_QUEUE);
+        let pass = Arc::new(Pass::default());
         let name = self.input.name().to_owned();
+        let p = pass.clone();
         std::thread::Builder::new()
             .name(format!("logs-{}-pass", stream.as_str()))
-            .spawn(move || passthrough(File::from(own), &rx, stream, &name))?;
+            .spawn(move || passthrough(File::from(own), &p, stream, &name))?;
         let input = self.input.clone();
         let handle = std::thread::Builder::new()
             .name(format!("logs-{}", stream.as_str()))
-            .spawn(move || read_pipe(reader, stream, &input, &tx))?;
+            .spawn(move || {
+                read_pipe(reader, stream, &input, &pass);
+                pass.close();
+            })?;
         Ok((writer, handle))
     }
 }
 
-fn read_pipe(
-    mut reader: io::PipeReader,
-    stream: Stream,
-    input: &StreamInput,
-    pass: &SyncSender<Vec<u8>>,
-) {
+/// Bytes waiting to be passed through, bounded by [`PASSTHROUGH_BYTES`].
+#[derive(Default)]
+struct Pass {
+    state: Mutex<(Vec<u8>, bool)>,
+    ready: Condvar,
+}
+
+impl Pass {
+    /// Queues `data` unless that would pass the bound; false if it did not fit.
+    fn offer(&self, data: &[u8]) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if st.0.len() + data.len() > PASSTHROUGH_BYTES {
+            return false;
+        }
+        st.0.extend_from_slice(data);
+        drop(st);
+        self.ready.notify_one();
+        true
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        self.ready.notify_one();
+    }
+
+    /// Everything queued (waiting for some), or None once closed and empty.
+    fn take(&self, spare: Vec<u8>) -> Option<Vec<u8>> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while st.0.is_empty() && !st.1 {
+            st = self.ready.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        if st.0.is_empty() {
+            return None;
+        }
+        Some(std::mem::replace(&mut st.0, spare))
+    }
+}
+
+fn read_pipe(mut reader: io::PipeReader, stream: Stream, input: &StreamInput, pass: &Pass) {
     let mut framer = LineFramer::new(0, input.max_line());
     let mut lines = Vec::new();
     let mut buf = vec![0u8; PIPE_READ];
-    let mut passing = true;
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -120,12 +157,8 @@ fn read_pipe(
             }
         };
         let data = &buf[..n];
-        if passing {
-            match pass.try_send(data.to_vec()) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => input.passthrough_dropped(n as u64),
-                Err(TrySendError::Disconnected(_)) => passing = false,
-            }
+        if !pass.offer(data) {
+            input.passthrough_dropped(n as u64);
         }
         framer.push(&Bytes::copy_from_slice(data), &mut lines);
         input.push(stream, &lines);
@@ -135,10 +168,14 @@ fn read_pipe(
     input.push(stream, &lines);
 }
 
-fn passthrough(mut out: File, rx: &mpsc::Receiver<Vec<u8>>, stream: Stream, source: &str) {
+fn passthrough(mut out: File, pass: &Pass, stream: Stream, source: &str) {
     let mut failing = false;
-    while let Ok(data) = rx.recv() {
-        match out.write_all(&data) {
+    let mut spare = Vec::new();
+    while let Some(mut data) = pass.take(spare) {
+        let result = out.write_all(&data);
+        data.clear();
+        spare = data;
+        match result {
             Ok(()) => failing = false,
             Err(e) => {
                 if !failing {
