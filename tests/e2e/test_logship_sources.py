@@ -60,8 +60,8 @@ def source(doc, name):
     return next(s for s in doc["sources"] if s["name"] == name)
 
 
-def start_app(tandem, tmp, cfg, n, every=10):
-    result, stop = tmp / "result.json", tmp / "stop"
+def start_app(tandem, tmp, cfg, n, every=10, run_id=""):
+    result, stop = tmp / f"result{run_id}.json", tmp / "stop"
     args = ["--", sys.executable, str(APP), str(n), str(result), str(stop), "--stderr-every", str(every)]
     t = tandem(cfg, args=args, separate_stdout=True)
     wait_for(result.exists, 60, "the app wrote all its lines")
@@ -143,6 +143,35 @@ def test_stdout_capture_tiny_disk_buffer(tandem, receiver, tmp_path):
     assert t.wait(15) == 0
     got = t.stdout_path.read_bytes()
     assert got == b"".join(app_line(i) for i in range(n) if i % 10 != 9), "pass-through lost nothing"
+
+
+def test_stdout_capture_kill9_reships_spilled(tandem, receiver, tmp_path):
+    """kill -9 of Tandem while the sink is down and 50,000 lines wait, most on disk: restarted
+    (with an app that writes nothing more), it ships every spilled line, once. What is lost is
+    what was in memory, within memory_budget (1 MiB here), as documented."""
+    n = 50_000
+    receiver.control(down=True)
+    cfg = stdio_config(tmp_path, receiver)
+    t, app, _ = start_app(tandem, tmp_path, cfg, n)
+    wait_for(lambda: source(logs_doc(t), "app")["stream"]["lines"] == n, 10, "every line taken in")
+    spilled = int(metric(metrics(t), "tandem_logs_spilled_lines_total", source="app"))
+    t.p.send_signal(signal.SIGKILL)
+    t.p.wait(5)
+    os.kill(app["pid"], signal.SIGKILL)  # orphaned by the kill; its pipes are gone anyway
+
+    t, _, stop = start_app(tandem, tmp_path, cfg, 0, run_id="2")
+    assert "disk buffer holds lines not confirmed before the last stop" in t.log()
+    receiver.control(down=False)
+    wait_for(lambda: receiver.stats(n)["unique"] >= spilled, 60, "every spilled line delivered")
+    time.sleep(1)
+    s = receiver.stats(n)
+    lost = n - s["unique"]
+    report("stdout capture, kill -9 with the sink down, restart", s, spilled=spilled, lost_in_memory=lost)
+    assert (s["received"], s["duplicates"]) == (spilled, 0)
+    assert lost * len(app_line(0)) <= 1 << 20, "lost more than the memory budget holds"
+    wait_for(lambda: source(logs_doc(t), "app")["stream"]["disk_buffer_used"] == 0, 10, "disk buffer emptied")
+    stop.touch()
+    assert t.wait(15) == 0
 
 
 @pytest.fixture

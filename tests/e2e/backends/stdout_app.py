@@ -3,7 +3,7 @@ and stderr every `--stderr-every` lines, one os.write() per line, and records th
 time one write() took (it blocks only if the pipe is full: Tandem not reading).
 
 Run: python stdout_app.py N RESULT_JSON STOP_FILE [--stderr-every K]
-Writes {"lines": N, "stdout_lines": a, "stderr_lines": b, "max_write_ms": m, "seconds": s} to
+Writes {"pid": P, "lines": N, "stdout_lines": a, "stderr_lines": b, "max_write_ms": m, "seconds": s} to
 RESULT_JSON once done, then waits (up to 60 s) for STOP_FILE to exist before exiting 0, so
 Tandem keeps running while the test looks at it.
 """
@@ -29,7 +29,7 @@ def main():
             written += os.write(fd, line[written:])
         max_write = max(max_write, time.perf_counter() - t0)
         counts[fd - 1] += 1
-    doc = {"lines": n, "stdout_lines": counts[0], "stderr_lines": counts[1],
+    doc = {"pid": os.getpid(), "lines": n, "stdout_lines": counts[0], "stderr_lines": counts[1],
            "max_write_ms": round(max_write * 1000, 3), "seconds": round(time.perf_counter() - started, 3)}
     with open(result + ".tmp", "w") as f:
         json.dump(doc, f)
