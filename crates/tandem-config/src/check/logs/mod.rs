@@ -62,10 +62,16 @@ pub(super) fn check_logs(c: &mut Checker, raw: &RawLogs, has_access_log: bool) -
         Some(cp) => absolute(c, "logs.checkpoint.dir", &cp.dir, "/var/lib/tandem/logs"),
         None => {
             if !sources.is_empty() {
+                let message = if sources.iter().all(|s| s.kind.file().is_some()) {
+                    "file sources need a checkpoint directory to remember how far each file was \
+                     shipped"
+                } else {
+                    "log sources need a checkpoint directory: file sources keep their offsets \
+                     there, stdio and access_log sources their disk buffer"
+                };
                 c.err(
                     "logs",
-                    "log sources need a checkpoint directory to remember how far each file was \
-                     shipped (and to hold the disk buffer of stdio and access_log sources)",
+                    message,
                     "add `checkpoint: { dir: /var/lib/tandem/logs }` under `logs`",
                 );
             }
