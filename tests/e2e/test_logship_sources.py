@@ -316,7 +316,7 @@ def test_logs_status_and_endpoint(tandem, receiver, tmp_path):
     wait_for(lambda: file_row()["checkpointed_offset"] == size1, 5, "caught up")
     row = file_row()
     assert row == {"path": str(log), "size": size1, "read_offset": size1, "checkpointed_offset": size1,
-                   "lag_bytes": 0}, row
+                   "lag_bytes": 0, "checkpoint_age_seconds": 0}, row
     doc = logs_doc(t)
     assert doc["sinks"][0]["name"] == "central" and doc["sinks"][0]["state"] == "ok", doc["sinks"]
     assert doc["sinks"][0]["delivered_lines"] == 1000, doc["sinks"]
@@ -327,7 +327,7 @@ def test_logs_status_and_endpoint(tandem, receiver, tmp_path):
     assert cli.returncode == 0, cli.stderr
     print("\n" + cli.stdout)
     file_line = next(l for l in cli.stdout.splitlines() if str(log) in l)
-    assert file_line.split() == ["app", str(log), str(size1), str(size1), str(size1), "0"], file_line
+    assert file_line.split() == ["app", str(log), str(size1), str(size1), str(size1), "0", "0s"], file_line
     assert any(l.split()[:2] == ["central", "ok"] for l in cli.stdout.splitlines()), cli.stdout
     as_json = run([TANDEM_BIN, "logs", "status", "--admin", f"127.0.0.1:{t.admin_port}", "--json"])
     assert json.loads(as_json.stdout)["sources"][0]["files"][0]["size"] == size1
@@ -336,9 +336,10 @@ def test_logs_status_and_endpoint(tandem, receiver, tmp_path):
     size2 = append_lines(log, 1000, 1100)
     wait_for(lambda: file_row()["read_offset"] == size2, 5, "the new lines are read")
     wait_for(lambda: logs_doc(t)["sinks"][0]["state"] == "down", 10, "the sink is down")
+    wait_for(lambda: file_row()["checkpoint_age_seconds"] >= 1, 5, "the file's checkpoint age grows")
     row = file_row()
     assert row == {"path": str(log), "size": size2, "read_offset": size2, "checkpointed_offset": size1,
-                   "lag_bytes": size2 - size1}, row
+                   "lag_bytes": size2 - size1, "checkpoint_age_seconds": row["checkpoint_age_seconds"]}, row
     sink = logs_doc(t)["sinks"][0]
     assert sink["last_error"] and sink["last_error_at"] and sink["failing_since"], sink
     assert sink["in_flight_lines"] + sink["batch_lines"] == 100, sink
@@ -348,6 +349,7 @@ def test_logs_status_and_endpoint(tandem, receiver, tmp_path):
     receiver.control(down=False)
     receiver.wait_all(1100, timeout=20)
     wait_for(lambda: file_row()["lag_bytes"] == 0, 5, "caught up again")
+    assert file_row()["checkpoint_age_seconds"] == 0
 
     # Without `logs:`, /logs says so and the CLI exits non-zero naming why.
     t2 = tandem(f"""

@@ -73,6 +73,8 @@ pub struct FileView {
     pub checkpointed_offset: u64,
     /// `size - checkpointed_offset`.
     pub lag_bytes: u64,
+    /// 0 when the checkpointed offset is the file's size, else seconds since it last moved.
+    pub checkpoint_age_seconds: u64,
 }
 
 /// One sink.
@@ -157,6 +159,7 @@ impl StatusBoard {
                             read_offset: r.read,
                             checkpointed_offset: r.committed,
                             lag_bytes: r.size.saturating_sub(r.committed),
+                            checkpoint_age_seconds: r.checkpoint_age.as_secs(),
                         })
                         .collect(),
                 ),

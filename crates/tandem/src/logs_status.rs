@@ -113,6 +113,7 @@ fn render(doc: &Value) -> String {
         "READ",
         "CHECKPOINTED",
         "LAG",
+        "CHECKPOINT AGE",
     ])];
     let mut streams = vec![row(&[
         "SOURCE",
@@ -133,6 +134,7 @@ fn render(doc: &Value) -> String {
                 num(&f["read_offset"]),
                 num(&f["checkpointed_offset"]),
                 num(&f["lag_bytes"]),
+                format!("{}s", num(&f["checkpoint_age_seconds"])),
             ]);
         }
         let st = &s["stream"];

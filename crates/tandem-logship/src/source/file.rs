@@ -212,6 +212,8 @@ pub struct FileTailer {
     paused: bool,
     last_pause_log: Option<Instant>,
     status: Option<(FileRows, Option<Instant>)>,
+    /// Per generation: its committed offset at the last status, and when it last moved.
+    committed_moved: HashMap<u64, (u64, Instant)>,
 }
 
 /// Where a tailer publishes its files for `/logs`.
@@ -228,6 +230,8 @@ pub struct FileRow {
     pub read: u64,
     /// Every sink confirmed the lines up to here (the checkpoint holds it).
     pub committed: u64,
+    /// 0 when `committed` is the file's size, else how long since it last moved.
+    pub checkpoint_age: Duration,
 }
 
 impl FileTailer {
@@ -280,6 +284,7 @@ impl FileTailer {
             paused: false,
             last_pause_log: None,
             status: None,
+            committed_moved: HashMap::new(),
         }
     }
 
@@ -390,14 +395,28 @@ impl FileTailer {
             return;
         }
         *last = Some(now);
+        let ages = &mut self.committed_moved;
+        ages.retain(|k, _| self.files.iter().any(|t| t.key == *k));
         let rows = self
             .files
             .iter()
-            .map(|t| FileRow {
-                path: t.path.display().to_string(),
-                size: t.size,
-                read: t.framer.read_offset(),
-                committed: t.committed.load(Ordering::Relaxed),
+            .map(|t| {
+                let committed = t.committed.load(Ordering::Relaxed);
+                let moved = ages.entry(t.key).or_insert((committed, now));
+                if moved.0 != committed {
+                    *moved = (committed, now);
+                }
+                FileRow {
+                    path: t.path.display().to_string(),
+                    size: t.size,
+                    read: t.framer.read_offset(),
+                    committed,
+                    checkpoint_age: if committed >= t.size {
+                        Duration::ZERO
+                    } else {
+                        now.duration_since(moved.1)
+                    },
+                }
             })
             .collect();
         *board
