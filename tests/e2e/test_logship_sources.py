@@ -60,10 +60,10 @@ def source(doc, name):
     return next(s for s in doc["sources"] if s["name"] == name)
 
 
-def start_app(tandem, tmp, cfg, n, every=10, run_id=""):
+def start_app(tandem, tmp, cfg, n, every=10, run_id="", **kw):
     result, stop = tmp / f"result{run_id}.json", tmp / "stop"
     args = ["--", sys.executable, str(APP), str(n), str(result), str(stop), "--stderr-every", str(every)]
-    t = tandem(cfg, args=args, separate_stdout=True)
+    t = tandem(cfg, args=args, **({"separate_stdout": True} | kw))
     wait_for(result.exists, 60, "the app wrote all its lines")
     return t, json.loads(result.read_text()), stop
 
@@ -172,6 +172,29 @@ def test_stdout_capture_kill9_reships_spilled(tandem, receiver, tmp_path):
     wait_for(lambda: source(logs_doc(t), "app")["stream"]["disk_buffer_used"] == 0, 10, "disk buffer emptied")
     stop.touch()
     assert t.wait(15) == 0
+
+
+def test_stdout_passthrough_never_blocks(tandem, receiver, tmp_path):
+    """Tandem's own stdout is a pipe nobody reads (a stalled log collector): the pass-through
+    buffer fills and what does not fit is dropped from the pass-through and counted; the app
+    still never blocks and every line is shipped."""
+    n = 100_000
+    t, app, stop = start_app(tandem, tmp_path, stdio_config(tmp_path, receiver), n, every=0,
+                             separate_stdout=False, stdout_pipe=True)
+    s = receiver.wait_all(n, timeout=60)
+    dropped = metric(metrics(t), "tandem_logs_passthrough_dropped_bytes_total", source="app")
+    report("stdout pass-through stalled", s, app=app, passthrough_dropped_bytes=dropped)
+    assert (s["missing"], s["duplicates"]) == (0, 0)
+    assert app["max_write_ms"] < 100, f"the app was blocked: {app}"
+    written = sum(len(app_line(i)) for i in range(n))
+    # The pass-through holds 4 MiB, the pipe to the test 64 KiB: the rest was dropped, whole reads.
+    assert 0 < dropped <= written - 4 * 1024 * 1024, dropped
+    got = t.p.stdout.read(4 * 1024 * 1024)  # unblock the pass-through so Tandem can exit
+    stop.touch()
+    rest = t.p.stdout.read()
+    assert t.wait(15) == 0
+    assert len(got) + len(rest) + dropped == written
+    assert (got + rest).startswith(app_line(0) + app_line(1))
 
 
 @pytest.fixture
