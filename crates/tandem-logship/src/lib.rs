@@ -116,6 +116,9 @@ pub enum StartError {
     },
 }
 
+/// Longest wait at shutdown for the app's stdout/stderr to be read to their end.
+const STDIO_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Takes the access log's lines into the `access_log` source (`tandem_telemetry::access_log::Tap`).
 pub type AccessLogTap = Box<dyn Fn(&[u8]) + Send + Sync>;
 
@@ -363,6 +366,14 @@ impl LogShipper {
     /// Stops reading, lets the sinks deliver what they hold for up to `flush_timeout`, then
     /// writes the final checkpoint. What was not delivered is read again on the next start.
     pub async fn shutdown(mut self, flush_timeout: Duration) {
+        // The app has exited: its last bytes are passed through and taken in (through memory
+        // when there is room) before the sources stop. Bounded: a child of the app may hold
+        // the pipes open.
+        if let Some(c) = &self.stdio {
+            if !c.wait_closed(STDIO_CLOSE_WAIT).await {
+                tracing::warn!("the app's stdout/stderr are still open (a child process holds them?); not waiting for them");
+            }
+        }
         self.stop.store(true, Ordering::Release);
         for h in &self.sources {
             h.thread().unpark();

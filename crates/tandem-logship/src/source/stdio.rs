@@ -38,17 +38,17 @@ pub struct StdioCapture {
     input: StreamInput,
     stdout: bool,
     stderr: bool,
+    /// Reader and pass-through threads: waited for at shutdown, so the app's last bytes reach
+    /// Tandem's stdout and the pipeline before Tandem exits.
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
-/// The write ends for the app (`None`: the app inherits Tandem's own stream), and the reader
-/// threads (they end when the app and its children closed the pipes).
+/// The write ends for the app (`None`: the app inherits Tandem's own stream).
 pub struct AppPipes {
     /// For the app's stdout.
     pub stdout: Option<PipeWriter>,
     /// For the app's stderr.
     pub stderr: Option<PipeWriter>,
-    /// The reader threads.
-    pub readers: Vec<JoinHandle<()>>,
 }
 
 impl StdioCapture {
@@ -57,7 +57,24 @@ impl StdioCapture {
             input,
             stdout,
             stderr,
+            threads: Arc::default(),
         }
+    }
+
+    /// Waits until the app's streams are closed and everything read was passed through and
+    /// handed to the pipeline (the app has exited), at most `within`.
+    pub async fn wait_closed(&self, within: std::time::Duration) -> bool {
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        if threads.is_empty() {
+            return true;
+        }
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        matches!(tokio::time::timeout(within, joined).await, Ok(Ok(())))
     }
 
     /// Creates the pipes and starts their reader and pass-through threads.
@@ -65,22 +82,17 @@ impl StdioCapture {
         let mut out = AppPipes {
             stdout: None,
             stderr: None,
-            readers: Vec::new(),
         };
         if self.stdout {
-            let (w, h) = self.capture(Stream::Stdout)?;
-            out.stdout = Some(w);
-            out.readers.push(h);
+            out.stdout = Some(self.capture(Stream::Stdout)?);
         }
         if self.stderr {
-            let (w, h) = self.capture(Stream::Stderr)?;
-            out.stderr = Some(w);
-            out.readers.push(h);
+            out.stderr = Some(self.capture(Stream::Stderr)?);
         }
         Ok(out)
     }
 
-    fn capture(&self, stream: Stream) -> io::Result<(PipeWriter, JoinHandle<()>)> {
+    fn capture(&self, stream: Stream) -> io::Result<PipeWriter> {
         let (reader, writer) = io::pipe()?;
         // A duplicate of Tandem's own fd 1 or 2, written directly (no std lock or buffer).
         let own = match stream {
@@ -90,7 +102,7 @@ impl StdioCapture {
         let pass = Arc::new(Pass::default());
         let name = self.input.name().to_owned();
         let p = pass.clone();
-        std::thread::Builder::new()
+        let passing = std::thread::Builder::new()
             .name(format!("logs-{}-pass", stream.as_str()))
             .spawn(move || passthrough(File::from(own), &p, stream, &name))?;
         let input = self.input.clone();
@@ -100,7 +112,10 @@ impl StdioCapture {
                 read_pipe(reader, stream, &input, &pass);
                 pass.close();
             })?;
-        Ok((writer, handle))
+        let mut threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
+        threads.push(handle);
+        threads.push(passing);
+        Ok(writer)
     }
 }
 

@@ -135,6 +135,8 @@ pub struct StreamPump {
     acks: Receiver<Msg>,
     tracker: AckTracker,
     hard_stop: CancellationToken,
+    /// Reading the disk buffer fails (said once until it works again).
+    read_failing: bool,
 }
 
 /// A stream source's state, for `/logs`.
@@ -239,6 +241,7 @@ pub fn open(
         acks: rx,
         tracker: AckTracker::new(start),
         hard_stop,
+        read_failing: false,
     };
     Ok((StreamInput { shared }, pump))
 }
@@ -513,9 +516,15 @@ impl StreamPump {
             return false;
         };
         let data = match read_records(&path, pos, len, max) {
-            Ok(d) => d,
+            Ok(d) => {
+                self.read_failing = false;
+                d
+            }
             Err(e) => {
-                tracing::error!(source = %s.cfg.name, path = %path.display(), error = %e, "cannot read the log disk buffer; retrying");
+                if !self.read_failing {
+                    tracing::error!(source = %s.cfg.name, path = %path.display(), error = %e, "cannot read the log disk buffer; retrying every 100ms (its lines wait, later ones keep spilling behind them)");
+                    self.read_failing = true;
+                }
                 std::thread::sleep(Duration::from_millis(100));
                 return true;
             }
