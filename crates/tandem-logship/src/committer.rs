@@ -87,7 +87,7 @@ struct CheckpointInfo {
     last_error: Option<(String, SystemTime)>,
 }
 
-/// A snapshot of [`CheckpointState`].
+/// The checkpoint's state for `/logs`: where, how old, whether writes fail.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CheckpointView {
     /// The checkpoint file.
