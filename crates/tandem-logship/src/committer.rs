@@ -72,7 +72,7 @@ pub(crate) struct Committer {
     state: Arc<CheckpointState>,
 }
 
-/// The checkpoint's state for `/logs`, kept by the committer.
+/// What the committer keeps up to date for `/logs`.
 #[derive(Debug, Default)]
 pub(crate) struct CheckpointState {
     inner: Mutex<CheckpointInfo>,
