@@ -131,9 +131,12 @@ def start_backend(procs):
 
 class Tandem:
     """`tandem run -c <config_text in a fresh temp dir>` (an admin address on a free port is added
-    unless the text has one); waits for /ready unless told not to. Killed at teardown."""
+    unless the text has one); waits for /ready unless told not to. Killed at teardown. With
+    `separate_stdout`, Tandem's stdout goes to `stdout.log` in its dir (else into the stderr log);
+    with `stdout_pipe`, to a pipe the test reads (`self.p.stdout`), or leaves unread."""
 
-    def __init__(self, config_text, args=(), env=None, wait_ready=True):
+    def __init__(self, config_text, args=(), env=None, wait_ready=True, separate_stdout=False,
+                 stdout_pipe=False):
         self.dir = Path(tempfile.mkdtemp(prefix="tandem-e2e-"))
         self.admin_port = free_port()
         self.config = self.dir / "tandem.yaml"
@@ -146,7 +149,13 @@ class Tandem:
         if config_text:
             cmd += ["-c", str(self.config)]
         cmd += list(args)
-        self.p = subprocess.Popen(cmd, stdout=self.stderr, stderr=self.stderr, env=dict(os.environ, **(env or {})))
+        self.stdout_path = self.dir / "stdout.log"
+        out = open(self.stdout_path, "wb") if separate_stdout else self.stderr
+        if stdout_pipe:
+            out = subprocess.PIPE
+        self.p = subprocess.Popen(cmd, stdout=out, stderr=self.stderr, env=dict(os.environ, **(env or {})))
+        if separate_stdout:
+            out.close()
         if wait_ready:
             self.wait_ready()
 

@@ -8,6 +8,7 @@
 //! | `GET /metrics` | every Tandem metric: OpenMetrics when `Accept` asks for it, else Prometheus text 0.0.4 |
 //! | `GET /config` | the effective configuration as JSON |
 //! | `GET /upstreams` | upstreams and their endpoints' live state (health, breaker, EWMA latency, in flight, pool) as JSON |
+//! | `GET /logs` | log shipping: sources (files with offsets and lag, disk buffers), sinks (state, queue, last error, deliveries), checkpoint, memory budget, as JSON; `404` without `logs:` |
 //!
 //! Every endpoint is a read-only `GET`; any other method gets `405` with an `Allow` header (axum's
 //! method router). An endpoint that changes state must be routed with `post()` only, so a
@@ -36,6 +37,9 @@ pub struct Readiness {
     draining: AtomicBool,
 }
 
+/// Log shipping's status as JSON, for `GET /logs` (`tandem_logship::status`).
+pub type LogsStatus = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 /// Shared state of the admin API.
 #[derive(Clone)]
 pub struct AdminState {
@@ -47,6 +51,8 @@ pub struct AdminState {
     pub config: Arc<Config>,
     /// The data path's live state (upstreams: health, breakers, load).
     pub snapshot: Arc<Snapshot>,
+    /// Log shipping's status, when `logs:` is configured.
+    pub logs: Option<LogsStatus>,
 }
 
 // === impl Readiness ===
@@ -89,6 +95,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/config", get(config))
         .route("/upstreams", get(upstreams))
+        .route("/logs", get(logs))
         .with_state(state)
 }
 
@@ -137,6 +144,20 @@ async fn upstreams(State(s): State<AdminState>) -> Response {
     Json(s.snapshot.upstreams_view()).into_response()
 }
 
+/// Log shipping's live state (`tandem logs status` reads it).
+async fn logs(State(s): State<AdminState>) -> Response {
+    match &s.logs {
+        Some(status) => Json(status()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(
+                serde_json::json!({"error": "log shipping is not configured (no `logs:` section)"}),
+            ),
+        )
+            .into_response(),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -154,6 +175,7 @@ mod tests {
             metrics,
             readiness: Arc::new(Readiness::default()),
             config,
+            logs: None,
         }
     }
 
@@ -205,6 +227,9 @@ mod tests {
         assert_eq!(v[0]["endpoints"][0]["health"], "unknown");
         assert_eq!(v[0]["endpoints"][0]["eligible"], true);
         assert_eq!(v[0]["endpoints"][0]["in_flight"], 0);
+        let (status, body) = get(&r, "/logs").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("not configured"), "{body}");
         let (_, body) = get(&r, "/config").await;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(

@@ -308,6 +308,22 @@ impl App {
             },
             None => None,
         };
+        // The access log's lines into the pipeline, and the app's output through it.
+        if let (Some(shipper), Some(w)) = (&logs, &access_log) {
+            if let Some(tap) = shipper.access_log_tap() {
+                w.set_tap(tap);
+            }
+        }
+        let stdio = logs.as_ref().and_then(tandem_logship::LogShipper::stdio);
+        if stdio.is_some() && opts.supervise.is_none() {
+            tracing::warn!("a stdio log source is configured but Tandem supervises no app (`tandem run -- APP ARGS`): it captures nothing");
+        }
+        let logs_status = logs.as_ref().map(|l| {
+            let board = l.status();
+            let f: tandem_api::LogsStatus =
+                Arc::new(move || serde_json::to_value(board.snapshot()).unwrap_or_default());
+            f
+        });
         let inbound = Drain::new();
         let outbound = Drain::new();
         let admin_stop = Drain::new();
@@ -329,6 +345,7 @@ impl App {
                 readiness: readiness.clone(),
                 config: config.clone(),
                 snapshot: snapshot.clone(),
+                logs: logs_status,
             },
             admin_stop.clone(),
         ));
@@ -355,7 +372,7 @@ impl App {
         );
 
         let mut app = match opts.supervise {
-            Some(cmd) => match Supervisor::start(&cmd) {
+            Some(cmd) => match Supervisor::start(&cmd, stdio.as_ref()) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the app");

@@ -1,5 +1,9 @@
 //! The supervised app: a child process whose stdout/stderr pass through, which receives the
 //! signals Tandem receives, and whose exit code becomes Tandem's.
+//!
+//! With a `stdio` log source, the app's stdout and/or stderr are pipes read by log shipping
+//! (`tandem_logship::source::stdio`), which passes every byte through to Tandem's own stdout
+//! and stderr and ships the lines; otherwise the app inherits Tandem's streams.
 
 use std::ffi::OsString;
 use std::io;
@@ -7,6 +11,7 @@ use std::process::ExitStatus;
 
 use nix::sys::signal::{kill, Signal as NixSignal};
 use nix::unistd::Pid;
+use tandem_logship::source::stdio::StdioCapture;
 use tokio::process::{Child, Command};
 
 use crate::Signal;
@@ -28,15 +33,25 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts the app with Tandem's stdin, stdout and stderr.
-    pub fn start(cmd: &AppCommand) -> io::Result<Supervisor> {
-        let child = Command::new(&cmd.program)
-            .args(&cmd.args)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("{}: {e}", cmd.program.to_string_lossy()))
-            })?;
+    /// Starts the app with Tandem's stdin, stdout and stderr, or with pipes from `capture`
+    /// for the streams it captures.
+    pub fn start(cmd: &AppCommand, capture: Option<&StdioCapture>) -> io::Result<Supervisor> {
+        let mut command = Command::new(&cmd.program);
+        command.args(&cmd.args).kill_on_drop(true);
+        if let Some(c) = capture {
+            // The write ends live in `command` until it is dropped below: once the app (and
+            // whatever inherited them) exits, the readers see the end of the pipes.
+            let pipes = c.pipes()?;
+            if let Some(w) = pipes.stdout {
+                command.stdout(w);
+            }
+            if let Some(w) = pipes.stderr {
+                command.stderr(w);
+            }
+        }
+        let child = command.spawn().map_err(|e| {
+            io::Error::new(e.kind(), format!("{}: {e}", cmd.program.to_string_lossy()))
+        })?;
         tracing::info!(pid = child.id(), program = %cmd.program.to_string_lossy(), "app started");
         Ok(Supervisor { child, exit: None })
     }

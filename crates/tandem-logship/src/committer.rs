@@ -14,10 +14,10 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
-use tandem_telemetry::logs::Counter;
+use tandem_telemetry::logs::{Counter, Gauge};
 
 use crate::ack::AckTracker;
 use crate::checkpoint::{Entry, Store};
@@ -66,6 +66,65 @@ pub(crate) struct Committer {
     errors: Counter,
     entries: Vec<Entry>,
     barriers: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Since when the file lacks a confirmation (None: it holds every one).
+    dirty_since: Option<Instant>,
+    age: Gauge,
+    state: Arc<CheckpointState>,
+}
+
+/// What the committer keeps up to date for `/logs`.
+#[derive(Debug, Default)]
+pub(crate) struct CheckpointState {
+    inner: Mutex<CheckpointInfo>,
+}
+
+#[derive(Debug, Default)]
+struct CheckpointInfo {
+    path: String,
+    last_write: Option<SystemTime>,
+    dirty_since: Option<SystemTime>,
+    failing: bool,
+    last_error: Option<(String, SystemTime)>,
+}
+
+/// The checkpoint's state for `/logs`: where, how old, whether writes fail.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CheckpointView {
+    /// The checkpoint file.
+    pub path: String,
+    /// The last successful write (RFC 3339).
+    pub last_write_at: Option<String>,
+    /// 0 when the file holds every confirmation, else seconds since the oldest it lacks.
+    pub age_seconds: u64,
+    /// Writes fail now.
+    pub failing: bool,
+    /// The last failed write's error, and when.
+    pub last_error: Option<String>,
+    /// See `last_error`.
+    pub last_error_at: Option<String>,
+}
+
+impl CheckpointState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CheckpointInfo> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A snapshot.
+    pub(crate) fn view(&self) -> CheckpointView {
+        let fmt = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        let i = self.lock();
+        CheckpointView {
+            path: i.path.clone(),
+            last_write_at: i.last_write.map(fmt),
+            age_seconds: i
+                .dirty_since
+                .and_then(|t| t.elapsed().ok())
+                .map_or(0, |d| d.as_secs()),
+            failing: i.failing,
+            last_error: i.last_error.as_ref().map(|e| e.0.clone()),
+            last_error_at: i.last_error.as_ref().map(|e| fmt(e.1)),
+        }
+    }
 }
 
 impl Committer {
@@ -101,7 +160,18 @@ impl Committer {
             errors,
             entries: Vec::new(),
             barriers: Vec::new(),
+            dirty_since: None,
+            age: Gauge::default(),
+            state: Arc::default(),
         }
+    }
+
+    /// Reports the checkpoint's age on `age` and its state on `state`.
+    pub(crate) fn with_state(mut self, age: Gauge, state: Arc<CheckpointState>) -> Committer {
+        state.lock().path = self.store.path().display().to_string();
+        self.age = age;
+        self.state = state;
+        self
     }
 
     /// Applies messages until the channel closes, writing checkpoints as offsets move; then
@@ -122,10 +192,17 @@ impl Committer {
             while let Ok(m) = rx.try_recv() {
                 changed |= self.apply(m);
             }
+            if changed && self.dirty_since.is_none() {
+                self.dirty_since = Some(Instant::now());
+                self.state.lock().dirty_since = Some(SystemTime::now());
+            }
             let sync_due = self.last_sync.elapsed() >= self.sync_interval;
             if changed || (self.unsynced && sync_due) {
                 self.write(sync_due);
             }
+            self.age.set(self.dirty_since.map_or(0, |t| {
+                i64::try_from(t.elapsed().as_secs()).unwrap_or(i64::MAX)
+            }));
             for b in self.barriers.drain(..) {
                 let _ = b.send(());
             }
@@ -222,6 +299,13 @@ impl Committer {
                     tracing::info!(path = %self.store.path().display(), "log checkpoint written again");
                     self.failing = false;
                 }
+                self.dirty_since = None;
+                {
+                    let mut st = self.state.lock();
+                    st.last_write = Some(SystemTime::now());
+                    st.dirty_since = None;
+                    st.failing = false;
+                }
                 if sync {
                     self.last_sync = Instant::now();
                     self.unsynced = false;
@@ -231,6 +315,11 @@ impl Committer {
             }
             Err(e) => {
                 self.errors.inc();
+                {
+                    let mut st = self.state.lock();
+                    st.failing = true;
+                    st.last_error = Some((e.to_string(), SystemTime::now()));
+                }
                 // Offsets on disk stay behind: a crash now replays more, loses nothing.
                 if !self.failing {
                     tracing::error!(

@@ -21,28 +21,32 @@
 //! - [`framer`]: bytes -> lines with offsets; partial lines held; long lines cut.
 //! - [`identity`]: content fingerprints.
 //! - [`parse`], [`record`]: lines -> records; chunks (the unit of acknowledgement).
-//! - [`source`]: the file tailer (discovery, rotation, truncation, reading).
+//! - [`source`]: the file tailer (discovery, rotation, truncation, reading); stream sources
+//!   (the app's stdout/stderr, the access log) with their disk buffer ([`spill`]).
 //! - [`budget`]: the memory budget.
 //! - [`sink`]: the sink trait, the shared driver (batching, retries, confirmation), and the
 //!   http, file and console sinks.
 //! - [`ack`], `committer`, [`checkpoint`]: confirmations -> contiguous offsets -> an atomically
 //!   written checkpoint file, strictly read back.
+//! - [`status`]: what `tandem logs status` and `GET /logs` show.
 //! - this file: [`LogShipper`], which starts and stops all of it.
 //!
-//! Not yet (issue 7): stdout capture with a disk buffer, the access log as a source, logfmt and
-//! regex parsers, multi-line joining, redaction, Loki / Elasticsearch / OTLP sinks, TLS to sinks,
-//! `tandem logs status`.
+//! Not yet (issue 7): logfmt and regex parsers, multi-line joining, redaction, Loki /
+//! Elasticsearch / OTLP sinks, TLS to sinks.
 
 pub mod ack;
 pub mod budget;
 pub mod checkpoint;
 mod committer;
+pub use committer::CheckpointView;
 pub mod framer;
 pub mod identity;
 pub mod parse;
 pub mod record;
 pub mod sink;
 pub mod source;
+pub mod spill;
+pub mod status;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -63,6 +67,9 @@ use crate::sink::file::{ConsoleSink, FileSink};
 use crate::sink::http::HttpSink;
 use crate::sink::{DriverSettings, Sink};
 use crate::source::file::{FileTailer, Outputs, TailerConfig};
+use crate::source::stdio::StdioCapture;
+use crate::source::stream::{StreamConfig, StreamInput};
+use crate::status::StatusBoard;
 
 /// Why log shipping could not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +91,20 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// A stdio or access_log source's disk buffer cannot be opened.
+    #[error(
+        "cannot open the disk buffer {dir} of log source `{source_name}`: {source}; fix the \
+         permissions of `logs.checkpoint.dir`"
+    )]
+    DiskBuffer {
+        /// The source.
+        source_name: String,
+        /// Its directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A thread could not be started.
     #[error("cannot start the thread of {what}: {source}")]
     Thread {
@@ -95,6 +116,12 @@ pub enum StartError {
     },
 }
 
+/// Longest wait at shutdown for the app's stdout/stderr to be read to their end.
+const STDIO_CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Takes the access log's lines into the `access_log` source (`tandem_telemetry::access_log::Tap`).
+pub type AccessLogTap = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 /// Running log shipping: sources, sinks and the committer.
 pub struct LogShipper {
     stop: Arc<AtomicBool>,
@@ -102,6 +129,9 @@ pub struct LogShipper {
     sources: Vec<JoinHandle<()>>,
     sinks: JoinSet<()>,
     committer: Option<JoinHandle<()>>,
+    stdio: Option<StdioCapture>,
+    access_log: Option<StreamInput>,
+    status: StatusBoard,
 }
 
 impl LogShipper {
@@ -153,12 +183,16 @@ impl LogShipper {
         }
 
         let (ctl_tx, ctl_rx) = std::sync::mpsc::channel();
+        let checkpoint_state = Arc::new(committer::CheckpointState::default());
         let committer = Committer::new(
             store,
             loaded,
             cfg.sync_interval,
             metrics.log_checkpoint_errors(),
-        );
+        )
+        .with_state(metrics.log_checkpoint_age(), checkpoint_state.clone());
+        let budget = Budget::new(cfg.memory_budget, metrics.log_budget_used());
+        let mut status = StatusBoard::new(budget.clone(), cfg.memory_budget, checkpoint_state);
         let committer = std::thread::Builder::new()
             .name("logs-checkpoint".into())
             .spawn(move || committer.run(ctl_rx))
@@ -174,12 +208,16 @@ impl LogShipper {
             sources: Vec::new(),
             sinks: JoinSet::new(),
             committer: Some(committer),
+            stdio: None,
+            access_log: None,
+            status: StatusBoard::new(budget.clone(), 0, Arc::default()),
         };
         let mut inputs: Vec<(&[String], tokio::sync::mpsc::UnboundedSender<_>)> = Vec::new();
         for (sink, s) in built {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             inputs.push((&s.sources, tx));
-            shipper.sinks.spawn(sink::drive(
+            let state = status.add_sink(&s.name);
+            shipper.sinks.spawn(sink::drive_with_state(
                 sink,
                 rx,
                 DriverSettings {
@@ -191,27 +229,76 @@ impl LogShipper {
                 },
                 metrics.log_sink(&s.name),
                 hard_stop.clone(),
+                state,
             ));
         }
 
-        let budget = Budget::new(cfg.memory_budget, metrics.log_budget_used());
         let host = hostname();
         for src in &cfg.sources {
-            let LogSourceKind::File(f) = &src.kind;
             let receiving = || cfg.sinks.iter().filter(|k| k.sources.contains(&src.name));
             let chunk_lines = receiving().map(|k| k.batch.max_lines).min().unwrap_or(1000);
             let chunk_bytes = receiving()
                 .map(|k| k.batch.max_bytes)
                 .min()
                 .unwrap_or(1 << 20);
+            let sinks: Vec<_> = inputs
+                .iter()
+                .filter(|(names, _)| names.contains(&src.name))
+                .map(|(_, tx)| tx.clone())
+                .collect();
+            let f = match &src.kind {
+                LogSourceKind::File(f) => f,
+                LogSourceKind::Stdio(_) | LogSourceKind::AccessLog(_) => {
+                    let (disk_limit, kind) = match &src.kind {
+                        LogSourceKind::Stdio(s) => (s.buffer.disk_buffer, "stdio"),
+                        LogSourceKind::AccessLog(b) => (b.disk_buffer, "access_log"),
+                        LogSourceKind::File(_) => (0, "file"),
+                    };
+                    let dir = cfg.checkpoint_dir.join("buffer").join(&src.name);
+                    let (input, pump) = source::stream::open(
+                        StreamConfig {
+                            name: src.name.as_str().into(),
+                            parser: src.parser,
+                            labels: labels(&cfg.labels, &src.labels, host.as_deref()),
+                            chunk_lines,
+                            chunk_bytes,
+                            max_line: src.max_line_bytes,
+                            stream_field: kind == "stdio",
+                            dir: dir.clone(),
+                            disk_limit,
+                        },
+                        sinks,
+                        budget.clone(),
+                        metrics.log_source(&src.name),
+                        metrics.log_stream_source(&src.name),
+                        hard_stop.clone(),
+                    )
+                    .map_err(|source| StartError::DiskBuffer {
+                        source_name: src.name.clone(),
+                        dir,
+                        source,
+                    })?;
+                    let handle = source::spawn_pump(pump, &src.name, shipper.stop.clone())
+                        .map_err(|source| StartError::Thread {
+                            what: format!("log source `{}`", src.name),
+                            source,
+                        })?;
+                    shipper.sources.push(handle);
+                    status.add_stream(kind, input.clone());
+                    match &src.kind {
+                        LogSourceKind::Stdio(s) => {
+                            shipper.stdio = Some(StdioCapture::new(input, s.stdout, s.stderr));
+                        }
+                        _ => shipper.access_log = Some(input),
+                    }
+                    continue;
+                }
+            };
             let out = Outputs {
-                sinks: inputs
-                    .iter()
-                    .filter(|(names, _)| names.contains(&src.name))
-                    .map(|(_, tx)| tx.clone())
-                    .collect(),
+                sinks,
                 committer: ctl_tx.clone(),
             };
+            let file_rows = status.add_files(&src.name);
             let tailer = FileTailer::new(
                 TailerConfig {
                     name: src.name.as_str().into(),
@@ -230,7 +317,8 @@ impl LogShipper {
                 out,
                 budget.clone(),
                 metrics.clone(),
-            );
+            )
+            .with_status(file_rows);
             let handle =
                 source::spawn(tailer, &src.name, shipper.stop.clone()).map_err(|source| {
                     StartError::Thread {
@@ -240,6 +328,7 @@ impl LogShipper {
                 })?;
             shipper.sources.push(handle);
         }
+        shipper.status = status;
         tracing::info!(
             sources = cfg.sources.len(),
             sinks = cfg.sinks.len(),
@@ -249,9 +338,42 @@ impl LogShipper {
         Ok(shipper)
     }
 
+    /// The capture of the supervised app's stdout/stderr, when a `stdio` source is configured:
+    /// give its pipes to the app.
+    pub fn stdio(&self) -> Option<StdioCapture> {
+        self.stdio.clone()
+    }
+
+    /// The tap for the access log's writer, when an `access_log` source is configured: every
+    /// line it is handed goes into the pipeline (memory, then disk buffer, then dropped and
+    /// counted), without ever blocking.
+    pub fn access_log_tap(&self) -> Option<AccessLogTap> {
+        let input = self.access_log.clone()?;
+        Some(Box::new(move |line: &[u8]| {
+            let mut framer = framer::LineFramer::new(0, input.max_line());
+            let mut lines = Vec::with_capacity(1);
+            framer.push(&bytes::Bytes::copy_from_slice(line), &mut lines);
+            framer.finish(&mut lines);
+            input.push(source::stream::Stream::AccessLog, &lines);
+        }))
+    }
+
+    /// What `tandem logs status` and `GET /logs` show.
+    pub fn status(&self) -> StatusBoard {
+        self.status.clone()
+    }
+
     /// Stops reading, lets the sinks deliver what they hold for up to `flush_timeout`, then
     /// writes the final checkpoint. What was not delivered is read again on the next start.
     pub async fn shutdown(mut self, flush_timeout: Duration) {
+        // The app has exited: its last bytes are passed through and taken in (through memory
+        // when there is room) before the sources stop. Bounded: a child of the app may hold
+        // the pipes open.
+        if let Some(c) = &self.stdio {
+            if !c.wait_closed(STDIO_CLOSE_WAIT).await {
+                tracing::warn!("the app's stdout/stderr are still open (a child process holds them?); not waiting for them");
+            }
+        }
         self.stop.store(true, Ordering::Release);
         for h in &self.sources {
             h.thread().unpark();

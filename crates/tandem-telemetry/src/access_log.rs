@@ -15,8 +15,12 @@
 //! lines queued before the reopen go to the old file, later ones to the new), and on
 //! [`Writer::shutdown`] writes out what is queued before it exits.
 //!
-//! Non-goals: formats other than JSON lines, sampling, shipping (the log shipping pipeline reads
-//! the file as one more source).
+//! A [`Tap`] ([`Writer::set_tap`]) sees every line the writer takes from the queue, on the
+//! writer thread: log shipping's `access_log` source. It must not block (the shipper's source
+//! spills to disk and drops beyond that); a slow tap fills the queue, whose overflow is dropped
+//! and counted as always, so requests never wait for it.
+//!
+//! Non-goals: formats other than JSON lines, sampling.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -26,7 +30,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -173,8 +177,12 @@ struct Shared {
 pub struct Writer {
     tx: SyncSender<Msg>,
     control: Arc<Control>,
+    tap: Arc<OnceLock<Tap>>,
     done: Option<tokio::sync::oneshot::Receiver<()>>,
 }
+
+/// Sees every line the writer takes (with its `\n`), on the writer thread; must not block.
+pub type Tap = Box<dyn Fn(&[u8]) + Send + Sync>;
 
 /// Asks the writer to reopen its file (SIGUSR1). Cheap to clone.
 #[derive(Clone)]
@@ -218,6 +226,7 @@ struct Out {
     dropped: Counter,
     /// A write failed and no write succeeded since (the failure was logged once).
     failing: bool,
+    tap: Arc<OnceLock<Tap>>,
 }
 
 // === impl Output ===
@@ -271,7 +280,9 @@ pub fn start(
     let (tx, rx) = mpsc::sync_channel(buffer.max(1));
     let control = Arc::new(Control::default());
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let tap: Arc<OnceLock<Tap>> = Arc::default();
     let out = Out {
+        tap: tap.clone(),
         sink,
         buf: Vec::with_capacity(FILE_CHUNK),
         lines: 0,
@@ -298,6 +309,7 @@ pub fn start(
     let writer = Writer {
         tx,
         control,
+        tap,
         done: Some(done_rx),
     };
     Ok((log, writer))
@@ -347,6 +359,12 @@ impl fmt::Debug for AccessLog {
 // === impl Writer ===
 
 impl Writer {
+    /// Hands every line from now on to `tap` as well (log shipping's `access_log` source).
+    /// Returns false if a tap was set already.
+    pub fn set_tap(&self, tap: Tap) -> bool {
+        self.tap.set(tap).is_ok()
+    }
+
     /// A handle that asks the writer to reopen its file.
     pub fn reopener(&self) -> Reopen {
         Reopen {
@@ -437,6 +455,9 @@ impl Out {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Line(line) => {
+                if let Some(tap) = self.tap.get() {
+                    tap(&line);
+                }
                 if !self.buf.is_empty() && self.buf.len() + line.len() > self.sink.chunk {
                     self.flush();
                 }

@@ -57,6 +57,11 @@ struct SinkReasonLabels {
     reason: &'static str,
 }
 
+/// Why lines of a stdio or access_log source were lost, in [`StreamSourceMetrics::dropped_lines`]
+/// order. `disk_buffer_full`: the disk buffer held its `disk_buffer` bytes; `disk_buffer_error`:
+/// writing the disk buffer failed (a full file system).
+pub const LOG_STREAM_DROP_REASONS: [&str; 2] = ["disk_buffer_full", "disk_buffer_error"];
+
 type SinkHistogramFamily = Family<SinkLabels, IntHistogram, fn() -> IntHistogram>;
 
 /// The log shipping metric families (part of [`Metrics`]).
@@ -75,6 +80,25 @@ pub(crate) struct LogFamilies {
     latency: SinkHistogramFamily,
     budget_used: Gauge,
     checkpoint_errors: Counter,
+    checkpoint_age: Gauge,
+    dropped_lines: Family<SourceReasonLabels, Counter>,
+    passthrough_dropped: Family<SourceLabels, Counter>,
+    disk_buffer_used: Family<SourceLabels, Gauge>,
+    spilled_lines: Family<SourceLabels, Counter>,
+}
+
+/// Handles for one stdio or access_log source, on top of [`LogSourceMetrics`].
+#[derive(Clone, Debug)]
+pub struct StreamSourceMetrics {
+    /// Lines lost, by reason ([`LOG_STREAM_DROP_REASONS`] order).
+    pub dropped_lines: [Counter; 2],
+    /// Bytes of the app's output not passed through to Tandem's own stdout/stderr because it
+    /// was slower than the app.
+    pub passthrough_dropped: Counter,
+    /// Bytes in the disk buffer.
+    pub disk_buffer_used: Gauge,
+    /// Lines written to the disk buffer.
+    pub spilled_lines: Counter,
 }
 
 /// Handles for one log source.
@@ -128,6 +152,11 @@ impl LogFamilies {
             latency: Family::new_with_constructor(latency_histogram),
             budget_used: Gauge::default(),
             checkpoint_errors: Counter::default(),
+            checkpoint_age: Gauge::default(),
+            dropped_lines: Family::default(),
+            passthrough_dropped: Family::default(),
+            disk_buffer_used: Family::default(),
+            spilled_lines: Family::default(),
         };
         registry.register(
             "logs_read_lines",
@@ -205,6 +234,34 @@ impl LogFamilies {
             "Failed writes of the log checkpoint file (offsets stay where they were on disk)",
             f.checkpoint_errors.clone(),
         );
+        registry.register_with_unit(
+            "logs_checkpoint_age",
+            "How far the log checkpoint on disk is behind the confirmations: 0 when it holds every one, else seconds since the oldest it lacks (grows while checkpoint writes fail)",
+            Unit::Seconds,
+            f.checkpoint_age.clone(),
+        );
+        registry.register(
+            "logs_dropped_lines",
+            "Lines of a stdio or access_log source lost, by source and reason (disk_buffer_full, disk_buffer_error)",
+            f.dropped_lines.clone(),
+        );
+        registry.register_with_unit(
+            "logs_passthrough_dropped",
+            "Bytes of the app's output not passed through to Tandem's stdout/stderr because that output was slower than the app (shipping is not affected)",
+            Unit::Bytes,
+            f.passthrough_dropped.clone(),
+        );
+        registry.register_with_unit(
+            "logs_disk_buffer_used",
+            "Bytes in a stdio or access_log source's disk buffer, out of its disk_buffer",
+            Unit::Bytes,
+            f.disk_buffer_used.clone(),
+        );
+        registry.register(
+            "logs_spilled_lines",
+            "Lines of a stdio or access_log source written to its disk buffer because the memory budget was full",
+            f.spilled_lines.clone(),
+        );
         f
     }
 }
@@ -281,6 +338,32 @@ impl Metrics {
         self.logs.budget_used.clone()
     }
 
+    /// Resolves the handles of one stdio or access_log source.
+    pub fn log_stream_source(&self, source: &str) -> StreamSourceMetrics {
+        let f = &self.logs;
+        let l = SourceLabels {
+            source: source.to_owned(),
+        };
+        StreamSourceMetrics {
+            dropped_lines: LOG_STREAM_DROP_REASONS.map(|reason| {
+                f.dropped_lines
+                    .get_or_create(&SourceReasonLabels {
+                        source: source.to_owned(),
+                        reason,
+                    })
+                    .clone()
+            }),
+            passthrough_dropped: f.passthrough_dropped.get_or_create(&l).clone(),
+            disk_buffer_used: f.disk_buffer_used.get_or_create(&l).clone(),
+            spilled_lines: f.spilled_lines.get_or_create(&l).clone(),
+        }
+    }
+
+    /// The gauge of the checkpoint's age behind the confirmations, in seconds.
+    pub fn log_checkpoint_age(&self) -> Gauge {
+        self.logs.checkpoint_age.clone()
+    }
+
     /// The counter of failed checkpoint writes.
     pub fn log_checkpoint_errors(&self) -> Counter {
         self.logs.checkpoint_errors.clone()
@@ -313,6 +396,20 @@ mod tests {
             r#"tandem_logs_file_lag_bytes{source="app",file="/var/log/app.log"} 42"#,
             "tandem_logs_budget_used_bytes 0",
             "tandem_logs_checkpoint_errors_total 0",
+            "tandem_logs_checkpoint_age_seconds 0",
+        ] {
+            assert!(text.contains(want), "{want} not in\n{text}");
+        }
+        let st = m.log_stream_source("out");
+        st.dropped_lines[0].inc_by(5);
+        st.disk_buffer_used.set(4096);
+        let text = m.encode_prometheus();
+        for want in [
+            r#"tandem_logs_dropped_lines_total{source="out",reason="disk_buffer_full"} 5"#,
+            r#"tandem_logs_dropped_lines_total{source="out",reason="disk_buffer_error"} 0"#,
+            r#"tandem_logs_disk_buffer_used_bytes{source="out"} 4096"#,
+            r#"tandem_logs_passthrough_dropped_bytes_total{source="out"} 0"#,
+            r#"tandem_logs_spilled_lines_total{source="out"} 0"#,
         ] {
             assert!(text.contains(want), "{want} not in\n{text}");
         }

@@ -13,6 +13,8 @@ use clap::{Parser, Subcommand};
 use tandem_app::{App, AppCommand, Binds, RunOptions, Signal};
 use tandem_config::{Address, Config};
 
+mod logs_status;
+
 // A proxy allocates and frees many small buffers per request; mimalloc's thread-local free lists
 // cost less CPU per request than glibc's malloc here (see docs/benchmarks.md).
 #[cfg(feature = "mimalloc")]
@@ -60,6 +62,29 @@ enum Command {
     Certs {
         #[command(subcommand)]
         what: CertsCommand,
+    },
+    /// Log shipping of a running Tandem (through its admin API).
+    Logs {
+        #[command(subcommand)]
+        what: LogsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LogsCommand {
+    /// Each source and file (offsets, lag), each sink (state, queue, last error, deliveries),
+    /// the checkpoint and the memory budget, from the admin API's `GET /logs`.
+    Status {
+        /// The running Tandem's configuration file (its `admin.address`); the embedded
+        /// default's when absent and no --admin is given.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The admin API's address (`host:port` or `unix:/path.sock`), instead of the file's.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+        /// The JSON document as served, instead of tables.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -159,6 +184,14 @@ fn main() -> ExitCode {
         }
         Command::Run(args) => run(args),
         Command::Certs { what } => certs(what),
+        Command::Logs {
+            what:
+                LogsCommand::Status {
+                    config,
+                    admin,
+                    json,
+                },
+        } => logs_status::run(config.as_deref(), admin.as_deref(), json),
         Command::Services {
             config,
             service,

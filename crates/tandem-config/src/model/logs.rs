@@ -52,6 +52,39 @@ pub struct LogSource {
 pub enum LogSourceKind {
     /// Files matching glob patterns.
     File(FileSource),
+    /// The supervised app's stdout and/or stderr, through pipes.
+    Stdio(StdioSource),
+    /// Tandem's access log lines, in process.
+    AccessLog(StreamBuffer),
+}
+
+impl LogSourceKind {
+    /// The file source's settings, for a file source.
+    pub fn file(&self) -> Option<&FileSource> {
+        match self {
+            LogSourceKind::File(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// The supervised app's output streams.
+#[derive(Clone, Debug, Serialize)]
+pub struct StdioSource {
+    /// Capture the app's stdout.
+    pub stdout: bool,
+    /// Capture the app's stderr.
+    pub stderr: bool,
+    /// The disk buffer.
+    pub buffer: StreamBuffer,
+}
+
+/// How a source that cannot wait (the app's output, the access log) holds lines the sinks have
+/// not taken yet: memory within `logs.memory_budget`, then a bounded disk buffer.
+#[derive(Clone, Debug, Serialize)]
+pub struct StreamBuffer {
+    /// Most bytes of spilled lines on disk; beyond it lines are dropped and counted.
+    pub disk_buffer: u64,
 }
 
 /// Files matching glob patterns.

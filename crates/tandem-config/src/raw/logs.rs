@@ -53,9 +53,19 @@ pub struct RawCheckpoint {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLogSource {
-    /// `file` (the default): files matching `paths`.
+    /// `file` (the default): files matching `paths`; `stdio`: the stdout and stderr of the app
+    /// Tandem supervises (`tandem run -- app`); `access_log`: Tandem's own access log lines.
     #[serde(default, rename = "type")]
     pub kind: Option<RawLogSourceType>,
+    /// `stdio`: which of the app's streams to capture, `[stdout, stderr]` (the default) or one
+    /// of them. Both are passed through to Tandem's own stdout and stderr either way.
+    #[serde(default)]
+    pub streams: Option<Vec<RawStdStream>>,
+    /// `stdio` and `access_log`: bytes of lines kept on disk (under `checkpoint.dir`) while
+    /// the sinks are slower than the lines come, a number or a size such as "256MiB" (the
+    /// default; at least "64KiB"). Beyond it, lines are dropped and counted.
+    #[serde(default)]
+    pub disk_buffer: Option<NumberOrString>,
     /// Absolute paths or glob patterns (`/var/log/app/*.log`); new matching files are found by
     /// rescanning. Include the rotated names (`app.log*`) to pick up copytruncate copies.
     #[serde(default)]
@@ -89,6 +99,20 @@ pub struct RawLogSource {
 pub enum RawLogSourceType {
     /// Files matching glob patterns.
     File,
+    /// The supervised app's stdout and stderr.
+    Stdio,
+    /// Tandem's access log.
+    AccessLog,
+}
+
+/// One of the app's output streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawStdStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
 }
 
 /// Where to start in a file found at the first start.

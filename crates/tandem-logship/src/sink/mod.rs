@@ -25,8 +25,9 @@ pub mod http;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tandem_config::LogBatch;
@@ -136,15 +137,174 @@ impl Backoff {
     }
 }
 
+/// Failed attempts in a row after which a sink is shown as `down` rather than `retrying`.
+pub const DOWN_AFTER_FAILURES: u64 = 3;
+
+/// A sink's live state for `tandem logs status` and `GET /logs`, kept by its driver.
+#[derive(Debug, Default)]
+pub struct SinkState {
+    queued_chunks: AtomicU64,
+    batch_lines: AtomicU64,
+    batch_bytes: AtomicU64,
+    in_flight: AtomicU64,
+    in_flight_lines: AtomicU64,
+    in_flight_bytes: AtomicU64,
+    delivered_lines: AtomicU64,
+    delivered_bytes: AtomicU64,
+    deliveries: AtomicU64,
+    failures_in_a_row: AtomicU64,
+    times: Mutex<SinkTimes>,
+}
+
+#[derive(Debug, Default)]
+struct SinkTimes {
+    last_error: Option<(String, SystemTime)>,
+    failing_since: Option<SystemTime>,
+    last_delivery: Option<SystemTime>,
+}
+
+/// A snapshot of [`SinkState`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SinkView {
+    /// `ok` (the last attempt delivered, or none failed), `retrying` (failing, fewer than
+    /// [`DOWN_AFTER_FAILURES`] attempts in a row), `down` (that many or more).
+    pub state: &'static str,
+    /// Chunks waiting in the sink's queue.
+    pub queued_chunks: u64,
+    /// The batch being filled: lines and line bytes.
+    pub batch_lines: u64,
+    /// See `batch_lines`.
+    pub batch_bytes: u64,
+    /// Batches being delivered (retried included), their lines and line bytes.
+    pub in_flight_batches: u64,
+    /// See `in_flight_batches`.
+    pub in_flight_lines: u64,
+    /// See `in_flight_batches`.
+    pub in_flight_bytes: u64,
+    /// Delivered and confirmed since the start: lines, bytes sent, deliveries.
+    pub delivered_lines: u64,
+    /// See `delivered_lines`.
+    pub delivered_bytes: u64,
+    /// See `delivered_lines`.
+    pub deliveries: u64,
+    /// Failed attempts since the last delivery.
+    pub failures_in_a_row: u64,
+    /// The last failure's detail, and when (RFC 3339).
+    pub last_error: Option<String>,
+    /// See `last_error`.
+    pub last_error_at: Option<String>,
+    /// Since when the sink fails (absent when it does not).
+    pub failing_since: Option<String>,
+    /// The last delivery's time.
+    pub last_delivery_at: Option<String>,
+}
+
+impl SinkState {
+    fn times(&self) -> std::sync::MutexGuard<'_, SinkTimes> {
+        self.times.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn delivered(&self, lines: u64, bytes: u64) {
+        self.delivered_lines.fetch_add(lines, Ordering::Relaxed);
+        self.delivered_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
+        self.failures_in_a_row.store(0, Ordering::Relaxed);
+        let mut t = self.times();
+        t.failing_since = None;
+        t.last_delivery = Some(SystemTime::now());
+    }
+
+    fn failed(&self, detail: &str) {
+        self.failures_in_a_row.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now();
+        let mut t = self.times();
+        t.last_error = Some((detail.to_owned(), now));
+        t.failing_since.get_or_insert(now);
+    }
+
+    /// A snapshot.
+    pub fn view(&self) -> SinkView {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let fmt = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        let t = self.times();
+        let failures = r(&self.failures_in_a_row);
+        SinkView {
+            state: match failures {
+                0 => "ok",
+                n if n < DOWN_AFTER_FAILURES => "retrying",
+                _ => "down",
+            },
+            queued_chunks: r(&self.queued_chunks),
+            batch_lines: r(&self.batch_lines),
+            batch_bytes: r(&self.batch_bytes),
+            in_flight_batches: r(&self.in_flight),
+            in_flight_lines: r(&self.in_flight_lines),
+            in_flight_bytes: r(&self.in_flight_bytes),
+            delivered_lines: r(&self.delivered_lines),
+            delivered_bytes: r(&self.delivered_bytes),
+            deliveries: r(&self.deliveries),
+            failures_in_a_row: failures,
+            last_error: t.last_error.as_ref().map(|e| e.0.clone()),
+            last_error_at: t.last_error.as_ref().map(|e| fmt(e.1)),
+            failing_since: t.failing_since.map(fmt),
+            last_delivery_at: t.last_delivery.map(fmt),
+        }
+    }
+}
+
+/// Counts a batch in flight until dropped (delivered, or cancelled at a hard stop).
+struct InFlight {
+    state: Arc<SinkState>,
+    lines: u64,
+    bytes: u64,
+}
+
+impl InFlight {
+    fn new(state: Arc<SinkState>, lines: u64, bytes: u64) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.in_flight_lines.fetch_add(lines, Ordering::Relaxed);
+        state.in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
+        InFlight {
+            state,
+            lines,
+            bytes,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.state
+            .in_flight_lines
+            .fetch_sub(self.lines, Ordering::Relaxed);
+        self.state
+            .in_flight_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 /// Runs one sink: batches what arrives on `rx`, delivers, confirms. Returns once `rx` closed
 /// and every batch was delivered, or at `stop` (undelivered chunks stay unconfirmed: read
 /// again on the next start).
 pub async fn drive(
     sink: Arc<dyn Sink>,
+    rx: UnboundedReceiver<Arc<Chunk>>,
+    settings: DriverSettings,
+    metrics: LogSinkMetrics,
+    stop: CancellationToken,
+) {
+    drive_with_state(sink, rx, settings, metrics, stop, Arc::default()).await;
+}
+
+/// [`drive`], keeping `state` up to date for `/logs`.
+pub async fn drive_with_state(
+    sink: Arc<dyn Sink>,
     mut rx: UnboundedReceiver<Arc<Chunk>>,
     settings: DriverSettings,
     metrics: LogSinkMetrics,
     stop: CancellationToken,
+    state: Arc<SinkState>,
 ) {
     let settings = Arc::new(settings);
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
@@ -156,6 +316,12 @@ pub async fn drive(
     // A chunk that did not fit the batch being filled: it starts the next one.
     let mut carry: Option<Arc<Chunk>> = None;
     loop {
+        state.queued_chunks.store(
+            rx.len() as u64 + u64::from(carry.is_some()),
+            Ordering::Relaxed,
+        );
+        state.batch_lines.store(lines as u64, Ordering::Relaxed);
+        state.batch_bytes.store(bytes as u64, Ordering::Relaxed);
         if batch.is_empty() {
             if let Some(chunk) = carry.take() {
                 deadline = Some(Instant::now() + settings.batch.timeout);
@@ -174,6 +340,7 @@ pub async fn drive(
                 _ = stop.cancelled() => None,
             };
             let Some(slot) = slot else { break };
+            let counted = InFlight::new(state.clone(), lines as u64, bytes as u64);
             inflight.spawn(deliver(
                 sink.clone(),
                 std::mem::take(&mut batch),
@@ -181,7 +348,7 @@ pub async fn drive(
                 settings.clone(),
                 metrics.clone(),
                 stop.clone(),
-                slot,
+                (slot, counted),
             ));
             (lines, bytes, deadline) = (0, 0, None);
             continue;
@@ -233,7 +400,7 @@ async fn deliver(
     s: Arc<DriverSettings>,
     metrics: LogSinkMetrics,
     stop: CancellationToken,
-    _slot: OwnedSemaphorePermit,
+    (_slot, counted): (OwnedSemaphorePermit, InFlight),
 ) {
     // Encoding (and gzip) is CPU work: off the runtime that serves the proxy.
     let encoder = sink.clone();
@@ -263,6 +430,7 @@ async fn deliver(
             Outcome::Delivered => {
                 metrics.shipped_lines.inc_by(lines as u64);
                 metrics.shipped_bytes.inc_by(body.len() as u64);
+                counted.state.delivered(lines as u64, body.len() as u64);
                 if attempt > 1 {
                     tracing::info!(sink = %s.name, attempt, lines, "log batch delivered after retries");
                 }
@@ -278,6 +446,7 @@ async fn deliver(
                 return;
             }
             Outcome::Retry(f) => {
+                counted.state.failed(&f.detail);
                 if let Some(c) = metrics.retries.get(f.reason as usize) {
                     c.inc();
                 }

@@ -211,6 +211,27 @@ pub struct FileTailer {
     lines: Vec<Line>,
     paused: bool,
     last_pause_log: Option<Instant>,
+    status: Option<(FileRows, Option<Instant>)>,
+    /// Per generation: its committed offset at the last status, and when it last moved.
+    committed_moved: HashMap<u64, (u64, Instant)>,
+}
+
+/// Where a tailer publishes its files for `/logs`.
+pub type FileRows = Arc<std::sync::Mutex<Vec<FileRow>>>;
+
+/// One file being read, for `/logs`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FileRow {
+    /// Its path (the name it had when found).
+    pub path: String,
+    /// Its size at the last look.
+    pub size: u64,
+    /// Read up to here.
+    pub read: u64,
+    /// Every sink confirmed the lines up to here (the checkpoint holds it).
+    pub committed: u64,
+    /// 0 when `committed` is the file's size, else how long since it last moved.
+    pub checkpoint_age: Duration,
 }
 
 impl FileTailer {
@@ -262,6 +283,8 @@ impl FileTailer {
             lines: Vec::new(),
             paused: false,
             last_pause_log: None,
+            status: None,
+            committed_moved: HashMap::new(),
         }
     }
 
@@ -350,12 +373,61 @@ impl FileTailer {
         let mut progress = Progress::CaughtUp;
         for i in 0..self.files.len() {
             match self.poll_file(i, now) {
-                Progress::Paused => return Progress::Paused,
+                Progress::Paused => {
+                    progress = Progress::Paused;
+                    break;
+                }
                 Progress::More => progress = Progress::More,
                 Progress::CaughtUp => {}
             }
         }
+        self.publish_status(now);
         progress
+    }
+
+    /// Publishes the files' offsets for `/logs` ([`FileTailer::with_status`]), at most every
+    /// 100 ms.
+    fn publish_status(&mut self, now: Instant) {
+        let Some((board, last)) = &mut self.status else {
+            return;
+        };
+        if last.is_some_and(|l| now.duration_since(l) < Duration::from_millis(100)) {
+            return;
+        }
+        *last = Some(now);
+        let ages = &mut self.committed_moved;
+        ages.retain(|k, _| self.files.iter().any(|t| t.key == *k));
+        let rows = self
+            .files
+            .iter()
+            .map(|t| {
+                let committed = t.committed.load(Ordering::Relaxed);
+                let moved = ages.entry(t.key).or_insert((committed, now));
+                if moved.0 != committed {
+                    *moved = (committed, now);
+                }
+                FileRow {
+                    path: t.path.display().to_string(),
+                    size: t.size,
+                    read: t.framer.read_offset(),
+                    committed,
+                    checkpoint_age: if committed >= t.size {
+                        Duration::ZERO
+                    } else {
+                        now.duration_since(moved.1)
+                    },
+                }
+            })
+            .collect();
+        *board
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = rows;
+    }
+
+    /// Publishes the offsets of the files read on `board`, for `/logs`.
+    pub fn with_status(mut self, board: FileRows) -> FileTailer {
+        self.status = Some((board, None));
+        self
     }
 
     /// Regular files matching the globs, each once (a file reachable by two names, through a

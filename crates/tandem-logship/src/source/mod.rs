@@ -2,11 +2,13 @@
 //!
 //! # Layout
 //! - [`file`](mod@file): files by glob, followed through rotation ([`file::FileTailer`]).
-//!
-//! Next (issue 7): the supervised app's stdout/stderr (with a disk buffer so the app never
-//! blocks), and Tandem's access log.
+//! - [`stream`]: sources that cannot pause their writer (memory, then a disk buffer, then
+//!   drops), fed by [`stdio`] (the supervised app's stdout/stderr) and by the access log's
+//!   writer thread.
 
 pub mod file;
+pub mod stdio;
+pub mod stream;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -21,4 +23,15 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name(format!("logs-{name}"))
         .spawn(move || tailer.run(&stop))
+}
+
+/// Runs a stream source's pump on a thread of its own until `stop` (and its confirmations).
+pub(crate) fn spawn_pump(
+    pump: stream::StreamPump,
+    name: &str,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("logs-{name}"))
+        .spawn(move || pump.run(&stop))
 }

@@ -419,3 +419,36 @@ fn dropped_counter_is_exported() {
         "{text}"
     );
 }
+
+/// A tap sees every line written after it was set, whole and in order, and only once.
+#[tokio::test]
+async fn tap_sees_every_line() {
+    let sink = Shared::default();
+    let (log, writer) = start(
+        Output::writer(Box::new(sink.clone())),
+        &[AccessLogField::SentBytes],
+        10_000,
+        Counter::default(),
+    )
+    .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let s = seen.clone();
+    assert!(writer.set_tap(Box::new(move |l: &[u8]| {
+        s.lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(l).into_owned());
+    })));
+    assert!(!writer.set_tap(Box::new(|_: &[u8]| {})), "one tap");
+    for i in 0..100 {
+        let mut r = request();
+        r.sent_bytes = i;
+        log.log_request(&r);
+    }
+    assert!(writer.shutdown(Duration::from_secs(10)).await);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 100);
+    for (i, l) in seen.iter().enumerate() {
+        assert_eq!(l, &format!("{{\"sent_bytes\":{i}}}\n"));
+    }
+    assert_eq!(sink.lines().len(), 100);
+}

@@ -30,7 +30,7 @@ const RESERVED_HEADERS: [&str; 4] = [
     "host",
 ];
 
-pub(super) fn check_logs(c: &mut Checker, raw: &RawLogs) -> Logs {
+pub(super) fn check_logs(c: &mut Checker, raw: &RawLogs, has_access_log: bool) -> Logs {
     let labels = check_labels(c, "logs.labels", &raw.labels);
 
     let memory_budget = match &raw.memory_budget {
@@ -56,15 +56,22 @@ pub(super) fn check_logs(c: &mut Checker, raw: &RawLogs) -> Logs {
     for (name, s) in &raw.sources {
         sources.push(check_source(c, name, s));
     }
+    check_stream_sources(c, &sources, has_access_log);
 
     let checkpoint_dir = match &raw.checkpoint {
         Some(cp) => absolute(c, "logs.checkpoint.dir", &cp.dir, "/var/lib/tandem/logs"),
         None => {
             if !sources.is_empty() {
+                let message = if sources.iter().all(|s| s.kind.file().is_some()) {
+                    "file sources need a checkpoint directory to remember how far each file was \
+                     shipped"
+                } else {
+                    "log sources need a checkpoint directory: file sources keep their offsets \
+                     there, stdio and access_log sources their disk buffer"
+                };
                 c.err(
                     "logs",
-                    "file sources need a checkpoint directory to remember how far each file was \
-                     shipped",
+                    message,
                     "add `checkpoint: { dir: /var/lib/tandem/logs }` under `logs`",
                 );
             }
@@ -80,7 +87,7 @@ pub(super) fn check_logs(c: &mut Checker, raw: &RawLogs) -> Logs {
     );
     let checkpoint_file = checkpoint_dir.join(CHECKPOINT_FILE);
     for s in &sources {
-        let LogSourceKind::File(f) = &s.kind;
+        let Some(f) = s.kind.file() else { continue };
         if let Some(p) = f
             .paths
             .iter()
@@ -138,7 +145,23 @@ pub(super) fn check_logs(c: &mut Checker, raw: &RawLogs) -> Logs {
 fn check_source(c: &mut Checker, name: &str, s: &RawLogSource) -> LogSource {
     let key = format!("logs.sources.{name}");
     check_name(c, &key, name);
-    let RawLogSourceType::File = s.kind.unwrap_or(RawLogSourceType::File);
+    let kind = s.kind.unwrap_or(RawLogSourceType::File);
+    if !matches!(kind, RawLogSourceType::File) {
+        return check_stream_source(c, &key, name, s, kind);
+    }
+    for (field, present) in [
+        ("streams", s.streams.is_some()),
+        ("disk_buffer", s.disk_buffer.is_some()),
+    ] {
+        if present {
+            c.err(
+                format!("{key}.{field}"),
+                format!("`{field}` does not apply to a file source"),
+                "remove it; it is a key of `type: stdio` (and, for disk_buffer, `type: \
+                 access_log`) sources: a file source needs no buffer, the file is one",
+            );
+        }
+    }
     if s.paths.is_empty() {
         c.err(
             &key,
@@ -209,6 +232,137 @@ fn check_source(c: &mut Checker, name: &str, s: &RawLogSource) -> LogSource {
     }
 }
 
+/// Default `disk_buffer` of stdio and access_log sources.
+const DEFAULT_DISK_BUFFER: usize = 256 * MIB;
+
+/// A `stdio` or `access_log` source: lines that come whether or not the sinks keep up.
+fn check_stream_source(
+    c: &mut Checker,
+    key: &str,
+    name: &str,
+    s: &RawLogSource,
+    kind: RawLogSourceType,
+) -> LogSource {
+    let type_name = match kind {
+        RawLogSourceType::Stdio => "stdio",
+        _ => "access_log",
+    };
+    for (field, present) in [
+        ("paths", !s.paths.is_empty()),
+        ("start_at", s.start_at.is_some()),
+        ("poll_interval", s.poll_interval.is_some()),
+        ("scan_interval", s.scan_interval.is_some()),
+        (
+            "streams",
+            s.streams.is_some() && !matches!(kind, RawLogSourceType::Stdio),
+        ),
+    ] {
+        if present {
+            c.err(
+                format!("{key}.{field}"),
+                format!("`{field}` does not apply to a {type_name} source"),
+                "remove it; it is a key of file sources (`type: file`)",
+            );
+        }
+    }
+    let dkey = format!("{key}.disk_buffer");
+    let disk_buffer = match &s.disk_buffer {
+        None => DEFAULT_DISK_BUFFER,
+        Some(v) => byte_size(c, &dkey, v)
+            .map(|n| bounded_size(c, &dkey, n, 64 * KIB, 1024 * GIB, DEFAULT_DISK_BUFFER))
+            .unwrap_or(DEFAULT_DISK_BUFFER),
+    };
+    let buffer = StreamBuffer {
+        disk_buffer: disk_buffer as u64,
+    };
+    let kind = match kind {
+        RawLogSourceType::Stdio => {
+            let streams = s
+                .streams
+                .clone()
+                .unwrap_or_else(|| vec![RawStdStream::Stdout, RawStdStream::Stderr]);
+            if streams.is_empty() {
+                c.err(
+                    format!("{key}.streams"),
+                    "the list is empty, so this source would capture nothing",
+                    "remove `streams` to capture both, or name one: [stdout] or [stderr]",
+                );
+            }
+            LogSourceKind::Stdio(StdioSource {
+                stdout: streams.contains(&RawStdStream::Stdout),
+                stderr: streams.contains(&RawStdStream::Stderr),
+                buffer,
+            })
+        }
+        _ => LogSourceKind::AccessLog(buffer),
+    };
+    let max_line_bytes = match s.max_line_bytes {
+        None => 64 * KIB,
+        Some(n) => bounded_size(
+            c,
+            &format!("{key}.max_line_bytes"),
+            n,
+            256,
+            16 * MIB,
+            64 * KIB,
+        ),
+    };
+    // Access log lines are JSON objects: parsed by default, so their members become fields.
+    let default_parser = match kind {
+        LogSourceKind::AccessLog(_) => LogParser::Json,
+        _ => LogParser::Plain,
+    };
+    LogSource {
+        name: name.to_owned(),
+        kind,
+        parser: match s.parser {
+            Some(RawLogParser::Json) => LogParser::Json,
+            Some(RawLogParser::Plain) => LogParser::Plain,
+            None => default_parser,
+        },
+        max_line_bytes,
+        labels: check_labels(c, &format!("{key}.labels"), &s.labels),
+    }
+}
+
+/// At most one stdio and one access_log source (each stream has one reader); an access_log
+/// source needs the access log on.
+fn check_stream_sources(c: &mut Checker, sources: &[LogSource], has_access_log: bool) {
+    let stdio: Vec<&str> = sources
+        .iter()
+        .filter(|s| matches!(s.kind, LogSourceKind::Stdio(_)))
+        .map(|s| s.name.as_str())
+        .collect();
+    if let [_, second, ..] = stdio.as_slice() {
+        c.err(
+            format!("logs.sources.{second}"),
+            format!("a second stdio source (`{}` is the first)", stdio[0]),
+            "keep one stdio source; it captures both streams, and its records carry \
+             `stream: stdout|stderr`",
+        );
+    }
+    let access: Vec<&str> = sources
+        .iter()
+        .filter(|s| matches!(s.kind, LogSourceKind::AccessLog(_)))
+        .map(|s| s.name.as_str())
+        .collect();
+    if let [_, second, ..] = access.as_slice() {
+        c.err(
+            format!("logs.sources.{second}"),
+            format!("a second access_log source (`{}` is the first)", access[0]),
+            "keep one access_log source",
+        );
+    }
+    if let (Some(first), false) = (access.first(), has_access_log) {
+        c.err(
+            format!("logs.sources.{first}.type"),
+            "an access_log source needs the access log on",
+            "add a top-level `access_log: {}` (its lines go to its own output too: stdout, or \
+             `path: /var/log/tandem/access.log`)",
+        );
+    }
+}
+
 fn check_sink(
     c: &mut Checker,
     name: &str,
@@ -268,7 +422,7 @@ fn check_sink(
                 }
             };
             for src in sources {
-                let LogSourceKind::File(f) = &src.kind;
+                let Some(f) = src.kind.file() else { continue };
                 if let Some(p) = f.paths.iter().find(|p| pattern_matches(p, &path)) {
                     c.err(
                         format!("{key}.path"),

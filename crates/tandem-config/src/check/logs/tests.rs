@@ -46,7 +46,7 @@ logs:
         (s.name.as_str(), s.parser, s.max_line_bytes),
         ("app", LogParser::Plain, 65536)
     );
-    let LogSourceKind::File(f) = &s.kind;
+    let f = s.kind.file().unwrap();
     assert_eq!(f.paths, ["/var/log/app/*.log"]);
     assert_eq!(f.start_at, StartAt::Beginning);
     assert_eq!(f.poll_interval, Duration::from_millis(250));
@@ -127,7 +127,7 @@ logs:
     let app = &logs.sources[0];
     assert_eq!((app.parser, app.max_line_bytes), (LogParser::Json, 4096));
     assert_eq!(app.labels, [("env".to_owned(), "canary".to_owned())]);
-    let LogSourceKind::File(f) = &app.kind;
+    let f = app.kind.file().unwrap();
     assert_eq!(f.start_at, StartAt::End);
     assert_eq!(
         (f.poll_interval, f.scan_interval),
@@ -319,4 +319,93 @@ fn docs_logs_examples_are_valid() {
         let c = parse(file, &doc[start..end]).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(c.logs.unwrap().sinks.len(), sinks, "{file}");
     }
+}
+
+/// `stdio` and `access_log` sources: defaults (both streams, 256MiB disk buffer, JSON for the
+/// access log), a chosen stream and size.
+#[test]
+fn stream_sources_translate() {
+    let c = parse(
+        "t.yaml",
+        "\
+access_log: {}
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { type: stdio }
+    errs: { type: stdio, streams: [stderr], disk_buffer: 1MiB }
+    access: { type: access_log }
+  sinks:
+    central: { type: http, url: http://127.0.0.1:9880/ingest }
+",
+    );
+    // Two stdio sources are refused; check the first alone below.
+    let e = match c {
+        Ok(_) => panic!("two stdio sources accepted"),
+        Err(e) => e.0,
+    };
+    assert_eq!(keys(&e), [(Some(6), "logs.sources.errs")], "{e:?}");
+
+    let c = parse(
+        "t.yaml",
+        "\
+access_log: {}
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { type: stdio, streams: [stderr], disk_buffer: 1MiB }
+    access: { type: access_log }
+  sinks:
+    central: { type: http, url: http://127.0.0.1:9880/ingest }
+",
+    )
+    .unwrap();
+    let logs = c.logs.unwrap();
+    let LogSourceKind::Stdio(s) = &logs.sources[0].kind else {
+        panic!("{:?}", logs.sources[0].kind)
+    };
+    assert_eq!(
+        (s.stdout, s.stderr, s.buffer.disk_buffer),
+        (false, true, 1 << 20)
+    );
+    assert_eq!(logs.sources[0].parser, LogParser::Plain);
+    let LogSourceKind::AccessLog(b) = &logs.sources[1].kind else {
+        panic!("{:?}", logs.sources[1].kind)
+    };
+    assert_eq!(b.disk_buffer, 256 << 20);
+    assert_eq!(logs.sources[1].parser, LogParser::Json);
+}
+
+/// File keys on stream sources, stream keys on file sources, an access_log source without
+/// the access log, a tiny disk buffer: each at its key.
+#[test]
+fn stream_source_mistakes() {
+    let e = errors(
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { type: stdio, paths: [/x.log], disk_buffer: 1KiB, streams: [] }
+    files: { paths: [/y.log], disk_buffer: 1MiB }
+    access: { type: access_log, streams: [stdout] }
+  sinks:
+    central: { type: http, url: http://127.0.0.1:9880/ingest }
+",
+    );
+    assert_eq!(
+        keys(&e),
+        [
+            (Some(4), "logs.sources.app.paths"),
+            (Some(4), "logs.sources.app.disk_buffer"),
+            (Some(4), "logs.sources.app.streams"),
+            (Some(5), "logs.sources.files.disk_buffer"),
+            (Some(6), "logs.sources.access.streams"),
+            (Some(6), "logs.sources.access.type"),
+        ],
+        "{}",
+        ConfigErrors(e.clone())
+    );
+    let hint = |k: &str| &e.iter().find(|e| e.key == k).unwrap().hint;
+    assert!(hint("logs.sources.access.type").contains("access_log: {}"));
+    assert!(hint("logs.sources.app.disk_buffer").contains("64KiB"));
 }

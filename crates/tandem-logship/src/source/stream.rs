@@ -1,0 +1,732 @@
+//! Stream sources: lines that come whether or not the sinks keep up — the supervised app's
+//! stdout and stderr, Tandem's access log — and must never make their writer wait.
+//!
+//! ```text
+//!  writer thread (pipe reader, access log writer) --push(lines)--> [nothing unread on disk and
+//!      the memory budget has room]  -> chunks straight to the sinks (memory)
+//!                                   otherwise -> append to the disk buffer (spill.rs)
+//!                                   disk buffer full / failing -> drop, count, log
+//!  pump thread: disk buffer -> chunks (within the budget, in order) -> sinks
+//!               confirmations -> contiguous prefix -> delete wholly confirmed segments
+//! ```
+//!
+//! [`StreamInput::push`] never blocks on the sinks: it takes budget with `try_acquire`, and
+//! otherwise writes to a local file (page cache). Once anything is on disk unread, every new
+//! line goes to disk behind it, so lines reach each sink in the order they came; the pump
+//! switches back to the memory path when it has read the disk buffer to its end.
+//!
+//! What a crash of Tandem loses: the lines on their way in memory (at most
+//! `logs.memory_budget` of them, and only while the sinks have not confirmed them) and, for
+//! the app's output, what sat in the pipe. Spilled lines survive: their segments are deleted
+//! only once every sink confirmed every line in them, and a restart reads the segments left
+//! from their start (so up to one segment may be shipped twice).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tandem_config::LogParser;
+use tandem_telemetry::logs::{LogSourceMetrics, StreamSourceMetrics};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::AckTracker;
+use crate::budget::{Budget, BudgetPermit};
+use crate::committer::Msg;
+use crate::framer::Line;
+use crate::parse::parse;
+use crate::record::{Chunk, Origin, Record};
+use crate::spill::{read_records, AppendError, DiskBuffer};
+
+/// Bytes read from the disk buffer at once (more when a line is longer).
+const READ_SIZE: usize = 64 * 1024;
+
+/// Budget charged per record and per chunk on top of line bytes (as the file source does).
+const RECORD_OVERHEAD: usize = 64;
+const CHUNK_OVERHEAD: usize = 256;
+
+/// Generation keys of stream chunks: memory chunks need no confirmation tracking, disk chunks
+/// carry buffer offsets.
+const MEMORY_KEY: u64 = 0;
+const DISK_KEY: u64 = 1;
+
+/// How often drops are reported in the log, at most.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Where a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// The app's standard output.
+    Stdout,
+    /// The app's standard error.
+    Stderr,
+    /// Tandem's access log.
+    AccessLog,
+}
+
+impl Stream {
+    fn tag(self) -> u8 {
+        match self {
+            Stream::Stdout => b'o',
+            Stream::Stderr => b'e',
+            Stream::AccessLog => b'a',
+        }
+    }
+
+    fn from_tag(t: u8) -> Option<Stream> {
+        match t {
+            b'o' => Some(Stream::Stdout),
+            b'e' => Some(Stream::Stderr),
+            b'a' => Some(Stream::AccessLog),
+            _ => None,
+        }
+    }
+
+    /// `stdout`, `stderr`, `access_log`: the record's `file` and `stream`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::AccessLog => "access_log",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What a stream source is configured to do.
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    /// The source's name.
+    pub name: Arc<str>,
+    /// Line parser.
+    pub parser: LogParser,
+    /// Labels for every record.
+    pub labels: Arc<[(String, String)]>,
+    /// Most records in a chunk (the smallest `batch.max_lines` of its sinks).
+    pub chunk_lines: usize,
+    /// Most line bytes in a chunk (the smallest `batch.max_bytes`).
+    pub chunk_bytes: usize,
+    /// Longest line (records read back from disk are at most this plus two bytes).
+    pub max_line: usize,
+    /// Add `stream: stdout|stderr` to each record's fields.
+    pub stream_field: bool,
+    /// The disk buffer's directory.
+    pub dir: PathBuf,
+    /// The disk buffer's limit in bytes.
+    pub disk_limit: u64,
+}
+
+/// The writer side of a stream source: cheap to clone, never blocks on the sinks.
+#[derive(Clone)]
+pub struct StreamInput {
+    shared: Arc<Shared>,
+}
+
+/// The pump: drains the disk buffer and deletes confirmed segments (its own thread).
+pub struct StreamPump {
+    shared: Arc<Shared>,
+    acks: Receiver<Msg>,
+    tracker: AckTracker,
+    hard_stop: CancellationToken,
+    /// Reading the disk buffer fails (said once until it works again).
+    read_failing: bool,
+}
+
+/// A stream source's state, for `/logs`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StreamStatus {
+    /// Lines taken in.
+    pub lines: u64,
+    /// Lines written to the disk buffer.
+    pub spilled_lines: u64,
+    /// Lines dropped because the disk buffer was full.
+    pub dropped_disk_full: u64,
+    /// Lines dropped because writing the disk buffer failed.
+    pub dropped_disk_error: u64,
+    /// The last drop's reason and error, and its time (RFC 3339).
+    pub last_drop: Option<(String, String)>,
+    /// Bytes on disk.
+    pub disk_buffer_used: u64,
+    /// The disk buffer's limit.
+    pub disk_buffer_limit: u64,
+    /// Segment files on disk.
+    pub disk_buffer_segments: usize,
+    /// Buffer offsets: end of what every sink confirmed, of what was read, of what was written.
+    pub disk_acked: u64,
+    /// See `disk_acked`.
+    pub disk_read: u64,
+    /// See `disk_acked`.
+    pub disk_written: u64,
+}
+
+struct Shared {
+    cfg: StreamConfig,
+    state: Mutex<State>,
+    budget: Budget,
+    acks: Sender<Msg>,
+    origins: [Arc<Origin>; 3],
+    metrics: LogSourceMetrics,
+    stream_metrics: StreamSourceMetrics,
+    acked: AtomicU64,
+    lines: AtomicU64,
+}
+
+struct State {
+    disk: DiskBuffer,
+    /// Disk buffer offset up to which lines were made into chunks.
+    read: u64,
+    /// The sinks' queues; emptied at shutdown (later lines go to disk).
+    sinks: Vec<UnboundedSender<Arc<Chunk>>>,
+    drops_since_log: u64,
+    last_drop_log: Option<Instant>,
+    last_drop: Option<(String, String)>,
+    spilling_logged: bool,
+}
+
+// === impl StreamInput ===
+
+/// Opens the disk buffer of a stream source and returns its input and pump.
+pub fn open(
+    cfg: StreamConfig,
+    sinks: Vec<UnboundedSender<Arc<Chunk>>>,
+    budget: Budget,
+    metrics: LogSourceMetrics,
+    stream_metrics: StreamSourceMetrics,
+    hard_stop: CancellationToken,
+) -> std::io::Result<(StreamInput, StreamPump)> {
+    let disk = DiskBuffer::open(&cfg.dir, cfg.disk_limit)?;
+    if disk.used() > 0 {
+        tracing::info!(source = %cfg.name, bytes = disk.used(), segments = disk.segments(), dir = %cfg.dir.display(), "log disk buffer holds lines not confirmed before the last stop; shipping them first");
+    }
+    stream_metrics
+        .disk_buffer_used
+        .set(i64::try_from(disk.used()).unwrap_or(i64::MAX));
+    let start = disk.start();
+    let origins = [Stream::Stdout, Stream::Stderr, Stream::AccessLog].map(|s| {
+        Arc::new(Origin::new(
+            cfg.name.clone(),
+            s.as_str().into(),
+            cfg.labels.clone(),
+        ))
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let shared = Arc::new(Shared {
+        cfg,
+        state: Mutex::new(State {
+            disk,
+            read: start,
+            sinks,
+            drops_since_log: 0,
+            last_drop_log: None,
+            last_drop: None,
+            spilling_logged: false,
+        }),
+        budget,
+        acks: tx,
+        origins,
+        metrics,
+        stream_metrics,
+        acked: AtomicU64::new(start),
+        lines: AtomicU64::new(0),
+    });
+    let pump = StreamPump {
+        shared: shared.clone(),
+        acks: rx,
+        tracker: AckTracker::new(start),
+        hard_stop,
+        read_failing: false,
+    };
+    Ok((StreamInput { shared }, pump))
+}
+
+impl StreamInput {
+    /// Takes `lines` of `stream`: to the sinks if the memory budget has room and nothing waits
+    /// on disk, else to the disk buffer, else dropped and counted. Never waits for the sinks.
+    pub fn push(&self, stream: Stream, lines: &[Line]) {
+        let s = &*self.shared;
+        let lines: Vec<&Line> = lines.iter().filter(|l| !l.text.is_empty()).collect();
+        if lines.is_empty() {
+            return;
+        }
+        let n = lines.len() as u64;
+        let bytes: usize = lines.iter().map(|l| l.text.len()).sum();
+        s.lines.fetch_add(n, Ordering::Relaxed);
+        s.metrics.read_lines.inc_by(n);
+        s.metrics.read_bytes.inc_by((bytes + lines.len()) as u64);
+        let mut st = s.lock();
+        if st.read == st.disk.end() && !st.sinks.is_empty() {
+            let need = bytes + lines.len() * RECORD_OVERHEAD + CHUNK_OVERHEAD;
+            if let Some(permit) = s.budget.try_acquire(need).filter(|p| p.bytes() == need) {
+                let records = lines.iter().map(|l| (stream, l.text.clone()));
+                s.send_chunks(&st.sinks, records, (MEMORY_KEY, 0), permit);
+                return;
+            }
+        }
+        // Spill: the budget is full, or older lines wait on disk (order), or shutting down.
+        let tag = stream.tag();
+        match st.disk.append(lines.iter().map(|l| (tag, &l.text[..]))) {
+            Ok(_) => {
+                s.stream_metrics.spilled_lines.inc_by(n);
+                s.stream_metrics
+                    .disk_buffer_used
+                    .set(i64::try_from(st.disk.used()).unwrap_or(i64::MAX));
+                if !st.spilling_logged {
+                    st.spilling_logged = true;
+                    tracing::warn!(source = %s.cfg.name, dir = %s.cfg.dir.display(), limit = st.disk.limit(), "log sinks are slower than the lines come: spilling to the disk buffer (shipped in order once they catch up)");
+                }
+            }
+            Err(e) => {
+                let reason = match e {
+                    AppendError::Full { .. } => 0,
+                    AppendError::Io { .. } => 1,
+                };
+                if let Some(c) = s.stream_metrics.dropped_lines.get(reason) {
+                    c.inc_by(n);
+                }
+                st.drops_since_log += n;
+                st.last_drop = Some((e.to_string(), rfc3339(SystemTime::now())));
+                let due = st
+                    .last_drop_log
+                    .is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY);
+                if due {
+                    tracing::error!(source = %s.cfg.name, dropped_lines = st.drops_since_log, error = %e, "log lines dropped: the sinks are behind and the disk buffer cannot take more (counted in tandem_logs_dropped_lines_total; said at most every 10s)");
+                    st.drops_since_log = 0;
+                    st.last_drop_log = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// The source's state, for `/logs`.
+    pub fn status(&self) -> StreamStatus {
+        let s = &*self.shared;
+        let st = s.lock();
+        StreamStatus {
+            lines: s.lines.load(Ordering::Relaxed),
+            spilled_lines: s.stream_metrics.spilled_lines.get(),
+            dropped_disk_full: s.stream_metrics.dropped_lines[0].get(),
+            dropped_disk_error: s.stream_metrics.dropped_lines[1].get(),
+            last_drop: st.last_drop.clone(),
+            disk_buffer_used: st.disk.used(),
+            disk_buffer_limit: st.disk.limit(),
+            disk_buffer_segments: st.disk.segments(),
+            disk_acked: s.acked.load(Ordering::Relaxed),
+            disk_read: st.read,
+            disk_written: st.disk.end(),
+        }
+    }
+
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        &self.shared.cfg.name
+    }
+
+    /// Longest line.
+    pub fn max_line(&self) -> usize {
+        self.shared.cfg.max_line
+    }
+
+    /// Counts bytes of the app's output not passed through.
+    pub(crate) fn passthrough_dropped(&self, bytes: u64) {
+        self.shared.stream_metrics.passthrough_dropped.inc_by(bytes);
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state stays consistent at every await-free step; a panic elsewhere leaves it usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Parses `lines` into chunks (split at the chunk bounds and where the stream changes) and
+    /// hands them to every sink. `(key, start)`: disk chunks carry their buffer offsets (each
+    /// line one tag byte, the text, `\n`); memory chunks none.
+    fn send_chunks(
+        &self,
+        sinks: &[UnboundedSender<Arc<Chunk>>],
+        lines: impl Iterator<Item = (Stream, Bytes)>,
+        (key, mut start): (u64, u64),
+        read_permit: BudgetPermit,
+    ) {
+        let observed = SystemTime::now();
+        let mut records = Vec::new();
+        let (mut bytes, mut end, mut errors) = (0usize, start, 0u64);
+        let mut current: Option<Stream> = None;
+        for (stream, text) in lines {
+            let len = text.len();
+            if !records.is_empty()
+                && (current != Some(stream)
+                    || records.len() >= self.cfg.chunk_lines
+                    || bytes + len > self.cfg.chunk_bytes)
+            {
+                if let Some(c) = current {
+                    let full = std::mem::take(&mut records);
+                    self.send_chunk(sinks, c, full, bytes, (key, start, end), observed);
+                }
+                (start, bytes) = (end, 0);
+            }
+            current = Some(stream);
+            if key == DISK_KEY {
+                end += len as u64 + 2;
+            }
+            bytes += len;
+            let (mut record, failed) = parse(self.cfg.parser, text);
+            errors += u64::from(failed);
+            if self.cfg.stream_field {
+                record
+                    .fields
+                    .get_or_insert_with(|| Box::new(Map::new()))
+                    .insert("stream".into(), Value::String(stream.as_str().into()));
+            }
+            records.push(record);
+        }
+        if errors > 0 {
+            self.metrics.parse_errors.inc_by(errors);
+        }
+        if let Some(c) = current {
+            self.send_chunk(sinks, c, records, bytes, (key, start, end), observed);
+        }
+        drop(read_permit);
+    }
+
+    fn send_chunk(
+        &self,
+        sinks: &[UnboundedSender<Arc<Chunk>>],
+        stream: Stream,
+        records: Vec<Record>,
+        bytes: usize,
+        range: (u64, u64, u64),
+        observed: SystemTime,
+    ) {
+        let mut permit = self.budget.empty_permit();
+        permit.resize(bytes + records.len() * RECORD_OVERHEAD + CHUNK_OVERHEAD);
+        let chunk = Arc::new(Chunk::new(
+            records,
+            bytes,
+            observed,
+            self.origins[stream.index()].clone(),
+            range,
+            sinks.len(),
+            self.acks.clone(),
+            Some(permit),
+        ));
+        for s in sinks {
+            // A closed sink is shutting down: the chunk stays unconfirmed (on disk: read again).
+            let _ = s.send(chunk.clone());
+        }
+    }
+}
+
+// === impl StreamPump ===
+
+impl StreamPump {
+    /// Drains the disk buffer into chunks and deletes confirmed segments until `stop`; then
+    /// stops handing out lines (later ones go to disk) and waits for the confirmations of what
+    /// it handed out, until they are all in or `hard_stop`.
+    pub fn run(mut self, stop: &AtomicBool) {
+        let mut paused = false;
+        loop {
+            let stopping = stop.load(Ordering::Acquire);
+            if stopping {
+                let sinks = std::mem::take(&mut self.shared.lock().sinks);
+                drop(sinks);
+                let read = self.shared.lock().read;
+                if self.tracker.committed() >= read || self.hard_stop.is_cancelled() {
+                    break;
+                }
+            }
+            let unread = {
+                let st = self.shared.lock();
+                st.read < st.disk.end() && !st.sinks.is_empty()
+            };
+            let wait = match (unread, paused) {
+                (true, false) => Duration::ZERO,
+                (true, true) => Duration::from_millis(10),
+                (false, _) => Duration::from_millis(50),
+            };
+            match self.acks.recv_timeout(wait) {
+                Ok(m) => self.apply(m),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while let Ok(m) = self.acks.try_recv() {
+                self.apply(m);
+            }
+            self.release();
+            if unread && !stopping {
+                paused = !self.drain_some();
+            }
+        }
+        self.release();
+    }
+
+    fn apply(&mut self, m: Msg) {
+        match m {
+            Msg::Ack { key, start, end } if key == DISK_KEY => {
+                self.tracker.ack(start, end);
+            }
+            // Chunks from memory need no tracking; a sink's barrier has nothing to wait for.
+            Msg::Barrier(reply) => {
+                let _ = reply.send(());
+            }
+            _ => {}
+        }
+    }
+
+    /// Deletes the segments every sink confirmed.
+    fn release(&mut self) {
+        let committed = self.tracker.committed();
+        if self.shared.acked.swap(committed, Ordering::Relaxed) == committed {
+            return;
+        }
+        let mut st = self.shared.lock();
+        if st.disk.release_before(committed) > 0 {
+            self.shared
+                .stream_metrics
+                .disk_buffer_used
+                .set(i64::try_from(st.disk.used()).unwrap_or(i64::MAX));
+            if st.disk.used() == 0 && st.read == st.disk.end() {
+                st.spilling_logged = false;
+                tracing::info!(source = %self.shared.cfg.name, "log disk buffer drained: every spilled line was delivered");
+            }
+        }
+    }
+
+    /// Reads one piece of the disk buffer into chunks. False when the budget is full.
+    fn drain_some(&mut self) -> bool {
+        let s = self.shared.clone();
+        let (located, read) = {
+            let st = s.lock();
+            (st.disk.locate(st.read), st.read)
+        };
+        let Some((path, pos, len)) = located else {
+            return true;
+        };
+        let max = READ_SIZE.max(s.cfg.max_line + 2);
+        let Some(permit) = s.budget.try_acquire(max) else {
+            return false;
+        };
+        let data = match read_records(&path, pos, len, max) {
+            Ok(d) => {
+                self.read_failing = false;
+                d
+            }
+            Err(e) => {
+                if !self.read_failing {
+                    tracing::error!(source = %s.cfg.name, path = %path.display(), error = %e, "cannot read the log disk buffer; retrying every 100ms (its lines wait, later ones keep spilling behind them)");
+                    self.read_failing = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                return true;
+            }
+        };
+        let consumed = if data.is_empty() {
+            // No whole record within `max`: not written by this Tandem's framing. Skip it.
+            tracing::error!(source = %s.cfg.name, path = %path.display(), "the log disk buffer holds a record longer than max_line_bytes; skipping the rest of the segment");
+            len
+        } else {
+            data.len() as u64
+        };
+        let data = Bytes::from(data);
+        let records = data
+            .split(|b| *b == b'\n')
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                // Every record was written with a tag; an unknown one still ships its line.
+                let stream = Stream::from_tag(r[0]).unwrap_or(Stream::Stdout);
+                let start = r.as_ptr() as usize - data.as_ptr() as usize;
+                (stream, data.slice(start + 1..start + r.len()))
+            })
+            .collect::<Vec<_>>();
+        let st = s.lock();
+        if records.is_empty() {
+            drop(st);
+            self.tracker.ack(read, read + consumed);
+        } else {
+            s.send_chunks(&st.sinks, records.into_iter(), (DISK_KEY, read), permit);
+            drop(st);
+        }
+        let mut st = s.lock();
+        st.read = read + consumed;
+        true
+    }
+}
+
+/// RFC 3339 (UTC, seconds) for status output.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tandem_telemetry::logs::Gauge;
+    use tandem_telemetry::Metrics;
+
+    fn line(i: usize) -> Line {
+        Line {
+            text: Bytes::from(format!("line {i:04} {}", "x".repeat(80))),
+            end: 0,
+            cut: false,
+        }
+    }
+
+    struct Rig {
+        input: StreamInput,
+        rx: tokio::sync::mpsc::UnboundedReceiver<Arc<Chunk>>,
+        stop: Arc<AtomicBool>,
+        pump: Option<std::thread::JoinHandle<()>>,
+        metrics: StreamSourceMetrics,
+    }
+
+    fn rig(dir: &std::path::Path, budget: usize, disk: u64) -> Rig {
+        let m = Metrics::new();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cfg = StreamConfig {
+            name: "out".into(),
+            parser: LogParser::Plain,
+            labels: Arc::new([]),
+            chunk_lines: 10,
+            chunk_bytes: 1 << 20,
+            max_line: 1024,
+            stream_field: true,
+            dir: dir.to_owned(),
+            disk_limit: disk,
+        };
+        let (input, pump) = open(
+            cfg,
+            vec![tx],
+            Budget::new(budget, Gauge::default()),
+            m.log_source("out"),
+            m.log_stream_source("out"),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let pump = std::thread::spawn(move || pump.run(&s));
+        Rig {
+            input,
+            rx,
+            stop,
+            pump: Some(pump),
+            metrics: m.log_stream_source("out"),
+        }
+    }
+
+    impl Rig {
+        /// Receives chunks (confirming each) until `n` records came; returns their messages.
+        fn take(&mut self, n: usize) -> Vec<String> {
+            let mut out = Vec::new();
+            while out.len() < n {
+                let c = self.rx.blocking_recv().unwrap();
+                for r in &c.records {
+                    out.push(String::from_utf8_lossy(&r.message)[..9].to_owned());
+                    assert_eq!(
+                        r.fields.as_ref().unwrap()["stream"],
+                        Value::String("stderr".into())
+                    );
+                }
+                c.confirm();
+            }
+            out
+        }
+
+        fn stop(&mut self) {
+            self.stop.store(true, Ordering::Release);
+            if let Some(p) = self.pump.take() {
+                p.join().unwrap();
+            }
+        }
+    }
+
+    fn wait(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// With a small budget and nobody taking chunks, lines spill to disk; once chunks are taken
+    /// and confirmed, every line arrives once and in order, and the segments are deleted.
+    #[test]
+    fn spills_then_drains_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rig(dir.path(), 4096, 1 << 20);
+        for i in 0..300 {
+            r.input.push(Stream::Stderr, &[line(i)]);
+        }
+        let st = r.input.status();
+        assert!(st.spilled_lines > 250, "{st:?}");
+        assert_eq!(st.lines, 300);
+        let got = r.take(300);
+        let want: Vec<String> = (0..300).map(|i| format!("line {i:04}")).collect();
+        assert_eq!(got, want);
+        wait("segments deleted", || {
+            r.input.status().disk_buffer_used == 0
+        });
+        assert_eq!(r.input.status().disk_buffer_segments, 0);
+        // Back on the memory path.
+        r.input.push(Stream::Stderr, &[line(300)]);
+        assert_eq!(r.take(1), ["line 0300"]);
+        assert_eq!(r.input.status().spilled_lines, st.spilled_lines);
+        r.stop();
+    }
+
+    /// Beyond the disk buffer lines are dropped and counted; what was kept still arrives.
+    #[test]
+    fn full_disk_buffer_drops_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rig(dir.path(), 4096, 64 * 1024);
+        for i in 0..2000 {
+            r.input.push(Stream::Stderr, &[line(i)]);
+        }
+        let st = r.input.status();
+        let dropped = r.metrics.dropped_lines[0].get();
+        assert!(dropped > 1000, "{st:?}");
+        assert_eq!(st.dropped_disk_full, dropped);
+        assert!(st.disk_buffer_used <= 64 * 1024);
+        assert!(st.last_drop.unwrap().0.contains("disk buffer is full"));
+        let kept = 2000 - usize::try_from(dropped).unwrap();
+        let got = r.take(kept);
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(got, sorted, "in order");
+        assert!(r.rx.try_recv().is_err(), "nothing more");
+        r.stop();
+    }
+
+    /// Spilled lines not confirmed before a stop are shipped after the restart.
+    #[test]
+    fn restart_ships_unconfirmed_spilled_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rig(dir.path(), 4096, 1 << 20);
+        for i in 0..100 {
+            r.input.push(Stream::Stderr, &[line(i)]);
+        }
+        let spilled = r.input.status().spilled_lines;
+        drop(r.rx.try_recv());
+        // Nothing confirmed: stop with the pump's hard stop (it would wait for confirmations).
+        r.stop.store(true, Ordering::Release);
+        r.pump.take();
+        drop(r);
+        let mut r = rig(dir.path(), 1 << 20, 1 << 20);
+        let got = r.take(usize::try_from(spilled).unwrap());
+        assert_eq!(got.last().unwrap(), "line 0099");
+        wait("segments deleted", || {
+            r.input.status().disk_buffer_used == 0
+        });
+        r.stop();
+    }
+}
