@@ -329,3 +329,47 @@ fn backoff_doubles_with_jitter_to_the_cap() {
         );
     }
 }
+
+/// A partial success: the records refused for good are not counted as shipped, only the
+/// resend body is sent again (after the back-off, counted by its reason), and the batch is
+/// confirmed once it is delivered; a partial success with nothing to resend confirms at once.
+#[tokio::test]
+async fn partial_success_resends_only_the_rest() {
+    let partial = Outcome::Partial {
+        dropped: 1,
+        resend: Some(Resend {
+            body: Bytes::from_static(b"x\ny\n"),
+            lines: 2,
+            failure: Failure {
+                reason: RetryReason::Status429,
+                after: None,
+                detail: "scripted".into(),
+            },
+        }),
+    };
+    let done = Outcome::Partial {
+        dropped: 3,
+        resend: None,
+    };
+    let mut r = rig(
+        vec![partial, Outcome::Delivered, done],
+        5,
+        Duration::from_secs(1),
+    );
+    r.chunk_of(5);
+    r.wait_sends(2).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        r.sends().iter().map(|s| s.1).collect::<Vec<_>>(),
+        [5, 2],
+        "the second send is the resend body"
+    );
+    assert_eq!(r.acked(), [(0, 10)]);
+    assert_eq!(r.metrics.shipped_lines.get(), 4, "5 lines, 1 dropped");
+    assert_eq!(r.metrics.retries[RetryReason::Status429 as usize].get(), 1);
+    r.chunk_of(5);
+    r.wait_sends(3).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(r.acked(), [(10, 20)]);
+    assert_eq!(r.metrics.shipped_lines.get(), 6, "then 5 more, 3 dropped");
+}
