@@ -114,8 +114,8 @@ pub struct LogSink {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogSinkKind {
-    /// NDJSON POSTed over HTTP.
-    Http(HttpLogSink),
+    /// An HTTP sink: NDJSON, Loki, Elasticsearch or OTLP (boxed: far larger than the others).
+    Http(Box<HttpLogSink>),
     /// NDJSON appended to a file.
     File {
         /// Absolute path of the file.

@@ -278,8 +278,7 @@ pub fn parse_response(body: &[u8], sent: usize) -> Result<Option<BulkResult>, St
 pub fn select_items(body: &[u8], keep: &[usize], out: &mut Vec<u8>) {
     let mut want = keep.iter().copied().peekable();
     let mut start = 0;
-    let mut line = 0usize;
-    for end in memchr::memchr_iter(b'\n', body) {
+    for (line, end) in memchr::memchr_iter(b'\n', body).enumerate() {
         let Some(&next) = want.peek() else { break };
         if line / 2 == next {
             out.extend_from_slice(&body[start..=end]);
@@ -287,7 +286,6 @@ pub fn select_items(body: &[u8], keep: &[usize], out: &mut Vec<u8>) {
                 want.next();
             }
         }
-        line += 1;
         start = end + 1;
     }
 }

@@ -269,7 +269,7 @@ fn check_sink(
         RawLogSinkType::Http
         | RawLogSinkType::Loki
         | RawLogSinkType::Elasticsearch
-        | RawLogSinkType::Otlp => LogSinkKind::Http(check_http_sink(c, &key, s)),
+        | RawLogSinkType::Otlp => LogSinkKind::Http(Box::new(check_http_sink(c, &key, s))),
         RawLogSinkType::File => {
             let path = match &s.path {
                 Some(p) => absolute(c, &format!("{key}.path"), p, "/var/log/tandem/out.ndjson"),
