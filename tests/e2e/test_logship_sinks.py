@@ -42,17 +42,19 @@ def sink_keys(extra=""):
     return "      gzip: true\n      concurrency: 4\n" + extra
 
 
-@pytest.mark.parametrize("fmt", ["loki", "elasticsearch", "otlp"])
+@pytest.mark.parametrize("fmt", ["loki", "elasticsearch", "otlp", "otlp-json"])
 def test_each_api_ships_every_line_once(tandem, procs, tmp_path, fmt):
     """50,000 numbered lines to each API, gzip on, 4 deliveries in flight (acknowledged out of
     order; the checkpoint keeps to the confirmed prefix): 0 missing, 0 duplicates, every file
     confirmed, and the wire format as the API expects it (Loki label sets, index names,
     OTLP resources)."""
-    rcv = Receiver(procs, fmt=fmt)
+    sink_type = fmt.removesuffix("-json")
+    rcv = Receiver(procs, fmt=sink_type)
     log = tmp_path / "app.log"
     log.touch()
-    extra = {"loki": "      stream_labels: [service, host]\n", "elasticsearch": "", "otlp": ""}[fmt]
-    t = tandem(logs_config(tmp_path, rcv, [log], sink_type=fmt, sink_extra=sink_keys(extra)))
+    extra = {"loki": "      stream_labels: [service, host]\n", "elasticsearch": "", "otlp": "",
+             "otlp-json": "      encoding: json\n"}[fmt]
+    t = tandem(logs_config(tmp_path, rcv, [log], sink_type=sink_type, sink_extra=sink_keys(extra)))
     wait_tailing(t)
     started = time.monotonic()
     gen = finish(writer(log, N, 0))
@@ -119,7 +121,8 @@ def test_elasticsearch_partial_failures(tandem, procs, tmp_path, retry_status):
     assert "mapper_parsing_exception" in t.log() and "dropped and counted" in t.log()
 
 
-def test_otlp_partial_success_is_counted(tandem, procs, tmp_path):
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+def test_otlp_partial_success_is_counted(tandem, procs, tmp_path, encoding):
     """An OTLP receiver rejecting every 1,000th record (partial_success.rejected_log_records):
     those are counted as dropped, the rest arrive once, and every batch is confirmed."""
     n = 20_000
@@ -127,7 +130,8 @@ def test_otlp_partial_success_is_counted(tandem, procs, tmp_path):
     rcv.control(item_reject_every=1000)
     log = tmp_path / "app.log"
     log.touch()
-    t = tandem(logs_config(tmp_path, rcv, [log], sink_type="otlp", sink_extra=sink_keys()))
+    t = tandem(logs_config(tmp_path, rcv, [log], sink_type="otlp",
+                           sink_extra=sink_keys(f"      encoding: {encoding}\n")))
     wait_tailing(t)
     finish(writer(log, n, 0))
     rejected = set(range(0, n, 1000))
@@ -136,7 +140,7 @@ def test_otlp_partial_success_is_counted(tandem, procs, tmp_path):
     s = rcv.stats(n)
     text = metrics(t)
     dropped = metric(text, "tandem_logs_sink_dropped_lines_total", sink="central", reason="partial_success")
-    report("otlp partial success (every 1000th rejected)", s, dropped=dropped)
+    report(f"otlp ({encoding}) partial success (every 1000th rejected)", s, dropped=dropped)
     assert set(rcv.missing(n)) == rejected
     assert s["duplicates"] == 0 and dropped == len(rejected)
     wait_for(lambda: metric(metrics(t), "tandem_logs_file_lag_bytes", source="app", file=str(log)) == 0, 10,

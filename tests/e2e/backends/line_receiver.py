@@ -10,8 +10,9 @@ Accepts POSTs on the data port, gzip-encoded or not, in one of four wire formats
                  (`errors`, `items[].<op>.status/error`); `filter_path` on the URL shortens a
                  clean answer to {"errors":false} as Elasticsearch does. Per-item failures can
                  be injected (see /control); a failed item's document is not counted;
-  otlp           OTLP logs over HTTP: a protobuf ExportLogsServiceRequest, decoded with the
-                 official opentelemetry-proto package; each record's string body is a line.
+  otlp           OTLP logs over HTTP: a protobuf ExportLogsServiceRequest (or OTLP/JSON when the
+                 content type is application/json), decoded with the official
+                 opentelemetry-proto package; each record's string body is a line.
                  Answered with an ExportLogsServiceResponse, with partial_success when records
                  are rejected on purpose (see /control; rejected records are not counted).
 Every `seq=NNN` token in a line counts that sequence number once. A second port takes control
@@ -157,11 +158,28 @@ def decode_elasticsearch(body, query):
     return lines, 200, json.dumps(answer).encode(), "application/json"
 
 
-def decode_otlp(body):
+def decode_otlp(body, content_type):
+    """OTLP protobuf, or OTLP/JSON (content type application/json: the protobuf JSON mapping,
+    parsed by protobuf's own json_format, except ids, which OTLP/JSON writes in hex)."""
+    from google.protobuf import json_format
     from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
     req = logs_service_pb2.ExportLogsServiceRequest()
+    as_json = content_type.startswith("application/json")
     try:
-        req.ParseFromString(body)
+        if as_json:
+            doc = json.loads(body)
+            for rl in doc.get("resourceLogs", []):
+                for sl in rl.get("scopeLogs", []):
+                    for rec in sl.get("logRecords", []):
+                        for k, n in (("traceId", 32), ("spanId", 16)):
+                            v = rec.pop(k, None)
+                            if v is not None and not re.fullmatch(f"[0-9a-f]{{{n}}}", v):
+                                raise Refused(f"{k} {v!r} is not {n} hex digits")
+            json_format.ParseDict(doc, req)
+        else:
+            req.ParseFromString(body)
+    except Refused:
+        raise
     except Exception as e:  # noqa: BLE001 - any decode error is a 400
         raise Refused(f"not an ExportLogsServiceRequest: {e}")
     with LOCK:
@@ -185,6 +203,8 @@ def decode_otlp(body):
         resp.partial_success.error_message = f"{rejected} records rejected on purpose"
         with LOCK:
             ITEM_FAILURES["rejected"] = ITEM_FAILURES.get("rejected", 0) + rejected
+    if as_json:
+        return lines, 200, json_format.MessageToJson(resp).encode(), "application/json"
     return lines, 200, resp.SerializeToString(), "application/x-protobuf"
 
 
@@ -264,7 +284,7 @@ class Data(BaseHTTPRequestHandler):
                     elif fmt == "elasticsearch":
                         decoded, status, answer, ctype = decode_elasticsearch(body, urlparse(self.path).query)
                     else:
-                        decoded, status, answer, ctype = decode_otlp(body)
+                        decoded, status, answer, ctype = decode_otlp(body, self.headers.get("Content-Type", ""))
                     lines = count_lines(decoded)
             except Refused as e:
                 status, answer, ctype, lines = 400, str(e).encode(), "text/plain", 0

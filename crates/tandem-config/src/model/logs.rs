@@ -163,8 +163,11 @@ pub enum HttpApi {
         /// `create` operations into a data stream instead of `index` operations.
         data_stream: bool,
     },
-    /// OTLP logs over HTTP, protobuf `ExportLogsServiceRequest`.
-    Otlp,
+    /// OTLP logs over HTTP: an `ExportLogsServiceRequest`.
+    Otlp {
+        /// OTLP/JSON instead of binary protobuf.
+        json: bool,
+    },
 }
 
 /// TLS to a sink.

@@ -164,6 +164,9 @@ pub struct RawLogSink {
     /// `elasticsearch`: an API key (the base64 `encoded` form), sent as `Authorization: ApiKey`.
     #[serde(default)]
     pub api_key: Option<String>,
+    /// `otlp`: `protobuf` (the default) or `json`.
+    #[serde(default)]
+    pub encoding: Option<RawOtlpEncoding>,
     /// `file`: the absolute path NDJSON lines are appended to.
     #[serde(default)]
     pub path: Option<String>,
@@ -198,6 +201,16 @@ pub enum RawLogSinkType {
     File,
     /// NDJSON written to Tandem's stdout.
     Console,
+}
+
+/// How an OTLP sink encodes its requests.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawOtlpEncoding {
+    /// Binary protobuf (`application/x-protobuf`).
+    Protobuf,
+    /// OTLP's JSON mapping of the protobuf messages (`application/json`).
+    Json,
 }
 
 /// TLS to a sink.

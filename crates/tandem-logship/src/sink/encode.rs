@@ -36,7 +36,12 @@ pub(crate) fn record_as(r: &Record, ts_key: &[u8], observed: &str, tail: &str, o
     out.extend_from_slice(ts_key);
     out.extend_from_slice(b"\":\"");
     match r.timestamp {
-        Some(t) => out.extend_from_slice(rfc3339(t).as_bytes()),
+        // Formatted straight into the body: no string per record.
+        Some(t) => {
+            use std::io::Write;
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{}", humantime::format_rfc3339_millis(t));
+        }
         None => out.extend_from_slice(observed.as_bytes()),
     }
     out.extend_from_slice(b"\",\"message\":");

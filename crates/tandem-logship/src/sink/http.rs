@@ -111,7 +111,11 @@ impl HttpSink {
                 Api::Elasticsearch(Bulk::new(index, *data_stream)),
                 "application/x-ndjson",
             ),
-            HttpApi::Otlp => (Api::Otlp(Otlp), "application/x-protobuf"),
+            HttpApi::Otlp { json } => {
+                let o = Otlp::new(*json);
+                let ct = o.content_type();
+                (Api::Otlp(o), ct)
+            }
         };
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -207,9 +211,14 @@ impl HttpSink {
                             format!("status {status} but the bulk answer could not be read: {e}"),
                         ),
                     },
-                    Api::Otlp(_) => {
+                    Api::Otlp(o) => {
                         let answer = text.unwrap_or_default();
-                        match otlp::rejected(&answer) {
+                        let rejected = if o.content_type() == "application/json" {
+                            otlp::rejected_json(&answer)
+                        } else {
+                            otlp::rejected(&answer)
+                        };
+                        match rejected {
                             None => Outcome::Delivered,
                             Some((n, why)) => {
                                 self.metrics.dropped_lines[1].inc_by(n);

@@ -19,6 +19,10 @@
 //! `opentelemetry-proto`'s generated structs, which would allocate per record and attribute.
 //! The generated types are the reference: the tests decode what is written with them.
 //!
+//! With `encoding: json`, the same request in OTLP/JSON (`application/json`): the protobuf JSON
+//! mapping with OTLP's exceptions — lowerCamelCase names, enums as numbers, 64-bit integers as
+//! decimal strings, trace and span ids as hex strings.
+//!
 //! A 2xx answer may carry `partial_success.rejected_log_records`: those records were refused
 //! for good; they are counted and logged, and the batch is confirmed (the OTLP specification
 //! says such a request must not be retried).
@@ -29,27 +33,64 @@ use bytes::BufMut;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use serde_json::Value;
 
-use super::encode::unix_nanos;
+use super::encode::{push_json_str, push_u64, unix_nanos};
 use crate::record::{Chunk, Level, Record};
 
 /// The instrumentation scope of every record.
 const SCOPE: &str = "tandem";
 
-/// The OTLP encoder of one sink (stateless; buffers are per batch).
+/// The OTLP encoder of one sink (buffers are per batch).
 #[derive(Debug, Default)]
-pub struct Otlp;
+pub struct Otlp {
+    json: bool,
+}
+
+/// A batch's chunks grouped by label set (one `ResourceLogs` each): the first chunk, and all.
+type Groups<'a> = Vec<(&'a Arc<Chunk>, Vec<&'a Arc<Chunk>>)>;
+
+fn groups(batch: &[Arc<Chunk>]) -> Groups<'_> {
+    // Sources share one `Arc` of labels across their files: usually one group per source.
+    let mut groups: Groups<'_> = Vec::new();
+    for c in batch {
+        match groups.iter_mut().find(|(first, _)| same_labels(first, c)) {
+            Some((_, v)) => v.push(c),
+            None => groups.push((c, vec![c])),
+        }
+    }
+    groups
+}
+
+/// The resource attribute name of a record label.
+fn resource_key(k: &str) -> &str {
+    match k {
+        "service" => "service.name",
+        "host" => "host.name",
+        k => k,
+    }
+}
 
 impl Otlp {
+    /// An encoder writing protobuf, or OTLP/JSON with `json`.
+    pub fn new(json: bool) -> Otlp {
+        Otlp { json }
+    }
+
+    /// The request's `Content-Type`.
+    pub fn content_type(&self) -> &'static str {
+        if self.json {
+            "application/json"
+        } else {
+            "application/x-protobuf"
+        }
+    }
+
     /// Appends the `ExportLogsServiceRequest` of `batch` to `out`.
     pub fn encode(&self, batch: &[Arc<Chunk>], out: &mut Vec<u8>) {
-        // Group chunks by label set: sources share one `Arc` of labels across their files.
-        let mut groups: Vec<(&Arc<Chunk>, Vec<&Arc<Chunk>>)> = Vec::new();
-        for c in batch {
-            match groups.iter_mut().find(|(first, _)| same_labels(first, c)) {
-                Some((_, v)) => v.push(c),
-                None => groups.push((c, vec![c])),
-            }
+        if self.json {
+            encode_json(batch, out);
+            return;
         }
+        let groups = groups(batch);
         let mut records: Vec<u8> =
             Vec::with_capacity(batch.iter().map(|c| c.bytes).sum::<usize>() * 2);
         let mut rec: Vec<u8> = Vec::with_capacity(1024);
@@ -68,12 +109,7 @@ impl Otlp {
             }
             resource.clear();
             for (k, v) in first.origin.labels.iter() {
-                let key = match k.as_str() {
-                    "service" => "service.name",
-                    "host" => "host.name",
-                    k => k,
-                };
-                kv_str(&mut resource, 1, key, v.as_bytes());
+                kv_str(&mut resource, 1, resource_key(k), v.as_bytes());
             }
             // ResourceLogs { resource (1): Resource { attributes (1) }, scope_logs (2):
             //   ScopeLogs { scope (1), log_records (2)... } }
@@ -89,6 +125,129 @@ impl Otlp {
             out.put_slice(&scope);
             out.put_slice(&records);
         }
+    }
+}
+
+/// The request in OTLP/JSON.
+fn encode_json(batch: &[Arc<Chunk>], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"resourceLogs\":[");
+    for (gi, (first, chunks)) in groups(batch).iter().enumerate() {
+        if gi > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"resource\":{\"attributes\":[");
+        for (i, (k, v)) in first.origin.labels.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json_kv_str(out, resource_key(k), v);
+        }
+        out.extend_from_slice(b"]},\"scopeLogs\":[{\"scope\":{\"name\":\"");
+        out.extend_from_slice(SCOPE.as_bytes());
+        out.extend_from_slice(b"\",\"version\":\"");
+        out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+        out.extend_from_slice(b"\"},\"logRecords\":[");
+        let mut n = 0usize;
+        for c in chunks {
+            let observed = unix_nanos(c.observed);
+            for r in &c.records {
+                if n > 0 {
+                    out.push(b',');
+                }
+                n += 1;
+                json_record(out, r, observed, &c.origin.file);
+            }
+        }
+        out.extend_from_slice(b"]}]}");
+    }
+    out.extend_from_slice(b"]}");
+}
+
+fn json_record(out: &mut Vec<u8>, r: &Record, observed: u64, file: &str) {
+    out.push(b'{');
+    if let Some(t) = r.timestamp {
+        out.extend_from_slice(b"\"timeUnixNano\":\"");
+        push_u64(out, unix_nanos(t));
+        out.extend_from_slice(b"\",");
+    }
+    out.extend_from_slice(b"\"observedTimeUnixNano\":\"");
+    push_u64(out, observed);
+    out.push(b'"');
+    if let Some(l) = r.level {
+        out.extend_from_slice(b",\"severityNumber\":");
+        push_u64(out, severity_number(l));
+        out.extend_from_slice(b",\"severityText\":\"");
+        out.extend_from_slice(severity_text(l).as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(b",\"body\":{\"stringValue\":");
+    push_json_str(out, &message(&r.message));
+    out.extend_from_slice(b"},\"attributes\":[");
+    json_kv_str(out, "log.file.path", file);
+    if let Some(fields) = &r.fields {
+        for (k, v) in fields.iter() {
+            out.push(b',');
+            out.extend_from_slice(b"{\"key\":");
+            push_json_str(out, k);
+            out.extend_from_slice(b",\"value\":");
+            match v {
+                Value::String(s) => {
+                    out.extend_from_slice(b"{\"stringValue\":");
+                    push_json_str(out, s);
+                    out.push(b'}');
+                }
+                Value::Bool(b) => {
+                    out.extend_from_slice(if *b {
+                        b"{\"boolValue\":true}"
+                    } else {
+                        b"{\"boolValue\":false}"
+                    });
+                }
+                Value::Number(n) if n.is_i64() => {
+                    out.extend_from_slice(b"{\"intValue\":\"");
+                    out.extend_from_slice(n.to_string().as_bytes());
+                    out.extend_from_slice(b"\"}");
+                }
+                Value::Number(n) => {
+                    out.extend_from_slice(b"{\"doubleValue\":");
+                    // serde_json writes a finite f64 as a JSON number.
+                    let _ = serde_json::to_writer(&mut *out, &n.as_f64().unwrap_or(0.0));
+                    out.push(b'}');
+                }
+                Value::Null => out.extend_from_slice(b"{}"),
+                Value::Array(_) | Value::Object(_) => {
+                    out.extend_from_slice(b"{\"stringValue\":");
+                    push_json_str(out, &v.to_string());
+                    out.push(b'}');
+                }
+            }
+            out.push(b'}');
+        }
+    }
+    out.push(b']');
+    if let Some((trace, span)) = trace_context(r) {
+        out.extend_from_slice(b",\"traceId\":\"");
+        push_hex(out, &trace);
+        out.extend_from_slice(b"\",\"spanId\":\"");
+        push_hex(out, &span);
+        out.push(b'"');
+    }
+    out.push(b'}');
+}
+
+fn json_kv_str(out: &mut Vec<u8>, k: &str, v: &str) {
+    out.extend_from_slice(b"{\"key\":");
+    push_json_str(out, k);
+    out.extend_from_slice(b",\"value\":{\"stringValue\":");
+    push_json_str(out, v);
+    out.extend_from_slice(b"}}");
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0xf)]);
     }
 }
 
@@ -262,6 +421,24 @@ fn varint_field(buf: &mut Vec<u8>, tag: u32, v: u64) {
     encode_varint(v, buf);
 }
 
+/// Records an OTLP/JSON answer says were rejected, and why (`rejectedLogRecords` is a string
+/// or a number: 64-bit integers are strings in OTLP/JSON, but receivers write both).
+pub fn rejected_json(body: &[u8]) -> Option<(u64, String)> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let p = v.get("partialSuccess")?;
+    let n = match p.get("rejectedLogRecords")? {
+        Value::String(s) => s.parse::<u64>().ok()?,
+        Value::Number(n) => n.as_u64()?,
+        _ => return None,
+    };
+    let why = p
+        .get("errorMessage")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    (n > 0).then_some((n, why))
+}
+
 /// Records an OTLP answer says were rejected, and why (`None`: all accepted, or an answer that
 /// is not an `ExportLogsServiceResponse`, which a 2xx makes a delivery anyway).
 pub fn rejected(body: &[u8]) -> Option<(u64, String)> {
@@ -353,7 +530,7 @@ mod tests {
             chunk(&a, "/l/a2.log", vec![plain]),
         ];
         let mut out = Vec::new();
-        Otlp.encode(&batch, &mut out);
+        Otlp::new(false).encode(&batch, &mut out);
         let got = ExportLogsServiceRequest::decode(out.as_slice()).unwrap();
 
         let scope = Some(InstrumentationScope {
@@ -433,6 +610,65 @@ mod tests {
             ],
         };
         assert_eq!(got, want);
+    }
+
+    /// The golden OTLP/JSON body: camelCase names, 64-bit integers as strings, severity as a
+    /// number, hex ids, every field type.
+    #[test]
+    fn json_golden_body() {
+        let a: Arc<[(String, String)]> =
+            Arc::from(vec![("service".to_owned(), "orders".to_owned())]);
+        let fields: serde_json::Map<String, Value> = serde_json::from_str(
+            r#"{"b":false,"i":7,"f":0.5,"n":null,"o":{"x":1},
+                "trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"b7ad6b7169203331"}"#,
+        )
+        .unwrap();
+        let batch = vec![chunk(
+            &a,
+            "/l/a.log",
+            vec![
+                Record {
+                    message: Bytes::from_static(b"q\"1"),
+                    fields: Some(Box::new(fields)),
+                    timestamp: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1500)),
+                    level: Some(Level::Error),
+                },
+                Record {
+                    message: Bytes::from_static(b"plain"),
+                    ..Record::default()
+                },
+            ],
+        )];
+        let mut out = Vec::new();
+        Otlp::new(true).encode(&batch, &mut out);
+        let want = concat!(
+            r#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"orders"}}]},"#,
+            r#""scopeLogs":[{"scope":{"name":"tandem","version":""#,
+            env!("CARGO_PKG_VERSION"),
+            r#""},"logRecords":["#,
+            r#"{"timeUnixNano":"1500000000","observedTimeUnixNano":"7000000000","severityNumber":17,"severityText":"ERROR","#,
+            r#""body":{"stringValue":"q\"1"},"attributes":[{"key":"log.file.path","value":{"stringValue":"/l/a.log"}},"#,
+            r#"{"key":"b","value":{"boolValue":false}},{"key":"f","value":{"doubleValue":0.5}},"#,
+            r#"{"key":"i","value":{"intValue":"7"}},{"key":"n","value":{}},"#,
+            r#"{"key":"o","value":{"stringValue":"{\"x\":1}"}},"#,
+            r#"{"key":"span_id","value":{"stringValue":"b7ad6b7169203331"}},"#,
+            r#"{"key":"trace_id","value":{"stringValue":"0af7651916cd43dd8448eb211c80319c"}}],"#,
+            r#""traceId":"0af7651916cd43dd8448eb211c80319c","spanId":"b7ad6b7169203331"},"#,
+            r#"{"observedTimeUnixNano":"7000000000","body":{"stringValue":"plain"},"#,
+            r#""attributes":[{"key":"log.file.path","value":{"stringValue":"/l/a.log"}}]}"#,
+            r#"]}]}]}"#
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+        assert_eq!(
+            rejected_json(br#"{"partialSuccess":{"rejectedLogRecords":"4","errorMessage":"m"}}"#),
+            Some((4, "m".into()))
+        );
+        assert_eq!(
+            rejected_json(br#"{"partialSuccess":{"rejectedLogRecords":2}}"#),
+            Some((2, String::new()))
+        );
+        assert_eq!(rejected_json(br#"{"partialSuccess":{}}"#), None);
+        assert_eq!(rejected_json(b"{}"), None);
     }
 
     /// Partial success: rejected records are reported; an empty or absent one is not.

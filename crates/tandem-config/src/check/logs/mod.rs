@@ -227,7 +227,7 @@ fn check_sink(
         RawLogSinkType::Otlp,
     ];
     const ES: &[RawLogSinkType] = &[RawLogSinkType::Elasticsearch];
-    let given: [(&str, bool, &[RawLogSinkType]); 14] = [
+    let given: [(&str, bool, &[RawLogSinkType]); 15] = [
         ("url", s.url.is_some(), HTTP),
         ("headers", !s.headers.is_empty(), HTTP),
         ("gzip", s.gzip.is_some(), HTTP),
@@ -244,6 +244,7 @@ fn check_sink(
         ("username", s.username.is_some(), ES),
         ("password", s.password.is_some(), ES),
         ("api_key", s.api_key.is_some(), ES),
+        ("encoding", s.encoding.is_some(), &[RawLogSinkType::Otlp]),
         ("path", s.path.is_some(), &[RawLogSinkType::File]),
         // Not a key: keeps the array's length honest when keys are added.
         ("", false, HTTP),
@@ -612,7 +613,9 @@ fn check_http_sink(c: &mut Checker, key: &str, s: &RawLogSink) -> HttpLogSink {
             }
             HttpApi::Elasticsearch { index, data_stream }
         }
-        RawLogSinkType::Otlp => HttpApi::Otlp,
+        RawLogSinkType::Otlp => HttpApi::Otlp {
+            json: matches!(s.encoding, Some(RawOtlpEncoding::Json)),
+        },
         _ => HttpApi::Ndjson,
     };
 

@@ -345,6 +345,7 @@ logs:
       tls: { ca: /etc/ca.pem, cert: /etc/c.pem, key: /etc/k.pem, server_name: es.internal }
     es2: { type: elasticsearch, url: \"https://es:9200\", api_key: abc== }
     otel: { type: otlp, url: \"http://collector:4318/custom/logs\", gzip: true }
+    otel2: { type: otlp, url: \"http://collector:4318\", encoding: json }
 ",
     )
     .unwrap();
@@ -393,7 +394,9 @@ logs:
     assert!(t.ca.is_none() && t.client.is_none() && t.server_name.is_none());
     let otel = http(3);
     assert_eq!(otel.url.to_string(), "http://collector:4318/custom/logs");
-    assert!(matches!(otel.api, HttpApi::Otlp) && otel.gzip);
+    assert!(matches!(otel.api, HttpApi::Otlp { json: false }) && otel.gzip);
+    assert!(matches!(http(4).api, HttpApi::Otlp { json: true }));
+    assert_eq!(http(4).url.to_string(), "http://collector:4318/v1/logs");
     let shown = serde_json::to_string(&c).unwrap();
     assert!(
         !shown.contains("ZWxhc3Rp") && !shown.contains("abc=="),
@@ -426,6 +429,7 @@ logs:
       tls: { ca: ca.pem, cert: /c.pem, server_name: \"bad name\" }
     e: { type: otlp, url: \"https://c:4318\", tls: { key: /k.pem } }
     f: { type: file, path: /out.ndjson, tls: { ca: /ca.pem } }
+    g: { type: loki, url: \"http://l\", encoding: json }
 ";
     let e = errors(text);
     assert_eq!(
@@ -445,6 +449,7 @@ logs:
             (Some(19), "logs.sinks.d.tls.server_name"),
             (Some(20), "logs.sinks.e.tls.key"),
             (Some(21), "logs.sinks.f.tls"),
+            (Some(22), "logs.sinks.g.encoding"),
         ],
         "{}",
         ConfigErrors(e.clone())
