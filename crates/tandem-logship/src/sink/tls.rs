@@ -139,3 +139,61 @@ impl ResolvesClientCert for ClientCert {
         true
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn message(cfg: &SinkTls) -> String {
+        match client_config(cfg) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Unusable CA files are refused with the key, the file and the fix; a CA made by the
+    /// development CA is accepted.
+    #[test]
+    fn ca_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            SinkTls {
+                ca: Some(p),
+                ..SinkTls::default()
+            }
+        };
+        let m = message(&SinkTls {
+            ca: Some(dir.path().join("missing.pem")),
+            ..SinkTls::default()
+        });
+        assert!(
+            m.starts_with("tls.ca: cannot read") && m.contains("missing.pem"),
+            "{m}"
+        );
+        let m = message(&ca("empty.pem", "just text\n"));
+        assert!(m.contains("holds no PEM certificate"), "{m}");
+        let m = message(&ca(
+            "bad.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        ));
+        assert!(m.contains("bad.pem"), "{m}");
+
+        tandem_tls::dev_ca::init(&dir.path().join("ca"), "d.test", 30).unwrap();
+        let good = SinkTls {
+            ca: Some(dir.path().join("ca/ca.pem")),
+            ..SinkTls::default()
+        };
+        assert!(client_config(&good).is_ok());
+        let m = message(&SinkTls {
+            client: Some((dir.path().join("ca/ca.pem"), dir.path().join("nokey.pem"))),
+            ..good
+        });
+        assert!(
+            m.starts_with("tls.cert/tls.key:") && m.contains("nokey.pem"),
+            "{m}"
+        );
+    }
+}
