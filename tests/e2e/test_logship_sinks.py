@@ -198,7 +198,8 @@ def test_wrong_ca_loses_nothing(tandem, procs, tmp_path, pki):
 
 def test_unusable_tls_files_stop_the_start(tandem, procs, tmp_path, pki):
     """A CA file that does not exist, or a client key that is not the certificate's: Tandem
-    refuses to start (exit 1) and names the sink, the file and the fix."""
+    refuses to start (exit 1) and names the sink, the file and the fix; `tandem check` reports
+    them at their keys."""
     rcv = Receiver(procs, fmt="otlp", tls=(pki / "server/cert.pem", pki / "server/key.pem"))
     log = tmp_path / "app.log"
     log.touch()
@@ -207,8 +208,13 @@ def test_unusable_tls_files_stop_the_start(tandem, procs, tmp_path, pki):
     t = tandem(cfg, wait_ready=False)
     assert t.wait(15) == 1
     assert "log sink `central`" in t.log() and "nope.pem" in t.log(), t.log()
+    r = run([TANDEM_BIN, "check", "-c", str(t.config)])
+    assert r.returncode == 64, r.stderr
+    assert "logs.sinks.central.tls.ca" in r.stderr and "nope.pem" in r.stderr, r.stderr
     cfg = logs_config(tmp_path, rcv, [log], sink_type="otlp", sink_extra=(
         f"      tls: {{ ca: {pki}/ca/ca.pem, cert: {pki}/client/cert.pem, key: {pki}/server/key.pem }}\n"))
     t = tandem(cfg, wait_ready=False)
     assert t.wait(15) == 1
     assert "does not belong to the certificate" in t.log(), t.log()
+    r = run([TANDEM_BIN, "check", "-c", str(t.config)])
+    assert r.returncode == 64 and "logs.sinks.central.tls.key" in r.stderr, r.stderr

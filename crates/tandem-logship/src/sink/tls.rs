@@ -31,17 +31,69 @@ const SYSTEM_BUNDLES: [&str; 5] = [
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct TlsError {
+    /// The key under the sink's `tls` at fault (`ca`, `cert`, `key`, `server_name`), if one.
+    pub key: &'static str,
     message: String,
 }
 
 impl From<String> for TlsError {
     fn from(message: String) -> TlsError {
-        TlsError { message }
+        TlsError { key: "", message }
     }
 }
 
 fn err(message: String) -> TlsError {
-    TlsError { message }
+    TlsError { key: "ca", message }
+}
+
+/// `tandem check`'s file step for log sinks: the TLS files each HTTP sink names exist, parse and
+/// belong together. Returns (config key, message, fix). The system's CA bundle, used without
+/// `tls.ca`, is the machine's, not the file's: it is not checked here.
+pub fn check_files(logs: &tandem_config::Logs) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for s in &logs.sinks {
+        let tandem_config::LogSinkKind::Http(h) = &s.kind else {
+            continue;
+        };
+        let Some(t) = &h.tls else { continue };
+        let result = match &t.ca {
+            Some(ca) => roots(ca).and_then(|_| client_cert(t).map(|_| ())),
+            None => client_cert(t).map(|_| ()),
+        };
+        if let Err(e) = result {
+            let text = e.to_string();
+            // Messages are "what; how to fix it".
+            let (message, fix) = text.split_once("; ").unwrap_or((&text, ""));
+            out.push((
+                format!("logs.sinks.{}.tls.{}", s.name, e.key),
+                message.to_owned(),
+                fix.to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+/// The client certificate of `cfg`, read and validated, if one is configured.
+fn client_cert(cfg: &SinkTls) -> Result<Option<Arc<CertifiedKey>>, TlsError> {
+    let Some((cert, key)) = &cfg.client else {
+        return Ok(None);
+    };
+    let files = Files {
+        cert: cert.clone(),
+        key: key.clone(),
+        trust_bundle: None,
+    };
+    pair::load(&files, pair::now())
+        .map(|m| Some(m.key))
+        .map_err(|e| TlsError {
+            key: if e.path() == key.as_path() {
+                "key"
+            } else {
+                "cert"
+            },
+            message: format!("tls.cert/tls.key: {e}; {}", e.hint()),
+        })
 }
 
 /// The rustls config for `cfg` (ALPN left empty: hyper-rustls sets `http/1.1`).
@@ -54,18 +106,9 @@ pub fn client_config(cfg: &SinkTls) -> Result<ClientConfig, TlsError> {
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| err(format!("TLS setup failed: {e}")))?
         .with_root_certificates(roots);
-    Ok(match &cfg.client {
+    Ok(match client_cert(cfg)? {
         None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let files = Files {
-                cert: cert.clone(),
-                key: key.clone(),
-                trust_bundle: None,
-            };
-            let m = pair::load(&files, pair::now())
-                .map_err(|e| err(format!("tls.cert/tls.key: {e}; {}", e.hint())))?;
-            builder.with_client_cert_resolver(Arc::new(ClientCert(m.key)))
-        }
+        Some(key) => builder.with_client_cert_resolver(Arc::new(ClientCert(key))),
     })
 }
 
@@ -81,7 +124,7 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     for (i, c) in CertificateDer::pem_slice_iter(&pem).enumerate() {
         let c = c.map_err(|e| {
             err(format!(
-                "tls.ca: {} is not a valid PEM certificate list ({e}); use the CA certificates \
+                "tls.ca: {} is not a valid PEM certificate list: {e}; use the CA certificates \
                  as `-----BEGIN CERTIFICATE-----` blocks",
                 path.display()
             ))
