@@ -227,7 +227,7 @@ fn check_sink(
         RawLogSinkType::Otlp,
     ];
     const ES: &[RawLogSinkType] = &[RawLogSinkType::Elasticsearch];
-    let given: [(&str, bool, &[RawLogSinkType]); 15] = [
+    let given: &[(&str, bool, &[RawLogSinkType])] = &[
         ("url", s.url.is_some(), HTTP),
         ("headers", !s.headers.is_empty(), HTTP),
         ("gzip", s.gzip.is_some(), HTTP),
@@ -246,10 +246,8 @@ fn check_sink(
         ("api_key", s.api_key.is_some(), ES),
         ("encoding", s.encoding.is_some(), &[RawLogSinkType::Otlp]),
         ("path", s.path.is_some(), &[RawLogSinkType::File]),
-        // Not a key: keeps the array's length honest when keys are added.
-        ("", false, HTTP),
     ];
-    for (field, present, types) in given {
+    for &(field, present, types) in given {
         if present && !types.iter().any(|t| same_type(*t, s.kind)) {
             c.err(
                 format!("{key}.{field}"),
