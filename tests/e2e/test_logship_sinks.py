@@ -42,25 +42,30 @@ def sink_keys(extra=""):
     return "      gzip: true\n      concurrency: 4\n" + extra
 
 
-@pytest.mark.parametrize("fmt", ["loki", "elasticsearch", "otlp", "otlp-json"])
+@pytest.mark.parametrize("fmt", ["loki", "loki-protobuf", "elasticsearch", "otlp", "otlp-json"])
 def test_each_api_ships_every_line_once(tandem, procs, tmp_path, fmt):
-    """50,000 numbered lines to each API, gzip on, 4 deliveries in flight (acknowledged out of
+    """50,000 numbered lines to each API (Loki in JSON and snappy protobuf, OTLP in protobuf
+    and JSON), gzip on (snappy for Loki's protobuf), 4 deliveries in flight (acknowledged out of
     order; the checkpoint keeps to the confirmed prefix): 0 missing, 0 duplicates, every file
     confirmed, and the wire format as the API expects it (Loki label sets, index names,
     OTLP resources)."""
-    sink_type = fmt.removesuffix("-json")
+    sink_type = fmt.removesuffix("-json").removesuffix("-protobuf")
     rcv = Receiver(procs, fmt=sink_type)
     log = tmp_path / "app.log"
     log.touch()
-    extra = {"loki": "      stream_labels: [service, host]\n", "elasticsearch": "", "otlp": "",
-             "otlp-json": "      encoding: json\n"}[fmt]
-    t = tandem(logs_config(tmp_path, rcv, [log], sink_type=sink_type, sink_extra=sink_keys(extra)))
+    extra = {"loki": "      stream_labels: [service, host]\n",
+             "loki-protobuf": "      stream_labels: [service, host]\n      encoding: protobuf\n",
+             "elasticsearch": "", "otlp": "", "otlp-json": "      encoding: json\n"}[fmt]
+    keys = sink_keys(extra)
+    if fmt == "loki-protobuf":
+        keys = keys.replace("      gzip: true\n", "")  # snappy already
+    t = tandem(logs_config(tmp_path, rcv, [log], sink_type=sink_type, sink_extra=keys))
     wait_tailing(t)
     started = time.monotonic()
     gen = finish(writer(log, N, 0))
     s = rcv.wait_all(N)
     text = metrics(t)
-    report(f"{fmt}, gzip, concurrency 4", s, writer=gen, seconds=round(time.monotonic() - started, 1),
+    report(f"{fmt}, {'snappy' if fmt == 'loki-protobuf' else 'gzip'}, concurrency 4", s, writer=gen, seconds=round(time.monotonic() - started, 1),
            formats=s["formats"], shipped_bytes=metric(text, "tandem_logs_shipped_bytes_total", sink="central"))
     assert (s["missing"], s["duplicates"], s["received"]) == (0, 0, N)
     assert s["statuses"].get("400", 0) == 0, s["statuses"]
@@ -68,7 +73,7 @@ def test_each_api_ships_every_line_once(tandem, procs, tmp_path, fmt):
     wait_for(lambda: metric(metrics(t), "tandem_logs_file_lag_bytes", source="app", file=str(log)) == 0, 10,
              "every line confirmed and checkpointed")
     f = s["formats"]
-    if fmt == "loki":
+    if sink_type == "loki":
         assert len(f["loki_streams"]) == 1 and f["loki_streams"][0]["service"] == "e2e"
         assert set(f["loki_streams"][0]) == {"service", "host"}
     elif fmt == "elasticsearch":

@@ -3,8 +3,11 @@
 Accepts POSTs on the data port, gzip-encoded or not, in one of four wire formats (--format):
   ndjson         NDJSON (or any text: one record per line), answered 200 "ok";
   loki           Loki's push API JSON ({"streams":[{"stream":{labels},"values":[[ns, line]]}]}),
-                 answered 204 like Loki; a stream whose values are not in time order, a value
-                 that is not [string nanoseconds, string], or a stream without labels is a 400;
+                 or with Content-Type application/x-protobuf a snappy-compressed
+                 logproto.PushRequest (decoded by hand: labels `{k="v"}`, entries of timestamp
+                 and line), answered 204 like Loki; a stream whose values are not in time order,
+                 a value that is not [string nanoseconds, string], or a stream without labels
+                 is a 400;
   elasticsearch  the bulk API: NDJSON pairs of action ({"index"|"create": {"_index": ...}}) and
                  document, answered 200 with per-item results as Elasticsearch writes them
                  (`errors`, `items[].<op>.status/error`); `filter_path` on the URL shortens a
@@ -88,8 +91,74 @@ def remember(kind, value):
             FORMATS[kind].append(value)
 
 
-def decode_loki(body):
-    """Loki push JSON -> (lines, status, answer bytes, content type)."""
+def pb_fields(b):
+    """A protobuf message's fields: [(tag, int or bytes)] (varint and length-delimited only)."""
+    out, i = [], 0
+
+    def varint():
+        nonlocal i
+        shift = value = 0
+        while True:
+            byte = b[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+    while i < len(b):
+        key = varint()
+        tag, wire = key >> 3, key & 7
+        if wire == 0:
+            out.append((tag, varint()))
+        elif wire == 2:
+            n = varint()
+            out.append((tag, bytes(b[i:i + n])))
+            i += n
+        else:
+            raise Refused(f"unexpected wire type {wire}")
+    return out
+
+
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def decode_loki_protobuf(body):
+    """Loki's snappy-compressed logproto.PushRequest, as Promtail sends it: streams (1) of
+    labels (1, `{k="v", ...}`) and entries (2) of timestamp (1: seconds 1, nanos 2) and line (2)."""
+    import cramjam
+    try:
+        raw = bytes(cramjam.snappy.decompress_raw(body))
+    except Exception as e:  # noqa: BLE001 - any decode error is a 400
+        raise Refused(f"not snappy (block format): {e}")
+    lines = []
+    for tag, stream in pb_fields(raw):
+        if tag != 1:
+            continue
+        labels, last = None, -1
+        for ftag, v in pb_fields(stream):
+            if ftag == 1:
+                text = v.decode()
+                labels = dict(LABEL.findall(text))
+                if not labels or not text.startswith("{") or not text.endswith("}"):
+                    raise Refused(f"unreadable labels {text!r}")
+                remember("loki_streams", labels)
+            elif ftag == 2:
+                entry = dict(pb_fields(v))
+                ts = dict(pb_fields(entry.get(1, b"")))
+                t = ts.get(1, 0) * 1_000_000_000 + ts.get(2, 0)
+                if t < last:
+                    raise Refused(f"entry out of order for stream {labels}")
+                last = t
+                lines.append(entry.get(2, b""))
+        if labels is None:
+            raise Refused("error at least one label pair is required per stream")
+    return lines, 204, b"", "text/plain"
+
+
+def decode_loki(body, content_type=""):
+    """Loki push JSON (or snappy protobuf) -> (lines, status, answer bytes, content type)."""
+    if content_type.startswith("application/x-protobuf"):
+        return decode_loki_protobuf(body)
     try:
         doc = json.loads(body)
         streams = doc["streams"]
@@ -280,7 +349,7 @@ class Data(BaseHTTPRequestHandler):
                     lines = count(body)
                 else:
                     if fmt == "loki":
-                        decoded, status, answer, ctype = decode_loki(body)
+                        decoded, status, answer, ctype = decode_loki(body, self.headers.get("Content-Type", ""))
                     elif fmt == "elasticsearch":
                         decoded, status, answer, ctype = decode_elasticsearch(body, urlparse(self.path).query)
                     else:

@@ -155,6 +155,8 @@ pub enum HttpApi {
     Loki {
         /// The record labels that make a stream, in order; `None`: all of them.
         stream_labels: Option<Vec<String>>,
+        /// Snappy-compressed protobuf `PushRequest` instead of JSON.
+        protobuf: bool,
     },
     /// Elasticsearch's bulk API.
     Elasticsearch {

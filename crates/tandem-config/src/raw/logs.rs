@@ -164,7 +164,8 @@ pub struct RawLogSink {
     /// `elasticsearch`: an API key (the base64 `encoded` form), sent as `Authorization: ApiKey`.
     #[serde(default)]
     pub api_key: Option<String>,
-    /// `otlp`: `protobuf` (the default) or `json`.
+    /// `otlp`: `protobuf` (the default) or `json`. `loki`: `json` (the default) or `protobuf`
+    /// (snappy-compressed, as Promtail sends).
     #[serde(default)]
     pub encoding: Option<RawOtlpEncoding>,
     /// `file`: the absolute path NDJSON lines are appended to.
@@ -203,13 +204,13 @@ pub enum RawLogSinkType {
     Console,
 }
 
-/// How an OTLP sink encodes its requests.
+/// How an OTLP or Loki sink encodes its requests.
 #[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RawOtlpEncoding {
-    /// Binary protobuf (`application/x-protobuf`).
+    /// Binary protobuf (`application/x-protobuf`; snappy-compressed for Loki).
     Protobuf,
-    /// OTLP's JSON mapping of the protobuf messages (`application/json`).
+    /// JSON (`application/json`): OTLP's JSON mapping, Loki's JSON push body.
     Json,
 }
 

@@ -103,10 +103,14 @@ impl HttpSink {
 
         let (api, content_type) = match &cfg.api {
             HttpApi::Ndjson => (Api::Ndjson, "application/x-ndjson"),
-            HttpApi::Loki { stream_labels } => (
-                Api::Loki(Loki::new(stream_labels.clone())),
-                "application/json",
-            ),
+            HttpApi::Loki {
+                stream_labels,
+                protobuf,
+            } => {
+                let l = Loki::new(stream_labels.clone(), *protobuf);
+                let ct = l.content_type();
+                (Api::Loki(l), ct)
+            }
             HttpApi::Elasticsearch { index, data_stream } => (
                 Api::Elasticsearch(Bulk::new(index, *data_stream)),
                 "application/x-ndjson",

@@ -244,7 +244,11 @@ fn check_sink(
         ("username", s.username.is_some(), ES),
         ("password", s.password.is_some(), ES),
         ("api_key", s.api_key.is_some(), ES),
-        ("encoding", s.encoding.is_some(), &[RawLogSinkType::Otlp]),
+        (
+            "encoding",
+            s.encoding.is_some(),
+            &[RawLogSinkType::Otlp, RawLogSinkType::Loki],
+        ),
         ("path", s.path.is_some(), &[RawLogSinkType::File]),
     ];
     for &(field, present, types) in given {
@@ -551,7 +555,18 @@ fn check_http_sink(c: &mut Checker, key: &str, s: &RawLogSink) -> HttpLogSink {
                 }
                 out
             });
-            HttpApi::Loki { stream_labels }
+            let protobuf = matches!(s.encoding, Some(RawOtlpEncoding::Protobuf));
+            if protobuf && s.gzip == Some(true) {
+                c.err(
+                    format!("{key}.gzip"),
+                    "Loki's protobuf pushes are snappy-compressed; gzip cannot be added to them",
+                    "remove `gzip`, or use `encoding: json` to gzip JSON pushes",
+                );
+            }
+            HttpApi::Loki {
+                stream_labels,
+                protobuf,
+            }
         }
         RawLogSinkType::Elasticsearch => {
             let data_stream = s.data_stream.unwrap_or(false);

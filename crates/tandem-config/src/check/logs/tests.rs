@@ -346,6 +346,7 @@ logs:
     es2: { type: elasticsearch, url: \"https://es:9200\", api_key: abc== }
     otel: { type: otlp, url: \"http://collector:4318/custom/logs\", gzip: true }
     otel2: { type: otlp, url: \"http://collector:4318\", encoding: json }
+    loki2: { type: loki, url: \"http://loki:3100\", encoding: protobuf }
 ",
     )
     .unwrap();
@@ -364,7 +365,7 @@ logs:
     assert_eq!(loki.url.to_string(), "http://loki:3100/loki/api/v1/push");
     assert_eq!(header(&loki, "x-scope-orgid").as_deref(), Some("team-a"));
     assert!(
-        matches!(&loki.api, HttpApi::Loki { stream_labels: Some(l) } if l == &["service", "level"])
+        matches!(&loki.api, HttpApi::Loki { stream_labels: Some(l), protobuf: false } if l == &["service", "level"])
     );
     assert!(loki.tls.is_none());
     let es = http(1);
@@ -397,6 +398,13 @@ logs:
     assert!(matches!(otel.api, HttpApi::Otlp { json: false }) && otel.gzip);
     assert!(matches!(http(4).api, HttpApi::Otlp { json: true }));
     assert_eq!(http(4).url.to_string(), "http://collector:4318/v1/logs");
+    assert!(matches!(
+        http(5).api,
+        HttpApi::Loki {
+            stream_labels: None,
+            protobuf: true
+        }
+    ));
     let shown = serde_json::to_string(&c).unwrap();
     assert!(
         !shown.contains("ZWxhc3Rp") && !shown.contains("abc=="),
@@ -429,7 +437,8 @@ logs:
       tls: { ca: ca.pem, cert: /c.pem, server_name: \"bad name\" }
     e: { type: otlp, url: \"https://c:4318\", tls: { key: /k.pem } }
     f: { type: file, path: /out.ndjson, tls: { ca: /ca.pem } }
-    g: { type: loki, url: \"http://l\", encoding: json }
+    g: { type: elasticsearch, url: \"http://l\", encoding: json }
+    h: { type: loki, url: \"http://l\", encoding: protobuf, gzip: true }
 ";
     let e = errors(text);
     assert_eq!(
@@ -450,6 +459,7 @@ logs:
             (Some(20), "logs.sinks.e.tls.key"),
             (Some(21), "logs.sinks.f.tls"),
             (Some(22), "logs.sinks.g.encoding"),
+            (Some(23), "logs.sinks.h.gzip"),
         ],
         "{}",
         ConfigErrors(e.clone())
@@ -461,4 +471,6 @@ logs:
     assert!(hint("logs.sinks.c.tls").contains("https://"));
     assert!(hint("logs.sinks.d.tls.cert").contains("key:"));
     assert!(hint("logs.sinks.f.tls").contains("http, loki, elasticsearch, otlp"));
+    assert!(hint("logs.sinks.g.encoding").contains("otlp, loki"));
+    assert!(hint("logs.sinks.h.gzip").contains("encoding: json"));
 }
