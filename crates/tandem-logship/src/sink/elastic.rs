@@ -215,13 +215,19 @@ struct ItemResult {
     error: Option<serde_json::Value>,
 }
 
+/// Whether a 2xx bulk answer says every item was indexed, from its first bytes alone
+/// (`{"errors":false}` with `filter_path`, `{"took":3,"errors":false,...}` without).
+pub fn all_indexed(body: &[u8]) -> bool {
+    let head = &body[..body.len().min(64)];
+    memchr::memmem::find(head, b"\"errors\":false").is_some()
+}
+
 /// Reads a 2xx bulk answer to a request of `sent` items: `Ok(None)` when every item was
 /// indexed, the failed items otherwise, `Err` when the answer cannot be read (or does not
 /// account for every item), in which case the whole request is sent again.
 pub fn parse_response(body: &[u8], sent: usize) -> Result<Option<BulkResult>, String> {
     // The common answer, `{"errors":false}` (with `filter_path`), needs no parse.
-    let head = &body[..body.len().min(64)];
-    if memchr::memmem::find(head, b"\"errors\":false").is_some() {
+    if all_indexed(body) {
         return Ok(None);
     }
     let answer: Answer = serde_json::from_slice(body)
@@ -371,6 +377,8 @@ mod tests {
     #[test]
     fn bulk_answers() {
         assert_eq!(parse_response(br#"{"errors":false}"#, 3), Ok(None));
+        assert!(all_indexed(br#"{"errors":false}"#));
+        assert!(!all_indexed(br#"{"took":1,"errors":true,"items":[]}"#));
         assert_eq!(
             parse_response(
                 br#"{"took":3,"errors":false,"items":[{"index":{"status":201}}]}"#,

@@ -242,6 +242,10 @@ impl HttpSink {
 
     /// A 2xx bulk answer: delivered, or the items to send again and those dropped.
     async fn bulk_answer(&self, sent: Bytes, answer: Bytes) -> Outcome {
+        // The usual answer: nothing to read back, nothing to decompress.
+        if elastic::all_indexed(&answer) {
+            return Outcome::Delivered;
+        }
         let gzip = self.gzip;
         // Parsing the answer and cutting the body are CPU work: off the runtime.
         let work = tokio::task::spawn_blocking(move || {
