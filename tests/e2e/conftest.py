@@ -220,3 +220,11 @@ def metric(text, name, **labels):
 def run(args, timeout=20, **kw):
     """Runs a client command (curl, promtool, tandem check) with a bound on its time."""
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture
+def receiver(procs):
+    """The counting log receiver (backends/line_receiver.py), NDJSON over HTTP."""
+    from logship_support import Receiver
+
+    return Receiver(procs)

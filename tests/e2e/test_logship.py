@@ -10,59 +10,15 @@ LOGSHIP_SLOW=1 adds the 2,000,000-line runs of issue 7.
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
-import httpx
 import pytest
 
-from conftest import HERE, metric, run, wait_for, TANDEM_BIN
-from logship_util import Receiver, metrics, receiver, report, summary  # noqa: F401 (receiver: fixture)
+from conftest import metric, run, wait_for, TANDEM_BIN
+from logship_support import BATCH, finish, logs_config, metrics, report, wait_tailing, writer
 
 N = 200_000
 SLOW = os.environ.get("LOGSHIP_SLOW") == "1"
-BATCH = 1000  # the sink's default batch.max_lines
-
-
-def logs_config(tmp, rcv, paths, scan="1s", source_extra="", sink_extra=""):
-    paths_yaml = ", ".join(f'"{p}"' for p in paths)
-    return f"""
-logs:
-  checkpoint: {{ dir: {tmp}/state }}
-  labels: {{ service: e2e }}
-  sources:
-    app:
-      paths: [{paths_yaml}]
-      scan_interval: {scan}
-      poll_interval: 50ms
-{source_extra}
-  sinks:
-    central:
-      type: http
-      url: {rcv.url}
-      backoff: 50ms
-      max_backoff: 500ms
-{sink_extra}
-"""
-
-
-def writer(path, n, rate, rotate=None, rotations=0, fmt="plain"):
-    args = [sys.executable, str(HERE / "backends" / "log_writer.py"), str(path), str(n), "--rate", str(rate),
-            "--format", fmt]
-    if rotate:
-        args += ["--rotate", rotate, "--rotations", str(rotations)]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-
-
-def wait_tailing(t, files=1):
-    wait_for(lambda: metric(metrics(t), "tandem_logs_files", source="app") == files, 10, "tandem tails the file")
-
-
-def finish(w):
-    out, _ = w.communicate(timeout=120)
-    assert w.returncode == 0
-    return json.loads(out)
 
 
 @pytest.mark.parametrize("glob,scan", [("app.log", "100ms"), ("app.log*", "1s")], ids=["live-name", "rotated-names"])

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from conftest import HERE, TANDEM_BIN, free_port, metric, run, wait_for
-from logship_util import metrics, receiver, report  # noqa: F401 (receiver: fixture)
+from logship_support import metrics, report
 
 APP = HERE / "backends" / "stdout_app.py"
 PAD = "x" * 40

@@ -25,14 +25,13 @@
 //!   (the app's stdout/stderr, the access log) with their disk buffer ([`spill`]).
 //! - [`budget`]: the memory budget.
 //! - [`sink`]: the sink trait, the shared driver (batching, retries, confirmation), and the
-//!   http, file and console sinks.
+//!   http (NDJSON), Loki, Elasticsearch, OTLP, file and console sinks.
 //! - [`ack`], `committer`, [`checkpoint`]: confirmations -> contiguous offsets -> an atomically
 //!   written checkpoint file, strictly read back.
 //! - [`status`]: what `tandem logs status` and `GET /logs` show.
 //! - this file: [`LogShipper`], which starts and stops all of it.
 //!
-//! Not yet (issue 7): logfmt and regex parsers, multi-line joining, redaction, Loki /
-//! Elasticsearch / OTLP sinks, TLS to sinks.
+//! What is not built yet: docs/logship.md, "Status".
 
 pub mod ack;
 pub mod budget;
@@ -105,6 +104,15 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// An HTTP sink's TLS files cannot be used.
+    #[error("log sink `{sink}`: {source}")]
+    SinkTls {
+        /// The sink.
+        sink: String,
+        /// Why (names the file and the fix).
+        #[source]
+        source: sink::tls::TlsError,
+    },
     /// A thread could not be started.
     #[error("cannot start the thread of {what}: {source}")]
     Thread {
@@ -169,7 +177,14 @@ impl LogShipper {
         let mut built: Vec<(Arc<dyn Sink>, &tandem_config::LogSink)> = Vec::new();
         for s in &cfg.sinks {
             let sink: Arc<dyn Sink> = match &s.kind {
-                LogSinkKind::Http(h) => Arc::new(HttpSink::new(h)),
+                LogSinkKind::Http(h) => Arc::new(
+                    HttpSink::new(&s.name, h, metrics.log_sink(&s.name)).map_err(|source| {
+                        StartError::SinkTls {
+                            sink: s.name.clone(),
+                            source,
+                        }
+                    })?,
+                ),
                 LogSinkKind::File { path } => {
                     Arc::new(FileSink::open(path).map_err(|source| StartError::SinkFile {
                         sink: s.name.clone(),

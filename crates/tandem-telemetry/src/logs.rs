@@ -29,6 +29,12 @@ pub const LOG_RETRY_REASONS: [&str; 6] = [
 /// appeared where the source looks.
 pub const LOG_DROP_REASONS: [&str; 1] = ["truncated"];
 
+/// Why a sink dropped lines the receiver refused for good, in [`LogSinkMetrics::dropped_lines`]
+/// order. `item_rejected`: an Elasticsearch bulk item failed with a status that retrying cannot
+/// fix (a 4xx other than 429, e.g. `mapper_parsing_exception`); `partial_success`: an OTLP
+/// receiver answered with `rejected_log_records`.
+pub const LOG_SINK_DROP_REASONS: [&str; 2] = ["item_rejected", "partial_success"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: String,
@@ -77,6 +83,7 @@ pub(crate) struct LogFamilies {
     shipped_lines: Family<SinkLabels, Counter>,
     shipped_bytes: Family<SinkLabels, Counter>,
     retries: Family<SinkReasonLabels, Counter>,
+    sink_dropped: Family<SinkReasonLabels, Counter>,
     latency: SinkHistogramFamily,
     budget_used: Gauge,
     checkpoint_errors: Counter,
@@ -131,6 +138,8 @@ pub struct LogSinkMetrics {
     pub retries: [Counter; 6],
     /// Time of one delivery attempt, in nanoseconds.
     pub latency: IntHistogram,
+    /// Lines the receiver refused for good, by reason ([`LOG_SINK_DROP_REASONS`] order).
+    pub dropped_lines: [Counter; 2],
 }
 
 // === impl LogFamilies ===
@@ -149,6 +158,7 @@ impl LogFamilies {
             shipped_lines: Family::default(),
             shipped_bytes: Family::default(),
             retries: Family::default(),
+            sink_dropped: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             budget_used: Gauge::default(),
             checkpoint_errors: Counter::default(),
@@ -216,6 +226,11 @@ impl LogFamilies {
             "logs_retries",
             "Log deliveries tried again, by sink and reason",
             f.retries.clone(),
+        );
+        registry.register(
+            "logs_sink_dropped_lines",
+            "Log lines a sink's receiver refused for good (not retried), by sink and reason",
+            f.sink_dropped.clone(),
         );
         registry.register_with_unit(
             "logs_sink_duration",
@@ -311,6 +326,14 @@ impl Metrics {
                     .clone()
             }),
             latency: f.latency.get_or_create(&l).clone(),
+            dropped_lines: LOG_SINK_DROP_REASONS.map(|reason| {
+                f.sink_dropped
+                    .get_or_create(&SinkReasonLabels {
+                        sink: sink.to_owned(),
+                        reason,
+                    })
+                    .clone()
+            }),
         }
     }
 
@@ -385,6 +408,7 @@ mod tests {
         s.dropped_bytes[0].inc_by(7);
         let k = m.log_sink("central");
         k.retries[2].inc();
+        k.dropped_lines[0].inc_by(2);
         k.latency.observe(2_000_000);
         m.log_file_lag("app", "/var/log/app.log").set(42);
         let text = m.encode_prometheus();
@@ -393,6 +417,7 @@ mod tests {
             r#"tandem_logs_dropped_bytes_total{source="app",reason="truncated"} 7"#,
             r#"tandem_logs_retries_total{sink="central",reason="status_429"} 1"#,
             r#"tandem_logs_sink_duration_seconds_count{sink="central"} 1"#,
+            r#"tandem_logs_sink_dropped_lines_total{sink="central",reason="item_rejected"} 2"#,
             r#"tandem_logs_file_lag_bytes{source="app",file="/var/log/app.log"} 42"#,
             "tandem_logs_budget_used_bytes 0",
             "tandem_logs_checkpoint_errors_total 0",

@@ -335,10 +335,19 @@ fn services(path: &std::path::Path, service: Option<&str>, json: bool) -> ExitCo
 fn check(path: &std::path::Path) -> ExitCode {
     // The pure check, then the file step: configured certificates exist, parse and match.
     let loaded = tandem_config::load_file(path).and_then(|c| {
-        let problems: Vec<_> = tandem_tls::check::check_files(&c)
+        let mut problems: Vec<_> = tandem_tls::check::check_files(&c)
             .into_iter()
             .map(|p| tandem_config::environment_error(path, p.key, p.message, p.hint))
             .collect();
+        if let Some(logs) = &c.logs {
+            problems.extend(
+                tandem_logship::sink::tls::check_files(logs)
+                    .into_iter()
+                    .map(|(key, message, fix)| {
+                        tandem_config::environment_error(path, &key, message, fix)
+                    }),
+            );
+        }
         if problems.is_empty() {
             Ok(c)
         } else {

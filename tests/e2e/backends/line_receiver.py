@@ -1,11 +1,29 @@
 """A log sink that counts every line by its sequence number: unique, duplicate, missing.
 
-Accepts POSTs of NDJSON (or any text: one record per line), gzip-encoded or not, on the data
-port; every `seq=NNN` token in a line counts that sequence number once. Answers 200 unless told
-otherwise. A second port takes control requests and serves the counts, and keeps working while
-the data port is "down".
+Accepts POSTs on the data port, gzip-encoded or not, in one of four wire formats (--format):
+  ndjson         NDJSON (or any text: one record per line), answered 200 "ok";
+  loki           Loki's push API JSON ({"streams":[{"stream":{labels},"values":[[ns, line]]}]}),
+                 or with Content-Type application/x-protobuf a snappy-compressed
+                 logproto.PushRequest (decoded by hand: labels `{k="v"}`, entries of timestamp
+                 and line), answered 204 like Loki; a stream whose values are not in time order,
+                 a value that is not [string nanoseconds, string], or a stream without labels
+                 is a 400;
+  elasticsearch  the bulk API: NDJSON pairs of action ({"index"|"create": {"_index": ...}}) and
+                 document, answered 200 with per-item results as Elasticsearch writes them
+                 (`errors`, `items[].<op>.status/error`); `filter_path` on the URL shortens a
+                 clean answer to {"errors":false} as Elasticsearch does. Per-item failures can
+                 be injected (see /control); a failed item's document is not counted;
+  otlp           OTLP logs over HTTP: a protobuf ExportLogsServiceRequest (or OTLP/JSON when the
+                 content type is application/json), decoded with the official
+                 opentelemetry-proto package; each record's string body is a line.
+                 Answered with an ExportLogsServiceResponse, with partial_success when records
+                 are rejected on purpose (see /control; rejected records are not counted).
+Every `seq=NNN` token in a line counts that sequence number once. A second port takes control
+requests and serves the counts, and keeps working while the data port is "down".
 
-Run: python line_receiver.py DATA_PORT CONTROL_PORT       (prints "ready" once both listen)
+Run: python line_receiver.py DATA_PORT CONTROL_PORT [--format F] [--tls CERT KEY [--client-ca CA]]
+(prints "ready" once both listen). --tls serves HTTPS with that certificate; --client-ca also
+requires a client certificate signed by CA (mTLS).
 
 Control port:
   GET  /stats?n=N   {"received", "unique", "duplicates", "missing" (of 0..N-1), "missing_ranges"
@@ -21,13 +39,23 @@ Control port:
                       {"down": true}              close the data port and every open connection
                                                   (connections refused); false: listen again
                       {"reset": true}             forget all counts
-A failed POST's lines are not counted: the sender must send them again.
+                      {"item_retry_every": 7, "item_retry_status": 429, "item_retry_times": 2}
+                                      elasticsearch: items whose seq is a multiple of 7 fail
+                                      with 429 the first 2 times they are sent
+                      {"item_reject_every": 1000} elasticsearch: items whose seq is a multiple
+                                      of 1000 fail with 400 mapper_parsing_exception, always;
+                                      otlp: such records are rejected (partial_success)
+A failed POST's lines are not counted: the sender must send them again. /stats also has
+"formats" (checks of the wire format: "loki_streams" label sets seen, "es_indices" index names,
+"otlp_resources" resource attributes, "tls_clients" client certificate subjects) and
+"item_failures" (injected per-item failures answered, by status).
 """
+import argparse
 import gzip
 import json
 import re
 import socket
-import sys
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,14 +67,222 @@ COUNTS = bytearray()  # per sequence number, saturating at 255
 STATE = {"received": 0, "other_lines": 0, "requests": 0, "bytes": 0, "statuses": {}, "max_seq": -1}
 REQUESTS = []
 FIRST_LINES = []
-CONTROL = {"status": None, "fail_next": 0, "fail_status": 500, "retry_after": None, "down": False}
+CONTROL = {"status": None, "fail_next": 0, "fail_status": 500, "retry_after": None, "down": False,
+           "item_retry_every": 0, "item_retry_status": 429, "item_retry_times": 0, "item_reject_every": 0}
 CONNS = set()
-DATA = {"server": None, "port": None}
+DATA = {"server": None, "port": None, "format": "ndjson", "tls": None}
+FORMATS = {"loki_streams": [], "es_indices": [], "otlp_resources": [], "tls_clients": []}
+ITEM_FAILURES = {}
+ATTEMPTS = {}  # seq -> times an elasticsearch item carrying it was sent
+
+
+class Refused(Exception):
+    """A request the real API would refuse (400), with its message."""
+
+
+def seq_of(text):
+    m = SEQ.search(text.encode() if isinstance(text, str) else text)
+    return int(m.group(1)) if m else None
+
+
+def remember(kind, value):
+    with LOCK:
+        if value not in FORMATS[kind] and len(FORMATS[kind]) < 100:
+            FORMATS[kind].append(value)
+
+
+def pb_fields(b):
+    """A protobuf message's fields: [(tag, int or bytes)] (varint and length-delimited only)."""
+    out, i = [], 0
+
+    def varint():
+        nonlocal i
+        shift = value = 0
+        while True:
+            byte = b[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+    while i < len(b):
+        key = varint()
+        tag, wire = key >> 3, key & 7
+        if wire == 0:
+            out.append((tag, varint()))
+        elif wire == 2:
+            n = varint()
+            out.append((tag, bytes(b[i:i + n])))
+            i += n
+        else:
+            raise Refused(f"unexpected wire type {wire}")
+    return out
+
+
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def decode_loki_protobuf(body):
+    """Loki's snappy-compressed logproto.PushRequest, as Promtail sends it: streams (1) of
+    labels (1, `{k="v", ...}`) and entries (2) of timestamp (1: seconds 1, nanos 2) and line (2)."""
+    import cramjam
+    try:
+        raw = bytes(cramjam.snappy.decompress_raw(body))
+    except Exception as e:  # noqa: BLE001 - any decode error is a 400
+        raise Refused(f"not snappy (block format): {e}")
+    lines = []
+    for tag, stream in pb_fields(raw):
+        if tag != 1:
+            continue
+        labels, last = None, -1
+        for ftag, v in pb_fields(stream):
+            if ftag == 1:
+                text = v.decode()
+                labels = dict(LABEL.findall(text))
+                if not labels or not text.startswith("{") or not text.endswith("}"):
+                    raise Refused(f"unreadable labels {text!r}")
+                remember("loki_streams", labels)
+            elif ftag == 2:
+                entry = dict(pb_fields(v))
+                ts = dict(pb_fields(entry.get(1, b"")))
+                t = ts.get(1, 0) * 1_000_000_000 + ts.get(2, 0)
+                if t < last:
+                    raise Refused(f"entry out of order for stream {labels}")
+                last = t
+                lines.append(entry.get(2, b""))
+        if labels is None:
+            raise Refused("error at least one label pair is required per stream")
+    return lines, 204, b"", "text/plain"
+
+
+def decode_loki(body, content_type=""):
+    """Loki push JSON (or snappy protobuf) -> (lines, status, answer bytes, content type)."""
+    if content_type.startswith("application/x-protobuf"):
+        return decode_loki_protobuf(body)
+    try:
+        doc = json.loads(body)
+        streams = doc["streams"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise Refused(f"not a push request: {e}")
+    lines = []
+    for s in streams:
+        labels = s.get("stream")
+        if not isinstance(labels, dict) or not labels:
+            raise Refused("error at least one label pair is required per stream")
+        remember("loki_streams", labels)
+        last = -1
+        for v in s.get("values", []):
+            if not (isinstance(v, list) and len(v) in (2, 3) and isinstance(v[0], str) and isinstance(v[1], str)):
+                raise Refused(f"a value is not [\"<ns>\", \"<line>\"]: {v!r}")
+            ts = int(v[0])
+            if ts < last:
+                raise Refused(f"entry out of order for stream {labels}")
+            last = ts
+            lines.append(v[1].encode())
+    return lines, 204, b"", "text/plain"
+
+
+def decode_elasticsearch(body, query):
+    """Bulk NDJSON -> (counted lines, 200, per-item answer, content type)."""
+    raw = [l for l in body.split(b"\n") if l.strip()]
+    if len(raw) % 2:
+        raise Refused("The bulk request must be terminated by a newline and have action/document pairs")
+    items, lines, errors = [], [], False
+    with LOCK:
+        ctl = dict(CONTROL)
+    for i in range(0, len(raw), 2):
+        action = json.loads(raw[i])
+        (op, meta), = action.items()
+        if op not in ("index", "create") or "_index" not in meta:
+            raise Refused(f"unexpected action {action!r}")
+        remember("es_indices", f"{op}:{meta['_index']}")
+        doc = json.loads(raw[i + 1])
+        if "@timestamp" not in doc:
+            raise Refused("a document without @timestamp")
+        seq = seq_of(raw[i + 1])
+        with LOCK:
+            attempt = ATTEMPTS[seq] = ATTEMPTS.get(seq, 0) + 1 if seq is not None else 1
+        result = {"_index": meta["_index"], "status": 201, "result": "created"}
+        if seq is not None and ctl["item_reject_every"] and seq % ctl["item_reject_every"] == 0:
+            result = {"_index": meta["_index"], "status": 400, "error": {
+                "type": "mapper_parsing_exception",
+                "reason": f"failed to parse field [seq] of type [long] in document (seq={seq})"}}
+        elif (seq is not None and ctl["item_retry_every"] and seq % ctl["item_retry_every"] == 0
+              and attempt <= ctl["item_retry_times"]):
+            st = ctl["item_retry_status"]
+            result = {"_index": meta["_index"], "status": st, "error": {
+                "type": "es_rejected_execution_exception" if st == 429 else "unavailable_shards_exception",
+                "reason": "rejected execution (injected)"}}
+        if result["status"] >= 300:
+            errors = True
+            with LOCK:
+                ITEM_FAILURES[str(result["status"])] = ITEM_FAILURES.get(str(result["status"]), 0) + 1
+        else:
+            lines.append(raw[i + 1])
+        items.append({op: result})
+    if "filter_path" in query and not errors:
+        answer = {"errors": False}
+    else:
+        answer = {"took": 1, "errors": errors, "items": items}
+    return lines, 200, json.dumps(answer).encode(), "application/json"
+
+
+def decode_otlp(body, content_type):
+    """OTLP protobuf, or OTLP/JSON (content type application/json: the protobuf JSON mapping,
+    parsed by protobuf's own json_format, except ids, which OTLP/JSON writes in hex)."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+    req = logs_service_pb2.ExportLogsServiceRequest()
+    as_json = content_type.startswith("application/json")
+    try:
+        if as_json:
+            doc = json.loads(body)
+            for rl in doc.get("resourceLogs", []):
+                for sl in rl.get("scopeLogs", []):
+                    for rec in sl.get("logRecords", []):
+                        for k, n in (("traceId", 32), ("spanId", 16)):
+                            v = rec.pop(k, None)
+                            if v is not None and not re.fullmatch(f"[0-9a-f]{{{n}}}", v):
+                                raise Refused(f"{k} {v!r} is not {n} hex digits")
+            json_format.ParseDict(doc, req)
+        else:
+            req.ParseFromString(body)
+    except Refused:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decode error is a 400
+        raise Refused(f"not an ExportLogsServiceRequest: {e}")
+    with LOCK:
+        reject_every = CONTROL["item_reject_every"]
+    lines, rejected = [], 0
+    for rl in req.resource_logs:
+        remember("otlp_resources", {a.key: a.value.string_value for a in rl.resource.attributes})
+        for sl in rl.scope_logs:
+            for rec in sl.log_records:
+                if rec.body.WhichOneof("value") != "string_value":
+                    raise Refused("a log record without a string body")
+                line = rec.body.string_value.encode()
+                seq = seq_of(line)
+                if seq is not None and reject_every and seq % reject_every == 0:
+                    rejected += 1
+                    continue
+                lines.append(line)
+    resp = logs_service_pb2.ExportLogsServiceResponse()
+    if rejected:
+        resp.partial_success.rejected_log_records = rejected
+        resp.partial_success.error_message = f"{rejected} records rejected on purpose"
+        with LOCK:
+            ITEM_FAILURES["rejected"] = ITEM_FAILURES.get("rejected", 0) + rejected
+    if as_json:
+        return lines, 200, json_format.MessageToJson(resp).encode(), "application/json"
+    return lines, 200, resp.SerializeToString(), "application/x-protobuf"
 
 
 def count(body):
-    global COUNTS
-    lines = [l for l in body.split(b"\n") if l.strip()]
+    return count_lines([l for l in body.split(b"\n") if l.strip()])
+
+
+
+def count_lines(lines):
     seqs = []
     other = 0
     for line in lines:
@@ -90,6 +326,10 @@ class Data(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length)
+        if DATA["tls"] is not None:
+            peer = self.connection.getpeercert()
+            if peer:
+                remember("tls_clients", dict(x[0] for x in peer.get("subject", ())))
         with LOCK:
             status = CONTROL["status"] or 200
             if CONTROL["fail_next"] > 0:
@@ -98,18 +338,32 @@ class Data(BaseHTTPRequestHandler):
             retry_after = CONTROL["retry_after"]
             STATE["requests"] += 1
             STATE["bytes"] += len(body)
-            STATE["statuses"][str(status)] = STATE["statuses"].get(str(status), 0) + 1
         lines = 0
+        answer, ctype = (b"ok", "text/plain") if status // 100 == 2 else (b"refused on purpose", "text/plain")
         if status // 100 == 2:
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
-            lines = count(body)
+            fmt = DATA["format"]
+            try:
+                if fmt == "ndjson":
+                    lines = count(body)
+                else:
+                    if fmt == "loki":
+                        decoded, status, answer, ctype = decode_loki(body, self.headers.get("Content-Type", ""))
+                    elif fmt == "elasticsearch":
+                        decoded, status, answer, ctype = decode_elasticsearch(body, urlparse(self.path).query)
+                    else:
+                        decoded, status, answer, ctype = decode_otlp(body, self.headers.get("Content-Type", ""))
+                    lines = count_lines(decoded)
+            except Refused as e:
+                status, answer, ctype, lines = 400, str(e).encode(), "text/plain", 0
         with LOCK:
+            STATE["statuses"][str(status)] = STATE["statuses"].get(str(status), 0) + 1
             REQUESTS.append({"t": time.time(), "status": status, "lines": lines})
-        answer = b"ok" if status // 100 == 2 else b"refused on purpose"
         self.send_response(status)
         if status // 100 != 2 and retry_after is not None:
             self.send_header("Retry-After", str(retry_after))
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
@@ -118,6 +372,8 @@ class Data(BaseHTTPRequestHandler):
 def start_data():
     srv = ThreadingHTTPServer(("127.0.0.1", DATA["port"]), Data)
     srv.daemon_threads = True
+    if DATA["tls"] is not None:
+        srv.socket = DATA["tls"].wrap_socket(srv.socket, server_side=True)
     DATA["server"] = srv
     threading.Thread(target=srv.serve_forever, daemon=True).start()
 
@@ -162,6 +418,22 @@ def stats(n):
     if start is not None and len(ranges) < 10:
         ranges.append([start, n - 1])
     out.update(unique=unique, duplicates=dups, missing=missing, missing_ranges=ranges)
+    with LOCK:
+        out["formats"] = json.loads(json.dumps(FORMATS))
+        out["item_failures"] = dict(ITEM_FAILURES)
+    return out
+
+
+def missing_list(n, limit):
+    """The sequence numbers below n that never arrived (at most `limit`)."""
+    with LOCK:
+        counts = bytes(COUNTS)
+    out = []
+    for i in range(n):
+        if i >= len(counts) or counts[i] == 0:
+            out.append(i)
+            if len(out) >= limit:
+                break
     return out
 
 
@@ -185,6 +457,8 @@ class Control(BaseHTTPRequestHandler):
         elif u.path == "/requests":
             with LOCK:
                 self.reply(list(REQUESTS))
+        elif u.path == "/missing":
+            self.reply(missing_list(int(q["n"][0]), int(q.get("limit", ["100000"])[0])))
         elif u.path == "/lines":
             with LOCK:
                 self.reply(FIRST_LINES[: int(q.get("limit", ["100"])[0])])
@@ -201,6 +475,10 @@ class Control(BaseHTTPRequestHandler):
                 COUNTS = bytearray()
                 STATE.update(received=0, other_lines=0, requests=0, bytes=0, statuses={}, max_seq=-1)
                 REQUESTS.clear()
+                ATTEMPTS.clear()
+                ITEM_FAILURES.clear()
+                for v in FORMATS.values():
+                    v.clear()
                 FIRST_LINES.clear()
         with LOCK:
             CONTROL.update(change)
@@ -215,9 +493,24 @@ class Control(BaseHTTPRequestHandler):
 
 
 def main():
-    DATA["port"] = int(sys.argv[1])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data_port", type=int)
+    ap.add_argument("control_port", type=int)
+    ap.add_argument("--format", default="ndjson", choices=["ndjson", "loki", "elasticsearch", "otlp"])
+    ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    ap.add_argument("--client-ca")
+    a = ap.parse_args()
+    DATA["port"] = a.data_port
+    DATA["format"] = a.format
+    if a.tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls[0], a.tls[1])
+        if a.client_ca:
+            ctx.load_verify_locations(a.client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        DATA["tls"] = ctx
     start_data()
-    ctl = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Control)
+    ctl = ThreadingHTTPServer(("127.0.0.1", a.control_port), Control)
     ctl.daemon_threads = True
     print("ready", flush=True)
     ctl.serve_forever()

@@ -147,8 +147,8 @@ pub struct LogSink {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogSinkKind {
-    /// NDJSON POSTed over HTTP.
-    Http(HttpLogSink),
+    /// An HTTP sink: NDJSON, Loki, Elasticsearch or OTLP (boxed: far larger than the others).
+    Http(Box<HttpLogSink>),
     /// NDJSON appended to a file.
     File {
         /// Absolute path of the file.
@@ -158,10 +158,12 @@ pub enum LogSinkKind {
     Console,
 }
 
-/// An HTTP NDJSON sink.
+/// An HTTP sink: NDJSON, Loki, Elasticsearch or OTLP.
 #[derive(Clone, Debug, Serialize)]
 pub struct HttpLogSink {
-    /// `http://host:port/path`.
+    /// What is sent, and how answers are read.
+    pub api: HttpApi,
+    /// `http(s)://host:port/path`, the API's path included.
     #[serde(serialize_with = "ser_uri")]
     pub url: http::Uri,
     /// Headers sent with every request (values are not shown by `GET /config`).
@@ -172,6 +174,46 @@ pub struct HttpLogSink {
     /// Bound on one request, from sending it to the end of the response.
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
+    /// TLS settings for an `https` URL (`None` for `http`).
+    pub tls: Option<SinkTls>,
+}
+
+/// The API an HTTP sink speaks.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpApi {
+    /// NDJSON records.
+    Ndjson,
+    /// Loki's push API (JSON).
+    Loki {
+        /// The record labels that make a stream, in order; `None`: all of them.
+        stream_labels: Option<Vec<String>>,
+        /// Snappy-compressed protobuf `PushRequest` instead of JSON.
+        protobuf: bool,
+    },
+    /// Elasticsearch's bulk API.
+    Elasticsearch {
+        /// Index (or data stream) name pattern: `%Y`, `%m`, `%d`, `%H` (UTC), `%%`.
+        index: String,
+        /// `create` operations into a data stream instead of `index` operations.
+        data_stream: bool,
+    },
+    /// OTLP logs over HTTP: an `ExportLogsServiceRequest`.
+    Otlp {
+        /// OTLP/JSON instead of binary protobuf.
+        json: bool,
+    },
+}
+
+/// TLS to a sink.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SinkTls {
+    /// CA bundle (PEM); `None`: the system's.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key (PEM), for mTLS.
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// Server name to verify and send as SNI; `None`: the URL's host.
+    pub server_name: Option<String>,
 }
 
 /// When a batch is delivered: at `max_lines` or `max_bytes`, or `timeout` after its first line.

@@ -139,13 +139,17 @@ pub enum RawLogParser {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLogSink {
-    /// `http` (NDJSON POST), `file` (NDJSON appended to a file) or `console` (NDJSON on stdout).
+    /// `http` (NDJSON POST), `loki` (Loki push API), `elasticsearch` (bulk API), `otlp` (OTLP
+    /// logs over HTTP, protobuf), `file` (NDJSON appended to a file) or `console` (NDJSON on
+    /// stdout).
     #[serde(rename = "type")]
     pub kind: RawLogSinkType,
     /// The sources this sink receives (default: all of them).
     #[serde(default)]
     pub sources: Option<Vec<String>>,
-    /// `http`: where batches are POSTed, `http://host:port/path`.
+    /// HTTP sinks: where batches are POSTed, `http://host:port/path` or `https://...`. `loki`,
+    /// `elasticsearch` and `otlp` add their API's path (`/loki/api/v1/push`, `/_bulk`,
+    /// `/v1/logs`) to a URL without one.
     #[serde(default)]
     pub url: Option<String>,
     /// `http`: headers sent with every request, e.g. `{ authorization: "Bearer ..." }`.
@@ -157,6 +161,37 @@ pub struct RawLogSink {
     /// `http`: bound on one request, from sending to the end of the response (default "30s").
     #[serde(default)]
     pub timeout: Option<String>,
+    /// HTTP sinks with an `https` URL: how the sink's certificate is verified, and the client
+    /// certificate to present.
+    #[serde(default)]
+    pub tls: Option<RawSinkTls>,
+    /// `loki`: the tenant, sent as `X-Scope-OrgID`.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// `loki`: the record labels that make a Loki stream (default: all of them, `host` and the
+    /// configured ones). `level` may be named too (one stream per level).
+    #[serde(default)]
+    pub stream_labels: Option<Vec<String>>,
+    /// `elasticsearch`: the index, with `%Y`, `%m`, `%d`, `%H` from each record's time in UTC
+    /// (default "logs-%Y.%m.%d"); with `data_stream: true`, the data stream's name.
+    #[serde(default)]
+    pub index: Option<String>,
+    /// `elasticsearch`: write to a data stream (`create` operations; default false: `index`).
+    #[serde(default)]
+    pub data_stream: Option<bool>,
+    /// `elasticsearch`: basic authentication user (with `password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// `elasticsearch`: basic authentication password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// `elasticsearch`: an API key (the base64 `encoded` form), sent as `Authorization: ApiKey`.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// `otlp`: `protobuf` (the default) or `json`. `loki`: `json` (the default) or `protobuf`
+    /// (snappy-compressed, as Promtail sends).
+    #[serde(default)]
+    pub encoding: Option<RawOtlpEncoding>,
     /// `file`: the absolute path NDJSON lines are appended to.
     #[serde(default)]
     pub path: Option<String>,
@@ -181,10 +216,47 @@ pub struct RawLogSink {
 pub enum RawLogSinkType {
     /// NDJSON POSTed over HTTP.
     Http,
+    /// Loki's push API.
+    Loki,
+    /// Elasticsearch's bulk API.
+    Elasticsearch,
+    /// OTLP logs over HTTP (protobuf).
+    Otlp,
     /// NDJSON appended to a file.
     File,
     /// NDJSON written to Tandem's stdout.
     Console,
+}
+
+/// How an OTLP or Loki sink encodes its requests.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawOtlpEncoding {
+    /// Binary protobuf (`application/x-protobuf`; snappy-compressed for Loki).
+    Protobuf,
+    /// JSON (`application/json`): OTLP's JSON mapping, Loki's JSON push body.
+    Json,
+}
+
+/// TLS to a sink.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSinkTls {
+    /// PEM CA certificates the sink's certificate must chain to (absolute path). Default: the
+    /// system's bundle (`SSL_CERT_FILE`, else /etc/ssl/certs/ca-certificates.crt and the usual
+    /// places).
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// PEM client certificate chain to present (mTLS; absolute path, with `key`).
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// PEM private key of `cert` (absolute path).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The name the sink's certificate is verified against and sent as SNI (default: the URL's
+    /// host).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// Batching: a batch is delivered when it reaches `max_lines` or `max_bytes`, or `timeout` after

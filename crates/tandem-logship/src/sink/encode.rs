@@ -26,9 +26,22 @@ pub fn ndjson(batch: &[Arc<Chunk>], out: &mut Vec<u8>) {
 }
 
 fn record(r: &Record, observed: &str, tail: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"timestamp\":\"");
+    record_as(r, b"timestamp", observed, tail, out);
+}
+
+/// One record as a JSON object and `\n`, its time under `ts_key` (`@timestamp` for
+/// Elasticsearch).
+pub(crate) fn record_as(r: &Record, ts_key: &[u8], observed: &str, tail: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(ts_key);
+    out.extend_from_slice(b"\":\"");
     match r.timestamp {
-        Some(t) => out.extend_from_slice(rfc3339(t).as_bytes()),
+        // Formatted straight into the body: no string per record.
+        Some(t) => {
+            use std::io::Write;
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "{}", humantime::format_rfc3339_millis(t));
+        }
         None => out.extend_from_slice(observed.as_bytes()),
     }
     out.extend_from_slice(b"\",\"message\":");
@@ -51,7 +64,28 @@ fn record(r: &Record, observed: &str, tail: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}\n");
 }
 
-fn rfc3339(t: SystemTime) -> String {
+/// Nanoseconds since the Unix epoch (0 before it).
+pub(crate) fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Appends `n` in decimal.
+pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 

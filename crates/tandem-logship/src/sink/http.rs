@@ -1,84 +1,175 @@
-//! The HTTP sink: NDJSON batches POSTed to a URL, over pooled HTTP/1.1 keep-alive connections
-//! (hyper's client).
+//! The HTTP sinks: batches POSTed to a URL over pooled HTTP/1.1 keep-alive connections
+//! (hyper's client), plain or TLS (rustls, see [`super::tls`]), in one of four formats: NDJSON,
+//! Loki push, Elasticsearch bulk, OTLP logs.
 //!
-//! A 2xx answer is a delivery. 429 and 503 are retried after their `Retry-After` (seconds or an
-//! HTTP date) when they carry one; every other failure (no connection, a timeout, any other
-//! status) is retried after the driver's back-off. The answer's body is read (at most 64 KiB,
-//! for the log line of a failure) so the connection can be reused.
+//! A 2xx answer is a delivery — for Elasticsearch and OTLP once the answer's per-item results
+//! are read: items Elasticsearch failed with 429/5xx are sent again, alone; items refused for
+//! good, and records an OTLP receiver rejected, are dropped and counted. 429 and 503 are
+//! retried after their `Retry-After` (seconds or an HTTP date) when they carry one; every other
+//! failure (no connection, a TLS error, a timeout, any other status) is retried after the
+//! driver's back-off. The answer's body is read (for the log line of a failure, or the bulk
+//! results) so the connection can be reused.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use http::header::{HeaderMap, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tandem_config::HttpLogSink;
+use tandem_config::{HttpApi, HttpLogSink};
+use tandem_telemetry::logs::LogSinkMetrics;
 
-use super::{encode, BoxFuture, Failure, Outcome, RetryReason, Sink};
+use super::elastic::{self, Bulk};
+use super::loki::Loki;
+use super::otlp::{self, Otlp};
+use super::tls::{self, TlsError};
+use super::{encode, BoxFuture, Failure, Outcome, Resend, RetryReason, Sink};
 use crate::record::Chunk;
 
 /// Bytes of an answer's body read (for the log) before giving up on it.
 const MAX_ANSWER: usize = 64 * 1024;
 
-/// NDJSON over HTTP.
+/// Bytes of an Elasticsearch bulk answer read: its per-item results (a few dozen bytes per item
+/// with `filter_path`, a few hundred without).
+const MAX_BULK_ANSWER: usize = 64 * 1024 * 1024;
+
+/// What an HTTP sink sends.
+enum Api {
+    Ndjson,
+    Loki(Loki),
+    Elasticsearch(Bulk),
+    Otlp(Otlp),
+}
+
+/// An HTTP sink: NDJSON, Loki, Elasticsearch or OTLP.
 pub struct HttpSink {
-    client: Client<HttpConnector, Full<Bytes>>,
+    name: Arc<str>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: Uri,
     headers: HeaderMap,
     gzip: bool,
     timeout: Duration,
+    api: Api,
+    metrics: LogSinkMetrics,
 }
 
 impl HttpSink {
-    /// A sink for `cfg` (no connection is made until the first batch).
-    pub fn new(cfg: &HttpLogSink) -> HttpSink {
+    /// A sink for `cfg` (no connection is made until the first batch); fails when its TLS
+    /// files cannot be used.
+    pub fn new(
+        name: &str,
+        cfg: &HttpLogSink,
+        metrics: LogSinkMetrics,
+    ) -> Result<HttpSink, TlsError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.timeout.min(Duration::from_secs(10))));
+        connector.enforce_http(false);
+        let tls_config = match &cfg.tls {
+            Some(t) => tls::client_config(t)?,
+            // An http:// sink: the TLS side is never used; roots stay empty.
+            None => rustls::ClientConfig::builder_with_provider(tandem_tls::pair::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TlsError::from(format!("TLS setup failed: {e}")))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        };
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config)
+            .https_or_http();
+        let builder = match cfg.tls.as_ref().and_then(|t| t.server_name.clone()) {
+            Some(n) => {
+                let name = rustls_pki_types::ServerName::try_from(n.clone()).map_err(|_| {
+                    TlsError::from(format!("tls.server_name: `{n}` is not a valid server name"))
+                })?;
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => builder,
+        };
+        let https = builder.enable_http1().wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(8)
-            .build(connector);
+            .build(https);
+
+        let (api, content_type) = match &cfg.api {
+            HttpApi::Ndjson => (Api::Ndjson, "application/x-ndjson"),
+            HttpApi::Loki {
+                stream_labels,
+                protobuf,
+            } => {
+                let l = Loki::new(stream_labels.clone(), *protobuf);
+                let ct = l.content_type();
+                (Api::Loki(l), ct)
+            }
+            HttpApi::Elasticsearch { index, data_stream } => (
+                Api::Elasticsearch(Bulk::new(index, *data_stream)),
+                "application/x-ndjson",
+            ),
+            HttpApi::Otlp { json } => {
+                let o = Otlp::new(*json);
+                let ct = o.content_type();
+                (Api::Otlp(o), ct)
+            }
+        };
         let mut headers = HeaderMap::new();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-ndjson"),
-        );
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         if cfg.gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         for (k, v) in &cfg.headers {
             headers.insert(k.clone(), v.clone());
         }
-        HttpSink {
+        let mut url = cfg.url.clone();
+        if matches!(api, Api::Elasticsearch(_)) && url.query().is_none() {
+            // Only the fields the sink reads: the answer shrinks from hundreds of bytes per
+            // item to a few dozen, and to `{"errors":false}` when all went well.
+            let pq = format!("{}?{}", url.path(), elastic::FILTER_PATH);
+            let mut parts = url.clone().into_parts();
+            if let Ok(p) = pq.parse() {
+                parts.path_and_query = Some(p);
+                url = Uri::from_parts(parts).unwrap_or(url);
+            }
+        }
+        Ok(HttpSink {
+            name: name.into(),
             client,
-            url: cfg.url.clone(),
+            url,
             headers,
             gzip: cfg.gzip,
             timeout: cfg.timeout,
-        }
+            api,
+            metrics,
+        })
     }
 
     async fn post(&self, body: Bytes) -> Outcome {
-        let mut req = Request::new(Full::new(body));
+        let mut req = Request::new(Full::new(body.clone()));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.url.clone();
         *req.headers_mut() = self.headers.clone();
+        let limit = match self.api {
+            Api::Elasticsearch(_) => MAX_BULK_ANSWER,
+            _ => MAX_ANSWER,
+        };
         let exchange = async {
             let resp = self.client.request(req).await?;
             let (parts, body) = resp.into_parts();
             // Reading the body lets the connection be reused; its text goes into the log.
-            let text = Limited::new(body, MAX_ANSWER)
+            let text = Limited::new(body, limit)
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
-                .unwrap_or_default();
+                .map_err(|e| e.to_string());
             Ok::<_, hyper_util::client::legacy::Error>((parts.status, parts.headers, text))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
@@ -96,32 +187,180 @@ impl HttpSink {
                 } else {
                     RetryReason::Io
                 };
-                retry(reason, None, error_chain(&e))
+                let mut detail = error_chain(&e);
+                if detail.contains("certificate") || detail.contains("CertificateRequired") {
+                    detail.push_str(
+                        " (TLS: check the sink's `tls.ca`, the CA that signed its certificate, \
+                         `tls.server_name`, and `tls.cert`/`tls.key` if it wants a client \
+                         certificate)",
+                    );
+                }
+                retry(reason, None, detail)
             }
-            Ok(Ok((status, headers, text))) => classify(status, &headers, &text, SystemTime::now()),
+            Ok(Ok((status, headers, text))) => {
+                if !status.is_success() {
+                    return classify(
+                        status,
+                        &headers,
+                        &text.unwrap_or_default(),
+                        SystemTime::now(),
+                    );
+                }
+                match &self.api {
+                    Api::Elasticsearch(_) => match text {
+                        Ok(answer) => self.bulk_answer(body, answer).await,
+                        Err(e) => retry(
+                            RetryReason::StatusOther,
+                            None,
+                            format!("status {status} but the bulk answer could not be read: {e}"),
+                        ),
+                    },
+                    Api::Otlp(o) => {
+                        let answer = text.unwrap_or_default();
+                        let rejected = if o.content_type() == "application/json" {
+                            otlp::rejected_json(&answer)
+                        } else {
+                            otlp::rejected(&answer)
+                        };
+                        match rejected {
+                            None => Outcome::Delivered,
+                            Some((n, why)) => {
+                                self.metrics.dropped_lines[1].inc_by(n);
+                                tracing::warn!(sink = %self.name, rejected = n, error = %why, "the OTLP receiver rejected log records (partial success); they are dropped and counted");
+                                Outcome::Partial {
+                                    dropped: usize::try_from(n).unwrap_or(usize::MAX),
+                                    resend: None,
+                                }
+                            }
+                        }
+                    }
+                    Api::Ndjson | Api::Loki(_) => Outcome::Delivered,
+                }
+            }
+        }
+    }
+
+    /// A 2xx bulk answer: delivered, or the items to send again and those dropped.
+    async fn bulk_answer(&self, sent: Bytes, answer: Bytes) -> Outcome {
+        // The usual answer: nothing to read back, nothing to decompress.
+        if elastic::all_indexed(&answer) {
+            return Outcome::Delivered;
+        }
+        let gzip = self.gzip;
+        // Parsing the answer and cutting the body are CPU work: off the runtime.
+        let work = tokio::task::spawn_blocking(move || {
+            let raw = if gzip {
+                let mut raw = Vec::with_capacity(sent.len() * 4);
+                GzDecoder::new(&sent[..])
+                    .read_to_end(&mut raw)
+                    .map_err(|e| format!("cannot read back the gzipped bulk body: {e}"))?;
+                Bytes::from(raw)
+            } else {
+                sent
+            };
+            let items = elastic::count_items(&raw);
+            let Some(result) = elastic::parse_response(&answer, items)? else {
+                return Ok(None);
+            };
+            let mut body = Vec::new();
+            if !result.retry.is_empty() {
+                let mut plain = Vec::with_capacity(raw.len());
+                elastic::select_items(&raw, &result.retry, &mut plain);
+                body = if gzip { gzip_bytes(&plain) } else { plain };
+            }
+            Ok(Some((result, body)))
+        })
+        .await;
+        let result = match work {
+            Ok(Ok(None)) => return Outcome::Delivered,
+            Ok(Ok(Some(r))) => r,
+            Ok(Err(detail)) => return retry(RetryReason::StatusOther, None, detail),
+            Err(e) => {
+                return retry(
+                    RetryReason::StatusOther,
+                    None,
+                    format!("reading the bulk answer failed: {e}"),
+                )
+            }
+        };
+        let (result, body) = result;
+        if !result.dropped.is_empty() {
+            self.metrics.dropped_lines[0].inc_by(result.dropped.len() as u64);
+            // One line per distinct status and error type in this answer.
+            let mut seen: Vec<(u16, &str)> = Vec::new();
+            for d in &result.dropped {
+                if seen.contains(&(d.status, d.kind.as_str())) {
+                    continue;
+                }
+                seen.push((d.status, d.kind.as_str()));
+                let count = result
+                    .dropped
+                    .iter()
+                    .filter(|o| o.status == d.status && o.kind == d.kind)
+                    .count();
+                let reason: String = d.reason.chars().take(300).collect();
+                tracing::warn!(sink = %self.name, lines = count, status = d.status, error_type = %d.kind, error_reason = %reason, "Elasticsearch refused log lines for good; they are dropped and counted in tandem_logs_sink_dropped_lines_total");
+            }
+        }
+        let resend = (!result.retry.is_empty()).then(|| Resend {
+            body: Bytes::from(body),
+            lines: result.retry.len(),
+            failure: Failure {
+                reason: if result.retry_status == 429 {
+                    RetryReason::Status429
+                } else {
+                    RetryReason::Status5xx
+                },
+                after: None,
+                detail: format!(
+                    "{} of the bulk's items failed with status {} (and 5xx/429); sending them again",
+                    result.retry.len(),
+                    result.retry_status
+                ),
+            },
+        });
+        Outcome::Partial {
+            dropped: result.dropped.len(),
+            resend,
         }
     }
 }
 
 impl Sink for HttpSink {
     fn encode(&self, batch: &[std::sync::Arc<Chunk>], out: &mut Vec<u8>) {
+        let raw_into = |out: &mut Vec<u8>| match &self.api {
+            Api::Ndjson => encode::ndjson(batch, out),
+            Api::Loki(l) => l.encode(batch, out),
+            Api::Elasticsearch(b) => b.encode(batch, out),
+            Api::Otlp(o) => o.encode(batch, out),
+        };
         if !self.gzip {
-            encode::ndjson(batch, out);
+            raw_into(out);
             return;
         }
         let mut raw = Vec::with_capacity(batch.iter().map(|c| c.bytes).sum::<usize>() * 2);
-        encode::ndjson(batch, &mut raw);
-        // Fast compression: log lines compress well even at level 1, and CPU per line matters
-        // more in a sidecar than the last few percent of bytes.
-        let mut gz = GzEncoder::new(out, Compression::fast());
-        // Writing into a Vec cannot fail.
-        let _ = gz.write_all(&raw);
-        let _ = gz.finish();
+        raw_into(&mut raw);
+        gzip_into(&raw, out);
     }
 
     fn send(&self, body: Bytes) -> BoxFuture<'_, Outcome> {
         Box::pin(self.post(body))
     }
+}
+
+/// Gzips `raw` onto `out`. Fast compression: log lines compress well even at level 1, and CPU
+/// per line matters more in a sidecar than the last few percent of bytes.
+fn gzip_into(raw: &[u8], out: &mut Vec<u8>) {
+    let mut gz = GzEncoder::new(out, Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = gz.write_all(raw);
+    let _ = gz.finish();
+}
+
+fn gzip_bytes(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() / 4 + 64);
+    gzip_into(raw, &mut out);
+    out
 }
 
 /// What an answer means for the batch: 2xx delivered; else retried, after `Retry-After` when a
@@ -195,7 +434,7 @@ mod tests {
     fn failure(o: Outcome) -> Failure {
         match o {
             Outcome::Retry(f) => f,
-            Outcome::Delivered => panic!("expected a retry"),
+            other => panic!("expected a retry, got {other:?}"),
         }
     }
 

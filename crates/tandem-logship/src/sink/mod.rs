@@ -10,18 +10,24 @@
 //! keeps refusing (a 4xx, a full disk) holds its batches, the memory budget fills, and the
 //! sources pause until it accepts again; the metrics and the log say why.
 //!
-//! Adding a sink (Loki push, Elasticsearch bulk, OTLP logs over HTTP): implement [`Sink`] with
-//! its encoding and its response classification. A bulk API that accepts part of a batch will
-//! need an outcome naming the records to send again; the driver is where that goes.
+//! The one exception is a receiver that refuses some records for good while accepting the rest
+//! (an Elasticsearch bulk item failing with 400, an OTLP partial success): the sink counts and
+//! logs them and answers [`Outcome::Partial`], with the body of the records to send again, if
+//! any; the batch is confirmed once every record is accepted or refused that way.
 //!
 //! # Layout
 //! - [`encode`]: NDJSON encoding.
-//! - [`http`], NDJSON POST over HTTP/1.1 (hyper), gzip, `Retry-After`.
+//! - [`http`]: the HTTP sinks over HTTP/1.1 (hyper), gzip, `Retry-After`, TLS ([`tls`]), in
+//!   one of four formats: NDJSON, [`loki`] push, [`elastic`] bulk, [`otlp`] logs.
 //! - [`file`](mod@file), NDJSON appended to a file, or written to stdout.
 
+pub mod elastic;
 pub mod encode;
 pub mod file;
 pub mod http;
+pub mod loki;
+pub mod otlp;
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -66,6 +72,25 @@ pub enum Outcome {
     Delivered,
     /// Not delivered; try again.
     Retry(Failure),
+    /// The receiver accepted part of the batch: `dropped` records were refused for good (the
+    /// sink counted and logged them), and `resend`, if any, must be sent again.
+    Partial {
+        /// Records refused for good.
+        dropped: usize,
+        /// What to send again, and why.
+        resend: Option<Resend>,
+    },
+}
+
+/// The part of a batch to send again after a partial success.
+#[derive(Debug)]
+pub struct Resend {
+    /// Its encoded body (gzipped when the sink gzips).
+    pub body: Bytes,
+    /// Records in it.
+    pub lines: usize,
+    /// Why, for the retry metric and the log.
+    pub failure: Failure,
 }
 
 /// Why a delivery failed, and when to try again.
@@ -416,6 +441,9 @@ async fn deliver(
     };
     let mut backoff = Backoff::new(s.backoff, s.max_backoff);
     let mut attempt: u32 = 0;
+    let mut body = body;
+    // Records still to be accepted: all of them, until a partial success says otherwise.
+    let mut pending = lines;
     loop {
         attempt += 1;
         let started = Instant::now();
@@ -426,44 +454,64 @@ async fn deliver(
         metrics
             .latency
             .observe(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
-        match outcome {
+        let failure = match outcome {
             Outcome::Delivered => {
-                metrics.shipped_lines.inc_by(lines as u64);
+                metrics.shipped_lines.inc_by(pending as u64);
                 metrics.shipped_bytes.inc_by(body.len() as u64);
-                counted.state.delivered(lines as u64, body.len() as u64);
-                if attempt > 1 {
-                    tracing::info!(sink = %s.name, attempt, lines, "log batch delivered after retries");
-                }
-                for chunk in &batch {
-                    chunk.confirm();
-                }
-                // Hold the delivery slot until the checkpoint has caught up: with it, a crash
-                // replays at most the deliveries in flight. Bounded, so a slow disk delays
-                // shipping a little rather than stopping it.
-                if let Some(c) = batch.last() {
-                    let _ = tokio::time::timeout(CHECKPOINT_WAIT, c.barrier()).await;
-                }
-                return;
+                counted.state.delivered(pending as u64, body.len() as u64);
+                break;
             }
-            Outcome::Retry(f) => {
-                counted.state.failed(&f.detail);
-                if let Some(c) = metrics.retries.get(f.reason as usize) {
-                    c.inc();
-                }
-                let wait = match f.after {
-                    Some(after) => after.min(MAX_RETRY_AFTER),
-                    None => backoff.next_wait(),
-                };
-                // Said on attempts 1, 2, 4, 8, ...: visible, but never a flood.
-                if attempt.is_power_of_two() {
-                    tracing::warn!(sink = %s.name, attempt, reason = ?f.reason, detail = %f.detail, retry_in = ?wait, "log delivery failed; retrying (nothing is dropped)");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => return,
+            Outcome::Partial { dropped, resend } => {
+                let left = resend.as_ref().map_or(0, |r| r.lines);
+                metrics
+                    .shipped_lines
+                    .inc_by(pending.saturating_sub(dropped + left) as u64);
+                metrics.shipped_bytes.inc_by(body.len() as u64);
+                match resend {
+                    None => {
+                        counted.state.delivered(
+                            pending.saturating_sub(dropped) as u64,
+                            body.len() as u64,
+                        );
+                        break;
+                    }
+                    Some(r) => {
+                        pending = r.lines;
+                        body = r.body;
+                        r.failure
+                    }
                 }
             }
+            Outcome::Retry(f) => f,
+        };
+        counted.state.failed(&failure.detail);
+        if let Some(c) = metrics.retries.get(failure.reason as usize) {
+            c.inc();
         }
+        let wait = match failure.after {
+            Some(after) => after.min(MAX_RETRY_AFTER),
+            None => backoff.next_wait(),
+        };
+        // Said on attempts 1, 2, 4, 8, ...: visible, but never a flood.
+        if attempt.is_power_of_two() {
+            tracing::warn!(sink = %s.name, attempt, reason = ?failure.reason, detail = %failure.detail, retry_in = ?wait, "log delivery failed; retrying (nothing is dropped)");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+    if attempt > 1 {
+        tracing::info!(sink = %s.name, attempt, lines, "log batch delivered after retries");
+    }
+    for chunk in &batch {
+        chunk.confirm();
+    }
+    // Hold the delivery slot until the checkpoint has caught up: with it, a crash replays at
+    // most the deliveries in flight. Bounded, so a slow disk delays shipping a little rather
+    // than stopping it.
+    if let Some(c) = batch.last() {
+        let _ = tokio::time::timeout(CHECKPOINT_WAIT, c.barrier()).await;
     }
 }
 

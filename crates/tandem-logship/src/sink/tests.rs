@@ -19,6 +19,8 @@ use crate::record::{Origin, Record};
 struct Scripted {
     outcomes: Mutex<VecDeque<Outcome>>,
     sends: Mutex<Vec<(Instant, usize)>>,
+    /// Sends whose body holds this text take this long (the others: no time).
+    slow: Option<(&'static str, Duration)>,
 }
 
 impl Sink for Scripted {
@@ -35,7 +37,15 @@ impl Sink for Scripted {
             .unwrap()
             .pop_front()
             .unwrap_or(Outcome::Delivered);
-        Box::pin(async move { o })
+        let delay = self
+            .slow
+            .and_then(|(text, d)| memchr::memmem::find(&body, text.as_bytes()).map(|_| d));
+        Box::pin(async move {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            o
+        })
     }
 }
 
@@ -69,8 +79,21 @@ fn rig_with(
     timeout: Duration,
     barrier_delay: Duration,
 ) -> Rig {
+    rig_full(outcomes, max_lines, timeout, barrier_delay, 1, None)
+}
+
+/// A rig with `concurrency` deliveries in flight, where sends holding `slow`'s text are slow.
+fn rig_full(
+    outcomes: Vec<Outcome>,
+    max_lines: usize,
+    timeout: Duration,
+    barrier_delay: Duration,
+    concurrency: usize,
+    slow: Option<(&'static str, Duration)>,
+) -> Rig {
     let sink = Arc::new(Scripted {
         outcomes: Mutex::new(outcomes.into()),
+        slow,
         ..Scripted::default()
     });
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -102,7 +125,7 @@ fn rig_with(
                 max_bytes: 1 << 20,
                 timeout,
             },
-            concurrency: 1,
+            concurrency,
             backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(40),
         },
@@ -328,4 +351,80 @@ fn backoff_doubles_with_jitter_to_the_cap() {
             "{w:?} for {ms}"
         );
     }
+}
+
+/// A partial success: the records refused for good are not counted as shipped, only the
+/// resend body is sent again (after the back-off, counted by its reason), and the batch is
+/// confirmed once it is delivered; a partial success with nothing to resend confirms at once.
+#[tokio::test]
+async fn partial_success_resends_only_the_rest() {
+    let partial = Outcome::Partial {
+        dropped: 1,
+        resend: Some(Resend {
+            body: Bytes::from_static(b"x\ny\n"),
+            lines: 2,
+            failure: Failure {
+                reason: RetryReason::Status429,
+                after: None,
+                detail: "scripted".into(),
+            },
+        }),
+    };
+    let done = Outcome::Partial {
+        dropped: 3,
+        resend: None,
+    };
+    let mut r = rig(
+        vec![partial, Outcome::Delivered, done],
+        5,
+        Duration::from_secs(1),
+    );
+    r.chunk_of(5);
+    r.wait_sends(2).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        r.sends().iter().map(|s| s.1).collect::<Vec<_>>(),
+        [5, 2],
+        "the second send is the resend body"
+    );
+    assert_eq!(r.acked(), [(0, 10)]);
+    assert_eq!(r.metrics.shipped_lines.get(), 4, "5 lines, 1 dropped");
+    assert_eq!(r.metrics.retries[RetryReason::Status429 as usize].get(), 1);
+    r.chunk_of(5);
+    r.wait_sends(3).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(r.acked(), [(10, 20)]);
+    assert_eq!(r.metrics.shipped_lines.get(), 6, "then 5 more, 3 dropped");
+}
+
+/// With several deliveries in flight, a slow first delivery does not hold the others: they are
+/// confirmed as they finish, out of order (the committer keeps the checkpoint to the confirmed
+/// prefix), and the slow one is confirmed when it finishes.
+#[tokio::test]
+async fn concurrent_deliveries_confirm_out_of_order() {
+    let mut r = rig_full(
+        vec![],
+        1,
+        Duration::from_secs(1),
+        Duration::ZERO,
+        3,
+        // The first chunk's record: `m0.0`.
+        Some(("\"m0.0\"", Duration::from_millis(300))),
+    );
+    r.chunk();
+    r.chunk();
+    r.chunk();
+    r.wait_sends(3).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut first = r.acked();
+    // The two fast ones finish in either order (each is encoded on its own blocking thread).
+    first.sort_unstable();
+    assert_eq!(
+        first,
+        [(10, 20), (20, 30)],
+        "the fast ones, while the first is in flight"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(r.acked(), [(0, 10)]);
+    assert_eq!(r.metrics.shipped_lines.get(), 3);
 }

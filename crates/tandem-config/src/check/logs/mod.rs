@@ -372,43 +372,61 @@ fn check_sink(
 ) -> LogSink {
     let key = format!("logs.sinks.{name}");
     check_name(c, &key, name);
-    let type_name = match s.kind {
-        RawLogSinkType::Http => "http",
-        RawLogSinkType::File => "file",
-        RawLogSinkType::Console => "console",
-    };
+    let type_name = sink_type_name(s.kind);
     // Keys that belong to another sink type are mistakes, not settings to ignore.
-    let given: [(&str, bool, &[RawLogSinkType]); 5] = [
-        ("url", s.url.is_some(), &[RawLogSinkType::Http]),
-        ("headers", !s.headers.is_empty(), &[RawLogSinkType::Http]),
-        ("gzip", s.gzip.is_some(), &[RawLogSinkType::Http]),
-        ("timeout", s.timeout.is_some(), &[RawLogSinkType::Http]),
+    const HTTP: &[RawLogSinkType] = &[
+        RawLogSinkType::Http,
+        RawLogSinkType::Loki,
+        RawLogSinkType::Elasticsearch,
+        RawLogSinkType::Otlp,
+    ];
+    const ES: &[RawLogSinkType] = &[RawLogSinkType::Elasticsearch];
+    let given: &[(&str, bool, &[RawLogSinkType])] = &[
+        ("url", s.url.is_some(), HTTP),
+        ("headers", !s.headers.is_empty(), HTTP),
+        ("gzip", s.gzip.is_some(), HTTP),
+        ("timeout", s.timeout.is_some(), HTTP),
+        ("tls", s.tls.is_some(), HTTP),
+        ("tenant", s.tenant.is_some(), &[RawLogSinkType::Loki]),
+        (
+            "stream_labels",
+            s.stream_labels.is_some(),
+            &[RawLogSinkType::Loki],
+        ),
+        ("index", s.index.is_some(), ES),
+        ("data_stream", s.data_stream.is_some(), ES),
+        ("username", s.username.is_some(), ES),
+        ("password", s.password.is_some(), ES),
+        ("api_key", s.api_key.is_some(), ES),
+        (
+            "encoding",
+            s.encoding.is_some(),
+            &[RawLogSinkType::Otlp, RawLogSinkType::Loki],
+        ),
         ("path", s.path.is_some(), &[RawLogSinkType::File]),
     ];
-    for (field, present, types) in given {
+    for &(field, present, types) in given {
         if present && !types.iter().any(|t| same_type(*t, s.kind)) {
             c.err(
                 format!("{key}.{field}"),
                 format!("`{field}` does not apply to a {type_name} sink"),
                 format!(
                     "remove it; `{field}` is a key of {} sinks",
-                    sink_type_name(types[0])
+                    types
+                        .iter()
+                        .map(|t| sink_type_name(*t))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             );
         }
     }
 
     let kind = match s.kind {
-        RawLogSinkType::Http => LogSinkKind::Http(HttpLogSink {
-            url: check_url(c, &format!("{key}.url"), s.url.as_deref()),
-            headers: check_headers(c, &format!("{key}.headers"), s),
-            gzip: s.gzip.unwrap_or(false),
-            timeout: c.duration(
-                &format!("{key}.timeout"),
-                s.timeout.as_deref(),
-                Duration::from_secs(30),
-            ),
-        }),
+        RawLogSinkType::Http
+        | RawLogSinkType::Loki
+        | RawLogSinkType::Elasticsearch
+        | RawLogSinkType::Otlp => LogSinkKind::Http(Box::new(check_http_sink(c, &key, s))),
         RawLogSinkType::File => {
             let path = match &s.path {
                 Some(p) => absolute(c, &format!("{key}.path"), p, "/var/log/tandem/out.ndjson"),
@@ -580,18 +598,21 @@ fn same_type(a: RawLogSinkType, b: RawLogSinkType) -> bool {
 fn sink_type_name(t: RawLogSinkType) -> &'static str {
     match t {
         RawLogSinkType::Http => "http",
+        RawLogSinkType::Loki => "loki",
+        RawLogSinkType::Elasticsearch => "elasticsearch",
+        RawLogSinkType::Otlp => "otlp",
         RawLogSinkType::File => "file",
         RawLogSinkType::Console => "console",
     }
 }
 
-fn check_url(c: &mut Checker, key: &str, raw: Option<&str>) -> Uri {
+fn check_url(c: &mut Checker, key: &str, raw: Option<&str>, example: &str) -> Uri {
     let fallback = Uri::from_static("http://127.0.0.1/");
     let Some(raw) = raw else {
         c.err(
             key,
-            "an http sink needs a `url`",
-            "add `url: http://logs.internal:8080/ingest`",
+            "this sink needs a `url`",
+            format!("add `url: {example}`"),
         );
         return fallback;
     };
@@ -607,21 +628,15 @@ fn check_url(c: &mut Checker, key: &str, raw: Option<&str>) -> Uri {
         }
     };
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            c.err(
-                key,
-                "https sinks are not supported yet",
-                "send to an http:// URL, e.g. a local collector or a TLS-originating Tandem \
-                 outbound listener",
-            );
-            return fallback;
-        }
+        Some("http") | Some("https") => {}
         _ => {
             c.err(
                 key,
                 format!("`{raw}` has no http:// scheme"),
-                format!("write it as http://{}", raw.trim().trim_start_matches("//")),
+                format!(
+                    "write it as http://{0} (or https://{0})",
+                    raw.trim().trim_start_matches("//")
+                ),
             );
             return fallback;
         }
@@ -635,6 +650,323 @@ fn check_url(c: &mut Checker, key: &str, raw: Option<&str>) -> Uri {
         return fallback;
     }
     uri
+}
+
+/// The keys of the HTTP-based sinks: url (with the API's path), headers (with the tenant or
+/// credentials), gzip, timeout, TLS.
+fn check_http_sink(c: &mut Checker, key: &str, s: &RawLogSink) -> HttpLogSink {
+    let (example, api_path) = match s.kind {
+        RawLogSinkType::Loki => ("http://loki.internal:3100", "/loki/api/v1/push"),
+        RawLogSinkType::Elasticsearch => ("https://es.internal:9200", "/_bulk"),
+        RawLogSinkType::Otlp => ("http://otel-collector.internal:4318", "/v1/logs"),
+        _ => ("http://logs.internal:8080/ingest", ""),
+    };
+    let url = check_url(c, &format!("{key}.url"), s.url.as_deref(), example);
+    let url = with_api_path(url, s.kind, api_path);
+    let mut headers = check_headers(c, &format!("{key}.headers"), s);
+
+    let api = match s.kind {
+        RawLogSinkType::Loki => {
+            if let Some(t) = &s.tenant {
+                match HeaderValue::from_str(t.trim()) {
+                    Ok(v) if !t.trim().is_empty() => {
+                        headers.push((HeaderName::from_static("x-scope-orgid"), v));
+                    }
+                    _ => c.err(
+                        format!("{key}.tenant"),
+                        "the tenant is empty or has characters not allowed in a header",
+                        "use the Loki tenant ID, e.g. tenant: team-a",
+                    ),
+                }
+            }
+            let stream_labels = s.stream_labels.as_ref().map(|list| {
+                if list.is_empty() {
+                    c.err(
+                        format!("{key}.stream_labels"),
+                        "the list is empty: every record would go to one stream without labels, \
+                         which Loki refuses",
+                        "remove `stream_labels` to use every record label, or name some, e.g. \
+                         [service, host]",
+                    );
+                }
+                let mut out: Vec<String> = Vec::new();
+                for (i, l) in list.iter().enumerate() {
+                    if !valid_label(l) {
+                        c.err(
+                            format!("{key}.stream_labels[{i}]"),
+                            format!("`{l}` is not a valid label name"),
+                            "use letters, digits and '_', starting with a letter, e.g. service",
+                        );
+                    } else if out.contains(l) {
+                        c.err(
+                            format!("{key}.stream_labels[{i}]"),
+                            format!("`{l}` is listed twice"),
+                            "remove one",
+                        );
+                    } else {
+                        out.push(l.clone());
+                    }
+                }
+                out
+            });
+            let protobuf = matches!(s.encoding, Some(RawOtlpEncoding::Protobuf));
+            if protobuf && s.gzip == Some(true) {
+                c.err(
+                    format!("{key}.gzip"),
+                    "Loki's protobuf pushes are snappy-compressed; gzip cannot be added to them",
+                    "remove `gzip`, or use `encoding: json` to gzip JSON pushes",
+                );
+            }
+            HttpApi::Loki {
+                stream_labels,
+                protobuf,
+            }
+        }
+        RawLogSinkType::Elasticsearch => {
+            let data_stream = s.data_stream.unwrap_or(false);
+            let index = s
+                .index
+                .clone()
+                .unwrap_or_else(|| "logs-%Y.%m.%d".to_owned());
+            check_index(c, &format!("{key}.index"), &index);
+            let header_given = s
+                .headers
+                .keys()
+                .any(|k| k.trim().eq_ignore_ascii_case("authorization"));
+            match (&s.username, &s.password, &s.api_key) {
+                (None, None, None) => {}
+                _ if header_given => c.err(
+                    format!("{key}.headers.authorization"),
+                    "an `authorization` header and Elasticsearch credentials are both given",
+                    "keep one: the header, or `api_key` / `username` and `password`",
+                ),
+                (None, None, Some(k)) => {
+                    match HeaderValue::from_str(&format!("ApiKey {}", k.trim())) {
+                        Ok(mut v) if !k.trim().is_empty() => {
+                            v.set_sensitive(true);
+                            headers.push((http::header::AUTHORIZATION, v));
+                        }
+                        _ => c.err(
+                            format!("{key}.api_key"),
+                            "the API key is empty or has characters not allowed in a header",
+                            "use the `encoded` value Elasticsearch returned when the key was \
+                             created",
+                        ),
+                    }
+                }
+                (Some(u), Some(p), None) => {
+                    let basic = format!("Basic {}", base64(format!("{u}:{p}").as_bytes()));
+                    // Base64 is always a valid header value.
+                    if let Ok(mut v) = HeaderValue::from_str(&basic) {
+                        v.set_sensitive(true);
+                        headers.push((http::header::AUTHORIZATION, v));
+                    }
+                }
+                (_, _, Some(_)) => c.err(
+                    format!("{key}.api_key"),
+                    "both an API key and a user name/password are given",
+                    "keep one: `api_key`, or `username` and `password`",
+                ),
+                (Some(_), None, None) => c.err(
+                    format!("{key}.username"),
+                    "a user name without a password",
+                    "add `password`",
+                ),
+                (None, Some(_), None) => c.err(
+                    format!("{key}.password"),
+                    "a password without a user name",
+                    "add `username`",
+                ),
+            }
+            HttpApi::Elasticsearch { index, data_stream }
+        }
+        RawLogSinkType::Otlp => HttpApi::Otlp {
+            json: matches!(s.encoding, Some(RawOtlpEncoding::Json)),
+        },
+        _ => HttpApi::Ndjson,
+    };
+
+    let https = url.scheme_str() == Some("https");
+    let tls = match (&s.tls, https) {
+        (Some(_), false) => {
+            c.err(
+                format!("{key}.tls"),
+                "`tls` is given but the URL is http://",
+                "use an https:// URL, or remove `tls`",
+            );
+            None
+        }
+        (None, true) => Some(SinkTls::default()),
+        (None, false) => None,
+        (Some(t), true) => Some(check_sink_tls(c, &format!("{key}.tls"), t)),
+    };
+    HttpLogSink {
+        api,
+        url,
+        headers,
+        gzip: s.gzip.unwrap_or(false),
+        timeout: c.duration(
+            &format!("{key}.timeout"),
+            s.timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
+        tls,
+    }
+}
+
+/// `url` with `api_path` as its path when it has none (just `/`); Elasticsearch's `/_bulk` is
+/// also added after a path prefix (a proxy's `/es`).
+fn with_api_path(url: Uri, kind: RawLogSinkType, api_path: &str) -> Uri {
+    if api_path.is_empty() {
+        return url;
+    }
+    let path = url.path();
+    let new_path = if path.is_empty() || path == "/" {
+        api_path.to_owned()
+    } else if matches!(kind, RawLogSinkType::Elasticsearch) && !path.ends_with("/_bulk") {
+        format!("{}{api_path}", path.trim_end_matches('/'))
+    } else {
+        return url;
+    };
+    let pq = match url.query() {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+    let mut parts = url.clone().into_parts();
+    match pq.parse() {
+        Ok(p) => {
+            parts.path_and_query = Some(p);
+            Uri::from_parts(parts).unwrap_or(url)
+        }
+        Err(_) => url,
+    }
+}
+
+fn check_sink_tls(c: &mut Checker, key: &str, t: &RawSinkTls) -> SinkTls {
+    let mut file = |name: &str, v: &str| -> PathBuf {
+        absolute(c, &format!("{key}.{name}"), v, "/etc/tandem/sink-ca.pem")
+    };
+    let ca = t.ca.as_deref().map(|v| file("ca", v));
+    let client = match (&t.cert, &t.key) {
+        (Some(cert), Some(k)) => Some((file("cert", cert), file("key", k))),
+        (Some(_), None) => {
+            c.err(
+                format!("{key}.cert"),
+                "a client certificate without its `key`",
+                "add `key: /path/to/client-key.pem` (or remove `cert` for TLS without a client \
+                 certificate)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            c.err(
+                format!("{key}.key"),
+                "a client key without its `cert`",
+                "add `cert: /path/to/client-cert.pem`",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let server_name = t.server_name.as_ref().map(|n| n.trim().to_owned());
+    if let Some(n) = &server_name {
+        let ok = !n.is_empty()
+            && (n.parse::<std::net::IpAddr>().is_ok()
+                || n.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                }));
+        if !ok {
+            c.err(
+                format!("{key}.server_name"),
+                format!("`{n}` is not a DNS name or IP address"),
+                "use the name in the sink's certificate, e.g. logs.internal",
+            );
+        }
+    }
+    SinkTls {
+        ca,
+        client,
+        server_name,
+    }
+}
+
+/// An index pattern: a valid Elasticsearch index name once `%Y`, `%m`, `%d`, `%H` are replaced.
+fn check_index(c: &mut Checker, key: &str, pattern: &str) {
+    let mut rest = pattern;
+    let mut sample = String::new();
+    while let Some(i) = rest.find('%') {
+        sample.push_str(&rest[..i]);
+        match rest[i + 1..].chars().next() {
+            Some('Y') => sample.push_str("2026"),
+            Some('m' | 'd' | 'H') => sample.push_str("01"),
+            Some('%') => sample.push('%'),
+            other => {
+                c.err(
+                    key,
+                    format!(
+                        "`%{}` is not a date field this index pattern can use",
+                        other.map(String::from).unwrap_or_default()
+                    ),
+                    "use %Y, %m, %d, %H (UTC) or %% for a literal %, e.g. logs-%Y.%m.%d",
+                );
+                return;
+            }
+        }
+        rest = &rest[i + 2..];
+    }
+    sample.push_str(rest);
+    let bad = sample.is_empty()
+        || sample.starts_with(['-', '_', '+'])
+        || sample == "."
+        || sample == ".."
+        || sample.len() > 255
+        || sample
+            .bytes()
+            .any(|b| b.is_ascii_uppercase() || b" \\/*?\"<>|,#:%".contains(&b) || b < 0x20);
+    if bad {
+        c.err(
+            key,
+            format!("`{pattern}` does not make a valid Elasticsearch index name"),
+            "use lower case letters, digits, '-', '_', '.', not starting with '-', '_' or '+', \
+             e.g. logs-%Y.%m.%d",
+        );
+    }
+}
+
+fn valid_label(name: &str) -> bool {
+    name.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Standard base64 with padding (for basic authentication).
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(char::from(T[(n >> 18) as usize & 63]));
+        out.push(char::from(T[(n >> 12) as usize & 63]));
+        out.push(if chunk.len() > 1 {
+            char::from(T[(n >> 6) as usize & 63])
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            char::from(T[n as usize & 63])
+        } else {
+            '='
+        });
+    }
+    out
 }
 
 fn check_headers(c: &mut Checker, key: &str, s: &RawLogSink) -> Vec<(HeaderName, HeaderValue)> {

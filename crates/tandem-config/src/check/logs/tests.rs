@@ -169,7 +169,7 @@ logs:
   sinks:
     central:
       type: http
-      url: https://logs.internal/ingest
+      url: ftp://logs.internal/ingest
       path: /tmp/x
       sources: [ap]
       batch: { max_lines: 0, max_bytes: 16mb }
@@ -312,7 +312,7 @@ fn sizes() {
 #[test]
 fn docs_logs_examples_are_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
-    for (file, sinks) in [("logship.md", 1), ("config.md", 2)] {
+    for (file, sinks) in [("logship.md", 1), ("config.md", 5)] {
         let doc = std::fs::read_to_string(root.join(file)).unwrap();
         let start = doc.find("```yaml\nlogs:").unwrap() + "```yaml\n".len();
         let end = start + doc[start..].find("```").unwrap();
@@ -408,4 +408,158 @@ logs:
     let hint = |k: &str| &e.iter().find(|e| e.key == k).unwrap().hint;
     assert!(hint("logs.sources.access.type").contains("access_log: {}"));
     assert!(hint("logs.sources.app.disk_buffer").contains("64KiB"));
+}
+
+/// Loki, Elasticsearch and OTLP sinks: their API path added to a bare URL (kept when given),
+/// tenant and credentials as headers (redacted in `GET /config`), index pattern and data
+/// stream, TLS files with a server name, and `https` without `tls` using the system bundle.
+#[test]
+fn api_sinks_translate() {
+    let c = parse(
+        "t.yaml",
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { paths: [/var/log/app/*.log] }
+  sinks:
+    loki: { type: loki, url: \"http://loki:3100\", tenant: team-a, stream_labels: [service, level] }
+    es:
+      type: elasticsearch
+      url: https://es:9200/proxy/
+      index: app-%Y.%m
+      data_stream: true
+      username: elastic
+      password: changeme
+      tls: { ca: /etc/ca.pem, cert: /etc/c.pem, key: /etc/k.pem, server_name: es.internal }
+    es2: { type: elasticsearch, url: \"https://es:9200\", api_key: abc== }
+    otel: { type: otlp, url: \"http://collector:4318/custom/logs\", gzip: true }
+    otel2: { type: otlp, url: \"http://collector:4318\", encoding: json }
+    loki2: { type: loki, url: \"http://loki:3100\", encoding: protobuf }
+",
+    )
+    .unwrap();
+    let logs = c.logs.as_ref().unwrap();
+    let http = |i: usize| match &logs.sinks[i].kind {
+        LogSinkKind::Http(h) => h.clone(),
+        k => panic!("{k:?}"),
+    };
+    let header = |h: &HttpLogSink, n: &str| {
+        h.headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.to_str().unwrap().to_owned())
+    };
+    let loki = http(0);
+    assert_eq!(loki.url.to_string(), "http://loki:3100/loki/api/v1/push");
+    assert_eq!(header(&loki, "x-scope-orgid").as_deref(), Some("team-a"));
+    assert!(
+        matches!(&loki.api, HttpApi::Loki { stream_labels: Some(l), protobuf: false } if l == &["service", "level"])
+    );
+    assert!(loki.tls.is_none());
+    let es = http(1);
+    assert_eq!(es.url.to_string(), "https://es:9200/proxy/_bulk");
+    assert!(
+        matches!(&es.api, HttpApi::Elasticsearch { index, data_stream: true } if index == "app-%Y.%m")
+    );
+    // base64("elastic:changeme")
+    assert_eq!(
+        header(&es, "authorization").as_deref(),
+        Some("Basic ZWxhc3RpYzpjaGFuZ2VtZQ==")
+    );
+    let tls = es.tls.as_ref().unwrap();
+    assert_eq!(tls.ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+    assert_eq!(tls.client, Some(("/etc/c.pem".into(), "/etc/k.pem".into())));
+    assert_eq!(tls.server_name.as_deref(), Some("es.internal"));
+    let es2 = http(2);
+    assert_eq!(es2.url.to_string(), "https://es:9200/_bulk");
+    assert_eq!(
+        header(&es2, "authorization").as_deref(),
+        Some("ApiKey abc==")
+    );
+    assert!(
+        matches!(&es2.api, HttpApi::Elasticsearch { index, data_stream: false } if index == "logs-%Y.%m.%d")
+    );
+    let t = es2.tls.as_ref().unwrap();
+    assert!(t.ca.is_none() && t.client.is_none() && t.server_name.is_none());
+    let otel = http(3);
+    assert_eq!(otel.url.to_string(), "http://collector:4318/custom/logs");
+    assert!(matches!(otel.api, HttpApi::Otlp { json: false }) && otel.gzip);
+    assert!(matches!(http(4).api, HttpApi::Otlp { json: true }));
+    assert_eq!(http(4).url.to_string(), "http://collector:4318/v1/logs");
+    assert!(matches!(
+        http(5).api,
+        HttpApi::Loki {
+            stream_labels: None,
+            protobuf: true
+        }
+    ));
+    let shown = serde_json::to_string(&c).unwrap();
+    assert!(
+        !shown.contains("ZWxhc3Rp") && !shown.contains("abc=="),
+        "{shown}"
+    );
+}
+
+/// The new sinks' mistakes, each at its key with a fix.
+#[test]
+fn api_sink_mistakes() {
+    let text = "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { paths: [/var/log/app/*.log] }
+  sinks:
+    a: { type: http, url: \"http://x\", tenant: t, index: i }
+    b: { type: loki, stream_labels: [service, 2x, service] }
+    c:
+      type: elasticsearch
+      url: http://es:9200
+      index: Logs-%Y-%q
+      api_key: k
+      username: u
+      tls: { ca: /ca.pem }
+    d:
+      type: elasticsearch
+      url: https://es:9200
+      password: p
+      tls: { ca: ca.pem, cert: /c.pem, server_name: \"bad name\" }
+    e: { type: otlp, url: \"https://c:4318\", tls: { key: /k.pem } }
+    f: { type: file, path: /out.ndjson, tls: { ca: /ca.pem } }
+    g: { type: elasticsearch, url: \"http://l\", encoding: json }
+    h: { type: loki, url: \"http://l\", encoding: protobuf, gzip: true }
+";
+    let e = errors(text);
+    assert_eq!(
+        keys(&e),
+        [
+            (Some(6), "logs.sinks.a.tenant"),
+            (Some(6), "logs.sinks.a.index"),
+            (Some(7), "logs.sinks.b.url"),
+            (Some(7), "logs.sinks.b.stream_labels[1]"),
+            (Some(7), "logs.sinks.b.stream_labels[2]"),
+            (Some(11), "logs.sinks.c.index"),
+            (Some(12), "logs.sinks.c.api_key"),
+            (Some(14), "logs.sinks.c.tls"),
+            (Some(18), "logs.sinks.d.password"),
+            (Some(19), "logs.sinks.d.tls.ca"),
+            (Some(19), "logs.sinks.d.tls.cert"),
+            (Some(19), "logs.sinks.d.tls.server_name"),
+            (Some(20), "logs.sinks.e.tls.key"),
+            (Some(21), "logs.sinks.f.tls"),
+            (Some(22), "logs.sinks.g.encoding"),
+            (Some(23), "logs.sinks.h.gzip"),
+        ],
+        "{}",
+        ConfigErrors(e.clone())
+    );
+    let hint = |k: &str| &e.iter().find(|e| e.key == k).unwrap().hint;
+    assert!(hint("logs.sinks.a.tenant").contains("loki"));
+    assert!(hint("logs.sinks.b.url").contains("http://loki.internal:3100"));
+    assert!(hint("logs.sinks.c.index").contains("%Y"));
+    assert!(hint("logs.sinks.c.tls").contains("https://"));
+    assert!(hint("logs.sinks.d.tls.cert").contains("key:"));
+    assert!(hint("logs.sinks.f.tls").contains("http, loki, elasticsearch, otlp"));
+    assert!(hint("logs.sinks.g.encoding").contains("otlp, loki"));
+    assert!(hint("logs.sinks.h.gzip").contains("encoding: json"));
 }
