@@ -419,7 +419,10 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         .tracing
         .as_ref()
         .map(|t| tracing::check_tracing(&mut c, t));
-    let logs = raw.logs.as_ref().map(|l| logs::check_logs(&mut c, l));
+    let logs = raw
+        .logs
+        .as_ref()
+        .map(|l| logs::check_logs(&mut c, l, tracing.as_ref().map(|t| t.service_name.as_str())));
     let tls = raw
         .tls
         .as_ref()

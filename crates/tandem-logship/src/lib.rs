@@ -21,6 +21,9 @@
 //! - [`framer`]: bytes -> lines with offsets; partial lines held; long lines cut.
 //! - [`identity`]: content fingerprints.
 //! - [`parse`], [`record`]: lines -> records; chunks (the unit of acknowledgement).
+//! - [`multiline`]: lines -> multi-line records (a pure state machine; offsets for the
+//!   checkpoint never inside a record).
+//! - [`shape`]: extraction (time, level, trace ids), drop/sample by level, redaction.
 //! - [`source`]: the file tailer (discovery, rotation, truncation, reading).
 //! - [`budget`]: the memory budget.
 //! - [`sink`]: the sink trait, the shared driver (batching, retries, confirmation), and the
@@ -29,9 +32,8 @@
 //!   written checkpoint file, strictly read back.
 //! - this file: [`LogShipper`], which starts and stops all of it.
 //!
-//! Not yet (issue 7): stdout capture with a disk buffer, the access log as a source, logfmt and
-//! regex parsers, multi-line joining, redaction, Loki / Elasticsearch / OTLP sinks, TLS to sinks,
-//! `tandem logs status`.
+//! Not yet (issue 7): stdout capture with a disk buffer, the access log as a source, Loki /
+//! Elasticsearch / OTLP sinks, TLS to sinks, `tandem logs status`.
 
 pub mod ack;
 pub mod budget;
@@ -39,8 +41,10 @@ pub mod checkpoint;
 mod committer;
 pub mod framer;
 pub mod identity;
+pub mod multiline;
 pub mod parse;
 pub mod record;
+pub mod shape;
 pub mod sink;
 pub mod source;
 
@@ -217,7 +221,9 @@ impl LogShipper {
                     name: src.name.as_str().into(),
                     patterns: f.paths.clone(),
                     start_at: f.start_at,
-                    parser: src.parser,
+                    parser: src.parser.clone(),
+                    multiline: src.multiline.clone(),
+                    shape: src.shape.clone(),
                     max_line: src.max_line_bytes,
                     labels: labels(&cfg.labels, &src.labels, host.as_deref()),
                     poll_interval: f.poll_interval,

@@ -27,6 +27,8 @@ fn config(dir: &Path, pattern: &str, start_at: StartAt) -> TailerConfig {
         patterns: vec![dir.join(pattern).to_string_lossy().into_owned()],
         start_at,
         parser: LogParser::Plain,
+        multiline: None,
+        shape: tandem_config::Shape::default(),
         max_line: 4096,
         labels: Arc::from(Vec::new()),
         poll_interval: Duration::from_millis(10),
