@@ -182,6 +182,9 @@ impl Shaper {
             }
             r.level = take_level(fields, &self.level_fields);
             (r.trace_id, r.span_id) = take_trace(fields, &self.trace_fields, &self.span_fields);
+            if fields.is_empty() {
+                r.fields = None;
+            }
         }
         if self.timestamp.is_some() && r.timestamp.is_none() {
             r.timestamp_fallback = true;
