@@ -179,6 +179,13 @@ class Tandem:
 
 
 @pytest.fixture
+def receiver(procs):
+    """A log sink counting every line by its `seq=N` (backends/line_receiver.py)."""
+    from logship_helpers import Receiver
+    return Receiver(procs)
+
+
+@pytest.fixture
 def tandem(request):
     started = []
     request.node._tandems = started

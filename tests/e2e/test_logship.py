@@ -10,110 +10,15 @@ LOGSHIP_SLOW=1 adds the 2,000,000-line runs of issue 7.
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
-import httpx
 import pytest
 
-from conftest import HERE, Proc, free_port, metric, run, wait_for, TANDEM_BIN
+from conftest import metric, run, wait_for, TANDEM_BIN
+from logship_helpers import BATCH, finish, logs_config, metrics, report, wait_tailing, writer
 
 N = 200_000
 SLOW = os.environ.get("LOGSHIP_SLOW") == "1"
-BATCH = 1000  # the sink's default batch.max_lines
-
-
-class Receiver:
-    def __init__(self, procs):
-        self.data, self.ctl = free_port(), free_port()
-        self.proc = Proc([sys.executable, str(HERE / "backends" / "line_receiver.py"), str(self.data), str(self.ctl)])
-        procs.append(self.proc)
-        self.url = f"http://127.0.0.1:{self.data}/ingest"
-
-    def stats(self, n):
-        return httpx.get(f"http://127.0.0.1:{self.ctl}/stats", params={"n": n}, timeout=10).json()
-
-    def control(self, **change):
-        return httpx.post(f"http://127.0.0.1:{self.ctl}/control", json=change, timeout=10).json()
-
-    def requests(self):
-        return httpx.get(f"http://127.0.0.1:{self.ctl}/requests", timeout=10).json()
-
-    def lines(self, limit=5):
-        return httpx.get(f"http://127.0.0.1:{self.ctl}/lines", params={"limit": limit}, timeout=10).json()
-
-    def wait_all(self, n, timeout=90, quiet=1.0):
-        """Waits until all n sequence numbers arrived and nothing more arrived for `quiet` s."""
-        deadline = time.monotonic() + timeout
-        last, since = None, time.monotonic()
-        while time.monotonic() < deadline:
-            s = self.stats(n)
-            if s["received"] != last:
-                last, since = s["received"], time.monotonic()
-            if s["unique"] == n and time.monotonic() - since >= quiet:
-                return s
-            time.sleep(0.1)
-        s = self.stats(n)
-        raise AssertionError(f"not all lines arrived within {timeout}s: {summary(s)}")
-
-
-def summary(s):
-    return {k: s[k] for k in ("received", "unique", "duplicates", "missing", "missing_ranges", "requests",
-                              "statuses")}
-
-
-def report(name, s, **extra):
-    print(f"\n[{name}] " + json.dumps({**summary(s), **extra}))
-
-
-@pytest.fixture
-def receiver(procs):
-    return Receiver(procs)
-
-
-def logs_config(tmp, rcv, paths, scan="1s", source_extra="", sink_extra=""):
-    paths_yaml = ", ".join(f'"{p}"' for p in paths)
-    return f"""
-logs:
-  checkpoint: {{ dir: {tmp}/state }}
-  labels: {{ service: e2e }}
-  sources:
-    app:
-      paths: [{paths_yaml}]
-      scan_interval: {scan}
-      poll_interval: 50ms
-{source_extra}
-  sinks:
-    central:
-      type: http
-      url: {rcv.url}
-      backoff: 50ms
-      max_backoff: 500ms
-{sink_extra}
-"""
-
-
-def writer(path, n, rate, rotate=None, rotations=0, fmt="plain"):
-    args = [sys.executable, str(HERE / "backends" / "log_writer.py"), str(path), str(n), "--rate", str(rate),
-            "--format", fmt]
-    if rotate:
-        args += ["--rotate", rotate, "--rotations", str(rotations)]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-
-
-def metrics(t):
-    return httpx.get(f"{t.admin}/metrics", timeout=5).text
-
-
-def wait_tailing(t, files=1):
-    wait_for(lambda: metric(metrics(t), "tandem_logs_files", source="app") == files, 10, "tandem tails the file")
-
-
-def finish(w):
-    out, _ = w.communicate(timeout=120)
-    assert w.returncode == 0
-    return json.loads(out)
 
 
 @pytest.mark.parametrize("glob,scan", [("app.log", "100ms"), ("app.log*", "1s")], ids=["live-name", "rotated-names"])
@@ -276,7 +181,8 @@ def test_429_retry_after_is_honoured(tandem, receiver, tmp_path):
 
 def test_json_lines_gzip_and_record_shape(tandem, receiver, tmp_path):
     """JSON lines through the json parser and a gzip sink: every line arrives once, shaped as
-    documented (timestamp, message, file, labels with service and host, fields)."""
+    documented (timestamp, message, level (from the `level` field), file, labels with service and
+    host, fields)."""
     log = tmp_path / "app.log"
     log.touch()
     t = tandem(logs_config(tmp_path, receiver, [log], source_extra="      parser: json",
@@ -288,7 +194,8 @@ def test_json_lines_gzip_and_record_shape(tandem, receiver, tmp_path):
     report("json + gzip", s, first_record=first)
     assert (s["missing"], s["duplicates"]) == (0, 0)
     assert first["message"].startswith("request handled in ")
-    assert first["fields"]["seq"].startswith("seq=") and first["fields"]["level"] == "info"
+    assert first["fields"]["seq"].startswith("seq=") and first["level"] == "info"
+    assert "level" not in first["fields"], "the level field became the record's level"
     assert first["labels"]["service"] == "e2e" and first["labels"]["host"]
     assert first["file"] == str(log)
     assert first["timestamp"].endswith("Z")

@@ -1,0 +1,99 @@
+"""Shared by the log shipping end-to-end tests: the counting receiver (backends/line_receiver.py)
+as a client, a writer process, the `logs:` config of one file source, and metric helpers."""
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+
+from conftest import HERE, Proc, free_port, metric, wait_for
+
+BATCH = 1000  # the sink's default batch.max_lines
+
+
+class Receiver:
+    def __init__(self, procs):
+        self.data, self.ctl = free_port(), free_port()
+        self.proc = Proc([sys.executable, str(HERE / "backends" / "line_receiver.py"), str(self.data), str(self.ctl)])
+        procs.append(self.proc)
+        self.url = f"http://127.0.0.1:{self.data}/ingest"
+
+    def stats(self, n):
+        return httpx.get(f"http://127.0.0.1:{self.ctl}/stats", params={"n": n}, timeout=10).json()
+
+    def control(self, **change):
+        return httpx.post(f"http://127.0.0.1:{self.ctl}/control", json=change, timeout=10).json()
+
+    def requests(self):
+        return httpx.get(f"http://127.0.0.1:{self.ctl}/requests", timeout=10).json()
+
+    def lines(self, limit=5):
+        return httpx.get(f"http://127.0.0.1:{self.ctl}/lines", params={"limit": limit}, timeout=10).json()
+
+    def wait_all(self, n, timeout=90, quiet=1.0):
+        """Waits until all n sequence numbers arrived and nothing more arrived for `quiet` s."""
+        deadline = time.monotonic() + timeout
+        last, since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            s = self.stats(n)
+            if s["received"] != last:
+                last, since = s["received"], time.monotonic()
+            if s["unique"] == n and time.monotonic() - since >= quiet:
+                return s
+            time.sleep(0.1)
+        s = self.stats(n)
+        raise AssertionError(f"not all lines arrived within {timeout}s: {summary(s)}")
+
+
+def summary(s):
+    return {k: s[k] for k in ("received", "unique", "duplicates", "missing", "missing_ranges", "requests",
+                              "statuses")}
+
+
+def report(name, s, **extra):
+    print(f"\n[{name}] " + json.dumps({**summary(s), **extra}))
+
+
+def logs_config(tmp, rcv, paths, scan="1s", source_extra="", sink_extra=""):
+    paths_yaml = ", ".join(f'"{p}"' for p in paths)
+    return f"""
+logs:
+  checkpoint: {{ dir: {tmp}/state }}
+  labels: {{ service: e2e }}
+  sources:
+    app:
+      paths: [{paths_yaml}]
+      scan_interval: {scan}
+      poll_interval: 50ms
+{source_extra}
+  sinks:
+    central:
+      type: http
+      url: {rcv.url}
+      backoff: 50ms
+      max_backoff: 500ms
+{sink_extra}
+"""
+
+
+def writer(path, n, rate, rotate=None, rotations=0, fmt="plain"):
+    args = [sys.executable, str(HERE / "backends" / "log_writer.py"), str(path), str(n), "--rate", str(rate),
+            "--format", fmt]
+    if rotate:
+        args += ["--rotate", rotate, "--rotations", str(rotations)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+
+
+def metrics(t):
+    return httpx.get(f"{t.admin}/metrics", timeout=5).text
+
+
+def wait_tailing(t, files=1):
+    wait_for(lambda: metric(metrics(t), "tandem_logs_files", source="app") == files, 10, "tandem tails the file")
+
+
+def finish(w):
+    out, _ = w.communicate(timeout=120)
+    assert w.returncode == 0
+    return json.loads(out)
