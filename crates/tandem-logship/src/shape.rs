@@ -110,15 +110,13 @@ impl Shaper {
                 TimeFormat::UnixMs => TimeParse::UnixMs,
                 // Checked when the config was loaded; an error here cannot happen, and would
                 // only make every record fall back to the read time.
-                TimeFormat::Strftime(f) => {
-                    match time::format_description::parse_strftime_owned(f) {
-                        Ok(items) => TimeParse::Strftime {
-                            items,
-                            with_offset: f.contains("%z"),
-                        },
-                        Err(_) => TimeParse::Rfc3339,
-                    }
-                }
+                TimeFormat::Strftime(f) => match tandem_config::strftime_format(f) {
+                    Ok(items) => TimeParse::Strftime {
+                        items,
+                        with_offset: f.contains("%z"),
+                    },
+                    Err(_) => TimeParse::Rfc3339,
+                },
             };
             (t.field.clone(), how)
         });

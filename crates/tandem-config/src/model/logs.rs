@@ -372,3 +372,60 @@ fn ser_redacted_headers<S: serde::Serializer>(
 ) -> Result<S::Ok, S::Error> {
     s.collect_map(h.iter().map(|(k, _)| (k.as_str(), "<redacted>")))
 }
+
+/// Compiles a strftime pattern for parsing log timestamps: the `time` crate's strftime, plus
+/// fractional seconds, which it lacks and logs are full of: `%f` (digits, required) and `%.f`
+/// (a `.` and digits, optional, as in chrono). `%%` is a literal `%`.
+pub fn strftime_format(pattern: &str) -> Result<time::format_description::OwnedFormatItem, String> {
+    use time::format_description::{modifier, Component, OwnedFormatItem};
+    let fraction =
+        || OwnedFormatItem::Component(Component::Subsecond(modifier::Subsecond::default()));
+    let mut items: Vec<OwnedFormatItem> = Vec::new();
+    let mut piece = String::new();
+    let flush = |piece: &mut String, items: &mut Vec<OwnedFormatItem>| -> Result<(), String> {
+        if !piece.is_empty() {
+            let item =
+                time::format_description::parse_strftime_owned(piece).map_err(|e| e.to_string())?;
+            items.push(item);
+            piece.clear();
+        }
+        Ok(())
+    };
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            piece.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some('f') => {
+                chars.next();
+                flush(&mut piece, &mut items)?;
+                items.push(fraction());
+            }
+            Some('.') => {
+                chars.next();
+                if chars.peek() == Some(&'f') {
+                    chars.next();
+                    flush(&mut piece, &mut items)?;
+                    items.push(OwnedFormatItem::Optional(Box::new(
+                        OwnedFormatItem::Compound(Box::new([
+                            OwnedFormatItem::StringLiteral(".".into()),
+                            fraction(),
+                        ])),
+                    )));
+                } else {
+                    piece.push_str("%.");
+                }
+            }
+            Some(&n) => {
+                chars.next();
+                piece.push('%');
+                piece.push(n);
+            }
+            None => piece.push('%'),
+        }
+    }
+    flush(&mut piece, &mut items)?;
+    Ok(OwnedFormatItem::Compound(items.into_boxed_slice()))
+}

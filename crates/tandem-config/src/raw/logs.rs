@@ -239,7 +239,8 @@ pub struct RawTimestamp {
     #[serde(default)]
     pub field: Option<String>,
     /// `rfc3339` (the default), `unix` (seconds, fractions allowed), `unix_ms`, or a strftime
-    /// pattern such as `"%Y-%m-%d %H:%M:%S%.f"` (UTC unless it has `%z`).
+    /// pattern such as `"%Y-%m-%d %H:%M:%S%.f"` (UTC unless it has `%z`; `%f` is fractional
+    /// digits, `%.f` an optional `.` and digits).
     #[serde(default)]
     pub format: Option<String>,
 }

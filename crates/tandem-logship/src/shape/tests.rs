@@ -46,7 +46,7 @@ fn plain_lines_pass_untouched() {
 
 #[test]
 fn timestamps_in_every_format() {
-    let cases: [(TimeFormat, &str, u128); 7] = [
+    let cases: [(TimeFormat, &str, u128); 10] = [
         (
             TimeFormat::Rfc3339,
             r#""2026-11-24T10:00:00.123Z""#,
@@ -64,6 +64,21 @@ fn timestamps_in_every_format() {
             TimeFormat::Strftime("%Y-%m-%d %H:%M:%S".into()),
             r#""2026-11-24 10:00:00""#,
             1_795_514_400_000,
+        ),
+        (
+            TimeFormat::Strftime("%Y-%m-%d %H:%M:%S%.f".into()),
+            r#""2026-11-24 10:00:00.123""#,
+            1_795_514_400_123,
+        ),
+        (
+            TimeFormat::Strftime("%Y-%m-%d %H:%M:%S%.f".into()),
+            r#""2026-11-24 10:00:00""#,
+            1_795_514_400_000,
+        ),
+        (
+            TimeFormat::Strftime("%Y-%m-%d %H:%M:%S,%f".into()),
+            r#""2026-11-24 10:00:00,5""#,
+            1_795_514_400_500,
         ),
         (
             TimeFormat::Strftime("%d/%b/%Y:%H:%M:%S %z".into()),

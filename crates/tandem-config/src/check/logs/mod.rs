@@ -330,7 +330,7 @@ fn check_shape(c: &mut Checker, key: &str, s: &RawLogSource) -> Shape {
             Some("unix") => TimeFormat::Unix,
             Some("unix_ms") => TimeFormat::UnixMs,
             Some(f) if f.contains('%') => {
-                if let Err(e) = time::format_description::parse_strftime_owned(f) {
+                if let Err(e) = strftime_format(f) {
                     c.err(
                         &fkey,
                         format!("`{f}` is not a valid strftime pattern: {e}"),
