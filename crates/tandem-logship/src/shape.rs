@@ -20,7 +20,7 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use regex::{Captures, Regex};
+use regex::{CaptureLocations, Captures, Regex};
 use serde_json::{Map, Value};
 use tandem_config::{LogLevel, LogParser, RedactPattern, Shape, TimeFormat};
 use time::format_description::OwnedFormatItem;
@@ -76,10 +76,12 @@ pub struct Shaper {
     parser: Parser,
     timestamp: Option<(String, TimeParse)>,
     level_fields: Vec<String>,
-    level_pattern: Option<(Regex, usize)>,
+    /// The pattern, the group holding the level, and capture positions reused per line.
+    level_pattern: Option<(Regex, usize, CaptureLocations)>,
     trace_fields: Vec<String>,
     span_fields: Vec<String>,
-    trace_pattern: Option<Regex>,
+    /// The pattern, its `trace_id` and `span_id` groups, and capture positions.
+    trace_pattern: Option<(Regex, usize, Option<usize>, CaptureLocations)>,
     redact_keys: Vec<String>,
     redactors: Vec<Redactor>,
     marker: String,
@@ -125,7 +127,7 @@ impl Shaper {
                 p.0.capture_names()
                     .position(|n| n == Some("level"))
                     .unwrap_or(usize::from(p.0.captures_len() > 1));
-            (p.0.clone(), group)
+            (p.0.clone(), group, p.0.capture_locations())
         });
         let redactors = shape
             .redact
@@ -154,7 +156,15 @@ impl Shaper {
             level_pattern,
             trace_fields: shape.trace.fields.clone(),
             span_fields: shape.trace.span_fields.clone(),
-            trace_pattern: shape.trace.pattern.as_ref().map(|p| p.0.clone()),
+            trace_pattern: shape.trace.pattern.as_ref().and_then(|p| {
+                let group = |name| p.0.capture_names().position(|n| n == Some(name));
+                Some((
+                    p.0.clone(),
+                    group("trace_id")?,
+                    group("span_id"),
+                    p.0.capture_locations(),
+                ))
+            }),
             redact_keys: shape.redact.keys.clone(),
             redactors,
             marker: shape.redact.marker.clone(),
@@ -188,22 +198,23 @@ impl Shaper {
             r.timestamp_fallback = true;
         }
         if r.level.is_none() {
-            if let Some((re, group)) = &self.level_pattern {
-                r.level = std::str::from_utf8(&r.message)
-                    .ok()
-                    .and_then(|m| re.captures(m))
-                    .and_then(|c| c.get(*group))
-                    .and_then(|m| Level::from_name(m.as_str()));
+            if let Some((re, group, locs)) = &mut self.level_pattern {
+                r.level = std::str::from_utf8(&r.message).ok().and_then(|m| {
+                    re.captures_read(locs, m)?;
+                    let (s, e) = locs.get(*group)?;
+                    Level::from_name(&m[s..e])
+                });
             }
         }
         if r.trace_id.is_none() {
-            if let Some(re) = &self.trace_pattern {
-                if let Some(c) = std::str::from_utf8(&r.message)
-                    .ok()
-                    .and_then(|m| re.captures(m))
-                {
-                    r.trace_id = c.name("trace_id").and_then(|m| hex_id(m.as_str(), 32));
-                    r.span_id = c.name("span_id").and_then(|m| hex_id(m.as_str(), 16));
+            if let Some((re, trace, span, locs)) = &mut self.trace_pattern {
+                if let Ok(m) = std::str::from_utf8(&r.message) {
+                    if re.captures_read(locs, m).is_some() {
+                        let id =
+                            |g: usize, len| locs.get(g).and_then(|(s, e)| hex_id(&m[s..e], len));
+                        r.trace_id = id(*trace, 32);
+                        r.span_id = span.and_then(|g| id(g, 16));
+                    }
                 }
             }
         }
