@@ -30,14 +30,8 @@ const RESERVED_HEADERS: [&str; 4] = [
     "host",
 ];
 
-pub(super) fn check_logs(c: &mut Checker, raw: &RawLogs, service: Option<&str>) -> Logs {
-    let mut labels = check_labels(c, "logs.labels", &raw.labels);
-    // Logs join traces by service: the tracing service name, unless the labels name one.
-    if let Some(svc) = service {
-        if !labels.iter().any(|(k, _)| k == "service") {
-            labels.push(("service".into(), svc.to_owned()));
-        }
-    }
+pub(super) fn check_logs(c: &mut Checker, raw: &RawLogs) -> Logs {
+    let labels = check_labels(c, "logs.labels", &raw.labels);
 
     let memory_budget = match &raw.memory_budget {
         None => DEFAULT_BUDGET,
@@ -138,6 +132,27 @@ pub(super) fn check_logs(c: &mut Checker, raw: &RawLogs, service: Option<&str>) 
         labels,
         sources,
         sinks,
+    }
+}
+
+/// Adds `service` and `instance` to `logs.labels` unless they are given there, so that logs join
+/// traces and the service registry: `service` is `tracing.service_name`, else the registered
+/// service; `instance` is the registered instance id, else its advertised address.
+pub(super) fn identity_labels(
+    logs: &mut Logs,
+    tracing: Option<&Tracing>,
+    registration: Option<&Registration>,
+) {
+    let service = tracing
+        .map(|t| t.service_name.as_str())
+        .or(registration.map(|r| r.service.as_str()));
+    let instance = registration.and_then(|r| r.id.as_deref().or(r.address.as_deref()));
+    for (key, value) in [("service", service), ("instance", instance)] {
+        if let Some(v) = value {
+            if !logs.labels.iter().any(|(k, _)| k == key) {
+                logs.labels.push((key.to_owned(), v.to_owned()));
+            }
+        }
     }
 }
 

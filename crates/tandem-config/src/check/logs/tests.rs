@@ -455,3 +455,40 @@ fn parsing_mistakes_name_their_key_and_pattern() {
     assert_eq!(bad.file, "t.yaml");
     assert!(!bad.hint.is_empty());
 }
+
+/// Without tracing, the registered service names `service`, and the registered instance id (else
+/// its advertised address) names `instance`; labels given in `logs.labels` win.
+#[test]
+fn service_and_instance_labels_from_registration() {
+    let text = |labels: &str, id: &str| {
+        format!(
+            "etcd: {{ endpoints: [http://127.0.0.1:2379] }}\n\
+             registration: {{ service: billing, listener: inbound, address: 10.0.0.5:7080{id} }}\n\
+             listeners: {{ inbound: {{ address: 0.0.0.0:7080, upstream: app }} }}\n\
+             upstreams: {{ app: {{ endpoints: [127.0.0.1:8080] }} }}\n\
+             logs: {{ checkpoint: {{ dir: /c }}, labels: {{ {labels} }}, sources: {{ a: {{ paths: [/a] }} }}, sinks: {{ k: {{ type: console }} }} }}\n"
+        )
+    };
+    let labels = |t: String| parse("t.yaml", &t).unwrap().logs.unwrap().labels;
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        labels(text("env: prod", "")),
+        pairs(&[
+            ("env", "prod"),
+            ("service", "billing"),
+            ("instance", "10.0.0.5:7080")
+        ])
+    );
+    assert_eq!(
+        labels(text("", ", id: billing-7")),
+        pairs(&[("service", "billing"), ("instance", "billing-7")])
+    );
+    assert_eq!(
+        labels(text("instance: mine, service: s", "")),
+        pairs(&[("instance", "mine"), ("service", "s")])
+    );
+}
