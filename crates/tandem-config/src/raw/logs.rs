@@ -25,7 +25,9 @@ pub struct RawLogs {
     #[serde(default)]
     pub flush_timeout: Option<String>,
     /// Labels added to every record, e.g. `{ service: orders, env: prod }`. `host` is added
-    /// with the machine's host name unless given here.
+    /// with the machine's host name unless given here, and so are `service` (the tracing service
+    /// name, else the registered service) and `instance` (the registered instance id, else its
+    /// address) when those are configured.
     #[serde(default, deserialize_with = "unique_map")]
     pub labels: IndexMap<String, String>,
     /// Log sources by name.
