@@ -8,9 +8,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (Vec<u8>, u16, u8, u16)| {
     let (data, max_line, max_lines, max_bytes) = input;
-    for line in data.split(|&b| b == b'\n') {
-        tandem_logship::parse::fuzz_parse(line);
-    }
+    tandem_logship::parse::fuzz_parse(&data);
     tandem_logship::multiline::fuzz_join(
         &data,
         usize::from(max_line),

@@ -227,24 +227,32 @@ impl RegexParser {
     }
 }
 
-/// Runs every parser over `data` (fuzzing): no panic, and a failed parse keeps the line whole.
+/// Runs every parser over each line of `data` (fuzzing): no panic, and a failed parse keeps
+/// the line whole. The parsers are built once per process, as a source builds them once.
 #[doc(hidden)]
 pub fn fuzz_parse(data: &[u8]) {
-    let line = Bytes::copy_from_slice(data);
-    let Ok(re) = Regex::new(r"^(?P<ts>\S+) (?P<level>[A-Za-z]+)(?: (?P<message>.*))?$") else {
+    static PATTERN: std::sync::OnceLock<Option<Regex>> = std::sync::OnceLock::new();
+    let Some(re) = PATTERN.get_or_init(|| {
+        Regex::new(r"^(?P<ts>\S+) (?P<level>[A-Za-z]+)(?: (?P<message>.*))?$").ok()
+    }) else {
         return;
     };
-    let re = tandem_config::LogPattern(re);
-    for cfg in [
+    let mut parsers = [
         LogParser::Plain,
         LogParser::Json,
         LogParser::Logfmt,
-        LogParser::Regex(re),
-    ] {
-        let r = Parser::new(&cfg).parse(line.clone());
-        if r.parse_error {
-            assert_eq!(r.message, line);
-            assert!(r.fields.is_none());
+        LogParser::Regex(tandem_config::LogPattern(re.clone())),
+    ]
+    .map(|p| Parser::new(&p));
+    let data = Bytes::copy_from_slice(data);
+    for line in data.split(|&b| b == b'\n') {
+        let line = data.slice_ref(line);
+        for p in &mut parsers {
+            let r = p.parse(line.clone());
+            if r.parse_error {
+                assert_eq!(r.message, line);
+                assert!(r.fields.is_none());
+            }
         }
     }
 }
