@@ -181,7 +181,8 @@ def test_429_retry_after_is_honoured(tandem, receiver, tmp_path):
 
 def test_json_lines_gzip_and_record_shape(tandem, receiver, tmp_path):
     """JSON lines through the json parser and a gzip sink: every line arrives once, shaped as
-    documented (timestamp, message, file, labels with service and host, fields)."""
+    documented (timestamp, message, level (from the `level` field), file, labels with service and
+    host, fields)."""
     log = tmp_path / "app.log"
     log.touch()
     t = tandem(logs_config(tmp_path, receiver, [log], source_extra="      parser: json",
@@ -193,7 +194,8 @@ def test_json_lines_gzip_and_record_shape(tandem, receiver, tmp_path):
     report("json + gzip", s, first_record=first)
     assert (s["missing"], s["duplicates"]) == (0, 0)
     assert first["message"].startswith("request handled in ")
-    assert first["fields"]["seq"].startswith("seq=") and first["fields"]["level"] == "info"
+    assert first["fields"]["seq"].startswith("seq=") and first["level"] == "info"
+    assert "level" not in first["fields"], "the level field became the record's level"
     assert first["labels"]["service"] == "e2e" and first["labels"]["host"]
     assert first["file"] == str(log)
     assert first["timestamp"].endswith("Z")

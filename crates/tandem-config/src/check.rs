@@ -419,7 +419,7 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         .tracing
         .as_ref()
         .map(|t| tracing::check_tracing(&mut c, t));
-    let logs = raw
+    let mut logs = raw
         .logs
         .as_ref()
         .map(|l| logs::check_logs(&mut c, l, access_log.is_some()));
@@ -432,6 +432,9 @@ pub(crate) fn check(source: &str, raw: RawConfig) -> Result<Config, Vec<Problem>
         .registration
         .as_ref()
         .map(|r| discovery::check_registration(&mut c, r, &listeners, etcd.is_some()));
+    if let Some(l) = &mut logs {
+        logs::identity_labels(l, tracing.as_ref(), registration.as_ref());
+    }
 
     if !c.problems.is_empty() {
         return Err(c.problems);

@@ -172,7 +172,7 @@ pub fn fuzz_frame(data: &[u8], splits: &[usize], max_line: usize) {
         };
         // Every byte of the span is in the text, or is its newline (and the `\r` before it).
         assert_eq!(&line.text[..], body, "text matches its bytes");
-        let _ = crate::parse::parse(tandem_config::LogParser::Json, line.text.clone());
+        let _ = crate::parse::Parser::new(&tandem_config::LogParser::Json).parse(line.text.clone());
         prev = end;
     }
     assert_eq!(prev, data.len(), "every byte is in a line");

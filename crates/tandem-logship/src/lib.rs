@@ -21,6 +21,9 @@
 //! - [`framer`]: bytes -> lines with offsets; partial lines held; long lines cut.
 //! - [`identity`]: content fingerprints.
 //! - [`parse`], [`record`]: lines -> records; chunks (the unit of acknowledgement).
+//! - [`multiline`]: lines -> multi-line records (a pure state machine; offsets for the
+//!   checkpoint never inside a record).
+//! - [`shape`]: extraction (time, level, trace ids), drop/sample by level, redaction.
 //! - [`source`]: the file tailer (discovery, rotation, truncation, reading); stream sources
 //!   (the app's stdout/stderr, the access log) with their disk buffer ([`spill`]).
 //! - [`budget`]: the memory budget.
@@ -40,8 +43,10 @@ mod committer;
 pub use committer::CheckpointView;
 pub mod framer;
 pub mod identity;
+pub mod multiline;
 pub mod parse;
 pub mod record;
+pub mod shape;
 pub mod sink;
 pub mod source;
 pub mod spill;
@@ -273,7 +278,8 @@ impl LogShipper {
                     let (input, pump) = source::stream::open(
                         StreamConfig {
                             name: src.name.as_str().into(),
-                            parser: src.parser,
+                            parser: src.parser.clone(),
+                            shape: src.shape.clone(),
                             labels: labels(&cfg.labels, &src.labels, host.as_deref()),
                             chunk_lines,
                             chunk_bytes,
@@ -319,7 +325,9 @@ impl LogShipper {
                     name: src.name.as_str().into(),
                     patterns: f.paths.clone(),
                     start_at: f.start_at,
-                    parser: src.parser,
+                    parser: src.parser.clone(),
+                    multiline: src.multiline.clone(),
+                    shape: src.shape.clone(),
                     max_line: src.max_line_bytes,
                     labels: labels(&cfg.labels, &src.labels, host.as_deref()),
                     poll_interval: f.poll_interval,

@@ -33,6 +33,14 @@ pub struct Record {
     pub timestamp: Option<SystemTime>,
     /// The severity, when a parser extracted one.
     pub level: Option<Level>,
+    /// The W3C trace id (32 lower-case hex digits), when one was found: logs join traces.
+    pub trace_id: Option<Box<str>>,
+    /// The span id (16 lower-case hex digits), when one was found.
+    pub span_id: Option<Box<str>>,
+    /// The parser could not parse the line: `message` is the whole line.
+    pub parse_error: bool,
+    /// A timestamp rule is configured but found no valid time: the read time is used.
+    pub timestamp_fallback: bool,
 }
 
 /// A log severity.
@@ -53,6 +61,30 @@ pub enum Level {
 }
 
 impl Level {
+    /// The level a name stands for, without case: the usual names and abbreviations
+    /// (`WARNING`, `ERR`, `CRITICAL`, `SEVERE`, `FINE`, ...) and the numeric levels of pino and
+    /// bunyan (10 to 60).
+    pub fn from_name(name: &str) -> Option<Level> {
+        let n = name.trim();
+        if n.len() > 11 {
+            return None;
+        }
+        let mut buf = [0u8; 11];
+        let b = &mut buf[..n.len()];
+        b.copy_from_slice(n.as_bytes());
+        b.make_ascii_lowercase();
+        Some(match &*b {
+            b"trace" | b"trc" | b"finest" | b"finer" | b"10" => Level::Trace,
+            b"debug" | b"dbg" | b"fine" | b"config" | b"verbose" | b"20" => Level::Debug,
+            b"info" | b"inf" | b"information" | b"informational" | b"notice" | b"30" => Level::Info,
+            b"warn" | b"warning" | b"wrn" | b"40" => Level::Warn,
+            b"error" | b"err" | b"eror" | b"severe" | b"50" => Level::Error,
+            b"fatal" | b"crit" | b"critical" | b"alert" | b"emerg" | b"emergency" | b"panic"
+            | b"60" => Level::Fatal,
+            _ => return None,
+        })
+    }
+
     /// Lower-case name, as encoders write it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -35,6 +35,10 @@ pub const LOG_DROP_REASONS: [&str; 1] = ["truncated"];
 /// receiver answered with `rejected_log_records`.
 pub const LOG_SINK_DROP_REASONS: [&str; 2] = ["item_rejected", "partial_success"];
 
+/// Why records were not shipped on purpose, in [`LogSourceMetrics::dropped_records`] order.
+/// `level`: the level is in the source's `drop.levels`; `sample`: sampled out by `sample`.
+pub const LOG_FILTER_REASONS: [&str; 2] = ["level", "sample"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: String,
@@ -77,6 +81,8 @@ pub(crate) struct LogFamilies {
     split_lines: Family<SourceLabels, Counter>,
     parse_errors: Family<SourceLabels, Counter>,
     dropped_bytes: Family<SourceReasonLabels, Counter>,
+    dropped_records: Family<SourceReasonLabels, Counter>,
+    redactions: Family<SourceLabels, Counter>,
     paused: Family<SourceLabels, Gauge>,
     files: Family<SourceLabels, Gauge>,
     lag: Family<FileLabels, Gauge>,
@@ -121,6 +127,10 @@ pub struct LogSourceMetrics {
     pub parse_errors: Counter,
     /// Bytes lost, by reason ([`LOG_DROP_REASONS`] order).
     pub dropped_bytes: [Counter; 1],
+    /// Records not shipped by the source's rules, by reason ([`LOG_FILTER_REASONS`] order).
+    pub dropped_records: [Counter; 2],
+    /// Secrets replaced by the redaction marker (field values and pattern matches).
+    pub redactions: Counter,
     /// 1 while the source waits for the memory budget (a sink is slower than the files grow).
     pub paused: Gauge,
     /// Files tailed now.
@@ -152,6 +162,8 @@ impl LogFamilies {
             split_lines: Family::default(),
             parse_errors: Family::default(),
             dropped_bytes: Family::default(),
+            dropped_records: Family::default(),
+            redactions: Family::default(),
             paused: Family::default(),
             files: Family::default(),
             lag: Family::default(),
@@ -194,6 +206,16 @@ impl LogFamilies {
             "Log bytes lost, by source and reason (truncated: copytruncate with unread bytes and no copy found)",
             Unit::Bytes,
             f.dropped_bytes.clone(),
+        );
+        registry.register(
+            "logs_dropped_records",
+            "Log records not shipped by the source's rules, by source and reason (level: drop.levels; sample: sampled out)",
+            f.dropped_records.clone(),
+        );
+        registry.register(
+            "logs_redactions",
+            "Secrets replaced by the redaction marker before shipping, by source",
+            f.redactions.clone(),
         );
         registry.register(
             "logs_source_paused",
@@ -303,6 +325,15 @@ impl Metrics {
                     })
                     .clone()
             }),
+            dropped_records: LOG_FILTER_REASONS.map(|reason| {
+                f.dropped_records
+                    .get_or_create(&SourceReasonLabels {
+                        source: source.to_owned(),
+                        reason,
+                    })
+                    .clone()
+            }),
+            redactions: f.redactions.get_or_create(&l).clone(),
             paused: f.paused.get_or_create(&l).clone(),
             files: f.files.get_or_create(&l).clone(),
         }
@@ -406,6 +437,8 @@ mod tests {
         let s = m.log_source("app");
         s.read_lines.inc_by(3);
         s.dropped_bytes[0].inc_by(7);
+        s.dropped_records[1].inc_by(9);
+        s.redactions.inc();
         let k = m.log_sink("central");
         k.retries[2].inc();
         k.dropped_lines[0].inc_by(2);
@@ -415,6 +448,8 @@ mod tests {
         for want in [
             r#"tandem_logs_read_lines_total{source="app"} 3"#,
             r#"tandem_logs_dropped_bytes_total{source="app",reason="truncated"} 7"#,
+            r#"tandem_logs_dropped_records_total{source="app",reason="sample"} 9"#,
+            r#"tandem_logs_redactions_total{source="app"} 1"#,
             r#"tandem_logs_retries_total{sink="central",reason="status_429"} 1"#,
             r#"tandem_logs_sink_duration_seconds_count{sink="central"} 1"#,
             r#"tandem_logs_sink_dropped_lines_total{sink="central",reason="item_rejected"} 2"#,

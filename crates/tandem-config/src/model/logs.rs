@@ -44,6 +44,200 @@ pub struct LogSource {
     pub max_line_bytes: usize,
     /// The source's own labels (over `logs.labels`), in file order.
     pub labels: Vec<(String, String)>,
+    /// Multi-line joining, when configured.
+    pub multiline: Option<Multiline>,
+    /// Extraction, redaction and filtering of records.
+    pub shape: Shape,
+}
+
+/// A regular expression compiled once, when the config is checked; shown as its source.
+#[derive(Clone, Debug)]
+pub struct LogPattern(pub regex::Regex);
+
+impl PartialEq for LogPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Eq for LogPattern {}
+
+impl Serialize for LogPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
+}
+
+/// Multi-line joining: a record starts at a line matching `start`; following lines that do not
+/// match join it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Multiline {
+    /// The first line of a record.
+    pub start: LogPattern,
+    /// A record is shipped this long after its last line when no new line came.
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// Most lines in a record.
+    pub max_lines: usize,
+    /// Most bytes in a record (lines and the `\n` joining them).
+    pub max_bytes: usize,
+}
+
+/// What happens to a record after parsing, in this order: extraction, redaction, filtering.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Shape {
+    /// Timestamp extraction.
+    pub timestamp: Option<TimestampRule>,
+    /// Level extraction (fields `level`, `lvl`, `severity` when not configured).
+    pub level: LevelRule,
+    /// Trace and span id extraction.
+    pub trace: TraceRule,
+    /// Redaction.
+    pub redact: Redact,
+    /// Levels never shipped.
+    pub drop_levels: Vec<LogLevel>,
+    /// Records of `level` shipped one in `every`.
+    pub sample: Option<Sample>,
+}
+
+/// Where the event time is.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimestampRule {
+    /// The field (removed from the fields once read).
+    pub field: String,
+    /// Its format.
+    pub format: TimeFormat,
+}
+
+/// A timestamp format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// RFC 3339 (`2026-11-24T10:00:00.123Z`).
+    Rfc3339,
+    /// Seconds since the epoch (fractions allowed), a number or a string.
+    Unix,
+    /// Milliseconds since the epoch.
+    UnixMs,
+    /// A strftime pattern; UTC unless it has `%z`.
+    Strftime(String),
+}
+
+/// Where the level is.
+#[derive(Clone, Debug, Serialize)]
+pub struct LevelRule {
+    /// Fields looked up in order (removed once read).
+    pub fields: Vec<String>,
+    /// A pattern over the message: its `level` capture, else its first group, else the match.
+    pub pattern: Option<LogPattern>,
+}
+
+impl Default for LevelRule {
+    fn default() -> Self {
+        LevelRule {
+            fields: ["level", "lvl", "severity"].map(String::from).to_vec(),
+            pattern: None,
+        }
+    }
+}
+
+/// Where trace and span ids are.
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceRule {
+    /// Trace id fields looked up in order (removed once read); `traceparent` is always read.
+    pub fields: Vec<String>,
+    /// Span id fields.
+    pub span_fields: Vec<String>,
+    /// A pattern over the message with `trace_id` (and `span_id`) captures.
+    pub pattern: Option<LogPattern>,
+}
+
+impl Default for TraceRule {
+    fn default() -> Self {
+        TraceRule {
+            fields: ["trace_id", "traceId", "traceid", "trace.id"]
+                .map(String::from)
+                .to_vec(),
+            span_fields: ["span_id", "spanId", "spanid", "span.id"]
+                .map(String::from)
+                .to_vec(),
+            pattern: None,
+        }
+    }
+}
+
+/// Redaction, before any sink sees a record.
+#[derive(Clone, Debug, Serialize)]
+pub struct Redact {
+    /// Field names (lower case) whose values are replaced, at any depth.
+    pub keys: Vec<String>,
+    /// Patterns replaced in the message and string values.
+    pub patterns: Vec<RedactPattern>,
+    /// The replacement.
+    pub marker: String,
+}
+
+/// The field names redacted when `redact.keys` is not given.
+pub const DEFAULT_REDACT_KEYS: [&str; 10] = [
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "cookie",
+];
+
+impl Default for Redact {
+    fn default() -> Self {
+        Redact {
+            keys: DEFAULT_REDACT_KEYS.map(String::from).to_vec(),
+            patterns: Vec::new(),
+            marker: "[REDACTED]".into(),
+        }
+    }
+}
+
+/// A redaction pattern.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedactPattern {
+    /// `Bearer <token>` (the token is replaced, the word kept).
+    Bearer,
+    /// 13 to 19 digits, optionally grouped by spaces or dashes, passing the Luhn check.
+    CreditCard,
+    /// A regular expression; every match is replaced.
+    Regex(LogPattern),
+}
+
+/// Sampling of one level.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    /// The level sampled.
+    pub level: LogLevel,
+    /// One record in `every` is shipped (the first, then every `every`-th).
+    pub every: u64,
+}
+
+/// A log level, as configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    /// trace
+    Trace,
+    /// debug
+    Debug,
+    /// info
+    Info,
+    /// warn
+    Warn,
+    /// error
+    Error,
+    /// fatal
+    Fatal,
 }
 
 /// Where a source's lines come from.
@@ -113,13 +307,17 @@ pub enum StartAt {
 }
 
 /// How a line becomes a record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogParser {
     /// The line is the message.
     Plain,
     /// One JSON object per line: `message` or `msg` is the message, the other members fields.
     Json,
+    /// `key=value` pairs (values may be double-quoted): `msg` or `message` is the message.
+    Logfmt,
+    /// Named captures of a pattern are fields; a `message` (or `msg`) capture is the message.
+    Regex(LogPattern),
 }
 
 /// A log sink.
@@ -248,4 +446,61 @@ fn ser_redacted_headers<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_map(h.iter().map(|(k, _)| (k.as_str(), "<redacted>")))
+}
+
+/// Compiles a strftime pattern for parsing log timestamps: the `time` crate's strftime, plus
+/// fractional seconds, which it lacks and logs are full of: `%f` (digits, required) and `%.f`
+/// (a `.` and digits, optional, as in chrono). `%%` is a literal `%`.
+pub fn strftime_format(pattern: &str) -> Result<time::format_description::OwnedFormatItem, String> {
+    use time::format_description::{modifier, Component, OwnedFormatItem};
+    let fraction =
+        || OwnedFormatItem::Component(Component::Subsecond(modifier::Subsecond::default()));
+    let mut items: Vec<OwnedFormatItem> = Vec::new();
+    let mut piece = String::new();
+    let flush = |piece: &mut String, items: &mut Vec<OwnedFormatItem>| -> Result<(), String> {
+        if !piece.is_empty() {
+            let item =
+                time::format_description::parse_strftime_owned(piece).map_err(|e| e.to_string())?;
+            items.push(item);
+            piece.clear();
+        }
+        Ok(())
+    };
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            piece.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some('f') => {
+                chars.next();
+                flush(&mut piece, &mut items)?;
+                items.push(fraction());
+            }
+            Some('.') => {
+                chars.next();
+                if chars.peek() == Some(&'f') {
+                    chars.next();
+                    flush(&mut piece, &mut items)?;
+                    items.push(OwnedFormatItem::Optional(Box::new(
+                        OwnedFormatItem::Compound(Box::new([
+                            OwnedFormatItem::StringLiteral(".".into()),
+                            fraction(),
+                        ])),
+                    )));
+                } else {
+                    piece.push_str("%.");
+                }
+            }
+            Some(&n) => {
+                chars.next();
+                piece.push('%');
+                piece.push(n);
+            }
+            None => piece.push('%'),
+        }
+    }
+    flush(&mut piece, &mut items)?;
+    Ok(OwnedFormatItem::Compound(items.into_boxed_slice()))
 }

@@ -25,7 +25,9 @@ pub struct RawLogs {
     #[serde(default)]
     pub flush_timeout: Option<String>,
     /// Labels added to every record, e.g. `{ service: orders, env: prod }`. `host` is added
-    /// with the machine's host name unless given here.
+    /// with the machine's host name unless given here, and so are `service` (the tracing service
+    /// name, else the registered service) and `instance` (the registered instance id, else its
+    /// address) when those are configured.
     #[serde(default, deserialize_with = "unique_map")]
     pub labels: IndexMap<String, String>,
     /// Log sources by name.
@@ -74,10 +76,38 @@ pub struct RawLogSource {
     /// default) or `end`. Files that appear later are always read from the beginning.
     #[serde(default)]
     pub start_at: Option<RawStartAt>,
-    /// How a line becomes a record: `plain` (the default; the line is the message) or `json`
-    /// (an object per line: its `message` or `msg` is the message, the rest are fields).
+    /// How a line becomes a record: `plain` (the default; the line is the message), `json`
+    /// (an object per line: its `message` or `msg` is the message, the rest are fields),
+    /// `logfmt` (`key=value` pairs; `msg` or `message` is the message) or `regex` (the named
+    /// captures of `pattern` are fields; a `message` capture is the message).
     #[serde(default)]
     pub parser: Option<RawLogParser>,
+    /// `regex` parser: the pattern, with named captures, e.g.
+    /// `'^(?P<ts>\S+) (?P<level>\w+) (?P<message>.*)$'`.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Joins lines into one record (stack traces): a record starts at a line matching `start`.
+    #[serde(default)]
+    pub multiline: Option<RawMultiline>,
+    /// Where the event time is: a field and its format. Without it (or when the field is
+    /// missing or malformed) the time the line was read is used.
+    #[serde(default)]
+    pub timestamp: Option<RawTimestamp>,
+    /// Where the severity is: a field, or a pattern over the message.
+    #[serde(default)]
+    pub level: Option<RawLevelRule>,
+    /// Where trace and span ids are: fields, or a pattern over the message.
+    #[serde(default)]
+    pub trace: Option<RawTraceRule>,
+    /// What is replaced before any sink sees a record.
+    #[serde(default)]
+    pub redact: Option<RawRedact>,
+    /// Records not shipped, by level.
+    #[serde(default)]
+    pub drop: Option<RawDrop>,
+    /// Records of one level shipped one in N.
+    #[serde(default)]
+    pub sample: Option<RawSample>,
     /// Longest line in bytes (default 65536, at least 256); longer lines are split into pieces
     /// of this size and counted.
     #[serde(default)]
@@ -133,6 +163,10 @@ pub enum RawLogParser {
     Plain,
     /// One JSON object per line.
     Json,
+    /// `key=value` pairs.
+    Logfmt,
+    /// Named captures of a regular expression.
+    Regex,
 }
 
 /// A log sink.
@@ -274,4 +308,121 @@ pub struct RawLogBatch {
     /// Longest wait for a batch to fill (default "1s").
     #[serde(default)]
     pub timeout: Option<String>,
+}
+
+/// Multi-line joining: a record starts at a line matching `start`; the lines that follow and do
+/// not match join it. It is shipped when the next start line comes, `timeout` after its last
+/// line, or at `max_lines` or `max_bytes`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMultiline {
+    /// A regular expression matching the first line of a record, e.g. `'^\d{4}-'`.
+    pub start: String,
+    /// How long a record waits for more lines (default "1s").
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Most lines in a record (default 500).
+    #[serde(default)]
+    pub max_lines: Option<usize>,
+    /// Most bytes in a record (default "256KiB").
+    #[serde(default)]
+    pub max_bytes: Option<NumberOrString>,
+}
+
+/// Timestamp extraction.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimestamp {
+    /// The field holding the time (default `timestamp`).
+    #[serde(default)]
+    pub field: Option<String>,
+    /// `rfc3339` (the default), `unix` (seconds, fractions allowed), `unix_ms`, or a strftime
+    /// pattern such as `"%Y-%m-%d %H:%M:%S%.f"` (UTC unless it has `%z`; `%f` is fractional
+    /// digits, `%.f` an optional `.` and digits).
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// Level extraction.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLevelRule {
+    /// The field holding the level (default: `level`, else `lvl`, else `severity`).
+    #[serde(default)]
+    pub field: Option<String>,
+    /// A regular expression over the message whose `level` capture (else first group) is the
+    /// level, e.g. `'^\S+ (?P<level>[A-Z]+) '`.
+    #[serde(default)]
+    pub pattern: Option<String>,
+}
+
+/// Trace and span id extraction.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTraceRule {
+    /// Fields holding the trace id (default `trace_id`, `traceId`, `traceid`, `trace.id`); a
+    /// `traceparent` field is always read.
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    /// Fields holding the span id (default `span_id`, `spanId`, `spanid`, `span.id`).
+    #[serde(default)]
+    pub span_fields: Option<Vec<String>>,
+    /// A regular expression over the message with a `trace_id` capture (and optionally
+    /// `span_id`), e.g. `'trace=(?P<trace_id>[0-9a-f]{32})'`.
+    #[serde(default)]
+    pub pattern: Option<String>,
+}
+
+/// Redaction.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedact {
+    /// Field names whose values are replaced, at any depth, compared without case (default:
+    /// password, passwd, secret, token, access_token, refresh_token, api_key, apikey,
+    /// authorization, cookie).
+    #[serde(default)]
+    pub keys: Option<Vec<String>>,
+    /// Patterns replaced in the message and in string values: `bearer`, `credit_card` (13 to
+    /// 19 digits passing the Luhn check), or a regular expression.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// What replaces a secret (default `[REDACTED]`).
+    #[serde(default)]
+    pub marker: Option<String>,
+}
+
+/// Dropping by level.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrop {
+    /// Levels not shipped, e.g. `[trace, debug]`.
+    pub levels: Vec<RawLevel>,
+}
+
+/// Sampling by level.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSample {
+    /// The level sampled.
+    pub level: RawLevel,
+    /// Share shipped, above 0 and at most 1: one record in round(1/rate), counted per source.
+    pub rate: f64,
+}
+
+/// A log level.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLevel {
+    /// trace
+    Trace,
+    /// debug
+    Debug,
+    /// info
+    Info,
+    /// warn
+    Warn,
+    /// error
+    Error,
+    /// fatal
+    Fatal,
 }

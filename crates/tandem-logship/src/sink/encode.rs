@@ -5,7 +5,9 @@
 //! ```
 //!
 //! `timestamp` is the event time when a parser found one, else when the line was read (one
-//! clock reading per chunk); `level` and `fields` appear when present. Labels and fields are
+//! clock reading per chunk); `level`, `trace_id`, `span_id` and `fields` appear when present,
+//! `parse_error: true` when the parser could not parse the line, and `timestamp_fallback: true`
+//! when a timestamp rule found no valid time. Labels and fields are
 //! nested so that a field never collides with a label. Invalid UTF-8 in a message becomes
 //! U+FFFD. The file and labels part is rendered once per file (`Origin`), so the per-line cost
 //! is the message's escaping and copying.
@@ -53,6 +55,23 @@ pub(crate) fn record_as(r: &Record, ts_key: &[u8], observed: &str, tail: &str, o
         out.extend_from_slice(b",\"level\":\"");
         out.extend_from_slice(level.as_str().as_bytes());
         out.push(b'"');
+    }
+    // Ids are hex digits (checked when extracted): no escaping needed.
+    if let Some(id) = &r.trace_id {
+        out.extend_from_slice(b",\"trace_id\":\"");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'"');
+    }
+    if let Some(id) = &r.span_id {
+        out.extend_from_slice(b",\"span_id\":\"");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'"');
+    }
+    if r.parse_error {
+        out.extend_from_slice(b",\"parse_error\":true");
+    }
+    if r.timestamp_fallback {
+        out.extend_from_slice(b",\"timestamp_fallback\":true");
     }
     out.push(b',');
     out.extend_from_slice(tail.as_bytes());
@@ -152,6 +171,16 @@ mod tests {
                 fields: Some(Box::new(fields)),
                 level: Some(Level::Warn),
                 timestamp: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_500)),
+                trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+                span_id: Some("00f067aa0ba902b7".into()),
+                parse_error: false,
+                timestamp_fallback: false,
+            },
+            Record {
+                message: Bytes::from_static(b"k=v \"unterminated"),
+                parse_error: true,
+                timestamp_fallback: true,
+                ..Record::default()
             },
         ];
         let (tx, _rx) = std::sync::mpsc::channel();
@@ -172,7 +201,7 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 3, "{text}");
         assert_eq!(
             lines[0]["message"],
             "tab\there \"q\" \\ \u{1} \u{2028} \u{fffd} end"
@@ -184,5 +213,12 @@ mod tests {
         assert_eq!(lines[1]["timestamp"], "1970-01-01T00:00:01.500Z");
         assert_eq!(lines[1]["level"], "warn");
         assert_eq!(lines[1]["fields"]["port"], 8080);
+        assert_eq!(lines[1]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(lines[1]["span_id"], "00f067aa0ba902b7");
+        assert!(lines[1].get("parse_error").is_none());
+        assert!(lines[0].get("trace_id").is_none() && lines[0].get("timestamp_fallback").is_none());
+        assert_eq!(lines[2]["message"], "k=v \"unterminated");
+        assert_eq!(lines[2]["parse_error"], true);
+        assert_eq!(lines[2]["timestamp_fallback"], true);
     }
 }

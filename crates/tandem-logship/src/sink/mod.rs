@@ -469,10 +469,9 @@ async fn deliver(
                 metrics.shipped_bytes.inc_by(body.len() as u64);
                 match resend {
                     None => {
-                        counted.state.delivered(
-                            pending.saturating_sub(dropped) as u64,
-                            body.len() as u64,
-                        );
+                        counted
+                            .state
+                            .delivered(pending.saturating_sub(dropped) as u64, body.len() as u64);
                         break;
                     }
                     Some(r) => {

@@ -297,14 +297,20 @@ fn write_record(buf: &mut Vec<u8>, scratch: &mut Vec<u8>, r: &Record, observed: 
 
 /// The trace and span ids a record belongs to, so logs join traces.
 ///
-/// Hook: `Record` has no trace context of its own yet (the parsing work adds extraction); until
-/// then the ids are taken from the fields `trace_id` (32 hex digits) and `span_id` (16), as
-/// JSON lines from OpenTelemetry-instrumented apps carry them. Both must be valid and not all
-/// zero, else neither is sent.
+/// The ids the source extracted (`Record::trace_id`, `span_id`: see `shape`), else the fields
+/// `trace_id` (32 hex digits) and `span_id` (16) as JSON lines from OpenTelemetry-instrumented
+/// apps carry them. Both must be valid and not all zero, else neither is sent.
 pub fn trace_context(r: &Record) -> Option<([u8; 16], [u8; 8])> {
-    let f = r.fields.as_ref()?;
-    let trace = hex::<16>(f.get("trace_id")?.as_str()?)?;
-    let span = hex::<8>(f.get("span_id")?.as_str()?)?;
+    let (trace, span) = match (&r.trace_id, &r.span_id) {
+        (Some(t), Some(s)) => (hex::<16>(t)?, hex::<8>(s)?),
+        _ => {
+            let f = r.fields.as_ref()?;
+            (
+                hex::<16>(f.get("trace_id")?.as_str()?)?,
+                hex::<8>(f.get("span_id")?.as_str()?)?,
+            )
+        }
+    };
     (trace != [0; 16] && span != [0; 8]).then_some((trace, span))
 }
 
@@ -519,6 +525,7 @@ mod tests {
             fields: Some(Box::new(fields)),
             timestamp: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1500)),
             level: Some(Level::Warn),
+            ..Record::default()
         };
         let plain = Record {
             message: Bytes::from_static(b"plain"),
@@ -632,6 +639,7 @@ mod tests {
                     fields: Some(Box::new(fields)),
                     timestamp: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1500)),
                     level: Some(Level::Error),
+                    ..Record::default()
                 },
                 Record {
                     message: Bytes::from_static(b"plain"),
@@ -708,5 +716,12 @@ mod tests {
         );
         assert!(trace_context(&rec(&"0".repeat(32), "b7ad6b7169203331")).is_none());
         assert!(trace_context(&Record::default()).is_none());
+        // Extracted ids (the record's own) come first.
+        let extracted = Record {
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            span_id: Some("00f067aa0ba902b7".into()),
+            ..rec("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+        };
+        assert_eq!(trace_context(&extracted).map(|(t, _)| t[0]), Some(0x4b));
     }
 }

@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
-use tandem_config::{LogParser, StartAt};
+use tandem_config::{LogParser, Multiline, Shape, StartAt};
 use tandem_telemetry::logs::{Gauge, LogSourceMetrics};
 use tandem_telemetry::Metrics;
 use tokio::sync::mpsc::UnboundedSender;
@@ -59,8 +59,9 @@ use crate::checkpoint::Entry;
 use crate::committer::Msg;
 use crate::framer::{Line, LineFramer};
 use crate::identity::{read_prefix, Fingerprint, FINGERPRINT_BYTES};
-use crate::parse::parse;
+use crate::multiline::{JoinRules, Joined, Joiner};
 use crate::record::{Chunk, Origin, Record};
+use crate::shape::{Dropped, Shaper};
 
 /// Bytes asked of one `read`: one chunk at most.
 pub const READ_SIZE: usize = 64 * 1024;
@@ -105,6 +106,10 @@ pub struct TailerConfig {
     pub start_at: StartAt,
     /// Line parser.
     pub parser: LogParser,
+    /// Multi-line joining.
+    pub multiline: Option<Multiline>,
+    /// Extraction, filtering and redaction.
+    pub shape: Shape,
     /// Longest line.
     pub max_line: usize,
     /// Labels for every record.
@@ -149,6 +154,10 @@ struct Tracked {
     ino: u64,
     fp: Fingerprint,
     framer: LineFramer,
+    /// Where the next chunk starts: the framer's line start, or with multi-line joining the
+    /// start of the pending record (never acknowledged before it is emitted whole).
+    emitted: u64,
+    joiner: Option<Joiner>,
     /// Size at the last `fstat`.
     size: u64,
     origin: Arc<Origin>,
@@ -209,6 +218,9 @@ pub struct FileTailer {
     registry: Arc<Metrics>,
     prefix: Vec<u8>,
     lines: Vec<Line>,
+    shaper: Shaper,
+    join_rules: Option<JoinRules>,
+    joined: Vec<Joined>,
     paused: bool,
     last_pause_log: Option<Instant>,
     status: Option<(FileRows, Option<Instant>)>,
@@ -266,6 +278,8 @@ impl FileTailer {
                 origin: None,
             })
             .collect();
+        let shaper = Shaper::new(&cfg.parser, &cfg.shape);
+        let join_rules = cfg.multiline.as_ref().and_then(JoinRules::from_config);
         FileTailer {
             metrics: registry.log_source(&cfg.name),
             cfg,
@@ -281,6 +295,9 @@ impl FileTailer {
             registry,
             prefix: vec![0; FINGERPRINT_BYTES],
             lines: Vec::new(),
+            shaper,
+            join_rules,
+            joined: Vec::new(),
             paused: false,
             last_pause_log: None,
             status: None,
@@ -382,6 +399,9 @@ impl FileTailer {
             }
         }
         self.publish_status(now);
+        if self.join_rules.is_some() {
+            self.flush_idle(Instant::now());
+        }
         progress
     }
 
@@ -602,6 +622,8 @@ impl FileTailer {
             ino,
             fp,
             framer: LineFramer::new(offset, self.cfg.max_line),
+            emitted: offset,
+            joiner: self.joiner(offset),
             size: offset,
             origin,
             committed,
@@ -648,6 +670,8 @@ impl FileTailer {
             ino,
             fp: o.fp,
             framer: LineFramer::new(o.offset, self.cfg.max_line),
+            emitted: o.offset,
+            joiner: self.joiner(o.offset),
             size: size.min(o.offset),
             origin,
             committed: o.committed,
@@ -714,8 +738,10 @@ impl FileTailer {
     /// copy) and the file starts a new generation at 0.
     fn truncated(&mut self, i: usize, now: Instant) {
         let key = self.keys.fetch_add(1, Ordering::Relaxed);
+        let joiner = self.joiner(0);
         let t = &mut self.files[i];
-        let resume = t.framer.line_start();
+        // A pending multi-line record is read again, whole, from the copy.
+        let resume = t.emitted;
         tracing::info!(source = %self.cfg.name, path = %t.path.display(), read = resume, "log file truncated (copytruncate?); reading it from the start, and its old content from a copy if one appears");
         self.orphans.push(Orphan {
             kind: OrphanKind::Truncated,
@@ -733,6 +759,8 @@ impl FileTailer {
         t.key = key;
         t.fp = Fingerprint::default();
         t.framer = LineFramer::new(0, self.cfg.max_line);
+        t.emitted = 0;
+        t.joiner = joiner;
         t.size = 0;
         t.committed = Arc::new(AtomicU64::new(0));
         let _ = self.out.committer.send(Msg::Register {
@@ -791,17 +819,56 @@ impl FileTailer {
             self.metrics.read_bytes.inc_by(n as u64);
             let t = &mut self.files[i];
             t.read_errors = 0;
-            let start = t.framer.line_start();
             t.framer.push(&buf.freeze(), &mut self.lines);
-            let (key, end, splits, origin) = (
-                t.key,
-                t.framer.line_start(),
-                t.framer.take_splits(),
-                t.origin.clone(),
-            );
-            self.emit(key, &origin, (start, end), splits, permit);
+            self.emit_file(i, false, permit);
         }
         Progress::CaughtUp
+    }
+
+    /// A joiner for a file read from `offset`, when the source joins lines.
+    fn joiner(&self, offset: u64) -> Option<Joiner> {
+        self.join_rules.clone().map(|r| Joiner::new(r, offset))
+    }
+
+    /// Emits the lines framed for file `i` (and with `finish`, its pending record), and moves
+    /// its acknowledgement start to what was emitted.
+    fn emit_file(&mut self, i: usize, finish: bool, permit: BudgetPermit) {
+        let t = &mut self.files[i];
+        let mut joiner = t.joiner.take();
+        let (key, start, end, splits, origin) = (
+            t.key,
+            t.emitted,
+            t.framer.line_start(),
+            t.framer.take_splits(),
+            t.origin.clone(),
+        );
+        let emitted = self.emit(
+            key,
+            &origin,
+            (start, end),
+            joiner.as_mut(),
+            finish,
+            splits,
+            permit,
+        );
+        let t = &mut self.files[i];
+        t.joiner = joiner;
+        t.emitted = emitted;
+    }
+
+    /// Ships the pending multi-line records that waited their timeout.
+    fn flush_idle(&mut self, now: Instant) {
+        for i in 0..self.files.len() {
+            let due = self.files[i]
+                .joiner
+                .as_ref()
+                .and_then(Joiner::deadline)
+                .is_some_and(|d| d <= now);
+            if due {
+                let permit = self.budget.empty_permit();
+                self.emit_file(i, false, permit);
+            }
+        }
     }
 
     /// A budget permit for one read, or None (paused).
@@ -835,30 +902,87 @@ impl FileTailer {
     /// Turns the framed lines (from `start` to `end` of generation `key`) into chunks for the
     /// sinks, each within the smallest batch of those sinks, so a batch never has to exceed
     /// its bounds to take a whole chunk (and a crash replays at most one batch per delivery in
-    /// flight).
+    /// flight). With a `joiner`, the lines are joined into records first; the chunks then end
+    /// where the pending record starts (or, with `finish`, the pending record is emitted too).
+    /// Returns where the chunks end: the next chunk's start.
+    #[allow(clippy::too_many_arguments)]
     fn emit(
         &mut self,
         key: u64,
         origin: &Arc<Origin>,
         (start, end): (u64, u64),
+        joiner: Option<&mut Joiner>,
+        finish: bool,
         splits: u64,
         read_permit: BudgetPermit,
-    ) {
+    ) -> u64 {
         if splits > 0 {
             self.metrics.split_lines.inc_by(splits);
         }
-        if end == start {
-            return;
-        }
         self.metrics.read_lines.inc_by(self.lines.len() as u64);
+        let lines = std::mem::take(&mut self.lines);
+        let end = match joiner {
+            None => {
+                if end > start {
+                    let units = lines.iter().map(|l| (&l.text, l.end));
+                    self.cut_chunks(key, origin, (start, end), units);
+                }
+                end
+            }
+            Some(j) => {
+                let mut joined = std::mem::take(&mut self.joined);
+                let now = Instant::now();
+                for line in &lines {
+                    j.push(line, now, &mut joined);
+                }
+                joined.extend(if finish { j.flush() } else { j.poll(now) });
+                let safe = j.safe_offset();
+                if safe > start {
+                    let units = joined.iter().map(|r| (&r.text, r.end));
+                    self.cut_chunks(key, origin, (start, safe), units);
+                }
+                joined.clear();
+                self.joined = joined;
+                safe.max(start)
+            }
+        };
+        self.lines = lines;
+        self.lines.clear();
+        let stats = self.shaper.take_stats();
+        if stats.parse_errors > 0 {
+            self.metrics.parse_errors.inc_by(stats.parse_errors);
+        }
+        if stats.dropped_level > 0 {
+            self.metrics.dropped_records[0].inc_by(stats.dropped_level);
+        }
+        if stats.dropped_sample > 0 {
+            self.metrics.dropped_records[1].inc_by(stats.dropped_sample);
+        }
+        if stats.redacted > 0 {
+            self.metrics.redactions.inc_by(stats.redacted);
+        }
+        // Each chunk took its own share of the budget; the read's permit goes back.
+        drop(read_permit);
+        end
+    }
+
+    /// Shapes `units` (record texts, each with the offset past its last line) into chunks
+    /// covering `[start, end)` together. Dropped records ship nothing, but their bytes are in
+    /// a chunk's range, so the checkpoint moves past them.
+    fn cut_chunks<'a>(
+        &mut self,
+        key: u64,
+        origin: &Arc<Origin>,
+        (start, end): (u64, u64),
+        units: impl Iterator<Item = (&'a bytes::Bytes, u64)>,
+    ) {
         let observed = SystemTime::now();
-        let mut records = Vec::new();
-        let (mut bytes, mut errors) = (0, 0);
+        let mut records: Vec<Record> = Vec::new();
+        let mut bytes = 0;
         let mut chunk_start = start;
         let mut chunk_end = start;
-        let lines = std::mem::take(&mut self.lines);
-        for line in lines.iter() {
-            let len = line.text.len();
+        for (text, unit_end) in units {
+            let len = text.len();
             if !records.is_empty()
                 && (records.len() >= self.cfg.chunk_lines || bytes + len > self.cfg.chunk_bytes)
             {
@@ -866,23 +990,19 @@ impl FileTailer {
                 self.send_chunk(key, origin, (chunk_start, chunk_end), full, bytes, observed);
                 (chunk_start, bytes) = (chunk_end, 0);
             }
-            chunk_end = line.end;
+            chunk_end = unit_end;
             if len == 0 {
                 continue;
             }
-            bytes += len;
-            let (record, failed): (Record, bool) = parse(self.cfg.parser, line.text.clone());
-            errors += u64::from(failed);
-            records.push(record);
-        }
-        self.lines = lines;
-        self.lines.clear();
-        if errors > 0 {
-            self.metrics.parse_errors.inc_by(errors);
+            match self.shaper.shape(text.clone()) {
+                Ok(record) => {
+                    bytes += len;
+                    records.push(record);
+                }
+                Err(Dropped::Level | Dropped::Sample) => {}
+            }
         }
         self.send_chunk(key, origin, (chunk_start, end), records, bytes, observed);
-        // Each chunk took its own share of the budget; the read's permit goes back.
-        drop(read_permit);
     }
 
     fn send_chunk(
@@ -931,12 +1051,20 @@ impl FileTailer {
             }
             // The writer is done with it: a last line without `\n` is complete.
             let mut t = self.files.swap_remove(i);
-            let start = t.framer.line_start();
+            let start = t.emitted;
             t.framer.finish(&mut self.lines);
             let (end, splits) = (t.framer.line_start(), t.framer.take_splits());
             if end > start {
                 let permit = self.budget.empty_permit();
-                self.emit(t.key, &t.origin, (start, end), splits, permit);
+                t.emitted = self.emit(
+                    t.key,
+                    &t.origin,
+                    (start, end),
+                    t.joiner.as_mut(),
+                    true,
+                    splits,
+                    permit,
+                );
             }
             tracing::info!(source = %self.cfg.name, path = %t.path.display(), read = t.framer.line_start(), "released log file (gone from the paths, read to its end)");
             self.registry

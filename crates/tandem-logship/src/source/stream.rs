@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use tandem_config::LogParser;
+use tandem_config::{LogParser, Shape};
 use tandem_telemetry::logs::{LogSourceMetrics, StreamSourceMetrics};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -38,8 +38,8 @@ use crate::ack::AckTracker;
 use crate::budget::{Budget, BudgetPermit};
 use crate::committer::Msg;
 use crate::framer::Line;
-use crate::parse::parse;
 use crate::record::{Chunk, Origin, Record};
+use crate::shape::Shaper;
 use crate::spill::{read_records, AppendError, DiskBuffer};
 
 /// Bytes read from the disk buffer at once (more when a line is longer).
@@ -107,6 +107,8 @@ pub struct StreamConfig {
     pub name: Arc<str>,
     /// Line parser.
     pub parser: LogParser,
+    /// Extraction, redaction and filtering (multi-line joining applies to file sources only).
+    pub shape: Shape,
     /// Labels for every record.
     pub labels: Arc<[(String, String)]>,
     /// Most records in a chunk (the smallest `batch.max_lines` of its sinks).
@@ -168,6 +170,8 @@ pub struct StreamStatus {
 
 struct Shared {
     cfg: StreamConfig,
+    /// Writers of both streams and the pump shape lines; never held while waiting.
+    shaper: Mutex<Shaper>,
     state: Mutex<State>,
     budget: Budget,
     acks: Sender<Msg>,
@@ -218,6 +222,7 @@ pub fn open(
     });
     let (tx, rx) = std::sync::mpsc::channel();
     let shared = Arc::new(Shared {
+        shaper: Mutex::new(Shaper::new(&cfg.parser, &cfg.shape)),
         cfg,
         state: Mutex::new(State {
             disk,
@@ -359,7 +364,8 @@ impl Shared {
     ) {
         let observed = SystemTime::now();
         let mut records = Vec::new();
-        let (mut bytes, mut end, mut errors) = (0usize, start, 0u64);
+        let (mut bytes, mut end) = (0usize, start);
+        let mut shaper = self.shaper.lock().unwrap_or_else(PoisonError::into_inner);
         let mut current: Option<Stream> = None;
         for (stream, text) in lines {
             let len = text.len();
@@ -378,9 +384,12 @@ impl Shared {
             if key == DISK_KEY {
                 end += len as u64 + 2;
             }
+            let Ok(mut record) = shaper.shape(text) else {
+                // Dropped by level or sampling: its bytes still count as read (and confirmed
+                // with the chunk around it).
+                continue;
+            };
             bytes += len;
-            let (mut record, failed) = parse(self.cfg.parser, text);
-            errors += u64::from(failed);
             if self.cfg.stream_field {
                 record
                     .fields
@@ -389,8 +398,16 @@ impl Shared {
             }
             records.push(record);
         }
-        if errors > 0 {
-            self.metrics.parse_errors.inc_by(errors);
+        let stats = shaper.take_stats();
+        drop(shaper);
+        if stats.parse_errors > 0 {
+            self.metrics.parse_errors.inc_by(stats.parse_errors);
+        }
+        if stats.dropped_level > 0 {
+            self.metrics.dropped_records[0].inc_by(stats.dropped_level);
+        }
+        if stats.dropped_sample > 0 {
+            self.metrics.dropped_records[1].inc_by(stats.dropped_sample);
         }
         if let Some(c) = current {
             self.send_chunk(sinks, c, records, bytes, (key, start, end), observed);
@@ -407,6 +424,15 @@ impl Shared {
         range: (u64, u64, u64),
         observed: SystemTime,
     ) {
+        if records.is_empty() {
+            // Every line was dropped by level or sampling: nothing to ship; lines read back
+            // from disk are done all the same.
+            let (key, start, end) = range;
+            if key == DISK_KEY {
+                let _ = self.acks.send(Msg::Ack { key, start, end });
+            }
+            return;
+        }
         let mut permit = self.budget.empty_permit();
         permit.resize(bytes + records.len() * RECORD_OVERHEAD + CHUNK_OVERHEAD);
         let chunk = Arc::new(Chunk::new(
@@ -595,6 +621,7 @@ mod tests {
         let cfg = StreamConfig {
             name: "out".into(),
             parser: LogParser::Plain,
+            shape: Shape::default(),
             labels: Arc::new([]),
             chunk_lines: 10,
             chunk_bytes: 1 << 20,

@@ -142,6 +142,27 @@ pub(super) fn check_logs(c: &mut Checker, raw: &RawLogs, has_access_log: bool) -
     }
 }
 
+/// Adds `service` and `instance` to `logs.labels` unless they are given there, so that logs join
+/// traces and the service registry: `service` is `tracing.service_name`, else the registered
+/// service; `instance` is the registered instance id, else its advertised address.
+pub(super) fn identity_labels(
+    logs: &mut Logs,
+    tracing: Option<&Tracing>,
+    registration: Option<&Registration>,
+) {
+    let service = tracing
+        .map(|t| t.service_name.as_str())
+        .or(registration.map(|r| r.service.as_str()));
+    let instance = registration.and_then(|r| r.id.as_deref().or(r.address.as_deref()));
+    for (key, value) in [("service", service), ("instance", instance)] {
+        if let Some(v) = value {
+            if !logs.labels.iter().any(|(k, _)| k == key) {
+                logs.labels.push((key.to_owned(), v.to_owned()));
+            }
+        }
+    }
+}
+
 fn check_source(c: &mut Checker, name: &str, s: &RawLogSource) -> LogSource {
     let key = format!("logs.sources.{name}");
     check_name(c, &key, name);
@@ -223,12 +244,14 @@ fn check_source(c: &mut Checker, name: &str, s: &RawLogSource) -> LogSource {
                 Duration::from_secs(1),
             ),
         }),
-        parser: match s.parser {
-            Some(RawLogParser::Json) => LogParser::Json,
-            Some(RawLogParser::Plain) | None => LogParser::Plain,
-        },
+        parser: check_parser(c, &key, s),
         max_line_bytes,
         labels: check_labels(c, &format!("{key}.labels"), &s.labels),
+        multiline: s
+            .multiline
+            .as_ref()
+            .and_then(|m| check_multiline(c, &format!("{key}.multiline"), m)),
+        shape: check_shape(c, &key, s),
     }
 }
 
@@ -308,20 +331,25 @@ fn check_stream_source(
         ),
     };
     // Access log lines are JSON objects: parsed by default, so their members become fields.
-    let default_parser = match kind {
-        LogSourceKind::AccessLog(_) => LogParser::Json,
-        _ => LogParser::Plain,
+    let parser = match (&kind, s.parser) {
+        (LogSourceKind::AccessLog(_), None) => LogParser::Json,
+        _ => check_parser(c, key, s),
     };
+    if s.multiline.is_some() {
+        c.err(
+            format!("{key}.multiline"),
+            format!("multi-line joining applies to file sources, not to a {type_name} source"),
+            "remove `multiline`; or have the app write to a file and tail it with a file source",
+        );
+    }
     LogSource {
         name: name.to_owned(),
         kind,
-        parser: match s.parser {
-            Some(RawLogParser::Json) => LogParser::Json,
-            Some(RawLogParser::Plain) => LogParser::Plain,
-            None => default_parser,
-        },
+        parser,
         max_line_bytes,
         labels: check_labels(c, &format!("{key}.labels"), &s.labels),
+        multiline: None,
+        shape: check_shape(c, key, s),
     }
 }
 
@@ -361,6 +389,236 @@ fn check_stream_sources(c: &mut Checker, sources: &[LogSource], has_access_log: 
              `path: /var/log/tandem/access.log`)",
         );
     }
+}
+
+fn check_parser(c: &mut Checker, key: &str, s: &RawLogSource) -> LogParser {
+    let parser = s.parser.unwrap_or(RawLogParser::Plain);
+    if let (Some(_), false) = (&s.pattern, matches!(parser, RawLogParser::Regex)) {
+        c.err(
+            format!("{key}.pattern"),
+            "`pattern` is only used by the regex parser",
+            "add `parser: regex`, or remove `pattern`",
+        );
+    }
+    match parser {
+        RawLogParser::Plain => LogParser::Plain,
+        RawLogParser::Json => LogParser::Json,
+        RawLogParser::Logfmt => LogParser::Logfmt,
+        RawLogParser::Regex => {
+            let Some(p) = &s.pattern else {
+                c.err(
+                    key,
+                    "the regex parser needs a `pattern`",
+                    "add e.g. `pattern: '^(?P<ts>\\S+) (?P<level>\\w+) (?P<message>.*)$'` (named \
+                     captures become fields)",
+                );
+                return LogParser::Plain;
+            };
+            let Some(re) = pattern(c, &format!("{key}.pattern"), p) else {
+                return LogParser::Plain;
+            };
+            if re.0.capture_names().flatten().next().is_none() {
+                c.err(
+                    format!("{key}.pattern"),
+                    format!("`{p}` has no named capture, so it would extract nothing"),
+                    "name the parts to keep, e.g. `(?P<level>\\w+)`; `(?P<message>...)` is the \
+                     message",
+                );
+            }
+            LogParser::Regex(re)
+        }
+    }
+}
+
+/// Compiles a regular expression, or reports it at `key` with the compiler's reason.
+fn pattern(c: &mut Checker, key: &str, raw: &str) -> Option<LogPattern> {
+    match regex::Regex::new(raw) {
+        Ok(re) => Some(LogPattern(re)),
+        Err(e) => {
+            let why = match &e {
+                regex::Error::Syntax(s) => s.lines().last().unwrap_or("syntax error").to_owned(),
+                other => other.to_string(),
+            };
+            c.err(
+                key,
+                format!("`{raw}` is not a valid regular expression: {why}"),
+                "use Rust regex syntax (https://docs.rs/regex/#syntax); in YAML, single-quote it \
+                 so backslashes stay as written: '^\\d{4}-'",
+            );
+            None
+        }
+    }
+}
+
+/// None when `start` is not a valid pattern (reported).
+fn check_multiline(c: &mut Checker, key: &str, m: &RawMultiline) -> Option<Multiline> {
+    let start = pattern(c, &format!("{key}.start"), &m.start);
+    let max_lines = match m.max_lines {
+        None => 500,
+        Some(n) if (1..=100_000).contains(&n) => n,
+        Some(n) => {
+            c.err(
+                format!("{key}.max_lines"),
+                format!("{n} is out of range"),
+                "use 1 to 100000 (default 500)",
+            );
+            500
+        }
+    };
+    let max_bytes = match &m.max_bytes {
+        None => 256 * KIB,
+        Some(v) => byte_size(c, &format!("{key}.max_bytes"), v)
+            .map(|n| bounded_size(c, &format!("{key}.max_bytes"), n, 256, 16 * MIB, 256 * KIB))
+            .unwrap_or(256 * KIB),
+    };
+    let timeout = c.duration(
+        &format!("{key}.timeout"),
+        m.timeout.as_deref(),
+        Duration::from_secs(1),
+    );
+    Some(Multiline {
+        start: start?,
+        timeout,
+        max_lines,
+        max_bytes,
+    })
+}
+
+fn level(l: RawLevel) -> LogLevel {
+    match l {
+        RawLevel::Trace => LogLevel::Trace,
+        RawLevel::Debug => LogLevel::Debug,
+        RawLevel::Info => LogLevel::Info,
+        RawLevel::Warn => LogLevel::Warn,
+        RawLevel::Error => LogLevel::Error,
+        RawLevel::Fatal => LogLevel::Fatal,
+    }
+}
+
+fn check_shape(c: &mut Checker, key: &str, s: &RawLogSource) -> Shape {
+    let mut shape = Shape::default();
+    if let Some(t) = &s.timestamp {
+        let fkey = format!("{key}.timestamp.format");
+        let format = match t.format.as_deref().map(str::trim) {
+            None | Some("rfc3339") => TimeFormat::Rfc3339,
+            Some("unix") => TimeFormat::Unix,
+            Some("unix_ms") => TimeFormat::UnixMs,
+            Some(f) if f.contains('%') => {
+                if let Err(e) = strftime_format(f) {
+                    c.err(
+                        &fkey,
+                        format!("`{f}` is not a valid strftime pattern: {e}"),
+                        "use e.g. \"%Y-%m-%d %H:%M:%S%.f\" or \"%d/%b/%Y:%H:%M:%S %z\"",
+                    );
+                }
+                TimeFormat::Strftime(f.to_owned())
+            }
+            Some(f) => {
+                c.err(
+                    &fkey,
+                    format!("unknown timestamp format `{f}`"),
+                    "use rfc3339, unix, unix_ms, or a strftime pattern with % (e.g. \
+                     \"%Y-%m-%d %H:%M:%S\")",
+                );
+                TimeFormat::Rfc3339
+            }
+        };
+        shape.timestamp = Some(TimestampRule {
+            field: t.field.clone().unwrap_or_else(|| "timestamp".into()),
+            format,
+        });
+    }
+    if let Some(l) = &s.level {
+        if let Some(f) = &l.field {
+            shape.level.fields = vec![f.clone()];
+        }
+        if let Some(p) = &l.pattern {
+            shape.level.pattern = pattern(c, &format!("{key}.level.pattern"), p);
+        }
+    }
+    if let Some(t) = &s.trace {
+        if let Some(f) = &t.fields {
+            shape.trace.fields = f.clone();
+        }
+        if let Some(f) = &t.span_fields {
+            shape.trace.span_fields = f.clone();
+        }
+        if let Some(p) = &t.pattern {
+            let pkey = format!("{key}.trace.pattern");
+            shape.trace.pattern = pattern(c, &pkey, p);
+            if let Some(re) = &shape.trace.pattern {
+                if !re.0.capture_names().flatten().any(|n| n == "trace_id") {
+                    c.err(
+                        &pkey,
+                        format!("`{p}` has no `trace_id` capture"),
+                        "name the id, e.g. 'trace=(?P<trace_id>[0-9a-f]{32})'",
+                    );
+                }
+            }
+        }
+    }
+    if let Some(r) = &s.redact {
+        if let Some(keys) = &r.keys {
+            shape.redact.keys = keys.iter().map(|k| k.to_ascii_lowercase()).collect();
+        }
+        for (i, p) in r.patterns.iter().enumerate() {
+            let pkey = format!("{key}.redact.patterns[{i}]");
+            match p.as_str() {
+                "bearer" => shape.redact.patterns.push(RedactPattern::Bearer),
+                "credit_card" => shape.redact.patterns.push(RedactPattern::CreditCard),
+                _ => {
+                    if let Some(re) = pattern(c, &pkey, p) {
+                        if re.0.is_match("") {
+                            c.err(
+                                &pkey,
+                                format!(
+                                    "`{p}` matches the empty string, so it would mark every \
+                                         position"
+                                ),
+                                "make it match at least one character",
+                            );
+                        }
+                        shape.redact.patterns.push(RedactPattern::Regex(re));
+                    }
+                }
+            }
+        }
+        if let Some(m) = &r.marker {
+            shape.redact.marker = m.clone();
+        }
+    }
+    if let Some(d) = &s.drop {
+        shape.drop_levels = d.levels.iter().map(|l| level(*l)).collect();
+    }
+    if let Some(smp) = &s.sample {
+        let skey = format!("{key}.sample.rate");
+        let every = if smp.rate > 0.0 && smp.rate <= 1.0 {
+            // One in round(1/rate): 0.1 -> 10, 0.3 -> 3.
+            (1.0 / smp.rate).round().max(1.0) as u64
+        } else {
+            c.err(
+                &skey,
+                format!("{} is not a share", smp.rate),
+                "use a number above 0 and at most 1, e.g. 0.1 to ship one record in ten",
+            );
+            1
+        };
+        if s.drop
+            .as_ref()
+            .is_some_and(|d| d.levels.contains(&smp.level))
+        {
+            c.err(
+                format!("{key}.sample.level"),
+                "this level is also in `drop.levels`, so sampling it does nothing",
+                "remove it from one of them",
+            );
+        }
+        shape.sample = Some(Sample {
+            level: level(smp.level),
+            every,
+        });
+    }
+    shape
 }
 
 fn check_sink(

@@ -43,8 +43,8 @@ logs:
     assert_eq!(logs.flush_timeout, Duration::from_secs(5));
     let s = &logs.sources[0];
     assert_eq!(
-        (s.name.as_str(), s.parser, s.max_line_bytes),
-        ("app", LogParser::Plain, 65536)
+        (s.name.as_str(), &s.parser, s.max_line_bytes),
+        ("app", &LogParser::Plain, 65536)
     );
     let f = s.kind.file().unwrap();
     assert_eq!(f.paths, ["/var/log/app/*.log"]);
@@ -100,7 +100,7 @@ logs:
     central:
       type: http
       url: http://logs.internal:8080/ingest
-      headers: { authorization: Bearer secret }
+      headers: { authorization: Bearer s3cr3t-t0ken }
       gzip: true
       timeout: 5s
       sources: [app]
@@ -125,7 +125,7 @@ logs:
         ]
     );
     let app = &logs.sources[0];
-    assert_eq!((app.parser, app.max_line_bytes), (LogParser::Json, 4096));
+    assert_eq!((&app.parser, app.max_line_bytes), (&LogParser::Json, 4096));
     assert_eq!(app.labels, [("env".to_owned(), "canary".to_owned())]);
     let f = app.kind.file().unwrap();
     assert_eq!(f.start_at, StartAt::End);
@@ -151,7 +151,7 @@ logs:
     );
     assert!(matches!(logs.sinks[2].kind, LogSinkKind::Console));
     let shown = serde_json::to_string(&c).unwrap();
-    assert!(!shown.contains("secret"), "{shown}");
+    assert!(!shown.contains("s3cr3t"), "{shown}");
     assert!(shown.contains(r#""authorization":"<redacted>""#), "{shown}");
 }
 
@@ -562,4 +562,176 @@ logs:
     assert!(hint("logs.sinks.f.tls").contains("http, loki, elasticsearch, otlp"));
     assert!(hint("logs.sinks.g.encoding").contains("otlp, loki"));
     assert!(hint("logs.sinks.h.gzip").contains("encoding: json"));
+}
+
+/// Parsing and shaping keys translate to the model: patterns compiled, levels, sampling as
+/// one-in-N, redaction with built-in and custom patterns, the tracing service as a label.
+#[test]
+fn parsing_and_shaping_keys() {
+    let c = parse(
+        "t.yaml",
+        r#"
+tracing:
+  otlp: { endpoint: "http://127.0.0.1:4318" }
+  service_name: orders
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app:
+      paths: [/var/log/app/*.log]
+      parser: regex
+      pattern: '^(?P<ts>\S+) (?P<level>\w+) (?P<message>.*)$'
+      multiline: { start: '^\d{4}-', timeout: 2s, max_lines: 50, max_bytes: 64KiB }
+      timestamp: { field: ts, format: "%Y-%m-%dT%H:%M:%S" }
+      level: { field: severity, pattern: '\[(\w+)\]' }
+      trace: { fields: [tid], pattern: 'trace=(?P<trace_id>\w+)' }
+      redact: { keys: [Pin], patterns: [bearer, credit_card, 'sk_[a-z0-9]+'], marker: "***" }
+      drop: { levels: [trace, debug] }
+      sample: { level: info, rate: 0.1 }
+    plain: { paths: [/var/log/other.log], parser: logfmt }
+  sinks:
+    central: { type: http, url: http://127.0.0.1:9880/ingest }
+"#,
+    )
+    .unwrap();
+    let logs = c.logs.unwrap();
+    assert_eq!(logs.labels, [("service".to_owned(), "orders".to_owned())]);
+    let s = &logs.sources[0];
+    let LogParser::Regex(p) = &s.parser else {
+        panic!("{:?}", s.parser)
+    };
+    assert!(p.0.is_match("t INFO hello"));
+    let m = s.multiline.as_ref().unwrap();
+    assert_eq!(
+        (m.timeout, m.max_lines, m.max_bytes),
+        (Duration::from_secs(2), 50, 64 << 10)
+    );
+    assert!(m.start.0.is_match("2026-01-01"));
+    let sh = &s.shape;
+    let ts = sh.timestamp.as_ref().unwrap();
+    assert_eq!(
+        (ts.field.as_str(), &ts.format),
+        ("ts", &TimeFormat::Strftime("%Y-%m-%dT%H:%M:%S".into()))
+    );
+    assert_eq!(sh.level.fields, ["severity"]);
+    assert!(sh.level.pattern.is_some());
+    assert_eq!(sh.trace.fields, ["tid"]);
+    assert_eq!(sh.trace.span_fields[0], "span_id");
+    assert_eq!(sh.redact.keys, ["pin"]);
+    assert_eq!(sh.redact.patterns.len(), 3);
+    assert_eq!(
+        sh.redact.patterns[..2],
+        [RedactPattern::Bearer, RedactPattern::CreditCard]
+    );
+    assert_eq!(sh.redact.marker, "***");
+    assert_eq!(sh.drop_levels, [LogLevel::Trace, LogLevel::Debug]);
+    let smp = sh.sample.as_ref().unwrap();
+    assert_eq!((smp.level, smp.every), (LogLevel::Info, 10));
+    assert_eq!(logs.sources[1].parser, LogParser::Logfmt);
+    let d = &logs.sources[1].shape;
+    assert!(d.timestamp.is_none() && d.sample.is_none() && d.drop_levels.is_empty());
+    assert_eq!(d.redact.keys.len(), DEFAULT_REDACT_KEYS.len());
+    // `service` given in the labels wins over the tracing name.
+    let c = parse(
+        "t.yaml",
+        "tracing: { otlp: { endpoint: \"http://127.0.0.1:4318\" }, service_name: orders }\n\
+         logs: { checkpoint: { dir: /c }, labels: { service: billing }, sources: { a: { paths: [/a] } }, sinks: { k: { type: console } } }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.logs.unwrap().labels,
+        [("service".to_owned(), "billing".to_owned())]
+    );
+}
+
+/// Each mistake in the parsing keys is reported at its line and key, naming the bad pattern.
+#[test]
+fn parsing_mistakes_name_their_key_and_pattern() {
+    let e = errors(
+        r#"logs:
+  checkpoint: { dir: /c }
+  sources:
+    a:
+      paths: [/a]
+      parser: regex
+      pattern: '^(?P<ts>\S+'
+      multiline: { start: '[z-a]', max_lines: 0 }
+      timestamp: { format: "%Q-nope" }
+      level: { pattern: '(' }
+      trace: { pattern: 'trace=(\w+)' }
+      redact: { patterns: ['x*', '(?P<'] }
+      drop: { levels: [info] }
+      sample: { level: info, rate: 1.5 }
+    b: { paths: [/b], pattern: 'x' }
+    c: { paths: [/c2], parser: regex }
+    d: { paths: [/d], parser: regex, pattern: '\d+' }
+    e: { paths: [/e], timestamp: { format: iso } }
+  sinks:
+    k: { type: console }
+"#,
+    );
+    let got = keys(&e);
+    for want in [
+        (Some(7), "logs.sources.a.pattern"),
+        (Some(8), "logs.sources.a.multiline.start"),
+        (Some(8), "logs.sources.a.multiline.max_lines"),
+        (Some(9), "logs.sources.a.timestamp.format"),
+        (Some(10), "logs.sources.a.level.pattern"),
+        (Some(11), "logs.sources.a.trace.pattern"),
+        (Some(12), "logs.sources.a.redact.patterns[0]"),
+        (Some(12), "logs.sources.a.redact.patterns[1]"),
+        (Some(14), "logs.sources.a.sample.rate"),
+        (Some(14), "logs.sources.a.sample.level"),
+        (Some(15), "logs.sources.b.pattern"),
+        (Some(16), "logs.sources.c"),
+        (Some(17), "logs.sources.d.pattern"),
+        (Some(18), "logs.sources.e.timestamp.format"),
+    ] {
+        assert!(got.contains(&want), "{want:?} not in {got:?}");
+    }
+    let bad = e
+        .iter()
+        .find(|e| e.key == "logs.sources.a.pattern")
+        .unwrap();
+    assert!(bad.message.contains(r"`^(?P<ts>\S+`"), "{}", bad.message);
+    assert!(bad.message.contains("unclosed group"), "{}", bad.message);
+    assert_eq!(bad.file, "t.yaml");
+    assert!(!bad.hint.is_empty());
+}
+
+/// Without tracing, the registered service names `service`, and the registered instance id (else
+/// its advertised address) names `instance`; labels given in `logs.labels` win.
+#[test]
+fn service_and_instance_labels_from_registration() {
+    let text = |labels: &str, id: &str| {
+        format!(
+            "etcd: {{ endpoints: [http://127.0.0.1:2379] }}\n\
+             registration: {{ service: billing, listener: inbound, address: 10.0.0.5:7080{id} }}\n\
+             listeners: {{ inbound: {{ address: 0.0.0.0:7080, upstream: app }} }}\n\
+             upstreams: {{ app: {{ endpoints: [127.0.0.1:8080] }} }}\n\
+             logs: {{ checkpoint: {{ dir: /c }}, labels: {{ {labels} }}, sources: {{ a: {{ paths: [/a] }} }}, sinks: {{ k: {{ type: console }} }} }}\n"
+        )
+    };
+    let labels = |t: String| parse("t.yaml", &t).unwrap().logs.unwrap().labels;
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_eq!(
+        labels(text("env: prod", "")),
+        pairs(&[
+            ("env", "prod"),
+            ("service", "billing"),
+            ("instance", "10.0.0.5:7080")
+        ])
+    );
+    assert_eq!(
+        labels(text("", ", id: billing-7")),
+        pairs(&[("service", "billing"), ("instance", "billing-7")])
+    );
+    assert_eq!(
+        labels(text("instance: mine, service: s", "")),
+        pairs(&[("instance", "mine"), ("service", "s")])
+    );
 }

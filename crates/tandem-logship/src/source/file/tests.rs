@@ -27,6 +27,8 @@ fn config(dir: &Path, pattern: &str, start_at: StartAt) -> TailerConfig {
         patterns: vec![dir.join(pattern).to_string_lossy().into_owned()],
         start_at,
         parser: LogParser::Plain,
+        multiline: None,
+        shape: tandem_config::Shape::default(),
         max_line: 4096,
         labels: Arc::from(Vec::new()),
         poll_interval: Duration::from_millis(10),
@@ -49,6 +51,24 @@ impl Harness {
         dir: Option<tempfile::TempDir>,
     ) -> Harness {
         let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        let cfg = config(dir.path(), pattern, start_at);
+        Harness::build(cfg, checkpointed, budget, dir)
+    }
+
+    /// A harness whose source `shape` changes (parser, multi-line, rules).
+    fn shaped(pattern: &str, shape: impl FnOnce(&mut TailerConfig)) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), pattern, StartAt::Beginning);
+        shape(&mut cfg);
+        Harness::build(cfg, Vec::new(), 64 << 20, dir)
+    }
+
+    fn build(
+        cfg: TailerConfig,
+        checkpointed: Vec<Entry>,
+        budget: usize,
+        dir: tempfile::TempDir,
+    ) -> Harness {
         let (tx, chunks) = tokio::sync::mpsc::unbounded_channel();
         let (ctl_tx, ctl) = std::sync::mpsc::channel();
         let keys = Arc::new(AtomicU64::new(1000));
@@ -61,7 +81,7 @@ impl Harness {
             })
             .collect();
         let tailer = FileTailer::new(
-            config(dir.path(), pattern, start_at),
+            cfg,
             checkpointed,
             keys,
             Outputs {
@@ -464,4 +484,65 @@ fn deleted_file_is_drained_with_its_last_line() {
     h.tailer.age_orphans(RELEASE_AFTER);
     assert_eq!(h.messages(), ["b"]);
     assert!(h.tailer.paths().is_empty());
+}
+
+/// Multi-line records and dropped lines with a real file: chunks end where the pending record
+/// starts (never inside it), the pending record is shipped whole after its timeout, dropped
+/// lines ship nothing but their bytes are acknowledged, and consecutive ranges cover the file
+/// exactly once.
+#[test]
+fn multiline_records_and_dropped_lines_are_acknowledged_whole() {
+    let mut h = Harness::shaped("app.log", |c| {
+        c.multiline = Some(tandem_config::Multiline {
+            start: tandem_config::LogPattern(regex::Regex::new(r"^\d{4}-").unwrap()),
+            timeout: Duration::from_millis(50),
+            max_lines: 100,
+            max_bytes: 1 << 20,
+        });
+        c.shape.level.pattern = Some(tandem_config::LogPattern(
+            regex::Regex::new(r"^\S+ (?P<level>[A-Z]+)").unwrap(),
+        ));
+        c.shape.drop_levels = vec![tandem_config::LogLevel::Debug];
+    });
+    let first = "2026-01-01 INFO a\n\tat x\n\tat y\n2026-01-01 DEBUG b\n  more b\n";
+    let pending = "2026-01-01 ERROR c\n\tat z\n";
+    h.append("app.log", &format!("{first}{pending}"));
+    h.tailer.scan(Instant::now());
+    while h.tailer.round() == Progress::More {}
+    let mut ranges = Vec::new();
+    let mut messages = Vec::new();
+    fn collect(h: &mut Harness, ranges: &mut Vec<(u64, u64)>, messages: &mut Vec<String>) {
+        while let Ok(c) = h.chunks.try_recv() {
+            let (_, s, e) = c.range();
+            ranges.push((s, e));
+            messages.extend(
+                c.records
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(&r.message).into_owned()),
+            );
+        }
+        while let Ok(m) = h.ctl.try_recv() {
+            if let Msg::Ack { start, end, .. } = m {
+                ranges.push((start, end));
+            }
+        }
+    }
+    collect(&mut h, &mut ranges, &mut messages);
+    // The DEBUG record is dropped, but its bytes are in the chunk; the ERROR record is held.
+    assert_eq!(messages, ["2026-01-01 INFO a\n\tat x\n\tat y"]);
+    assert_eq!(ranges, [(0, first.len() as u64)]);
+    // A continuation arriving later joins the held record.
+    h.append("app.log", "\tat w\n");
+    while h.tailer.round() == Progress::More {}
+    collect(&mut h, &mut ranges, &mut messages);
+    assert_eq!(messages.len(), 1);
+    std::thread::sleep(Duration::from_millis(60));
+    h.tailer.round();
+    collect(&mut h, &mut ranges, &mut messages);
+    assert_eq!(messages[1], "2026-01-01 ERROR c\n\tat z\n\tat w");
+    let total = (first.len() + pending.len() + "\tat w\n".len()) as u64;
+    assert_eq!(
+        ranges,
+        [(0, first.len() as u64), (first.len() as u64, total)]
+    );
 }
