@@ -39,8 +39,9 @@ would compete with etcd and the measured Tandem for the same cores. (200 real Ta
 
 Usage (release build; writes nothing outside --workdir):
   cargo build --release -p tandem
-  python3 bench/discovery/scale.py --instances 10000 --changes 50 --churn 100 --watchers 200
-Needs etcd and etcdctl on PATH (apt-get install etcd-server etcd-client), httpx and grpcio
+  python3 bench/discovery/scale.py --instances 10000 --changes 50 --churn 20 --watchers 200 \
+      --resync-changes 100 --tandem target/release/tandem
+Needs etcd on PATH (apt-get install etcd-server), httpx and grpcio
 (tests/e2e/requirements.txt). Not run by CI or scripts/test.sh: a benchmark, run by hand on a
 quiet machine.
 """
@@ -51,7 +52,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -512,9 +512,14 @@ def run_sim(a):
             ready.set()
             await asyncio.gather(*(consume(s) for s in streams), keepalive())
 
+    def summary(tasks):
+        errs = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
+        w = stats["watch_responses"]
+        return {"watch_responses_min": min(w), "watch_responses_max": max(w),
+                "leases": stats["leases"], "ranges": stats["ranged"], "failed_sidecars": len(errs),
+                "first_error": repr(errs[0].exception()) if errs else None}
+
     async def main():
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         readies = [asyncio.Event() for _ in range(a.watchers)]
         tasks = []
         t0 = time.monotonic()
@@ -523,15 +528,13 @@ def run_sim(a):
             await asyncio.sleep(a.stagger)
         await asyncio.gather(*(r.wait() for r in readies))
         print(json.dumps({"ready_after": time.monotonic() - t0}), flush=True)
-        await stop.wait()
-        errs = [t for t in tasks if t.done() and t.exception()]
-        for t in tasks:
-            t.cancel()
-        w = stats["watch_responses"]
-        print(json.dumps({"watch_responses_min": min(w), "watch_responses_max": max(w),
-                          "leases": stats["leases"], "ranges": stats["ranged"],
-                          "failed_sidecars": len(errs),
-                          "first_error": repr(errs[0].exception()) if errs else None}), flush=True)
+        # The summary, rewritten every second until the parent kills this process (a signal
+        # handler did not reliably run with 200 gRPC channels open).
+        while True:
+            tmp = Path(a.stats + ".tmp")
+            tmp.write_text(json.dumps(summary(tasks)))
+            tmp.rename(a.stats)
+            await asyncio.sleep(1)
 
     asyncio.run(main())
 
@@ -547,6 +550,7 @@ def main():
     ap.add_argument("--watchers", type=int, default=200)
     ap.add_argument("--stagger", type=float, default=0.02, help="sim: seconds between sidecar starts")
     ap.add_argument("--etcd", help="sim: etcd URL")
+    ap.add_argument("--stats", help="sim: where the summary is written every second")
     ap.add_argument("--tandem", default=str(ROOT / "target" / "release" / "tandem"))
     ap.add_argument("--workdir", default=None)
     a = ap.parse_args()
@@ -618,7 +622,8 @@ def main():
         if "watchers" in a.mode:
             etcd_before = status(etcd.p.pid)["VmRSS"]
             c0 = cpu_seconds(etcd.p.pid)
-            sim = subprocess.Popen([sys.executable, __file__, "sim", "--etcd", etcd.url(),
+            stats = work / "sim-stats.json"
+            sim = subprocess.Popen([sys.executable, __file__, "sim", "--etcd", etcd.url(), "--stats", str(stats),
                                     "--watchers", str(a.watchers), "--stagger", str(a.stagger)],
                                    stdout=subprocess.PIPE, text=True)
             ready = json.loads(sim.stdout.readline())
@@ -632,9 +637,9 @@ def main():
             report_changes(f"{a.watchers + 1} watchers", use, removal, a.churn, a.instances)
             print(f"[{a.watchers + 1} watchers] etcd: {cpu:.2f} CPU s over {secs:.1f} s ({cpu / secs * 100:.1f}% of a core), "
                   f"VmRSS {rss:.1f} MiB")
-            sim.send_signal(signal.SIGTERM)
-            out, _ = sim.communicate(timeout=30)
-            print(f"simulated sidecars: {out.strip()}")
+            time.sleep(1.5)
+            print(f"simulated sidecars: {stats.read_text()}")
+            sim.kill()
         print(f"load average at the end: {' '.join(loadavg())}")
     finally:
         if sim and sim.poll() is None:
