@@ -488,8 +488,11 @@ upstreams:
     wait_for(lambda: addresses(t) == [f"127.0.0.1:{ports['y']}"], 3, "x left")
     for _ in range(20):
         assert who(url) == (200, "y")
+    # The endpoint that left took its series with it (no health checks here: one per endpoint).
     text = httpx.get(f"{t.admin}/metrics").text
-    assert metric(text, "tandem_endpoint_healthy", upstream="orders", endpoint=f"127.0.0.1:{ports['x']}") is None
+    assert metric(text, "tandem_endpoint_ejected", upstream="orders", endpoint=f"127.0.0.1:{ports['x']}") is None
+    assert metric(text, "tandem_endpoint_ejected", upstream="orders", endpoint=f"127.0.0.1:{ports['y']}") == 0
+    assert metric(text, "tandem_endpoint_healthy", upstream="orders", endpoint=f"127.0.0.1:{ports['y']}") is None
 
 
 def test_zone_preference(tandem, start_backend, tmp_path):
@@ -663,3 +666,122 @@ registration: {{ service: orders, ttl: 2s }}
     assert at >= delay
     # By the time peers can see it, the app answers.
     assert httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200
+
+
+def etcd_revision(url):
+    out = etcdctl([url], "get", "/", "-w", "json")
+    assert out.returncode == 0, out.stderr
+    return int(json.loads(out.stdout)["header"]["revision"])
+
+
+def test_quiet_watch_is_not_cut_by_etcd_ping_policy(tandem, start_backend, etcd_cluster):
+    """A watch on a service that does not change stays open: the client's HTTP/2 pings respect
+    etcd's keep-alive policy (no GOAWAY `too_many_pings`, which cut every quiet watch about every
+    8 s and made the source list the whole service again each time)."""
+    members = etcd_cluster(1)
+    port = free_port()
+    start_backend("http_backend.py", port, {"BACKEND_NAME": "a"})
+    assert etcdctl([members[0].url], "put", f"/tandem/services/orders/127.0.0.1:{port}", f"127.0.0.1:{port}").returncode == 0
+    peer = peer_sidecar(tandem, members)
+    wait_for(lambda: addresses(peer) == [f"127.0.0.1:{port}"], 3, "instance seen")
+    time.sleep(20)
+    text = httpx.get(f"{peer.admin}/metrics").text
+    assert metric(text, "tandem_discovery_errors_total", upstream="orders", source="etcd") == 0, peer.log()
+    assert "etcd discovery failed" not in peer.log()
+    assert endpoints_of(peer)["discovery"]["error"] is None
+
+
+def test_watch_resumes_from_its_revision_and_lists_again_after_compaction(tandem, start_backend, etcd_cluster):
+    """A live watch survives a compaction of etcd's history; a watch cut while instances change
+    resumes from its revision (the missed puts and deletes applied, no list); a watch whose
+    revision etcd compacted meanwhile lists the service again, also when the compaction is at
+    exactly the revision after the watch's and that revision is a delete. The set ends right each
+    time, and requests keep succeeding throughout against the last good set."""
+    members = etcd_cluster(1)
+    m = members[0]
+    addr = {}
+    for name in "abcd":
+        port = free_port()
+        start_backend("http_backend.py", port, {"BACKEND_NAME": name})
+        addr[name] = f"127.0.0.1:{port}"
+    key = lambda n: f"/tandem/services/orders/{addr[n]}"  # noqa: E731
+
+    def put(url, n):
+        assert etcdctl([url], "put", key(n), addr[n]).returncode == 0
+
+    def delete(url, n):
+        assert etcdctl([url], "del", key(n)).returncode == 0
+
+    def expect(names, what):
+        wait_for(lambda: addresses(peer) == sorted(addr[n] for n in names), 5, what)
+
+    put(m.url, "a")
+    put(m.url, "b")
+    peer = peer_sidecar(tandem, members)
+    expect("ab", "a and b")
+
+    failures, done = [], threading.Event()
+
+    def client():
+        with httpx.Client(timeout=5) as c:
+            while not done.is_set():
+                r = c.get(f"{peer.url}/echo")
+                if r.status_code != 200:
+                    failures.append((r.status_code, r.headers.get("tandem-error")))
+                time.sleep(0.01)
+
+    load = threading.Thread(target=client)
+    load.start()
+    try:
+        # 1. Compaction under a live watch: etcd keeps a watch that is up to date, changes
+        # after it still arrive.
+        assert etcdctl([m.url], "compact", str(etcd_revision(m.url))).returncode == 0
+        put(m.url, "c")
+        expect("abc", "c seen after a compaction")
+
+        def offline(change):
+            """etcd restarted on another client port (Tandem cannot reach it) for `change`,
+            then back on its own port."""
+            m.kill()
+            other = Etcd(m.name, free_port(), m.peer_port, m.cluster, data_dir=m.dir)
+            try:
+                wait_healthy([other.url])
+                change(other.url)
+            finally:
+                other.kill()
+            m.start()
+            wait_healthy([m.url])
+
+        # 2. Cut, changes meanwhile: the watch resumes and applies them.
+        offline(lambda url: (delete(url, "a"), put(url, "d")))
+        expect("bcd", "missed delete and put applied")
+        assert "listing the service again" not in peer.log()
+
+        # 3. Cut, changes and a compaction meanwhile: the resumed watch is refused, the
+        # source lists again.
+        def change_and_compact(url):
+            delete(url, "c")
+            put(url, "a")
+            assert etcdctl([url], "compact", str(etcd_revision(url))).returncode == 0
+
+        offline(change_and_compact)
+        expect("abd", "set right after the compacted watch listed again")
+        wait_for(lambda: "etcd compacted the watched revision; listing the service again" in peer.log(), 5,
+                 "the compaction seen")
+        put(m.url, "c")
+        expect("abcd", "watching again after the list")
+
+        # 4. Cut, one delete meanwhile, compacted at exactly its revision: etcd (before
+        # 3.4.34) would serve a watch from that revision but without the delete
+        # (etcd-io/etcd#18089); Tandem resumes from the revision before it, so etcd refuses and
+        # Tandem lists again.
+        def delete_and_compact(url):
+            delete(url, "a")
+            assert etcdctl([url], "compact", str(etcd_revision(url))).returncode == 0
+
+        offline(delete_and_compact)
+        expect("bcd", "a delete at the compaction revision applied")
+    finally:
+        done.set()
+        load.join()
+    assert failures == [], failures[:5]

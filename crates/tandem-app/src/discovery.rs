@@ -141,7 +141,7 @@ async fn apply(
                 let wanted: Vec<_> = eps.iter().map(|e| e.to_upstream()).collect();
                 let change = upstream.set_endpoints(&wanted);
                 if !change.added.is_empty() || !change.removed.is_empty() {
-                    tracing::info!(upstream = %upstream.name, source = state.source, endpoints = wanted.len(), added = ?change.added, removed = ?change.removed, "endpoints changed");
+                    tracing::info!(upstream = %upstream.name, source = state.source, endpoints = wanted.len(), added = %Few(&change.added), removed = %Few(&change.removed), "endpoints changed");
                 }
                 metrics.endpoints.set(wanted.len() as i64);
                 metrics.updates.inc();
@@ -166,5 +166,26 @@ async fn apply(
             changed = rx.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}
         }
+    }
+}
+
+/// A list of endpoint labels for a log line: the first few and how many more, so a set of
+/// thousands does not make a log line of thousands.
+struct Few<'a>(&'a [String]);
+
+impl std::fmt::Display for Few<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 8;
+        f.write_str("[")?;
+        for (i, l) in self.0.iter().take(SHOWN).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(l)?;
+        }
+        if self.0.len() > SHOWN {
+            write!(f, ", ... {} more", self.0.len() - SHOWN)?;
+        }
+        f.write_str("]")
     }
 }

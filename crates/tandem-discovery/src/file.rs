@@ -7,6 +7,7 @@
 //! only fails to parse: the last good set stays until the next poll reads a whole one.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Deserialize;
@@ -65,7 +66,7 @@ pub fn parse(text: &str) -> Result<Vec<Endpoint>, String> {
         out.push(Endpoint {
             address,
             weight,
-            zone,
+            zone: zone.map(Arc::from),
         });
     }
     Ok(out)

@@ -31,8 +31,8 @@ pub struct Endpoint {
     pub address: Address,
     /// Relative share of traffic (at least 1).
     pub weight: u32,
-    /// Zone, when the source knows it.
-    pub zone: Option<String>,
+    /// Zone, when the source knows it (sources share one string per distinct zone).
+    pub zone: Option<Arc<str>>,
 }
 
 /// What a source has published so far.
@@ -68,7 +68,7 @@ impl Endpoint {
         UpstreamEndpoint {
             address: self.address.clone(),
             weight: self.weight.max(1),
-            zone: self.zone.clone(),
+            zone: self.zone.as_deref().map(str::to_owned),
         }
     }
 }
@@ -95,7 +95,7 @@ impl Publisher {
     pub fn publish(&self, mut endpoints: Vec<Endpoint>) {
         // Sorted and without duplicates (two ids may name one address: the first wins), so
         // equal sets compare equal whatever order the source produced.
-        endpoints.sort_by_cached_key(|a| a.address.to_string());
+        endpoints.sort_by(|a, b| address_order(&a.address, &b.address));
         endpoints.dedup_by(|a, b| a.address == b.address);
         self.tx.send_modify(|s| {
             if s.endpoints.as_deref() != Some(&endpoints) {
@@ -131,6 +131,24 @@ impl Publisher {
     /// Completes when every receiver is gone.
     pub async fn wait_closed(&self) {
         self.tx.closed().await;
+    }
+}
+
+/// A total order of addresses (IPs numerically), cheap enough to sort thousands per change:
+/// no address is formatted.
+fn address_order(a: &Address, b: &Address) -> std::cmp::Ordering {
+    let rank = |a: &Address| match a {
+        Address::Tcp(_) => 0,
+        Address::Host { .. } => 1,
+        Address::Unix(_) => 2,
+    };
+    match (a, b) {
+        (Address::Tcp(x), Address::Tcp(y)) => x.cmp(y),
+        (Address::Host { host: h, port: p }, Address::Host { host: g, port: q }) => {
+            (h, p).cmp(&(g, q))
+        }
+        (Address::Unix(x), Address::Unix(y)) => x.cmp(y),
+        _ => rank(a).cmp(&rank(b)),
     }
 }
 

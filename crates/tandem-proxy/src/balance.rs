@@ -25,7 +25,7 @@
 
 use std::borrow::Borrow;
 use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tandem_config::{Balancer as Algorithm, CircuitBreaker};
@@ -107,7 +107,7 @@ enum Kind {
 
 impl EndpointState {
     /// A fresh endpoint: no load, default latency, breaker closed, health unknown.
-    pub fn new(weight: u32, breaker: CircuitBreaker) -> Self {
+    pub fn new(weight: u32, breaker: impl Into<Arc<CircuitBreaker>>) -> Self {
         EndpointState {
             weight: AtomicU32::new(weight.max(1)),
             in_flight: AtomicU32::new(0),

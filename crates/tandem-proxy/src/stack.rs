@@ -120,8 +120,8 @@ pub struct Members {
     pub states: Vec<Arc<EndpointState>>,
     /// Breaker and health metric handles per endpoint.
     pub metrics: Vec<EndpointMetrics>,
-    /// Zone per endpoint, when known.
-    pub zones: Vec<Option<String>>,
+    /// Zone per endpoint, when known (one shared string per distinct zone).
+    pub zones: Vec<Option<Arc<str>>>,
     balancer: Balancer,
     /// The local zone's endpoints, with `prefer_zone`.
     local: Option<LocalZone>,
@@ -142,7 +142,7 @@ type MemberEntry = (
     Arc<Endpoint>,
     Arc<EndpointState>,
     EndpointMetrics,
-    Option<String>,
+    Option<Arc<str>>,
 );
 
 /// What a new endpoint is built with.
@@ -151,7 +151,8 @@ struct MemberParams {
     connect_timeout: Duration,
     pool: Pool,
     conn_limit: Option<Arc<ConnLimit>>,
-    breaker: CircuitBreaker,
+    /// Shared with every endpoint's breaker.
+    breaker: Arc<CircuitBreaker>,
     algorithm: tandem_config::Balancer,
     families: EndpointFamilies,
     prefer_zone: Option<tandem_config::PreferZone>,
@@ -569,15 +570,16 @@ impl UpstreamHandle {
             connect_timeout: u.connect_timeout,
             pool: u.pool.clone(),
             conn_limit: u.limits.max_connections.map(ConnLimit::new),
-            breaker: u.circuit_breaker.clone(),
+            breaker: Arc::new(u.circuit_breaker.clone()),
             algorithm: u.balancer.clone(),
-            families: metrics.endpoint_families(),
+            families: metrics.endpoint_families(u.health_check.is_some()),
             prefer_zone: u.prefer_zone.clone(),
             tls,
         };
         let labels: Vec<String> = u.endpoints.iter().map(|e| e.address.to_string()).collect();
         let reasons = RetryReason::ALL.map(RetryReason::as_str);
-        let upstream_metrics = metrics.upstream(&u.name, &labels, &reasons);
+        let upstream_metrics =
+            metrics.upstream(&u.name, &labels, &reasons, u.health_check.is_some());
         let members = Members::build(
             &params,
             u.endpoints
@@ -588,7 +590,7 @@ impl UpstreamHandle {
                         Arc::new(params.endpoint(e.address.clone())),
                         Arc::new(EndpointState::new(e.weight, params.breaker.clone())),
                         m.clone(),
-                        e.zone.clone(),
+                        e.zone.as_deref().map(Arc::from),
                     )
                 })
                 .collect(),
@@ -672,6 +674,18 @@ impl UpstreamHandle {
             .enumerate()
             .map(|(i, e)| (&e.address, i))
             .collect();
+        // Zones are few: every endpoint of one zone shares one string.
+        let mut zones: HashSet<Arc<str>> = old.zones.iter().flatten().cloned().collect();
+        let mut zone_of = |w: &UpstreamEndpoint| {
+            w.zone.as_deref().map(|z| match zones.get(z) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let shared: Arc<str> = Arc::from(z);
+                    zones.insert(shared.clone());
+                    shared
+                }
+            })
+        };
         let mut change = MembershipChange::default();
         let mut entries = Vec::with_capacity(wanted.len());
         let mut joined = Vec::new();
@@ -687,14 +701,17 @@ impl UpstreamHandle {
                         change.reweighted.push(old.endpoints[i].label.clone());
                         old.states[i].set_weight(weight);
                     }
-                    if old.zones[i] != w.zone {
+                    let zone = if old.zones[i].as_deref() == w.zone.as_deref() {
+                        old.zones[i].clone()
+                    } else {
                         change.rezoned.push(old.endpoints[i].label.clone());
-                    }
+                        zone_of(w)
+                    };
                     entries.push((
                         old.endpoints[i].clone(),
                         old.states[i].clone(),
                         old.metrics[i].clone(),
-                        w.zone.clone(),
+                        zone,
                     ));
                 }
                 None => {
@@ -703,7 +720,7 @@ impl UpstreamHandle {
                     change.added.push(endpoint.label.clone());
                     let state = Arc::new(EndpointState::new(weight, self.params.breaker.clone()));
                     joined.push(entries.len());
-                    entries.push((endpoint, state, metrics, w.zone.clone()));
+                    entries.push((endpoint, state, metrics, zone_of(w)));
                 }
             }
         }
@@ -865,7 +882,11 @@ impl Members {
             metrics.push(m);
             zones.push(z);
         }
-        let labels: Vec<String> = endpoints.iter().map(|e| e.label.clone()).collect();
+        // Labels only feed the hash ring: other balancers need no copy of them.
+        let labels: Vec<String> = match params.algorithm {
+            tandem_config::Balancer::Hash(_) => endpoints.iter().map(|e| e.label.clone()).collect(),
+            _ => Vec::new(),
+        };
         let weights: Vec<u32> = states.iter().map(|s| s.weight()).collect();
         let local = params.prefer_zone.as_ref().and_then(|p| {
             let idx: Vec<usize> = (0..zones.len())
@@ -876,7 +897,7 @@ impl Members {
                 return None;
             }
             let w: Vec<u32> = idx.iter().map(|&i| weights[i]).collect();
-            let l: Vec<String> = idx.iter().map(|&i| labels[i].clone()).collect();
+            let l: Vec<String> = idx.iter().filter_map(|&i| labels.get(i).cloned()).collect();
             Some(LocalZone {
                 states: idx.iter().map(|&i| states[i].clone()).collect(),
                 balancer: Balancer::new(&params.algorithm, &w, &l),
@@ -1028,7 +1049,7 @@ impl UpstreamHandle {
                     EndpointView {
                         address: e.label.clone(),
                         weight: s.weight(),
-                        zone: zone.clone(),
+                        zone: zone.as_deref().map(str::to_owned),
                         health: match s.health() {
                             Health::Healthy => "healthy",
                             Health::Unhealthy => "unhealthy",
@@ -1193,6 +1214,65 @@ mod tests {
         // Empty set: no endpoints, 503 upstream of this.
         u.set_endpoints(&[]);
         assert_eq!(u.pick(&u.members(), None, None, Instant::now()), None);
+    }
+
+    /// Endpoints of one zone share one zone string, across rebuilds too; an upstream without
+    /// health checks gives each endpoint one series (`endpoint_ejected`), one with health checks
+    /// four; an endpoint that leaves takes its series with it.
+    #[tokio::test(start_paused = true)]
+    async fn zones_shared_and_series_per_endpoint() {
+        let zoned = |a: &str, z: &str| UpstreamEndpoint {
+            zone: Some(z.into()),
+            ..ep(a, 1)
+        };
+        let metrics = Metrics::new();
+        let u = Arc::new(UpstreamHandle::new(&upstream_config(), &metrics));
+        u.set_endpoints(&[
+            zoned("10.0.0.1:80", "a"),
+            zoned("10.0.0.2:80", "a"),
+            zoned("10.0.0.3:80", "b"),
+        ]);
+        let m = u.members();
+        let z = |m: &Members, i: usize| m.zones[i].clone().unwrap();
+        assert!(Arc::ptr_eq(&z(&m, 0), &z(&m, 1)));
+        assert_eq!(&*z(&m, 2), "b");
+        u.set_endpoints(&[
+            zoned("10.0.0.1:80", "a"),
+            zoned("10.0.0.3:80", "b"),
+            zoned("10.0.0.4:80", "a"),
+        ]);
+        let later = u.members();
+        assert!(Arc::ptr_eq(&z(&later, 0), &z(&m, 0)));
+        assert!(
+            Arc::ptr_eq(&z(&later, 2), &z(&m, 0)),
+            "a joiner shares its zone's string"
+        );
+        let text = metrics.encode_prometheus();
+        let series = |ep: &str| text.lines().filter(|l| l.contains(ep)).count();
+        assert_eq!(series("10.0.0.4:80"), 1, "{text}");
+        assert_eq!(series("10.0.0.2:80"), 0, "{text}");
+        assert!(!text.contains("tandem_endpoint_healthy{"), "{text}");
+
+        let metrics = Metrics::new();
+        let checked = Upstream {
+            health_check: Some(HealthCheck {
+                probe: tandem_config::HealthProbe::Tcp,
+                interval: Duration::from_secs(5),
+                jitter: Duration::ZERO,
+                timeout: Duration::from_secs(1),
+                healthy_threshold: 1,
+                unhealthy_threshold: 1,
+            }),
+            ..upstream_config()
+        };
+        let u = Arc::new(UpstreamHandle::new(&checked, &metrics));
+        u.set_endpoints(&[ep("10.0.0.1:80", 1)]);
+        let text = metrics.encode_prometheus();
+        assert_eq!(
+            text.lines().filter(|l| l.contains("10.0.0.1:80")).count(),
+            4,
+            "{text}"
+        );
     }
 
     /// A request on an endpoint that leaves finishes on it: its hold counts out on the old

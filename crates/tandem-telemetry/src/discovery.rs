@@ -64,8 +64,21 @@ pub struct RegistrationMetrics {
 #[derive(Clone, Debug)]
 pub struct EndpointFamilies {
     ejected: Family<EndpointLabels, Gauge>,
-    healthy: Family<EndpointLabels, Gauge>,
-    health_checks: Family<HealthCheckLabels, Counter>,
+    /// `None` for an upstream without active health checks: its endpoints share the
+    /// unregistered handles of [`Unchecked`] instead of three series each.
+    health: Option<(
+        Family<EndpointLabels, Gauge>,
+        Family<HealthCheckLabels, Counter>,
+    )>,
+    unchecked: Unchecked,
+}
+
+/// The health handles of endpoints nobody health-checks: never registered, never written.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Unchecked {
+    healthy: Gauge,
+    passed: Counter,
+    failed: Counter,
 }
 
 // === impl DiscoveryFamilies ===
@@ -144,12 +157,13 @@ impl Metrics {
         }
     }
 
-    /// The per-endpoint families (cheap clones of the registered ones).
-    pub fn endpoint_families(&self) -> EndpointFamilies {
+    /// The per-endpoint families (cheap clones of the registered ones) of an upstream with
+    /// (`health_checked`) or without active health checks.
+    pub fn endpoint_families(&self, health_checked: bool) -> EndpointFamilies {
         EndpointFamilies {
             ejected: self.ejected.clone(),
-            healthy: self.healthy.clone(),
-            health_checks: self.health_checks.clone(),
+            health: health_checked.then(|| (self.healthy.clone(), self.health_checks.clone())),
+            unchecked: self.unchecked.clone(),
         }
     }
 }
@@ -163,8 +177,17 @@ impl EndpointFamilies {
             upstream: upstream.to_owned(),
             endpoint: endpoint.to_owned(),
         };
+        let ejected = self.ejected.get_or_create(&labels).clone();
+        let Some((healthy, checks)) = &self.health else {
+            return EndpointMetrics {
+                ejected,
+                healthy: self.unchecked.healthy.clone(),
+                checks_passed: self.unchecked.passed.clone(),
+                checks_failed: self.unchecked.failed.clone(),
+            };
+        };
         let check = |result| {
-            self.health_checks
+            checks
                 .get_or_create(&HealthCheckLabels {
                     upstream: upstream.to_owned(),
                     endpoint: endpoint.to_owned(),
@@ -172,10 +195,10 @@ impl EndpointFamilies {
                 })
                 .clone()
         };
-        let healthy = self.healthy.get_or_create(&labels).clone();
+        let healthy = healthy.get_or_create(&labels).clone();
         healthy.set(1);
         EndpointMetrics {
-            ejected: self.ejected.get_or_create(&labels).clone(),
+            ejected,
             healthy,
             checks_passed: check("pass"),
             checks_failed: check("fail"),
@@ -189,9 +212,12 @@ impl EndpointFamilies {
             endpoint: endpoint.to_owned(),
         };
         self.ejected.remove(&labels);
-        self.healthy.remove(&labels);
+        let Some((healthy, checks)) = &self.health else {
+            return;
+        };
+        healthy.remove(&labels);
         for result in ["pass", "fail"] {
-            self.health_checks.remove(&HealthCheckLabels {
+            checks.remove(&HealthCheckLabels {
                 upstream: upstream.to_owned(),
                 endpoint: endpoint.to_owned(),
                 result,

@@ -198,6 +198,8 @@ pub struct Metrics {
     ejected: Family<EndpointLabels, Gauge>,
     healthy: Family<EndpointLabels, Gauge>,
     health_checks: Family<HealthCheckLabels, Counter>,
+    /// The shared health handles of endpoints without health checks.
+    unchecked: discovery::Unchecked,
     access_log_dropped: Counter,
     authz_denied: Family<AuthzLabels, Counter>,
     peer_requests: Family<PeerLabels, Counter>,
@@ -225,7 +227,9 @@ pub struct UpstreamMetrics {
 pub struct EndpointMetrics {
     /// 1 while ejected by its breaker (half-open included), else 0.
     pub ejected: Gauge,
-    /// 1 healthy or unchecked, 0 failing active health checks.
+    /// 1 healthy or unchecked, 0 failing active health checks. Without health checks, this and
+    /// the two counters below are unregistered handles shared by every endpoint: an upstream
+    /// of thousands of discovered endpoints then costs one series per endpoint, not four.
     pub healthy: Gauge,
     /// Active health checks that passed.
     pub checks_passed: Counter,
@@ -425,6 +429,7 @@ impl Metrics {
             ejected,
             healthy,
             health_checks,
+            unchecked: discovery::Unchecked::default(),
             requests,
             duration,
             request_size,
@@ -495,11 +500,14 @@ impl Metrics {
 
     /// Resolves the resilience handles of an upstream and its endpoints (labelled by their
     /// configured addresses); `retry_reasons` are the retry reason labels in index order.
+    /// `health_checked`: the upstream has active health checks (without them its endpoints
+    /// get no `endpoint_healthy` and `health_checks_total` series).
     pub fn upstream(
         &self,
         upstream: &str,
         endpoints: &[String],
         retry_reasons: &[&'static str],
+        health_checked: bool,
     ) -> UpstreamMetrics {
         let reason = |family: &Family<UpstreamReasonLabels, Counter>, reason: &'static str| {
             family
@@ -509,31 +517,10 @@ impl Metrics {
                 })
                 .clone()
         };
+        let families = self.endpoint_families(health_checked);
         let endpoints = endpoints
             .iter()
-            .map(|e| {
-                let labels = EndpointLabels {
-                    upstream: upstream.to_owned(),
-                    endpoint: e.clone(),
-                };
-                let check = |result| {
-                    self.health_checks
-                        .get_or_create(&HealthCheckLabels {
-                            upstream: upstream.to_owned(),
-                            endpoint: e.clone(),
-                            result,
-                        })
-                        .clone()
-                };
-                let healthy = self.healthy.get_or_create(&labels).clone();
-                healthy.set(1);
-                EndpointMetrics {
-                    ejected: self.ejected.get_or_create(&labels).clone(),
-                    healthy,
-                    checks_passed: check("pass"),
-                    checks_failed: check("fail"),
-                }
-            })
+            .map(|e| families.endpoint(upstream, e))
             .collect();
         UpstreamMetrics {
             retries: retry_reasons

@@ -5,7 +5,8 @@
 //! unreachable, no answer within the timeout) drops the channel and the next call connects to
 //! the next member, so a dead member costs one failed call. Long-lived streams (watch,
 //! keep-alive) carry `hasleader: true`, so a member cut off from the cluster's leader ends them
-//! instead of going quiet, and HTTP/2 keep-alive pings end them when the member stops answering.
+//! instead of going quiet, and HTTP/2 keep-alive pings (every 10 s of silence, within etcd's
+//! ping policy) end them when the member stops answering.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +24,16 @@ use super::proto::*;
 /// Largest answer accepted: a range over a service with tens of thousands of instances is
 /// several MiB (tonic's default limit is 4 MiB).
 const MAX_MESSAGE: usize = 256 << 20;
+
+/// HTTP/2 ping interval on a connection that received nothing meanwhile. etcd refuses pings
+/// more frequent than its `--grpc-keepalive-min-time` (default 5 s): after three it closes the
+/// connection (GOAWAY `too_many_pings`), which cut every quiet watch every ~8 s when this was
+/// 2 s. Twice the default leaves room for timer slack.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a ping may go unanswered before the connection (and its watches) count as dead:
+/// with [`KEEPALIVE_INTERVAL`], a member that stops answering is noticed within 15 s.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What went wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
@@ -200,8 +211,8 @@ impl Client {
         let endpoint = endpoint
             .connect_timeout(t)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(2))
-            .keep_alive_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
         let channel = tokio::time::timeout(t, endpoint.connect())
             .await

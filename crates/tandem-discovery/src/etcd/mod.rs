@@ -132,7 +132,7 @@ impl Instance {
             Ok(address) => Ok(Endpoint {
                 address,
                 weight: self.weight,
-                zone: self.zone.clone(),
+                zone: self.zone.as_deref().map(std::sync::Arc::from),
             }),
             Err(e) => Err(format!("address `{}`: {e}", self.address)),
         }

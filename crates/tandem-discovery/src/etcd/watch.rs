@@ -1,8 +1,15 @@
-//! The etcd endpoint source: lists `<prefix><service>/`, then watches it from the next
-//! revision, publishing the instance set after every change. On any failure (member down,
-//! stream cut, compaction) it reports the error, keeps the last set, backs off and lists again.
+//! The etcd endpoint source: lists `<prefix><service>/`, then watches it from the list's
+//! revision, publishing the instance set after every change.
+//!
+//! A watch that ends (member down, stream cut, GOAWAY) resumes from the last revision it saw,
+//! so a reconnect costs the events missed meanwhile, not a relist: with thousands of instances
+//! and hundreds of sidecars, a relist per reconnect would have every sidecar fetch the whole
+//! service whenever one etcd member restarts. Only when etcd has compacted that revision away
+//! (the watch answers with `compact_revision`) does the source list again, at once and without
+//! reporting a failure. Throughout, the last published set keeps serving.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::client::{Client, Error};
@@ -12,23 +19,52 @@ use crate::{Endpoint, Publisher};
 /// Longest back-off between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// What the source knows of the service between attempts.
+#[derive(Default)]
+struct View {
+    /// Instances by etcd key. Parsed once per put: a change to one instance of thousands costs
+    /// one parse.
+    instances: BTreeMap<Box<str>, Endpoint>,
+    /// Every event up to this revision is in `instances`; 0 before the first list (or after a
+    /// compaction): the next attempt lists.
+    revision: i64,
+    /// One string per distinct zone, shared by the instances in it.
+    zones: HashSet<Arc<str>>,
+}
+
+/// Why an attempt ended.
+enum Ended {
+    /// Nobody listens any more.
+    Closed,
+    /// etcd compacted the revision the watch resumed from: list again.
+    Compacted(i64),
+}
+
 /// Watches `service` until the publisher's receivers are gone.
 pub(crate) async fn run(client: Client, prefix: String, service: String, publisher: Publisher) {
     let key_prefix = service_prefix(&prefix, &service);
+    let mut view = View::default();
     let mut backoff = Duration::from_millis(100);
     loop {
         if publisher.closed() {
             return;
         }
         let attempt = tokio::time::Instant::now();
-        match list_and_watch(&client, &key_prefix, &publisher).await {
-            Ok(()) => return,
+        match sync(&client, &key_prefix, &publisher, &mut view).await {
+            Ok(Ended::Closed) => return,
+            Ok(Ended::Compacted(compacted)) => {
+                // Not a failure: the history the watch needed is gone, so the set is fetched
+                // whole. The last set serves until the list answers.
+                tracing::info!(service = %service, revision = view.revision, compacted, "etcd compacted the watched revision; listing the service again");
+                view.revision = 0;
+                continue;
+            }
             Err(e) => {
                 // A watch that ran a while before failing starts the back-off over.
                 if attempt.elapsed() > Duration::from_secs(10) {
                     backoff = Duration::from_millis(100);
                 }
-                tracing::warn!(service = %service, error = %e, "etcd discovery failed; keeping the last endpoints");
+                tracing::warn!(service = %service, error = %e, revision = view.revision, "etcd discovery failed; keeping the last endpoints");
                 publisher.failed(e.to_string());
                 client.reset();
             }
@@ -38,22 +74,36 @@ pub(crate) async fn run(client: Client, prefix: String, service: String, publish
     }
 }
 
-/// Lists then watches; returns `Ok` only when nobody listens any more.
-async fn list_and_watch(
+/// Lists (when `view` has no revision), then watches from `view`'s revision on.
+async fn sync(
     client: &Client,
     key_prefix: &str,
     publisher: &Publisher,
-) -> Result<(), Error> {
-    let (kvs, revision) = client.range_prefix(key_prefix).await?;
-    // Parsed once per put: a change to one instance of thousands costs one parse.
-    let mut instances: BTreeMap<String, Endpoint> = kvs
-        .into_iter()
-        .filter_map(|kv| parse(key_prefix, &kv.key, &kv.value))
-        .collect();
-    publisher.publish(instances.values().cloned().collect());
-    let mut watch = client.watch(key_prefix, revision + 1).await?;
+    view: &mut View,
+) -> Result<Ended, Error> {
+    if view.revision == 0 {
+        let (kvs, revision) = client.range_prefix(key_prefix).await?;
+        // The old map is not published (the publisher holds its own copy): drop it before the
+        // new one is built, so a relist never holds two. Built by `collect` (the range is
+        // sorted by key), its nodes are full: a third smaller than inserted one by one.
+        view.instances = BTreeMap::new();
+        view.zones.clear();
+        let zones = &mut view.zones;
+        view.instances = kvs
+            .into_iter()
+            .filter_map(|kv| parse(key_prefix, &kv.key, &kv.value, zones))
+            .collect();
+        view.revision = revision;
+        publisher.publish(view.instances.values().cloned().collect());
+    }
+    // From the last revision already applied, not the one after it: its events come again
+    // (applying them twice changes nothing), and a compaction at exactly the next revision is
+    // refused as such. etcd before 3.4.34/3.5.15 serves a watch from the compaction revision
+    // itself but has dropped the deletes made at that revision (etcd-io/etcd#18089), so a watch
+    // resumed there would keep a deleted instance forever.
+    let mut watch = client.watch(key_prefix, view.revision).await?;
     // An open watch is a current view: HTTP/2 pings end a stream whose member stopped answering
-    // within seconds, so while it is open the set counts as confirmed (the age metric then
+    // (see `client`), so while it is open the set counts as confirmed (the age metric then
     // measures staleness, not quiet).
     let mut fresh = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -63,9 +113,12 @@ async fn list_and_watch(
                 publisher.confirm();
                 continue;
             }
-            _ = publisher.wait_closed() => return Ok(()),
+            _ = publisher.wait_closed() => return Ok(Ended::Closed),
         };
-        if res.canceled || res.compact_revision > 0 {
+        if res.compact_revision > 0 {
+            return Ok(Ended::Compacted(res.compact_revision));
+        }
+        if res.canceled {
             return Err(Error::Stream(format!(
                 "watch cancelled{}",
                 if res.cancel_reason.is_empty() {
@@ -76,35 +129,61 @@ async fn list_and_watch(
             )));
         }
         if res.events.is_empty() {
-            // Created or a progress notification: the set is confirmed current.
+            // A progress notification says every event up to its header's revision was sent,
+            // so a later resume may start there. (The `created` answer's header is the store's
+            // revision, not the watch's: events before it may still be on their way.)
+            if !res.created {
+                if let Some(h) = &res.header {
+                    view.revision = view.revision.max(h.revision);
+                }
+            }
             publisher.confirm();
             continue;
         }
         for ev in res.events {
             let Some(kv) = ev.kv else { continue };
-            let key = String::from_utf8_lossy(&kv.key).into_owned();
-            instances.remove(&key);
+            view.revision = view.revision.max(kv.mod_revision);
+            let key = String::from_utf8_lossy(&kv.key);
+            view.instances.remove(&*key);
             if ev.r#type != 1 {
-                if let Some((key, e)) = parse(key_prefix, &kv.key, &kv.value) {
-                    instances.insert(key, e);
+                if let Some((key, e)) = parse(key_prefix, &kv.key, &kv.value, &mut view.zones) {
+                    view.instances.insert(key, e);
                 }
             }
         }
-        publisher.publish(instances.values().cloned().collect());
+        publisher.publish(view.instances.values().cloned().collect());
     }
 }
 
 /// The endpoint of one stored instance, keyed by its etcd key; `None` for keys that are not
 /// direct children of the service (`<prefix><service>/<id>`) and, with a warning, for values
-/// that do not parse (one bad key must not empty the service).
-fn parse(key_prefix: &str, key: &[u8], value: &[u8]) -> Option<(String, Endpoint)> {
-    let key = String::from_utf8_lossy(key).into_owned();
+/// that do not parse (one bad key must not empty the service). Its zone string is the one of
+/// `zones` when another instance has that zone.
+fn parse(
+    key_prefix: &str,
+    key: &[u8],
+    value: &[u8],
+    zones: &mut HashSet<Arc<str>>,
+) -> Option<(Box<str>, Endpoint)> {
+    let key = String::from_utf8_lossy(key);
     let id = key.strip_prefix(key_prefix).unwrap_or(&key);
     if id.is_empty() || id.contains('/') {
         return None;
     }
     match Instance::parse(value).and_then(|i| i.endpoint()) {
-        Ok(e) => Some((key, e)),
+        Ok(mut e) => {
+            if let Some(z) = e.zone.take() {
+                let shared = match zones.get(&z) {
+                    Some(s) => s.clone(),
+                    None => {
+                        zones.insert(z.clone());
+                        z
+                    }
+                };
+                e.zone = Some(shared);
+            }
+            Some((key.into(), e))
+        }
         Err(why) => {
             tracing::warn!(key = %key, reason = %why, "ignoring an unreadable instance in etcd");
             None

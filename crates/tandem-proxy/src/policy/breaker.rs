@@ -15,7 +15,7 @@
 //! per-endpoint mutex. Time is tokio's, so tests run on paused time.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tandem_config::CircuitBreaker;
@@ -35,7 +35,8 @@ pub struct EjectionBudget {
 /// The breaker of one endpoint.
 #[derive(Debug)]
 pub struct Outlier {
-    config: CircuitBreaker,
+    /// Shared by every endpoint of the upstream (one copy, not one per endpoint).
+    config: Arc<CircuitBreaker>,
     /// Reference point of the millisecond clock below.
     epoch: Instant,
     /// 0: closed; otherwise 1 + the millisecond (since `epoch`) the ejection ends.
@@ -151,10 +152,10 @@ impl EjectionBudget {
 
 impl Outlier {
     /// A closed breaker.
-    pub fn new(config: CircuitBreaker) -> Self {
+    pub fn new(config: impl Into<Arc<CircuitBreaker>>) -> Self {
         let now = Instant::now();
         Outlier {
-            config,
+            config: config.into(),
             epoch: now,
             until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
