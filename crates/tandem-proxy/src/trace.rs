@@ -543,10 +543,15 @@ fn push_names(
     listener: &str,
     target: Option<&RouteTarget>,
 ) {
-    attributes.push(("tandem.listener", Value::String(listener.to_owned())));
-    if let Some(t) = target {
-        attributes.push(("tandem.route", Value::String(t.name.clone())));
-        attributes.push(("tandem.upstream", Value::String(t.upstream.name.clone())));
+    match target {
+        Some(t) => {
+            let [listener, route, upstream] = &t.span_names;
+            attributes.push(("tandem.listener", Value::Shared(listener.clone())));
+            attributes.push(("tandem.route", Value::Shared(route.clone())));
+            attributes.push(("tandem.upstream", Value::Shared(upstream.clone())));
+        }
+        // No route matched (rare): the listener's name alone.
+        None => attributes.push(("tandem.listener", Value::String(listener.to_owned()))),
     }
 }
 

@@ -142,6 +142,7 @@ fn write_span(buf: &mut Vec<u8>, s: &SpanRecord) {
         let any_len = match value {
             Value::Static(v) => 1 + varint_len(v.len() as u64) + v.len(),
             Value::String(v) => 1 + varint_len(v.len() as u64) + v.len(),
+            Value::Shared(v) => 1 + varint_len(v.len() as u64) + v.len(),
             Value::Int(i) => 1 + varint_len(*i as u64),
         };
         let kv_len =
@@ -154,6 +155,7 @@ fn write_span(buf: &mut Vec<u8>, s: &SpanRecord) {
         match value {
             Value::Static(v) => len_field(buf, 1, v.as_bytes()),
             Value::String(v) => len_field(buf, 1, v.as_bytes()),
+            Value::Shared(v) => len_field(buf, 1, v.as_bytes()),
             // int64: two's complement as a varint.
             Value::Int(i) => varint_field(buf, 3, *i as u64),
         }
@@ -285,6 +287,7 @@ mod tests {
                             value: Some(match v {
                                 Value::Static(s) => any_value::Value::StringValue(s.to_owned()),
                                 Value::String(s) => any_value::Value::StringValue(s),
+                                Value::Shared(s) => any_value::Value::StringValue(s.to_string()),
                                 Value::Int(i) => any_value::Value::IntValue(i),
                             }),
                         }),
@@ -335,6 +338,7 @@ mod tests {
                 ("http.response.status_code", Value::Int(503)),
                 ("negative", Value::Int(-1)),
                 ("empty", Value::String(String::new())),
+                ("tandem.route", Value::Shared("api".into())),
             ],
             status: Status::Error("x".repeat(300)),
         };
