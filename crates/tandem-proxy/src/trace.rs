@@ -80,7 +80,7 @@ struct Recording {
     method: &'static str,
     attributes: Vec<(&'static str, Value)>,
     /// `http://authority/path` as sent upstream (for `url.full`).
-    upstream_url: Option<String>,
+    upstream_url: Option<Arc<str>>,
     /// The error Tandem answered with, if it did: its kind and one-line message.
     error: Option<(ErrorKind, String)>,
 }
@@ -149,7 +149,7 @@ impl RequestTrace {
             url.push_str("http://");
             url.push_str(authority);
             url.push_str(path);
-            r.upstream_url = Some(url);
+            r.upstream_url = Some(url.into());
         }
     }
 
@@ -207,7 +207,7 @@ impl RequestTrace {
             ));
         }
         if let Some(url) = &r.upstream_url {
-            attributes.push(("url.full", Value::String(url.clone())));
+            attributes.push(("url.full", Value::Shared(url.clone())));
         }
         let (address, port) = endpoint_address(to.endpoint);
         attributes.push(("server.address", Value::String(address.to_owned())));
