@@ -457,7 +457,9 @@ fn protocol(v: Version) -> &'static str {
 
 /// `grpc-status` as a number, when present and numeric.
 fn grpc_status(h: &HeaderMap) -> Option<u32> {
-    std::str::from_utf8(h.get("grpc-status")?.as_bytes())
+    // A constant name: looking up by `&str` parses the name on every response.
+    const GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
+    std::str::from_utf8(h.get(GRPC_STATUS)?.as_bytes())
         .ok()?
         .parse()
         .ok()

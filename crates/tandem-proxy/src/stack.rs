@@ -216,6 +216,9 @@ pub struct RouteTarget {
     pub errors: ErrorCounters,
     /// `http.route` of its spans: the route's path condition as a template, if it has one.
     pub http_route: Option<Arc<str>>,
+    /// `tandem.listener`, `tandem.route` and `tandem.upstream` of its spans, shared by every
+    /// span rather than copied into each.
+    pub span_names: [Arc<str>; 3],
     /// JWT authentication, when the route requires it.
     pub jwt: Option<Arc<Verifier>>,
 }
@@ -393,6 +396,11 @@ impl Snapshot {
                         metrics: metrics.route(direction, &l.name, route, upstream),
                         errors: ErrorCounters::new(metrics, &l.name, upstream),
                         http_route: crate::trace::http_route(path),
+                        span_names: [
+                            Arc::from(l.name.as_str()),
+                            Arc::from(route),
+                            Arc::from(upstream),
+                        ],
                         jwt,
                         upstream: up,
                     })

@@ -3,15 +3,16 @@
 //!
 //! The data path fills a [`RequestRecord`] or [`ConnectionRecord`] once an exchange is over,
 //! borrowing what it already holds. [`AccessLog::log_request`] renders the configured fields as
-//! one JSON line on the calling task (a few hundred bytes; strings escaped by serde_json, so
-//! hostile bytes in a path or `User-Agent` stay one valid line; client-controlled strings cut to
-//! a bound) and hands it to the writer with `try_send`. When the queue is full the line is
+//! one JSON line on the calling task (a few hundred bytes, written by hand: see "formatting"
+//! below; strings escaped as serde_json does, so hostile bytes in a path or `User-Agent` stay one
+//! valid line; client-controlled strings cut to a bound) and hands it to the writer with
+//! `try_send`. When the queue is full the line is
 //! dropped and counted in `tandem_access_log_dropped_total`: a slow disk or a stalled stdout
 //! never holds up a request.
 //!
 //! The writer is a thread of its own, not a task: writes to files and pipes block, and a blocked
 //! write on a runtime worker would stall every request scheduled there. It writes whole lines in
-//! batches, reopens its file on [`Reopen::reopen`] (SIGUSR1, for logrotate's rename-and-reopen:
+//! batches (letting lines gather for a few milliseconds between them), reopens its file on [`Reopen::reopen`] (SIGUSR1, for logrotate's rename-and-reopen:
 //! lines queued before the reopen go to the old file, later ones to the new), and on
 //! [`Writer::shutdown`] writes out what is queued before it exits.
 //!
@@ -34,8 +35,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
-use serde::ser::{SerializeMap, Serializer};
-use serde::Serialize;
 use tandem_config::{AccessLogField, AccessLogOutput};
 
 #[cfg(test)]
@@ -55,6 +54,11 @@ const STDOUT_CHUNK: usize = 4096;
 const FILE_CHUNK: usize = 64 * 1024;
 /// Lines taken from the queue before they are written out and the control flags looked at.
 const MAX_BATCH: usize = 1024;
+/// How long the writer lets lines gather after a batch that did not fill up: without it, a
+/// busy proxy wakes the writer (a futex call) and writes (a `write(2)`) for almost every line;
+/// with it, a few hundred lines go out per write at most every few milliseconds. Far below
+/// what the queue holds at any realistic request rate.
+const GATHER: Duration = Duration::from_millis(5);
 
 /// How an exchange ended (the `end` field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,6 +173,9 @@ pub struct AccessLog {
 struct Shared {
     tx: SyncSender<Msg>,
     fields: Box<[AccessLogField]>,
+    /// The fields of HTTP lines and of TCP lines, each with its key written out.
+    http: Box<[Field]>,
+    tcp: Box<[Field]>,
     dropped: Counter,
 }
 
@@ -303,6 +310,8 @@ pub fn start(
         inner: Arc::new(Shared {
             tx: tx.clone(),
             fields: fields.into(),
+            http: keyed(fields, false),
+            tcp: keyed(fields, true),
             dropped,
         }),
     };
@@ -323,7 +332,7 @@ impl AccessLog {
     /// Queues the line for one HTTP request; drops and counts it when the queue is full.
     pub fn log_request(&self, r: &RequestRecord<'_>) {
         let mut line = Vec::with_capacity(512);
-        if format_request(&self.inner.fields, r, &mut line).is_ok() {
+        if write_request(&self.inner.http, r, &mut line).is_ok() {
             self.send(line);
         } else {
             self.inner.dropped.inc();
@@ -333,7 +342,7 @@ impl AccessLog {
     /// Queues the line for one TCP connection; drops and counts it when the queue is full.
     pub fn log_connection(&self, r: &ConnectionRecord<'_>) {
         let mut line = Vec::with_capacity(384);
-        if format_connection(&self.inner.fields, r, &mut line).is_ok() {
+        if write_connection(&self.inner.tcp, r, &mut line).is_ok() {
             self.send(line);
         } else {
             self.inner.dropped.inc();
@@ -429,11 +438,13 @@ fn run(mut out: Out, rx: &Receiver<Msg>, control: &Control) {
     // Ends when stopped, or when every sender is gone (the `Writer` holds one until dropped).
     while let Ok(first) = rx.recv() {
         out.handle(first);
-        for _ in 1..MAX_BATCH {
+        let mut taken = 1;
+        while taken < MAX_BATCH {
             match rx.try_recv() {
                 Ok(m) => out.handle(m),
                 Err(_) => break,
             }
+            taken += 1;
         }
         out.flush();
         if control.reopen.swap(false, Ordering::AcqRel) {
@@ -446,6 +457,9 @@ fn run(mut out: Out, rx: &Receiver<Msg>, control: &Control) {
             }
             out.flush();
             return;
+        }
+        if taken < MAX_BATCH {
+            std::thread::sleep(GATHER);
         }
     }
     out.flush();
@@ -523,16 +537,45 @@ impl Sink {
 }
 
 // === formatting ===
+//
+// Lines are written by hand into the caller's buffer rather than through serde: a line is
+// ~25 fields of a handful of known shapes, and a generic serializer (a map entry per field,
+// every key escaped byte by byte, numbers and addresses through `fmt`) cost ~10,000
+// instructions per line, most of a request's telemetry budget. Keys are constants that need no
+// escaping; names from the config and Tandem's own constants are escaped by the same fast scan
+// as client-controlled values (which copies runs of plain bytes whole), so every value is valid
+// JSON whatever it holds.
+
+/// A field of a line with its key as written: `{"name":` for the first, `,"name":` after.
+struct Field {
+    field: AccessLogField,
+    key: Box<[u8]>,
+}
+
+/// `fields` with their keys written out; only those TCP lines have when `tcp`.
+fn keyed(fields: &[AccessLogField], tcp: bool) -> Box<[Field]> {
+    fields
+        .iter()
+        .filter(|f| !tcp || f.applies_to_tcp())
+        .enumerate()
+        .map(|(i, &field)| {
+            // Field names are plain ASCII: nothing to escape.
+            let key = format!("{}\"{}\":", if i == 0 { '{' } else { ',' }, field.name());
+            Field {
+                field,
+                key: key.into_bytes().into(),
+            }
+        })
+        .collect()
+}
 
 /// Appends the JSON line (with its `\n`) for `r` with `fields` to `out`.
 pub fn format_request(
     fields: &[AccessLogField],
     r: &RequestRecord<'_>,
     out: &mut Vec<u8>,
-) -> serde_json::Result<()> {
-    serde_json::to_writer(&mut *out, &RequestLine { fields, r })?;
-    out.push(b'\n');
-    Ok(())
+) -> Result<(), fmt::Error> {
+    write_request(&keyed(fields, false), r, out)
 }
 
 /// Appends the JSON line (with its `\n`) for `r` with `fields` to `out`; fields that only
@@ -541,147 +584,301 @@ pub fn format_connection(
     fields: &[AccessLogField],
     r: &ConnectionRecord<'_>,
     out: &mut Vec<u8>,
-) -> serde_json::Result<()> {
-    serde_json::to_writer(&mut *out, &ConnectionLine { fields, r })?;
-    out.push(b'\n');
+) -> Result<(), fmt::Error> {
+    write_connection(&keyed(fields, true), r, out)
+}
+
+fn write_request(
+    fields: &[Field],
+    r: &RequestRecord<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), fmt::Error> {
+    use AccessLogField as F;
+    out.reserve(512);
+    if fields.is_empty() {
+        out.push(b'{');
+    }
+    for f in fields {
+        out.extend_from_slice(&f.key);
+        match f.field {
+            F::Kind => out.extend_from_slice(b"\"http\""),
+            F::Time => rfc3339_micros(out, r.start),
+            F::DurationMs => millis(out, r.duration),
+            F::HeadMs => match r.head {
+                Some(d) => millis(out, d),
+                None => null(out),
+            },
+            F::Listener => string(out, r.listener.as_bytes()),
+            F::Direction => string(out, r.direction.as_bytes()),
+            F::Route => opt_string(out, r.route),
+            F::Upstream => opt_string(out, r.upstream),
+            F::Endpoint => opt_string(out, r.endpoint),
+            F::Client => client(out, r.client)?,
+            F::Protocol => string(out, r.protocol.as_bytes()),
+            F::Method => capped(out, r.method.as_bytes(), 32),
+            F::Path => capped(out, r.path.as_bytes(), MAX_PATH),
+            F::Authority => match r.authority {
+                Some(a) => capped(out, a, MAX_AUTHORITY),
+                None => null(out),
+            },
+            F::Status => match r.status {
+                Some(s) => uint(out, u64::from(s)),
+                None => null(out),
+            },
+            F::GrpcStatus => match r.grpc_status {
+                Some(s) => uint(out, u64::from(s)),
+                None => null(out),
+            },
+            F::ReceivedBytes => uint(out, r.received_bytes),
+            F::SentBytes => uint(out, r.sent_bytes),
+            F::Attempts => uint(out, u64::from(r.attempts)),
+            F::Retries => uint(out, u64::from(r.attempts.saturating_sub(1))),
+            F::Error => opt_string(out, r.error),
+            F::End => string(out, r.end.as_str().as_bytes()),
+            F::Completed => boolean(out, r.end == End::Complete),
+            F::UserAgent => match r.user_agent {
+                Some(a) => capped(out, a, MAX_USER_AGENT),
+                None => null(out),
+            },
+            F::PeerIdentity => opt_string(out, r.peer_identity),
+            F::TraceId => opt_string(out, r.trace_id),
+            F::SpanId => opt_string(out, r.span_id),
+        }
+    }
+    out.extend_from_slice(b"}\n");
     Ok(())
 }
 
-struct RequestLine<'a, 'r> {
-    fields: &'a [AccessLogField],
-    r: &'a RequestRecord<'r>,
-}
-
-struct ConnectionLine<'a, 'r> {
-    fields: &'a [AccessLogField],
-    r: &'a ConnectionRecord<'r>,
-}
-
-impl Serialize for RequestLine<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use AccessLogField as F;
-        let r = self.r;
-        let mut m = s.serialize_map(Some(self.fields.len()))?;
-        for &f in self.fields {
-            let k = f.name();
-            match f {
-                F::Kind => m.serialize_entry(k, "http")?,
-                F::Time => m.serialize_entry(k, &Rfc3339(r.start))?,
-                F::DurationMs => m.serialize_entry(k, &millis(r.duration))?,
-                F::HeadMs => m.serialize_entry(k, &r.head.map(millis))?,
-                F::Listener => m.serialize_entry(k, r.listener)?,
-                F::Direction => m.serialize_entry(k, r.direction)?,
-                F::Route => m.serialize_entry(k, &r.route)?,
-                F::Upstream => m.serialize_entry(k, &r.upstream)?,
-                F::Endpoint => m.serialize_entry(k, &r.endpoint)?,
-                F::Client => m.serialize_entry(k, &r.client.map(Displayed))?,
-                F::Protocol => m.serialize_entry(k, r.protocol)?,
-                F::Method => m.serialize_entry(k, &Capped(r.method.as_bytes(), 32))?,
-                F::Path => m.serialize_entry(k, &Capped(r.path.as_bytes(), MAX_PATH))?,
-                F::Authority => {
-                    m.serialize_entry(k, &r.authority.map(|a| Capped(a, MAX_AUTHORITY)))?
-                }
-                F::Status => m.serialize_entry(k, &r.status)?,
-                F::GrpcStatus => m.serialize_entry(k, &r.grpc_status)?,
-                F::ReceivedBytes => m.serialize_entry(k, &r.received_bytes)?,
-                F::SentBytes => m.serialize_entry(k, &r.sent_bytes)?,
-                F::Attempts => m.serialize_entry(k, &r.attempts)?,
-                F::Retries => m.serialize_entry(k, &r.attempts.saturating_sub(1))?,
-                F::Error => m.serialize_entry(k, &r.error)?,
-                F::End => m.serialize_entry(k, r.end.as_str())?,
-                F::Completed => m.serialize_entry(k, &(r.end == End::Complete))?,
-                F::UserAgent => {
-                    m.serialize_entry(k, &r.user_agent.map(|a| Capped(a, MAX_USER_AGENT)))?
-                }
-                F::PeerIdentity => m.serialize_entry(k, &r.peer_identity)?,
-                F::TraceId => m.serialize_entry(k, &r.trace_id)?,
-                F::SpanId => m.serialize_entry(k, &r.span_id)?,
-            }
+fn write_connection(
+    fields: &[Field],
+    r: &ConnectionRecord<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), fmt::Error> {
+    use AccessLogField as F;
+    out.reserve(384);
+    if fields.is_empty() {
+        out.push(b'{');
+    }
+    for f in fields {
+        out.extend_from_slice(&f.key);
+        match f.field {
+            F::Kind | F::Protocol => out.extend_from_slice(b"\"tcp\""),
+            F::Time => rfc3339_micros(out, r.start),
+            F::DurationMs => millis(out, r.duration),
+            F::Listener => string(out, r.listener.as_bytes()),
+            F::Direction => string(out, r.direction.as_bytes()),
+            F::Upstream => opt_string(out, r.upstream),
+            F::Endpoint => opt_string(out, r.endpoint),
+            F::Client => client(out, r.client)?,
+            F::ReceivedBytes => uint(out, r.received_bytes),
+            F::SentBytes => uint(out, r.sent_bytes),
+            F::Error => opt_string(out, r.error),
+            F::End => string(out, r.end.as_str().as_bytes()),
+            F::Completed => boolean(out, r.end == End::Complete),
+            F::PeerIdentity => opt_string(out, r.peer_identity),
+            F::TraceId => opt_string(out, r.trace_id),
+            F::SpanId => opt_string(out, r.span_id),
+            F::HeadMs
+            | F::Route
+            | F::Method
+            | F::Path
+            | F::Authority
+            | F::Status
+            | F::GrpcStatus
+            | F::Attempts
+            | F::Retries
+            | F::UserAgent => {}
         }
-        m.end()
+    }
+    out.extend_from_slice(b"}\n");
+    Ok(())
+}
+
+fn null(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"null");
+}
+
+fn boolean(out: &mut Vec<u8>, v: bool) {
+    out.extend_from_slice(if v { b"true" } else { b"false" });
+}
+
+fn opt_string(out: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        Some(s) => string(out, s.as_bytes()),
+        None => null(out),
     }
 }
 
-impl Serialize for ConnectionLine<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use AccessLogField as F;
-        let r = self.r;
-        let mut m = s.serialize_map(None)?;
-        for &f in self.fields {
-            let k = f.name();
-            match f {
-                F::Kind => m.serialize_entry(k, "tcp")?,
-                F::Time => m.serialize_entry(k, &Rfc3339(r.start))?,
-                F::DurationMs => m.serialize_entry(k, &millis(r.duration))?,
-                F::Listener => m.serialize_entry(k, r.listener)?,
-                F::Direction => m.serialize_entry(k, r.direction)?,
-                F::Upstream => m.serialize_entry(k, &r.upstream)?,
-                F::Endpoint => m.serialize_entry(k, &r.endpoint)?,
-                F::Client => m.serialize_entry(k, &r.client.map(Displayed))?,
-                F::Protocol => m.serialize_entry(k, "tcp")?,
-                F::ReceivedBytes => m.serialize_entry(k, &r.received_bytes)?,
-                F::SentBytes => m.serialize_entry(k, &r.sent_bytes)?,
-                F::Error => m.serialize_entry(k, &r.error)?,
-                F::End => m.serialize_entry(k, r.end.as_str())?,
-                F::Completed => m.serialize_entry(k, &(r.end == End::Complete))?,
-                F::PeerIdentity => m.serialize_entry(k, &r.peer_identity)?,
-                F::TraceId => m.serialize_entry(k, &r.trace_id)?,
-                F::SpanId => m.serialize_entry(k, &r.span_id)?,
-                F::HeadMs
-                | F::Route
-                | F::Method
-                | F::Path
-                | F::Authority
-                | F::Status
-                | F::GrpcStatus
-                | F::Attempts
-                | F::Retries
-                | F::UserAgent => {}
-            }
+/// A JSON string of UTF-8 `s`.
+fn string(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    escape(out, s);
+    out.push(b'"');
+}
+
+/// `s` (UTF-8) escaped for a JSON string as serde_json does: quotes, backslashes and control
+/// characters (`\n`, `\t`, ... or `\u00XX`); everything else, non-ASCII included, as is. Runs
+/// of plain bytes are copied whole.
+fn escape(out: &mut Vec<u8>, s: &[u8]) {
+    // Almost every value has nothing to escape: one pass without early exit (the compiler
+    // vectorizes it), then one copy.
+    let special = s.iter().fold(false, |any, &b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !special {
+        out.extend_from_slice(s);
+        return;
+    }
+    let mut plain = 0;
+    for (i, &b) in s.iter().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
         }
-        m.end()
+        out.extend_from_slice(&s[plain..i]);
+        plain = i + 1;
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+        }
     }
+    out.extend_from_slice(&s[plain..]);
 }
 
-/// Milliseconds with microsecond resolution.
-fn millis(d: Duration) -> f64 {
-    d.as_micros() as f64 / 1000.0
-}
-
-/// A wall-clock time as RFC 3339 in UTC with microseconds.
-struct Rfc3339(SystemTime);
-
-impl Serialize for Rfc3339 {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_micros(self.0))
-    }
-}
-
-/// A value written as a JSON string through its `Display`.
-struct Displayed<T>(T);
-
-impl<T: fmt::Display> Serialize for Displayed<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Bytes from a client as a JSON string: invalid UTF-8 becomes U+FFFD, and more than the
 /// bound is cut at a character boundary and ends in `...`.
-struct Capped<'a>(&'a [u8], usize);
-
-impl Serialize for Capped<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let text = String::from_utf8_lossy(self.0);
-        if text.len() <= self.1 {
-            return s.serialize_str(&text);
-        }
-        let mut cut = self.1;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.collect_str(&format_args!("{}...", &text[..cut]))
+fn capped(out: &mut Vec<u8>, bytes: &[u8], bound: usize) {
+    // Only the bound and the character across it can reach the line: look at no more. When
+    // `head` is shorter than `bytes`, its text is longer than the bound (a replacement is never
+    // shorter than what it replaces), so it is cut below, before anything `head` cut in two.
+    let head = &bytes[..bytes.len().min(bound + 4)];
+    let text = match std::str::from_utf8(head) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(head),
+    };
+    if text.len() <= bound {
+        return string(out, text.as_bytes());
     }
+    let mut cut = bound;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    out.push(b'"');
+    escape(out, &text.as_bytes()[..cut]);
+    out.extend_from_slice(b"...\"");
+}
+
+/// A non-negative integer.
+fn uint(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// Milliseconds with microsecond resolution, as serde_json writes the `f64` `micros / 1000`:
+/// the shortest decimal, `.0` when whole (at most three decimals, so exact).
+fn millis(out: &mut Vec<u8>, d: Duration) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    uint(out, micros / 1000);
+    out.push(b'.');
+    let frac = micros % 1000;
+    if frac == 0 {
+        out.push(b'0');
+        return;
+    }
+    let digits = [
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ];
+    let len = if frac % 100 == 0 {
+        1
+    } else if frac % 10 == 0 {
+        2
+    } else {
+        3
+    };
+    out.extend_from_slice(&digits[..len]);
+}
+
+/// `"1.2.3.4:5"`, `"[::1]:5"` or `null`.
+fn client(out: &mut Vec<u8>, addr: Option<SocketAddr>) -> Result<(), fmt::Error> {
+    match addr {
+        None => null(out),
+        Some(SocketAddr::V4(a)) => {
+            out.push(b'"');
+            for (i, o) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                uint(out, u64::from(o));
+            }
+            out.push(b':');
+            uint(out, u64::from(a.port()));
+            out.push(b'"');
+        }
+        // Rare on the data path: through `Display` (only hex digits, `:`, `[]`, `%`, digits).
+        Some(a @ SocketAddr::V6(_)) => {
+            use std::io::Write as _;
+            out.push(b'"');
+            write!(out, "{a}").map_err(|_| fmt::Error)?;
+            out.push(b'"');
+        }
+    }
+    Ok(())
+}
+
+/// A wall-clock time as RFC 3339 in UTC with microseconds (`2025-11-24T16:00:00.123456Z`);
+/// times before 1970 are written as the epoch.
+fn rfc3339_micros(out: &mut Vec<u8>, t: SystemTime) {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let micros = since.subsec_micros();
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    let mut b = *b"\"0000-00-00T00:00:00.000000Z\"";
+    let put = |b: &mut [u8], at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(&mut b, 1, 4, year);
+    put(&mut b, 6, 2, month);
+    put(&mut b, 9, 2, day);
+    put(&mut b, 12, 2, rem / 3600);
+    put(&mut b, 15, 2, rem / 60 % 60);
+    put(&mut b, 18, 2, rem % 60);
+    put(&mut b, 21, 6, u64::from(micros));
+    out.extend_from_slice(&b);
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian; H. Hinnant's
+/// `civil_from_days`, for days >= 0).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 // === impl End ===

@@ -452,3 +452,65 @@ async fn tap_sees_every_line() {
     }
     assert_eq!(sink.lines().len(), 100);
 }
+
+/// The hand-written JSON is what serde_json writes for the same values: every escape, the
+/// milliseconds as `f64`, addresses; and the time is humantime's RFC 3339 with microseconds.
+#[test]
+fn hand_written_json_matches_serde_json() {
+    let mut all: Vec<u8> = (0u8..0x80).collect();
+    all.extend_from_slice("é\u{2028}\u{fffd}😀".as_bytes());
+    let text = std::str::from_utf8(&all).unwrap();
+    let mut out = Vec::new();
+    string(&mut out, text.as_bytes());
+    assert_eq!(
+        std::str::from_utf8(&out).unwrap(),
+        serde_json::to_string(text).unwrap()
+    );
+    for micros in [
+        0u64,
+        1,
+        10,
+        100,
+        999,
+        1000,
+        1001,
+        1010,
+        1100,
+        3_500,
+        123_456_789,
+    ] {
+        let mut out = Vec::new();
+        millis(&mut out, Duration::from_micros(micros));
+        let want = serde_json::to_string(&(micros as f64 / 1000.0)).unwrap();
+        assert_eq!(std::str::from_utf8(&out).unwrap(), want, "{micros}");
+    }
+    for addr in [
+        "10.1.2.3:40000",
+        "0.0.0.0:0",
+        "255.255.255.255:65535",
+        "[::1]:8080",
+    ] {
+        let mut out = Vec::new();
+        client(&mut out, Some(addr.parse().unwrap())).unwrap();
+        assert_eq!(std::str::from_utf8(&out).unwrap(), format!("\"{addr}\""));
+    }
+    // Across leap years, month ends and the far future.
+    for secs in [
+        0u64,
+        951_782_400,
+        951_868_799,
+        1_709_251_199,
+        1_764_000_000,
+        4_102_444_800,
+    ] {
+        for micros in [0u32, 7, 999_999] {
+            let t = SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000);
+            let mut out = Vec::new();
+            rfc3339_micros(&mut out, t);
+            assert_eq!(
+                std::str::from_utf8(&out).unwrap(),
+                format!("\"{}\"", humantime::format_rfc3339_micros(t))
+            );
+        }
+    }
+}

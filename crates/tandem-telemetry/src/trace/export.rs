@@ -134,28 +134,31 @@ impl Exporter {
     /// Exports everything queued now, a batch per request.
     async fn flush(&mut self, client: &mut Client) {
         loop {
-            let n = self.queue.len().min(self.batch);
-            if n == 0 {
+            if self.queue.is_empty() {
                 return;
             }
-            let mut spans = Vec::with_capacity(n);
-            while spans.len() < self.batch {
-                match self.queue.pop() {
-                    Some(s) => spans.push(s),
-                    None => break,
+            // Spans go from the queue straight into the encoder, not through a `Vec`.
+            let (queue, batch) = (&self.queue, self.batch);
+            let mut taken = 0;
+            let request = self.encoder.encode(std::iter::from_fn(|| {
+                if taken == batch {
+                    return None;
                 }
+                let span = queue.pop()?;
+                taken += 1;
+                Some(span)
+            }));
+            if taken == 0 {
+                return;
             }
-            let full = spans.len() == self.batch;
-            self.export(client, spans).await;
-            if !full {
+            self.export(client, request, taken as u64).await;
+            if taken < batch {
                 return;
             }
         }
     }
 
-    async fn export(&mut self, client: &mut Client, spans: Vec<SpanRecord>) {
-        let n = spans.len() as u64;
-        let request = self.encoder.encode(spans);
+    async fn export(&mut self, client: &mut Client, request: Bytes, n: u64) {
         let sent = tokio::time::timeout(self.timeout, client.send(request)).await;
         match sent.unwrap_or(Err(ExportError::Timeout(self.timeout))) {
             Ok(rejected) => {

@@ -12,10 +12,9 @@
 //! Field numbers are those of `opentelemetry/proto/trace/v1/trace.proto`,
 //! `common/v1/common.proto` and `collector/trace/v1/trace_service.proto`.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
 use prost::Message;
 use tandem_config::Tracing;
 
@@ -43,9 +42,9 @@ pub struct Encoder {
     /// `ScopeSpans.scope` (field 1), key and length included.
     scope: Bytes,
     /// The spans of the batch being written, each as `ScopeSpans.spans` (field 2).
-    spans: BytesMut,
+    spans: Vec<u8>,
     /// One span's fields.
-    span: BytesMut,
+    span: Vec<u8>,
 }
 
 /// The resource of this process: `service.name`, `service.instance.id` (a random UUID per
@@ -80,8 +79,8 @@ impl Encoder {
         Encoder {
             resource: field_bytes(1, &resource.encode_to_vec()),
             scope: field_bytes(1, &scope.encode_to_vec()),
-            spans: BytesMut::with_capacity(64 * 1024),
-            span: BytesMut::with_capacity(1024),
+            spans: Vec::with_capacity(64 * 1024),
+            span: Vec::with_capacity(1024),
         }
     }
 
@@ -90,29 +89,33 @@ impl Encoder {
         self.spans.clear();
         for s in spans {
             self.span.clear();
-            write_span(&mut self.span, s);
+            write_span(&mut self.span, &s);
             len_field(&mut self.spans, 2, &self.span);
         }
         // ExportTraceServiceRequest { resource_spans (1): ResourceSpans {
         //   resource (1), scope_spans (2): ScopeSpans { scope (1), spans (2)... } } }
         let scope_spans = self.scope.len() + self.spans.len();
-        let resource_spans =
-            self.resource.len() + 1 + encoded_len_varint(scope_spans as u64) + scope_spans;
-        let mut out =
-            BytesMut::with_capacity(1 + encoded_len_varint(resource_spans as u64) + resource_spans);
-        encode_key(1, WireType::LengthDelimited, &mut out);
-        encode_varint(resource_spans as u64, &mut out);
-        out.put_slice(&self.resource);
-        encode_key(2, WireType::LengthDelimited, &mut out);
-        encode_varint(scope_spans as u64, &mut out);
-        out.put_slice(&self.scope);
-        out.put_slice(&self.spans);
-        out.freeze()
+        let resource_spans = self.resource.len() + 1 + varint_len(scope_spans as u64) + scope_spans;
+        let mut out = Vec::with_capacity(1 + varint_len(resource_spans as u64) + resource_spans);
+        key(&mut out, 1, LEN);
+        varint(&mut out, resource_spans as u64);
+        out.extend_from_slice(&self.resource);
+        key(&mut out, 2, LEN);
+        varint(&mut out, scope_spans as u64);
+        out.extend_from_slice(&self.scope);
+        out.extend_from_slice(&self.spans);
+        Bytes::from(out)
     }
 }
 
+/// Protobuf wire types used here.
+const VARINT: u32 = 0;
+const I64: u32 = 1;
+const LEN: u32 = 2;
+const I32: u32 = 5;
+
 /// `Span`'s fields (without the span's own key and length).
-fn write_span(buf: &mut BytesMut, s: SpanRecord) {
+fn write_span(buf: &mut Vec<u8>, s: &SpanRecord) {
     len_field(buf, 1, &s.trace_id.to_bytes());
     len_field(buf, 2, &s.span_id.to_bytes());
     if let Some(ts) = &s.trace_state {
@@ -130,40 +133,38 @@ fn write_span(buf: &mut BytesMut, s: SpanRecord) {
             SpanKind::Client => KIND_CLIENT,
         },
     );
-    encode_key(7, WireType::SixtyFourBit, buf);
-    buf.put_u64_le(s.start_unix_nanos);
-    encode_key(8, WireType::SixtyFourBit, buf);
-    buf.put_u64_le(s.end_unix_nanos);
-    for (key, value) in &s.attributes {
+    key(buf, 7, I64);
+    buf.extend_from_slice(&s.start_unix_nanos.to_le_bytes());
+    key(buf, 8, I64);
+    buf.extend_from_slice(&s.end_unix_nanos.to_le_bytes());
+    for (k, value) in &s.attributes {
         // KeyValue { key (1), value (2): AnyValue { string_value (1) | int_value (3) } }
         let any_len = match value {
-            Value::Static(v) => 1 + encoded_len_varint(v.len() as u64) + v.len(),
-            Value::String(v) => 1 + encoded_len_varint(v.len() as u64) + v.len(),
-            Value::Int(i) => 1 + encoded_len_varint(*i as u64),
+            Value::Static(v) => 1 + varint_len(v.len() as u64) + v.len(),
+            Value::String(v) => 1 + varint_len(v.len() as u64) + v.len(),
+            Value::Shared(v) => 1 + varint_len(v.len() as u64) + v.len(),
+            Value::Int(i) => 1 + varint_len(*i as u64),
         };
-        let kv_len = 1
-            + encoded_len_varint(key.len() as u64)
-            + key.len()
-            + 1
-            + encoded_len_varint(any_len as u64)
-            + any_len;
-        encode_key(9, WireType::LengthDelimited, buf);
-        encode_varint(kv_len as u64, buf);
-        len_field(buf, 1, key.as_bytes());
-        encode_key(2, WireType::LengthDelimited, buf);
-        encode_varint(any_len as u64, buf);
+        let kv_len =
+            1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(any_len as u64) + any_len;
+        key(buf, 9, LEN);
+        varint(buf, kv_len as u64);
+        len_field(buf, 1, k.as_bytes());
+        key(buf, 2, LEN);
+        varint(buf, any_len as u64);
         match value {
             Value::Static(v) => len_field(buf, 1, v.as_bytes()),
             Value::String(v) => len_field(buf, 1, v.as_bytes()),
+            Value::Shared(v) => len_field(buf, 1, v.as_bytes()),
             // int64: two's complement as a varint.
             Value::Int(i) => varint_field(buf, 3, *i as u64),
         }
     }
     if let Status::Error(message) = &s.status {
         // Status { message (2), code (3) }
-        let len = 1 + encoded_len_varint(message.len() as u64) + message.len() + 2;
-        encode_key(15, WireType::LengthDelimited, buf);
-        encode_varint(len as u64, buf);
+        let len = 1 + varint_len(message.len() as u64) + message.len() + 2;
+        key(buf, 15, LEN);
+        varint(buf, len as u64);
         len_field(buf, 2, message.as_bytes());
         varint_field(buf, 3, STATUS_ERROR);
     }
@@ -174,27 +175,49 @@ fn write_span(buf: &mut BytesMut, s: SpanRecord) {
             flags |= FLAG_IS_REMOTE;
         }
     }
-    encode_key(16, WireType::ThirtyTwoBit, buf);
-    buf.put_u32_le(flags);
+    key(buf, 16, I32);
+    buf.extend_from_slice(&flags.to_le_bytes());
+}
+
+// Wire-format primitives on a `Vec<u8>`: prost's generic `BufMut` versions cost several times
+// as much per call, and a span makes dozens of calls.
+
+/// A field key: field number and wire type.
+fn key(buf: &mut Vec<u8>, tag: u32, wire_type: u32) {
+    varint(buf, u64::from(tag << 3 | wire_type));
+}
+
+fn varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+/// Bytes [`varint`] writes for `v`.
+fn varint_len(v: u64) -> usize {
+    // 1 byte per started 7 bits; zero takes one byte.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// A length-delimited field: key, length, bytes.
-fn len_field(buf: &mut BytesMut, tag: u32, bytes: &[u8]) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(bytes.len() as u64, buf);
-    buf.put_slice(bytes);
+fn len_field(buf: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+    key(buf, tag, LEN);
+    varint(buf, bytes.len() as u64);
+    buf.extend_from_slice(bytes);
 }
 
-fn varint_field(buf: &mut BytesMut, tag: u32, v: u64) {
-    encode_key(tag, WireType::Varint, buf);
-    encode_varint(v, buf);
+fn varint_field(buf: &mut Vec<u8>, tag: u32, v: u64) {
+    key(buf, tag, VARINT);
+    varint(buf, v);
 }
 
 /// A length-delimited field as its own bytes.
 fn field_bytes(tag: u32, bytes: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(bytes.len() + 6);
+    let mut b = Vec::with_capacity(bytes.len() + 6);
     len_field(&mut b, tag, bytes);
-    b.freeze()
+    Bytes::from(b)
 }
 
 fn kv(key: &str, value: String) -> KeyValue {
@@ -264,6 +287,7 @@ mod tests {
                             value: Some(match v {
                                 Value::Static(s) => any_value::Value::StringValue(s.to_owned()),
                                 Value::String(s) => any_value::Value::StringValue(s),
+                                Value::Shared(s) => any_value::Value::StringValue(s.to_string()),
                                 Value::Int(i) => any_value::Value::IntValue(i),
                             }),
                         }),
@@ -314,6 +338,7 @@ mod tests {
                 ("http.response.status_code", Value::Int(503)),
                 ("negative", Value::Int(-1)),
                 ("empty", Value::String(String::new())),
+                ("tandem.route", Value::Shared("api".into())),
             ],
             status: Status::Error("x".repeat(300)),
         };
@@ -365,6 +390,26 @@ mod tests {
             .map(|s| s.flags)
             .collect();
         assert_eq!(flags, [0x301, 0x101, 0x001]);
+    }
+
+    /// Varints and their lengths agree with prost's at every size boundary.
+    #[test]
+    fn varints_match_prost() {
+        for shift in 0..64 {
+            for v in [
+                (1u64 << shift) - 1,
+                1u64 << shift,
+                (1u64 << shift) + 1,
+                u64::MAX,
+            ] {
+                let mut ours = Vec::new();
+                varint(&mut ours, v);
+                let mut theirs = Vec::new();
+                prost::encoding::encode_varint(v, &mut theirs);
+                assert_eq!(ours, theirs, "{v}");
+                assert_eq!(varint_len(v), prost::encoding::encoded_len_varint(v), "{v}");
+            }
+        }
     }
 
     /// UUIDs have the v4 shape and differ between calls.

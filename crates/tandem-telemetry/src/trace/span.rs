@@ -5,6 +5,7 @@
 //! small enum, so a span is one `Vec` of attributes plus the strings that vary per request.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use http::HeaderValue;
 
@@ -53,6 +54,9 @@ pub enum Value {
     Static(&'static str),
     /// A string made for this span.
     String(String),
+    /// A string many spans share (listener, route and upstream names): a reference count
+    /// instead of a copy per span.
+    Shared(Arc<str>),
     /// An integer.
     Int(i64),
 }
