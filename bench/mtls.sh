@@ -94,8 +94,10 @@ write_configs() { # $1 = hop protocol (h1 | h2)
   local tandem_proto=http1 envoy_proto="http_protocol_options: {}" alpn='"http/1.1"' idle=1024 envoy_common=""
   if [[ "$1" == h2 ]]; then tandem_proto=http2 envoy_proto="http2_protocol_options: {}" alpn='"h2"'; fi
   # hs: one request per A->B connection (Tandem keeps no idle connection; Envoy closes after one
-  # request), TLS session resumption left at each proxy's default.
-  if [[ "$1" == hs ]]; then idle=0 envoy_common="common_http_protocol_options: { max_requests_per_connection: 1 }"; fi
+  # request), every one a full handshake: Tandem never resumes sessions (no tickets), and
+  # Envoy's upstream session cache is turned off (max_session_keys: 0) to match.
+  local session_keys=1
+  if [[ "$1" == hs ]]; then idle=0 session_keys=0 envoy_common="common_http_protocol_options: { max_requests_per_connection: 1 }"; fi
   cat >"$OUT/conf/tandem-b.yaml" <<EOF
 tls: { cert: $C/b/cert.pem, key: $C/b/key.pem, trust_bundle: $C/ca/ca.pem }
 admin: { address: 127.0.0.1:$B_ADMIN }
@@ -197,6 +199,7 @@ static_resources:
       name: envoy.transport_sockets.tls
       typed_config:
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        max_session_keys: $session_keys
         common_tls_context:
           tls_params: { tls_minimum_protocol_version: TLSv1_2 }
           alpn_protocols: [$alpn]
