@@ -50,6 +50,24 @@ pub struct ShapeStats {
     pub redacted: u64,
 }
 
+impl ShapeStats {
+    /// Adds these counts to the source's metrics.
+    pub fn count(&self, m: &tandem_telemetry::logs::LogSourceMetrics) {
+        if self.parse_errors > 0 {
+            m.parse_errors.inc_by(self.parse_errors);
+        }
+        if self.dropped_level > 0 {
+            m.dropped_records[0].inc_by(self.dropped_level);
+        }
+        if self.dropped_sample > 0 {
+            m.dropped_records[1].inc_by(self.dropped_sample);
+        }
+        if self.redacted > 0 {
+            m.redactions.inc_by(self.redacted);
+        }
+    }
+}
+
 #[derive(Debug)]
 enum TimeParse {
     Rfc3339,

@@ -948,19 +948,7 @@ impl FileTailer {
         };
         self.lines = lines;
         self.lines.clear();
-        let stats = self.shaper.take_stats();
-        if stats.parse_errors > 0 {
-            self.metrics.parse_errors.inc_by(stats.parse_errors);
-        }
-        if stats.dropped_level > 0 {
-            self.metrics.dropped_records[0].inc_by(stats.dropped_level);
-        }
-        if stats.dropped_sample > 0 {
-            self.metrics.dropped_records[1].inc_by(stats.dropped_sample);
-        }
-        if stats.redacted > 0 {
-            self.metrics.redactions.inc_by(stats.redacted);
-        }
+        self.shaper.take_stats().count(&self.metrics);
         // Each chunk took its own share of the budget; the read's permit goes back.
         drop(read_permit);
         end

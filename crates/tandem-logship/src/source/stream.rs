@@ -400,15 +400,7 @@ impl Shared {
         }
         let stats = shaper.take_stats();
         drop(shaper);
-        if stats.parse_errors > 0 {
-            self.metrics.parse_errors.inc_by(stats.parse_errors);
-        }
-        if stats.dropped_level > 0 {
-            self.metrics.dropped_records[0].inc_by(stats.dropped_level);
-        }
-        if stats.dropped_sample > 0 {
-            self.metrics.dropped_records[1].inc_by(stats.dropped_sample);
-        }
+        stats.count(&self.metrics);
         if let Some(c) = current {
             self.send_chunk(sinks, c, records, bytes, (key, start, end), observed);
         }
@@ -616,12 +608,22 @@ mod tests {
     }
 
     fn rig(dir: &std::path::Path, budget: usize, disk: u64) -> Rig {
+        rig_with(dir, budget, disk, LogParser::Plain, Shape::default()).0
+    }
+
+    fn rig_with(
+        dir: &std::path::Path,
+        budget: usize,
+        disk: u64,
+        parser: LogParser,
+        shape: Shape,
+    ) -> (Rig, Metrics) {
         let m = Metrics::new();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let cfg = StreamConfig {
             name: "out".into(),
-            parser: LogParser::Plain,
-            shape: Shape::default(),
+            parser,
+            shape,
             labels: Arc::new([]),
             chunk_lines: 10,
             chunk_bytes: 1 << 20,
@@ -642,13 +644,71 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let pump = std::thread::spawn(move || pump.run(&s));
-        Rig {
-            input,
-            rx,
-            stop,
-            pump: Some(pump),
-            metrics: m.log_stream_source("out"),
+        let metrics = m.log_stream_source("out");
+        (
+            Rig {
+                input,
+                rx,
+                stop,
+                pump: Some(pump),
+                metrics,
+            },
+            m,
+        )
+    }
+
+    /// Lines of a stream source are parsed, redacted and filtered like a file's, on the memory
+    /// path and when read back from the disk buffer; dropped lines still free their segments.
+    #[test]
+    fn lines_are_shaped_on_both_paths() {
+        let cfg = tandem_config::parse(
+            "t.yaml",
+            "logs:\n  checkpoint: { dir: /var/lib/tandem/logs }\n  sources:\n    app: { type: stdio, parser: json, drop: { levels: [debug] } }\n  sinks:\n    c: { type: console }\n",
+        )
+        .unwrap();
+        let src = cfg.logs.unwrap().sources.remove(0);
+        let dir = tempfile::tempdir().unwrap();
+        let (mut r, m) = rig_with(dir.path(), 4096, 1 << 20, src.parser, src.shape);
+        let json = |level: &str, i: usize| Line {
+            text: Bytes::from(format!(
+                r#"{{"level":"{level}","message":"m{i}","password":"hunter2","pad":"{}"}}"#,
+                "x".repeat(200)
+            )),
+            end: 0,
+            cut: false,
+        };
+        // 4 KiB of budget: most of these spill to disk and come back through the pump.
+        for i in 0..60 {
+            let level = if i % 3 == 0 { "info" } else { "debug" };
+            r.input.push(Stream::Stderr, &[json(level, i)]);
         }
+        let mut got = Vec::new();
+        while got.len() < 20 {
+            let c = r.rx.blocking_recv().unwrap();
+            for rec in &c.records {
+                assert_eq!(rec.level, Some(crate::record::Level::Info));
+                let f = rec.fields.as_ref().unwrap();
+                assert_eq!(f["password"], Value::String("[REDACTED]".into()), "{f:?}");
+                got.push(String::from_utf8_lossy(&rec.message).into_owned());
+            }
+            c.confirm();
+        }
+        let want: Vec<String> = (0..60).step_by(3).map(|i| format!("m{i}")).collect();
+        assert_eq!(got, want);
+        assert!(
+            r.input.status().spilled_lines > 30,
+            "{:?}",
+            r.input.status()
+        );
+        wait("segments deleted", || {
+            r.input.status().disk_buffer_used == 0
+        });
+        let text = m.encode();
+        assert!(
+            text.contains(r#"tandem_logs_dropped_records_total{source="out",reason="level"} 40"#),
+            "{text}"
+        );
+        r.stop();
     }
 
     impl Rig {
