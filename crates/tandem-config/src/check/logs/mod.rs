@@ -214,17 +214,7 @@ fn check_source(c: &mut Checker, name: &str, s: &RawLogSource) -> LogSource {
             );
         }
     }
-    let max_line_bytes = match s.max_line_bytes {
-        None => 64 * KIB,
-        Some(n) => bounded_size(
-            c,
-            &format!("{key}.max_line_bytes"),
-            n,
-            256,
-            16 * MIB,
-            64 * KIB,
-        ),
-    };
+    let max_line_bytes = check_max_line_bytes(c, &key, s);
     LogSource {
         name: name.to_owned(),
         kind: LogSourceKind::File(FileSource {
@@ -319,17 +309,7 @@ fn check_stream_source(
         }
         _ => LogSourceKind::AccessLog(buffer),
     };
-    let max_line_bytes = match s.max_line_bytes {
-        None => 64 * KIB,
-        Some(n) => bounded_size(
-            c,
-            &format!("{key}.max_line_bytes"),
-            n,
-            256,
-            16 * MIB,
-            64 * KIB,
-        ),
-    };
+    let max_line_bytes = check_max_line_bytes(c, key, s);
     // Access log lines are JSON objects: parsed by default, so their members become fields.
     let parser = match (&kind, s.parser) {
         (LogSourceKind::AccessLog(_), None) => LogParser::Json,
@@ -350,6 +330,21 @@ fn check_stream_source(
         labels: check_labels(c, &format!("{key}.labels"), &s.labels),
         multiline: None,
         shape: check_shape(c, key, s),
+    }
+}
+
+/// A source's `max_line_bytes`: 256 bytes to 16 MiB, default 64 KiB.
+fn check_max_line_bytes(c: &mut Checker, key: &str, s: &RawLogSource) -> usize {
+    match s.max_line_bytes {
+        None => 64 * KIB,
+        Some(n) => bounded_size(
+            c,
+            &format!("{key}.max_line_bytes"),
+            n,
+            256,
+            16 * MIB,
+            64 * KIB,
+        ),
     }
 }
 
