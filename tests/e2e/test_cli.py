@@ -160,6 +160,42 @@ def test_ready_waits_for_the_app(tandem):
     assert t.wait(20) == 143
 
 
+def test_app_does_not_outlive_a_killed_tandem(tandem, tmp_path):
+    """Tandem killed with SIGKILL (nothing of it runs): the kernel sends the app SIGTERM, so no
+    orphan keeps serving without its sidecar. The child is the app itself (Tandem re-executed
+    only to set the death signal), so signals and its exit code are its own."""
+    flag, ready = tmp_path / "got-sigterm", tmp_path / "handler-installed"
+    app_code = (
+        "import signal, sys, time\n"
+        f"def bye(*_):\n    open({str(flag)!r}, 'w').write('SIGTERM')\n    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        f"open({str(ready)!r}, 'w').close()\n"
+        "time.sleep(60)\n"
+    )
+    t, _, _ = supervise(tandem, free_port(), [sys.executable, "-c", app_code])
+    wait_for(ready.exists, 10, "the app started and handles SIGTERM")
+    child = int(open(f"/proc/{t.p.pid}/task/{t.p.pid}/children").read().split()[0])
+    assert b"time.sleep(60)" in open(f"/proc/{child}/cmdline", "rb").read(), "the child is the app"
+    t.p.kill()
+    t.p.wait(5)
+    wait_for(lambda: not alive(child), 5, "the app gone after Tandem was killed")
+    assert flag.read_text() == "SIGTERM", "the app was told with SIGTERM, not killed outright"
+
+
+def test_an_app_that_cannot_start_exits_127(tmp_path):
+    """A missing or non-executable program: Tandem exits 127 at once, naming it."""
+    for program, why in [(str(tmp_path / "no-such-app"), "No such file"), ("no-such-app-in-path", "not found in PATH")]:
+        r = run([TANDEM_BIN, "run", "--app-port", str(free_port()), "--inbound", f"127.0.0.1:{free_port()}",
+                 "--outbound", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}", "--", program])
+        assert r.returncode == 127, r.stderr
+        assert "cannot start the app" in r.stderr and program in r.stderr and why in r.stderr, r.stderr
+    script = tmp_path / "not-executable.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    r = run([TANDEM_BIN, "run", "--app-port", str(free_port()), "--inbound", f"127.0.0.1:{free_port()}",
+             "--outbound", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}", "--", str(script)])
+    assert r.returncode == 127 and "not an executable file" in r.stderr, r.stderr
+
+
 def test_bad_config_exits_64_and_port_conflict_exits_1(tmp_path):
     """A broken file stops `run` with the same errors as `check`; a taken port names the listener."""
     bad = tmp_path / "bad.yaml"

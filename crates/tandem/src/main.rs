@@ -167,6 +167,16 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // The supervised app starts as Tandem re-executed with this first argument (see
+    // `tandem_app::supervisor`); it never reaches the CLI.
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if argv
+        .get(1)
+        .is_some_and(|a| a == tandem_app::supervisor::EXEC_APP)
+    {
+        let code = tandem_app::supervisor::exec_app(&argv[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
