@@ -280,6 +280,7 @@ impl LogShipper {
                             name: src.name.as_str().into(),
                             parser: src.parser.clone(),
                             shape: src.shape.clone(),
+                            multiline: src.multiline.clone(),
                             labels: labels(&cfg.labels, &src.labels, host.as_deref()),
                             chunk_lines,
                             chunk_bytes,

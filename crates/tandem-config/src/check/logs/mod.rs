@@ -315,20 +315,18 @@ fn check_stream_source(
         (LogSourceKind::AccessLog(_), None) => LogParser::Json,
         _ => check_parser(c, key, s),
     };
-    if s.multiline.is_some() {
-        c.err(
-            format!("{key}.multiline"),
-            format!("multi-line joining applies to file sources, not to a {type_name} source"),
-            "remove `multiline`; or have the app write to a file and tail it with a file source",
-        );
-    }
     LogSource {
         name: name.to_owned(),
         kind,
         parser,
         max_line_bytes,
         labels: check_labels(c, &format!("{key}.labels"), &s.labels),
-        multiline: None,
+        // Joined per stream (stdout and stderr each have their own records), in memory before
+        // the disk buffer: see tandem-logship's source/stream.rs.
+        multiline: s
+            .multiline
+            .as_ref()
+            .and_then(|m| check_multiline(c, &format!("{key}.multiline"), m)),
         shape: check_shape(c, key, s),
     }
 }

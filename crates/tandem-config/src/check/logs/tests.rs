@@ -376,6 +376,56 @@ logs:
     assert_eq!(logs.sources[1].parser, LogParser::Json);
 }
 
+/// `multiline` on stdio and access_log sources: translated as on a file source; a bad
+/// pattern or bound reported at its line and key.
+#[test]
+fn stream_sources_join_lines() {
+    let c = parse(
+        "t.yaml",
+        r#"access_log: {}
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { type: stdio, multiline: { start: '^\S', timeout: 300ms, max_lines: 20 } }
+    access: { type: access_log, multiline: { start: '^\{' } }
+  sinks:
+    central: { type: http, url: http://127.0.0.1:9880/ingest }
+"#,
+    )
+    .unwrap();
+    let logs = c.logs.unwrap();
+    let m = logs.sources[0].multiline.as_ref().unwrap();
+    assert_eq!(m.start.0.as_str(), r"^\S");
+    assert_eq!(
+        (m.timeout, m.max_lines, m.max_bytes),
+        (Duration::from_millis(300), 20, 256 << 10)
+    );
+    let m = logs.sources[1].multiline.as_ref().unwrap();
+    assert_eq!((m.timeout, m.max_lines), (Duration::from_secs(1), 500));
+
+    let e = errors(
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app:
+      type: stdio
+      multiline: { start: '(', max_bytes: 1KiB, max_lines: 0 }
+  sinks:
+    central: { type: console }
+",
+    );
+    assert_eq!(
+        keys(&e),
+        [
+            (Some(6), "logs.sources.app.multiline.start"),
+            (Some(6), "logs.sources.app.multiline.max_lines"),
+        ],
+        "{}",
+        ConfigErrors(e.clone())
+    );
+}
+
 /// File keys on stream sources, stream keys on file sources, an access_log source without
 /// the access log, a tiny disk buffer: each at its key.
 #[test]
