@@ -208,6 +208,23 @@ impl Chunk {
         rx
     }
 
+    /// A copy of `records` of this chunk, for encoding only (a sink splitting a batch its
+    /// receiver found too large): confirming it does nothing; the whole chunk is confirmed.
+    pub(crate) fn part(&self, records: std::ops::Range<usize>) -> Chunk {
+        let records = self.records.get(records).unwrap_or_default().to_vec();
+        let bytes = records.iter().map(|r| r.message.len()).sum();
+        Chunk::new(
+            records,
+            bytes,
+            self.observed,
+            self.origin.clone(),
+            self.range(),
+            0,
+            std::sync::mpsc::channel().0,
+            None,
+        )
+    }
+
     /// One sink confirmed delivery; the last confirmation acknowledges the range.
     pub fn confirm(&self) {
         if self.ack.pending.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -36,6 +36,8 @@ Control port:
                       {"fail_next": 3}            the next 3 POSTs get `fail_status` (default 500)
                       {"fail_status": 429}
                       {"retry_after": "2"}        send this Retry-After with every failure
+                      {"max_request_lines": 300}  ndjson: a POST of more lines gets 413 (not
+                                                  counted), as a receiver's body size limit
                       {"down": true}              close the data port and every open connection
                                                   (connections refused); false: listen again
                       {"reset": true}             forget all counts
@@ -68,7 +70,8 @@ STATE = {"received": 0, "other_lines": 0, "requests": 0, "bytes": 0, "statuses":
 REQUESTS = []
 FIRST_LINES = []
 CONTROL = {"status": None, "fail_next": 0, "fail_status": 500, "retry_after": None, "down": False,
-           "item_retry_every": 0, "item_retry_status": 429, "item_retry_times": 0, "item_reject_every": 0}
+           "item_retry_every": 0, "item_retry_status": 429, "item_retry_times": 0, "item_reject_every": 0,
+           "max_request_lines": 0}
 CONNS = set()
 DATA = {"server": None, "port": None, "format": "ndjson", "tls": None}
 FORMATS = {"loki_streams": [], "es_indices": [], "otlp_resources": [], "tls_clients": []}
@@ -345,7 +348,10 @@ class Data(BaseHTTPRequestHandler):
                 body = gzip.decompress(body)
             fmt = DATA["format"]
             try:
-                if fmt == "ndjson":
+                limit = CONTROL["max_request_lines"]
+                if fmt == "ndjson" and limit and sum(1 for l in body.split(b"\n") if l.strip()) > limit:
+                    status, answer = 413, b"request entity too large"
+                elif fmt == "ndjson":
                     lines = count(body)
                 else:
                     if fmt == "loki":

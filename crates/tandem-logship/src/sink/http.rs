@@ -5,9 +5,11 @@
 //! A 2xx answer is a delivery — for Elasticsearch and OTLP once the answer's per-item results
 //! are read: items Elasticsearch failed with 429/5xx are sent again, alone; items refused for
 //! good, and records an OTLP receiver rejected, are dropped and counted. 429 and 503 are
-//! retried after their `Retry-After` (seconds or an HTTP date) when they carry one; every other
-//! failure (no connection, a TLS error, a timeout, any other status) is retried after the
-//! driver's back-off. The answer's body is read (for the log line of a failure, or the bulk
+//! retried after their `Retry-After` (seconds or an HTTP date) when they carry one. 400, 413
+//! and 422 are refused for good ([`Outcome::Rejected`]: the driver splits a 413'd batch, and
+//! drops and counts what stays refused). Every other failure (no connection, a TLS error, a
+//! timeout, 5xx, and the statuses a fix of the receiver or of the configuration resolves: 401,
+//! 403, 404, 408, 415, ...) is retried after the driver's back-off. The answer's body is read (for the log line of a failure, or the bulk
 //! results) so the connection can be reused.
 
 use std::io::{Read, Write};
@@ -363,8 +365,9 @@ fn gzip_bytes(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// What an answer means for the batch: 2xx delivered; else retried, after `Retry-After` when a
-/// 429 or 503 carries one.
+/// What an answer means for the batch: 2xx delivered; 400, 413 and 422 refused for good (the
+/// same body can never succeed: Loki's "entry out of order"/"too old", a malformed request, a
+/// request too large); else retried, after `Retry-After` when a 429 or 503 carries one.
 pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Outcome {
     if status.is_success() {
         return Outcome::Delivered;
@@ -376,6 +379,10 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], now: Syste
         429 => retry(RetryReason::Status429, after(), detail),
         503 => retry(RetryReason::Status5xx, after(), detail),
         500..=599 => retry(RetryReason::Status5xx, None, detail),
+        400 | 413 | 422 => Outcome::Rejected {
+            status: status.as_u16(),
+            detail,
+        },
         _ => retry(RetryReason::StatusOther, None, detail),
     }
 }
@@ -473,7 +480,18 @@ mod tests {
             f.after, None,
             "an unreadable Retry-After falls back to the back-off"
         );
-        assert_eq!(failure(status(400, None)).reason, RetryReason::StatusOther);
-        assert_eq!(failure(status(302, None)).reason, RetryReason::StatusOther);
+        for code in [400, 413, 422] {
+            match status(code, None) {
+                Outcome::Rejected { status, detail } => {
+                    assert_eq!(status, code);
+                    assert!(detail.contains(&code.to_string()) && detail.contains("busy"));
+                }
+                other => panic!("{code}: expected a rejection, got {other:?}"),
+            }
+        }
+        // Fixed by the receiver or the configuration, not by dropping every batch: retried.
+        for code in [302, 401, 403, 404, 408, 415] {
+            assert_eq!(failure(status(code, None)).reason, RetryReason::StatusOther);
+        }
     }
 }
