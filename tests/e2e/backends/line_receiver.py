@@ -36,6 +36,9 @@ Control port:
                       {"fail_next": 3}            the next 3 POSTs get `fail_status` (default 500)
                       {"fail_status": 429}
                       {"retry_after": "2"}        send this Retry-After with every failure
+                      {"answer_lost": true}       a POST answered with a failure (`status`,
+                                                  `fail_next`) is still decoded and counted,
+                                                  as if stored and the answer lost
                       {"max_request_lines": 300}  ndjson: a POST of more lines gets 413 (not
                                                   counted), as a receiver's body size limit
                       {"down": true}              close the data port and every open connection
@@ -71,7 +74,8 @@ REQUESTS = []
 FIRST_LINES = []
 CONTROL = {"status": None, "fail_next": 0, "fail_status": 500, "retry_after": None, "down": False,
            "item_retry_every": 0, "item_retry_status": 429, "item_retry_times": 0, "item_reject_every": 0,
-           "max_request_lines": 0}
+           "max_request_lines": 0, "answer_lost": False}
+ES_IDS = {}  # elasticsearch: seq -> set of the `_id`s (None: no _id) its documents carried
 CONNS = set()
 DATA = {"server": None, "port": None, "format": "ndjson", "tls": None}
 FORMATS = {"loki_streams": [], "es_indices": [], "otlp_resources": [], "tls_clients": []}
@@ -205,6 +209,8 @@ def decode_elasticsearch(body, query):
         seq = seq_of(raw[i + 1])
         with LOCK:
             attempt = ATTEMPTS[seq] = ATTEMPTS.get(seq, 0) + 1 if seq is not None else 1
+            if seq is not None:
+                ES_IDS.setdefault(seq, set()).add(meta.get("_id"))
         result = {"_index": meta["_index"], "status": 201, "result": "created"}
         if seq is not None and ctl["item_reject_every"] and seq % ctl["item_reject_every"] == 0:
             result = {"_index": meta["_index"], "status": 400, "error": {
@@ -343,7 +349,9 @@ class Data(BaseHTTPRequestHandler):
             STATE["bytes"] += len(body)
         lines = 0
         answer, ctype = (b"ok", "text/plain") if status // 100 == 2 else (b"refused on purpose", "text/plain")
-        if status // 100 == 2:
+        forced = status
+        lost = status // 100 != 2 and CONTROL["answer_lost"]
+        if status // 100 == 2 or lost:
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
             fmt = DATA["format"]
@@ -363,6 +371,8 @@ class Data(BaseHTTPRequestHandler):
                     lines = count_lines(decoded)
             except Refused as e:
                 status, answer, ctype, lines = 400, str(e).encode(), "text/plain", 0
+            if lost:
+                status, answer, ctype = forced, b"refused on purpose (stored, answer lost)", "text/plain"
         with LOCK:
             STATE["statuses"][str(status)] = STATE["statuses"].get(str(status), 0) + 1
             REQUESTS.append({"t": time.time(), "status": status, "lines": lines})
@@ -427,6 +437,13 @@ def stats(n):
     with LOCK:
         out["formats"] = json.loads(json.dumps(FORMATS))
         out["item_failures"] = dict(ITEM_FAILURES)
+        ids = list(ES_IDS.values())
+        out["es_ids"] = {
+            "seqs": len(ids),
+            "without_id": sum(1 for v in ids if None in v),
+            "seqs_with_several_ids": sum(1 for v in ids if len(v) > 1),
+            "distinct_ids": len({i for v in ids for i in v if i is not None}),
+        }
     return out
 
 
@@ -483,6 +500,7 @@ class Control(BaseHTTPRequestHandler):
                 REQUESTS.clear()
                 ATTEMPTS.clear()
                 ITEM_FAILURES.clear()
+                ES_IDS.clear()
                 for v in FORMATS.values():
                     v.clear()
                 FIRST_LINES.clear()

@@ -395,6 +395,8 @@ pub enum HttpApi {
         index: String,
         /// `create` operations into a data stream instead of `index` operations.
         data_stream: bool,
+        /// Give each document a deterministic `_id` (from its source, file and offset).
+        document_id: bool,
     },
     /// OTLP logs over HTTP: an `ExportLogsServiceRequest`.
     Otlp {

@@ -113,8 +113,12 @@ impl HttpSink {
                 let ct = l.content_type();
                 (Api::Loki(l), ct)
             }
-            HttpApi::Elasticsearch { index, data_stream } => (
-                Api::Elasticsearch(Bulk::new(index, *data_stream)),
+            HttpApi::Elasticsearch {
+                index,
+                data_stream,
+                document_id,
+            } => (
+                Api::Elasticsearch(Bulk::new(index, *data_stream).with_ids(*document_id)),
                 "application/x-ndjson",
             ),
             HttpApi::Otlp { json } => {

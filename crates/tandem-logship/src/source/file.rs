@@ -834,6 +834,14 @@ impl FileTailer {
     /// its acknowledgement start to what was emitted.
     fn emit_file(&mut self, i: usize, finish: bool, permit: BudgetPermit) {
         let t = &mut self.files[i];
+        if t.origin.identity == 0 && t.framer.line_start() > t.emitted {
+            // The first records of this file: name them within its first line (see
+            // `file_identity`), which is complete now.
+            let id = file_identity(&self.cfg.name, &t.file);
+            if id != 0 {
+                t.origin = Arc::new((*t.origin).clone().with_identity(id));
+            }
+        }
         let mut joiner = t.joiner.take();
         let (key, start, end, splits, origin) = (
             t.key,
@@ -983,8 +991,9 @@ impl FileTailer {
                 continue;
             }
             match self.shaper.shape(text.clone()) {
-                Ok(record) => {
+                Ok(mut record) => {
                     bytes += len;
+                    record.position = unit_end;
                     records.push(record);
                 }
                 Err(Dropped::Level | Dropped::Sample) => {}
@@ -1113,6 +1122,31 @@ impl FileTailer {
             t.last_growth = t.last_growth.checked_sub(by).unwrap_or(t.last_growth);
         }
     }
+}
+
+/// The identity a file's records are named within (their Elasticsearch `_id`s, with their
+/// offsets): its source and its first line (up to [`FINGERPRINT_BYTES`]), read once the file has
+/// a complete line. An append-only file's first line never changes, so the same file has the
+/// same identity after a restart, and so has a copytruncate copy of it. 0 (no stable names)
+/// when it cannot be read.
+fn file_identity(source: &str, file: &File) -> u64 {
+    let mut buf = vec![0u8; FINGERPRINT_BYTES];
+    let Ok(n) = read_prefix(file, &mut buf) else {
+        return 0;
+    };
+    let first = match memchr::memchr(b'\n', &buf[..n]) {
+        Some(i) => &buf[..=i],
+        None => &buf[..n],
+    };
+    if first.is_empty() {
+        return 0;
+    }
+    let mut b = Vec::with_capacity(source.len() + first.len() + 6);
+    b.extend_from_slice(b"file\0");
+    b.extend_from_slice(source.as_bytes());
+    b.push(0);
+    b.extend_from_slice(first);
+    xxhash_rust::xxh3::xxh3_64(&b).max(1)
 }
 
 #[cfg(test)]

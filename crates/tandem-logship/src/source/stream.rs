@@ -207,6 +207,9 @@ struct Shared {
     joiners: Option<[Mutex<Joining>; 3]>,
     /// Most bytes one record takes in the disk buffer: a read of this size holds at least one.
     max_record_disk: usize,
+    /// Positions of memory-path records (with the top bit set, apart from buffer offsets):
+    /// from a random start each run, so two runs' records do not share names.
+    memory_positions: AtomicU64,
 }
 
 /// A stream's joiner; `closed` from shutdown on (every push is flushed at once).
@@ -247,11 +250,15 @@ pub fn open(
         .set(i64::try_from(disk.used()).unwrap_or(i64::MAX));
     let start = disk.start();
     let origins = [Stream::Stdout, Stream::Stderr, Stream::AccessLog].map(|s| {
-        Arc::new(Origin::new(
-            cfg.name.clone(),
-            s.as_str().into(),
-            cfg.labels.clone(),
-        ))
+        // Records are named by their place in the disk buffer (offsets only grow, across
+        // restarts), or by a number drawn for this run on the memory path (never replayed).
+        let mut id = b"buffer\0".to_vec();
+        id.extend_from_slice(cfg.name.as_bytes());
+        id.push(s.tag());
+        Arc::new(
+            Origin::new(cfg.name.clone(), s.as_str().into(), cfg.labels.clone())
+                .with_identity(xxhash_rust::xxh3::xxh3_64(&id).max(1)),
+        )
     });
     let (tx, rx) = std::sync::mpsc::channel();
     let rules = cfg.multiline.as_ref().and_then(JoinRules::from_config);
@@ -289,6 +296,7 @@ pub fn open(
         lines: AtomicU64::new(0),
         joiners,
         max_record_disk,
+        memory_positions: AtomicU64::new(fastrand::u64(..) >> 1),
     });
     let pump = StreamPump {
         shared: shared.clone(),
@@ -559,6 +567,11 @@ impl Shared {
                 // Dropped by level or sampling: its bytes still count as read (and confirmed
                 // with the chunk around it).
                 continue;
+            };
+            record.position = if key == DISK_KEY {
+                end
+            } else {
+                self.memory_positions.fetch_add(1, Ordering::Relaxed) | 1 << 63
             };
             bytes += len;
             if self.cfg.stream_field {

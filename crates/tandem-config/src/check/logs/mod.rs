@@ -646,6 +646,7 @@ fn check_sink(
         ),
         ("index", s.index.is_some(), ES),
         ("data_stream", s.data_stream.is_some(), ES),
+        ("document_id", s.document_id.is_some(), ES),
         ("username", s.username.is_some(), ES),
         ("password", s.password.is_some(), ES),
         ("api_key", s.api_key.is_some(), ES),
@@ -1029,7 +1030,11 @@ fn check_http_sink(c: &mut Checker, key: &str, s: &RawLogSink) -> HttpLogSink {
                     "add `username`",
                 ),
             }
-            HttpApi::Elasticsearch { index, data_stream }
+            HttpApi::Elasticsearch {
+                index,
+                data_stream,
+                document_id: s.document_id != Some(RawDocumentId::None),
+            }
         }
         RawLogSinkType::Otlp => HttpApi::Otlp {
             json: matches!(s.encoding, Some(RawOtlpEncoding::Json)),

@@ -376,6 +376,45 @@ logs:
     assert_eq!(logs.sources[1].parser, LogParser::Json);
 }
 
+/// `document_id` is an Elasticsearch key: on another sink it is reported at its line; an
+/// unknown value names the choices.
+#[test]
+fn document_id_mistakes() {
+    let e = errors(
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { paths: [/var/log/app/*.log] }
+  sinks:
+    loki: { type: loki, url: \"http://loki:3100\", document_id: auto }
+",
+    );
+    assert_eq!(
+        keys(&e),
+        [(Some(6), "logs.sinks.loki.document_id")],
+        "{}",
+        ConfigErrors(e.clone())
+    );
+    let e = errors(
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { paths: [/var/log/app/*.log] }
+  sinks:
+    es:
+      type: elasticsearch
+      url: http://es:9200
+      document_id: hash
+",
+    );
+    assert_eq!(e.len(), 1, "{}", ConfigErrors(e.clone()));
+    assert_eq!(e[0].line, Some(9), "{}", ConfigErrors(e.clone()));
+    let text = ConfigErrors(e.clone()).to_string();
+    assert!(text.contains("auto") && text.contains("none"), "{text}");
+}
+
 /// `multiline` on stdio and access_log sources: translated as on a file source; a bad
 /// pattern or bound reported at its line and key.
 #[test]
@@ -479,6 +518,7 @@ logs:
       url: https://es:9200/proxy/
       index: app-%Y.%m
       data_stream: true
+      document_id: none
       username: elastic
       password: changeme
       tls: { ca: /etc/ca.pem, cert: /etc/c.pem, key: /etc/k.pem, server_name: es.internal }
@@ -510,7 +550,7 @@ logs:
     let es = http(1);
     assert_eq!(es.url.to_string(), "https://es:9200/proxy/_bulk");
     assert!(
-        matches!(&es.api, HttpApi::Elasticsearch { index, data_stream: true } if index == "app-%Y.%m")
+        matches!(&es.api, HttpApi::Elasticsearch { index, data_stream: true, document_id: false } if index == "app-%Y.%m")
     );
     // base64("elastic:changeme")
     assert_eq!(
@@ -528,7 +568,7 @@ logs:
         Some("ApiKey abc==")
     );
     assert!(
-        matches!(&es2.api, HttpApi::Elasticsearch { index, data_stream: false } if index == "logs-%Y.%m.%d")
+        matches!(&es2.api, HttpApi::Elasticsearch { index, data_stream: false, document_id: true } if index == "logs-%Y.%m.%d")
     );
     let t = es2.tls.as_ref().unwrap();
     assert!(t.ca.is_none() && t.client.is_none() && t.server_name.is_none());
