@@ -36,6 +36,8 @@ Control port:
                       {"fail_next": 3}            the next 3 POSTs get `fail_status` (default 500)
                       {"fail_status": 429}
                       {"retry_after": "2"}        send this Retry-After with every failure
+                      {"tls_reload": true}        read --tls CERT KEY again (new handshakes use
+                                                  them) and close every open connection
                       {"answer_lost": true}       a POST answered with a failure (`status`,
                                                   `fail_next`) is still decoded and counted,
                                                   as if stored and the answer lost
@@ -77,7 +79,7 @@ CONTROL = {"status": None, "fail_next": 0, "fail_status": 500, "retry_after": No
            "max_request_lines": 0, "answer_lost": False}
 ES_IDS = {}  # elasticsearch: seq -> set of the `_id`s (None: no _id) its documents carried
 CONNS = set()
-DATA = {"server": None, "port": None, "format": "ndjson", "tls": None}
+DATA = {"server": None, "port": None, "format": "ndjson", "tls": None, "tls_files": None}
 FORMATS = {"loki_streams": [], "es_indices": [], "otlp_resources": [], "tls_clients": []}
 ITEM_FAILURES = {}
 ATTEMPTS = {}  # seq -> times an elasticsearch item carrying it was sent
@@ -493,6 +495,15 @@ class Control(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         change = json.loads(body or b"{}")
         down = change.pop("down", None)
+        if change.pop("tls_reload", False) and DATA["tls"] is not None:
+            DATA["tls"].load_cert_chain(*DATA["tls_files"])
+            with LOCK:
+                conns = list(CONNS)
+            for c in conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         if change.pop("reset", False):
             with LOCK:
                 COUNTS = bytearray()
@@ -523,16 +534,23 @@ def main():
     ap.add_argument("--format", default="ndjson", choices=["ndjson", "loki", "elasticsearch", "otlp"])
     ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     ap.add_argument("--client-ca")
+    ap.add_argument("--no-tickets", action="store_true",
+                    help="issue no TLS session tickets: every connection verifies the certificate "
+                         "served now (no resumption), as after a restart with new keys")
     a = ap.parse_args()
     DATA["port"] = a.data_port
     DATA["format"] = a.format
     if a.tls:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(a.tls[0], a.tls[1])
+        if a.no_tickets:
+            ctx.num_tickets = 0
+            ctx.options |= ssl.OP_NO_TICKET
         if a.client_ca:
             ctx.load_verify_locations(a.client_ca)
             ctx.verify_mode = ssl.CERT_REQUIRED
         DATA["tls"] = ctx
+        DATA["tls_files"] = a.tls
     start_data()
     ctl = ThreadingHTTPServer(("127.0.0.1", a.control_port), Control)
     ctl.daemon_threads = True

@@ -52,10 +52,22 @@ enum Api {
     Otlp(Otlp),
 }
 
+/// The pooled HTTP client of a sink.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// How often a sink's TLS files are checked for a change.
+pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
 /// An HTTP sink: NDJSON, Loki, Elasticsearch or OTLP.
 pub struct HttpSink {
     name: Arc<str>,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Replaced whole when the TLS files change (see [`HttpSink::spawn_tls_watcher`]): new
+    /// requests take the new client and its new connections; requests under way finish on
+    /// the old one.
+    client: std::sync::RwLock<HttpClient>,
+    /// The TLS files and settings, for reloading; None for `http://`.
+    tls: Option<tandem_config::SinkTls>,
+    timeout_connect: Duration,
     url: Uri,
     headers: HeaderMap,
     gzip: bool,
@@ -72,36 +84,8 @@ impl HttpSink {
         cfg: &HttpLogSink,
         metrics: LogSinkMetrics,
     ) -> Result<HttpSink, TlsError> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.timeout.min(Duration::from_secs(10))));
-        connector.enforce_http(false);
-        let tls_config = match &cfg.tls {
-            Some(t) => tls::client_config(t)?,
-            // An http:// sink: the TLS side is never used; roots stay empty.
-            None => rustls::ClientConfig::builder_with_provider(tandem_tls::pair::provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| TlsError::from(format!("TLS setup failed: {e}")))?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        };
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config)
-            .https_or_http();
-        let builder = match cfg.tls.as_ref().and_then(|t| t.server_name.clone()) {
-            Some(n) => {
-                let name = rustls_pki_types::ServerName::try_from(n.clone()).map_err(|_| {
-                    TlsError::from(format!("tls.server_name: `{n}` is not a valid server name"))
-                })?;
-                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-            }
-            None => builder,
-        };
-        let https = builder.enable_http1().wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(8)
-            .build(https);
+        let timeout_connect = cfg.timeout.min(Duration::from_secs(10));
+        let client = build_client(cfg.tls.as_ref(), timeout_connect)?;
 
         let (api, content_type) = match &cfg.api {
             HttpApi::Ndjson => (Api::Ndjson, "application/x-ndjson"),
@@ -148,7 +132,9 @@ impl HttpSink {
         }
         Ok(HttpSink {
             name: name.into(),
-            client,
+            client: std::sync::RwLock::new(client),
+            tls: cfg.tls.clone(),
+            timeout_connect,
             url,
             headers,
             gzip: cfg.gzip,
@@ -167,8 +153,13 @@ impl HttpSink {
             Api::Elasticsearch(_) => MAX_BULK_ANSWER,
             _ => MAX_ANSWER,
         };
+        let client = self
+            .client
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let exchange = async {
-            let resp = self.client.request(req).await?;
+            let resp = client.request(req).await?;
             let (parts, body) = resp.into_parts();
             // Reading the body lets the connection be reused; its text goes into the log.
             let text = Limited::new(body, limit)
@@ -353,6 +344,109 @@ impl Sink for HttpSink {
         Box::pin(self.post(body))
     }
 }
+
+/// The pooled client for a sink with `tls` (None: `http://`), its TLS files read and checked.
+fn build_client(
+    tls: Option<&tandem_config::SinkTls>,
+    connect_timeout: Duration,
+) -> Result<HttpClient, TlsError> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.enforce_http(false);
+    let tls_config = match tls {
+        Some(t) => tls::client_config(t)?,
+        // An http:// sink: the TLS side is never used; roots stay empty.
+        None => rustls::ClientConfig::builder_with_provider(tandem_tls::pair::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::from(format!("TLS setup failed: {e}")))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config)
+        .https_or_http();
+    let builder = match tls.and_then(|t| t.server_name.clone()) {
+        Some(n) => {
+            let name = rustls_pki_types::ServerName::try_from(n.clone()).map_err(|_| {
+                TlsError::from(format!("tls.server_name: `{n}` is not a valid server name"))
+            })?;
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => builder,
+    };
+    let https = builder.enable_http1().wrap_connector(connector);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(8)
+        .build(https))
+}
+
+impl HttpSink {
+    /// Checks the sink's TLS files (`tls.ca`, `tls.cert`, `tls.key`) every `interval` until the
+    /// sink is dropped, and when their contents changed, reads and checks them again: a usable
+    /// set replaces the client (new connections use it; the old pool's idle connections
+    /// close), an unusable one is logged once and the last good one stays. Writers rarely
+    /// replace a cert and its key in one step: a refused set is tried again while the files keep
+    /// changing (up to three times, 300 ms apart) before it is reported. Must be called in a
+    /// Tokio runtime; does nothing for a sink without TLS files.
+    pub fn spawn_tls_watcher(self: &Arc<Self>, interval: Duration) {
+        let Some(tls) = self.tls.clone() else { return };
+        let files = tls::watched_files(&tls);
+        if files.is_empty() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut seen = tls::files_hash(&files);
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(sink) = weak.upgrade() else { return };
+                let now = tls::files_hash(&files);
+                if now == seen {
+                    continue;
+                }
+                let mut current = now;
+                let mut tries = 0;
+                let outcome = loop {
+                    match build_client(Some(&tls), sink.timeout_connect) {
+                        Ok(c) => break Ok(c),
+                        Err(e) => {
+                            tries += 1;
+                            tokio::time::sleep(TLS_SETTLE).await;
+                            let again = tls::files_hash(&files);
+                            if tries < 3 && again != current {
+                                // Still being written: judge the next version.
+                                current = again;
+                                continue;
+                            }
+                            break Err(e);
+                        }
+                    }
+                };
+                seen = current;
+                match outcome {
+                    Ok(c) => {
+                        *sink
+                            .client
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = c;
+                        tracing::info!(sink = %sink.name, "log sink TLS files reloaded; new connections use them");
+                    }
+                    Err(e) => {
+                        tracing::error!(sink = %sink.name, error = %e, "log sink TLS files changed but cannot be used; still using the last good ones");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// How long a refused TLS reload waits for the files to settle before trying again.
+const TLS_SETTLE: Duration = Duration::from_millis(300);
 
 /// Gzips `raw` onto `out`. Fast compression: log lines compress well even at level 1, and CPU
 /// per line matters more in a sidecar than the last few percent of bytes.
