@@ -18,6 +18,10 @@ Accepts POSTs on the data port, gzip-encoded or not, in one of four wire formats
                  opentelemetry-proto package; each record's string body is a line.
                  Answered with an ExportLogsServiceResponse, with partial_success when records
                  are rejected on purpose (see /control; rejected records are not counted).
+  otlp-grpc      the same over gRPC (grpcio): the LogsService/Export method, plain HTTP/2;
+                 `fail_next`/`status` answer UNAVAILABLE (INVALID_ARGUMENT for 400). grpcio
+                 decompresses gzipped frames (and refuses a compressed frame whose
+                 grpc-encoding it was not told).
 Every `seq=NNN` token in a line counts that sequence number once. A second port takes control
 requests and serves the counts, and keeps working while the data port is "down".
 
@@ -387,7 +391,47 @@ class Data(BaseHTTPRequestHandler):
         self.wfile.write(answer)
 
 
+def grpc_export(request, context):
+    """`LogsService/Export` (format otlp-grpc, grpcio): the request's raw bytes decoded as
+    OTLP/HTTP's are; `fail_next`/`status` answer UNAVAILABLE (INVALID_ARGUMENT for a 400)."""
+    import grpc
+    with LOCK:
+        status = CONTROL["status"] or 200
+        if CONTROL["fail_next"] > 0:
+            CONTROL["fail_next"] -= 1
+            status = CONTROL["fail_status"]
+        STATE["requests"] += 1
+        STATE["bytes"] += len(request)
+    code, answer, lines = None, b"", 0
+    if status // 100 != 2:
+        code = grpc.StatusCode.INVALID_ARGUMENT if status == 400 else grpc.StatusCode.UNAVAILABLE
+    else:
+        try:
+            decoded, _, answer, _ = decode_otlp(request, "application/x-protobuf")
+            lines = count_lines(decoded)
+        except Refused as e:
+            code, answer = grpc.StatusCode.INVALID_ARGUMENT, str(e).encode()
+    with LOCK:
+        name = "OK" if code is None else code.name
+        STATE["statuses"][name] = STATE["statuses"].get(name, 0) + 1
+        REQUESTS.append({"t": time.time(), "status": name, "lines": lines})
+    if code is not None:
+        context.abort(code, "refused on purpose")
+    return answer
+
+
 def start_data():
+    if DATA["format"] == "otlp-grpc":
+        import grpc
+        from concurrent import futures
+        srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.logs.v1.LogsService",
+            {"Export": grpc.unary_unary_rpc_method_handler(grpc_export)}),))
+        srv.add_insecure_port(f"127.0.0.1:{DATA['port']}")
+        srv.start()
+        DATA["server"] = srv
+        return
     srv = ThreadingHTTPServer(("127.0.0.1", DATA["port"]), Data)
     srv.daemon_threads = True
     if DATA["tls"] is not None:
@@ -399,6 +443,10 @@ def start_data():
 def stop_data():
     srv = DATA["server"]
     if srv is None:
+        return
+    if DATA["format"] == "otlp-grpc":
+        srv.stop(0).wait()
+        DATA["server"] = None
         return
     srv.shutdown()
     srv.server_close()
@@ -531,7 +579,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("data_port", type=int)
     ap.add_argument("control_port", type=int)
-    ap.add_argument("--format", default="ndjson", choices=["ndjson", "loki", "elasticsearch", "otlp"])
+    ap.add_argument("--format", default="ndjson", choices=["ndjson", "loki", "elasticsearch", "otlp", "otlp-grpc"])
     ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     ap.add_argument("--client-ca")
     ap.add_argument("--no-tickets", action="store_true",

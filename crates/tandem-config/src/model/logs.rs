@@ -402,6 +402,8 @@ pub enum HttpApi {
     Otlp {
         /// OTLP/JSON instead of binary protobuf.
         json: bool,
+        /// OTLP/gRPC (HTTP/2, the `LogsService/Export` method) instead of OTLP/HTTP.
+        grpc: bool,
     },
 }
 

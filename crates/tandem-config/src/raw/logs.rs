@@ -231,6 +231,10 @@ pub struct RawLogSink {
     /// (snappy-compressed, as Promtail sends).
     #[serde(default)]
     pub encoding: Option<RawOtlpEncoding>,
+    /// `otlp`: `http` (the default: `POST /v1/logs`) or `grpc` (the `LogsService/Export`
+    /// method over HTTP/2, port 4317 by convention).
+    #[serde(default)]
+    pub protocol: Option<RawLogOtlpProtocol>,
     /// `file`: the absolute path NDJSON lines are appended to.
     #[serde(default)]
     pub path: Option<String>,
@@ -265,6 +269,16 @@ pub enum RawLogSinkType {
     File,
     /// NDJSON written to Tandem's stdout.
     Console,
+}
+
+/// How an OTLP sink sends.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLogOtlpProtocol {
+    /// OTLP/HTTP: `POST /v1/logs`.
+    Http,
+    /// OTLP/gRPC: `opentelemetry.proto.collector.logs.v1.LogsService/Export` over HTTP/2.
+    Grpc,
 }
 
 /// How an Elasticsearch sink names documents.

@@ -2,6 +2,15 @@
 //! (hyper's client), plain or TLS (rustls, see [`super::tls`]), in one of four formats: NDJSON,
 //! Loki push, Elasticsearch bulk, OTLP logs.
 //!
+//! OTLP over gRPC (`protocol: grpc`) is the same protobuf request as one unary call of
+//! `opentelemetry.proto.collector.logs.v1.LogsService/Export`: HTTP/2 (prior knowledge on
+//! `http://`, ALPN `h2` on `https://`), `content-type: application/grpc`, the message in one
+//! length-prefixed gRPC frame (gzipped inside it with `grpc-encoding: gzip`), the outcome in the
+//! `grpc-status` trailer: 0 is a delivery (with the response's partial success read as over
+//! HTTP), 3 `INVALID_ARGUMENT` a refusal for good, any other code retried (`UNAVAILABLE`,
+//! `RESOURCE_EXHAUSTED`, ..., and `UNAUTHENTICATED`/`UNIMPLEMENTED`, which a fix of the
+//! receiver or the configuration resolves).
+//!
 //! A 2xx answer is a delivery — for Elasticsearch and OTLP once the answer's per-item results
 //! are read: items Elasticsearch failed with 429/5xx are sent again, alone; items refused for
 //! good, and records an OTLP receiver rejected, are dropped and counted. 429 and 503 are
@@ -73,6 +82,8 @@ pub struct HttpSink {
     gzip: bool,
     timeout: Duration,
     api: Api,
+    /// OTLP over gRPC.
+    grpc: bool,
     metrics: LogSinkMetrics,
 }
 
@@ -85,7 +96,8 @@ impl HttpSink {
         metrics: LogSinkMetrics,
     ) -> Result<HttpSink, TlsError> {
         let timeout_connect = cfg.timeout.min(Duration::from_secs(10));
-        let client = build_client(cfg.tls.as_ref(), timeout_connect)?;
+        let grpc = matches!(cfg.api, HttpApi::Otlp { grpc: true, .. });
+        let client = build_client(cfg.tls.as_ref(), timeout_connect, grpc)?;
 
         let (api, content_type) = match &cfg.api {
             HttpApi::Ndjson => (Api::Ndjson, "application/x-ndjson"),
@@ -105,15 +117,24 @@ impl HttpSink {
                 Api::Elasticsearch(Bulk::new(index, *data_stream).with_ids(*document_id)),
                 "application/x-ndjson",
             ),
-            HttpApi::Otlp { json } => {
+            HttpApi::Otlp { json, grpc } => {
                 let o = Otlp::new(*json);
-                let ct = o.content_type();
+                let ct = if *grpc {
+                    "application/grpc"
+                } else {
+                    o.content_type()
+                };
                 (Api::Otlp(o), ct)
             }
         };
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        if cfg.gzip {
+        if grpc {
+            headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+            if cfg.gzip {
+                headers.insert("grpc-encoding", HeaderValue::from_static("gzip"));
+            }
+        } else if cfg.gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         for (k, v) in &cfg.headers {
@@ -140,6 +161,7 @@ impl HttpSink {
             gzip: cfg.gzip,
             timeout: cfg.timeout,
             api,
+            grpc,
             metrics,
         })
     }
@@ -162,12 +184,18 @@ impl HttpSink {
             let resp = client.request(req).await?;
             let (parts, body) = resp.into_parts();
             // Reading the body lets the connection be reused; its text goes into the log.
-            let text = Limited::new(body, limit)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .map_err(|e| e.to_string());
-            Ok::<_, hyper_util::client::legacy::Error>((parts.status, parts.headers, text))
+            let mut headers = parts.headers;
+            let text = match Limited::new(body, limit).collect().await {
+                Ok(c) => {
+                    // gRPC's outcome is in the trailers: kept with the headers.
+                    if let Some(t) = c.trailers() {
+                        headers.extend(t.clone());
+                    }
+                    Ok(c.to_bytes())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            Ok::<_, hyper_util::client::legacy::Error>((parts.status, headers, text))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => retry(
@@ -195,6 +223,9 @@ impl HttpSink {
                 retry(reason, None, detail)
             }
             Ok(Ok((status, headers, text))) => {
+                if self.grpc && status.is_success() {
+                    return self.grpc_answer(&headers, &text.unwrap_or_default());
+                }
                 if !status.is_success() {
                     return classify(
                         status,
@@ -234,6 +265,54 @@ impl HttpSink {
                     Api::Ndjson | Api::Loki(_) => Outcome::Delivered,
                 }
             }
+        }
+    }
+
+    /// A gRPC answer (HTTP 200): its `grpc-status` says what became of the batch.
+    fn grpc_answer(&self, headers: &HeaderMap, body: &[u8]) -> Outcome {
+        let code = headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        let message = headers
+            .get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .map(percent_decode)
+            .unwrap_or_default();
+        match code {
+            Some(0) => {
+                // One frame: flag, length, ExportLogsServiceResponse.
+                let answer = body.get(5..).unwrap_or_default();
+                match otlp::rejected(answer) {
+                    None => Outcome::Delivered,
+                    Some((n, why)) => {
+                        self.metrics.dropped_lines[1].inc_by(n);
+                        tracing::warn!(sink = %self.name, rejected = n, error = %why, "the OTLP receiver rejected log records (partial success); they are dropped and counted");
+                        Outcome::Partial {
+                            dropped: usize::try_from(n).unwrap_or(usize::MAX),
+                            resend: None,
+                        }
+                    }
+                }
+            }
+            Some(3) => Outcome::Rejected {
+                status: 400,
+                detail: format!("grpc-status 3 (INVALID_ARGUMENT): {message}"),
+            },
+            Some(c) => retry(
+                if c == 8 {
+                    RetryReason::Status429
+                } else {
+                    RetryReason::Status5xx
+                },
+                None,
+                format!("grpc-status {c} ({}): {message}", grpc_code_name(c)),
+            ),
+            None => retry(
+                RetryReason::StatusOther,
+                None,
+                "a gRPC answer without grpc-status (not a gRPC server?)".to_owned(),
+            ),
         }
     }
 
@@ -331,6 +410,16 @@ impl Sink for HttpSink {
             Api::Elasticsearch(b) => b.encode(batch, out),
             Api::Otlp(o) => o.encode(batch, out),
         };
+        if self.grpc {
+            // One length-prefixed frame: compressed flag, big-endian length, message.
+            let mut raw = Vec::with_capacity(batch.iter().map(|c| c.bytes).sum::<usize>() * 2);
+            raw_into(&mut raw);
+            let msg = if self.gzip { gzip_bytes(&raw) } else { raw };
+            out.push(u8::from(self.gzip));
+            out.extend_from_slice(&u32::try_from(msg.len()).unwrap_or(u32::MAX).to_be_bytes());
+            out.extend_from_slice(&msg);
+            return;
+        }
         if !self.gzip {
             raw_into(out);
             return;
@@ -349,6 +438,7 @@ impl Sink for HttpSink {
 fn build_client(
     tls: Option<&tandem_config::SinkTls>,
     connect_timeout: Duration,
+    http2: bool,
 ) -> Result<HttpClient, TlsError> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -375,6 +465,14 @@ fn build_client(
         }
         None => builder,
     };
+    if http2 {
+        // gRPC: HTTP/2 only (ALPN h2 over TLS, prior knowledge in the clear).
+        let https = builder.enable_http2().wrap_connector(connector);
+        return Ok(Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .http2_only(true)
+            .build(https));
+    }
     let https = builder.enable_http1().wrap_connector(connector);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
@@ -412,7 +510,7 @@ impl HttpSink {
                 let mut current = now;
                 let mut tries = 0;
                 let outcome = loop {
-                    match build_client(Some(&tls), sink.timeout_connect) {
+                    match build_client(Some(&tls), sink.timeout_connect, sink.grpc) {
                         Ok(c) => break Ok(c),
                         Err(e) => {
                             tries += 1;
@@ -443,6 +541,48 @@ impl HttpSink {
             }
         });
     }
+}
+
+/// The name of a gRPC status code, for the log.
+fn grpc_code_name(code: u32) -> &'static str {
+    match code {
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "other",
+    }
+}
+
+/// `grpc-message` is percent-encoded.
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// How long a refused TLS reload waits for the files to settle before trying again.
@@ -518,6 +658,112 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An OTLP/gRPC sink: `grpc-status` 0 is a delivery (its partial success read from the
+    /// answer's frame), 3 a refusal for good, others retried, none a retry with a hint; the
+    /// request is one length-prefixed frame, gzipped inside with `gzip: true`, and no
+    /// `content-encoding`.
+    #[test]
+    fn grpc_frames_and_statuses() {
+        use opentelemetry_proto::tonic::collector::logs::v1::{
+            ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+        };
+        use prost::Message;
+        let cfg = tandem_config::parse(
+            "t.yaml",
+            "logs:\n  checkpoint: { dir: /c }\n  sources:\n    a: { paths: [/a] }\n  sinks:\n    o: { type: otlp, url: \"http://127.0.0.1:4317\", protocol: grpc, gzip: true }\n",
+        )
+        .unwrap();
+        let logs = cfg.logs.unwrap();
+        let tandem_config::LogSinkKind::Http(h) = &logs.sinks[0].kind else {
+            panic!()
+        };
+        let sink = HttpSink::new("o", h, tandem_telemetry::Metrics::new().log_sink("o")).unwrap();
+        assert_eq!(sink.headers[CONTENT_TYPE], "application/grpc");
+        assert_eq!(sink.headers["grpc-encoding"], "gzip");
+        assert!(sink.headers.get(CONTENT_ENCODING).is_none());
+
+        let origin = Arc::new(crate::record::Origin::new(
+            "a".into(),
+            "/a".into(),
+            Arc::from(vec![]),
+        ));
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let chunk = Arc::new(Chunk::new(
+            vec![crate::record::Record {
+                message: Bytes::from_static(b"hello seq=1"),
+                ..Default::default()
+            }],
+            11,
+            SystemTime::now(),
+            origin,
+            (1, 0, 12),
+            1,
+            tx,
+            None,
+        ));
+        let mut out = Vec::new();
+        sink.encode(&[chunk], &mut out);
+        assert_eq!(out[0], 1, "compressed flag");
+        let len = u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        assert_eq!(len, out.len() - 5);
+        let mut raw = Vec::new();
+        GzDecoder::new(&out[5..]).read_to_end(&mut raw).unwrap();
+        let req = ExportLogsServiceRequest::decode(raw.as_slice()).unwrap();
+        let rec = &req.resource_logs[0].scope_logs[0].log_records[0];
+        assert!(format!("{:?}", rec.body).contains("hello seq=1"));
+
+        let answer = |code: Option<&str>, msg: &str, resp: &ExportLogsServiceResponse| {
+            let mut h = HeaderMap::new();
+            if let Some(c) = code {
+                h.insert("grpc-status", HeaderValue::from_str(c).unwrap());
+            }
+            h.insert("grpc-message", HeaderValue::from_str(msg).unwrap());
+            let body = resp.encode_to_vec();
+            let mut framed = vec![0];
+            framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&body);
+            sink.grpc_answer(&h, &framed)
+        };
+        let ok = ExportLogsServiceResponse::default();
+        assert!(matches!(answer(Some("0"), "", &ok), Outcome::Delivered));
+        let partial = ExportLogsServiceResponse {
+            partial_success: Some(ExportLogsPartialSuccess {
+                rejected_log_records: 2,
+                error_message: "bad".into(),
+            }),
+        };
+        assert!(matches!(
+            answer(Some("0"), "", &partial),
+            Outcome::Partial {
+                dropped: 2,
+                resend: None
+            }
+        ));
+        match answer(Some("3"), "bad%20record", &ok) {
+            Outcome::Rejected { status, detail } => {
+                assert_eq!(status, 400);
+                assert!(detail.contains("INVALID_ARGUMENT") && detail.contains("bad record"));
+            }
+            o => panic!("{o:?}"),
+        }
+        let f = failure(answer(Some("14"), "down", &ok));
+        assert_eq!(f.reason, RetryReason::Status5xx);
+        assert!(f.detail.contains("UNAVAILABLE"), "{}", f.detail);
+        assert_eq!(
+            failure(answer(Some("8"), "", &ok)).reason,
+            RetryReason::Status429
+        );
+        assert_eq!(
+            failure(answer(Some("16"), "", &ok)).reason,
+            RetryReason::Status5xx,
+            "UNAUTHENTICATED: fixed by configuration, retried"
+        );
+        assert!(failure(answer(None, "", &ok))
+            .detail
+            .contains("not a gRPC server"));
+        assert_eq!(percent_decode("a%2Fb%zz%"), "a/b%zz%");
+    }
 
     fn status(code: u16, retry: Option<&str>) -> Outcome {
         let mut h = HeaderMap::new();

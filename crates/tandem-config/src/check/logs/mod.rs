@@ -656,6 +656,7 @@ fn check_sink(
             &[RawLogSinkType::Otlp, RawLogSinkType::Loki],
         ),
         ("path", s.path.is_some(), &[RawLogSinkType::File]),
+        ("protocol", s.protocol.is_some(), &[RawLogSinkType::Otlp]),
     ];
     for &(field, present, types) in given {
         if present && !types.iter().any(|t| same_type(*t, s.kind)) {
@@ -858,6 +859,23 @@ fn sink_type_name(t: RawLogSinkType) -> &'static str {
     }
 }
 
+/// The URL of an OTLP/gRPC sink: `http(s)://host:port`, to which the method's path is added.
+fn grpc_url(c: &mut Checker, key: &str, url: Uri) -> Uri {
+    if !matches!(url.path(), "" | "/") || url.query().is_some() {
+        c.err(
+            key,
+            format!("`{url}` has a path; an OTLP/gRPC endpoint is a host and port"),
+            "use e.g. http://otel-collector.internal:4317 (the LogsService/Export method is \
+             added)",
+        );
+    }
+    let mut parts = url.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    ));
+    Uri::from_parts(parts).unwrap_or(url)
+}
+
 fn check_url(c: &mut Checker, key: &str, raw: Option<&str>, example: &str) -> Uri {
     let fallback = Uri::from_static("http://127.0.0.1/");
     let Some(raw) = raw else {
@@ -913,8 +931,19 @@ fn check_http_sink(c: &mut Checker, key: &str, s: &RawLogSink) -> HttpLogSink {
         RawLogSinkType::Otlp => ("http://otel-collector.internal:4318", "/v1/logs"),
         _ => ("http://logs.internal:8080/ingest", ""),
     };
+    let grpc =
+        matches!(s.kind, RawLogSinkType::Otlp) && s.protocol == Some(RawLogOtlpProtocol::Grpc);
+    let example = if grpc {
+        "http://otel-collector.internal:4317"
+    } else {
+        example
+    };
     let url = check_url(c, &format!("{key}.url"), s.url.as_deref(), example);
-    let url = with_api_path(url, s.kind, api_path);
+    let url = if grpc {
+        grpc_url(c, &format!("{key}.url"), url)
+    } else {
+        with_api_path(url, s.kind, api_path)
+    };
     let mut headers = check_headers(c, &format!("{key}.headers"), s);
 
     let api = match s.kind {
@@ -1037,7 +1066,18 @@ fn check_http_sink(c: &mut Checker, key: &str, s: &RawLogSink) -> HttpLogSink {
             }
         }
         RawLogSinkType::Otlp => HttpApi::Otlp {
-            json: matches!(s.encoding, Some(RawOtlpEncoding::Json)),
+            json: {
+                let json = matches!(s.encoding, Some(RawOtlpEncoding::Json));
+                if json && grpc {
+                    c.err(
+                        format!("{key}.encoding"),
+                        "OTLP/gRPC carries protobuf only; `encoding: json` is for OTLP/HTTP",
+                        "remove `encoding`, or use `protocol: http` to send OTLP/JSON",
+                    );
+                }
+                json && !grpc
+            },
+            grpc,
         },
         _ => HttpApi::Ndjson,
     };

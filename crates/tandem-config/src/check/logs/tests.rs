@@ -376,6 +376,70 @@ logs:
     assert_eq!(logs.sources[1].parser, LogParser::Json);
 }
 
+/// `protocol: grpc` on an OTLP sink: the method's path on a bare host:port URL; a URL with a
+/// path, JSON encoding, or `protocol` on another sink are reported at their lines.
+#[test]
+fn otlp_grpc() {
+    let c = parse(
+        "t.yaml",
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { paths: [/var/log/app/*.log] }
+  sinks:
+    otel: { type: otlp, url: \"http://collector:4317\", protocol: grpc, gzip: true }
+    otel2: { type: otlp, url: \"http://collector:4318\", protocol: http }
+",
+    )
+    .unwrap();
+    let logs = c.logs.unwrap();
+    let LogSinkKind::Http(h) = &logs.sinks[0].kind else {
+        panic!()
+    };
+    assert_eq!(
+        h.url.to_string(),
+        "http://collector:4317/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+    );
+    assert!(
+        matches!(
+            h.api,
+            HttpApi::Otlp {
+                json: false,
+                grpc: true
+            }
+        ) && h.gzip
+    );
+    let LogSinkKind::Http(h) = &logs.sinks[1].kind else {
+        panic!()
+    };
+    assert_eq!(h.url.to_string(), "http://collector:4318/v1/logs");
+    assert!(matches!(h.api, HttpApi::Otlp { grpc: false, .. }));
+
+    let e = errors(
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { paths: [/var/log/app/*.log] }
+  sinks:
+    a: { type: otlp, url: \"http://collector:4317/v1/logs\", protocol: grpc }
+    b: { type: otlp, url: \"http://collector:4317\", protocol: grpc, encoding: json }
+    c: { type: loki, url: \"http://loki:3100\", protocol: grpc }
+",
+    );
+    assert_eq!(
+        keys(&e),
+        [
+            (Some(6), "logs.sinks.a.url"),
+            (Some(7), "logs.sinks.b.encoding"),
+            (Some(8), "logs.sinks.c.protocol"),
+        ],
+        "{}",
+        ConfigErrors(e.clone())
+    );
+}
+
 /// `document_id` is an Elasticsearch key: on another sink it is reported at its line; an
 /// unknown value names the choices.
 #[test]
@@ -574,8 +638,22 @@ logs:
     assert!(t.ca.is_none() && t.client.is_none() && t.server_name.is_none());
     let otel = http(3);
     assert_eq!(otel.url.to_string(), "http://collector:4318/custom/logs");
-    assert!(matches!(otel.api, HttpApi::Otlp { json: false }) && otel.gzip);
-    assert!(matches!(http(4).api, HttpApi::Otlp { json: true }));
+    assert!(
+        matches!(
+            otel.api,
+            HttpApi::Otlp {
+                json: false,
+                grpc: false
+            }
+        ) && otel.gzip
+    );
+    assert!(matches!(
+        http(4).api,
+        HttpApi::Otlp {
+            json: true,
+            grpc: false
+        }
+    ));
     assert_eq!(http(4).url.to_string(), "http://collector:4318/v1/logs");
     assert!(matches!(
         http(5).api,
