@@ -114,7 +114,8 @@ pub struct Origin {
     /// `"file":...,"labels":{...}` rendered once as JSON, for NDJSON encoders.
     pub(crate) json_tail: String,
     /// What the records' positions are positions in, stable across restarts (a hash of the
-    /// source and the file's first line, or of the source and its disk buffer); 0:
+    /// source and the file's device, inode, creation time and first line, or of the source
+    /// and its disk buffer); 0:
     /// records have no stable name.
     pub identity: u64,
 }

@@ -13,8 +13,9 @@
 //! # Document ids
 //! With `document_id: auto` (the default) each action names its document:
 //! `{"index":{"_index":"...","_id":"<16 hex digits>"}}`, a hash of the record's origin identity
-//! and position ([`crate::record::Origin::record_id`]): the source and the file's first line
-//! with the offset past the record's last line, or a stream source's disk buffer offset. A batch sent again after a lost answer, and lines read again after a crash, carry the
+//! and position ([`crate::record::Origin::record_id`]): the source and the file (device, inode,
+//! creation time, first line) with the offset past the record's last line, or a stream
+//! source's disk buffer offset. A batch sent again after a lost answer, and lines read again after a crash, carry the
 //! same ids, so Elasticsearch overwrites instead of indexing a second copy (`index`), or refuses
 //! the copy with 409 `version_conflict_engine_exception` (`create`, data streams), which the
 //! sink counts as indexed. Records without a stable place (the memory path of a stream source,
