@@ -6,7 +6,8 @@ ship, the operator rotates: the CA file becomes CA 1 + CA 2 (Tandem reloads it),
 receiver switches to a certificate from CA 2 and drops its connections. Tandem's new
 connections verify the new certificate with the reloaded CA file: every line arrives. (Without
 the reload every new handshake fails and shipping stops.) Then the CA file is broken: the
-reload is refused, the log says so, and the last good CA set stays in use.
+reload is refused, the log says so, and the last good CA set stays in use. With mTLS, the
+sink's client pair is replaced by one from another CA: new connections present it.
 
 Prints its numbers (`-s`).
 """
@@ -70,3 +71,45 @@ def test_ca_rotation_during_shipping(tandem, procs, tmp_path):
     time.sleep(2.5)
     assert t.log().count("cannot be used; still using the last good ones") == 1, "reported once"
     assert t.p.poll() is None, "tandem keeps running"
+
+
+def test_client_certificate_rotation(tandem, procs, tmp_path):
+    """mTLS: the receiver accepts client certificates of two CAs. While lines ship, the sink's
+    `tls.cert`/`tls.key` are replaced by a pair from the second CA (each file by rename), and
+    the receiver drops its connections: the new connections present the new certificate, and
+    every line arrives."""
+    pki = tmp_path / "pki"
+    for n, domain in ((1, "one.test"), (2, "two.test")):
+        certs("init", "--trust-domain", domain, "--out", pki / f"ca{n}")
+        certs("issue", "--ca", pki / f"ca{n}", "--identity", f"spiffe://{domain}/ns/app/sa/shipper-{n}",
+              "--out", pki / f"client{n}")
+    certs("issue", "--ca", pki / "ca1", "--identity", "spiffe://one.test/ns/logs/sa/receiver",
+          "--dns", "localhost", "--out", pki / "server")
+    client_cas = tmp_path / "client-cas.pem"
+    client_cas.write_bytes((pki / "ca1/ca.pem").read_bytes() + (pki / "ca2/ca.pem").read_bytes())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for f in ("cert.pem", "key.pem"):
+        shutil.copy(pki / "client1" / f, mine / f)
+    rcv = Receiver(procs, fmt="ndjson", tls=(pki / "server/cert.pem", pki / "server/key.pem"),
+                   client_ca=client_cas, no_tickets=True)
+    log = tmp_path / "app.log"
+    log.touch()
+    t = tandem(logs_config(tmp_path, rcv, [log], sink_extra=(
+        f"      tls: {{ ca: {pki}/ca1/ca.pem, cert: {mine}/cert.pem, key: {mine}/key.pem }}\n")))
+    wait_tailing(t)
+    w = writer(log, N, 2000)
+    wait_for(lambda: rcv.stats(N)["unique"] >= N // 4, 30, "a quarter shipped")
+    for f in ("cert.pem", "key.pem"):
+        tmp = mine / (f + ".new")
+        shutil.copy(pki / "client2" / f, tmp)
+        tmp.rename(mine / f)
+    wait_for(lambda: "log sink TLS files reloaded" in t.log(), 10, "the sink reloads its client pair")
+    rcv.control(tls_reload=True)
+    gen = finish(w)
+    s = rcv.wait_all(N, timeout=60)
+    clients = [c.get("commonName") for c in s["formats"]["tls_clients"]]
+    report("sink client certificate rotated during shipping", s, writer=gen, clients=clients)
+    assert s["missing"] == 0 and s["duplicates"] <= 1000, s
+    assert clients[0] == "spiffe://one.test/ns/app/sa/shipper-1", clients
+    assert "spiffe://two.test/ns/app/sa/shipper-2" in clients, "new connections present the new pair"
