@@ -21,7 +21,7 @@ class Receiver:
     """backends/line_receiver.py in one wire format (`fmt`: ndjson, loki, elasticsearch, otlp),
     over HTTPS with `tls=(cert, key)` (and required client certificates with `client_ca`)."""
 
-    def __init__(self, procs, fmt="ndjson", tls=None, client_ca=None):
+    def __init__(self, procs, fmt="ndjson", tls=None, client_ca=None, no_tickets=False):
         self.data, self.ctl = free_port(), free_port()
         args = [sys.executable, str(HERE / "backends" / "line_receiver.py"), str(self.data), str(self.ctl),
                 "--format", fmt]
@@ -29,6 +29,8 @@ class Receiver:
             args += ["--tls", str(tls[0]), str(tls[1])]
         if client_ca:
             args += ["--client-ca", str(client_ca)]
+        if no_tickets:
+            args += ["--no-tickets"]
         self.proc = Proc(args)
         procs.append(self.proc)
         self.fmt = fmt

@@ -182,14 +182,19 @@ impl LogShipper {
         let mut built: Vec<(Arc<dyn Sink>, &tandem_config::LogSink)> = Vec::new();
         for s in &cfg.sinks {
             let sink: Arc<dyn Sink> = match &s.kind {
-                LogSinkKind::Http(h) => Arc::new(
-                    HttpSink::new(&s.name, h, metrics.log_sink(&s.name)).map_err(|source| {
-                        StartError::SinkTls {
-                            sink: s.name.clone(),
-                            source,
-                        }
-                    })?,
-                ),
+                LogSinkKind::Http(h) => {
+                    let sink = Arc::new(
+                        HttpSink::new(&s.name, h, metrics.log_sink(&s.name)).map_err(|source| {
+                            StartError::SinkTls {
+                                sink: s.name.clone(),
+                                source,
+                            }
+                        })?,
+                    );
+                    // Certificate rotation without a restart.
+                    sink.spawn_tls_watcher(sink::http::TLS_RELOAD_INTERVAL);
+                    sink
+                }
                 LogSinkKind::File { path } => {
                     Arc::new(FileSink::open(path).map_err(|source| StartError::SinkFile {
                         sink: s.name.clone(),
@@ -280,6 +285,7 @@ impl LogShipper {
                             name: src.name.as_str().into(),
                             parser: src.parser.clone(),
                             shape: src.shape.clone(),
+                            multiline: src.multiline.clone(),
                             labels: labels(&cfg.labels, &src.labels, host.as_deref()),
                             chunk_lines,
                             chunk_bytes,

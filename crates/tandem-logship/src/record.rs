@@ -41,6 +41,10 @@ pub struct Record {
     pub parse_error: bool,
     /// A timestamp rule is configured but found no valid time: the read time is used.
     pub timestamp_fallback: bool,
+    /// Where the record is within its origin, stable across retries, restarts and replays:
+    /// the offset just past its last line in the file, or in a stream source's disk buffer;
+    /// 0 when it has none. With [`Origin::identity`] it names the record (Elasticsearch `_id`).
+    pub position: u64,
 }
 
 /// A log severity.
@@ -99,7 +103,7 @@ impl Level {
 }
 
 /// Where a chunk's records come from: the same for every chunk of one file.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Origin {
     /// The source's name.
     pub source: Arc<str>,
@@ -109,6 +113,11 @@ pub struct Origin {
     pub labels: Arc<[(String, String)]>,
     /// `"file":...,"labels":{...}` rendered once as JSON, for NDJSON encoders.
     pub(crate) json_tail: String,
+    /// What the records' positions are positions in, stable across restarts (a hash of the
+    /// source and the file's device, inode, creation time and first line, or of the source
+    /// and its disk buffer); 0:
+    /// records have no stable name.
+    pub identity: u64,
 }
 
 impl Origin {
@@ -131,7 +140,25 @@ impl Origin {
             file,
             labels,
             json_tail: tail,
+            identity: 0,
         }
+    }
+
+    /// The same origin, its records named within `identity` (see [`Origin::identity`]).
+    pub fn with_identity(mut self, identity: u64) -> Origin {
+        self.identity = identity;
+        self
+    }
+
+    /// A stable name for the record at `position` of this origin; None without one.
+    pub fn record_id(&self, position: u64) -> Option<u64> {
+        if self.identity == 0 || position == 0 {
+            return None;
+        }
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.identity.to_le_bytes());
+        b[8..].copy_from_slice(&position.to_le_bytes());
+        Some(xxhash_rust::xxh3::xxh3_64(&b))
     }
 }
 
@@ -206,6 +233,23 @@ impl Chunk {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = self.ack.tx.send(Msg::Barrier(tx));
         rx
+    }
+
+    /// A copy of `records` of this chunk, for encoding only (a sink splitting a batch its
+    /// receiver found too large): confirming it does nothing; the whole chunk is confirmed.
+    pub(crate) fn part(&self, records: std::ops::Range<usize>) -> Chunk {
+        let records = self.records.get(records).unwrap_or_default().to_vec();
+        let bytes = records.iter().map(|r| r.message.len()).sum();
+        Chunk::new(
+            records,
+            bytes,
+            self.observed,
+            self.origin.clone(),
+            self.range(),
+            0,
+            std::sync::mpsc::channel().0,
+            None,
+        )
     }
 
     /// One sink confirmed delivery; the last confirmation acknowledges the range.

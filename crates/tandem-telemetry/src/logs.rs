@@ -32,8 +32,9 @@ pub const LOG_DROP_REASONS: [&str; 1] = ["truncated"];
 /// Why a sink dropped lines the receiver refused for good, in [`LogSinkMetrics::dropped_lines`]
 /// order. `item_rejected`: an Elasticsearch bulk item failed with a status that retrying cannot
 /// fix (a 4xx other than 429, e.g. `mapper_parsing_exception`); `partial_success`: an OTLP
-/// receiver answered with `rejected_log_records`.
-pub const LOG_SINK_DROP_REASONS: [&str; 2] = ["item_rejected", "partial_success"];
+/// receiver answered with `rejected_log_records`; `rejected`: the receiver refused a whole
+/// request with a status retrying cannot fix (400, 413 for a single record, 422).
+pub const LOG_SINK_DROP_REASONS: [&str; 3] = ["item_rejected", "partial_success", "rejected"];
 
 /// Why records were not shipped on purpose, in [`LogSourceMetrics::dropped_records`] order.
 /// `level`: the level is in the source's `drop.levels`; `sample`: sampled out by `sample`.
@@ -149,7 +150,7 @@ pub struct LogSinkMetrics {
     /// Time of one delivery attempt, in nanoseconds.
     pub latency: IntHistogram,
     /// Lines the receiver refused for good, by reason ([`LOG_SINK_DROP_REASONS`] order).
-    pub dropped_lines: [Counter; 2],
+    pub dropped_lines: [Counter; 3],
 }
 
 // === impl LogFamilies ===

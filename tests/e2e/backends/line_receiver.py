@@ -18,6 +18,10 @@ Accepts POSTs on the data port, gzip-encoded or not, in one of four wire formats
                  opentelemetry-proto package; each record's string body is a line.
                  Answered with an ExportLogsServiceResponse, with partial_success when records
                  are rejected on purpose (see /control; rejected records are not counted).
+  otlp-grpc      the same over gRPC (grpcio): the LogsService/Export method, plain HTTP/2;
+                 `fail_next`/`status` answer UNAVAILABLE (INVALID_ARGUMENT for 400). grpcio
+                 decompresses gzipped frames (and refuses a compressed frame whose
+                 grpc-encoding it was not told).
 Every `seq=NNN` token in a line counts that sequence number once. A second port takes control
 requests and serves the counts, and keeps working while the data port is "down".
 
@@ -36,6 +40,13 @@ Control port:
                       {"fail_next": 3}            the next 3 POSTs get `fail_status` (default 500)
                       {"fail_status": 429}
                       {"retry_after": "2"}        send this Retry-After with every failure
+                      {"tls_reload": true}        read --tls CERT KEY again (new handshakes use
+                                                  them) and close every open connection
+                      {"answer_lost": true}       a POST answered with a failure (`status`,
+                                                  `fail_next`) is still decoded and counted,
+                                                  as if stored and the answer lost
+                      {"max_request_lines": 300}  ndjson: a POST of more lines gets 413 (not
+                                                  counted), as a receiver's body size limit
                       {"down": true}              close the data port and every open connection
                                                   (connections refused); false: listen again
                       {"reset": true}             forget all counts
@@ -68,9 +79,11 @@ STATE = {"received": 0, "other_lines": 0, "requests": 0, "bytes": 0, "statuses":
 REQUESTS = []
 FIRST_LINES = []
 CONTROL = {"status": None, "fail_next": 0, "fail_status": 500, "retry_after": None, "down": False,
-           "item_retry_every": 0, "item_retry_status": 429, "item_retry_times": 0, "item_reject_every": 0}
+           "item_retry_every": 0, "item_retry_status": 429, "item_retry_times": 0, "item_reject_every": 0,
+           "max_request_lines": 0, "answer_lost": False}
+ES_IDS = {}  # elasticsearch: seq -> set of the `_id`s (None: no _id) its documents carried
 CONNS = set()
-DATA = {"server": None, "port": None, "format": "ndjson", "tls": None}
+DATA = {"server": None, "port": None, "format": "ndjson", "tls": None, "tls_files": None}
 FORMATS = {"loki_streams": [], "es_indices": [], "otlp_resources": [], "tls_clients": []}
 ITEM_FAILURES = {}
 ATTEMPTS = {}  # seq -> times an elasticsearch item carrying it was sent
@@ -202,6 +215,8 @@ def decode_elasticsearch(body, query):
         seq = seq_of(raw[i + 1])
         with LOCK:
             attempt = ATTEMPTS[seq] = ATTEMPTS.get(seq, 0) + 1 if seq is not None else 1
+            if seq is not None:
+                ES_IDS.setdefault(seq, set()).add(meta.get("_id"))
         result = {"_index": meta["_index"], "status": 201, "result": "created"}
         if seq is not None and ctl["item_reject_every"] and seq % ctl["item_reject_every"] == 0:
             result = {"_index": meta["_index"], "status": 400, "error": {
@@ -340,12 +355,17 @@ class Data(BaseHTTPRequestHandler):
             STATE["bytes"] += len(body)
         lines = 0
         answer, ctype = (b"ok", "text/plain") if status // 100 == 2 else (b"refused on purpose", "text/plain")
-        if status // 100 == 2:
+        forced = status
+        lost = status // 100 != 2 and CONTROL["answer_lost"]
+        if status // 100 == 2 or lost:
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
             fmt = DATA["format"]
             try:
-                if fmt == "ndjson":
+                limit = CONTROL["max_request_lines"]
+                if fmt == "ndjson" and limit and sum(1 for l in body.split(b"\n") if l.strip()) > limit:
+                    status, answer = 413, b"request entity too large"
+                elif fmt == "ndjson":
                     lines = count(body)
                 else:
                     if fmt == "loki":
@@ -357,6 +377,8 @@ class Data(BaseHTTPRequestHandler):
                     lines = count_lines(decoded)
             except Refused as e:
                 status, answer, ctype, lines = 400, str(e).encode(), "text/plain", 0
+            if lost:
+                status, answer, ctype = forced, b"refused on purpose (stored, answer lost)", "text/plain"
         with LOCK:
             STATE["statuses"][str(status)] = STATE["statuses"].get(str(status), 0) + 1
             REQUESTS.append({"t": time.time(), "status": status, "lines": lines})
@@ -369,7 +391,47 @@ class Data(BaseHTTPRequestHandler):
         self.wfile.write(answer)
 
 
+def grpc_export(request, context):
+    """`LogsService/Export` (format otlp-grpc, grpcio): the request's raw bytes decoded as
+    OTLP/HTTP's are; `fail_next`/`status` answer UNAVAILABLE (INVALID_ARGUMENT for a 400)."""
+    import grpc
+    with LOCK:
+        status = CONTROL["status"] or 200
+        if CONTROL["fail_next"] > 0:
+            CONTROL["fail_next"] -= 1
+            status = CONTROL["fail_status"]
+        STATE["requests"] += 1
+        STATE["bytes"] += len(request)
+    code, answer, lines = None, b"", 0
+    if status // 100 != 2:
+        code = grpc.StatusCode.INVALID_ARGUMENT if status == 400 else grpc.StatusCode.UNAVAILABLE
+    else:
+        try:
+            decoded, _, answer, _ = decode_otlp(request, "application/x-protobuf")
+            lines = count_lines(decoded)
+        except Refused as e:
+            code, answer = grpc.StatusCode.INVALID_ARGUMENT, str(e).encode()
+    with LOCK:
+        name = "OK" if code is None else code.name
+        STATE["statuses"][name] = STATE["statuses"].get(name, 0) + 1
+        REQUESTS.append({"t": time.time(), "status": name, "lines": lines})
+    if code is not None:
+        context.abort(code, "refused on purpose")
+    return answer
+
+
 def start_data():
+    if DATA["format"] == "otlp-grpc":
+        import grpc
+        from concurrent import futures
+        srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.logs.v1.LogsService",
+            {"Export": grpc.unary_unary_rpc_method_handler(grpc_export)}),))
+        srv.add_insecure_port(f"127.0.0.1:{DATA['port']}")
+        srv.start()
+        DATA["server"] = srv
+        return
     srv = ThreadingHTTPServer(("127.0.0.1", DATA["port"]), Data)
     srv.daemon_threads = True
     if DATA["tls"] is not None:
@@ -381,6 +443,10 @@ def start_data():
 def stop_data():
     srv = DATA["server"]
     if srv is None:
+        return
+    if DATA["format"] == "otlp-grpc":
+        srv.stop(0).wait()
+        DATA["server"] = None
         return
     srv.shutdown()
     srv.server_close()
@@ -421,6 +487,13 @@ def stats(n):
     with LOCK:
         out["formats"] = json.loads(json.dumps(FORMATS))
         out["item_failures"] = dict(ITEM_FAILURES)
+        ids = list(ES_IDS.values())
+        out["es_ids"] = {
+            "seqs": len(ids),
+            "without_id": sum(1 for v in ids if None in v),
+            "seqs_with_several_ids": sum(1 for v in ids if len(v) > 1),
+            "distinct_ids": len({i for v in ids for i in v if i is not None}),
+        }
     return out
 
 
@@ -470,6 +543,15 @@ class Control(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         change = json.loads(body or b"{}")
         down = change.pop("down", None)
+        if change.pop("tls_reload", False) and DATA["tls"] is not None:
+            DATA["tls"].load_cert_chain(*DATA["tls_files"])
+            with LOCK:
+                conns = list(CONNS)
+            for c in conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         if change.pop("reset", False):
             with LOCK:
                 COUNTS = bytearray()
@@ -477,6 +559,7 @@ class Control(BaseHTTPRequestHandler):
                 REQUESTS.clear()
                 ATTEMPTS.clear()
                 ITEM_FAILURES.clear()
+                ES_IDS.clear()
                 for v in FORMATS.values():
                     v.clear()
                 FIRST_LINES.clear()
@@ -496,19 +579,26 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("data_port", type=int)
     ap.add_argument("control_port", type=int)
-    ap.add_argument("--format", default="ndjson", choices=["ndjson", "loki", "elasticsearch", "otlp"])
+    ap.add_argument("--format", default="ndjson", choices=["ndjson", "loki", "elasticsearch", "otlp", "otlp-grpc"])
     ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     ap.add_argument("--client-ca")
+    ap.add_argument("--no-tickets", action="store_true",
+                    help="issue no TLS session tickets: every connection verifies the certificate "
+                         "served now (no resumption), as after a restart with new keys")
     a = ap.parse_args()
     DATA["port"] = a.data_port
     DATA["format"] = a.format
     if a.tls:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(a.tls[0], a.tls[1])
+        if a.no_tickets:
+            ctx.num_tickets = 0
+            ctx.options |= ssl.OP_NO_TICKET
         if a.client_ca:
             ctx.load_verify_locations(a.client_ca)
             ctx.verify_mode = ssl.CERT_REQUIRED
         DATA["tls"] = ctx
+        DATA["tls_files"] = a.tls
     start_data()
     ctl = ThreadingHTTPServer(("127.0.0.1", a.control_port), Control)
     ctl.daemon_threads = True

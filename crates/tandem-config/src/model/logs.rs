@@ -395,11 +395,15 @@ pub enum HttpApi {
         index: String,
         /// `create` operations into a data stream instead of `index` operations.
         data_stream: bool,
+        /// Give each document a deterministic `_id` (from its source, file and offset).
+        document_id: bool,
     },
     /// OTLP logs over HTTP: an `ExportLogsServiceRequest`.
     Otlp {
         /// OTLP/JSON instead of binary protobuf.
         json: bool,
+        /// OTLP/gRPC (HTTP/2, the `LogsService/Export` method) instead of OTLP/HTTP.
+        grpc: bool,
     },
 }
 

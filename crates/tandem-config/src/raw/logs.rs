@@ -213,6 +213,11 @@ pub struct RawLogSink {
     /// `elasticsearch`: write to a data stream (`create` operations; default false: `index`).
     #[serde(default)]
     pub data_stream: Option<bool>,
+    /// `elasticsearch`: each document's `_id` — `auto` (default): derived from where its line
+    /// is (source, file, offset), so a retried or replayed line is the same document; `none`:
+    /// Elasticsearch picks one (a replay indexes a second copy).
+    #[serde(default)]
+    pub document_id: Option<RawDocumentId>,
     /// `elasticsearch`: basic authentication user (with `password`).
     #[serde(default)]
     pub username: Option<String>,
@@ -226,6 +231,10 @@ pub struct RawLogSink {
     /// (snappy-compressed, as Promtail sends).
     #[serde(default)]
     pub encoding: Option<RawOtlpEncoding>,
+    /// `otlp`: `http` (the default: `POST /v1/logs`) or `grpc` (the `LogsService/Export`
+    /// method over HTTP/2, port 4317 by convention).
+    #[serde(default)]
+    pub protocol: Option<RawLogOtlpProtocol>,
     /// `file`: the absolute path NDJSON lines are appended to.
     #[serde(default)]
     pub path: Option<String>,
@@ -260,6 +269,27 @@ pub enum RawLogSinkType {
     File,
     /// NDJSON written to Tandem's stdout.
     Console,
+}
+
+/// How an OTLP sink sends.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLogOtlpProtocol {
+    /// OTLP/HTTP: `POST /v1/logs`.
+    Http,
+    /// OTLP/gRPC: `opentelemetry.proto.collector.logs.v1.LogsService/Export` over HTTP/2.
+    Grpc,
+}
+
+/// How an Elasticsearch sink names documents.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawDocumentId {
+    /// Derived from the line's place: retries and replays overwrite (or, in a data stream,
+    /// are refused as conflicts, which counts as indexed) instead of duplicating.
+    Auto,
+    /// Chosen by Elasticsearch.
+    None,
 }
 
 /// How an OTLP or Loki sink encodes its requests.

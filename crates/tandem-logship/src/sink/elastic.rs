@@ -10,6 +10,17 @@
 //! `data_stream: true` the action is `create` (what data streams accept) and the name is the
 //! data stream's.
 //!
+//! # Document ids
+//! With `document_id: auto` (the default) each action names its document:
+//! `{"index":{"_index":"...","_id":"<16 hex digits>"}}`, a hash of the record's origin identity
+//! and position ([`crate::record::Origin::record_id`]): the source and the file (device, inode,
+//! creation time, first line) with the offset past the record's last line, or a stream
+//! source's disk buffer offset. A batch sent again after a lost answer, and lines read again after a crash, carry the
+//! same ids, so Elasticsearch overwrites instead of indexing a second copy (`index`), or refuses
+//! the copy with 409 `version_conflict_engine_exception` (`create`, data streams), which the
+//! sink counts as indexed. Records without a stable place (the memory path of a stream source,
+//! an empty file's first lines) get an id unique to this run, or none.
+//!
 //! # Partial failures
 //! A bulk answer can be 200 with `"errors": true`: then each item has its own status. Items
 //! with 429 or 5xx are sent again (only them: their pairs are cut out of the body that was
@@ -48,6 +59,8 @@ pub struct Bulk {
     op: &'static str,
     /// Seconds per distinct index name: 3600 with `%H`, 86400 with a date, 0 for a fixed name.
     period: u64,
+    /// Name documents (`_id`) after their records' places.
+    ids: bool,
 }
 
 impl Bulk {
@@ -97,7 +110,14 @@ impl Bulk {
             pattern: pieces,
             op: if data_stream { "create" } else { "index" },
             period,
+            ids: false,
         }
+    }
+
+    /// The same encoder, naming documents after their records' places when `ids`.
+    pub fn with_ids(mut self, ids: bool) -> Bulk {
+        self.ids = ids;
+        self
     }
 
     /// Appends the bulk body of `batch` to `out`: one action line and one document line per
@@ -123,7 +143,18 @@ impl Bulk {
                     push_json_str(&mut action, &name);
                     action.extend_from_slice(b"}}\n");
                 }
-                out.extend_from_slice(&action);
+                match self
+                    .ids
+                    .then(|| chunk.origin.record_id(r.position))
+                    .flatten()
+                {
+                    // The action without its closing `}}\n`, then the id.
+                    Some(id) => {
+                        out.extend_from_slice(&action[..action.len() - 3]);
+                        out.extend_from_slice(format!(",\"_id\":\"{id:016x}\"}}}}\n").as_bytes());
+                    }
+                    None => out.extend_from_slice(&action),
+                }
                 record_as(r, b"@timestamp", &observed, &chunk.origin.json_tail, out);
             }
         }
@@ -267,6 +298,11 @@ pub fn parse_response(body: &[u8], sent: usize) -> Result<Option<BulkResult>, St
                     Some(serde_json::Value::String(s)) => ("unknown".to_owned(), s.clone()),
                     _ => ("unknown".to_owned(), String::new()),
                 };
+                if status == 409 && kind == "version_conflict_engine_exception" {
+                    // `create` of an id that is there: this document was indexed by an
+                    // earlier attempt (a lost answer, a replay after a crash).
+                    continue;
+                }
                 out.dropped.push(Rejected {
                     item: i,
                     status,
@@ -360,6 +396,98 @@ mod tests {
         Bulk::new("logs-app", true).encode(&b[..1], &mut out);
         assert!(out.starts_with(b"{\"create\":{\"_index\":\"logs-app\"}}\n{\"@timestamp\""));
         assert_eq!(count_items(&out), 3);
+    }
+
+    /// With ids on, each action names its document by the record's origin identity and
+    /// position: the same for the same record encoded again (a retry, a half of a split batch,
+    /// a replay), different for another position or origin; none without a stable place.
+    #[test]
+    fn document_ids() {
+        let chunk = |identity: u64, positions: &[u64]| {
+            let origin = Arc::new(
+                Origin::new("app".into(), "/var/log/a.log".into(), Arc::from(vec![]))
+                    .with_identity(identity),
+            );
+            let records = positions
+                .iter()
+                .map(|p| Record {
+                    message: Bytes::from(format!("at {p}")),
+                    position: *p,
+                    ..Record::default()
+                })
+                .collect();
+            let (tx, _rx) = std::sync::mpsc::channel();
+            Arc::new(Chunk::new(
+                records,
+                0,
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_514_400),
+                origin,
+                (1, 0, 10),
+                1,
+                tx,
+                None,
+            ))
+        };
+        let ids = |bulk: &Bulk, batch: &[Arc<Chunk>]| -> Vec<Option<String>> {
+            let mut out = Vec::new();
+            bulk.encode(batch, &mut out);
+            out.split(|b| *b == b'\n')
+                .step_by(2)
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+                    let (_, a) = v.as_object().unwrap().iter().next().unwrap();
+                    assert_eq!(a["_index"], "logs-2026.11.24");
+                    a.get("_id").map(|i| i.as_str().unwrap().to_owned())
+                })
+                .collect()
+        };
+        let bulk = Bulk::new("logs-%Y.%m.%d", false).with_ids(true);
+        let a = ids(&bulk, &[chunk(7, &[100, 250, 0])]);
+        assert!(
+            a[0].as_ref().unwrap().len() == 16 && a[1].is_some(),
+            "{a:?}"
+        );
+        assert_ne!(a[0], a[1]);
+        assert_eq!(a[2], None, "no stable place, no id");
+        // Encoded again, or as the second half of a split batch: the same ids.
+        assert_eq!(ids(&bulk, &[chunk(7, &[100, 250, 0])]), a);
+        let whole = chunk(7, &[100, 250, 0]);
+        assert_eq!(ids(&bulk, &[Arc::new(whole.part(1..3))]), a[1..]);
+        // Another origin (another file, source or buffer): other ids.
+        let b = ids(&bulk, &[chunk(8, &[100, 250])]);
+        assert!(b[0] != a[0] && b[1] != a[1]);
+        // No identity, or ids off: Elasticsearch chooses.
+        assert_eq!(ids(&bulk, &[chunk(0, &[100])]), [None]);
+        let off = Bulk::new("logs-%Y.%m.%d", true);
+        let mut out = Vec::new();
+        off.encode(&[chunk(7, &[100])], &mut out);
+        assert!(out.starts_with(b"{\"create\":{\"_index\":\"logs-2026.11.24\"}}\n"));
+        let mut out = Vec::new();
+        Bulk::new("logs-%Y.%m.%d", true)
+            .with_ids(true)
+            .encode(&[chunk(7, &[100])], &mut out);
+        let want = format!(
+            "{{\"create\":{{\"_index\":\"logs-2026.11.24\",\"_id\":\"{}\"}}}}\n",
+            a[0].as_ref().unwrap()
+        );
+        assert!(
+            out.starts_with(want.as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+
+    /// A `create` refused as a version conflict is a document an earlier attempt indexed: not
+    /// dropped, not retried.
+    #[test]
+    fn version_conflicts_count_as_indexed() {
+        let body = br#"{"errors":true,"items":[
+            {"create":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"[abc]: version conflict, document already exists"}}},
+            {"create":{"status":201}}
+        ]}"#;
+        let r = parse_response(body, 2).unwrap().unwrap();
+        assert!(r.dropped.is_empty() && r.retry.is_empty(), "{r:?}");
     }
 
     /// Dates across leap years and centuries.

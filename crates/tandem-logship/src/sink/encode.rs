@@ -175,6 +175,7 @@ mod tests {
                 span_id: Some("00f067aa0ba902b7".into()),
                 parse_error: false,
                 timestamp_fallback: false,
+                position: 0,
             },
             Record {
                 message: Bytes::from_static(b"k=v \"unterminated"),

@@ -6,14 +6,23 @@
 //! `Retry-After` the sink was given; and confirmation of every chunk in a batch once it is
 //! delivered, which is what lets the committer move checkpoints.
 //!
-//! Nothing is dropped: a delivery is retried until it succeeds or Tandem stops. A sink that
-//! keeps refusing (a 4xx, a full disk) holds its batches, the memory budget fills, and the
-//! sources pause until it accepts again; the metrics and the log say why.
+//! A delivery is retried until it succeeds or Tandem stops when the failure can pass: no
+//! connection, a timeout, 429, 5xx, and the statuses a fix of the receiver or of Tandem's
+//! configuration resolves (401, 403, 404, 415, ...). A sink that keeps failing that way holds its
+//! batches, the memory budget fills, and the sources pause until it accepts again; the metrics
+//! and the log say why.
 //!
-//! The one exception is a receiver that refuses some records for good while accepting the rest
-//! (an Elasticsearch bulk item failing with 400, an OTLP partial success): the sink counts and
-//! logs them and answers [`Outcome::Partial`], with the body of the records to send again, if
-//! any; the batch is confirmed once every record is accepted or refused that way.
+//! What retrying cannot fix is dropped, so that one poison batch cannot stall the pipeline
+//! (and every checkpoint behind it) forever:
+//! - a receiver that refuses a whole request for good ([`Outcome::Rejected`]: 400, e.g. Loki's
+//!   "entry out of order" or "too old", 422, and 413 for a single record): the batch is counted
+//!   in `tandem_logs_sink_dropped_lines_total{reason="rejected"}`, logged with the status and the
+//!   start of the receiver's answer, and confirmed, so the checkpoint moves past it. A 413 for a
+//!   batch of several records first splits it in halves, each sent (and split again) on its own;
+//! - a receiver that refuses some records for good while accepting the rest (an Elasticsearch
+//!   bulk item failing with 400, an OTLP partial success): the sink counts and logs them and
+//!   answers [`Outcome::Partial`], with the body of the records to send again, if any; the batch
+//!   is confirmed once every record is accepted or refused that way.
 //!
 //! # Layout
 //! - [`encode`]: NDJSON encoding.
@@ -72,6 +81,13 @@ pub enum Outcome {
     Delivered,
     /// Not delivered; try again.
     Retry(Failure),
+    /// Refused for good (a 400, a 413, a 422): retrying the same body cannot succeed.
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// For the log: status and the start of the answer.
+        detail: String,
+    },
     /// The receiver accepted part of the batch: `dropped` records were refused for good (the
     /// sink counted and logged them), and `resend`, if any, must be sent again.
     Partial {
@@ -237,6 +253,12 @@ impl SinkState {
         let mut t = self.times();
         t.failing_since = None;
         t.last_delivery = Some(SystemTime::now());
+    }
+
+    /// A batch was refused for good and dropped: shown as the last error, without making the
+    /// sink look down (the next batch may well go through).
+    fn rejected(&self, detail: &str) {
+        self.times().last_error = Some((detail.to_owned(), SystemTime::now()));
     }
 
     fn failed(&self, detail: &str) {
@@ -417,7 +439,8 @@ pub async fn drive_with_state(
     }
 }
 
-/// Encodes `batch` once and sends it until delivered (or `stop`), then confirms its chunks.
+/// Encodes `batch` once and sends it until delivered or refused for good (or `stop`), then
+/// confirms its chunks.
 async fn deliver(
     sink: Arc<dyn Sink>,
     batch: Vec<Arc<Chunk>>,
@@ -427,81 +450,22 @@ async fn deliver(
     stop: CancellationToken,
     (_slot, counted): (OwnedSemaphorePermit, InFlight),
 ) {
-    // Encoding (and gzip) is CPU work: off the runtime that serves the proxy.
-    let encoder = sink.clone();
-    let encoded = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::with_capacity(batch.iter().map(|c| c.bytes).sum::<usize>() * 2);
-        encoder.encode(&batch, &mut out);
-        (Bytes::from(out), batch)
-    })
-    .await;
-    let Ok((body, batch)) = encoded else {
+    let Some(body) = encode_off_runtime(&sink, batch.clone()).await else {
         tracing::error!(sink = %s.name, "encoding a log batch failed; it will be read again on the next start");
         return;
     };
-    let mut backoff = Backoff::new(s.backoff, s.max_backoff);
-    let mut attempt: u32 = 0;
-    let mut body = body;
-    // Records still to be accepted: all of them, until a partial success says otherwise.
-    let mut pending = lines;
-    loop {
-        attempt += 1;
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            o = sink.send(body.clone()) => o,
-            _ = stop.cancelled() => return,
-        };
-        metrics
-            .latency
-            .observe(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
-        let failure = match outcome {
-            Outcome::Delivered => {
-                metrics.shipped_lines.inc_by(pending as u64);
-                metrics.shipped_bytes.inc_by(body.len() as u64);
-                counted.state.delivered(pending as u64, body.len() as u64);
-                break;
-            }
-            Outcome::Partial { dropped, resend } => {
-                let left = resend.as_ref().map_or(0, |r| r.lines);
-                metrics
-                    .shipped_lines
-                    .inc_by(pending.saturating_sub(dropped + left) as u64);
-                metrics.shipped_bytes.inc_by(body.len() as u64);
-                match resend {
-                    None => {
-                        counted
-                            .state
-                            .delivered(pending.saturating_sub(dropped) as u64, body.len() as u64);
-                        break;
-                    }
-                    Some(r) => {
-                        pending = r.lines;
-                        body = r.body;
-                        r.failure
-                    }
-                }
-            }
-            Outcome::Retry(f) => f,
-        };
-        counted.state.failed(&failure.detail);
-        if let Some(c) = metrics.retries.get(failure.reason as usize) {
-            c.inc();
-        }
-        let wait = match failure.after {
-            Some(after) => after.min(MAX_RETRY_AFTER),
-            None => backoff.next_wait(),
-        };
-        // Said on attempts 1, 2, 4, 8, ...: visible, but never a flood.
-        if attempt.is_power_of_two() {
-            tracing::warn!(sink = %s.name, attempt, reason = ?failure.reason, detail = %failure.detail, retry_in = ?wait, "log delivery failed; retrying (nothing is dropped)");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.cancelled() => return,
-        }
-    }
-    if attempt > 1 {
-        tracing::info!(sink = %s.name, attempt, lines, "log batch delivered after retries");
+    let ctx = SendCtx {
+        sink: &sink,
+        s: &s,
+        metrics: &metrics,
+        stop: &stop,
+        state: &counted.state,
+    };
+    let Some(attempts) = send_until_done(&ctx, &batch, body, lines).await else {
+        return;
+    };
+    if attempts > 1 {
+        tracing::info!(sink = %s.name, attempts, lines, "log batch done after retries");
     }
     for chunk in &batch {
         chunk.confirm();
@@ -512,6 +476,164 @@ async fn deliver(
     if let Some(c) = batch.last() {
         let _ = tokio::time::timeout(CHECKPOINT_WAIT, c.barrier()).await;
     }
+}
+
+/// Encoding (and gzip) is CPU work: off the runtime that serves the proxy. None if it panicked.
+async fn encode_off_runtime(sink: &Arc<dyn Sink>, batch: Vec<Arc<Chunk>>) -> Option<Bytes> {
+    let encoder = sink.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::with_capacity(batch.iter().map(|c| c.bytes).sum::<usize>() * 2);
+        encoder.encode(&batch, &mut out);
+        Bytes::from(out)
+    })
+    .await
+    .ok()
+}
+
+/// What sending one batch needs besides the batch.
+struct SendCtx<'a> {
+    sink: &'a Arc<dyn Sink>,
+    s: &'a DriverSettings,
+    metrics: &'a LogSinkMetrics,
+    stop: &'a CancellationToken,
+    state: &'a SinkState,
+}
+
+/// Sends `body` (the encoding of `batch`, `lines` records) until it is delivered, or refused
+/// for good: then dropped and counted — after splitting it in halves, each sent the same way,
+/// when the refusal is a 413 and it holds more than one record. Returns the attempts made, or
+/// None at `stop`.
+fn send_until_done<'a>(
+    ctx: &'a SendCtx<'a>,
+    batch: &'a [Arc<Chunk>],
+    mut body: Bytes,
+    lines: usize,
+) -> BoxFuture<'a, Option<u32>> {
+    Box::pin(async move {
+        let SendCtx {
+            sink,
+            s,
+            metrics,
+            stop,
+            state,
+        } = ctx;
+        let mut backoff = Backoff::new(s.backoff, s.max_backoff);
+        let mut attempt: u32 = 0;
+        // Records still to be accepted: all of them, until a partial success says otherwise.
+        let mut pending = lines;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                o = sink.send(body.clone()) => o,
+                _ = stop.cancelled() => return None,
+            };
+            metrics
+                .latency
+                .observe(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            let failure = match outcome {
+                Outcome::Delivered => {
+                    metrics.shipped_lines.inc_by(pending as u64);
+                    metrics.shipped_bytes.inc_by(body.len() as u64);
+                    state.delivered(pending as u64, body.len() as u64);
+                    return Some(attempt);
+                }
+                Outcome::Partial { dropped, resend } => {
+                    let left = resend.as_ref().map_or(0, |r| r.lines);
+                    metrics
+                        .shipped_lines
+                        .inc_by(pending.saturating_sub(dropped + left) as u64);
+                    metrics.shipped_bytes.inc_by(body.len() as u64);
+                    match resend {
+                        None => {
+                            state.delivered(
+                                pending.saturating_sub(dropped) as u64,
+                                body.len() as u64,
+                            );
+                            return Some(attempt);
+                        }
+                        Some(r) => {
+                            pending = r.lines;
+                            body = r.body;
+                            r.failure
+                        }
+                    }
+                }
+                Outcome::Rejected { status, detail } => {
+                    // Halves of a batch still whole (no partial success took part of it).
+                    let halves = (status == 413 && pending == lines)
+                        .then(|| split_half(batch))
+                        .flatten();
+                    if let Some(halves) = halves {
+                        tracing::warn!(sink = %s.name, lines, detail = %detail, "the log receiver refused a batch as too large; sending it in two halves");
+                        for part in halves {
+                            let n = part.iter().map(|c| c.records.len()).sum();
+                            let Some(b) = encode_off_runtime(sink, part.clone()).await else {
+                                reject(ctx, 413, "encoding half of a batch failed", n);
+                                continue;
+                            };
+                            attempt += send_until_done(ctx, &part, b, n).await?;
+                        }
+                        return Some(attempt);
+                    }
+                    reject(ctx, status, &detail, pending);
+                    return Some(attempt);
+                }
+                Outcome::Retry(f) => f,
+            };
+            state.failed(&failure.detail);
+            if let Some(c) = metrics.retries.get(failure.reason as usize) {
+                c.inc();
+            }
+            let wait = match failure.after {
+                Some(after) => after.min(MAX_RETRY_AFTER),
+                None => backoff.next_wait(),
+            };
+            // Said on attempts 1, 2, 4, 8, ...: visible, but never a flood.
+            if attempt.is_power_of_two() {
+                tracing::warn!(sink = %s.name, attempt, reason = ?failure.reason, detail = %failure.detail, retry_in = ?wait, "log delivery failed; retrying (nothing is dropped)");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return None,
+            }
+        }
+    })
+}
+
+/// Drops `lines` records refused for good: counted, logged, shown in `/logs`.
+fn reject(ctx: &SendCtx<'_>, status: u16, detail: &str, lines: usize) {
+    if let Some(c) = ctx.metrics.dropped_lines.get(2) {
+        c.inc_by(lines as u64);
+    }
+    ctx.state.rejected(detail);
+    tracing::error!(sink = %ctx.s.name, status, lines, detail = %detail, "the log receiver refused a batch for good (retrying cannot fix it); its lines are dropped, counted in tandem_logs_sink_dropped_lines_total (reason rejected), and the checkpoint moves past them");
+}
+
+/// `batch` cut in two halves of its records (a chunk in the middle is copied in two parts, for
+/// encoding only); None for a single record.
+fn split_half(batch: &[Arc<Chunk>]) -> Option<[Vec<Arc<Chunk>>; 2]> {
+    let total: usize = batch.iter().map(|c| c.records.len()).sum();
+    if total < 2 {
+        return None;
+    }
+    let half = total / 2;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut seen = 0;
+    for c in batch {
+        let n = c.records.len();
+        if seen + n <= half {
+            a.push(c.clone());
+        } else if seen >= half {
+            b.push(c.clone());
+        } else {
+            let k = half - seen;
+            a.push(Arc::new(c.part(0..k)));
+            b.push(Arc::new(c.part(k..n)));
+        }
+        seen += n;
+    }
+    Some([a, b])
 }
 
 #[cfg(test)]

@@ -21,6 +21,11 @@ struct Scripted {
     sends: Mutex<Vec<(Instant, usize)>>,
     /// Sends whose body holds this text take this long (the others: no time).
     slow: Option<(&'static str, Duration)>,
+    /// A receiver with a request size limit: bodies of more lines get 413 (after the scripted
+    /// outcomes).
+    max_body_lines: Option<usize>,
+    /// Bodies answered as delivered.
+    delivered: Mutex<Vec<Bytes>>,
 }
 
 impl Sink for Scripted {
@@ -36,7 +41,16 @@ impl Sink for Scripted {
             .lock()
             .unwrap()
             .pop_front()
-            .unwrap_or(Outcome::Delivered);
+            .unwrap_or(match self.max_body_lines {
+                Some(max) if lines > max => Outcome::Rejected {
+                    status: 413,
+                    detail: "status 413 Payload Too Large: too big".into(),
+                },
+                _ => Outcome::Delivered,
+            });
+        if matches!(o, Outcome::Delivered) {
+            self.delivered.lock().unwrap().push(body.clone());
+        }
         let delay = self
             .slow
             .and_then(|(text, d)| memchr::memmem::find(&body, text.as_bytes()).map(|_| d));
@@ -427,4 +441,166 @@ async fn concurrent_deliveries_confirm_out_of_order() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(r.acked(), [(0, 10)]);
     assert_eq!(r.metrics.shipped_lines.get(), 3);
+}
+
+/// A batch refused for good (400) is sent once, dropped, counted, and confirmed, so the
+/// checkpoint moves past it; the next batch goes through as usual.
+#[tokio::test]
+async fn rejected_batch_is_dropped_counted_and_confirmed() {
+    let mut r = rig(
+        vec![Outcome::Rejected {
+            status: 400,
+            detail: "status 400 Bad Request: entry out of order".into(),
+        }],
+        2,
+        Duration::from_millis(20),
+    );
+    r.chunk_of(2);
+    r.wait_sends(1).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(r.acked(), [(0, 10)], "confirmed though dropped");
+    assert_eq!(r.metrics.dropped_lines[2].get(), 2);
+    assert!(
+        r.metrics.retries.iter().all(|c| c.get() == 0),
+        "not retried"
+    );
+    r.chunk_of(2);
+    r.wait_sends(2).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(r.acked(), [(10, 20)]);
+    assert_eq!(r.metrics.shipped_lines.get(), 2);
+    assert_eq!(r.sends().len(), 2);
+}
+
+/// Drives chunks of `sizes` records (one batch) into a sink that refuses bodies of more than
+/// `max_body_lines` with 413, until the input closes; returns the sink, the confirmed ranges
+/// and the metrics.
+async fn drive_split(
+    max_body_lines: usize,
+    sizes: &[usize],
+) -> (Arc<Scripted>, Vec<(u64, u64)>, LogSinkMetrics, Vec<String>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sink = Arc::new(Scripted {
+        max_body_lines: Some(max_body_lines),
+        ..Scripted::default()
+    });
+    let (ack_tx, acks) = std::sync::mpsc::channel::<Msg>();
+    let metrics = Metrics::new().log_sink("s");
+    let task = tokio::spawn(drive(
+        sink.clone(),
+        rx,
+        DriverSettings {
+            name: "s".into(),
+            batch: LogBatch {
+                max_lines: 100,
+                max_bytes: 1 << 20,
+                timeout: Duration::from_millis(20),
+            },
+            concurrency: 1,
+            backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(40),
+        },
+        metrics.clone(),
+        CancellationToken::new(),
+    ));
+    let origin = Arc::new(Origin::new(
+        "app".into(),
+        "/a.log".into(),
+        Arc::from(vec![]),
+    ));
+    let mut want = Vec::new();
+    for (i, n) in sizes.iter().copied().enumerate() {
+        let records: Vec<Record> = (0..n)
+            .map(|k| Record {
+                message: format!("r{i}.{k}").into(),
+                ..Record::default()
+            })
+            .collect();
+        want.extend(
+            records
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.message).into_owned()),
+        );
+        let start = i as u64 * 10;
+        tx.send(Arc::new(Chunk::new(
+            records,
+            5 * n,
+            SystemTime::now(),
+            origin.clone(),
+            (1, start, start + 10),
+            1,
+            ack_tx.clone(),
+            None,
+        )))
+        .unwrap();
+    }
+    drop(tx);
+    let chunks = sizes.len();
+    // The stand-in committer: acks collected, barriers answered.
+    let acked = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        while let Ok(m) = acks.recv_timeout(Duration::from_secs(5)) {
+            match m {
+                Msg::Ack { start, end, .. } => {
+                    out.push((start, end));
+                    if out.len() == chunks {
+                        break;
+                    }
+                }
+                Msg::Barrier(reply) => {
+                    let _ = reply.send(());
+                }
+                _ => {}
+            }
+        }
+        out
+    });
+    let mut acked = acked.await.unwrap();
+    task.await.unwrap();
+    acked.sort_unstable();
+    (sink, acked, metrics, want)
+}
+
+/// Messages of the bodies a scripted sink delivered, in order; each body at most `max` lines.
+fn delivered_messages(sink: &Scripted, max: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    for b in sink.delivered.lock().unwrap().iter() {
+        let lines: Vec<&[u8]> = b.split(|c| *c == b'\n').filter(|l| !l.is_empty()).collect();
+        assert!(lines.len() <= max, "{}", lines.len());
+        for l in lines {
+            let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+            got.push(v["message"].as_str().unwrap().to_owned());
+        }
+    }
+    got
+}
+
+/// A 413 splits the batch in halves (a chunk cut in the middle too), again until each part
+/// fits: every record is delivered exactly once, in order, and every chunk confirmed.
+#[tokio::test]
+async fn too_large_batch_is_split_until_it_fits() {
+    let (sink, acked, metrics, want) = drive_split(4, &[5, 6, 2]).await;
+    assert_eq!(acked, [(0, 10), (10, 20), (20, 30)]);
+    assert_eq!(
+        delivered_messages(&sink, 4),
+        want,
+        "every record once, in order"
+    );
+    // 13 -> 6 + 7 -> 3 + 3 + 3 + 4: 3 refused sends, 4 delivered.
+    assert_eq!(sink.sends.lock().unwrap().len(), 7);
+    assert_eq!(metrics.dropped_lines[2].get(), 0);
+    assert_eq!(metrics.shipped_lines.get(), 13);
+}
+
+/// A receiver that takes no record at all: the batch is split down to single records, each
+/// dropped and counted; the chunks are confirmed all the same.
+#[tokio::test]
+async fn too_large_single_records_are_dropped() {
+    let (sink, acked, metrics, _) = drive_split(0, &[2, 1]).await;
+    assert_eq!(acked, [(0, 10), (10, 20)]);
+    assert!(sink.delivered.lock().unwrap().is_empty());
+    // 3 -> 1 + 2 -> 1 + 1: 5 sends, all refused.
+    assert_eq!(sink.sends.lock().unwrap().len(), 5);
+    assert_eq!(metrics.dropped_lines[2].get(), 3);
+    assert_eq!(metrics.shipped_lines.get(), 0);
 }

@@ -4,7 +4,9 @@
 //! bundle when none is given, and against the URL's host or `tls.server_name`. A client
 //! certificate (mTLS) is read and validated by `tandem-tls` (the chain parses, the key matches
 //! the leaf, the leaf is within its validity), so its errors read like the listeners' ones.
-//! The files are read once, at start: a bad file stops the start with a message naming it.
+//! The files are read at start — a bad file stops the start with a message naming it — and
+//! again when their contents change ([`super::http::HttpSink::spawn_tls_watcher`]): a usable
+//! new set replaces the old one, an unusable one is logged and the last good set stays.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -72,6 +74,31 @@ pub fn check_files(logs: &tandem_config::Logs) -> Vec<(String, String, String)> 
         }
     }
     out
+}
+
+/// The files of `cfg` a reload watches: the CA file, the client certificate and key.
+pub fn watched_files(cfg: &SinkTls) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = cfg.ca.iter().cloned().collect();
+    if let Some((cert, key)) = &cfg.client {
+        out.push(cert.clone());
+        out.push(key.clone());
+    }
+    out
+}
+
+/// A hash of the contents of `files` (a missing file hashes as such): changes when any changes.
+pub fn files_hash(files: &[PathBuf]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for f in files {
+        match std::fs::read(f) {
+            Ok(b) => {
+                h.update(&(b.len() as u64).to_le_bytes());
+                h.update(&b);
+            }
+            Err(_) => h.update(b"\0missing"),
+        }
+    }
+    h.digest()
 }
 
 /// The client certificate of `cfg`, read and validated, if one is configured.
@@ -193,6 +220,36 @@ mod tests {
             Ok(_) => panic!("expected an error"),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// The reload watches the CA file and the client pair; their hash changes with any of their
+    /// contents, and a missing file hashes differently from an empty one.
+    #[test]
+    fn watched_files_and_their_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let cfg = SinkTls {
+            ca: Some(p("ca.pem")),
+            client: Some((p("c.pem"), p("k.pem"))),
+            ..SinkTls::default()
+        };
+        assert_eq!(watched_files(&cfg), [p("ca.pem"), p("c.pem"), p("k.pem")]);
+        assert!(watched_files(&SinkTls::default()).is_empty());
+        let files = watched_files(&cfg);
+        let missing = files_hash(&files);
+        for f in &files {
+            std::fs::write(f, "").unwrap();
+        }
+        let empty = files_hash(&files);
+        assert_ne!(missing, empty);
+        std::fs::write(p("k.pem"), "key 1").unwrap();
+        let one = files_hash(&files);
+        assert_ne!(one, empty);
+        assert_eq!(files_hash(&files), one, "unchanged contents, same hash");
+        // Bytes moving from one file to the next still change the hash.
+        std::fs::write(p("c.pem"), "key").unwrap();
+        std::fs::write(p("k.pem"), " 1").unwrap();
+        assert_ne!(files_hash(&files), one);
     }
 
     /// Unusable CA files are refused with the key, the file and the fix; a CA made by the

@@ -834,6 +834,14 @@ impl FileTailer {
     /// its acknowledgement start to what was emitted.
     fn emit_file(&mut self, i: usize, finish: bool, permit: BudgetPermit) {
         let t = &mut self.files[i];
+        if t.origin.identity == 0 && t.framer.line_start() > t.emitted {
+            // The first records of this file: name them within its first line (see
+            // `file_identity`), which is complete now.
+            let id = file_identity(&self.cfg.name, &t.file);
+            if id != 0 {
+                t.origin = Arc::new((*t.origin).clone().with_identity(id));
+            }
+        }
         let mut joiner = t.joiner.take();
         let (key, start, end, splits, origin) = (
             t.key,
@@ -983,8 +991,9 @@ impl FileTailer {
                 continue;
             }
             match self.shaper.shape(text.clone()) {
-                Ok(record) => {
+                Ok(mut record) => {
                     bytes += len;
+                    record.position = unit_end;
                     records.push(record);
                 }
                 Err(Dropped::Level | Dropped::Sample) => {}
@@ -1115,6 +1124,85 @@ impl FileTailer {
     }
 }
 
+/// The identity a file's records are named within (their Elasticsearch `_id`s, with their
+/// offsets): its source, its device, inode and creation time, and its first line (up to
+/// [`FINGERPRINT_BYTES`]), read once the file has a complete line. All of them stay the same for
+/// one file across restarts and renames; two files never share them — not two files alive at
+/// once (device and inode), nor a file and a later one on a reused inode (creation time, and
+/// the first line where the file system keeps no creation time), even when both begin with the
+/// same header line. A copytruncate copy is a new file: lines replayed in it get new names. 0
+/// (no stable names) when it cannot be read.
+fn file_identity(source: &str, file: &File) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = file.metadata() else {
+        return 0;
+    };
+    let born = meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let mut buf = vec![0u8; FINGERPRINT_BYTES];
+    let Ok(n) = read_prefix(file, &mut buf) else {
+        return 0;
+    };
+    let first = match memchr::memchr(b'\n', &buf[..n]) {
+        Some(i) => &buf[..=i],
+        None => &buf[..n],
+    };
+    if first.is_empty() {
+        return 0;
+    }
+    let mut b = Vec::with_capacity(source.len() + first.len() + 38);
+    b.extend_from_slice(b"file\0");
+    b.extend_from_slice(source.as_bytes());
+    b.push(0);
+    b.extend_from_slice(&meta.dev().to_le_bytes());
+    b.extend_from_slice(&meta.ino().to_le_bytes());
+    b.extend_from_slice(&born.to_le_bytes());
+    b.extend_from_slice(first);
+    xxhash_rust::xxh3::xxh3_64(&b).max(1)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod identity_tests {
+    use std::io::Write;
+    use std::path::Path;
+
+    use super::*;
+
+    /// A file keeps its identity when opened again (a restart) and renamed; another file that
+    /// begins with the same line, or another source, gets another one.
+    #[test]
+    fn file_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.log");
+        let b = dir.path().join("b.log");
+        std::fs::write(&a, "=== started ===\nline 1\n").unwrap();
+        std::fs::write(&b, "=== started ===\nline 1\n").unwrap();
+        let id = |p: &Path, src: &str| file_identity(src, &File::open(p).unwrap());
+        let first = id(&a, "app");
+        assert_ne!(first, 0);
+        assert_eq!(id(&a, "app"), first, "opened again");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&a)
+            .unwrap()
+            .write_all(b"line 2\n")
+            .unwrap();
+        assert_eq!(id(&a, "app"), first, "grown");
+        let moved = dir.path().join("a.log.1");
+        std::fs::rename(&a, &moved).unwrap();
+        assert_eq!(id(&moved, "app"), first, "renamed");
+        assert_ne!(id(&b, "app"), first, "same first line, another file");
+        assert_ne!(id(&moved, "other"), first, "another source");
+        let empty = dir.path().join("e.log");
+        std::fs::write(&empty, "").unwrap();
+        assert_eq!(id(&empty, "app"), 0);
+    }
+}

@@ -13,7 +13,8 @@
 //!   dropped and counted.
 //!
 //! A line the app leaves without `\n` is held until its `\n` arrives (or the app closes the
-//! stream); pass-through does not wait for it.
+//! stream); pass-through does not wait for it. So is a multi-line record (`multiline`) until
+//! it completes, times out, or the app closes the stream.
 
 use std::fs::File;
 use std::io::{self, PipeWriter, Read, Write};
@@ -181,6 +182,8 @@ fn read_pipe(mut reader: io::PipeReader, stream: Stream, input: &StreamInput, pa
     }
     framer.finish(&mut lines);
     input.push(stream, &lines);
+    // The app closed the stream: its last record is complete.
+    input.flush(stream);
 }
 
 fn passthrough(mut out: File, pass: &Pass, stream: Stream, source: &str) {

@@ -20,6 +20,19 @@
 //! the app's output, what sat in the pipe. Spilled lines survive: their segments are deleted
 //! only once every sink confirmed every line in them, and a restart reads the segments left
 //! from their start (so up to one segment may be shipped twice).
+//!
+//! Multi-line joining (`multiline`, [`crate::multiline`]) happens in [`StreamInput::push`],
+//! before the memory-or-disk choice, with one joiner per stream (stdout and stderr each make
+//! their own records): what goes to memory or to disk is always a whole record, so a record is
+//! never split at the spill boundary. On disk a joined record is one buffer record per line, all
+//! in one append (so in one segment): every line but the last carries its stream's tag in upper
+//! case ("more of this record follows"), the last the usual lower-case tag. The pump reads
+//! whole records back (never ending a read inside one), joins their lines again, and a record's
+//! chunk covers all its buffer bytes, so its segment is deleted only once the whole record is
+//! confirmed. A pending record is shipped `timeout` after its last line (the pump polls the
+//! joiners), when its stream closes (the app exited), and at shutdown; from shutdown on, each
+//! push is joined and flushed at once, so no line waits in a joiner that nobody polls. A crash
+//! loses a pending record (at most `timeout` old; like the pipe's bytes, never on disk).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use tandem_config::{LogParser, Shape};
+use tandem_config::{LogParser, Multiline, Shape};
 use tandem_telemetry::logs::{LogSourceMetrics, StreamSourceMetrics};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +51,7 @@ use crate::ack::AckTracker;
 use crate::budget::{Budget, BudgetPermit};
 use crate::committer::Msg;
 use crate::framer::Line;
+use crate::multiline::{JoinRules, Joiner};
 use crate::record::{Chunk, Origin, Record};
 use crate::shape::Shaper;
 use crate::spill::{read_records, AppendError, DiskBuffer};
@@ -86,6 +100,11 @@ impl Stream {
         }
     }
 
+    /// The tag of a buffer record that is a joined record's line with more of it following.
+    fn more_tag(self) -> u8 {
+        self.tag().to_ascii_uppercase()
+    }
+
     /// `stdout`, `stderr`, `access_log`: the record's `file` and `stream`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -107,8 +126,10 @@ pub struct StreamConfig {
     pub name: Arc<str>,
     /// Line parser.
     pub parser: LogParser,
-    /// Extraction, redaction and filtering (multi-line joining applies to file sources only).
+    /// Extraction, redaction and filtering.
     pub shape: Shape,
+    /// Multi-line joining, per stream.
+    pub multiline: Option<Multiline>,
     /// Labels for every record.
     pub labels: Arc<[(String, String)]>,
     /// Most records in a chunk (the smallest `batch.max_lines` of its sinks).
@@ -139,6 +160,8 @@ pub struct StreamPump {
     hard_stop: CancellationToken,
     /// Reading the disk buffer fails (said once until it works again).
     read_failing: bool,
+    /// Shutdown flushed the joiners.
+    joiners_closed: bool,
 }
 
 /// A stream source's state, for `/logs`.
@@ -180,6 +203,19 @@ struct Shared {
     stream_metrics: StreamSourceMetrics,
     acked: AtomicU64,
     lines: AtomicU64,
+    /// One joiner per stream ([`Stream::index`]) when `multiline` is configured.
+    joiners: Option<[Mutex<Joining>; 3]>,
+    /// Most bytes one record takes in the disk buffer: a read of this size holds at least one.
+    max_record_disk: usize,
+    /// Positions of memory-path records (with the top bit set, apart from buffer offsets):
+    /// from a random start each run, so two runs' records do not share names.
+    memory_positions: AtomicU64,
+}
+
+/// A stream's joiner; `closed` from shutdown on (every push is flushed at once).
+struct Joining {
+    joiner: Joiner,
+    closed: bool,
 }
 
 struct State {
@@ -214,13 +250,31 @@ pub fn open(
         .set(i64::try_from(disk.used()).unwrap_or(i64::MAX));
     let start = disk.start();
     let origins = [Stream::Stdout, Stream::Stderr, Stream::AccessLog].map(|s| {
-        Arc::new(Origin::new(
-            cfg.name.clone(),
-            s.as_str().into(),
-            cfg.labels.clone(),
-        ))
+        // Records are named by their place in the disk buffer (offsets only grow, across
+        // restarts), or by a number drawn for this run on the memory path (never replayed).
+        let mut id = b"buffer\0".to_vec();
+        id.extend_from_slice(cfg.name.as_bytes());
+        id.push(s.tag());
+        Arc::new(
+            Origin::new(cfg.name.clone(), s.as_str().into(), cfg.labels.clone())
+                .with_identity(xxhash_rust::xxh3::xxh3_64(&id).max(1)),
+        )
     });
     let (tx, rx) = std::sync::mpsc::channel();
+    let rules = cfg.multiline.as_ref().and_then(JoinRules::from_config);
+    // A record on disk: its text (a single line may pass max_bytes), a tag and `\n` per line.
+    let max_record_disk = match &rules {
+        Some(r) => cfg.max_line.max(r.max_bytes) + 2 * r.max_lines + 2,
+        None => cfg.max_line + 2,
+    };
+    let joiners = rules.map(|r| {
+        [(); 3].map(|()| {
+            Mutex::new(Joining {
+                joiner: Joiner::new(r.clone(), 0),
+                closed: false,
+            })
+        })
+    });
     let shared = Arc::new(Shared {
         shaper: Mutex::new(Shaper::new(&cfg.parser, &cfg.shape)),
         cfg,
@@ -240,6 +294,9 @@ pub fn open(
         stream_metrics,
         acked: AtomicU64::new(start),
         lines: AtomicU64::new(0),
+        joiners,
+        max_record_disk,
+        memory_positions: AtomicU64::new(fastrand::u64(..) >> 1),
     });
     let pump = StreamPump {
         shared: shared.clone(),
@@ -247,6 +304,7 @@ pub fn open(
         tracker: AckTracker::new(start),
         hard_stop,
         read_failing: false,
+        joiners_closed: false,
     };
     Ok((StreamInput { shared }, pump))
 }
@@ -254,58 +312,46 @@ pub fn open(
 impl StreamInput {
     /// Takes `lines` of `stream`: to the sinks if the memory budget has room and nothing waits
     /// on disk, else to the disk buffer, else dropped and counted. Never waits for the sinks.
+    /// With `multiline`, lines are joined first and whole records take that way.
     pub fn push(&self, stream: Stream, lines: &[Line]) {
         let s = &*self.shared;
-        let lines: Vec<&Line> = lines.iter().filter(|l| !l.text.is_empty()).collect();
-        if lines.is_empty() {
+        let (mut n, mut bytes) = (0u64, 0usize);
+        for l in lines.iter().filter(|l| !l.text.is_empty()) {
+            n += 1;
+            bytes += l.text.len();
+        }
+        if n > 0 {
+            s.lines.fetch_add(n, Ordering::Relaxed);
+            s.metrics.read_lines.inc_by(n);
+            s.metrics.read_bytes.inc_by(bytes as u64 + n);
+        }
+        let Some(joiners) = &s.joiners else {
+            if n > 0 {
+                let records: Vec<Bytes> = lines
+                    .iter()
+                    .filter(|l| !l.text.is_empty())
+                    .map(|l| l.text.clone())
+                    .collect();
+                s.take_in(stream, &records);
+            }
             return;
+        };
+        // The joiner stays locked while its records are taken in: the pump's timeout flush of
+        // the same stream cannot overtake them.
+        let mut j = joiners[stream.index()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for l in lines {
+            j.joiner.push(l, now, &mut out);
         }
-        let n = lines.len() as u64;
-        let bytes: usize = lines.iter().map(|l| l.text.len()).sum();
-        s.lines.fetch_add(n, Ordering::Relaxed);
-        s.metrics.read_lines.inc_by(n);
-        s.metrics.read_bytes.inc_by((bytes + lines.len()) as u64);
-        let mut st = s.lock();
-        if st.read == st.disk.end() && !st.sinks.is_empty() {
-            let need = bytes + lines.len() * RECORD_OVERHEAD + CHUNK_OVERHEAD;
-            if let Some(permit) = s.budget.try_acquire(need).filter(|p| p.bytes() == need) {
-                let records = lines.iter().map(|l| (stream, l.text.clone()));
-                s.send_chunks(&st.sinks, records, (MEMORY_KEY, 0), permit);
-                return;
-            }
+        if j.closed {
+            out.extend(j.joiner.flush());
         }
-        // Spill: the budget is full, or older lines wait on disk (order), or shutting down.
-        let tag = stream.tag();
-        match st.disk.append(lines.iter().map(|l| (tag, &l.text[..]))) {
-            Ok(_) => {
-                s.stream_metrics.spilled_lines.inc_by(n);
-                s.stream_metrics
-                    .disk_buffer_used
-                    .set(i64::try_from(st.disk.used()).unwrap_or(i64::MAX));
-                if !st.spilling_logged {
-                    st.spilling_logged = true;
-                    tracing::warn!(source = %s.cfg.name, dir = %s.cfg.dir.display(), limit = st.disk.limit(), "log sinks are slower than the lines come: spilling to the disk buffer (shipped in order once they catch up)");
-                }
-            }
-            Err(e) => {
-                let reason = match e {
-                    AppendError::Full { .. } => 0,
-                    AppendError::Io { .. } => 1,
-                };
-                if let Some(c) = s.stream_metrics.dropped_lines.get(reason) {
-                    c.inc_by(n);
-                }
-                st.drops_since_log += n;
-                st.last_drop = Some((e.to_string(), rfc3339(SystemTime::now())));
-                let due = st
-                    .last_drop_log
-                    .is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY);
-                if due {
-                    tracing::error!(source = %s.cfg.name, dropped_lines = st.drops_since_log, error = %e, "log lines dropped: the sinks are behind and the disk buffer cannot take more (counted in tandem_logs_dropped_lines_total; said at most every 10s)");
-                    st.drops_since_log = 0;
-                    st.last_drop_log = Some(Instant::now());
-                }
-            }
+        if !out.is_empty() {
+            let records: Vec<Bytes> = out.into_iter().map(|r| r.text).collect();
+            s.take_in(stream, &records);
         }
     }
 
@@ -342,9 +388,141 @@ impl StreamInput {
     pub(crate) fn passthrough_dropped(&self, bytes: u64) {
         self.shared.stream_metrics.passthrough_dropped.inc_by(bytes);
     }
+
+    /// Ships the record pending on `stream`, whatever its age: the stream was closed (the app
+    /// exited).
+    pub fn flush(&self, stream: Stream) {
+        self.shared.flush_joiner(stream, None);
+    }
 }
 
 // === impl Shared ===
+
+impl Shared {
+    /// Ships the pending record of `stream` if it is older than its timeout at `now` (or any
+    /// age without `now`).
+    fn flush_joiner(&self, stream: Stream, now: Option<Instant>) {
+        let Some(joiners) = &self.joiners else { return };
+        let mut j = joiners[stream.index()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let rec = match now {
+            Some(now) => j.joiner.poll(now),
+            None => j.joiner.flush(),
+        };
+        if let Some(r) = rec {
+            self.take_in(stream, &[r.text]);
+        }
+    }
+
+    /// Shutdown: ships every pending record, and from now on each push is flushed at once.
+    fn close_joiners(&self) {
+        let Some(joiners) = &self.joiners else { return };
+        for stream in [Stream::Stdout, Stream::Stderr, Stream::AccessLog] {
+            let mut j = joiners[stream.index()]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            j.closed = true;
+            if let Some(r) = j.joiner.flush() {
+                self.take_in(stream, &[r.text]);
+            }
+        }
+    }
+
+    /// Ships records whose timeout passed; returns when the next one is due.
+    fn poll_joiners(&self, now: Instant) -> Option<Instant> {
+        let joiners = self.joiners.as_ref()?;
+        let mut next: Option<Instant> = None;
+        for stream in [Stream::Stdout, Stream::Stderr, Stream::AccessLog] {
+            self.flush_joiner(stream, Some(now));
+            let d = joiners[stream.index()]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .joiner
+                .deadline();
+            next = match (next, d) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        next
+    }
+
+    /// Takes whole `records` (joined ones hold `\n`) of `stream`: to the sinks
+    /// if the memory budget has room and nothing waits on disk, else to the disk buffer, else
+    /// dropped and counted.
+    fn take_in(&self, stream: Stream, records: &[Bytes]) {
+        let s = self;
+        if records.is_empty() {
+            return;
+        }
+        let n = records.len() as u64;
+        let bytes: usize = records.iter().map(Bytes::len).sum();
+        let mut st = s.lock();
+        if st.read == st.disk.end() && !st.sinks.is_empty() {
+            let need = bytes + records.len() * RECORD_OVERHEAD + CHUNK_OVERHEAD;
+            if let Some(permit) = s.budget.try_acquire(need).filter(|p| p.bytes() == need) {
+                let records = records.iter().map(|r| (stream, r.clone(), 0));
+                s.send_chunks(&st.sinks, records, (MEMORY_KEY, 0), permit);
+                return;
+            }
+        }
+        // Spill: the budget is full, or older lines wait on disk (order), or shutting down.
+        // A joined record is one buffer record per line, all but the last tagged "more".
+        let (tag, more) = (stream.tag(), stream.more_tag());
+        let pieces = records.iter().flat_map(|r| {
+            let mut rest: &[u8] = r;
+            std::iter::from_fn(move || {
+                if rest.is_empty() {
+                    return None;
+                }
+                Some(match memchr::memchr(b'\n', rest) {
+                    Some(i) => {
+                        let piece = (more, &rest[..i]);
+                        rest = &rest[i + 1..];
+                        piece
+                    }
+                    None => {
+                        let piece = (tag, rest);
+                        rest = &[];
+                        piece
+                    }
+                })
+            })
+        });
+        match st.disk.append(pieces) {
+            Ok(_) => {
+                s.stream_metrics.spilled_lines.inc_by(n);
+                s.stream_metrics
+                    .disk_buffer_used
+                    .set(i64::try_from(st.disk.used()).unwrap_or(i64::MAX));
+                if !st.spilling_logged {
+                    st.spilling_logged = true;
+                    tracing::warn!(source = %s.cfg.name, dir = %s.cfg.dir.display(), limit = st.disk.limit(), "log sinks are slower than the lines come: spilling to the disk buffer (shipped in order once they catch up)");
+                }
+            }
+            Err(e) => {
+                let reason = match e {
+                    AppendError::Full { .. } => 0,
+                    AppendError::Io { .. } => 1,
+                };
+                if let Some(c) = s.stream_metrics.dropped_lines.get(reason) {
+                    c.inc_by(n);
+                }
+                st.drops_since_log += n;
+                st.last_drop = Some((e.to_string(), rfc3339(SystemTime::now())));
+                let due = st
+                    .last_drop_log
+                    .is_none_or(|t| t.elapsed() >= DROP_LOG_EVERY);
+                if due {
+                    tracing::error!(source = %s.cfg.name, dropped_lines = st.drops_since_log, error = %e, "log lines dropped: the sinks are behind and the disk buffer cannot take more (counted in tandem_logs_dropped_lines_total; said at most every 10s)");
+                    st.drops_since_log = 0;
+                    st.last_drop_log = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -353,12 +531,13 @@ impl Shared {
     }
 
     /// Parses `lines` into chunks (split at the chunk bounds and where the stream changes) and
-    /// hands them to every sink. `(key, start)`: disk chunks carry their buffer offsets (each
-    /// line one tag byte, the text, `\n`); memory chunks none.
+    /// hands them to every sink. `(key, start)`: disk chunks carry their buffer offsets, each
+    /// line (or joined record) its bytes in the buffer (tag bytes and `\n`s included); memory
+    /// chunks none.
     fn send_chunks(
         &self,
         sinks: &[UnboundedSender<Arc<Chunk>>],
-        lines: impl Iterator<Item = (Stream, Bytes)>,
+        lines: impl Iterator<Item = (Stream, Bytes, u64)>,
         (key, mut start): (u64, u64),
         read_permit: BudgetPermit,
     ) {
@@ -367,7 +546,7 @@ impl Shared {
         let (mut bytes, mut end) = (0usize, start);
         let mut shaper = self.shaper.lock().unwrap_or_else(PoisonError::into_inner);
         let mut current: Option<Stream> = None;
-        for (stream, text) in lines {
+        for (stream, text, disk_len) in lines {
             let len = text.len();
             if !records.is_empty()
                 && (current != Some(stream)
@@ -382,12 +561,17 @@ impl Shared {
             }
             current = Some(stream);
             if key == DISK_KEY {
-                end += len as u64 + 2;
+                end += disk_len;
             }
             let Ok(mut record) = shaper.shape(text) else {
                 // Dropped by level or sampling: its bytes still count as read (and confirmed
                 // with the chunk around it).
                 continue;
+            };
+            record.position = if key == DISK_KEY {
+                end
+            } else {
+                self.memory_positions.fetch_add(1, Ordering::Relaxed) | 1 << 63
             };
             bytes += len;
             if self.cfg.stream_field {
@@ -454,6 +638,11 @@ impl StreamPump {
         let mut paused = false;
         loop {
             let stopping = stop.load(Ordering::Acquire);
+            if stopping && !self.joiners_closed {
+                // Pending records go out before the sinks' queues close.
+                self.shared.close_joiners();
+                self.joiners_closed = true;
+            }
             if stopping {
                 let sinks = std::mem::take(&mut self.shared.lock().sinks);
                 drop(sinks);
@@ -466,11 +655,17 @@ impl StreamPump {
                 let st = self.shared.lock();
                 st.read < st.disk.end() && !st.sinks.is_empty()
             };
-            let wait = match (unread, paused) {
+            let mut wait = match (unread, paused) {
                 (true, false) => Duration::ZERO,
                 (true, true) => Duration::from_millis(10),
                 (false, _) => Duration::from_millis(50),
             };
+            if !stopping {
+                let now = Instant::now();
+                if let Some(due) = self.shared.poll_joiners(now) {
+                    wait = wait.min(due.saturating_duration_since(now));
+                }
+            }
             match self.acks.recv_timeout(wait) {
                 Ok(m) => self.apply(m),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -529,7 +724,7 @@ impl StreamPump {
         let Some((path, pos, len)) = located else {
             return true;
         };
-        let max = READ_SIZE.max(s.cfg.max_line + 2);
+        let max = READ_SIZE.max(s.max_record_disk);
         let Some(permit) = s.budget.try_acquire(max) else {
             return false;
         };
@@ -547,24 +742,15 @@ impl StreamPump {
                 return true;
             }
         };
-        let consumed = if data.is_empty() {
-            // No whole record within `max`: not written by this Tandem's framing. Skip it.
-            tracing::error!(source = %s.cfg.name, path = %path.display(), "the log disk buffer holds a record longer than max_line_bytes; skipping the rest of the segment");
-            len
-        } else {
-            data.len() as u64
+        let at_end = data.len() as u64 == len;
+        let (records, consumed) = match split_records(Bytes::from(data), at_end) {
+            Some(r) => r,
+            None => {
+                // No whole record within `max`: not written by this Tandem's framing. Skip it.
+                tracing::error!(source = %s.cfg.name, path = %path.display(), "the log disk buffer holds a record longer than this source's lines and records can be; skipping the rest of the segment");
+                (Vec::new(), len)
+            }
         };
-        let data = Bytes::from(data);
-        let records = data
-            .split(|b| *b == b'\n')
-            .filter(|r| !r.is_empty())
-            .map(|r| {
-                // Every record was written with a tag; an unknown one still ships its line.
-                let stream = Stream::from_tag(r[0]).unwrap_or(Stream::Stdout);
-                let start = r.as_ptr() as usize - data.as_ptr() as usize;
-                (stream, data.slice(start + 1..start + r.len()))
-            })
-            .collect::<Vec<_>>();
         let st = s.lock();
         if records.is_empty() {
             drop(st);
@@ -579,10 +765,70 @@ impl StreamPump {
     }
 }
 
+/// A record read back from the disk buffer: its stream, text, and bytes in the buffer.
+type BufferRecord = (Stream, Bytes, u64);
+
+/// The whole records in `data` (buffer records read from the disk buffer), joined records put
+/// together again, each with its bytes in the buffer; and the bytes they take. A joined record
+/// cut off at the end is left for the next read, unless `at_end` (`data` reaches the end of
+/// what was written: the record was torn by a crash, and its lines are shipped as they are).
+/// None when `data` holds no whole record.
+fn split_records(data: Bytes, at_end: bool) -> Option<(Vec<BufferRecord>, u64)> {
+    let mut out = Vec::new();
+    // The record being put together: its stream, text, and where it starts in `data`.
+    let mut open: Option<(Stream, Vec<u8>, usize)> = None;
+    let mut whole = 0;
+    let mut at = 0;
+    for r in data.split(|b| *b == b'\n') {
+        let start = at;
+        at += r.len() + 1;
+        if at > data.len() {
+            // Past the last `\n`: the empty remainder after it.
+            break;
+        }
+        let Some((&tag, text)) = r.split_first() else {
+            continue;
+        };
+        let more = tag.is_ascii_uppercase();
+        // Every record was written with a tag; an unknown one still ships its line.
+        let stream = Stream::from_tag(tag.to_ascii_lowercase()).unwrap_or(Stream::Stdout);
+        match (&mut open, more) {
+            (None, false) => {
+                out.push((
+                    stream,
+                    data.slice(start + 1..start + r.len()),
+                    (at - start) as u64,
+                ));
+                whole = at;
+            }
+            (None, true) => open = Some((stream, text.to_vec(), start)),
+            (Some((_, joined, _)), more) => {
+                joined.push(b'\n');
+                joined.extend_from_slice(text);
+                if !more {
+                    if let Some((stream, joined, from)) = open.take() {
+                        out.push((stream, Bytes::from(joined), (at - from) as u64));
+                    }
+                    whole = at;
+                }
+            }
+        }
+    }
+    if let (Some((stream, joined, from)), true) = (open, at_end) {
+        out.push((stream, Bytes::from(joined), (data.len() - from) as u64));
+        whole = data.len();
+    }
+    (whole > 0).then_some((out, whole as u64))
+}
+
 /// RFC 3339 (UTC, seconds) for status output.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod multiline_tests;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -624,6 +870,7 @@ mod tests {
             name: "out".into(),
             parser,
             shape,
+            multiline: None,
             labels: Arc::new([]),
             chunk_lines: 10,
             chunk_bytes: 1 << 20,

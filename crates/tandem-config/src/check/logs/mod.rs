@@ -315,20 +315,18 @@ fn check_stream_source(
         (LogSourceKind::AccessLog(_), None) => LogParser::Json,
         _ => check_parser(c, key, s),
     };
-    if s.multiline.is_some() {
-        c.err(
-            format!("{key}.multiline"),
-            format!("multi-line joining applies to file sources, not to a {type_name} source"),
-            "remove `multiline`; or have the app write to a file and tail it with a file source",
-        );
-    }
     LogSource {
         name: name.to_owned(),
         kind,
         parser,
         max_line_bytes,
         labels: check_labels(c, &format!("{key}.labels"), &s.labels),
-        multiline: None,
+        // Joined per stream (stdout and stderr each have their own records), in memory before
+        // the disk buffer: see tandem-logship's source/stream.rs.
+        multiline: s
+            .multiline
+            .as_ref()
+            .and_then(|m| check_multiline(c, &format!("{key}.multiline"), m)),
         shape: check_shape(c, key, s),
     }
 }
@@ -648,6 +646,7 @@ fn check_sink(
         ),
         ("index", s.index.is_some(), ES),
         ("data_stream", s.data_stream.is_some(), ES),
+        ("document_id", s.document_id.is_some(), ES),
         ("username", s.username.is_some(), ES),
         ("password", s.password.is_some(), ES),
         ("api_key", s.api_key.is_some(), ES),
@@ -657,6 +656,7 @@ fn check_sink(
             &[RawLogSinkType::Otlp, RawLogSinkType::Loki],
         ),
         ("path", s.path.is_some(), &[RawLogSinkType::File]),
+        ("protocol", s.protocol.is_some(), &[RawLogSinkType::Otlp]),
     ];
     for &(field, present, types) in given {
         if present && !types.iter().any(|t| same_type(*t, s.kind)) {
@@ -859,6 +859,23 @@ fn sink_type_name(t: RawLogSinkType) -> &'static str {
     }
 }
 
+/// The URL of an OTLP/gRPC sink: `http(s)://host:port`, to which the method's path is added.
+fn grpc_url(c: &mut Checker, key: &str, url: Uri) -> Uri {
+    if !matches!(url.path(), "" | "/") || url.query().is_some() {
+        c.err(
+            key,
+            format!("`{url}` has a path; an OTLP/gRPC endpoint is a host and port"),
+            "use e.g. http://otel-collector.internal:4317 (the LogsService/Export method is \
+             added)",
+        );
+    }
+    let mut parts = url.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    ));
+    Uri::from_parts(parts).unwrap_or(url)
+}
+
 fn check_url(c: &mut Checker, key: &str, raw: Option<&str>, example: &str) -> Uri {
     let fallback = Uri::from_static("http://127.0.0.1/");
     let Some(raw) = raw else {
@@ -914,8 +931,19 @@ fn check_http_sink(c: &mut Checker, key: &str, s: &RawLogSink) -> HttpLogSink {
         RawLogSinkType::Otlp => ("http://otel-collector.internal:4318", "/v1/logs"),
         _ => ("http://logs.internal:8080/ingest", ""),
     };
+    let grpc =
+        matches!(s.kind, RawLogSinkType::Otlp) && s.protocol == Some(RawLogOtlpProtocol::Grpc);
+    let example = if grpc {
+        "http://otel-collector.internal:4317"
+    } else {
+        example
+    };
     let url = check_url(c, &format!("{key}.url"), s.url.as_deref(), example);
-    let url = with_api_path(url, s.kind, api_path);
+    let url = if grpc {
+        grpc_url(c, &format!("{key}.url"), url)
+    } else {
+        with_api_path(url, s.kind, api_path)
+    };
     let mut headers = check_headers(c, &format!("{key}.headers"), s);
 
     let api = match s.kind {
@@ -1031,10 +1059,25 @@ fn check_http_sink(c: &mut Checker, key: &str, s: &RawLogSink) -> HttpLogSink {
                     "add `username`",
                 ),
             }
-            HttpApi::Elasticsearch { index, data_stream }
+            HttpApi::Elasticsearch {
+                index,
+                data_stream,
+                document_id: s.document_id != Some(RawDocumentId::None),
+            }
         }
         RawLogSinkType::Otlp => HttpApi::Otlp {
-            json: matches!(s.encoding, Some(RawOtlpEncoding::Json)),
+            json: {
+                let json = matches!(s.encoding, Some(RawOtlpEncoding::Json));
+                if json && grpc {
+                    c.err(
+                        format!("{key}.encoding"),
+                        "OTLP/gRPC carries protobuf only; `encoding: json` is for OTLP/HTTP",
+                        "remove `encoding`, or use `protocol: http` to send OTLP/JSON",
+                    );
+                }
+                json && !grpc
+            },
+            grpc,
         },
         _ => HttpApi::Ndjson,
     };

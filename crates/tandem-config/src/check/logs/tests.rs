@@ -376,6 +376,159 @@ logs:
     assert_eq!(logs.sources[1].parser, LogParser::Json);
 }
 
+/// `protocol: grpc` on an OTLP sink: the method's path on a bare host:port URL; a URL with a
+/// path, JSON encoding, or `protocol` on another sink are reported at their lines.
+#[test]
+fn otlp_grpc() {
+    let c = parse(
+        "t.yaml",
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { paths: [/var/log/app/*.log] }
+  sinks:
+    otel: { type: otlp, url: \"http://collector:4317\", protocol: grpc, gzip: true }
+    otel2: { type: otlp, url: \"http://collector:4318\", protocol: http }
+",
+    )
+    .unwrap();
+    let logs = c.logs.unwrap();
+    let LogSinkKind::Http(h) = &logs.sinks[0].kind else {
+        panic!()
+    };
+    assert_eq!(
+        h.url.to_string(),
+        "http://collector:4317/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+    );
+    assert!(
+        matches!(
+            h.api,
+            HttpApi::Otlp {
+                json: false,
+                grpc: true
+            }
+        ) && h.gzip
+    );
+    let LogSinkKind::Http(h) = &logs.sinks[1].kind else {
+        panic!()
+    };
+    assert_eq!(h.url.to_string(), "http://collector:4318/v1/logs");
+    assert!(matches!(h.api, HttpApi::Otlp { grpc: false, .. }));
+
+    let e = errors(
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { paths: [/var/log/app/*.log] }
+  sinks:
+    a: { type: otlp, url: \"http://collector:4317/v1/logs\", protocol: grpc }
+    b: { type: otlp, url: \"http://collector:4317\", protocol: grpc, encoding: json }
+    c: { type: loki, url: \"http://loki:3100\", protocol: grpc }
+",
+    );
+    assert_eq!(
+        keys(&e),
+        [
+            (Some(6), "logs.sinks.a.url"),
+            (Some(7), "logs.sinks.b.encoding"),
+            (Some(8), "logs.sinks.c.protocol"),
+        ],
+        "{}",
+        ConfigErrors(e.clone())
+    );
+}
+
+/// `document_id` is an Elasticsearch key: on another sink it is reported at its line; an
+/// unknown value names the choices.
+#[test]
+fn document_id_mistakes() {
+    let e = errors(
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { paths: [/var/log/app/*.log] }
+  sinks:
+    loki: { type: loki, url: \"http://loki:3100\", document_id: auto }
+",
+    );
+    assert_eq!(
+        keys(&e),
+        [(Some(6), "logs.sinks.loki.document_id")],
+        "{}",
+        ConfigErrors(e.clone())
+    );
+    let e = errors(
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { paths: [/var/log/app/*.log] }
+  sinks:
+    es:
+      type: elasticsearch
+      url: http://es:9200
+      document_id: hash
+",
+    );
+    assert_eq!(e.len(), 1, "{}", ConfigErrors(e.clone()));
+    assert_eq!(e[0].line, Some(9), "{}", ConfigErrors(e.clone()));
+    let text = ConfigErrors(e.clone()).to_string();
+    assert!(text.contains("auto") && text.contains("none"), "{text}");
+}
+
+/// `multiline` on stdio and access_log sources: translated as on a file source; a bad
+/// pattern or bound reported at its line and key.
+#[test]
+fn stream_sources_join_lines() {
+    let c = parse(
+        "t.yaml",
+        r#"access_log: {}
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { type: stdio, multiline: { start: '^\S', timeout: 300ms, max_lines: 20 } }
+    access: { type: access_log, multiline: { start: '^\{' } }
+  sinks:
+    central: { type: http, url: http://127.0.0.1:9880/ingest }
+"#,
+    )
+    .unwrap();
+    let logs = c.logs.unwrap();
+    let m = logs.sources[0].multiline.as_ref().unwrap();
+    assert_eq!(m.start.0.as_str(), r"^\S");
+    assert_eq!(
+        (m.timeout, m.max_lines, m.max_bytes),
+        (Duration::from_millis(300), 20, 256 << 10)
+    );
+    let m = logs.sources[1].multiline.as_ref().unwrap();
+    assert_eq!((m.timeout, m.max_lines), (Duration::from_secs(1), 500));
+
+    let e = errors(
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app:
+      type: stdio
+      multiline: { start: '(', max_bytes: 1KiB, max_lines: 0 }
+  sinks:
+    central: { type: console }
+",
+    );
+    assert_eq!(
+        keys(&e),
+        [
+            (Some(6), "logs.sources.app.multiline.start"),
+            (Some(6), "logs.sources.app.multiline.max_lines"),
+        ],
+        "{}",
+        ConfigErrors(e.clone())
+    );
+}
+
 /// File keys on stream sources, stream keys on file sources, an access_log source without
 /// the access log, a tiny disk buffer: each at its key.
 #[test]
@@ -429,6 +582,7 @@ logs:
       url: https://es:9200/proxy/
       index: app-%Y.%m
       data_stream: true
+      document_id: none
       username: elastic
       password: changeme
       tls: { ca: /etc/ca.pem, cert: /etc/c.pem, key: /etc/k.pem, server_name: es.internal }
@@ -460,7 +614,7 @@ logs:
     let es = http(1);
     assert_eq!(es.url.to_string(), "https://es:9200/proxy/_bulk");
     assert!(
-        matches!(&es.api, HttpApi::Elasticsearch { index, data_stream: true } if index == "app-%Y.%m")
+        matches!(&es.api, HttpApi::Elasticsearch { index, data_stream: true, document_id: false } if index == "app-%Y.%m")
     );
     // base64("elastic:changeme")
     assert_eq!(
@@ -478,14 +632,28 @@ logs:
         Some("ApiKey abc==")
     );
     assert!(
-        matches!(&es2.api, HttpApi::Elasticsearch { index, data_stream: false } if index == "logs-%Y.%m.%d")
+        matches!(&es2.api, HttpApi::Elasticsearch { index, data_stream: false, document_id: true } if index == "logs-%Y.%m.%d")
     );
     let t = es2.tls.as_ref().unwrap();
     assert!(t.ca.is_none() && t.client.is_none() && t.server_name.is_none());
     let otel = http(3);
     assert_eq!(otel.url.to_string(), "http://collector:4318/custom/logs");
-    assert!(matches!(otel.api, HttpApi::Otlp { json: false }) && otel.gzip);
-    assert!(matches!(http(4).api, HttpApi::Otlp { json: true }));
+    assert!(
+        matches!(
+            otel.api,
+            HttpApi::Otlp {
+                json: false,
+                grpc: false
+            }
+        ) && otel.gzip
+    );
+    assert!(matches!(
+        http(4).api,
+        HttpApi::Otlp {
+            json: true,
+            grpc: false
+        }
+    ));
     assert_eq!(http(4).url.to_string(), "http://collector:4318/v1/logs");
     assert!(matches!(
         http(5).api,
