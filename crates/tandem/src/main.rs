@@ -401,7 +401,7 @@ fn run(args: RunArgs) -> ExitCode {
     };
     // Without listeners (log shipping, supervision, admin), the runtime only drives sink
     // requests and the admin endpoint: one thread does that, and a second worker would only
-    // add its stack, its allocator caches and cross-thread wake-ups (1.3 MiB less peak RSS and
+    // add its stack, its allocator caches and cross-thread wake-ups (1.1 MiB less peak RSS and
     // fewer context switches shipping logs, docs/benchmarks.md).
     let threads = args.threads.unwrap_or_else(|| {
         if config.listeners.is_empty() {
