@@ -150,7 +150,7 @@ fn push_json_byte(out: &mut Vec<u8>, b: u8) {
     }
 }
 
-/// Per byte: 0 when it needs no escape, else the letter after `\\` (`u` for `\\u00XX`).
+/// Per byte: 0 when it needs no escape, else the letter after `\` (`u` for `\u00XX`).
 static ESCAPES: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut b = 0;
@@ -166,7 +166,7 @@ static ESCAPES: [u8; 256] = {
     t
 };
 
-/// A control character without a short escape, as `\\u00XX`.
+/// A control character without a short escape, as `\u00XX`.
 #[cold]
 fn push_control(out: &mut Vec<u8>, b: u8) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -181,7 +181,7 @@ fn push_control(out: &mut Vec<u8>, b: u8) {
 }
 
 /// The high bit of each byte of `w` (eight bytes, little-endian) that is a control character,
-/// `"` or `\\`, and possibly of bytes after such a byte: the classic "byte less than n" and
+/// `"` or `\`, and possibly of bytes after such a byte: the classic "byte less than n" and
 /// "zero byte" word tests, whose borrows only ever flag bytes above a true match. Zero: no
 /// byte needs escaping; else the lowest flag is exact.
 fn escape_mask(w: u64) -> u64 {
