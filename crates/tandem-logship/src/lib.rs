@@ -195,14 +195,18 @@ impl LogShipper {
                     sink.spawn_tls_watcher(sink::http::TLS_RELOAD_INTERVAL);
                     sink
                 }
-                LogSinkKind::File { path } => {
-                    Arc::new(FileSink::open(path).map_err(|source| StartError::SinkFile {
+                LogSinkKind::File {
+                    path,
+                    rotate,
+                    format,
+                } => Arc::new(FileSink::open(path, *rotate, *format).map_err(|source| {
+                    StartError::SinkFile {
                         sink: s.name.clone(),
                         path: path.clone(),
                         source,
-                    })?)
-                }
-                LogSinkKind::Console => Arc::new(ConsoleSink),
+                    }
+                })?),
+                LogSinkKind::Console { format } => Arc::new(ConsoleSink { format: *format }),
             };
             built.push((sink, s));
         }

@@ -347,13 +347,40 @@ pub struct LogSink {
 pub enum LogSinkKind {
     /// An HTTP sink: NDJSON, Loki, Elasticsearch or OTLP (boxed: far larger than the others).
     Http(Box<HttpLogSink>),
-    /// NDJSON appended to a file.
+    /// Records appended to a file.
     File {
         /// Absolute path of the file.
         path: PathBuf,
+        /// Size-based rotation; `None`: the file grows (rotated by an outside tool, if at all).
+        rotate: Option<FileRotate>,
+        /// What is written per record.
+        format: LineFormat,
     },
-    /// NDJSON written to Tandem's stdout.
-    Console,
+    /// Records written to Tandem's stdout.
+    Console {
+        /// What is written per record.
+        format: LineFormat,
+    },
+}
+
+/// Size-based rotation of a file sink's file.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct FileRotate {
+    /// Rotate before a batch would take the file past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept: `PATH.1` (newest) to `PATH.keep`.
+    pub keep: u32,
+}
+
+/// What a file or console sink writes per record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineFormat {
+    /// One JSON object per record.
+    #[default]
+    Ndjson,
+    /// The record's message alone, one per line.
+    Text,
 }
 
 /// An HTTP sink: NDJSON, Loki, Elasticsearch or OTLP.

@@ -238,6 +238,13 @@ pub struct RawLogSink {
     /// `file`: the absolute path NDJSON lines are appended to.
     #[serde(default)]
     pub path: Option<String>,
+    /// `file`: rotate the file by size, keeping a number of old files.
+    #[serde(default)]
+    pub rotate: Option<RawFileRotate>,
+    /// `file` and `console`: `ndjson` (the default: one JSON object per record, with its
+    /// fields and labels) or `text` (the record's message alone, one per line).
+    #[serde(default)]
+    pub format: Option<RawLineFormat>,
     /// How lines are grouped into one delivery.
     #[serde(default)]
     pub batch: Option<RawLogBatch>,
@@ -290,6 +297,29 @@ pub enum RawDocumentId {
     Auto,
     /// Chosen by Elasticsearch.
     None,
+}
+
+/// Size-based rotation of a file sink's file.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFileRotate {
+    /// The file is rotated before a batch would take it past this size: a number or a size
+    /// such as "100MiB" (default "100MiB", 64KiB to 1TiB).
+    #[serde(default)]
+    pub max_bytes: Option<NumberOrString>,
+    /// Rotated files kept, `PATH.1` (newest) to `PATH.N` (default 5, 1 to 1000).
+    #[serde(default)]
+    pub keep: Option<u32>,
+}
+
+/// What a file or console sink writes per record.
+#[derive(Clone, Copy, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLineFormat {
+    /// One JSON object per record (message, time, level, fields, labels).
+    Ndjson,
+    /// The record's message alone.
+    Text,
 }
 
 /// How an OTLP or Loki sink encodes its requests.

@@ -656,6 +656,12 @@ fn check_sink(
             &[RawLogSinkType::Otlp, RawLogSinkType::Loki],
         ),
         ("path", s.path.is_some(), &[RawLogSinkType::File]),
+        ("rotate", s.rotate.is_some(), &[RawLogSinkType::File]),
+        (
+            "format",
+            s.format.is_some(),
+            &[RawLogSinkType::File, RawLogSinkType::Console],
+        ),
         ("protocol", s.protocol.is_some(), &[RawLogSinkType::Otlp]),
     ];
     for &(field, present, types) in given {
@@ -707,9 +713,49 @@ fn check_sink(
                     );
                 }
             }
-            LogSinkKind::File { path }
+            let rotate = s.rotate.as_ref().map(|r| {
+                let rkey = format!("{key}.rotate");
+                let max_bytes = match &r.max_bytes {
+                    None => 100 * MIB,
+                    Some(v) => byte_size(c, &format!("{rkey}.max_bytes"), v)
+                        .map(|n| {
+                            bounded_size(
+                                c,
+                                &format!("{rkey}.max_bytes"),
+                                n,
+                                64 * KIB,
+                                1 << 40,
+                                100 * MIB,
+                            )
+                        })
+                        .unwrap_or(100 * MIB),
+                };
+                let keep = match r.keep {
+                    None => 5,
+                    Some(n) if (1..=1000).contains(&n) => n,
+                    Some(n) => {
+                        c.err(
+                            format!("{rkey}.keep"),
+                            format!("{n} is out of range"),
+                            "keep 1 to 1000 rotated files (default 5)",
+                        );
+                        5
+                    }
+                };
+                FileRotate {
+                    max_bytes: max_bytes as u64,
+                    keep,
+                }
+            });
+            LogSinkKind::File {
+                path,
+                rotate,
+                format: line_format(s.format),
+            }
         }
-        RawLogSinkType::Console => LogSinkKind::Console,
+        RawLogSinkType::Console => LogSinkKind::Console {
+            format: line_format(s.format),
+        },
     };
 
     let sink_sources = match &s.sources {
@@ -1381,6 +1427,13 @@ fn parse_size(s: &str) -> Option<usize> {
         _ => return None,
     };
     n.checked_mul(mult)
+}
+
+fn line_format(f: Option<RawLineFormat>) -> LineFormat {
+    match f {
+        None | Some(RawLineFormat::Ndjson) => LineFormat::Ndjson,
+        Some(RawLineFormat::Text) => LineFormat::Text,
+    }
 }
 
 fn bounded_size(

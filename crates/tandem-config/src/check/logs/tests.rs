@@ -147,9 +147,9 @@ logs:
     assert_eq!(h.headers[0].0.as_str(), "authorization");
     assert_eq!(logs.sinks[1].sources, ["app", "other"]);
     assert!(
-        matches!(&logs.sinks[1].kind, LogSinkKind::File { path } if path.ends_with("all.ndjson"))
+        matches!(&logs.sinks[1].kind, LogSinkKind::File { path, .. } if path.ends_with("all.ndjson"))
     );
-    assert!(matches!(logs.sinks[2].kind, LogSinkKind::Console));
+    assert!(matches!(logs.sinks[2].kind, LogSinkKind::Console { .. }));
     let shown = serde_json::to_string(&c).unwrap();
     assert!(!shown.contains("s3cr3t"), "{shown}");
     assert!(shown.contains(r#""authorization":"<redacted>""#), "{shown}");
@@ -901,5 +901,76 @@ fn service_and_instance_labels_from_registration() {
     assert_eq!(
         labels(text("instance: mine, service: s", "")),
         pairs(&[("instance", "mine"), ("service", "s")])
+    );
+}
+
+/// File sinks: `rotate` (defaults 100MiB and 5, bounds checked) and `format` (also on console
+/// sinks); neither on an HTTP sink.
+#[test]
+fn file_sink_rotation_and_format() {
+    let c = parse(
+        "t.yaml",
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { paths: [/var/log/app/*.log] }
+  sinks:
+    a: { type: file, path: /var/log/out/a.log, rotate: {}, format: text }
+    b: { type: file, path: /var/log/out/b.log, rotate: { max_bytes: 1MiB, keep: 30 } }
+    c: { type: console, format: text }
+",
+    )
+    .unwrap();
+    let sinks = c.logs.unwrap().sinks;
+    match &sinks[0].kind {
+        LogSinkKind::File {
+            rotate: Some(r),
+            format,
+            ..
+        } => {
+            assert_eq!((r.max_bytes, r.keep), (100 << 20, 5));
+            assert_eq!(*format, LineFormat::Text);
+        }
+        k => panic!("{k:?}"),
+    }
+    match &sinks[1].kind {
+        LogSinkKind::File {
+            rotate: Some(r),
+            format,
+            ..
+        } => {
+            assert_eq!((r.max_bytes, r.keep), (1 << 20, 30));
+            assert_eq!(*format, LineFormat::Ndjson);
+        }
+        k => panic!("{k:?}"),
+    }
+    assert!(matches!(
+        sinks[2].kind,
+        LogSinkKind::Console {
+            format: LineFormat::Text
+        }
+    ));
+
+    let e = errors(
+        "\
+logs:
+  checkpoint: { dir: /var/lib/tandem/logs }
+  sources:
+    app: { paths: [/var/log/app/*.log] }
+  sinks:
+    a: { type: file, path: /var/log/out/a.log, rotate: { max_bytes: 1KiB, keep: 0 } }
+    b: { type: http, url: http://127.0.0.1:1/, format: text, rotate: {} }
+",
+    );
+    assert_eq!(
+        keys(&e),
+        vec![
+            (Some(6), "logs.sinks.a.rotate.max_bytes"),
+            (Some(6), "logs.sinks.a.rotate.keep"),
+            (Some(7), "logs.sinks.b.rotate"),
+            (Some(7), "logs.sinks.b.format"),
+        ],
+        "{e:#?}"
     );
 }
