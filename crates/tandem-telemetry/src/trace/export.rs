@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -33,15 +32,17 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use super::otlp;
-use super::span::SpanRecord;
-use super::TraceMetrics;
+use super::otlp::EncodedSpans;
+use super::{Queue, TraceMetrics};
 
 /// Largest collector response read (OTLP responses are a few bytes; errors a short message).
 const MAX_RESPONSE: usize = 64 * 1024;
 
 /// Drains the span queue to the collector; [`Exporter::spawn`] starts it.
 pub struct Exporter {
-    queue: Arc<ArrayQueue<SpanRecord>>,
+    queue: Arc<Queue>,
+    /// A chunk popped that did not fit in the last batch: the first of the next.
+    held: Option<EncodedSpans>,
     wake: Arc<Notify>,
     batch: usize,
     flush_interval: Duration,
@@ -89,12 +90,13 @@ enum Client {
 impl Exporter {
     pub(super) fn new(
         config: &Tracing,
-        queue: Arc<ArrayQueue<SpanRecord>>,
+        queue: Arc<Queue>,
         wake: Arc<Notify>,
         metrics: TraceMetrics,
     ) -> Self {
         Exporter {
             queue,
+            held: None,
             wake,
             batch: config.batch.clamp(1, config.queue.max(1)),
             flush_interval: config.flush_interval,
@@ -131,28 +133,40 @@ impl Exporter {
         }
     }
 
-    /// Exports everything queued now, a batch per request.
+    /// Exports everything queued now, a batch (at most `batch` spans) per request.
     async fn flush(&mut self, client: &mut Client) {
         loop {
-            if self.queue.is_empty() {
+            if self.held.is_none() && self.queue.is_empty() {
                 return;
             }
-            // Spans go from the queue straight into the encoder, not through a `Vec`.
-            let (queue, batch) = (&self.queue, self.batch);
+            // Chunks go from the queue straight into the encoder, not through a `Vec`; the
+            // chunk that would overflow the batch waits for the next one.
+            let (queue, batch, held) = (&self.queue, self.batch, &mut self.held);
             let mut taken = 0;
+            let mut full = false;
             let request = self.encoder.encode(std::iter::from_fn(|| {
-                if taken == batch {
+                if full {
                     return None;
                 }
-                let span = queue.pop()?;
-                taken += 1;
-                Some(span)
+                let chunk = held.take().or_else(|| queue.pop())?;
+                let n = chunk.spans() as usize;
+                // A chunk larger than a whole batch goes alone.
+                if taken > 0 && taken + n > batch {
+                    *held = Some(chunk);
+                    full = true;
+                    return None;
+                }
+                taken += n;
+                if taken >= batch {
+                    full = true;
+                }
+                Some(chunk)
             }));
             if taken == 0 {
                 return;
             }
             self.export(client, request, taken as u64).await;
-            if taken < batch {
+            if !full {
                 return;
             }
         }
