@@ -54,7 +54,7 @@ pub async fn handle(
     let mut trace = stack
         .tracer
         .as_ref()
-        .map(|t| RequestTrace::start(t, forwarded, &req, start, obs.started()));
+        .map(|t| RequestTrace::start(t, forwarded, &req, start, &obs));
     if let Some(t) = &trace {
         obs.trace(t.context());
     }

@@ -42,6 +42,9 @@ use crate::identity::PeerIdentity;
 use crate::pool::Endpoint;
 use crate::stack::{ListenerStack, RouteTarget};
 
+/// A request's `Host` header (when its URI has no authority) and `User-Agent`.
+pub type Seen<'a> = (Option<&'a HeaderValue>, Option<&'a HeaderValue>);
+
 /// One request's observation, or nothing when the listener observes nothing. Finishes when
 /// dropped unfinished (the client went away).
 pub struct Observer(Option<Box<Observation>>);
@@ -277,6 +280,13 @@ impl Observer {
         if let Some(o) = self.0.take() {
             o.finish(end, now.unwrap_or_else(Instant::now));
         }
+    }
+
+    /// The request's `Host` (when its URI has no authority) and `User-Agent`, when observed.
+    pub fn seen(&self) -> Option<Seen<'_>> {
+        self.0
+            .as_ref()
+            .map(|o| (o.host.as_ref(), o.user_agent.as_ref()))
     }
 
     /// When the request arrived on the wall clock, when observed (for the server span).

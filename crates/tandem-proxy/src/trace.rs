@@ -51,6 +51,7 @@ use tokio::time::Instant;
 
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers::Forwarded;
+use crate::observe::{Observer, Seen};
 use crate::route::{rsplit_colon, strip_port};
 use crate::stack::{ListenerStack, RouteTarget};
 
@@ -129,20 +130,21 @@ pub struct TryTarget<'a> {
 // === impl RequestTrace ===
 
 impl RequestTrace {
-    /// Starts the server span of `req`, received at `start` (`wall`: the same moment on the wall
-    /// clock, when the caller has read it): reads the caller's context and decides sampling.
+    /// Starts the server span of `req`, received at `start`: reads the caller's context and
+    /// decides sampling. What the access log's `observed` read of the request already (the wall
+    /// clock, `Host`, `User-Agent`) is not read again.
     pub fn start(
         tracer: &Arc<Tracer>,
         forwarded: &Forwarded,
         req: &Request<Incoming>,
         start: Instant,
-        wall: Option<SystemTime>,
+        observed: &Observer,
     ) -> Box<Self> {
         let started = tracer.start_server(req.headers());
         let recording = started
             .context
             .sampled
-            .then(|| Recording::new(forwarded, req, start, wall));
+            .then(|| Recording::new(forwarded, req, start, observed.started(), observed.seen()));
         Box::new(RequestTrace {
             tracer: tracer.clone(),
             context: started.context,
@@ -422,16 +424,25 @@ impl Recording {
         req: &Request<Incoming>,
         start: Instant,
         wall: Option<SystemTime>,
+        seen: Option<Seen<'_>>,
     ) -> Self {
         let start_unix_nanos = wall
             .unwrap_or_else(SystemTime::now)
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         let method = method_name(req.method());
-        let host = match req.uri().authority() {
-            Some(_) => None,
-            None => req.headers().get(http::header::HOST).cloned(),
+        // The access log's observation holds the same two header values already.
+        let (host, user_agent) = match seen {
+            Some((host, user_agent)) => (host.cloned(), user_agent.cloned()),
+            None => (
+                match req.uri().authority() {
+                    Some(_) => None,
+                    None => req.headers().get(http::header::HOST).cloned(),
+                },
+                req.headers().get(http::header::USER_AGENT).cloned(),
+            ),
         };
+        let port = request_port(req.uri(), host.as_ref());
         Recording {
             start_unix_nanos,
             start,
@@ -439,10 +450,10 @@ impl Recording {
             method_original: (method == "_OTHER").then(|| req.method().clone()),
             uri: req.uri().clone(),
             host,
-            port: request_port(req),
+            port,
             version: req.version(),
             client: forwarded.client_ip(),
-            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+            user_agent,
             upstream_url: None,
             error: None,
             spans: EncodedSpans::with_capacity(SPANS_CAPACITY),
@@ -559,10 +570,11 @@ fn method_name(m: &Method) -> &'static str {
 }
 
 /// The port the client addressed: from the authority or `Host`, else the scheme's default.
-fn request_port(req: &Request<Incoming>) -> Option<u16> {
-    let authority = match req.uri().authority() {
+/// `host` is the `Host` header, when the URI has no authority.
+fn request_port(uri: &Uri, host: Option<&HeaderValue>) -> Option<u16> {
+    let authority = match uri.authority() {
         Some(a) => a.as_str(),
-        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+        None => host?.to_str().ok()?,
     };
     // `[v6]` without a port ends in `]`, whose last `:` is inside the brackets.
     match rsplit_colon(authority) {

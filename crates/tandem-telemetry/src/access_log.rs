@@ -332,7 +332,11 @@ fn open(path: &std::path::Path) -> io::Result<File> {
 impl AccessLog {
     /// Queues the line for one HTTP request; drops and counts it when the queue is full.
     pub fn log_request(&self, r: &RequestRecord<'_>) {
-        let mut line = Vec::with_capacity(512);
+        // Room for a whole line with every field: growing the buffer part way costs a copy.
+        let client_strings = r.path.len().min(MAX_PATH)
+            + r.user_agent.map_or(0, |u| u.len().min(MAX_USER_AGENT))
+            + r.authority.map_or(0, |a| a.len().min(MAX_AUTHORITY));
+        let mut line = Vec::with_capacity(896 + client_strings);
         if write_request(&self.inner.http, r, &mut line).is_ok() {
             self.send(line);
         } else {
@@ -595,7 +599,7 @@ fn write_request(
     out: &mut Vec<u8>,
 ) -> Result<(), fmt::Error> {
     use AccessLogField as F;
-    out.reserve(512);
+    out.reserve(896);
     if fields.is_empty() {
         out.push(b'{');
     }

@@ -14,11 +14,13 @@
 //!
 //! Why not the OpenTelemetry SDK: its spans are built for in-process instrumentation (a span
 //! object per span with locks, dynamic attribute maps, a processor chain), while Tandem knows
-//! every span's shape in advance. A [`SpanRecord`] is plain data the request path fills in once,
-//! sampled requests only; encoding happens on the exporter task, straight from the records to
-//! protobuf bytes ([`otlp::Encoder`]). `opentelemetry-proto` (the generated types of the
-//! official protos) encodes the resource and decodes collector responses, and is the reference
-//! the encoder is tested against; gRPC is `tonic`'s client.
+//! every span's shape in advance. A sampled request's spans are written as protobuf bytes when
+//! they end, from what the request holds ([`otlp::EncodedSpans`]), and queued together; the
+//! exporter only splices them into a request ([`otlp::Encoder`]). [`SpanRecord`] is the same
+//! span as plain data, for callers that build one ([`Tracer::record`]). `opentelemetry-proto`
+//! (the generated types of the official protos) encodes the resource and decodes collector
+//! responses, and is the reference the encoder is tested against; gRPC is framed by hand over
+//! hyper's HTTP/2 client (see [`export`]).
 //!
 //! Loss is explicit: a full queue, a collector that is down, slow or refuses a batch all drop
 //! spans and count them in `tandem_trace_spans_dropped_total{reason}`; a request never waits for
