@@ -171,15 +171,19 @@ impl ProxyBody {
         self
     }
 
-    /// Records what waits for the end of the body, once.
-    fn complete(&mut self, end: End) {
+    /// Records what waits for the end of the body, once; `now`: the end, when already read.
+    fn complete(&mut self, end: End, now: Option<tokio::time::Instant>) {
         if let Some(c) = self.completion.take() {
             let Completion { size, span } = *c;
             if let Some(h) = size {
                 h.observe(self.sent);
             }
             if let Some(span) = span {
-                span.end(self.sent, end);
+                span.end(
+                    self.sent,
+                    end,
+                    now.unwrap_or_else(tokio::time::Instant::now),
+                );
             }
         }
     }
@@ -243,10 +247,14 @@ impl Body for ProxyBody {
         }
         // After the poll: whether this frame was the last (hyper stops polling then).
         let at_end = matches!(polled, Poll::Ready(Some(Ok(_)))) && is_end(&this.kind);
+        let ending = at_end || matches!(polled, Poll::Ready(None | Some(Err(_))));
+        // One clock reading for everything that ends with the body (access log line, span).
+        let now = (ending && (this.observer.is_active() || this.completion.is_some()))
+            .then(tokio::time::Instant::now);
         if this.observer.is_active() {
-            this.observer.frame(&polled, at_end, this.sent);
+            this.observer.frame(&polled, at_end, this.sent, now);
         }
-        if at_end || matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+        if ending {
             // The exchange is over: count it out now rather than when hyper drops the body.
             this.guard = None;
             this.idle = None;
@@ -256,7 +264,7 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Err(_))) => End::UpstreamError,
                     _ => End::Complete,
                 };
-                this.complete(end);
+                this.complete(end, now);
             }
         }
         polled
@@ -284,7 +292,7 @@ impl Drop for ProxyBody {
         } else {
             End::ClientGone
         };
-        self.complete(end);
+        self.complete(end, None);
     }
 }
 

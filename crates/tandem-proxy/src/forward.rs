@@ -54,7 +54,7 @@ pub async fn handle(
     let mut trace = stack
         .tracer
         .as_ref()
-        .map(|t| RequestTrace::start(t, forwarded, &req, start));
+        .map(|t| RequestTrace::start(t, forwarded, &req, start, &obs));
     if let Some(t) = &trace {
         obs.trace(t.context());
     }
@@ -124,11 +124,14 @@ pub async fn handle(
             }
         }
     };
-    target
-        .metrics
-        .record(method, res.status().as_u16(), start.elapsed());
+    // One clock reading for the latency histogram and the access log's head time.
+    let head = start.elapsed();
+    target.metrics.record(method, res.status().as_u16(), head);
     let span = trace.and_then(|t| t.respond(&stack, Some(&target), res.status()));
-    obs.respond(res.map(|b| b.sized(target.metrics.response_size()).traced(span)))
+    obs.respond_after(
+        res.map(|b| b.sized(target.metrics.response_size()).traced(span)),
+        head,
+    )
 }
 
 /// The answer to a request refused before it had a route (bad path, no route).
@@ -333,7 +336,7 @@ async fn proxy(
         .path_and_query
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     if let Some(t) = trace.as_deref_mut() {
-        t.outgoing(&mut parts.headers, authority.as_str(), path.path());
+        t.outgoing(&mut parts.headers, &authority, &path);
     }
     if use_h2 {
         parts.version = Version::HTTP_2;

@@ -42,6 +42,9 @@ use crate::identity::PeerIdentity;
 use crate::pool::Endpoint;
 use crate::stack::{ListenerStack, RouteTarget};
 
+/// A request's `Host` header (when its URI has no authority) and `User-Agent`.
+pub type Seen<'a> = (Option<&'a HeaderValue>, Option<&'a HeaderValue>);
+
 /// One request's observation, or nothing when the listener observes nothing. Finishes when
 /// dropped unfinished (the client went away).
 pub struct Observer(Option<Box<Observation>>);
@@ -205,11 +208,22 @@ impl Observer {
 
     /// Notes the response head and moves the observation into the response body, which
     /// finishes it when the body ends.
-    pub fn respond(mut self, res: Response<ProxyBody>) -> Response<ProxyBody> {
+    pub fn respond(self, res: Response<ProxyBody>) -> Response<ProxyBody> {
+        let head = self.0.as_ref().map(|o| o.start.elapsed());
+        self.respond_after(res, head.unwrap_or_default())
+    }
+
+    /// [`Observer::respond`] with the response head `head` after the request's start (as the
+    /// caller measured it already).
+    pub fn respond_after(
+        mut self,
+        res: Response<ProxyBody>,
+        head: Duration,
+    ) -> Response<ProxyBody> {
         let Some(o) = &mut self.0 else {
             return res;
         };
-        o.head = Some(o.start.elapsed());
+        o.head = Some(head);
         o.status = Some(res.status().as_u16());
         o.grpc_status = grpc_status(res.headers());
         let (parts, body) = res.into_parts();
@@ -225,6 +239,7 @@ impl Observer {
         polled: &Poll<Option<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>>,
         at_end: bool,
         sent: u64,
+        now: Option<Instant>,
     ) {
         let Some(o) = &mut self.0 else {
             return;
@@ -239,7 +254,7 @@ impl Observer {
                     }
                 }
                 if at_end {
-                    self.finish(End::Complete);
+                    self.finish_at(End::Complete, now);
                 }
             }
             Poll::Ready(Some(Err(e))) => {
@@ -248,18 +263,35 @@ impl Observer {
                 } else {
                     End::UpstreamError
                 };
-                self.finish(end);
+                self.finish_at(end, now);
             }
-            Poll::Ready(None) => self.finish(End::Complete),
+            Poll::Ready(None) => self.finish_at(End::Complete, now),
             Poll::Pending => {}
         }
     }
 
     /// Finishes the observation (once; later calls do nothing).
     pub(crate) fn finish(&mut self, end: End) {
+        self.finish_at(end, None);
+    }
+
+    /// [`Observer::finish`] at `now` (read now when `None`).
+    fn finish_at(&mut self, end: End, now: Option<Instant>) {
         if let Some(o) = self.0.take() {
-            o.finish(end);
+            o.finish(end, now.unwrap_or_else(Instant::now));
         }
+    }
+
+    /// The request's `Host` (when its URI has no authority) and `User-Agent`, when observed.
+    pub fn seen(&self) -> Option<Seen<'_>> {
+        self.0
+            .as_ref()
+            .map(|o| (o.host.as_ref(), o.user_agent.as_ref()))
+    }
+
+    /// When the request arrived on the wall clock, when observed (for the server span).
+    pub fn started(&self) -> Option<SystemTime> {
+        self.0.as_ref().map(|o| o.started)
     }
 }
 
@@ -280,8 +312,8 @@ impl std::fmt::Debug for Observer {
 // === impl Observation ===
 
 impl Observation {
-    /// The completion point of one request's access log line.
-    fn finish(&self, end: End) {
+    /// The completion point of one request's access log line; `now`: its end.
+    fn finish(&self, end: End, now: Instant) {
         let target = self.target.as_deref();
         let endpoint = match &self.endpoint {
             Answered::None => None,
@@ -300,7 +332,7 @@ impl Observation {
         let record = RequestRecord {
             start: self.started,
             head: self.head,
-            duration: self.start.elapsed(),
+            duration: now.saturating_duration_since(self.start),
             listener: &self.stack.name,
             direction: direction(self.stack.direction),
             route: target.map(|t| t.name.as_str()),

@@ -114,15 +114,24 @@ pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'
     Some(strip_port(raw))
 }
 
-fn strip_port(authority: &str) -> &str {
+/// `authority` without its port (and an IPv6 literal without its brackets).
+pub(crate) fn strip_port(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         // IPv6 literal: keep the brackets off, drop the port.
         return rest.split(']').next().unwrap_or(rest);
     }
-    match authority.rsplit_once(':') {
+    match rsplit_colon(authority) {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => authority,
     }
+}
+
+/// `s` split at its last `:`. A byte search: `rsplit_once(':')` goes through the generic
+/// character searcher, several times slower on these short strings (hot: every request).
+pub(crate) fn rsplit_colon(s: &str) -> Option<(&str, &str)> {
+    let at = s.bytes().rposition(|b| b == b':')?;
+    // `:` is ASCII: both sides are at character boundaries.
+    Some((s.get(..at)?, s.get(at + 1..)?))
 }
 
 #[cfg(test)]

@@ -36,21 +36,23 @@
 //! tries on client spans, as the conventions say. Query strings are left out (`url.query`, and
 //! the query of `url.full`): they often carry tokens, and spans leave the host.
 
-use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode, Version};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tandem_config::PathMatch;
 use tandem_telemetry::access_log::End;
-use tandem_telemetry::trace::{SpanContext, SpanId, SpanKind, SpanRecord, Status, Tracer, Value};
+use tandem_telemetry::trace::{EncodedSpans, SpanContext, SpanId, SpanKind, SpanStart, Tracer};
 use tokio::time::Instant;
 
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers::Forwarded;
-use crate::route::request_host;
+use crate::observe::{Observer, Seen};
+use crate::route::{rsplit_colon, strip_port};
 use crate::stack::{ListenerStack, RouteTarget};
 
 /// One request's tracing state, from receipt to the response head. Boxed by the handler so that
@@ -64,26 +66,42 @@ pub struct RequestTrace {
     parent: Option<SpanId>,
     /// The try in progress: its span id and when it started.
     current: Option<(SpanId, Instant)>,
-    /// The last finished try's client span when it got a response: recorded when another try
-    /// starts (it was retried: it ended at its response head), or with the server span when
-    /// its response is the one the client gets (it ends with the body, like the server span).
-    answered: Option<SpanRecord>,
     /// What a sampled request records; `None` when the request is not sampled.
     recording: Option<Recording>,
 }
 
-/// The parts of a sampled request's spans known before its outcome.
+/// What a sampled request's spans are made of: what it held on arrival (reference-counted
+/// handles and integers, no copies), written out as OTLP protobuf only when a span ends.
 #[derive(Debug)]
 struct Recording {
     start_unix_nanos: u64,
     start: Instant,
     method: &'static str,
-    attributes: Vec<(&'static str, Value)>,
-    /// `http://authority/path` as sent upstream (for `url.full`).
-    upstream_url: Option<Arc<str>>,
+    /// The method when it is not a standard one (`method` is `_OTHER`).
+    method_original: Option<Method>,
+    /// The request's URI as received (`url.path`, `server.address`).
+    uri: Uri,
+    /// The `Host` header, when the URI has no authority (`server.address`).
+    host: Option<HeaderValue>,
+    port: Option<u16>,
+    version: Version,
+    client: Option<IpAddr>,
+    user_agent: Option<HeaderValue>,
+    /// The authority and path sent upstream (for `url.full`: `http://{authority}{path}`).
+    upstream_url: Option<(Authority, PathAndQuery)>,
     /// The error Tandem answered with, if it did: its kind and one-line message.
     error: Option<(ErrorKind, String)>,
+    /// The spans written so far. The last try's client span stays open here when it got a
+    /// response: it is closed when another try starts (it was retried: it ended at its
+    /// response head, `answered_end`), or with the server span when its response is the one
+    /// the client gets (it ends with the body, like the server span).
+    spans: EncodedSpans,
+    /// When the open client span's response head arrived.
+    answered_end: u64,
 }
+
+/// Bytes a sampled request's spans usually take (a server and a client span).
+const SPANS_CAPACITY: usize = 1024;
 
 /// How a try ended.
 #[derive(Clone, Copy, Debug)]
@@ -112,24 +130,26 @@ pub struct TryTarget<'a> {
 // === impl RequestTrace ===
 
 impl RequestTrace {
-    /// Starts the server span of `req`: reads the caller's context and decides sampling.
+    /// Starts the server span of `req`, received at `start`: reads the caller's context and
+    /// decides sampling. What the access log's `observed` read of the request already (the wall
+    /// clock, `Host`, `User-Agent`) is not read again.
     pub fn start(
         tracer: &Arc<Tracer>,
         forwarded: &Forwarded,
         req: &Request<Incoming>,
         start: Instant,
+        observed: &Observer,
     ) -> Box<Self> {
         let started = tracer.start_server(req.headers());
         let recording = started
             .context
             .sampled
-            .then(|| Recording::new(forwarded, req, start));
+            .then(|| Recording::new(forwarded, req, start, observed.started(), observed.seen()));
         Box::new(RequestTrace {
             tracer: tracer.clone(),
             context: started.context,
             parent: started.parent,
             current: None,
-            answered: None,
             recording,
         })
     }
@@ -141,22 +161,28 @@ impl RequestTrace {
 
     /// Prepares the upstream request: removes the caller's trace headers of the configured
     /// formats, and notes the URL the tries go to.
-    pub fn outgoing(&mut self, headers: &mut HeaderMap, authority: &str, path: &str) {
+    pub fn outgoing(
+        &mut self,
+        headers: &mut HeaderMap,
+        authority: &Authority,
+        path: &PathAndQuery,
+    ) {
         self.tracer.propagator().strip(headers);
         if let Some(r) = &mut self.recording {
-            // Concatenated rather than `format!`ed: this runs for every sampled request.
-            let mut url = String::with_capacity(7 + authority.len() + path.len());
-            url.push_str("http://");
-            url.push_str(authority);
-            url.push_str(path);
-            r.upstream_url = Some(url.into());
+            r.upstream_url = Some((authority.clone(), path.clone()));
         }
     }
 
     /// Starts a try at `now`: a new client span id.
     pub fn start_try(&mut self, now: Instant) {
-        if let Some(span) = self.answered.take() {
-            self.tracer.record(span);
+        if let Some(r) = &mut self.recording {
+            if r.spans.is_open() {
+                // The previous try got a response and was retried: its span ended then.
+                r.spans.end(r.answered_end);
+                let spans =
+                    std::mem::replace(&mut r.spans, EncodedSpans::with_capacity(SPANS_CAPACITY));
+                self.tracer.record_encoded(spans);
+            }
         }
         self.current = Some((SpanId::random(), now));
     }
@@ -182,8 +208,9 @@ impl RequestTrace {
         })
     }
 
-    /// Ends the current try at `ended`; `attempt` counts from 1. Records its client span when
-    /// the request is sampled.
+    /// Ends the current try at `ended`; `attempt` counts from 1. Writes its client span when
+    /// the request is sampled: recorded now when the try failed, else left open until the end
+    /// of its response (or until it is retried).
     pub fn end_try(
         &mut self,
         attempt: u32,
@@ -194,71 +221,70 @@ impl RequestTrace {
         let Some((span_id, started)) = self.current.take() else {
             return;
         };
-        let Some(r) = &self.recording else {
+        let Some(r) = &mut self.recording else {
             return;
         };
         let method = method_name(to.method);
-        let mut attributes = Vec::with_capacity(12);
-        attributes.push(("http.request.method", Value::Static(method)));
-        if method == "_OTHER" {
-            attributes.push((
-                "http.request.method_original",
-                Value::String(to.method.as_str().to_owned()),
-            ));
-        }
-        if let Some(url) = &r.upstream_url {
-            attributes.push(("url.full", Value::Shared(url.clone())));
-        }
-        let (address, port) = endpoint_address(to.endpoint);
-        attributes.push(("server.address", Value::String(address.to_owned())));
-        if let Some(p) = port {
-            attributes.push(("server.port", Value::Int(p)));
-        }
-        attributes.push((
-            "network.protocol.version",
-            Value::Static(if to.http2 { "2" } else { "1.1" }),
-        ));
-        if attempt > 1 {
-            attributes.push((
-                "http.request.resend_count",
-                Value::Int(i64::from(attempt - 1)),
-            ));
-        }
-        let status = match outcome {
-            TryOutcome::Response(s) => {
-                attributes.push((
-                    "http.response.status_code",
-                    Value::Int(i64::from(s.as_u16())),
-                ));
-                if s.as_u16() >= 400 {
-                    attributes.push(("error.type", Value::String(s.as_str().to_owned())));
-                    Status::Error(format!("HTTP {s}"))
-                } else {
-                    Status::Unset
-                }
-            }
-            TryOutcome::Failed(e) => {
-                attributes.push(("error.type", Value::Static(e.kind.reason())));
-                Status::Error(e.message().trim_end().to_owned())
-            }
-        };
-        push_names(&mut attributes, to.listener, Some(to.target));
-        let span = SpanRecord {
+        let start_unix_nanos = r.unix_nanos(started);
+        let end_unix_nanos = r.unix_nanos(ended);
+        let s = &mut r.spans;
+        s.begin(&SpanStart {
             trace_id: self.context.trace_id,
             span_id,
             parent: Some(self.context.span_id),
             remote_parent: false,
-            trace_state: self.context.trace_state.clone(),
-            name: Cow::Borrowed(if method == "_OTHER" { "HTTP" } else { method }),
+            trace_state: self.context.trace_state.as_ref().map(HeaderValue::as_bytes),
+            name: if method == "_OTHER" { "HTTP" } else { method },
+            name_suffix: None,
             kind: SpanKind::Client,
-            start_unix_nanos: r.unix_nanos(started),
-            end_unix_nanos: r.unix_nanos(ended),
-            attributes,
-            status,
+            start_unix_nanos,
+        });
+        s.str("http.request.method", method);
+        if method == "_OTHER" {
+            s.str("http.request.method_original", to.method.as_str());
+        }
+        if let Some((authority, path)) = &r.upstream_url {
+            s.str_parts("url.full", &["http://", authority.as_str(), path.path()]);
+        }
+        let (address, port) = endpoint_address(to.endpoint);
+        s.str("server.address", address);
+        if let Some(p) = port {
+            s.int("server.port", p);
+        }
+        s.str(
+            "network.protocol.version",
+            if to.http2 { "2" } else { "1.1" },
+        );
+        if attempt > 1 {
+            s.int("http.request.resend_count", i64::from(attempt - 1));
+        }
+        let error = match outcome {
+            TryOutcome::Response(st) => {
+                s.int("http.response.status_code", i64::from(st.as_u16()));
+                if st.as_u16() >= 400 {
+                    s.str("error.type", st.as_str());
+                    Some(format!("HTTP {st}"))
+                } else {
+                    None
+                }
+            }
+            TryOutcome::Failed(e) => {
+                s.str("error.type", e.kind.reason());
+                Some(e.message().trim_end().to_owned())
+            }
         };
+        push_names(s, to.listener, Some(to.target));
+        if let Some(message) = error {
+            s.error(&message);
+        }
         match outcome {
-            TryOutcome::Response(_) => self.answered = Some(span),
-            TryOutcome::Failed(_) => self.tracer.record(span),
+            TryOutcome::Response(_) => r.answered_end = end_unix_nanos,
+            TryOutcome::Failed(_) => {
+                s.end(end_unix_nanos);
+                let spans =
+                    std::mem::replace(&mut r.spans, EncodedSpans::with_capacity(SPANS_CAPACITY));
+                self.tracer.record_encoded(spans);
+            }
         }
     }
 
@@ -300,8 +326,9 @@ pub struct ServerSpan {
 // === impl ServerSpan ===
 
 impl ServerSpan {
-    /// Ends and records the span: the response body ended as `how` after `sent` bytes.
-    pub fn end(self, sent: u64, how: End) {
+    /// Ends and records the span: the response body ended as `how` after `sent` bytes, at
+    /// `now`.
+    pub fn end(self, sent: u64, how: End, now: Instant) {
         let ServerSpan {
             trace,
             stack,
@@ -314,17 +341,32 @@ impl ServerSpan {
         };
         let listener = stack.name.as_str();
         let target = target.as_deref();
-        let end = r.unix_nanos(Instant::now());
-        let body_size = Value::Int(i64::try_from(sent).unwrap_or(i64::MAX));
-        if let Some(mut answered) = this.answered {
+        let end = r.unix_nanos(now);
+        let body_size = i64::try_from(sent).unwrap_or(i64::MAX);
+        let mut spans = std::mem::take(&mut r.spans);
+        if spans.is_open() {
             // The try whose response the client got lasts as long as its body, too.
-            answered.end_unix_nanos = end;
-            answered
-                .attributes
-                .push(("http.response.body.size", body_size.clone()));
-            this.tracer.record(answered);
+            spans.int("http.response.body.size", body_size);
+            spans.end(end);
         }
-        r.attributes.push(("http.response.body.size", body_size));
+        let route = target.and_then(|t| t.http_route.as_deref());
+        let (name, name_suffix) = match (r.method, route) {
+            ("_OTHER", _) => ("HTTP", None),
+            (m, route) => (m, route),
+        };
+        spans.begin(&SpanStart {
+            trace_id: this.context.trace_id,
+            span_id: this.context.span_id,
+            parent: this.parent,
+            remote_parent: this.parent.is_some(),
+            trace_state: this.context.trace_state.as_ref().map(HeaderValue::as_bytes),
+            name,
+            name_suffix,
+            kind: SpanKind::Server,
+            start_unix_nanos: r.start_unix_nanos,
+        });
+        r.request_attributes(&mut spans);
+        spans.int("http.response.body.size", body_size);
         // A body cut short is an error of this request unless the client chose to leave.
         let body_error = match how {
             End::UpstreamError => Some((
@@ -338,118 +380,119 @@ impl ServerSpan {
             _ => None,
         };
         if matches!(how, End::ClientGone) {
-            r.attributes
-                .push(("tandem.end", Value::Static("client_gone")));
+            spans.str("tandem.end", "client_gone");
         }
-        let route = target.and_then(|t| t.http_route.as_deref());
-        let name = match (r.method, route) {
-            ("_OTHER", _) => Cow::Borrowed("HTTP"),
-            (m, Some(route)) => {
-                let mut name = String::with_capacity(m.len() + 1 + route.len());
-                name.push_str(m);
-                name.push(' ');
-                name.push_str(route);
-                Cow::Owned(name)
-            }
-            (m, None) => Cow::Borrowed(m),
-        };
         if let Some(route) = route {
-            r.attributes
-                .push(("http.route", Value::String(route.to_owned())));
+            spans.str("http.route", route);
         }
-        r.attributes.push((
-            "http.response.status_code",
-            Value::Int(i64::from(status.as_u16())),
-        ));
+        spans.int("http.response.status_code", i64::from(status.as_u16()));
         // Tandem's own answers are errors when they are server errors (a 404 no_route is not)
         // even when a gRPC client received them as HTTP 200 with a grpc-status.
         let server_error = status.is_server_error()
             || r.error
                 .as_ref()
                 .is_some_and(|(kind, _)| kind.status().is_server_error());
-        let status = match (server_error, r.error.take(), body_error) {
+        let error = match (server_error, r.error.take(), body_error) {
             (_, None, Some((kind, message))) => {
-                r.attributes.push(("error.type", Value::Static(kind)));
-                Status::Error(message.to_owned())
+                spans.str("error.type", kind);
+                Some(message.to_owned())
             }
             (true, Some((kind, message)), _) => {
-                r.attributes
-                    .push(("error.type", Value::Static(kind.reason())));
-                Status::Error(message)
+                spans.str("error.type", kind.reason());
+                Some(message)
             }
             (true, None, None) => {
-                r.attributes
-                    .push(("error.type", Value::String(status.as_str().to_owned())));
-                Status::Error(format!("HTTP {status}"))
+                spans.str("error.type", status.as_str());
+                Some(format!("HTTP {status}"))
             }
-            (false, _, _) => Status::Unset,
+            (false, _, _) => None,
         };
-        push_names(&mut r.attributes, listener, target);
-        this.tracer.record(SpanRecord {
-            trace_id: this.context.trace_id,
-            span_id: this.context.span_id,
-            parent: this.parent,
-            remote_parent: this.parent.is_some(),
-            trace_state: this.context.trace_state,
-            name,
-            kind: SpanKind::Server,
-            start_unix_nanos: r.start_unix_nanos,
-            end_unix_nanos: end,
-            attributes: r.attributes,
-            status,
-        });
+        push_names(&mut spans, listener, target);
+        if let Some(message) = error {
+            spans.error(&message);
+        }
+        spans.end(end);
+        this.tracer.record_encoded(spans);
     }
 }
 
 // === impl Recording ===
 
 impl Recording {
-    fn new(forwarded: &Forwarded, req: &Request<Incoming>, start: Instant) -> Self {
-        let start_unix_nanos = SystemTime::now()
+    fn new(
+        forwarded: &Forwarded,
+        req: &Request<Incoming>,
+        start: Instant,
+        wall: Option<SystemTime>,
+        seen: Option<Seen<'_>>,
+    ) -> Self {
+        let start_unix_nanos = wall
+            .unwrap_or_else(SystemTime::now)
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         let method = method_name(req.method());
-        let mut attributes = Vec::with_capacity(16);
-        attributes.push(("http.request.method", Value::Static(method)));
-        if method == "_OTHER" {
-            attributes.push((
-                "http.request.method_original",
-                Value::String(req.method().as_str().to_owned()),
-            ));
-        }
-        attributes.push(("url.path", Value::String(req.uri().path().to_owned())));
-        attributes.push(("url.scheme", Value::Static("http")));
-        if let Some(host) = request_host(req.uri(), req.headers()) {
-            attributes.push(("server.address", Value::String(host.to_owned())));
-        }
-        if let Some(port) = request_port(req) {
-            attributes.push(("server.port", Value::Int(i64::from(port))));
-        }
-        attributes.push((
-            "network.protocol.version",
-            Value::Static(match req.version() {
-                Version::HTTP_2 => "2",
-                Version::HTTP_10 => "1.0",
-                _ => "1.1",
-            }),
-        ));
-        if let Some(ip) = forwarded.client_ip() {
-            attributes.push(("client.address", Value::String(ip_text(ip))));
-        }
-        if let Some(ua) = req
-            .headers()
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-        {
-            attributes.push(("user_agent.original", Value::String(ua.to_owned())));
-        }
+        // The access log's observation holds the same two header values already.
+        let (host, user_agent) = match seen {
+            Some((host, user_agent)) => (host.cloned(), user_agent.cloned()),
+            None => (
+                match req.uri().authority() {
+                    Some(_) => None,
+                    None => req.headers().get(http::header::HOST).cloned(),
+                },
+                req.headers().get(http::header::USER_AGENT).cloned(),
+            ),
+        };
+        let port = request_port(req.uri(), host.as_ref());
         Recording {
             start_unix_nanos,
             start,
             method,
-            attributes,
+            method_original: (method == "_OTHER").then(|| req.method().clone()),
+            uri: req.uri().clone(),
+            host,
+            port,
+            version: req.version(),
+            client: forwarded.client_ip(),
+            user_agent,
             upstream_url: None,
             error: None,
+            spans: EncodedSpans::with_capacity(SPANS_CAPACITY),
+            answered_end: 0,
+        }
+    }
+
+    /// The server span's attributes that describe the request as it arrived.
+    fn request_attributes(&self, s: &mut EncodedSpans) {
+        s.str("http.request.method", self.method);
+        if let Some(m) = &self.method_original {
+            s.str("http.request.method_original", m.as_str());
+        }
+        s.str("url.path", self.uri.path());
+        s.str("url.scheme", "http");
+        let host = match self.uri.authority() {
+            Some(a) => Some(a.host()),
+            None => self.host.as_ref().and_then(|h| h.to_str().ok()),
+        };
+        if let Some(host) = host {
+            s.str("server.address", strip_port(host));
+        }
+        if let Some(port) = self.port {
+            s.int("server.port", i64::from(port));
+        }
+        s.str(
+            "network.protocol.version",
+            match self.version {
+                Version::HTTP_2 => "2",
+                Version::HTTP_10 => "1.0",
+                _ => "1.1",
+            },
+        );
+        if let Some(ip) = self.client {
+            let mut text = IpText::default();
+            s.str("client.address", text.of(ip));
+        }
+        if let Some(ua) = self.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
+            s.str("user_agent.original", ua);
         }
     }
 
@@ -462,27 +505,43 @@ impl Recording {
     }
 }
 
-/// An IP address as text; IPv4 (the common case) without `fmt`, which costs ~1,000
-/// instructions per address on this path.
-fn ip_text(ip: std::net::IpAddr) -> String {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            let mut s = String::with_capacity(15);
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
+/// An IP address as text, on the stack; IPv4 (the common case) without `fmt`, which costs
+/// ~1,000 instructions per address on this path.
+#[derive(Default)]
+struct IpText {
+    v4: [u8; 15],
+    v6: String,
+}
+
+impl IpText {
+    fn of(&mut self, ip: IpAddr) -> &str {
+        match ip {
+            IpAddr::V4(v4) => {
+                let mut n = 0;
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.v4[n] = b'.';
+                        n += 1;
+                    }
+                    if o >= 100 {
+                        self.v4[n] = b'0' + o / 100;
+                        n += 1;
+                    }
+                    if o >= 10 {
+                        self.v4[n] = b'0' + o / 10 % 10;
+                        n += 1;
+                    }
+                    self.v4[n] = b'0' + o % 10;
+                    n += 1;
                 }
-                if o >= 100 {
-                    s.push(char::from(b'0' + o / 100));
-                }
-                if o >= 10 {
-                    s.push(char::from(b'0' + o / 10 % 10));
-                }
-                s.push(char::from(b'0' + o % 10));
+                // Digits and dots only.
+                std::str::from_utf8(&self.v4[..n]).unwrap_or_default()
             }
-            s
+            IpAddr::V6(v6) => {
+                self.v6 = v6.to_string();
+                &self.v6
+            }
         }
-        std::net::IpAddr::V6(v6) => v6.to_string(),
     }
 }
 
@@ -511,13 +570,14 @@ fn method_name(m: &Method) -> &'static str {
 }
 
 /// The port the client addressed: from the authority or `Host`, else the scheme's default.
-fn request_port(req: &Request<Incoming>) -> Option<u16> {
-    let authority = match req.uri().authority() {
+/// `host` is the `Host` header, when the URI has no authority.
+fn request_port(uri: &Uri, host: Option<&HeaderValue>) -> Option<u16> {
+    let authority = match uri.authority() {
         Some(a) => a.as_str(),
-        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+        None => host?.to_str().ok()?,
     };
     // `[v6]` without a port ends in `]`, whose last `:` is inside the brackets.
-    match authority.rsplit_once(':') {
+    match rsplit_colon(authority) {
         Some((_, port)) if port.bytes().all(|b| b.is_ascii_digit()) => port.parse().ok(),
         _ => Some(80),
     }
@@ -529,7 +589,7 @@ fn endpoint_address(label: &str) -> (&str, Option<i64>) {
     if let Some(path) = label.strip_prefix("unix:") {
         return (path, None);
     }
-    match label.rsplit_once(':') {
+    match rsplit_colon(label) {
         Some((host, port)) => (
             host.trim_start_matches('[').trim_end_matches(']'),
             port.parse().ok(),
@@ -538,20 +598,16 @@ fn endpoint_address(label: &str) -> (&str, Option<i64>) {
     }
 }
 
-fn push_names(
-    attributes: &mut Vec<(&'static str, Value)>,
-    listener: &str,
-    target: Option<&RouteTarget>,
-) {
+fn push_names(s: &mut EncodedSpans, listener: &str, target: Option<&RouteTarget>) {
     match target {
         Some(t) => {
             let [listener, route, upstream] = &t.span_names;
-            attributes.push(("tandem.listener", Value::Shared(listener.clone())));
-            attributes.push(("tandem.route", Value::Shared(route.clone())));
-            attributes.push(("tandem.upstream", Value::Shared(upstream.clone())));
+            s.str("tandem.listener", listener);
+            s.str("tandem.route", route);
+            s.str("tandem.upstream", upstream);
         }
         // No route matched (rare): the listener's name alone.
-        None => attributes.push(("tandem.listener", Value::String(listener.to_owned()))),
+        None => s.str("tandem.listener", listener),
     }
 }
 
@@ -587,8 +643,8 @@ mod tests {
         assert_eq!(endpoint_address("[::1]:9"), ("::1", Some(9)));
         assert_eq!(endpoint_address("app.local:80"), ("app.local", Some(80)));
         for ip in ["0.0.0.0", "10.1.20.255", "127.0.0.1", "::1", "2001:db8::7"] {
-            let parsed: std::net::IpAddr = ip.parse().unwrap_or(std::net::IpAddr::from([1; 4]));
-            assert_eq!(ip_text(parsed), ip);
+            let parsed: IpAddr = ip.parse().unwrap_or(IpAddr::from([1; 4]));
+            assert_eq!(IpText::default().of(parsed), ip);
         }
         assert_eq!(
             endpoint_address("unix:/run/app.sock"),

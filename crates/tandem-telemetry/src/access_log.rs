@@ -23,6 +23,7 @@
 //!
 //! Non-goals: formats other than JSON lines, sampling.
 
+use std::cell::Cell;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -331,7 +332,11 @@ fn open(path: &std::path::Path) -> io::Result<File> {
 impl AccessLog {
     /// Queues the line for one HTTP request; drops and counts it when the queue is full.
     pub fn log_request(&self, r: &RequestRecord<'_>) {
-        let mut line = Vec::with_capacity(512);
+        // Room for a whole line with every field: growing the buffer part way costs a copy.
+        let client_strings = r.path.len().min(MAX_PATH)
+            + r.user_agent.map_or(0, |u| u.len().min(MAX_USER_AGENT))
+            + r.authority.map_or(0, |a| a.len().min(MAX_AUTHORITY));
+        let mut line = Vec::with_capacity(896 + client_strings);
         if write_request(&self.inner.http, r, &mut line).is_ok() {
             self.send(line);
         } else {
@@ -594,7 +599,7 @@ fn write_request(
     out: &mut Vec<u8>,
 ) -> Result<(), fmt::Error> {
     use AccessLogField as F;
-    out.reserve(512);
+    out.reserve(896);
     if fields.is_empty() {
         out.push(b'{');
     }
@@ -609,12 +614,12 @@ fn write_request(
                 None => null(out),
             },
             F::Listener => string(out, r.listener.as_bytes()),
-            F::Direction => string(out, r.direction.as_bytes()),
+            F::Direction => constant(out, r.direction),
             F::Route => opt_string(out, r.route),
             F::Upstream => opt_string(out, r.upstream),
             F::Endpoint => opt_string(out, r.endpoint),
             F::Client => client(out, r.client)?,
-            F::Protocol => string(out, r.protocol.as_bytes()),
+            F::Protocol => constant(out, r.protocol),
             F::Method => capped(out, r.method.as_bytes(), 32),
             F::Path => capped(out, r.path.as_bytes(), MAX_PATH),
             F::Authority => match r.authority {
@@ -633,8 +638,8 @@ fn write_request(
             F::SentBytes => uint(out, r.sent_bytes),
             F::Attempts => uint(out, u64::from(r.attempts)),
             F::Retries => uint(out, u64::from(r.attempts.saturating_sub(1))),
-            F::Error => opt_string(out, r.error),
-            F::End => string(out, r.end.as_str().as_bytes()),
+            F::Error => opt_constant(out, r.error),
+            F::End => constant(out, r.end.as_str()),
             F::Completed => boolean(out, r.end == End::Complete),
             F::UserAgent => match r.user_agent {
                 Some(a) => capped(out, a, MAX_USER_AGENT),
@@ -666,14 +671,14 @@ fn write_connection(
             F::Time => rfc3339_micros(out, r.start),
             F::DurationMs => millis(out, r.duration),
             F::Listener => string(out, r.listener.as_bytes()),
-            F::Direction => string(out, r.direction.as_bytes()),
+            F::Direction => constant(out, r.direction),
             F::Upstream => opt_string(out, r.upstream),
             F::Endpoint => opt_string(out, r.endpoint),
             F::Client => client(out, r.client)?,
             F::ReceivedBytes => uint(out, r.received_bytes),
             F::SentBytes => uint(out, r.sent_bytes),
-            F::Error => opt_string(out, r.error),
-            F::End => string(out, r.end.as_str().as_bytes()),
+            F::Error => opt_constant(out, r.error),
+            F::End => constant(out, r.end.as_str()),
             F::Completed => boolean(out, r.end == End::Complete),
             F::PeerIdentity => opt_string(out, r.peer_identity),
             F::TraceId => opt_string(out, r.trace_id),
@@ -702,6 +707,22 @@ fn boolean(out: &mut Vec<u8>, v: bool) {
     out.extend_from_slice(if v { b"true" } else { b"false" });
 }
 
+/// One of Tandem's own constant strings (directions, protocols, error reasons, ends): plain
+/// ASCII with nothing to escape, written as is.
+fn constant(out: &mut Vec<u8>, s: &'static str) {
+    debug_assert!(scan(s.as_bytes()) == (false, false), "{s}");
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+fn opt_constant(out: &mut Vec<u8>, v: Option<&'static str>) {
+    match v {
+        Some(s) => constant(out, s),
+        None => null(out),
+    }
+}
+
 fn opt_string(out: &mut Vec<u8>, v: Option<&str>) {
     match v {
         Some(s) => string(out, s.as_bytes()),
@@ -720,15 +741,45 @@ fn string(out: &mut Vec<u8>, s: &[u8]) {
 /// characters (`\n`, `\t`, ... or `\u00XX`); everything else, non-ASCII included, as is. Runs
 /// of plain bytes are copied whole.
 fn escape(out: &mut Vec<u8>, s: &[u8]) {
-    // Almost every value has nothing to escape: one pass without early exit (the compiler
-    // vectorizes it), then one copy.
-    let special = s.iter().fold(false, |any, &b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if !special {
+    // Almost every value has nothing to escape: one scan, then one copy.
+    if !scan(s).0 {
         out.extend_from_slice(s);
         return;
     }
+    escape_slow(out, s);
+}
+
+/// Whether `s` holds a byte JSON strings escape (a control character, `"` or `\`), and whether
+/// it holds a byte that is not ASCII: eight bytes at a time.
+fn scan(s: &[u8]) -> (bool, bool) {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Exact for "is there such a byte" (a borrow only ever follows a byte that matched).
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut special = 0;
+    let mut high = 0;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(c);
+        let w = u64::from_ne_bytes(word);
+        // A byte below 0x20; a `"` (0x22); a `\` (0x5c).
+        special |= w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+        special |= has_zero(w ^ (ONES * 0x22));
+        special |= has_zero(w ^ (ONES * 0x5c));
+        high |= w & HIGH;
+    }
+    let mut tail_special = false;
+    let mut tail_high = false;
+    for &b in chunks.remainder() {
+        tail_special |= (b < 0x20) | (b == b'"') | (b == b'\\');
+        tail_high |= b >= 0x80;
+    }
+    (special != 0 || tail_special, high != 0 || tail_high)
+}
+
+/// [`escape`] of a value with something to escape.
+fn escape_slow(out: &mut Vec<u8>, s: &[u8]) {
     let mut plain = 0;
     for (i, &b) in s.iter().enumerate() {
         if b >= 0x20 && b != b'"' && b != b'\\' {
@@ -766,6 +817,20 @@ fn capped(out: &mut Vec<u8>, bytes: &[u8], bound: usize) {
     // `head` is shorter than `bytes`, its text is longer than the bound (a replacement is never
     // shorter than what it replaces), so it is cut below, before anything `head` cut in two.
     let head = &bytes[..bytes.len().min(bound + 4)];
+    // The usual case, plain ASCII within the bound: one scan decides everything.
+    if head.len() <= bound {
+        let (special, high) = scan(head);
+        if !high {
+            out.push(b'"');
+            if special {
+                escape_slow(out, head);
+            } else {
+                out.extend_from_slice(head);
+            }
+            out.push(b'"');
+            return;
+        }
+    }
     let text = match std::str::from_utf8(head) {
         Ok(s) => std::borrow::Cow::Borrowed(s),
         Err(_) => String::from_utf8_lossy(head),
@@ -846,6 +911,32 @@ fn rfc3339_micros(out: &mut Vec<u8>, t: SystemTime) {
     let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let micros = since.subsec_micros();
+    // Lines of the same second share everything up to the fraction: the calendar arithmetic
+    // runs once a second per thread.
+    thread_local! {
+        static SECOND: Cell<(u64, [u8; 21])> = const { Cell::new((u64::MAX, [0; 21])) };
+    }
+    let (cached, prefix) = SECOND.get();
+    if cached == secs {
+        let mut b = *b"000000Z\"";
+        let mut v = micros;
+        for i in (0..6).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&prefix);
+        out.extend_from_slice(&b);
+        return;
+    }
+    let start = out.len();
+    rfc3339_full(out, secs, micros);
+    let mut prefix = [0; 21];
+    prefix.copy_from_slice(&out[start..start + 21]);
+    SECOND.set((secs, prefix));
+}
+
+/// [`rfc3339_micros`] from scratch.
+fn rfc3339_full(out: &mut Vec<u8>, secs: u64, micros: u32) {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days);

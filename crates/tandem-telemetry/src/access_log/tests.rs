@@ -514,3 +514,47 @@ fn hand_written_json_matches_serde_json() {
         }
     }
 }
+
+/// The word-at-a-time scan finds exactly the bytes a byte loop finds: every byte value at every
+/// position of every length across the 8-byte words and the tail.
+#[test]
+fn scan_agrees_with_a_byte_loop() {
+    let naive = |s: &[u8]| {
+        (
+            s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),
+            s.iter().any(|&b| b >= 0x80),
+        )
+    };
+    for len in 0..=20 {
+        for at in 0..len {
+            for b in 0..=255u8 {
+                for fill in [b'a', b' ', 0x7f, 0xc3] {
+                    let mut s = vec![fill; len];
+                    s[at] = b;
+                    assert_eq!(scan(&s), naive(&s), "{s:?}");
+                }
+            }
+        }
+    }
+}
+
+/// Lines in the same second reuse the cached date; a new second (or an earlier one) is
+/// written from scratch, and both agree with the full computation.
+#[test]
+fn rfc3339_cache_matches_the_full_form() {
+    for micros in [
+        1_764_000_000_123_456u64,
+        1_764_000_000_999_999,
+        1_764_000_001_000_000,
+        1_764_000_000_000_001,
+        0,
+        951_782_400_000_000, // 2000-02-29
+    ] {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_micros(micros);
+        let (mut cached, mut full) = (Vec::new(), Vec::new());
+        rfc3339_micros(&mut cached, t);
+        rfc3339_micros(&mut cached, t);
+        rfc3339_full(&mut full, micros / 1_000_000, (micros % 1_000_000) as u32);
+        assert_eq!(cached, [full.clone(), full].concat());
+    }
+}

@@ -243,13 +243,36 @@ impl Propagator {
     /// `ctx` in every configured format as HTTP/1.1 header lines (`name: value\r\n` each), for
     /// a request head serialized without them.
     pub fn render_h1(&self, ctx: &SpanContext) -> Bytes {
-        let mut out = BytesMut::with_capacity(128);
-        self.each_field(ctx, |name, value| {
+        // The same fields as `each_field`, written straight into one buffer (no value of its
+        // own per field): this runs for every try of every traced request.
+        let trace = ctx.trace_id.to_hex();
+        let span = ctx.span_id.to_hex();
+        let sampled: &[u8] = if ctx.sampled { b"1" } else { b"0" };
+        let trace_state = ctx.trace_state.as_ref().map_or(&[][..], |v| v.as_bytes());
+        let mut out = BytesMut::with_capacity(128 + trace_state.len());
+        let mut line = |name: &HeaderName, parts: &[&[u8]]| {
             out.put_slice(name.as_str().as_bytes());
             out.put_slice(b": ");
-            out.put_slice(&value);
+            for p in parts {
+                out.put_slice(p);
+            }
             out.put_slice(b"\r\n");
-        });
+        };
+        if self.w3c {
+            let flags: &[u8] = if ctx.sampled { b"-01" } else { b"-00" };
+            line(&TRACEPARENT, &[b"00-", &trace, b"-", &span, flags]);
+            if ctx.trace_state.is_some() {
+                line(&TRACESTATE, &[trace_state]);
+            }
+        }
+        if self.b3_single {
+            line(&B3, &[&trace, b"-", &span, b"-", sampled]);
+        }
+        if self.b3_multi {
+            line(&B3_TRACE_ID, &[&trace]);
+            line(&B3_SPAN_ID, &[&span]);
+            line(&B3_SAMPLED, &[sampled]);
+        }
         out.freeze()
     }
 

@@ -1,6 +1,6 @@
 //! The exporter: one task that drains the span queue in batches and sends them to the collector
-//! over OTLP/gRPC (`TraceService/Export`, with tonic) or OTLP/HTTP (`POST` protobuf, with
-//! hyper's client).
+//! over OTLP/gRPC (`TraceService/Export`) or OTLP/HTTP (`POST` protobuf), both with hyper's
+//! client.
 //!
 //! It wakes every `flush_interval`, or at once when the request path sees a whole batch waiting,
 //! and exports everything queued, `batch` spans per request, one request at a time, each bounded
@@ -9,9 +9,15 @@
 //! counted; the first failure after a success is logged as a warning, the rest at debug level
 //! until the collector takes a batch again, so a collector that is down does not flood the log.
 //!
-//! Connections: gRPC keeps one HTTP/2 channel (connected on first use, reconnected by tonic
-//! after a failure); HTTP keeps hyper's pooled keep-alive connections. Only `http://` (no TLS):
-//! `check` refuses `https://` until Tandem has a TLS client.
+//! gRPC is framed here rather than by tonic: a unary call is one HTTP/2 POST whose body is the
+//! message behind a 5-byte prefix, answered by a message and `grpc-status` in the trailers.
+//! The encoder leaves room for the prefix in front of the request it writes, so a batch goes
+//! out as the bytes it was written into; tonic's codec would copy every batch into a buffer of
+//! its own (most of what the export cost per span after the encoding).
+//!
+//! Connections: gRPC keeps one HTTP/2 connection (prior knowledge, connected on first use and
+//! again after a failure); HTTP keeps hyper's pooled keep-alive connections. Only `http://` (no
+//! TLS): `check` refuses `https://` until Tandem has a TLS client.
 //!
 //! Shutdown ([`ExporterHandle::shutdown`]): one last flush of what is queued, bounded by the
 //! caller's grace period.
@@ -20,28 +26,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
-use prost::bytes::{Buf, BufMut};
-use prost::encoding::{DecodeContext, WireType};
-use prost::{DecodeError, Message};
+use prost::Message;
 use tandem_config::{OtlpProtocol, Tracing};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use super::otlp;
-use super::span::SpanRecord;
-use super::TraceMetrics;
+use super::otlp::EncodedSpans;
+use super::{Queue, TraceMetrics};
 
 /// Largest collector response read (OTLP responses are a few bytes; errors a short message).
 const MAX_RESPONSE: usize = 64 * 1024;
 
 /// Drains the span queue to the collector; [`Exporter::spawn`] starts it.
 pub struct Exporter {
-    queue: Arc<ArrayQueue<SpanRecord>>,
+    queue: Arc<Queue>,
+    /// A chunk popped that did not fit in the last batch: the first of the next.
+    held: Option<EncodedSpans>,
     wake: Arc<Notify>,
     batch: usize,
     flush_interval: Duration,
@@ -75,7 +80,11 @@ enum ExportError {
 /// between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 enum Client {
-    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    Grpc {
+        client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+        /// The endpoint's origin and the `Export` method's path.
+        uri: http::Uri,
+    },
     Http {
         client: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
         uri: http::Uri,
@@ -89,19 +98,23 @@ enum Client {
 impl Exporter {
     pub(super) fn new(
         config: &Tracing,
-        queue: Arc<ArrayQueue<SpanRecord>>,
+        queue: Arc<Queue>,
         wake: Arc<Notify>,
         metrics: TraceMetrics,
     ) -> Self {
         Exporter {
             queue,
+            held: None,
             wake,
             batch: config.batch.clamp(1, config.queue.max(1)),
             flush_interval: config.flush_interval,
             timeout: config.otlp.timeout,
             endpoint: config.otlp.endpoint.clone(),
             protocol: config.otlp.protocol,
-            encoder: otlp::Encoder::new(&otlp::resource(config)),
+            encoder: match config.otlp.protocol {
+                OtlpProtocol::Grpc => otlp::Encoder::new(&otlp::resource(config)).grpc_framed(),
+                OtlpProtocol::HttpProtobuf => otlp::Encoder::new(&otlp::resource(config)),
+            },
             metrics,
             failing: false,
         }
@@ -131,28 +144,40 @@ impl Exporter {
         }
     }
 
-    /// Exports everything queued now, a batch per request.
+    /// Exports everything queued now, a batch (at most `batch` spans) per request.
     async fn flush(&mut self, client: &mut Client) {
         loop {
-            if self.queue.is_empty() {
+            if self.held.is_none() && self.queue.is_empty() {
                 return;
             }
-            // Spans go from the queue straight into the encoder, not through a `Vec`.
-            let (queue, batch) = (&self.queue, self.batch);
+            // Chunks go from the queue straight into the encoder, not through a `Vec`; the
+            // chunk that would overflow the batch waits for the next one.
+            let (queue, batch, held) = (&self.queue, self.batch, &mut self.held);
             let mut taken = 0;
+            let mut full = false;
             let request = self.encoder.encode(std::iter::from_fn(|| {
-                if taken == batch {
+                if full {
                     return None;
                 }
-                let span = queue.pop()?;
-                taken += 1;
-                Some(span)
+                let chunk = held.take().or_else(|| queue.pop())?;
+                let n = chunk.spans() as usize;
+                // A chunk larger than a whole batch goes alone.
+                if taken > 0 && taken + n > batch {
+                    *held = Some(chunk);
+                    full = true;
+                    return None;
+                }
+                taken += n;
+                if taken >= batch {
+                    full = true;
+                }
+                Some(chunk)
             }));
             if taken == 0 {
                 return;
             }
             self.export(client, request, taken as u64).await;
-            if taken < batch {
+            if !full {
                 return;
             }
         }
@@ -187,32 +212,42 @@ impl Exporter {
     }
 
     fn client(&self) -> Client {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(self.timeout));
+        connector.set_nodelay(true);
+        let mut builder = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(30));
         match self.protocol {
-            OtlpProtocol::Grpc => {
-                match tonic::transport::Endpoint::from_shared(self.endpoint.clone()) {
-                    Ok(e) => Client::Grpc(tonic::client::Grpc::new(
-                        e.connect_timeout(self.timeout)
-                            .timeout(self.timeout)
-                            .tcp_nodelay(true)
-                            .connect_lazy(),
-                    )),
-                    Err(e) => Client::Unusable(e.to_string()),
-                }
-            }
+            OtlpProtocol::Grpc => match grpc_uri(&self.endpoint) {
+                Ok(uri) => Client::Grpc {
+                    client: builder.http2_only(true).build(connector),
+                    uri,
+                },
+                Err(e) => Client::Unusable(e),
+            },
             OtlpProtocol::HttpProtobuf => match self.endpoint.parse::<http::Uri>() {
-                Ok(uri) => {
-                    let mut connector = HttpConnector::new();
-                    connector.set_connect_timeout(Some(self.timeout));
-                    connector.set_nodelay(true);
-                    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                        .pool_idle_timeout(Duration::from_secs(30))
-                        .build(connector);
-                    Client::Http { client, uri }
-                }
+                Ok(uri) => Client::Http {
+                    client: builder.build(connector),
+                    uri,
+                },
                 Err(e) => Client::Unusable(e.to_string()),
             },
         }
     }
+}
+
+/// The `Export` method's URI at `endpoint` (its scheme and authority; a path is ignored, as
+/// gRPC clients do).
+fn grpc_uri(endpoint: &str) -> Result<http::Uri, String> {
+    let parts = endpoint
+        .parse::<http::Uri>()
+        .map_err(|e| e.to_string())?
+        .into_parts();
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = parts.scheme;
+    uri.authority = parts.authority;
+    uri.path_and_query = Some(http::uri::PathAndQuery::from_static(EXPORT_PATH));
+    http::Uri::from_parts(uri).map_err(|e| e.to_string())
 }
 
 // === impl ExporterHandle ===
@@ -239,27 +274,53 @@ impl Client {
     /// collector rejected.
     async fn send(&mut self, request: Bytes) -> Result<u64, ExportError> {
         match self {
-            Client::Grpc(grpc) => {
-                // What the generated TraceServiceClient::export does, with a body that is
-                // already protobuf.
-                grpc.ready()
+            Client::Grpc { client, uri } => {
+                let req = http::Request::post(uri.clone())
+                    .header(http::header::CONTENT_TYPE, "application/grpc")
+                    .header(http::header::TE, "trailers")
+                    .header(
+                        http::header::USER_AGENT,
+                        concat!("tandem/", env!("CARGO_PKG_VERSION")),
+                    )
+                    .body(Full::new(request))
+                    .map_err(|e| ExportError::Failed(e.to_string()))?;
+                let res = client
+                    .request(req)
                     .await
                     .map_err(|e| ExportError::Failed(describe(&e)))?;
-                let codec =
-                    tonic_prost::ProstCodec::<Encoded, ExportTraceServiceResponse>::default();
-                let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
-                match grpc
-                    .unary(tonic::Request::new(Encoded(request)), path, codec)
+                let status = res.status();
+                // A "trailers-only" answer (an error before any message) has them in the head.
+                let in_head = grpc_status(res.headers());
+                let collected = Limited::new(res.into_body(), MAX_RESPONSE)
+                    .collect()
                     .await
-                {
-                    Ok(res) => Ok(rejected(res.get_ref())),
-                    // Transport failures arrive as UNAVAILABLE with the connect error as message.
-                    Err(status) => Err(ExportError::Failed(format!(
-                        "gRPC {:?}: {}",
-                        status.code(),
-                        status.message()
-                    ))),
+                    .map_err(|e| ExportError::Failed(e.to_string()))?;
+                let in_trailers = collected.trailers().and_then(grpc_status);
+                if !status.is_success() {
+                    return Err(ExportError::Failed(format!(
+                        "the collector answered HTTP {status}"
+                    )));
                 }
+                match in_trailers.or(in_head) {
+                    Some((0, _)) => {}
+                    Some((code, message)) => {
+                        return Err(ExportError::Failed(format!(
+                            "gRPC {:?}: {message}",
+                            tonic::Code::from(code)
+                        )))
+                    }
+                    None => {
+                        return Err(ExportError::Failed(
+                            "the collector's answer has no grpc-status".to_owned(),
+                        ))
+                    }
+                }
+                // One message: a 5-byte prefix (compressed flag, length), then the response.
+                let body = collected.to_bytes();
+                Ok(body
+                    .get(5..)
+                    .and_then(|m| ExportTraceServiceResponse::decode(m).ok())
+                    .map_or(0, |r| rejected(&r)))
             }
             Client::Http { client, uri } => {
                 let body = request;
@@ -300,33 +361,18 @@ impl Client {
 /// The gRPC method spans are exported with.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// An `ExportTraceServiceRequest` already encoded by [`otlp::Encoder`], handed to tonic's
-/// protobuf codec as is. Never decoded.
-#[derive(Debug, Default)]
-struct Encoded(Bytes);
-
-impl Message for Encoded {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn clear(&mut self) {
-        self.0 = Bytes::new();
-    }
+/// `grpc-status` (and `grpc-message`) of a response's head or trailers.
+fn grpc_status(h: &http::HeaderMap) -> Option<(i32, String)> {
+    let code = std::str::from_utf8(h.get("grpc-status")?.as_bytes())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let message = h
+        .get("grpc-message")
+        .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+        .unwrap_or_default();
+    Some((code, message))
 }
 
 fn rejected(res: &ExportTraceServiceResponse) -> u64 {

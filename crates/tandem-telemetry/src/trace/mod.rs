@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! request path:  Tracer::start_server (extract, sample) -> spans built only when sampled
-//!                -> Tracer::record: ArrayQueue::push; full -> dropped, counted (never waits)
+//!                -> spans written as OTLP protobuf as they end (otlp::EncodedSpans), a request's together
+//!                -> Tracer::record_encoded: queue push; full -> dropped, counted (never waits)
 //! exporter task: every flush_interval, or at once when a batch is waiting:
 //!                pop up to `batch` -> ExportTraceServiceRequest -> OTLP/gRPC or OTLP/HTTP,
 //!                bounded by the export timeout; failed -> the batch is dropped, counted
@@ -13,11 +14,13 @@
 //!
 //! Why not the OpenTelemetry SDK: its spans are built for in-process instrumentation (a span
 //! object per span with locks, dynamic attribute maps, a processor chain), while Tandem knows
-//! every span's shape in advance. A [`SpanRecord`] is plain data the request path fills in once,
-//! sampled requests only; encoding happens on the exporter task, straight from the records to
-//! protobuf bytes ([`otlp::Encoder`]). `opentelemetry-proto` (the generated types of the
-//! official protos) encodes the resource and decodes collector responses, and is the reference
-//! the encoder is tested against; gRPC is `tonic`'s client.
+//! every span's shape in advance. A sampled request's spans are written as protobuf bytes when
+//! they end, from what the request holds ([`otlp::EncodedSpans`]), and queued together; the
+//! exporter only splices them into a request ([`otlp::Encoder`]). [`SpanRecord`] is the same
+//! span as plain data, for callers that build one ([`Tracer::record`]). `opentelemetry-proto`
+//! (the generated types of the official protos) encodes the resource and decodes collector
+//! responses, and is the reference the encoder is tested against; gRPC is framed by hand over
+//! hyper's HTTP/2 client (see [`export`]).
 //!
 //! Loss is explicit: a full queue, a collector that is down, slow or refuses a batch all drop
 //! spans and count them in `tandem_trace_spans_dropped_total{reason}`; a request never waits for
@@ -39,6 +42,7 @@ pub mod otlp;
 pub mod sample;
 pub mod span;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
@@ -52,6 +56,7 @@ use tokio::sync::Notify;
 
 pub use context::{Extracted, Parent, Propagator, SpanContext, SpanId, TraceId};
 pub use export::{Exporter, ExporterHandle};
+pub use otlp::{EncodedSpans, SpanStart};
 pub use sample::Sampler;
 pub use span::{SpanKind, SpanRecord, Status, Value};
 
@@ -60,10 +65,67 @@ pub use span::{SpanKind, SpanRecord, Status, Value};
 pub struct Tracer {
     propagator: Propagator,
     sampler: Sampler,
-    queue: Arc<ArrayQueue<SpanRecord>>,
+    queue: Arc<Queue>,
     wake: Arc<Notify>,
     batch: usize,
     metrics: TraceMetrics,
+}
+
+/// Finished spans waiting for the exporter, in chunks (a request's spans travel together), and
+/// bounded in spans: `tracing.queue` spans at most, whatever the chunks hold.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    chunks: ArrayQueue<EncodedSpans>,
+    /// Spans in `chunks`.
+    spans: AtomicUsize,
+    /// Most spans held.
+    capacity: usize,
+}
+
+impl Queue {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Queue {
+            // A chunk holds at least one span: never full before `spans` says so.
+            chunks: ArrayQueue::new(capacity),
+            spans: AtomicUsize::new(0),
+            capacity,
+        }
+    }
+
+    /// Queues `chunk`; gives it back when its spans do not fit. Returns the spans now queued.
+    fn push(&self, chunk: EncodedSpans) -> Result<usize, EncodedSpans> {
+        let n = chunk.spans() as usize;
+        let before = self.spans.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.capacity {
+            self.spans.fetch_sub(n, Ordering::AcqRel);
+            return Err(chunk);
+        }
+        match self.chunks.push(chunk) {
+            Ok(()) => Ok(before + n),
+            Err(chunk) => {
+                self.spans.fetch_sub(n, Ordering::AcqRel);
+                Err(chunk)
+            }
+        }
+    }
+
+    pub(crate) fn pop(&self) -> Option<EncodedSpans> {
+        let chunk = self.chunks.pop()?;
+        self.spans
+            .fetch_sub(chunk.spans() as usize, Ordering::AcqRel);
+        Some(chunk)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Spans queued.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.spans.load(Ordering::Acquire)
+    }
 }
 
 /// A server span just started: its context (to hand to upstream tries) and where it hangs.
@@ -100,7 +162,7 @@ struct ReasonLabels {
 impl Tracer {
     /// The tracer for `config`, and the exporter that drains its queue (to be spawned).
     pub fn new(config: &Tracing, metrics: TraceMetrics) -> (Arc<Tracer>, Exporter) {
-        let queue = Arc::new(ArrayQueue::new(config.queue.max(1)));
+        let queue = Arc::new(Queue::new(config.queue));
         let wake = Arc::new(Notify::new());
         let batch = config.batch.clamp(1, config.queue.max(1));
         let tracer = Arc::new(Tracer {
@@ -148,13 +210,27 @@ impl Tracer {
     /// Hands a finished span to the exporter; when the queue is full the span is dropped and
     /// counted. Never waits.
     pub fn record(&self, span: SpanRecord) {
-        if self.queue.push(span).is_err() {
-            self.metrics.dropped_queue_full.inc();
+        self.record_encoded(EncodedSpans::from(&span));
+    }
+
+    /// Hands finished spans, already encoded, to the exporter; when they do not fit in the
+    /// queue they are dropped and counted. Never waits. A span left open is not sent.
+    pub fn record_encoded(&self, mut spans: EncodedSpans) {
+        spans.discard_open();
+        let n = spans.spans();
+        if n == 0 {
             return;
         }
-        // Wake the exporter once a batch is waiting, rather than on every span.
-        if self.queue.len() >= self.batch {
-            self.wake.notify_one();
+        match self.queue.push(spans) {
+            // Wake the exporter once a batch is waiting, rather than on every span.
+            Ok(queued) => {
+                if queued >= self.batch {
+                    self.wake.notify_one();
+                }
+            }
+            Err(_) => {
+                self.metrics.dropped_queue_full.inc_by(u64::from(n));
+            }
         }
     }
 }

@@ -1,13 +1,16 @@
-//! Span records to OTLP's protobuf wire format (`ExportTraceServiceRequest`), and the resource
-//! that describes this Tandem. Runs on the exporter task, never on the request path.
+//! Spans to OTLP's protobuf wire format (`ExportTraceServiceRequest`), and the resource that
+//! describes this Tandem.
 //!
-//! Spans are written straight into the request's bytes with prost's wire-format primitives,
-//! rather than first converted to `opentelemetry-proto`'s generated structs: those would cost a
-//! heap allocation per attribute key and value and per id, about 1.5 µs per span, which at
-//! 100% sampling is a noticeable share of a request's CPU when the exporter shares a core with
-//! the proxy. The generated types remain the reference: the resource and scope are encoded with
-//! them once at start, and the tests decode what [`Encoder`] writes with them and compare it to
-//! the same spans converted field by field.
+//! The request path writes each sampled span as it ends, straight from what it holds, into an
+//! [`EncodedSpans`] (a few hundred bytes: ids, times, attributes as `KeyValue` fields); the
+//! exporter task splices those bytes behind a fixed header ([`Encoder`]). Nothing is built in
+//! between: an attribute list of copied strings, moved through the queue, encoded and dropped
+//! on the exporter task, cost about three times as many instructions per span, and the
+//! exporter shares the proxy's core. Neither goes through `opentelemetry-proto`'s generated
+//! structs, which would cost a heap allocation per attribute key, value and id (about 1.5 µs a
+//! span). The generated types remain the reference: the resource and scope are encoded with
+//! them once at start, and the tests decode what is written with them and compare it to the
+//! same spans converted field by field.
 //!
 //! Field numbers are those of `opentelemetry/proto/trace/v1/trace.proto`,
 //! `common/v1/common.proto` and `collector/trace/v1/trace_service.proto`.
@@ -18,6 +21,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use tandem_config::Tracing;
 
+use super::context::{SpanId, TraceId};
 use super::span::{SpanKind, SpanRecord, Status, Value};
 
 /// OTLP span flags: the W3C sampled flag (bits 0-7 carry trace flags), and whether the parent is
@@ -41,10 +45,53 @@ pub struct Encoder {
     resource: Bytes,
     /// `ScopeSpans.scope` (field 1), key and length included.
     scope: Bytes,
-    /// The spans of the batch being written, each as `ScopeSpans.spans` (field 2).
-    spans: Vec<u8>,
-    /// One span's fields.
-    span: Vec<u8>,
+    /// The span chunks of the batch being written.
+    chunks: Vec<EncodedSpans>,
+    /// Whether requests start with gRPC's message prefix.
+    grpc: bool,
+}
+
+/// Spans already in OTLP's wire form, each one a whole `ScopeSpans.spans` field (key, length,
+/// `Span`), so that an export request is these bytes spliced after a fixed header.
+///
+/// The request path writes a sampled request's spans here as they finish, straight from what
+/// it holds (borrowed strings, integers): no attribute list, no `String` per value, nothing to
+/// convert or move again on the exporter task. Spans are written one after the other: [`begin`]
+/// opens one, attributes and the status go to the open span, [`end`] closes it. Fields may come
+/// in any order in protobuf, so a span's end time and late attributes can follow the rest.
+///
+/// [`begin`]: EncodedSpans::begin
+/// [`end`]: EncodedSpans::end
+#[derive(Debug, Default)]
+pub struct EncodedSpans {
+    bytes: Vec<u8>,
+    /// Whole spans in `bytes`.
+    spans: u32,
+    /// Where the open span's length goes (two bytes are kept for it), if one is open.
+    open: Option<usize>,
+}
+
+/// What a span starts with: identity, place in the trace, name, kind and start.
+#[derive(Clone, Copy, Debug)]
+pub struct SpanStart<'a> {
+    /// The trace.
+    pub trace_id: TraceId,
+    /// This span.
+    pub span_id: SpanId,
+    /// The parent span, if any.
+    pub parent: Option<SpanId>,
+    /// Whether the parent lives in another process.
+    pub remote_parent: bool,
+    /// W3C `tracestate` of the trace at this span.
+    pub trace_state: Option<&'a [u8]>,
+    /// Span name.
+    pub name: &'a str,
+    /// More of the name, after a space (`GET` and `/api/*` make `GET /api/*`).
+    pub name_suffix: Option<&'a str>,
+    /// Server or client.
+    pub kind: SpanKind,
+    /// Start, in nanoseconds since the Unix epoch.
+    pub start_unix_nanos: u64,
 }
 
 /// The resource of this process: `service.name`, `service.instance.id` (a random UUID per
@@ -79,72 +126,190 @@ impl Encoder {
         Encoder {
             resource: field_bytes(1, &resource.encode_to_vec()),
             scope: field_bytes(1, &scope.encode_to_vec()),
-            spans: Vec::with_capacity(64 * 1024),
-            span: Vec::with_capacity(1024),
+            chunks: Vec::with_capacity(512),
+            grpc: false,
         }
     }
 
-    /// One `ExportTraceServiceRequest` carrying `spans`, as protobuf bytes.
-    pub fn encode(&mut self, spans: impl IntoIterator<Item = SpanRecord>) -> Bytes {
-        self.spans.clear();
-        for s in spans {
-            self.span.clear();
-            write_span(&mut self.span, &s);
-            len_field(&mut self.spans, 2, &self.span);
-        }
+    /// Requests from now on start with gRPC's 5-byte message prefix (uncompressed, length), so
+    /// that they are a gRPC request body as they are.
+    pub fn grpc_framed(mut self) -> Self {
+        self.grpc = true;
+        self
+    }
+
+    /// One `ExportTraceServiceRequest` carrying the spans of `chunks`, as protobuf bytes (behind
+    /// gRPC's prefix when [`Encoder::grpc_framed`]).
+    pub fn encode(&mut self, chunks: impl IntoIterator<Item = EncodedSpans>) -> Bytes {
+        // The chunks are held until their total size is known, then copied once.
+        self.chunks.clear();
+        self.chunks.extend(chunks);
+        let spans: usize = self.chunks.iter().map(|c| c.bytes.len()).sum();
         // ExportTraceServiceRequest { resource_spans (1): ResourceSpans {
         //   resource (1), scope_spans (2): ScopeSpans { scope (1), spans (2)... } } }
-        let scope_spans = self.scope.len() + self.spans.len();
+        let scope_spans = self.scope.len() + spans;
         let resource_spans = self.resource.len() + 1 + varint_len(scope_spans as u64) + scope_spans;
-        let mut out = Vec::with_capacity(1 + varint_len(resource_spans as u64) + resource_spans);
+        let message = 1 + varint_len(resource_spans as u64) + resource_spans;
+        let mut out = Vec::with_capacity(5 + message);
+        if self.grpc {
+            out.push(0);
+            // A message over 4 GiB cannot be sent; the collector refuses it (counted as failed).
+            out.extend_from_slice(&u32::try_from(message).unwrap_or(u32::MAX).to_be_bytes());
+        }
         key(&mut out, 1, LEN);
         varint(&mut out, resource_spans as u64);
         out.extend_from_slice(&self.resource);
         key(&mut out, 2, LEN);
         varint(&mut out, scope_spans as u64);
         out.extend_from_slice(&self.scope);
-        out.extend_from_slice(&self.spans);
+        for c in self.chunks.drain(..) {
+            // Only whole spans reach a chunk here (`Tracer::record_encoded` drops an open one).
+            out.extend_from_slice(&c.bytes);
+        }
         Bytes::from(out)
     }
 }
 
-/// Protobuf wire types used here.
-const VARINT: u32 = 0;
-const I64: u32 = 1;
-const LEN: u32 = 2;
-const I32: u32 = 5;
+// === impl EncodedSpans ===
 
-/// `Span`'s fields (without the span's own key and length).
-fn write_span(buf: &mut Vec<u8>, s: &SpanRecord) {
-    len_field(buf, 1, &s.trace_id.to_bytes());
-    len_field(buf, 2, &s.span_id.to_bytes());
-    if let Some(ts) = &s.trace_state {
-        len_field(buf, 3, ts.as_bytes());
+impl EncodedSpans {
+    /// Room for about `bytes` of spans (a span with a dozen attributes takes a few hundred).
+    pub fn with_capacity(bytes: usize) -> Self {
+        EncodedSpans {
+            bytes: Vec::with_capacity(bytes),
+            spans: 0,
+            open: None,
+        }
     }
-    if let Some(p) = s.parent {
-        len_field(buf, 4, &p.to_bytes());
+
+    /// Whole spans written.
+    pub fn spans(&self) -> u32 {
+        self.spans
     }
-    len_field(buf, 5, s.name.as_bytes());
-    varint_field(
-        buf,
-        6,
-        match s.kind {
+
+    /// Whether a span is open.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Opens a span with `s`'s fields (its end and attributes to follow); a span still open is
+    /// closed first as it is (with no end time).
+    pub fn begin(&mut self, s: &SpanStart<'_>) {
+        if self.open.is_some() {
+            self.close();
+        }
+        let buf = &mut self.bytes;
+        key(buf, 2, LEN);
+        self.open = Some(buf.len());
+        // Span { trace_id (1), span_id (2) } after the two bytes kept for the length.
+        let mut head = [0; 30];
+        head[2] = 1 << 3 | 2;
+        head[3] = 16;
+        head[4..20].copy_from_slice(&s.trace_id.to_bytes());
+        head[20] = 2 << 3 | 2;
+        head[21] = 8;
+        head[22..30].copy_from_slice(&s.span_id.to_bytes());
+        buf.extend_from_slice(&head);
+        if let Some(ts) = s.trace_state {
+            len_field(buf, 3, ts);
+        }
+        if let Some(p) = s.parent {
+            let mut parent = [4 << 3 | 2, 8, 0, 0, 0, 0, 0, 0, 0, 0];
+            parent[2..].copy_from_slice(&p.to_bytes());
+            buf.extend_from_slice(&parent);
+        }
+        match s.name_suffix {
+            None => len_field(buf, 5, s.name.as_bytes()),
+            Some(suffix) => {
+                key(buf, 5, LEN);
+                varint(buf, (s.name.len() + 1 + suffix.len()) as u64);
+                buf.extend_from_slice(s.name.as_bytes());
+                buf.push(b' ');
+                buf.extend_from_slice(suffix.as_bytes());
+            }
+        }
+        let mut flags = FLAG_SAMPLED;
+        if s.parent.is_some() {
+            flags |= FLAG_HAS_IS_REMOTE;
+            if s.remote_parent {
+                flags |= FLAG_IS_REMOTE;
+            }
+        }
+        // kind (6), start_time_unix_nano (7), flags (16).
+        let mut tail = [0; 17];
+        tail[0] = 6 << 3;
+        tail[1] = match s.kind {
             SpanKind::Server => KIND_SERVER,
             SpanKind::Client => KIND_CLIENT,
-        },
-    );
-    key(buf, 7, I64);
-    buf.extend_from_slice(&s.start_unix_nanos.to_le_bytes());
-    key(buf, 8, I64);
-    buf.extend_from_slice(&s.end_unix_nanos.to_le_bytes());
-    for (k, value) in &s.attributes {
-        // KeyValue { key (1), value (2): AnyValue { string_value (1) | int_value (3) } }
-        let any_len = match value {
-            Value::Static(v) => 1 + varint_len(v.len() as u64) + v.len(),
-            Value::String(v) => 1 + varint_len(v.len() as u64) + v.len(),
-            Value::Shared(v) => 1 + varint_len(v.len() as u64) + v.len(),
-            Value::Int(i) => 1 + varint_len(*i as u64),
-        };
+        } as u8;
+        tail[2] = 7 << 3 | I64 as u8;
+        tail[3..11].copy_from_slice(&s.start_unix_nanos.to_le_bytes());
+        // Field 16's key takes two bytes as a varint.
+        // Field 16 with wire type I32 is 133: two varint bytes.
+        tail[11] = ((16 << 3 | I32) as u8) | 0x80;
+        tail[12] = 1;
+        tail[13..17].copy_from_slice(&flags.to_le_bytes());
+        buf.extend_from_slice(&tail);
+    }
+
+    /// A string attribute of the open span.
+    pub fn str(&mut self, key_: &str, value: &str) {
+        if self.open.is_none() {
+            return;
+        }
+        // KeyValue { key (1), value (2): AnyValue { string_value (1) } }
+        let any_len = 1 + varint_len(value.len() as u64) + value.len();
+        if let Some(head) = short_kv(key_, any_len) {
+            // Every length fits one byte (the usual case): four writes.
+            let buf = &mut self.bytes;
+            buf.reserve(head.len() + key_.len() + 4 + value.len());
+            buf.extend_from_slice(&head);
+            buf.extend_from_slice(key_.as_bytes());
+            buf.extend_from_slice(&[ANY_VALUE, any_len as u8, STRING_VALUE, value.len() as u8]);
+            buf.extend_from_slice(value.as_bytes());
+            return;
+        }
+        self.kv_head(key_, any_len);
+        len_field(&mut self.bytes, 1, value.as_bytes());
+    }
+
+    /// A string attribute of the open span made of `parts` one after the other.
+    pub fn str_parts(&mut self, key_: &str, parts: &[&str]) {
+        if self.open.is_none() {
+            return;
+        }
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let any_len = 1 + varint_len(len as u64) + len;
+        self.kv_head(key_, any_len);
+        key(&mut self.bytes, 1, LEN);
+        varint(&mut self.bytes, len as u64);
+        for p in parts {
+            self.bytes.extend_from_slice(p.as_bytes());
+        }
+    }
+
+    /// An integer attribute of the open span.
+    pub fn int(&mut self, key_: &str, value: i64) {
+        if self.open.is_none() {
+            return;
+        }
+        // AnyValue { int_value (3) }: int64, two's complement as a varint.
+        let any_len = 1 + varint_len(value as u64);
+        if let Some(head) = short_kv(key_, any_len) {
+            let buf = &mut self.bytes;
+            buf.extend_from_slice(&head);
+            buf.extend_from_slice(key_.as_bytes());
+            buf.extend_from_slice(&[ANY_VALUE, any_len as u8, INT_VALUE]);
+            varint(buf, value as u64);
+            return;
+        }
+        self.kv_head(key_, any_len);
+        varint_field(&mut self.bytes, 3, value as u64);
+    }
+
+    /// `Span.attributes` entry up to the `AnyValue`'s contents, which are `any_len` bytes.
+    fn kv_head(&mut self, k: &str, any_len: usize) {
+        let buf = &mut self.bytes;
         let kv_len =
             1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(any_len as u64) + any_len;
         key(buf, 9, LEN);
@@ -152,32 +317,130 @@ fn write_span(buf: &mut Vec<u8>, s: &SpanRecord) {
         len_field(buf, 1, k.as_bytes());
         key(buf, 2, LEN);
         varint(buf, any_len as u64);
-        match value {
-            Value::Static(v) => len_field(buf, 1, v.as_bytes()),
-            Value::String(v) => len_field(buf, 1, v.as_bytes()),
-            Value::Shared(v) => len_field(buf, 1, v.as_bytes()),
-            // int64: two's complement as a varint.
-            Value::Int(i) => varint_field(buf, 3, *i as u64),
-        }
     }
-    if let Status::Error(message) = &s.status {
+
+    /// The open span's status: an error, with `message`.
+    pub fn error(&mut self, message: &str) {
+        if self.open.is_none() {
+            return;
+        }
         // Status { message (2), code (3) }
+        let buf = &mut self.bytes;
         let len = 1 + varint_len(message.len() as u64) + message.len() + 2;
         key(buf, 15, LEN);
         varint(buf, len as u64);
         len_field(buf, 2, message.as_bytes());
         varint_field(buf, 3, STATUS_ERROR);
     }
-    let mut flags = FLAG_SAMPLED;
-    if s.parent.is_some() {
-        flags |= FLAG_HAS_IS_REMOTE;
-        if s.remote_parent {
-            flags |= FLAG_IS_REMOTE;
+
+    /// Closes the open span, which ended at `end_unix_nanos`.
+    pub fn end(&mut self, end_unix_nanos: u64) {
+        if self.open.is_none() {
+            return;
+        }
+        key(&mut self.bytes, 8, I64);
+        self.bytes.extend_from_slice(&end_unix_nanos.to_le_bytes());
+        self.close();
+    }
+
+    /// Writes the open span's length in the room kept for it.
+    fn close(&mut self) {
+        let Some(at) = self.open.take() else {
+            return;
+        };
+        let body = at + 2;
+        let len = self.bytes.len() - body;
+        let n = varint_len(len as u64);
+        match n {
+            1 => {
+                self.bytes[at] = len as u8;
+                self.bytes.copy_within(body.., at + 1);
+                self.bytes.truncate(self.bytes.len() - 1);
+            }
+            2 => {
+                self.bytes[at] = (len as u8) | 0x80;
+                self.bytes[at + 1] = (len >> 7) as u8;
+            }
+            _ => {
+                // 16 KiB or more (a very long path or user agent): make room.
+                let mut prefix = Vec::with_capacity(n);
+                varint(&mut prefix, len as u64);
+                self.bytes.splice(at..body, prefix);
+            }
+        }
+        self.spans += 1;
+    }
+
+    /// Drops the open span, if any, leaving the whole ones.
+    pub fn discard_open(&mut self) {
+        if let Some(at) = self.open.take() {
+            // The span's key is the one byte before its length.
+            self.bytes.truncate(at - 1);
         }
     }
-    key(buf, 16, I32);
-    buf.extend_from_slice(&flags.to_le_bytes());
+
+    /// Appends a whole span record.
+    pub fn push_record(&mut self, s: &SpanRecord) {
+        self.begin(&SpanStart {
+            trace_id: s.trace_id,
+            span_id: s.span_id,
+            parent: s.parent,
+            remote_parent: s.remote_parent,
+            trace_state: s.trace_state.as_ref().map(|v| v.as_bytes()),
+            name: &s.name,
+            name_suffix: None,
+            kind: s.kind,
+            start_unix_nanos: s.start_unix_nanos,
+        });
+        for (k, value) in &s.attributes {
+            match value {
+                Value::Static(v) => self.str(k, v),
+                Value::String(v) => self.str(k, v),
+                Value::Shared(v) => self.str(k, v),
+                Value::Int(i) => self.int(k, *i),
+            }
+        }
+        if let Status::Error(message) = &s.status {
+            self.error(message);
+        }
+        self.end(s.end_unix_nanos);
+    }
 }
+
+impl From<&SpanRecord> for EncodedSpans {
+    fn from(s: &SpanRecord) -> Self {
+        let mut e = EncodedSpans::with_capacity(256);
+        e.push_record(s);
+        e
+    }
+}
+
+impl From<SpanRecord> for EncodedSpans {
+    fn from(s: SpanRecord) -> Self {
+        EncodedSpans::from(&s)
+    }
+}
+
+/// `Span.attributes` (9), `KeyValue.key` (1), `KeyValue.value` (2), `AnyValue.string_value`
+/// (1) and `AnyValue.int_value` (3), each with its wire type: the keys of an attribute.
+const ATTRIBUTE: u8 = 9 << 3 | 2;
+const KV_KEY: u8 = 1 << 3 | 2;
+const ANY_VALUE: u8 = 2 << 3 | 2;
+const STRING_VALUE: u8 = 1 << 3 | 2;
+const INT_VALUE: u8 = 3 << 3;
+
+/// The first bytes of a `Span.attributes` entry with key `k` and an `AnyValue` of `any_len`
+/// bytes, when every length in it takes one byte (`None`: write it the long way).
+fn short_kv(k: &str, any_len: usize) -> Option<[u8; 4]> {
+    let kv_len = 2 + k.len() + 2 + any_len;
+    (kv_len < 0x80).then_some([ATTRIBUTE, kv_len as u8, KV_KEY, k.len() as u8])
+}
+
+/// Protobuf wire types used here.
+const VARINT: u32 = 0;
+const I64: u32 = 1;
+const LEN: u32 = 2;
+const I32: u32 = 5;
 
 // Wire-format primitives on a `Vec<u8>`: prost's generic `BufMut` versions cost several times
 // as much per call, and a span makes dozens of calls.
@@ -188,11 +451,20 @@ fn key(buf: &mut Vec<u8>, tag: u32, wire_type: u32) {
 }
 
 fn varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
+    if v < 0x80 {
+        buf.push(v as u8);
+        return;
     }
-    buf.push(v as u8);
+    // Gathered on the stack, then one copy.
+    let mut tmp = [0; 10];
+    let mut n = 0;
+    while v >= 0x80 {
+        tmp[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    tmp[n] = v as u8;
+    buf.extend_from_slice(&tmp[..=n]);
 }
 
 /// Bytes [`varint`] writes for `v`.
@@ -253,7 +525,6 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span};
 
     use super::*;
-    use crate::trace::context::{SpanId, TraceId};
 
     /// The reference: the same spans converted to the generated types field by field.
     fn reference(resource: &Resource, spans: Vec<SpanRecord>) -> ExportTraceServiceRequest {
@@ -378,11 +649,12 @@ mod tests {
         let mut encoder = Encoder::new(&resource);
         // Twice: buffers reused between batches leave nothing behind.
         for _ in 0..2 {
-            let bytes = encoder.encode(spans());
+            let bytes = encoder.encode(spans().into_iter().map(EncodedSpans::from));
             let decoded = ExportTraceServiceRequest::decode(bytes).unwrap();
             assert_eq!(decoded, reference(&resource, spans()));
         }
-        let empty = ExportTraceServiceRequest::decode(encoder.encode(Vec::new())).unwrap();
+        let empty =
+            ExportTraceServiceRequest::decode(encoder.encode(Vec::<EncodedSpans>::new())).unwrap();
         assert_eq!(empty, reference(&resource, Vec::new()));
         let flags: Vec<u32> = reference(&resource, spans()).resource_spans[0].scope_spans[0]
             .spans
@@ -390,6 +662,134 @@ mod tests {
             .map(|s| s.flags)
             .collect();
         assert_eq!(flags, [0x301, 0x101, 0x001]);
+    }
+
+    /// The proxy's way of writing spans (a client span left open while others are written
+    /// after it is closed, late attributes, a name in two parts, a value in parts, a span
+    /// dropped open) decodes to the same spans as the plain records.
+    #[test]
+    fn written_as_they_end_matches_the_records() {
+        let config = tandem_config::parse(
+            "t.yaml",
+            "listeners:\n  a: { address: 127.0.0.1:1, upstream: u }\nupstreams:\n  u: {}\n\
+             tracing:\n  otlp: { endpoint: \"http://c:4318\" }\n",
+        )
+        .unwrap();
+        let resource = resource(config.tracing.as_ref().unwrap());
+        let trace_id = TraceId::from_u128(7).unwrap();
+        let server_id = SpanId::from_u64(1).unwrap();
+        let client_id = SpanId::from_u64(2).unwrap();
+        let long = "p".repeat(20_000);
+        let mut e = EncodedSpans::with_capacity(64);
+        e.begin(&SpanStart {
+            trace_id,
+            span_id: client_id,
+            parent: Some(server_id),
+            remote_parent: false,
+            trace_state: Some(b"k=v"),
+            name: "GET",
+            name_suffix: None,
+            kind: SpanKind::Client,
+            start_unix_nanos: 10,
+        });
+        e.str("http.request.method", "GET");
+        e.str_parts("url.full", &["http://", "app:80", "/x"]);
+        e.int("http.response.status_code", 503);
+        e.error("HTTP 503 Service Unavailable");
+        // ... the response body ends later:
+        e.int("http.response.body.size", 12);
+        e.end(30);
+        e.begin(&SpanStart {
+            trace_id,
+            span_id: server_id,
+            parent: None,
+            remote_parent: false,
+            trace_state: None,
+            name: "GET",
+            name_suffix: Some("/api/*"),
+            kind: SpanKind::Server,
+            start_unix_nanos: 5,
+        });
+        e.str("url.path", &long);
+        e.int("negative", -3);
+        e.end(40);
+        assert_eq!(e.spans(), 2);
+        // A span still open when the chunk is queued is not sent.
+        e.begin(&SpanStart {
+            trace_id,
+            span_id: SpanId::from_u64(3).unwrap(),
+            parent: None,
+            remote_parent: false,
+            trace_state: None,
+            name: "lost",
+            name_suffix: None,
+            kind: SpanKind::Client,
+            start_unix_nanos: 1,
+        });
+        e.str("k", "v");
+        e.discard_open();
+        assert_eq!(e.spans(), 2);
+        let records = vec![
+            SpanRecord {
+                trace_id,
+                span_id: client_id,
+                parent: Some(server_id),
+                remote_parent: false,
+                trace_state: Some(http::HeaderValue::from_static("k=v")),
+                name: "GET".into(),
+                kind: SpanKind::Client,
+                start_unix_nanos: 10,
+                end_unix_nanos: 30,
+                attributes: vec![
+                    ("http.request.method", Value::Static("GET")),
+                    ("url.full", Value::String("http://app:80/x".into())),
+                    ("http.response.status_code", Value::Int(503)),
+                    ("http.response.body.size", Value::Int(12)),
+                ],
+                status: Status::Error("HTTP 503 Service Unavailable".into()),
+            },
+            SpanRecord {
+                trace_id,
+                span_id: server_id,
+                parent: None,
+                remote_parent: false,
+                trace_state: None,
+                name: "GET /api/*".into(),
+                kind: SpanKind::Server,
+                start_unix_nanos: 5,
+                end_unix_nanos: 40,
+                attributes: vec![
+                    ("url.path", Value::String(long.clone())),
+                    ("negative", Value::Int(-3)),
+                ],
+                status: Status::Unset,
+            },
+        ];
+        let decoded =
+            ExportTraceServiceRequest::decode(Encoder::new(&resource).encode([e])).unwrap();
+        assert_eq!(decoded, reference(&resource, records));
+    }
+
+    /// gRPC framing: the same message behind an uncompressed-flag byte and its length.
+    #[test]
+    fn grpc_framing_prefixes_the_message() {
+        let config = tandem_config::parse(
+            "t.yaml",
+            "listeners:\n  a: { address: 127.0.0.1:1, upstream: u }\nupstreams:\n  u: {}\n\
+             tracing:\n  otlp: { endpoint: \"http://c:4317\", protocol: grpc }\n",
+        )
+        .unwrap();
+        let resource = resource(config.tracing.as_ref().unwrap());
+        let plain = Encoder::new(&resource).encode(spans().into_iter().map(EncodedSpans::from));
+        let framed = Encoder::new(&resource)
+            .grpc_framed()
+            .encode(spans().into_iter().map(EncodedSpans::from));
+        assert_eq!(framed[0], 0);
+        assert_eq!(
+            u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize,
+            plain.len()
+        );
+        assert_eq!(&framed[5..], &plain[..]);
     }
 
     /// Varints and their lengths agree with prost's at every size boundary.

@@ -1,5 +1,6 @@
-//! A finished span as the request path hands it to the exporter: plain data, built only for
-//! sampled requests, converted to OTLP's protobuf form off the request path.
+//! A finished span as plain data, for callers that build one ([`super::Tracer::record`] writes
+//! it as protobuf). The proxy does not: it writes its spans straight to protobuf
+//! ([`super::otlp::EncodedSpans`]), with the same attribute shapes as here.
 //!
 //! Attribute keys are `&'static str` (semantic-convention names are constants) and values are a
 //! small enum, so a span is one `Vec` of attributes plus the strings that vary per request.

@@ -399,3 +399,36 @@ fn hostile_input_never_panics() {
         }
     }
 }
+
+/// HTTP/1.1 lines carry exactly the fields `inject` adds to an HTTP/2 header map, in the same
+/// order, for every combination of formats, sampled or not, with and without tracestate.
+#[test]
+fn render_h1_matches_inject() {
+    let formats = [Propagation::W3c, Propagation::B3, Propagation::B3multi];
+    for mask in 1..8u8 {
+        let chosen: Vec<Propagation> = (0..3)
+            .filter(|i| mask & (1 << i) != 0)
+            .map(|i| formats[i])
+            .collect();
+        let p = Propagator::new(&chosen);
+        for (sampled, trace_state) in [(true, Some("a=1,b=2")), (false, None)] {
+            let ctx = SpanContext {
+                trace_id: TraceId::from_u128(0x0af7651916cd43dd8448eb211c80319c).unwrap(),
+                span_id: SpanId::from_u64(0xb7ad6b7169203331).unwrap(),
+                sampled,
+                trace_state: trace_state.map(HeaderValue::from_static),
+            };
+            let mut expected = String::new();
+            p.each_field(&ctx, |name, value| {
+                expected.push_str(name.as_str());
+                expected.push_str(": ");
+                expected.push_str(std::str::from_utf8(&value).unwrap());
+                expected.push_str("\r\n");
+            });
+            let mut map = HeaderMap::new();
+            p.inject(&ctx, &mut map);
+            assert_eq!(expected.matches("\r\n").count(), map.len(), "{chosen:?}");
+            assert_eq!(p.render_h1(&ctx), expected.as_bytes(), "{chosen:?}");
+        }
+    }
+}
