@@ -196,10 +196,10 @@ const SETTLE: Duration = Duration::from_millis(1500);
 /// ones; a burst (10,000 instances registering in a second: ~80 sets) frees tens of MiB.
 /// mimalloc (the binary's allocator) gives freed pages back to the OS only after its purge
 /// delay, and only when a later page is freed: in a sidecar that goes quiet after the burst,
-/// that is never, and the burst's garbage stays resident (measured: +28 MiB over idle with
-/// 10,000 endpoints instead of +18; docs/benchmarks.md). Allocating and freeing one block
-/// above its largest size class (512 KiB) frees a page, which purges what is due, for the
-/// whole process. Untouched, the block costs no memory; with another allocator it is one
+/// that is never, and the burst's garbage stays resident (10,000 endpoints arriving through
+/// the watch: +28 MiB over idle without this, +21 to +26 with it; docs/benchmarks.md).
+/// Allocating and freeing one block above its largest size class (512 KiB) frees a page,
+/// which purges what is due, for the whole process. Untouched, the block costs no memory; with another allocator it is one
 /// allocation and free, and harmless.
 fn release_freed_memory() {
     let block: Vec<u8> = Vec::with_capacity(1 << 20);
