@@ -241,6 +241,36 @@ def test_sigkill_instance_leaves_after_ttl(tandem, start_backend, etcd_cluster):
         assert who(peer.url) == (200, "b")
 
 
+def test_registration_is_kept_alive_past_its_ttl(tandem, start_backend, etcd_cluster):
+    """A live instance keeps its registration: over several TTLs the key stays under the same
+    lease, the peer never loses it, and no lease is lost. (Keep-alive streams used to open
+    empty and time out, as etcd answers a stream's headers only with its first response: each
+    lease expired after its TTL and was replaced, and peers briefly lost the instance.)"""
+    members = etcd_cluster(1)
+    urls = [m.url for m in members]
+    a = app_sidecar(tandem, start_backend, members, "a")
+    peer = peer_sidecar(tandem, members)
+    wait_for(lambda: addresses(peer) == [a.inbound], 3, "peer sees a")
+
+    def lease():
+        out = etcdctl(urls, "get", f"/tandem/services/orders/{a.inbound}", "-w", "json")
+        kvs = json.loads(out.stdout).get("kvs", [])
+        return kvs[0].get("lease") if kvs else None
+
+    first = lease()
+    assert first
+    seen = set()
+    until = time.monotonic() + 3 * TTL
+    while time.monotonic() < until:
+        seen.add(tuple(addresses(peer)))
+        time.sleep(0.05)
+    assert seen == {(a.inbound,)}
+    assert lease() == first
+    text = httpx.get(f"{a.admin}/metrics").text
+    assert metric(text, "tandem_registration_lease_lost_total", service="orders") == 0
+    assert "registration lost" not in a.log()
+
+
 def test_sigterm_withdraws_before_closing_without_failed_requests(tandem, start_backend, etcd_cluster):
     """SIGTERM: the registration is withdrawn first, the peer stops sending, then the listener
     closes; continuous traffic through the peer sees no failure."""

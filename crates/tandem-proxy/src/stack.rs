@@ -137,6 +137,17 @@ struct LocalZone {
     min_eligible: usize,
 }
 
+/// One endpoint of the set [`UpstreamHandle::set_members`] applies.
+#[derive(Clone, Copy, Debug)]
+pub struct Wanted<'a> {
+    /// Where it is (endpoints are told apart by it).
+    pub address: &'a Address,
+    /// Relative share of traffic (0 counts as 1).
+    pub weight: u32,
+    /// Its zone, when known.
+    pub zone: Option<&'a str>,
+}
+
 /// An endpoint with its state, metric handles and zone, as a set is built from them.
 type MemberEntry = (
     Arc<Endpoint>,
@@ -673,6 +684,20 @@ impl UpstreamHandle {
     /// leave the balancer now, and requests already on them finish. Returns what changed
     /// (nothing: the set is not replaced).
     pub fn set_endpoints(self: &Arc<Self>, wanted: &[UpstreamEndpoint]) -> MembershipChange {
+        self.set_members(wanted.iter().map(|w| Wanted {
+            address: &w.address,
+            weight: w.weight,
+            zone: w.zone.as_deref(),
+        }))
+    }
+
+    /// [`UpstreamHandle::set_endpoints`] from borrowed records: a discovery source applies
+    /// its set of thousands without first copying it (a copy per change, of every address
+    /// and zone, is what a burst of changes would otherwise allocate and free).
+    pub fn set_members<'a>(
+        self: &Arc<Self>,
+        wanted: impl ExactSizeIterator<Item = Wanted<'a>>,
+    ) -> MembershipChange {
         let _serial = self.updating.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.members.load_full();
         // By address, so a set of thousands of endpoints is diffed in linear time.
@@ -684,8 +709,8 @@ impl UpstreamHandle {
             .collect();
         // Zones are few: every endpoint of one zone shares one string.
         let mut zones: HashSet<Arc<str>> = old.zones.iter().flatten().cloned().collect();
-        let mut zone_of = |w: &UpstreamEndpoint| {
-            w.zone.as_deref().map(|z| match zones.get(z) {
+        let mut zone_of = |w: &Wanted| {
+            w.zone.map(|z| match zones.get(z) {
                 Some(shared) => shared.clone(),
                 None => {
                     let shared: Arc<str> = Arc::from(z);
@@ -699,21 +724,21 @@ impl UpstreamHandle {
         let mut joined = Vec::new();
         let mut seen: HashSet<&Address> = HashSet::with_capacity(wanted.len());
         for w in wanted {
-            if !seen.insert(&w.address) {
+            if !seen.insert(w.address) {
                 continue;
             }
             let weight = w.weight.max(1);
-            match index.get(&w.address) {
+            match index.get(w.address) {
                 Some(&i) => {
                     if old.states[i].weight() != weight {
                         change.reweighted.push(old.endpoints[i].label.clone());
                         old.states[i].set_weight(weight);
                     }
-                    let zone = if old.zones[i].as_deref() == w.zone.as_deref() {
+                    let zone = if old.zones[i].as_deref() == w.zone {
                         old.zones[i].clone()
                     } else {
                         change.rezoned.push(old.endpoints[i].label.clone());
-                        zone_of(w)
+                        zone_of(&w)
                     };
                     entries.push((
                         old.endpoints[i].clone(),
@@ -728,7 +753,7 @@ impl UpstreamHandle {
                     change.added.push(endpoint.label.clone());
                     let state = Arc::new(EndpointState::new(weight, self.params.breaker.clone()));
                     joined.push(entries.len());
-                    entries.push((endpoint, state, metrics, zone_of(w)));
+                    entries.push((endpoint, state, metrics, zone_of(&w)));
                 }
             }
         }

@@ -100,6 +100,8 @@ pub struct KeepAlive {
     id: i64,
     tx: mpsc::Sender<LeaseKeepAliveRequest>,
     stream: Streaming<LeaseKeepAliveResponse>,
+    /// A keep-alive was sent whose answer is still to be read (the one sent at open).
+    sent: bool,
 }
 
 // === impl Client ===
@@ -351,6 +353,10 @@ impl Client {
     pub async fn keep_alive(&self, id: i64) -> Result<KeepAlive, Error> {
         let c = self.connected().await?;
         let (tx, rx) = mpsc::channel(1);
+        // The first keep-alive goes out with the stream: etcd answers the stream's headers only
+        // with its first response, so a stream opened empty waits for headers that never come
+        // (every open timed out, and each lease expired after its TTL and was replaced).
+        let _ = tx.send(LeaseKeepAliveRequest { id }).await;
         let stream = match self
             .streaming(
                 &c,
@@ -365,7 +371,12 @@ impl Client {
                 return Err(e);
             }
         };
-        Ok(KeepAlive { id, tx, stream })
+        Ok(KeepAlive {
+            id,
+            tx,
+            stream,
+            sent: true,
+        })
     }
 
     async fn streaming<Req, Res>(
@@ -421,10 +432,12 @@ impl Watch {
 impl KeepAlive {
     /// Refreshes the lease once; returns the TTL etcd granted (0: the lease is gone).
     pub async fn refresh(&mut self, timeout: Duration) -> Result<i64, Error> {
-        self.tx
-            .send(LeaseKeepAliveRequest { id: self.id })
-            .await
-            .map_err(|_| Error::Stream("keep-alive stream closed".into()))?;
+        if !std::mem::take(&mut self.sent) {
+            self.tx
+                .send(LeaseKeepAliveRequest { id: self.id })
+                .await
+                .map_err(|_| Error::Stream("keep-alive stream closed".into()))?;
+        }
         match tokio::time::timeout(timeout, self.stream.message()).await {
             Err(_) => Err(Error::Timeout(timeout)),
             Ok(Ok(Some(r))) => Ok(r.ttl),

@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::client::{Client, Error};
+use super::client::{Client, Error, Watch};
+use super::proto::WatchResponse;
 use super::{service_prefix, Instance};
 use crate::{Endpoint, Publisher};
 
@@ -115,43 +116,91 @@ async fn sync(
             }
             _ = publisher.wait_closed() => return Ok(Ended::Closed),
         };
-        if res.compact_revision > 0 {
-            return Ok(Ended::Compacted(res.compact_revision));
-        }
-        if res.canceled {
-            return Err(Error::Stream(format!(
-                "watch cancelled{}",
-                if res.cancel_reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", res.cancel_reason)
-                }
-            )));
-        }
-        if res.events.is_empty() {
-            // A progress notification says every event up to its header's revision was sent,
-            // so a later resume may start there. (The `created` answer's header is the store's
-            // revision, not the watch's: events before it may still be on their way.)
-            if !res.created {
-                if let Some(h) = &res.header {
-                    view.revision = view.revision.max(h.revision);
-                }
+        // Responses that arrived while the last set was being built are applied together and
+        // published once: a burst (thousands of instances registering, a deploy) costs one
+        // set and one rebuild per batch the source could not keep up with, not one per etcd
+        // transaction. Only what is already received is taken, so nothing waits.
+        let mut changed = false;
+        let mut next = Some(Ok(res));
+        let ended = loop {
+            let Some(r) = next.take() else { break None };
+            match r.and_then(|res| apply(res, key_prefix, view)) {
+                Ok(Applied::Changed) => changed = true,
+                Ok(Applied::Nothing) => {}
+                Ok(Applied::Ended(e)) => break Some(Ok(e)),
+                Err(e) => break Some(Err(e)),
             }
+            next = now(&mut watch).await;
+        };
+        // Applied events are published even when the watch then ended: the next attempt
+        // resumes after them, so they would not come again.
+        if changed {
+            publisher.publish(view.instances.values().cloned().collect());
+        } else if ended.is_none() {
             publisher.confirm();
-            continue;
         }
-        for ev in res.events {
-            let Some(kv) = ev.kv else { continue };
-            view.revision = view.revision.max(kv.mod_revision);
-            let key = String::from_utf8_lossy(&kv.key);
-            view.instances.remove(&*key);
-            if ev.r#type != 1 {
-                if let Some((key, e)) = parse(key_prefix, &kv.key, &kv.value, &mut view.zones) {
-                    view.instances.insert(key, e);
-                }
+        if let Some(ended) = ended {
+            return ended;
+        }
+    }
+}
+
+/// What one watch response did to the view.
+enum Applied {
+    /// Instances changed.
+    Changed,
+    /// A progress notification or the `created` answer.
+    Nothing,
+    /// The watch cannot go on from here.
+    Ended(Ended),
+}
+
+/// Applies one watch response to `view`.
+fn apply(res: WatchResponse, key_prefix: &str, view: &mut View) -> Result<Applied, Error> {
+    if res.compact_revision > 0 {
+        return Ok(Applied::Ended(Ended::Compacted(res.compact_revision)));
+    }
+    if res.canceled {
+        return Err(Error::Stream(format!(
+            "watch cancelled{}",
+            if res.cancel_reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", res.cancel_reason)
+            }
+        )));
+    }
+    if res.events.is_empty() {
+        // A progress notification says every event up to its header's revision was sent,
+        // so a later resume may start there. (The `created` answer's header is the store's
+        // revision, not the watch's: events before it may still be on their way.)
+        if !res.created {
+            if let Some(h) = &res.header {
+                view.revision = view.revision.max(h.revision);
             }
         }
-        publisher.publish(view.instances.values().cloned().collect());
+        return Ok(Applied::Nothing);
+    }
+    for ev in res.events {
+        let Some(kv) = ev.kv else { continue };
+        view.revision = view.revision.max(kv.mod_revision);
+        let key = String::from_utf8_lossy(&kv.key);
+        view.instances.remove(&*key);
+        if ev.r#type != 1 {
+            if let Some((key, e)) = parse(key_prefix, &kv.key, &kv.value, &mut view.zones) {
+                view.instances.insert(key, e);
+            }
+        }
+    }
+    Ok(Applied::Changed)
+}
+
+/// The watch's next response if it has already arrived; `None` without waiting otherwise.
+async fn now(watch: &mut Watch) -> Option<Result<WatchResponse, Error>> {
+    tokio::select! {
+        biased;
+        r = watch.next() => Some(r),
+        () = std::future::ready(()) => None,
     }
 }
 
@@ -188,5 +237,117 @@ fn parse(
             tracing::warn!(key = %key, reason = %why, "ignoring an unreadable instance in etcd");
             None
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::proto::{Event, KeyValue, ResponseHeader};
+    use super::*;
+
+    const PREFIX: &str = "/tandem/services/orders/";
+
+    fn event(delete: bool, id: &str, value: &str, revision: i64) -> Event {
+        Event {
+            r#type: i32::from(delete),
+            kv: Some(KeyValue {
+                key: format!("{PREFIX}{id}").into_bytes(),
+                mod_revision: revision,
+                value: value.as_bytes().to_vec(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn response(events: Vec<Event>) -> WatchResponse {
+        WatchResponse {
+            events,
+            ..Default::default()
+        }
+    }
+
+    fn addresses(view: &View) -> Vec<String> {
+        view.instances
+            .values()
+            .map(|e| e.address.to_string())
+            .collect()
+    }
+
+    /// Responses applied one after another (as a burst is, before one publish) leave the
+    /// view where they would have one at a time: puts, replacements and deletes in order,
+    /// the revision at the last event, keys outside the service and unreadable values skipped.
+    #[test]
+    fn responses_apply_in_order() {
+        let mut view = View::default();
+        let first = response(vec![
+            event(false, "a", "10.0.0.1:80", 5),
+            event(false, "b", r#"{"address":"10.0.0.2:80","zone":"z1"}"#, 5),
+            event(false, "nested/c", "10.0.0.3:80", 5),
+            event(false, "d", "not an address", 5),
+        ]);
+        let second = response(vec![
+            event(true, "a", "", 6),
+            event(false, "b", r#"{"address":"10.0.0.4:80","zone":"z1"}"#, 7),
+        ]);
+        assert!(matches!(
+            apply(first, PREFIX, &mut view).unwrap(),
+            Applied::Changed
+        ));
+        assert!(matches!(
+            apply(second, PREFIX, &mut view).unwrap(),
+            Applied::Changed
+        ));
+        assert_eq!(addresses(&view), ["10.0.0.4:80"]);
+        assert_eq!(view.revision, 7);
+        assert_eq!(view.zones.len(), 1);
+    }
+
+    /// A progress notification moves the resume revision on, the `created` answer does not;
+    /// a compaction ends the watch for a relist, a cancellation is an error.
+    #[test]
+    fn progress_created_compacted_cancelled() {
+        let mut view = View {
+            revision: 10,
+            ..View::default()
+        };
+        let header = Some(ResponseHeader {
+            revision: 20,
+            ..Default::default()
+        });
+        let created = WatchResponse {
+            created: true,
+            header: header.clone(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            apply(created, PREFIX, &mut view).unwrap(),
+            Applied::Nothing
+        ));
+        assert_eq!(view.revision, 10);
+        let progress = WatchResponse {
+            header,
+            ..Default::default()
+        };
+        assert!(matches!(
+            apply(progress, PREFIX, &mut view).unwrap(),
+            Applied::Nothing
+        ));
+        assert_eq!(view.revision, 20);
+        let compacted = WatchResponse {
+            compact_revision: 15,
+            ..Default::default()
+        };
+        assert!(matches!(
+            apply(compacted, PREFIX, &mut view).unwrap(),
+            Applied::Ended(Ended::Compacted(15))
+        ));
+        let cancelled = WatchResponse {
+            canceled: true,
+            cancel_reason: "no space".into(),
+            ..Default::default()
+        };
+        let err = apply(cancelled, PREFIX, &mut view).err().unwrap();
+        assert!(err.to_string().contains("no space"), "{err}");
     }
 }
