@@ -12,6 +12,7 @@
 # Both proxies export to the same sink (bench/telemetry/otlp_sink.py: accepts, does not decode).
 #
 #   bench/telemetry/run.sh [harness args, e.g. --quick or --reps 2]
+#   ONLY="t-off t-all e-off e-all" bench/telemetry/run.sh ...   (a subset of the columns)
 # Results: $OUT (default /tmp/tandem-telemetry-bench/results/<timestamp>); summary at the end.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -174,7 +175,7 @@ sleep 1
 cd "$scratch"
 t="$tandem run --threads 1 --log warn -c $conf"
 e="$envoy --concurrency 1 --disable-hot-restart --log-level warn -c $conf"
-./run-proxies.sh --only "direct t-off t-metrics t-all e-off envoy e-all" \
+./run-proxies.sh --only "${ONLY:-direct t-off t-metrics t-all e-off envoy e-all}" \
   --add "t-off|$t/t-off.yaml|28511|28511|28513" \
   --add "t-metrics|$t/t-metrics.yaml|28521|28521|28523" \
   --add "t-all|$t/t-all.yaml|28531|28531|28533" \
