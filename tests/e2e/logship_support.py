@@ -120,3 +120,16 @@ def finish(w):
     out, _ = w.communicate(timeout=120)
     assert w.returncode == 0
     return json.loads(out)
+
+
+def wait_shipped_or_refused(t, rcv, log, n, timeout):
+    """Waits until the receiver holds every one of the `n` lines of `log` but those Tandem
+    dropped as refused for good, then until the file is checkpointed to its end. (The lag gauge
+    alone is no signal: it is 0 as well before the tailer has seen the file grow.)"""
+    def settled():
+        refused = metric(metrics(t), "tandem_logs_sink_dropped_lines_total", sink="central", reason="rejected") or 0
+        return rcv.stats(n)["unique"] + int(refused) >= n
+
+    wait_for(settled, timeout, f"all {n} lines shipped or refused")
+    wait_for(lambda: metric(metrics(t), "tandem_logs_file_lag_bytes", source="app", file=str(log)) == 0,
+             timeout, "every line checkpointed")

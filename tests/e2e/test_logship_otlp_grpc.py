@@ -7,7 +7,7 @@ INVALID_ARGUMENT dropped and counted.
 Each test prints its numbers (`-s`).
 """
 from conftest import metric, wait_for
-from logship_support import Receiver, finish, logs_config, metrics, report, wait_tailing, writer
+from logship_support import Receiver, finish, logs_config, metrics, report, wait_shipped_or_refused, wait_tailing, writer
 
 N = 20_000
 
@@ -46,8 +46,7 @@ def test_otlp_grpc_invalid_argument_is_dropped(tandem, procs, tmp_path):
     t = tandem(grpc_config(tmp_path, rcv, log).replace("      concurrency: 4\n", ""))
     wait_tailing(t)
     finish(writer(log, 5000, 0))
-    wait_for(lambda: metric(metrics(t), "tandem_logs_file_lag_bytes", source="app", file=str(log)) == 0, 30,
-             "every line confirmed, the refused batch too")
+    wait_shipped_or_refused(t, rcv, log, 5000, 30)
     dropped = int(metric(metrics(t), "tandem_logs_sink_dropped_lines_total", sink="central", reason="rejected") or 0)
     s = rcv.stats(5000)
     report("otlp over grpc, INVALID_ARGUMENT once", s, dropped=dropped)

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import metric, wait_for
-from logship_support import Receiver, finish, logs_config, metrics, report, wait_tailing, writer
+from logship_support import Receiver, finish, logs_config, metrics, report, wait_shipped_or_refused, wait_tailing, writer
 
 N = 20_000
 
@@ -32,8 +32,7 @@ def test_400_drops_one_batch_and_moves_on(tandem, procs, tmp_path, fmt):
     t = tandem(cfg)
     wait_tailing(t)
     gen = finish(writer(log, N, 0))
-    wait_for(lambda: metric(metrics(t), "tandem_logs_file_lag_bytes", source="app", file=str(log)) == 0, 60,
-             "every line confirmed and checkpointed, the refused batch too")
+    wait_shipped_or_refused(t, rcv, log, N, 60)
     text = metrics(t)
     dropped = int(metric(text, "tandem_logs_sink_dropped_lines_total", sink="central", reason="rejected") or 0)
     s = rcv.stats(N)
