@@ -107,6 +107,11 @@ impl Budget {
         *self.lock()
     }
 
+    /// Whether the shared budget (not counting the window) has `bytes` free now.
+    pub fn shared_has_room(&self, bytes: usize) -> bool {
+        *self.lock() + bytes.min(self.inner.limit) <= self.inner.limit
+    }
+
     /// Bytes and lines in use now in this window; None for the shared budget itself.
     pub fn window_used(&self) -> Option<(usize, usize)> {
         let _used = self.lock();

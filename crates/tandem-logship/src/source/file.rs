@@ -890,6 +890,12 @@ impl FileTailer {
             (None, false) => {
                 self.paused = true;
                 self.metrics.paused.set(1);
+                if self.budget.shared_has_room(READ_SIZE) {
+                    // Ahead of the sinks by the window: the normal state of a source that
+                    // reads faster than its sinks deliver, nothing to warn about.
+                    tracing::debug!(source = %self.cfg.name, "log source paused: its window is full (ahead of its sinks)");
+                    return None;
+                }
                 let due = self
                     .last_pause_log
                     .is_none_or(|t| t.elapsed() >= PAUSE_LOG_EVERY);
