@@ -329,6 +329,12 @@ impl LogShipper {
                 sinks,
                 committer: ctl_tx.clone(),
             };
+            // A file source reads no further ahead than its sinks take in their next
+            // deliveries (two rounds of `concurrency` batches): more would only sit in memory.
+            let (window_bytes, window_lines) = receiving()
+                .map(|k| file_window(k.batch.max_bytes, k.batch.max_lines, k.concurrency))
+                .fold((0, 0), |(b, l), (kb, kl)| (b.max(kb), l.max(kl)));
+            let window = budget.window(window_bytes, window_lines);
             let file_rows = status.add_files(&src.name);
             let tailer = FileTailer::new(
                 TailerConfig {
@@ -348,7 +354,7 @@ impl LogShipper {
                 per_source.remove(&src.name).unwrap_or_default(),
                 keys.clone(),
                 out,
-                budget.clone(),
+                window,
                 metrics.clone(),
             )
             .with_status(file_rows);
@@ -480,9 +486,33 @@ fn hostname() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
+/// The window of a file source for one of its sinks: what that sink takes in two rounds of
+/// `concurrency` batches, in budget bytes (line bytes plus each record's cost) and lines.
+pub fn file_window(max_bytes: usize, max_lines: usize, concurrency: usize) -> (usize, usize) {
+    let rounds = 2 * concurrency.max(1);
+    let batch_bytes = max_bytes
+        .saturating_add(max_lines.saturating_mul(source::file::RECORD_OVERHEAD))
+        .saturating_add(source::file::READ_SIZE);
+    (
+        rounds.saturating_mul(batch_bytes),
+        rounds.saturating_mul(max_lines),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file source's window is two rounds of `concurrency` batches of its sink, each batch
+    /// charged as the budget charges it (lines plus each record's cost, plus one read).
+    #[test]
+    fn file_window_is_two_rounds_of_deliveries() {
+        let batch = (1 << 20) + 1000 * source::file::RECORD_OVERHEAD + source::file::READ_SIZE;
+        assert_eq!(file_window(1 << 20, 1000, 1), (2 * batch, 2000));
+        assert_eq!(file_window(1 << 20, 1000, 4), (8 * batch, 8000));
+        assert_eq!(file_window(1 << 20, 1000, 0), (2 * batch, 2000));
+        assert_eq!(file_window(usize::MAX, usize::MAX, 64).1, usize::MAX);
+    }
 
     #[test]
     fn labels_merge_in_order() {

@@ -88,8 +88,9 @@ pub const COPY_GRACE: Duration = Duration::from_secs(3);
 /// shorter prefixes (a timestamp) are too common to tell files apart.
 pub const MIN_MOVE_FINGERPRINT: u32 = 64;
 
-/// Budget charged per record and per chunk on top of line bytes, for their bookkeeping.
-const RECORD_OVERHEAD: usize = 64;
+/// Budget charged per record and per chunk on top of line bytes, for their bookkeeping: a
+/// record costs its own size (its message shares the read buffer, counted as line bytes).
+pub const RECORD_OVERHEAD: usize = std::mem::size_of::<Record>();
 const CHUNK_OVERHEAD: usize = 256;
 
 /// How often a source that keeps waiting for the budget says so.
@@ -889,6 +890,12 @@ impl FileTailer {
             (None, false) => {
                 self.paused = true;
                 self.metrics.paused.set(1);
+                if self.budget.shared_has_room(READ_SIZE) {
+                    // Ahead of the sinks by the window: the normal state of a source that
+                    // reads faster than its sinks deliver, nothing to warn about.
+                    tracing::debug!(source = %self.cfg.name, "log source paused: its window is full (ahead of its sinks)");
+                    return None;
+                }
                 let due = self
                     .last_pause_log
                     .is_none_or(|t| t.elapsed() >= PAUSE_LOG_EVERY);
@@ -1018,6 +1025,7 @@ impl FileTailer {
         }
         let mut permit = self.budget.empty_permit();
         permit.resize(bytes + records.len() * RECORD_OVERHEAD + CHUNK_OVERHEAD);
+        permit.hold_lines(records.len());
         let chunk = Arc::new(Chunk::new(
             records,
             bytes,

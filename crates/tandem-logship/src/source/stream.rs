@@ -60,7 +60,7 @@ use crate::spill::{read_records, AppendError, DiskBuffer};
 const READ_SIZE: usize = 64 * 1024;
 
 /// Budget charged per record and per chunk on top of line bytes (as the file source does).
-const RECORD_OVERHEAD: usize = 64;
+const RECORD_OVERHEAD: usize = std::mem::size_of::<Record>();
 const CHUNK_OVERHEAD: usize = 256;
 
 /// Generation keys of stream chunks: memory chunks need no confirmation tracking, disk chunks

@@ -69,6 +69,21 @@ impl Harness {
         budget: usize,
         dir: tempfile::TempDir,
     ) -> Harness {
+        Harness::build_on(
+            cfg,
+            checkpointed,
+            Budget::new(budget, Gauge::default()),
+            dir,
+        )
+    }
+
+    /// A harness reading within `budget` (a window of a shared budget, say).
+    fn build_on(
+        cfg: TailerConfig,
+        checkpointed: Vec<Entry>,
+        budget: Budget,
+        dir: tempfile::TempDir,
+    ) -> Harness {
         let (tx, chunks) = tokio::sync::mpsc::unbounded_channel();
         let (ctl_tx, ctl) = std::sync::mpsc::channel();
         let keys = Arc::new(AtomicU64::new(1000));
@@ -88,7 +103,7 @@ impl Harness {
                 sinks: vec![tx],
                 committer: ctl_tx,
             },
-            Budget::new(budget, Gauge::default()),
+            budget,
             Arc::new(Metrics::new()),
         );
         Harness {
@@ -471,6 +486,49 @@ fn budget_pauses_and_resumes() {
     got.extend(h.messages());
     assert!(pauses > 5, "{pauses}");
     expect_numbered(&got, 1, 10_000);
+}
+
+/// Within its window, a source pauses once it has the window's lines in flight (over by at most
+/// one read), though the shared budget has plenty of room; as chunks are confirmed it goes on,
+/// nothing is skipped, and at the end the window and the budget are whole again.
+#[test]
+fn window_pauses_and_resumes_before_the_budget_is_spent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "app.log", StartAt::Beginning);
+    let shared = Budget::new(64 << 20, Gauge::default());
+    let window = shared.window(1 << 20, 500);
+    let mut h = Harness::build_on(cfg, Vec::new(), window.clone(), dir);
+    h.append("app.log", &numbered(1, 10_000));
+    h.tailer.scan(Instant::now());
+    // Lines of 52 bytes: one read of READ_SIZE bytes brings at most this many.
+    let one_read = READ_SIZE / 52 + 1;
+    let mut got = Vec::new();
+    let mut pauses = 0;
+    loop {
+        match h.tailer.round() {
+            Progress::More => {}
+            Progress::Paused => {
+                pauses += 1;
+                let (_, lines) = window.window_used().unwrap();
+                assert!(lines >= 500 && lines < 500 + one_read, "{lines}");
+                assert!(shared.used() < 4 << 20, "{}", shared.used());
+                // The sink confirms what it has: the chunks are dropped.
+                while let Ok(c) = h.chunks.try_recv() {
+                    got.extend(
+                        c.records
+                            .iter()
+                            .map(|r| String::from_utf8_lossy(&r.message).into_owned()),
+                    );
+                }
+            }
+            Progress::CaughtUp => break,
+        }
+    }
+    got.extend(h.messages());
+    assert!(pauses >= 5, "{pauses}");
+    expect_numbered(&got, 1, 10_000);
+    assert_eq!(window.window_used(), Some((0, 0)));
+    assert_eq!(shared.used(), 0);
 }
 
 /// A deleted file is drained and released; its last line, without `\n`, goes out with it.
