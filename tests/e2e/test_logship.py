@@ -112,10 +112,12 @@ def test_graceful_restart_ships_nothing_twice(tandem, receiver, tmp_path):
     assert (s["missing"], s["duplicates"]) == (0, 0)
 
 
-def test_receiver_down_then_back(tandem, receiver, tmp_path):
-    """The receiver closes its port (connections refused, open ones cut) for 4 s while lines
-    keep coming: Tandem retries with back-off, the sources pause when the memory budget is
-    full, and once the receiver is back every line arrives: 0 missing."""
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("down_s", [4, 120])
+def test_receiver_down_then_back(tandem, receiver, tmp_path, down_s):
+    """The receiver closes its port (connections refused, open ones cut) for 4 s, and for two
+    minutes, while lines keep coming: Tandem retries with back-off, the sources pause when the
+    memory budget is full, and once the receiver is back every line arrives: 0 missing."""
     log = tmp_path / "app.log"
     log.touch()
     t = tandem(logs_config(tmp_path, receiver, [log]))
@@ -130,6 +132,8 @@ def test_receiver_down_then_back(tandem, receiver, tmp_path):
     early = lag(metrics(t))
     time.sleep(3)
     mid = metrics(t)
+    time.sleep(down_s - 4)
+    late = metrics(t)
     receiver.control(down=False)
     gen = finish(w)
     s = receiver.wait_all(n)
@@ -137,8 +141,8 @@ def test_receiver_down_then_back(tandem, receiver, tmp_path):
     retries = {r: metric(text, "tandem_logs_retries_total", sink="central", reason=r)
                for r in ("connect", "io", "timeout")}
     paused = metric(mid, "tandem_logs_source_paused", source="app")
-    report("receiver down 4 s", s, writer=gen, unique_when_down=down_at, retries=retries,
-           lag_after_1s=early, lag_after_4s=lag(mid), source_paused=paused,
+    report(f"receiver down {down_s} s", s, writer=gen, unique_when_down=down_at, retries=retries,
+           lag_after_1s=early, lag_after_4s=lag(mid), lag_at_the_end=lag(late), source_paused=paused,
            budget_used=metric(mid, "tandem_logs_budget_used_bytes"))
     assert s["missing"] == 0
     assert s["duplicates"] <= BATCH, "at most the batch cut mid-answer"
@@ -146,6 +150,8 @@ def test_receiver_down_then_back(tandem, receiver, tmp_path):
     assert lag(mid) > early > 0, "the lag grows while the sink is down"
     assert paused == 1, "the source waits for the budget instead of buffering without bound"
     assert metric(mid, "tandem_logs_budget_used_bytes") <= 4 * 1024 * 1024 + 64 * 1024
+    assert metric(late, "tandem_logs_budget_used_bytes") <= 4 * 1024 * 1024 + 64 * 1024
+    assert lag(late) >= lag(mid), "nothing confirmed while the receiver was down"
     assert lag(metrics(t)) == 0, "all confirmed once the receiver is back"
 
 
