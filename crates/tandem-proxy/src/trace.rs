@@ -600,12 +600,8 @@ fn endpoint_address(label: &str) -> (&str, Option<i64>) {
 
 fn push_names(s: &mut EncodedSpans, listener: &str, target: Option<&RouteTarget>) {
     match target {
-        Some(t) => {
-            let [listener, route, upstream] = &t.span_names;
-            s.str("tandem.listener", listener);
-            s.str("tandem.route", route);
-            s.str("tandem.upstream", upstream);
-        }
+        // The same three attributes as `str` writes them, encoded when the route was built.
+        Some(t) => s.attributes(&t.span_names),
         // No route matched (rare): the listener's name alone.
         None => s.str("tandem.listener", listener),
     }
