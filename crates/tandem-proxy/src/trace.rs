@@ -37,7 +37,7 @@
 //! the query of `url.full`): they often carry tokens, and spans leave the host.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -46,7 +46,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tandem_config::PathMatch;
 use tandem_telemetry::access_log::End;
-use tandem_telemetry::trace::{EncodedSpans, SpanContext, SpanId, SpanKind, SpanStart, Tracer};
+use tandem_telemetry::trace::{
+    EncodedAttributes, EncodedSpans, SpanContext, SpanId, SpanKind, SpanStart, Tracer,
+};
 use tokio::time::Instant;
 
 use crate::error::{ErrorKind, ProxyError};
@@ -251,10 +253,8 @@ impl RequestTrace {
         if let Some(p) = port {
             s.int("server.port", p);
         }
-        s.str(
-            "network.protocol.version",
-            if to.http2 { "2" } else { "1.1" },
-        );
+        let versions = &CONSTANT_ATTRIBUTES.protocol_version;
+        s.attributes(if to.http2 { &versions[2] } else { &versions[1] });
         if attempt > 1 {
             s.int("http.request.resend_count", i64::from(attempt - 1));
         }
@@ -468,7 +468,7 @@ impl Recording {
             s.str("http.request.method_original", m.as_str());
         }
         s.str("url.path", self.uri.path());
-        s.str("url.scheme", "http");
+        s.attributes(&CONSTANT_ATTRIBUTES.url_scheme_http);
         let host = match self.uri.authority() {
             Some(a) => Some(a.host()),
             None => self.host.as_ref().and_then(|h| h.to_str().ok()),
@@ -479,14 +479,12 @@ impl Recording {
         if let Some(port) = self.port {
             s.int("server.port", i64::from(port));
         }
-        s.str(
-            "network.protocol.version",
-            match self.version {
-                Version::HTTP_2 => "2",
-                Version::HTTP_10 => "1.0",
-                _ => "1.1",
-            },
-        );
+        let versions = &CONSTANT_ATTRIBUTES.protocol_version;
+        s.attributes(match self.version {
+            Version::HTTP_2 => &versions[2],
+            Version::HTTP_10 => &versions[0],
+            _ => &versions[1],
+        });
         if let Some(ip) = self.client {
             let mut text = IpText::default();
             s.str("client.address", text.of(ip));
@@ -544,6 +542,23 @@ impl IpText {
         }
     }
 }
+
+/// Attributes whose key and value are both constants, encoded once for the process: a copy
+/// of their bytes instead of writing key and value, on every request.
+struct ConstantAttributes {
+    /// `url.scheme` = `http`.
+    url_scheme_http: EncodedAttributes,
+    /// `network.protocol.version` = `1.0`, `1.1`, `2`.
+    protocol_version: [EncodedAttributes; 3],
+}
+
+static CONSTANT_ATTRIBUTES: LazyLock<ConstantAttributes> = LazyLock::new(|| {
+    let version = |v| EncodedAttributes::strs(&[("network.protocol.version", v)]);
+    ConstantAttributes {
+        url_scheme_http: EncodedAttributes::strs(&[("url.scheme", "http")]),
+        protocol_version: [version("1.0"), version("1.1"), version("2")],
+    }
+});
 
 /// `http.route` for a route's path condition: the exact path, or the prefix as `prefix/*`.
 pub fn http_route(path: Option<&PathMatch>) -> Option<Arc<str>> {
