@@ -241,7 +241,7 @@ impl RequestTrace {
             kind: SpanKind::Client,
             start_unix_nanos,
         });
-        s.str("http.request.method", method);
+        s.attributes(method_attribute(method));
         if method == "_OTHER" {
             s.str("http.request.method_original", to.method.as_str());
         }
@@ -463,7 +463,7 @@ impl Recording {
 
     /// The server span's attributes that describe the request as it arrived.
     fn request_attributes(&self, s: &mut EncodedSpans) {
-        s.str("http.request.method", self.method);
+        s.attributes(method_attribute(self.method));
         if let Some(m) = &self.method_original {
             s.str("http.request.method_original", m.as_str());
         }
@@ -550,6 +550,24 @@ struct ConstantAttributes {
     url_scheme_http: EncodedAttributes,
     /// `network.protocol.version` = `1.0`, `1.1`, `2`.
     protocol_version: [EncodedAttributes; 3],
+    /// `http.request.method` = each of [`METHOD_NAMES`].
+    methods: [EncodedAttributes; METHOD_NAMES.len()],
+}
+
+/// What [`method_name`] returns.
+const METHOD_NAMES: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "_OTHER",
+];
+
+/// `http.request.method` = `name` (one of [`METHOD_NAMES`]), encoded.
+fn method_attribute(name: &'static str) -> &'static EncodedAttributes {
+    let methods = &CONSTANT_ATTRIBUTES.methods;
+    // `_OTHER` (the last) for anything else, which `method_name` never returns.
+    let i = METHOD_NAMES
+        .iter()
+        .position(|m| *m == name)
+        .unwrap_or(METHOD_NAMES.len() - 1);
+    &methods[i]
 }
 
 static CONSTANT_ATTRIBUTES: LazyLock<ConstantAttributes> = LazyLock::new(|| {
@@ -557,6 +575,7 @@ static CONSTANT_ATTRIBUTES: LazyLock<ConstantAttributes> = LazyLock::new(|| {
     ConstantAttributes {
         url_scheme_http: EncodedAttributes::strs(&[("url.scheme", "http")]),
         protocol_version: [version("1.0"), version("1.1"), version("2")],
+        methods: METHOD_NAMES.map(|m| EncodedAttributes::strs(&[("http.request.method", m)])),
     }
 });
 
@@ -625,6 +644,34 @@ fn push_names(s: &mut EncodedSpans, listener: &str, target: Option<&RouteTarget>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The method attributes encoded once are those `str` writes for each name `method_name`
+    /// can return; the constant ones likewise.
+    #[test]
+    fn constant_attributes_are_the_encoded_pairs() {
+        for m in [
+            "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+            "PROPFIND",
+        ] {
+            let name = method_name(&Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET));
+            assert_eq!(
+                method_attribute(name),
+                &EncodedAttributes::strs(&[("http.request.method", name)]),
+                "{m}"
+            );
+        }
+        let c = &CONSTANT_ATTRIBUTES;
+        assert_eq!(
+            c.url_scheme_http,
+            EncodedAttributes::strs(&[("url.scheme", "http")])
+        );
+        for (v, a) in ["1.0", "1.1", "2"].iter().zip(&c.protocol_version) {
+            assert_eq!(
+                a,
+                &EncodedAttributes::strs(&[("network.protocol.version", v)])
+            );
+        }
+    }
 
     /// Route templates, method names and endpoint addresses as the conventions want them.
     #[test]
