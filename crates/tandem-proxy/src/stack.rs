@@ -33,7 +33,7 @@ use tandem_config::{
 };
 use tandem_telemetry::access_log::AccessLog;
 use tandem_telemetry::discovery::EndpointFamilies;
-use tandem_telemetry::trace::Tracer;
+use tandem_telemetry::trace::{EncodedAttributes, Tracer};
 use tandem_telemetry::{
     Counter, EndpointMetrics, ListenerMetrics, Metrics, RouteMetrics, UpstreamMetrics,
 };
@@ -227,9 +227,9 @@ pub struct RouteTarget {
     pub errors: ErrorCounters,
     /// `http.route` of its spans: the route's path condition as a template, if it has one.
     pub http_route: Option<Arc<str>>,
-    /// `tandem.listener`, `tandem.route` and `tandem.upstream` of its spans, shared by every
-    /// span rather than copied into each.
-    pub span_names: [Arc<str>; 3],
+    /// `tandem.listener`, `tandem.route` and `tandem.upstream` of its spans, encoded once as
+    /// OTLP attributes: each span copies the bytes rather than writing three attributes.
+    pub span_names: EncodedAttributes,
     /// JWT authentication, when the route requires it.
     pub jwt: Option<Arc<Verifier>>,
 }
@@ -407,11 +407,11 @@ impl Snapshot {
                         metrics: metrics.route(direction, &l.name, route, upstream),
                         errors: ErrorCounters::new(metrics, &l.name, upstream),
                         http_route: crate::trace::http_route(path),
-                        span_names: [
-                            Arc::from(l.name.as_str()),
-                            Arc::from(route),
-                            Arc::from(upstream),
-                        ],
+                        span_names: EncodedAttributes::strs(&[
+                            ("tandem.listener", l.name.as_str()),
+                            ("tandem.route", route),
+                            ("tandem.upstream", upstream),
+                        ]),
                         jwt,
                         upstream: up,
                     })

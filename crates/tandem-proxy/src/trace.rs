@@ -37,7 +37,7 @@
 //! the query of `url.full`): they often carry tokens, and spans leave the host.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -46,7 +46,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tandem_config::PathMatch;
 use tandem_telemetry::access_log::End;
-use tandem_telemetry::trace::{EncodedSpans, SpanContext, SpanId, SpanKind, SpanStart, Tracer};
+use tandem_telemetry::trace::{
+    EncodedAttributes, EncodedSpans, SpanContext, SpanId, SpanKind, SpanStart, Tracer,
+};
 use tokio::time::Instant;
 
 use crate::error::{ErrorKind, ProxyError};
@@ -239,7 +241,7 @@ impl RequestTrace {
             kind: SpanKind::Client,
             start_unix_nanos,
         });
-        s.str("http.request.method", method);
+        s.attributes(method_attribute(method));
         if method == "_OTHER" {
             s.str("http.request.method_original", to.method.as_str());
         }
@@ -251,10 +253,8 @@ impl RequestTrace {
         if let Some(p) = port {
             s.int("server.port", p);
         }
-        s.str(
-            "network.protocol.version",
-            if to.http2 { "2" } else { "1.1" },
-        );
+        let versions = &CONSTANT_ATTRIBUTES.protocol_version;
+        s.attributes(if to.http2 { &versions[2] } else { &versions[1] });
         if attempt > 1 {
             s.int("http.request.resend_count", i64::from(attempt - 1));
         }
@@ -463,12 +463,12 @@ impl Recording {
 
     /// The server span's attributes that describe the request as it arrived.
     fn request_attributes(&self, s: &mut EncodedSpans) {
-        s.str("http.request.method", self.method);
+        s.attributes(method_attribute(self.method));
         if let Some(m) = &self.method_original {
             s.str("http.request.method_original", m.as_str());
         }
         s.str("url.path", self.uri.path());
-        s.str("url.scheme", "http");
+        s.attributes(&CONSTANT_ATTRIBUTES.url_scheme_http);
         let host = match self.uri.authority() {
             Some(a) => Some(a.host()),
             None => self.host.as_ref().and_then(|h| h.to_str().ok()),
@@ -479,14 +479,12 @@ impl Recording {
         if let Some(port) = self.port {
             s.int("server.port", i64::from(port));
         }
-        s.str(
-            "network.protocol.version",
-            match self.version {
-                Version::HTTP_2 => "2",
-                Version::HTTP_10 => "1.0",
-                _ => "1.1",
-            },
-        );
+        let versions = &CONSTANT_ATTRIBUTES.protocol_version;
+        s.attributes(match self.version {
+            Version::HTTP_2 => &versions[2],
+            Version::HTTP_10 => &versions[0],
+            _ => &versions[1],
+        });
         if let Some(ip) = self.client {
             let mut text = IpText::default();
             s.str("client.address", text.of(ip));
@@ -545,6 +543,42 @@ impl IpText {
     }
 }
 
+/// Attributes whose key and value are both constants, encoded once for the process: a copy
+/// of their bytes instead of writing key and value, on every request.
+struct ConstantAttributes {
+    /// `url.scheme` = `http`.
+    url_scheme_http: EncodedAttributes,
+    /// `network.protocol.version` = `1.0`, `1.1`, `2`.
+    protocol_version: [EncodedAttributes; 3],
+    /// `http.request.method` = each of [`METHOD_NAMES`].
+    methods: [EncodedAttributes; METHOD_NAMES.len()],
+}
+
+/// What [`method_name`] returns.
+const METHOD_NAMES: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "_OTHER",
+];
+
+/// `http.request.method` = `name` (one of [`METHOD_NAMES`]), encoded.
+fn method_attribute(name: &'static str) -> &'static EncodedAttributes {
+    let methods = &CONSTANT_ATTRIBUTES.methods;
+    // `_OTHER` (the last) for anything else, which `method_name` never returns.
+    let i = METHOD_NAMES
+        .iter()
+        .position(|m| *m == name)
+        .unwrap_or(METHOD_NAMES.len() - 1);
+    &methods[i]
+}
+
+static CONSTANT_ATTRIBUTES: LazyLock<ConstantAttributes> = LazyLock::new(|| {
+    let version = |v| EncodedAttributes::strs(&[("network.protocol.version", v)]);
+    ConstantAttributes {
+        url_scheme_http: EncodedAttributes::strs(&[("url.scheme", "http")]),
+        protocol_version: [version("1.0"), version("1.1"), version("2")],
+        methods: METHOD_NAMES.map(|m| EncodedAttributes::strs(&[("http.request.method", m)])),
+    }
+});
+
 /// `http.route` for a route's path condition: the exact path, or the prefix as `prefix/*`.
 pub fn http_route(path: Option<&PathMatch>) -> Option<Arc<str>> {
     match path? {
@@ -600,12 +634,8 @@ fn endpoint_address(label: &str) -> (&str, Option<i64>) {
 
 fn push_names(s: &mut EncodedSpans, listener: &str, target: Option<&RouteTarget>) {
     match target {
-        Some(t) => {
-            let [listener, route, upstream] = &t.span_names;
-            s.str("tandem.listener", listener);
-            s.str("tandem.route", route);
-            s.str("tandem.upstream", upstream);
-        }
+        // The same three attributes as `str` writes them, encoded when the route was built.
+        Some(t) => s.attributes(&t.span_names),
         // No route matched (rare): the listener's name alone.
         None => s.str("tandem.listener", listener),
     }
@@ -614,6 +644,34 @@ fn push_names(s: &mut EncodedSpans, listener: &str, target: Option<&RouteTarget>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The method attributes encoded once are those `str` writes for each name `method_name`
+    /// can return; the constant ones likewise.
+    #[test]
+    fn constant_attributes_are_the_encoded_pairs() {
+        for m in [
+            "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+            "PROPFIND",
+        ] {
+            let name = method_name(&Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET));
+            assert_eq!(
+                method_attribute(name),
+                &EncodedAttributes::strs(&[("http.request.method", name)]),
+                "{m}"
+            );
+        }
+        let c = &CONSTANT_ATTRIBUTES;
+        assert_eq!(
+            c.url_scheme_http,
+            EncodedAttributes::strs(&[("url.scheme", "http")])
+        );
+        for (v, a) in ["1.0", "1.1", "2"].iter().zip(&c.protocol_version) {
+            assert_eq!(
+                a,
+                &EncodedAttributes::strs(&[("network.protocol.version", v)])
+            );
+        }
+    }
 
     /// Route templates, method names and endpoint addresses as the conventions want them.
     #[test]

@@ -71,6 +71,28 @@ pub struct EncodedSpans {
     open: Option<usize>,
 }
 
+/// String attributes encoded once, exactly as [`EncodedSpans::str`] writes them one by one,
+/// for attributes every span of a route carries with the same values (its listener, route and
+/// upstream names): one copy per span instead of a key and value written per attribute.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodedAttributes(Box<[u8]>);
+
+impl EncodedAttributes {
+    /// `pairs` (key, value) as string attributes, in order.
+    pub fn strs(pairs: &[(&str, &str)]) -> EncodedAttributes {
+        let mut s = EncodedSpans {
+            bytes: Vec::new(),
+            spans: 0,
+            // Open, so that `str` writes: the bytes are never closed as a span.
+            open: Some(0),
+        };
+        for (k, v) in pairs {
+            s.str(k, v);
+        }
+        EncodedAttributes(s.bytes.into_boxed_slice())
+    }
+}
+
 /// What a span starts with: identity, place in the trace, name, kind and start.
 #[derive(Clone, Copy, Debug)]
 pub struct SpanStart<'a> {
@@ -250,6 +272,14 @@ impl EncodedSpans {
         tail[12] = 1;
         tail[13..17].copy_from_slice(&flags.to_le_bytes());
         buf.extend_from_slice(&tail);
+    }
+
+    /// Attributes encoded beforehand, added to the open span as they are.
+    pub fn attributes(&mut self, encoded: &EncodedAttributes) {
+        if self.open.is_none() {
+            return;
+        }
+        self.bytes.extend_from_slice(&encoded.0);
     }
 
     /// A string attribute of the open span.
@@ -771,6 +801,48 @@ mod tests {
     }
 
     /// gRPC framing: the same message behind an uncompressed-flag byte and its length.
+    /// Attributes encoded beforehand are the bytes `str` writes for them one by one, short
+    /// values and values whose lengths take more than one byte alike.
+    #[test]
+    fn encoded_attributes_match_str() {
+        let long = "u".repeat(300);
+        let pairs = [
+            ("tandem.listener", "inbound"),
+            ("tandem.route", ""),
+            ("tandem.upstream", long.as_str()),
+            ("tandem.route", "r\u{e9}\"q"),
+        ];
+        let start = SpanStart {
+            trace_id: TraceId::from_u128(7).unwrap(),
+            span_id: SpanId::from_u64(1).unwrap(),
+            parent: None,
+            remote_parent: false,
+            trace_state: None,
+            name: "GET",
+            name_suffix: None,
+            kind: SpanKind::Server,
+            start_unix_nanos: 10,
+        };
+        let mut by_str = EncodedSpans::with_capacity(64);
+        by_str.begin(&start);
+        by_str.int("http.response.status_code", 200);
+        for (k, v) in pairs {
+            by_str.str(k, v);
+        }
+        by_str.end(20);
+        let mut encoded = EncodedSpans::with_capacity(64);
+        encoded.begin(&start);
+        encoded.int("http.response.status_code", 200);
+        encoded.attributes(&EncodedAttributes::strs(&pairs));
+        encoded.end(20);
+        assert_eq!(encoded.bytes, by_str.bytes);
+        assert_eq!(encoded.spans, 1);
+        // Nothing is written when no span is open.
+        let mut closed = EncodedSpans::with_capacity(64);
+        closed.attributes(&EncodedAttributes::strs(&pairs));
+        assert!(closed.bytes.is_empty());
+    }
+
     #[test]
     fn grpc_framing_prefixes_the_message() {
         let config = tandem_config::parse(

@@ -432,3 +432,46 @@ fn render_h1_matches_inject() {
         }
     }
 }
+
+/// The table-per-nibble encoder `hex64` replaced, as reference.
+fn hex_by_table(bytes: &[u8]) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    bytes
+        .iter()
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
+        .collect()
+}
+
+#[test]
+fn hex_ids_match_the_per_nibble_encoder_and_fmt() {
+    let mut values: Vec<u64> = vec![
+        1,
+        9,
+        10,
+        15,
+        16,
+        0x0123_4567_89ab_cdef,
+        0xfedc_ba98_7654_3210,
+        0xa0a0_a0a0_9f9f_9f9f,
+        u64::MAX,
+        u64::MAX - 1,
+        1 << 63,
+    ];
+    values.extend((0..64).map(|i| 1u64 << i));
+    let mut rng = fastrand::Rng::with_seed(7);
+    values.extend((0..2000).map(|_| rng.u64(1..)));
+    for v in values {
+        let span = SpanId::from_u64(v).expect("non-zero").to_hex();
+        assert_eq!(span.to_vec(), hex_by_table(&v.to_be_bytes()), "{v:#x}");
+        assert_eq!(span.to_vec(), format!("{v:016x}").into_bytes(), "{v:#x}");
+        for w in [
+            u128::from(v),
+            u128::from(v) << 64 | u128::from(!v),
+            u128::from(v) << 64,
+        ] {
+            let trace = TraceId::from_u128(w).expect("non-zero").to_hex();
+            assert_eq!(trace.to_vec(), hex_by_table(&w.to_be_bytes()), "{w:#x}");
+            assert_eq!(trace.to_vec(), format!("{w:032x}").into_bytes(), "{w:#x}");
+        }
+    }
+}
