@@ -245,24 +245,29 @@ impl HttpSink {
                     },
                     Api::Otlp(o) => {
                         let answer = text.unwrap_or_default();
-                        let rejected = if o.content_type() == "application/json" {
+                        self.otlp_partial(if o.content_type() == "application/json" {
                             otlp::rejected_json(&answer)
                         } else {
                             otlp::rejected(&answer)
-                        };
-                        match rejected {
-                            None => Outcome::Delivered,
-                            Some((n, why)) => {
-                                self.metrics.dropped_lines[1].inc_by(n);
-                                tracing::warn!(sink = %self.name, rejected = n, error = %why, "the OTLP receiver rejected log records (partial success); they are dropped and counted");
-                                Outcome::Partial {
-                                    dropped: usize::try_from(n).unwrap_or(usize::MAX),
-                                    resend: None,
-                                }
-                            }
-                        }
+                        })
                     }
                     Api::Ndjson | Api::Loki(_) => Outcome::Delivered,
+                }
+            }
+        }
+    }
+
+    /// An OTLP answer's partial success (`rejected` records and why, over HTTP or gRPC): the
+    /// rest was delivered; the rejected are dropped, counted and logged.
+    fn otlp_partial(&self, rejected: Option<(u64, String)>) -> Outcome {
+        match rejected {
+            None => Outcome::Delivered,
+            Some((n, why)) => {
+                self.metrics.dropped_lines[1].inc_by(n);
+                tracing::warn!(sink = %self.name, rejected = n, error = %why, "the OTLP receiver rejected log records (partial success); they are dropped and counted");
+                Outcome::Partial {
+                    dropped: usize::try_from(n).unwrap_or(usize::MAX),
+                    resend: None,
                 }
             }
         }
@@ -282,18 +287,7 @@ impl HttpSink {
         match code {
             Some(0) => {
                 // One frame: flag, length, ExportLogsServiceResponse.
-                let answer = body.get(5..).unwrap_or_default();
-                match otlp::rejected(answer) {
-                    None => Outcome::Delivered,
-                    Some((n, why)) => {
-                        self.metrics.dropped_lines[1].inc_by(n);
-                        tracing::warn!(sink = %self.name, rejected = n, error = %why, "the OTLP receiver rejected log records (partial success); they are dropped and counted");
-                        Outcome::Partial {
-                            dropped: usize::try_from(n).unwrap_or(usize::MAX),
-                            resend: None,
-                        }
-                    }
-                }
+                self.otlp_partial(otlp::rejected(body.get(5..).unwrap_or_default()))
             }
             Some(3) => Outcome::Rejected {
                 status: 400,
