@@ -181,8 +181,7 @@ impl RequestTrace {
             if r.spans.is_open() {
                 // The previous try got a response and was retried: its span ended then.
                 r.spans.end(r.answered_end);
-                let spans =
-                    std::mem::replace(&mut r.spans, EncodedSpans::with_capacity(SPANS_CAPACITY));
+                let spans = std::mem::replace(&mut r.spans, EncodedSpans::recycled(SPANS_CAPACITY));
                 self.tracer.record_encoded(spans);
             }
         }
@@ -281,8 +280,7 @@ impl RequestTrace {
             TryOutcome::Response(_) => r.answered_end = end_unix_nanos,
             TryOutcome::Failed(_) => {
                 s.end(end_unix_nanos);
-                let spans =
-                    std::mem::replace(&mut r.spans, EncodedSpans::with_capacity(SPANS_CAPACITY));
+                let spans = std::mem::replace(&mut r.spans, EncodedSpans::recycled(SPANS_CAPACITY));
                 self.tracer.record_encoded(spans);
             }
         }
@@ -456,7 +454,7 @@ impl Recording {
             user_agent,
             upstream_url: None,
             error: None,
-            spans: EncodedSpans::with_capacity(SPANS_CAPACITY),
+            spans: EncodedSpans::recycled(SPANS_CAPACITY),
             answered_end: 0,
         }
     }
