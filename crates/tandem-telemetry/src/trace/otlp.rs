@@ -86,15 +86,23 @@ pub struct EncodedAttributes(Box<[u8]>);
 impl EncodedAttributes {
     /// `pairs` (key, value) as string attributes, in order.
     pub fn strs(pairs: &[(&str, &str)]) -> EncodedAttributes {
+        EncodedAttributes::build(|s| {
+            for (k, v) in pairs {
+                s.str(k, v);
+            }
+        })
+    }
+
+    /// The attributes `write` adds to a span ([`EncodedSpans::str`], [`EncodedSpans::int`]
+    /// ...), in order.
+    pub fn build(write: impl FnOnce(&mut EncodedSpans)) -> EncodedAttributes {
         let mut s = EncodedSpans {
             bytes: Vec::new(),
             spans: 0,
-            // Open, so that `str` writes: the bytes are never closed as a span.
+            // Open, so that attributes are written: the bytes are never closed as a span.
             open: Some(0),
         };
-        for (k, v) in pairs {
-            s.str(k, v);
-        }
+        write(&mut s);
         EncodedAttributes(s.bytes.into_boxed_slice())
     }
 }
