@@ -457,7 +457,7 @@ async fn proxy(
         let elapsed = ended - now;
         let to = TryTarget {
             method: &method,
-            endpoint: &endpoint.label,
+            endpoint: &endpoint.span_address,
             http2: use_h2,
             listener: &stack.name,
             target,

@@ -31,6 +31,7 @@ use http::{Request, Response};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tandem_config::{Address, Pool};
+use tandem_telemetry::trace::EncodedAttributes;
 use tokio::time::Instant;
 
 use crate::body::{ProxyBody, RequestBody};
@@ -187,6 +188,8 @@ pub struct Endpoint {
     pub address: Address,
     /// Printable address for errors and logs.
     pub label: String,
+    /// `server.address` and `server.port` of client spans to it, encoded once.
+    pub span_address: EncodedAttributes,
     connector: Connector,
     http1: Arc<Http1Pool>,
     http2: Arc<Http2Slot>,
@@ -302,8 +305,10 @@ impl Endpoint {
         pool: &Pool,
         limit: Option<Arc<ConnLimit>>,
     ) -> Self {
+        let label = address.to_string();
         let endpoint = Endpoint {
-            label: address.to_string(),
+            span_address: crate::trace::endpoint_attributes(&label),
+            label,
             connector: Connector::new(address.clone(), connect_timeout),
             address,
             http1: Arc::new_cyclic(|me| Http1Pool {

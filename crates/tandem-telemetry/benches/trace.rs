@@ -187,7 +187,7 @@ fn benches(c: &mut Criterion) {
          tracing:\n  otlp: { endpoint: \"http://127.0.0.1:4318\" }\n",
     )
     .unwrap();
-    let mut encoder = otlp::Encoder::new(&otlp::resource(config.tracing.as_ref().unwrap()));
+    let encoder = otlp::Encoder::new(&otlp::resource(config.tracing.as_ref().unwrap()));
     c.bench_function("encode a batch of 512 spans (OTLP protobuf)", |b| {
         b.iter_batched(
             || {

@@ -323,3 +323,39 @@ async fn shutdown_flushes_the_queue() {
     assert_eq!(spans(&received), 3);
     assert_eq!(metrics.exported.get(), 3);
 }
+
+/// A whole batch goes at once; the spans after it wait for the next tick (here: shutdown),
+/// rather than going in a small request of their own right after it.
+#[tokio::test]
+async fn whole_batches_go_at_once_the_rest_waits() {
+    let (addr, received) = grpc_collector().await;
+    let metrics = TraceMetrics::register(&mut Registry::default());
+    let (tracer, exporter) = Tracer::new(
+        &config(
+            &format!("http://{addr}"),
+            "grpc",
+            "  flush_interval: 1h\n  batch: 4\n",
+        ),
+        metrics.clone(),
+    );
+    let handle = exporter.spawn();
+    // Let the first (immediate) tick pass with an empty queue.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 1..=9 {
+        tracer.record(span(i));
+    }
+    eventually("two whole batches", || spans(&received) == 8).await;
+    // Time for a wrong export of the ninth span to arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sizes = |r: &Received| -> Vec<usize> {
+        r.lock()
+            .unwrap()
+            .iter()
+            .map(|(req, _)| req.resource_spans[0].scope_spans[0].spans.len())
+            .collect()
+    };
+    assert_eq!(sizes(&received), [4, 4]);
+    handle.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(sizes(&received), [4, 4, 1]);
+    assert_eq!(metrics.exported.get(), 9);
+}

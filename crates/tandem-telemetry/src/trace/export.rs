@@ -2,18 +2,21 @@
 //! over OTLP/gRPC (`TraceService/Export`) or OTLP/HTTP (`POST` protobuf), both with hyper's
 //! client.
 //!
-//! It wakes every `flush_interval`, or at once when the request path sees a whole batch waiting,
-//! and exports everything queued, `batch` spans per request, one request at a time, each bounded
-//! by the export timeout. While a request is out the queue keeps filling and, once full, drops:
-//! a slow collector costs spans, never request latency. A failed request drops its batch and is
-//! counted; the first failure after a success is logged as a warning, the rest at debug level
-//! until the collector takes a batch again, so a collector that is down does not flood the log.
+//! It wakes when the request path seals a whole batch and exports the sealed batches; every
+//! `flush_interval` it exports the batch still filling too. One request at a time (`batch`
+//! spans at most each), each bounded by the export timeout. A wake does not send the few spans
+//! that came in during the last export: every export request costs about as much CPU on the
+//! proxy's core whatever it carries, so they wait for their batch to fill. While a request is
+//! out the queue keeps filling and, once full, drops: a slow collector costs spans, never
+//! request latency. A failed request drops its batch and is counted; the first failure after a
+//! success is logged as a warning, the rest at debug level until the collector takes a batch
+//! again, so a collector that is down does not flood the log.
 //!
 //! gRPC is framed here rather than by tonic: a unary call is one HTTP/2 POST whose body is the
 //! message behind a 5-byte prefix, answered by a message and `grpc-status` in the trailers.
-//! The encoder leaves room for the prefix in front of the request it writes, so a batch goes
-//! out as the bytes it was written into; tonic's codec would copy every batch into a buffer of
-//! its own (most of what the export cost per span after the encoding).
+//! The batch buffer keeps room for the prefix and the request header in front of its spans, so
+//! a batch goes out as the bytes the spans were copied into; tonic's codec would copy every
+//! batch into a buffer of its own (most of what the export cost per span after the encoding).
 //!
 //! Connections: gRPC keeps one HTTP/2 connection (prior knowledge, connected on first use and
 //! again after a failure); HTTP keeps hyper's pooled keep-alive connections. Only `http://` (no
@@ -36,7 +39,6 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use super::otlp;
-use super::otlp::EncodedSpans;
 use super::{Queue, TraceMetrics};
 
 /// Largest collector response read (OTLP responses are a few bytes; errors a short message).
@@ -45,10 +47,7 @@ const MAX_RESPONSE: usize = 64 * 1024;
 /// Drains the span queue to the collector; [`Exporter::spawn`] starts it.
 pub struct Exporter {
     queue: Arc<Queue>,
-    /// A chunk popped that did not fit in the last batch: the first of the next.
-    held: Option<EncodedSpans>,
     wake: Arc<Notify>,
-    batch: usize,
     flush_interval: Duration,
     timeout: Duration,
     endpoint: String,
@@ -96,25 +95,29 @@ enum Client {
 // === impl Exporter ===
 
 impl Exporter {
+    /// The encoder of `config`'s export requests.
+    pub(super) fn encoder(config: &Tracing) -> otlp::Encoder {
+        match config.otlp.protocol {
+            OtlpProtocol::Grpc => otlp::Encoder::new(&otlp::resource(config)).grpc_framed(),
+            OtlpProtocol::HttpProtobuf => otlp::Encoder::new(&otlp::resource(config)),
+        }
+    }
+
     pub(super) fn new(
         config: &Tracing,
+        encoder: otlp::Encoder,
         queue: Arc<Queue>,
         wake: Arc<Notify>,
         metrics: TraceMetrics,
     ) -> Self {
         Exporter {
             queue,
-            held: None,
             wake,
-            batch: config.batch.clamp(1, config.queue.max(1)),
             flush_interval: config.flush_interval,
             timeout: config.otlp.timeout,
             endpoint: config.otlp.endpoint.clone(),
             protocol: config.otlp.protocol,
-            encoder: match config.otlp.protocol {
-                OtlpProtocol::Grpc => otlp::Encoder::new(&otlp::resource(config)).grpc_framed(),
-                OtlpProtocol::HttpProtobuf => otlp::Encoder::new(&otlp::resource(config)),
-            },
+            encoder,
             metrics,
             failing: false,
         }
@@ -132,52 +135,40 @@ impl Exporter {
         let mut tick = tokio::time::interval(self.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let stopping = tokio::select! {
-                _ = tick.tick() => false,
-                _ = self.wake.notified() => false,
-                _ = &mut stop => true,
+            // (stopping, everything): a tick or the stop exports everything queued; a wake
+            // (a whole batch is waiting) whole batches only, so that the export right after a
+            // full one does not go out with the few spans that came in meanwhile: every export
+            // costs a request's worth of work on the proxy's core whatever it carries.
+            let (stopping, all) = tokio::select! {
+                _ = tick.tick() => (false, true),
+                _ = self.wake.notified() => (false, false),
+                _ = &mut stop => (true, true),
             };
-            self.flush(&mut client).await;
+            self.flush(&mut client, all).await;
             if stopping {
                 return;
             }
         }
     }
 
-    /// Exports everything queued now, a batch (at most `batch` spans) per request.
-    async fn flush(&mut self, client: &mut Client) {
+    /// Exports what is queued now, a batch (at most `batch` spans) per request: the sealed
+    /// batches, and when `all` the one being filled too (else it waits to fill, or for the
+    /// next tick).
+    async fn flush(&mut self, client: &mut Client, all: bool) {
         loop {
-            if self.held.is_none() && self.queue.is_empty() {
-                return;
-            }
-            // Chunks go from the queue straight into the encoder, not through a `Vec`; the
-            // chunk that would overflow the batch waits for the next one.
-            let (queue, batch, held) = (&self.queue, self.batch, &mut self.held);
-            let mut taken = 0;
-            let mut full = false;
-            let request = self.encoder.encode(std::iter::from_fn(|| {
-                if full {
-                    return None;
-                }
-                let chunk = held.take().or_else(|| queue.pop())?;
-                let n = chunk.spans() as usize;
-                // A chunk larger than a whole batch goes alone.
-                if taken > 0 && taken + n > batch {
-                    *held = Some(chunk);
-                    full = true;
-                    return None;
-                }
-                taken += n;
-                if taken >= batch {
-                    full = true;
-                }
-                Some(chunk)
-            }));
-            if taken == 0 {
-                return;
-            }
-            self.export(client, request, taken as u64).await;
-            if !full {
+            let (batch, last) = match self.queue.pop() {
+                Some(b) => (b, false),
+                // A partial batch: everything there was. What comes in meanwhile waits.
+                None if all => match self.queue.take_open() {
+                    Some(b) => (b, true),
+                    None => return,
+                },
+                None => return,
+            };
+            let n = batch.spans as u64;
+            let request = self.encoder.finish(batch.bytes, self.queue.room());
+            self.export(client, request, n).await;
+            if last {
                 return;
             }
         }

@@ -6,17 +6,20 @@
 //! ```text
 //! request path:  Tracer::start_server (extract, sample) -> spans built only when sampled
 //!                -> spans written as OTLP protobuf as they end (otlp::EncodedSpans), a request's together
-//!                -> Tracer::record_encoded: queue push; full -> dropped, counted (never waits)
-//! exporter task: every flush_interval, or at once when a batch is waiting:
-//!                pop up to `batch` -> ExportTraceServiceRequest -> OTLP/gRPC or OTLP/HTTP,
-//!                bounded by the export timeout; failed -> the batch is dropped, counted
+//!                -> Tracer::record_encoded: copied to the end of the batch being filled, sealed
+//!                   at `batch` spans; queue full -> dropped, counted (never waits)
+//! exporter task: at once when a batch is sealed, and every flush_interval (then the batch
+//!                being filled too): header written in front -> ExportTraceServiceRequest ->
+//!                OTLP/gRPC or OTLP/HTTP, bounded by the export timeout; failed -> the batch
+//!                is dropped, counted
 //! ```
 //!
 //! Why not the OpenTelemetry SDK: its spans are built for in-process instrumentation (a span
 //! object per span with locks, dynamic attribute maps, a processor chain), while Tandem knows
 //! every span's shape in advance. A sampled request's spans are written as protobuf bytes when
-//! they end, from what the request holds ([`otlp::EncodedSpans`]), and queued together; the
-//! exporter only splices them into a request ([`otlp::Encoder`]). [`SpanRecord`] is the same
+//! they end, from what the request holds ([`otlp::EncodedSpans`]), and copied together into
+//! the batch that becomes the export request; the exporter only writes the request's header in
+//! front ([`otlp::Encoder`]). [`SpanRecord`] is the same
 //! span as plain data, for callers that build one ([`Tracer::record`]). `opentelemetry-proto`
 //! (the generated types of the official protos) encodes the resource and decodes collector
 //! responses, and is the reference the encoder is tested against; gRPC is framed by hand over
@@ -43,7 +46,7 @@ pub mod sample;
 pub mod span;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_queue::ArrayQueue;
 use http::HeaderMap;
@@ -67,58 +70,123 @@ pub struct Tracer {
     sampler: Sampler,
     queue: Arc<Queue>,
     wake: Arc<Notify>,
-    batch: usize,
     metrics: TraceMetrics,
 }
 
-/// Finished spans waiting for the exporter, in chunks (a request's spans travel together), and
-/// bounded in spans: `tracing.queue` spans at most, whatever the chunks hold.
+/// Finished spans waiting for the exporter, bounded in spans (`tracing.queue` at most).
+///
+/// A request's spans are copied, as they are recorded, to the end of the batch being filled
+/// (one buffer, with room for the export request's header in front, see [`otlp::Encoder`]);
+/// a batch of `batch` spans is sealed and handed over whole. Per request that is a short lock
+/// and one copy of bytes still in cache, and the request's own buffer is freed at once, to be
+/// reused by the next; queuing each request's buffer instead cost a queue slot, a buffer
+/// cycling through memory until the export, and a second copy into the export request.
 #[derive(Debug)]
 pub(crate) struct Queue {
-    chunks: ArrayQueue<EncodedSpans>,
-    /// Spans in `chunks`.
+    /// Sealed batches, oldest first. As many slots as spans: never full before `spans` says so.
+    sealed: ArrayQueue<Batch>,
+    /// The batch being filled.
+    open: Mutex<Batch>,
+    /// Spans in `sealed` and `open`.
     spans: AtomicUsize,
     /// Most spans held.
     capacity: usize,
+    /// Most spans per batch (more only when one request's spans are more).
+    batch: usize,
+    /// Bytes kept free at the start of every batch for the request header.
+    room: usize,
+}
+
+/// Spans in one buffer, after `Queue::room` free bytes: one export request once finished.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) spans: usize,
+}
+
+impl Batch {
+    fn new(room: usize, capacity: usize) -> Self {
+        let mut bytes = Vec::with_capacity(capacity.max(room));
+        bytes.resize(room, 0);
+        Batch { bytes, spans: 0 }
+    }
 }
 
 impl Queue {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, batch: usize, room: usize) -> Self {
         let capacity = capacity.max(1);
         Queue {
-            // A chunk holds at least one span: never full before `spans` says so.
-            chunks: ArrayQueue::new(capacity),
+            sealed: ArrayQueue::new(capacity),
+            open: Mutex::new(Batch::new(room, room)),
             spans: AtomicUsize::new(0),
             capacity,
+            batch: batch.clamp(1, capacity),
+            room,
         }
     }
 
-    /// Queues `chunk`; gives it back when its spans do not fit. Returns the spans now queued.
-    fn push(&self, chunk: EncodedSpans) -> Result<usize, EncodedSpans> {
+    /// Bytes kept free at the start of every batch.
+    pub(crate) fn room(&self) -> usize {
+        self.room
+    }
+
+    /// Adds `chunk`'s whole spans to the open batch, sealing it when a batch is full; `Err` when
+    /// they do not fit in the queue. `Ok(true)`: a sealed batch is waiting.
+    fn push(&self, chunk: &EncodedSpans) -> Result<bool, ()> {
         let n = chunk.spans() as usize;
         let before = self.spans.fetch_add(n, Ordering::AcqRel);
         if before + n > self.capacity {
             self.spans.fetch_sub(n, Ordering::AcqRel);
-            return Err(chunk);
+            return Err(());
         }
-        match self.chunks.push(chunk) {
-            Ok(()) => Ok(before + n),
-            Err(chunk) => {
-                self.spans.fetch_sub(n, Ordering::AcqRel);
-                Err(chunk)
-            }
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sealed = false;
+        // The chunk goes whole into one batch: the open one is sealed first when it would
+        // overflow (a chunk larger than a batch makes one of its own).
+        if open.spans > 0 && open.spans + n > self.batch {
+            self.seal(&mut open);
+            sealed = true;
+        }
+        open.bytes.extend_from_slice(chunk.as_bytes());
+        open.spans += n;
+        if open.spans >= self.batch {
+            self.seal(&mut open);
+            sealed = true;
+        }
+        Ok(sealed)
+    }
+
+    /// Moves the open batch to `sealed`, and starts the next one as large as this one.
+    fn seal(&self, open: &mut Batch) {
+        let next = Batch::new(self.room, open.bytes.len());
+        let full = std::mem::replace(open, next);
+        let n = full.spans;
+        if self.sealed.push(full).is_err() {
+            // Unreachable: a sealed batch holds a span at least and there are as many slots
+            // as spans may be held. Were it reached, its spans would be lost uncounted.
+            self.spans.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
-    pub(crate) fn pop(&self) -> Option<EncodedSpans> {
-        let chunk = self.chunks.pop()?;
-        self.spans
-            .fetch_sub(chunk.spans() as usize, Ordering::AcqRel);
-        Some(chunk)
+    /// The oldest sealed batch.
+    pub(crate) fn pop(&self) -> Option<Batch> {
+        let batch = self.sealed.pop()?;
+        self.spans.fetch_sub(batch.spans, Ordering::AcqRel);
+        Some(batch)
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+    /// The batch being filled, if it holds any span (a flush that does not wait for it to
+    /// fill).
+    pub(crate) fn take_open(&self) -> Option<Batch> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.spans == 0 {
+            return None;
+        }
+        let next = Batch::new(self.room, open.bytes.len());
+        let batch = std::mem::replace(&mut *open, next);
+        drop(open);
+        self.spans.fetch_sub(batch.spans, Ordering::AcqRel);
+        Some(batch)
     }
 
     /// Spans queued.
@@ -162,18 +230,21 @@ struct ReasonLabels {
 impl Tracer {
     /// The tracer for `config`, and the exporter that drains its queue (to be spawned).
     pub fn new(config: &Tracing, metrics: TraceMetrics) -> (Arc<Tracer>, Exporter) {
-        let queue = Arc::new(Queue::new(config.queue));
+        let encoder = Exporter::encoder(config);
+        let queue = Arc::new(Queue::new(
+            config.queue,
+            config.batch,
+            encoder.header_room(),
+        ));
         let wake = Arc::new(Notify::new());
-        let batch = config.batch.clamp(1, config.queue.max(1));
         let tracer = Arc::new(Tracer {
             propagator: Propagator::new(&config.propagation),
             sampler: Sampler::new(config.sample_ratio),
             queue: queue.clone(),
             wake: wake.clone(),
-            batch,
             metrics: metrics.clone(),
         });
-        let exporter = Exporter::new(config, queue, wake, metrics);
+        let exporter = Exporter::new(config, encoder, queue, wake, metrics);
         (tracer, exporter)
     }
 
@@ -221,17 +292,16 @@ impl Tracer {
         if n == 0 {
             return;
         }
-        match self.queue.push(spans) {
+        match self.queue.push(&spans) {
             // Wake the exporter once a batch is waiting, rather than on every span.
-            Ok(queued) => {
-                if queued >= self.batch {
-                    self.wake.notify_one();
-                }
-            }
-            Err(_) => {
+            Ok(true) => self.wake.notify_one(),
+            Ok(false) => {}
+            Err(()) => {
                 self.metrics.dropped_queue_full.inc_by(u64::from(n));
             }
         }
+        // Still in cache: the next request's buffer.
+        spans.recycle();
     }
 }
 
@@ -329,6 +399,53 @@ mod tests {
         let s = tracer.start_server(&HeaderMap::new());
         assert!(s.parent.is_none());
         assert!(!s.context.sampled, "ratio 0 samples no new trace");
+    }
+
+    /// Spans go into batches of at most `batch` spans (a request's spans never split; more
+    /// than a batch make one of their own), sealed as they fill, after the room kept for the
+    /// header; the batch being filled is taken only when asked for.
+    #[test]
+    fn queue_seals_whole_batches() {
+        let chunk = |spans: u64| {
+            let mut c = EncodedSpans::with_capacity(64);
+            for i in 1..=spans {
+                c.push_record(&SpanRecord {
+                    span_id: SpanId::from_u64(i).unwrap(),
+                    ..span(&Started {
+                        context: SpanContext {
+                            trace_id: TraceId::from_u128(1).unwrap(),
+                            span_id: SpanId::from_u64(1).unwrap(),
+                            sampled: true,
+                            trace_state: None,
+                        },
+                        parent: None,
+                    })
+                });
+            }
+            c
+        };
+        let q = Queue::new(100, 4, 7);
+        assert_eq!(q.push(&chunk(2)), Ok(false));
+        assert_eq!(q.push(&chunk(1)), Ok(false));
+        assert!(q.pop().is_none(), "nothing sealed before a batch is full");
+        // 3 + 2 > 4: the open batch is sealed first, the two go into the next.
+        assert_eq!(q.push(&chunk(2)), Ok(true));
+        assert_eq!(q.push(&chunk(2)), Ok(true));
+        assert_eq!(q.push(&chunk(9)), Ok(true));
+        assert_eq!(q.push(&chunk(1)), Ok(false));
+        assert_eq!(q.len(), 17);
+        let sizes: Vec<usize> = std::iter::from_fn(|| q.pop())
+            .map(|b| {
+                assert_eq!(&b.bytes[..7], &[0; 7], "the header's room comes first");
+                assert_eq!(b.bytes.len(), 7 + chunk(1).as_bytes().len() * b.spans);
+                b.spans
+            })
+            .collect();
+        assert_eq!(sizes, [3, 4, 9]);
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.take_open().map(|b| b.spans), Some(1));
+        assert!(q.take_open().is_none());
+        assert_eq!(q.len(), 0);
     }
 
     /// A full queue drops and counts instead of waiting; the exporter is woken per batch.

@@ -2,8 +2,9 @@
 //! describes this Tandem.
 //!
 //! The request path writes each sampled span as it ends, straight from what it holds, into an
-//! [`EncodedSpans`] (a few hundred bytes: ids, times, attributes as `KeyValue` fields); the
-//! exporter task splices those bytes behind a fixed header ([`Encoder`]). Nothing is built in
+//! [`EncodedSpans`] (a few hundred bytes: ids, times, attributes as `KeyValue` fields), which
+//! are copied into a batch buffer; the exporter task writes the request's header in front of
+//! them ([`Encoder`]). Nothing is built in
 //! between: an attribute list of copied strings, moved through the queue, encoded and dropped
 //! on the exporter task, cost about three times as many instructions per span, and the
 //! exporter shares the proxy's core. Neither goes through `opentelemetry-proto`'s generated
@@ -14,6 +15,8 @@
 //!
 //! Field numbers are those of `opentelemetry/proto/trace/v1/trace.proto`,
 //! `common/v1/common.proto` and `collector/trace/v1/trace_service.proto`.
+
+use std::cell::Cell;
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
@@ -38,15 +41,18 @@ const STATUS_ERROR: u64 = 2;
 /// The instrumentation scope of every span: Tandem itself.
 const SCOPE: &str = "tandem";
 
-/// Writes export requests for one resource; reuses its buffers from batch to batch.
+/// Writes export requests for one resource.
+///
+/// A batch is written in one buffer from the start: [`Encoder::header_room`] bytes kept free,
+/// then the spans appended as they are recorded. [`Encoder::finish`] writes the request's
+/// header (whose lengths depend on the spans) into the end of that room, so the request goes
+/// out as the bytes the spans were first copied into: no copy per export.
 #[derive(Debug)]
 pub struct Encoder {
     /// `ResourceSpans.resource` (field 1), key and length included.
     resource: Bytes,
     /// `ScopeSpans.scope` (field 1), key and length included.
     scope: Bytes,
-    /// The span chunks of the batch being written.
-    chunks: Vec<EncodedSpans>,
     /// Whether requests start with gRPC's message prefix.
     grpc: bool,
 }
@@ -80,17 +86,33 @@ pub struct EncodedAttributes(Box<[u8]>);
 impl EncodedAttributes {
     /// `pairs` (key, value) as string attributes, in order.
     pub fn strs(pairs: &[(&str, &str)]) -> EncodedAttributes {
+        EncodedAttributes::build(|s| {
+            for (k, v) in pairs {
+                s.str(k, v);
+            }
+        })
+    }
+
+    /// The attributes `write` adds to a span ([`EncodedSpans::str`], [`EncodedSpans::int`]
+    /// ...), in order.
+    pub fn build(write: impl FnOnce(&mut EncodedSpans)) -> EncodedAttributes {
         let mut s = EncodedSpans {
             bytes: Vec::new(),
             spans: 0,
-            // Open, so that `str` writes: the bytes are never closed as a span.
+            // Open, so that attributes are written: the bytes are never closed as a span.
             open: Some(0),
         };
-        for (k, v) in pairs {
-            s.str(k, v);
-        }
+        write(&mut s);
         EncodedAttributes(s.bytes.into_boxed_slice())
     }
+}
+
+/// Largest span buffer kept for reuse (a request whose spans took more frees its buffer).
+pub const MAX_SPARE: usize = 64 * 1024;
+
+thread_local! {
+    /// The last span buffer given back on this thread ([`EncodedSpans::recycle`]).
+    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// What a span starts with: identity, place in the trace, name, kind and start.
@@ -148,7 +170,6 @@ impl Encoder {
         Encoder {
             resource: field_bytes(1, &resource.encode_to_vec()),
             scope: field_bytes(1, &scope.encode_to_vec()),
-            chunks: Vec::with_capacity(512),
             grpc: false,
         }
     }
@@ -160,35 +181,59 @@ impl Encoder {
         self
     }
 
-    /// One `ExportTraceServiceRequest` carrying the spans of `chunks`, as protobuf bytes (behind
-    /// gRPC's prefix when [`Encoder::grpc_framed`]).
-    pub fn encode(&mut self, chunks: impl IntoIterator<Item = EncodedSpans>) -> Bytes {
-        // The chunks are held until their total size is known, then copied once.
-        self.chunks.clear();
-        self.chunks.extend(chunks);
-        let spans: usize = self.chunks.iter().map(|c| c.bytes.len()).sum();
+    /// Bytes to keep at the start of a batch buffer for [`Encoder::finish`]: the longest
+    /// header (gRPC prefix, two keys and two lengths of five bytes at most, resource, scope).
+    pub fn header_room(&self) -> usize {
+        5 + 1 + 5 + self.resource.len() + 1 + 5 + self.scope.len()
+    }
+
+    /// One `ExportTraceServiceRequest` (behind gRPC's prefix when [`Encoder::grpc_framed`])
+    /// carrying the whole spans that follow the first `room` bytes of `batch` (at least
+    /// [`Encoder::header_room`]; what is in them is overwritten).
+    pub fn finish(&self, batch: Vec<u8>, room: usize) -> Bytes {
+        let room = room.min(batch.len());
+        let spans = batch.len() - room;
         // ExportTraceServiceRequest { resource_spans (1): ResourceSpans {
         //   resource (1), scope_spans (2): ScopeSpans { scope (1), spans (2)... } } }
         let scope_spans = self.scope.len() + spans;
         let resource_spans = self.resource.len() + 1 + varint_len(scope_spans as u64) + scope_spans;
         let message = 1 + varint_len(resource_spans as u64) + resource_spans;
-        let mut out = Vec::with_capacity(5 + message);
+        let mut head = Vec::with_capacity(self.header_room());
         if self.grpc {
-            out.push(0);
+            head.push(0);
             // A message over 4 GiB cannot be sent; the collector refuses it (counted as failed).
-            out.extend_from_slice(&u32::try_from(message).unwrap_or(u32::MAX).to_be_bytes());
+            head.extend_from_slice(&u32::try_from(message).unwrap_or(u32::MAX).to_be_bytes());
         }
-        key(&mut out, 1, LEN);
-        varint(&mut out, resource_spans as u64);
-        out.extend_from_slice(&self.resource);
-        key(&mut out, 2, LEN);
-        varint(&mut out, scope_spans as u64);
-        out.extend_from_slice(&self.scope);
-        for c in self.chunks.drain(..) {
-            // Only whole spans reach a chunk here (`Tracer::record_encoded` drops an open one).
-            out.extend_from_slice(&c.bytes);
+        key(&mut head, 1, LEN);
+        varint(&mut head, resource_spans as u64);
+        head.extend_from_slice(&self.resource);
+        key(&mut head, 2, LEN);
+        varint(&mut head, scope_spans as u64);
+        head.extend_from_slice(&self.scope);
+        let mut out = batch;
+        let Some(at) = room.checked_sub(head.len()) else {
+            // Less room than asked for (not done here): make it.
+            let mut whole = head;
+            whole.extend_from_slice(&out[room..]);
+            return Bytes::from(whole);
+        };
+        out[at..room].copy_from_slice(&head);
+        let mut out = Bytes::from(out);
+        bytes::Buf::advance(&mut out, at);
+        out
+    }
+
+    /// One request carrying the spans of `chunks` (a batch buffer made and finished at once).
+    pub fn encode(&self, chunks: impl IntoIterator<Item = EncodedSpans>) -> Bytes {
+        let room = self.header_room();
+        let mut batch = vec![0; room];
+        for c in chunks {
+            // Only whole spans: an open one is left out, as `Tracer::record_encoded` does.
+            let mut c = c;
+            c.discard_open();
+            batch.extend_from_slice(&c.bytes);
         }
-        Bytes::from(out)
+        self.finish(batch, room)
     }
 }
 
@@ -202,6 +247,35 @@ impl EncodedSpans {
             spans: 0,
             open: None,
         }
+    }
+
+    /// Room for at least `bytes`, in the buffer this thread last gave back
+    /// ([`EncodedSpans::recycle`]) when it is large enough: a traced request takes the buffer
+    /// the one before it recorded from, still in cache, instead of an allocation of its own.
+    pub fn recycled(bytes: usize) -> Self {
+        let mut buf = SPARE.with(Cell::take);
+        if buf.capacity() < bytes {
+            buf = Vec::with_capacity(bytes);
+        }
+        EncodedSpans {
+            bytes: buf,
+            spans: 0,
+            open: None,
+        }
+    }
+
+    /// Gives the buffer back to this thread, for the next [`EncodedSpans::recycled`] (one is
+    /// kept per thread, and only when it is not larger than [`MAX_SPARE`]).
+    pub fn recycle(mut self) {
+        if self.bytes.capacity() <= MAX_SPARE {
+            self.bytes.clear();
+            SPARE.with(|s| s.set(self.bytes));
+        }
+    }
+
+    /// The whole spans' bytes (each a `ScopeSpans.spans` field), and an open span's so far.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// Whole spans written.
@@ -461,6 +535,7 @@ const INT_VALUE: u8 = 3 << 3;
 
 /// The first bytes of a `Span.attributes` entry with key `k` and an `AnyValue` of `any_len`
 /// bytes, when every length in it takes one byte (`None`: write it the long way).
+#[inline]
 fn short_kv(k: &str, any_len: usize) -> Option<[u8; 4]> {
     let kv_len = 2 + k.len() + 2 + any_len;
     (kv_len < 0x80).then_some([ATTRIBUTE, kv_len as u8, KV_KEY, k.len() as u8])
@@ -476,13 +551,20 @@ const I32: u32 = 5;
 // as much per call, and a span makes dozens of calls.
 
 /// A field key: field number and wire type.
+#[inline]
 fn key(buf: &mut Vec<u8>, tag: u32, wire_type: u32) {
     varint(buf, u64::from(tag << 3 | wire_type));
 }
 
+#[inline]
 fn varint(buf: &mut Vec<u8>, mut v: u64) {
     if v < 0x80 {
         buf.push(v as u8);
+        return;
+    }
+    if v < 0x4000 {
+        // Two bytes (ports, status codes, most lengths): one write.
+        buf.extend_from_slice(&[(v as u8) | 0x80, (v >> 7) as u8]);
         return;
     }
     // Gathered on the stack, then one copy.
@@ -498,18 +580,21 @@ fn varint(buf: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Bytes [`varint`] writes for `v`.
+#[inline]
 fn varint_len(v: u64) -> usize {
     // 1 byte per started 7 bits; zero takes one byte.
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// A length-delimited field: key, length, bytes.
+#[inline]
 fn len_field(buf: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
     key(buf, tag, LEN);
     varint(buf, bytes.len() as u64);
     buf.extend_from_slice(bytes);
 }
 
+#[inline]
 fn varint_field(buf: &mut Vec<u8>, tag: u32, v: u64) {
     key(buf, tag, VARINT);
     varint(buf, v);
@@ -676,7 +761,7 @@ mod tests {
         )
         .unwrap();
         let resource = resource(config.tracing.as_ref().unwrap());
-        let mut encoder = Encoder::new(&resource);
+        let encoder = Encoder::new(&resource);
         // Twice: buffers reused between batches leave nothing behind.
         for _ in 0..2 {
             let bytes = encoder.encode(spans().into_iter().map(EncodedSpans::from));
@@ -862,6 +947,38 @@ mod tests {
             plain.len()
         );
         assert_eq!(&framed[5..], &plain[..]);
+    }
+
+    /// A buffer given back is the next one taken on the thread, empty; a larger one than
+    /// `MAX_SPARE` is not kept, nor is one taken when a larger one is asked for.
+    #[test]
+    fn span_buffers_are_recycled() {
+        std::thread::spawn(|| {
+            let mut e = EncodedSpans::recycled(100);
+            e.begin(&SpanStart {
+                trace_id: TraceId::from_u128(7).unwrap(),
+                span_id: SpanId::from_u64(1).unwrap(),
+                parent: None,
+                remote_parent: false,
+                trace_state: None,
+                name: "GET",
+                name_suffix: None,
+                kind: SpanKind::Server,
+                start_unix_nanos: 1,
+            });
+            e.end(2);
+            let at = e.bytes.as_ptr();
+            e.recycle();
+            let again = EncodedSpans::recycled(50);
+            assert_eq!(again.bytes.as_ptr(), at);
+            assert!(again.bytes.is_empty() && again.spans == 0 && !again.is_open());
+            again.recycle();
+            assert!(EncodedSpans::recycled(100_000).bytes.capacity() >= 100_000);
+            EncodedSpans::with_capacity(MAX_SPARE + 1).recycle();
+            assert_eq!(EncodedSpans::recycled(0).bytes.capacity(), 0);
+        })
+        .join()
+        .unwrap();
     }
 
     /// Varints and their lengths agree with prost's at every size boundary.
