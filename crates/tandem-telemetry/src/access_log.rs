@@ -38,6 +38,8 @@ use std::time::{Duration, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 use tandem_config::{AccessLogField, AccessLogOutput};
 
+use crate::json;
+
 #[cfg(test)]
 mod tests;
 
@@ -332,11 +334,7 @@ fn open(path: &std::path::Path) -> io::Result<File> {
 impl AccessLog {
     /// Queues the line for one HTTP request; drops and counts it when the queue is full.
     pub fn log_request(&self, r: &RequestRecord<'_>) {
-        // Room for a whole line with every field: growing the buffer part way costs a copy.
-        let client_strings = r.path.len().min(MAX_PATH)
-            + r.user_agent.map_or(0, |u| u.len().min(MAX_USER_AGENT))
-            + r.authority.map_or(0, |a| a.len().min(MAX_AUTHORITY));
-        let mut line = Vec::with_capacity(896 + client_strings);
+        let mut line = Vec::new();
         if write_request(&self.inner.http, r, &mut line).is_ok() {
             self.send(line);
         } else {
@@ -547,14 +545,23 @@ impl Sink {
 // ~25 fields of a handful of known shapes, and a generic serializer (a map entry per field,
 // every key escaped byte by byte, numbers and addresses through `fmt`) cost ~10,000
 // instructions per line, most of a request's telemetry budget. Keys are constants that need no
-// escaping; names from the config and Tandem's own constants are escaped by the same fast scan
-// as client-controlled values (which copies runs of plain bytes whole), so every value is valid
+// escaping; names from the config and Tandem's own constants are escaped by the same
+// word-at-a-time escaper as client-controlled values ([`crate::json`]), so every value is valid
 // JSON whatever it holds.
+//
+// Short pieces (keys, numbers, addresses) are built in a fixed-size array and appended with one
+// fixed-size copy, then cut back to their length: a copy whose size the compiler knows is a few
+// stores, where one of a length known only at run time is a call to `memcpy`, and a line has
+// ~50 such pieces.
+
+/// Room for a key as written (`,"received_bytes":` is the longest).
+const KEY: usize = 24;
 
 /// A field of a line with its key as written: `{"name":` for the first, `,"name":` after.
 struct Field {
     field: AccessLogField,
-    key: Box<[u8]>,
+    key: [u8; KEY],
+    len: usize,
 }
 
 /// `fields` with their keys written out; only those TCP lines have when `tcp`.
@@ -565,10 +572,14 @@ fn keyed(fields: &[AccessLogField], tcp: bool) -> Box<[Field]> {
         .enumerate()
         .map(|(i, &field)| {
             // Field names are plain ASCII: nothing to escape.
-            let key = format!("{}\"{}\":", if i == 0 { '{' } else { ',' }, field.name());
+            let text = format!("{}\"{}\":", if i == 0 { '{' } else { ',' }, field.name());
+            let mut key = [0; KEY];
+            // Field names are a fixed set; `keys_fit` checks every one.
+            key[..text.len()].copy_from_slice(text.as_bytes());
             Field {
                 field,
-                key: key.into_bytes().into(),
+                key,
+                len: text.len(),
             }
         })
         .collect()
@@ -593,18 +604,71 @@ pub fn format_connection(
     write_connection(&keyed(fields, true), r, out)
 }
 
+/// Up to `N` bytes built on the stack, appended with one copy of all `N` and cut back.
+struct Small<const N: usize> {
+    b: [u8; N],
+    n: usize,
+}
+
+impl<const N: usize> Small<N> {
+    #[inline(always)]
+    fn new() -> Self {
+        Small { b: [0; N], n: 0 }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, byte: u8) {
+        self.b[self.n] = byte;
+        self.n += 1;
+    }
+
+    /// `v` in decimal.
+    #[inline(always)]
+    fn uint(&mut self, v: u64) {
+        let mut len = 1;
+        let mut x = v;
+        while x >= 10 {
+            x /= 10;
+            len += 1;
+        }
+        let mut x = v;
+        for i in (self.n..self.n + len).rev() {
+            self.b[i] = b'0' + (x % 10) as u8;
+            x /= 10;
+        }
+        self.n += len;
+    }
+
+    #[inline(always)]
+    fn append_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.b);
+        out.truncate(out.len() - (N - self.n));
+    }
+}
+
+#[inline(always)]
+fn key(out: &mut Vec<u8>, f: &Field) {
+    out.extend_from_slice(&f.key);
+    out.truncate(out.len() - (KEY - f.len));
+}
+
 fn write_request(
     fields: &[Field],
     r: &RequestRecord<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), fmt::Error> {
     use AccessLogField as F;
-    out.reserve(896);
+    // Room for a whole line with every field: growing the buffer part way costs a copy.
+    out.reserve(
+        896 + r.path.len().min(MAX_PATH)
+            + r.user_agent.map_or(0, |u| u.len().min(MAX_USER_AGENT))
+            + r.authority.map_or(0, |a| a.len().min(MAX_AUTHORITY)),
+    );
     if fields.is_empty() {
         out.push(b'{');
     }
     for f in fields {
-        out.extend_from_slice(&f.key);
+        key(out, f);
         match f.field {
             F::Kind => out.extend_from_slice(b"\"http\""),
             F::Time => rfc3339_micros(out, r.start),
@@ -613,15 +677,15 @@ fn write_request(
                 Some(d) => millis(out, d),
                 None => null(out),
             },
-            F::Listener => string(out, r.listener.as_bytes()),
+            F::Listener => json::push_str(out, r.listener),
             F::Direction => constant(out, r.direction),
             F::Route => opt_string(out, r.route),
             F::Upstream => opt_string(out, r.upstream),
             F::Endpoint => opt_string(out, r.endpoint),
             F::Client => client(out, r.client)?,
             F::Protocol => constant(out, r.protocol),
-            F::Method => capped(out, r.method.as_bytes(), 32),
-            F::Path => capped(out, r.path.as_bytes(), MAX_PATH),
+            F::Method => capped_str(out, r.method, 32),
+            F::Path => capped_str(out, r.path, MAX_PATH),
             F::Authority => match r.authority {
                 Some(a) => capped(out, a, MAX_AUTHORITY),
                 None => null(out),
@@ -665,12 +729,12 @@ fn write_connection(
         out.push(b'{');
     }
     for f in fields {
-        out.extend_from_slice(&f.key);
+        key(out, f);
         match f.field {
             F::Kind | F::Protocol => out.extend_from_slice(b"\"tcp\""),
             F::Time => rfc3339_micros(out, r.start),
             F::DurationMs => millis(out, r.duration),
-            F::Listener => string(out, r.listener.as_bytes()),
+            F::Listener => json::push_str(out, r.listener),
             F::Direction => constant(out, r.direction),
             F::Upstream => opt_string(out, r.upstream),
             F::Endpoint => opt_string(out, r.endpoint),
@@ -704,13 +768,21 @@ fn null(out: &mut Vec<u8>) {
 }
 
 fn boolean(out: &mut Vec<u8>, v: bool) {
-    out.extend_from_slice(if v { b"true" } else { b"false" });
+    if v {
+        out.extend_from_slice(b"true");
+    } else {
+        out.extend_from_slice(b"false");
+    }
 }
 
 /// One of Tandem's own constant strings (directions, protocols, error reasons, ends): plain
 /// ASCII with nothing to escape, written as is.
 fn constant(out: &mut Vec<u8>, s: &'static str) {
-    debug_assert!(scan(s.as_bytes()) == (false, false), "{s}");
+    debug_assert!(
+        s.bytes()
+            .all(|b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\'),
+        "{s}"
+    );
     out.push(b'"');
     out.extend_from_slice(s.as_bytes());
     out.push(b'"');
@@ -725,157 +797,66 @@ fn opt_constant(out: &mut Vec<u8>, v: Option<&'static str>) {
 
 fn opt_string(out: &mut Vec<u8>, v: Option<&str>) {
     match v {
-        Some(s) => string(out, s.as_bytes()),
+        Some(s) => json::push_str(out, s),
         None => null(out),
     }
 }
 
-/// A JSON string of UTF-8 `s`.
-fn string(out: &mut Vec<u8>, s: &[u8]) {
+/// Text from a client as a JSON string: more than the bound is cut at a character boundary
+/// and ends in `...`.
+fn capped_str(out: &mut Vec<u8>, s: &str, bound: usize) {
+    if s.len() <= bound {
+        return json::push_str(out, s);
+    }
+    let mut cut = bound;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
     out.push(b'"');
-    escape(out, s);
-    out.push(b'"');
+    json::escape(out, &s[..cut]);
+    out.extend_from_slice(b"...\"");
 }
-
-/// `s` (UTF-8) escaped for a JSON string as serde_json does: quotes, backslashes and control
-/// characters (`\n`, `\t`, ... or `\u00XX`); everything else, non-ASCII included, as is. Runs
-/// of plain bytes are copied whole.
-fn escape(out: &mut Vec<u8>, s: &[u8]) {
-    // Almost every value has nothing to escape: one scan, then one copy.
-    if !scan(s).0 {
-        out.extend_from_slice(s);
-        return;
-    }
-    escape_slow(out, s);
-}
-
-/// Whether `s` holds a byte JSON strings escape (a control character, `"` or `\`), and whether
-/// it holds a byte that is not ASCII: eight bytes at a time.
-fn scan(s: &[u8]) -> (bool, bool) {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Exact for "is there such a byte" (a borrow only ever follows a byte that matched).
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let mut special = 0;
-    let mut high = 0;
-    let mut chunks = s.chunks_exact(8);
-    for c in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(c);
-        let w = u64::from_ne_bytes(word);
-        // A byte below 0x20; a `"` (0x22); a `\` (0x5c).
-        special |= w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-        special |= has_zero(w ^ (ONES * 0x22));
-        special |= has_zero(w ^ (ONES * 0x5c));
-        high |= w & HIGH;
-    }
-    let mut tail_special = false;
-    let mut tail_high = false;
-    for &b in chunks.remainder() {
-        tail_special |= (b < 0x20) | (b == b'"') | (b == b'\\');
-        tail_high |= b >= 0x80;
-    }
-    (special != 0 || tail_special, high != 0 || tail_high)
-}
-
-/// [`escape`] of a value with something to escape.
-fn escape_slow(out: &mut Vec<u8>, s: &[u8]) {
-    let mut plain = 0;
-    for (i, &b) in s.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
-        out.extend_from_slice(&s[plain..i]);
-        plain = i + 1;
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            _ => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]),
-        }
-    }
-    out.extend_from_slice(&s[plain..]);
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Bytes from a client as a JSON string: invalid UTF-8 becomes U+FFFD, and more than the
 /// bound is cut at a character boundary and ends in `...`.
 fn capped(out: &mut Vec<u8>, bytes: &[u8], bound: usize) {
     // Only the bound and the character across it can reach the line: look at no more. When
     // `head` is shorter than `bytes`, its text is longer than the bound (a replacement is never
-    // shorter than what it replaces), so it is cut below, before anything `head` cut in two.
+    // shorter than what it replaces), so it is cut, before anything `head` cut in two.
     let head = &bytes[..bytes.len().min(bound + 4)];
-    // The usual case, plain ASCII within the bound: one scan decides everything.
-    if head.len() <= bound {
-        let (special, high) = scan(head);
-        if !high {
-            out.push(b'"');
-            if special {
-                escape_slow(out, head);
-            } else {
-                out.extend_from_slice(head);
-            }
-            out.push(b'"');
-            return;
-        }
+    match std::str::from_utf8(head) {
+        Ok(text) => capped_str(out, text, bound),
+        Err(_) => capped_str(out, &String::from_utf8_lossy(head), bound),
     }
-    let text = match std::str::from_utf8(head) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => String::from_utf8_lossy(head),
-    };
-    if text.len() <= bound {
-        return string(out, text.as_bytes());
-    }
-    let mut cut = bound;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    out.push(b'"');
-    escape(out, &text.as_bytes()[..cut]);
-    out.extend_from_slice(b"...\"");
 }
 
 /// A non-negative integer.
 fn uint(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    let mut s = Small::<24>::new();
+    s.uint(v);
+    s.append_to(out);
 }
 
 /// Milliseconds with microsecond resolution, as serde_json writes the `f64` `micros / 1000`:
 /// the shortest decimal, `.0` when whole (at most three decimals, so exact).
 fn millis(out: &mut Vec<u8>, d: Duration) {
     let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    uint(out, micros / 1000);
-    out.push(b'.');
+    let mut s = Small::<32>::new();
+    s.uint(micros / 1000);
+    s.push(b'.');
     let frac = micros % 1000;
     if frac == 0 {
-        out.push(b'0');
-        return;
-    }
-    let digits = [
-        b'0' + (frac / 100) as u8,
-        b'0' + (frac / 10 % 10) as u8,
-        b'0' + (frac % 10) as u8,
-    ];
-    let len = if frac % 100 == 0 {
-        1
-    } else if frac % 10 == 0 {
-        2
+        s.push(b'0');
     } else {
-        3
-    };
-    out.extend_from_slice(&digits[..len]);
+        s.push(b'0' + (frac / 100) as u8);
+        if frac % 100 != 0 {
+            s.push(b'0' + (frac / 10 % 10) as u8);
+            if frac % 10 != 0 {
+                s.push(b'0' + (frac % 10) as u8);
+            }
+        }
+    }
+    s.append_to(out);
 }
 
 /// `"1.2.3.4:5"`, `"[::1]:5"` or `null`.
@@ -883,16 +864,21 @@ fn client(out: &mut Vec<u8>, addr: Option<SocketAddr>) -> Result<(), fmt::Error>
     match addr {
         None => null(out),
         Some(SocketAddr::V4(a)) => {
-            out.push(b'"');
-            for (i, o) in a.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                uint(out, u64::from(o));
-            }
-            out.push(b':');
-            uint(out, u64::from(a.port()));
-            out.push(b'"');
+            // At most `"255.255.255.255:65535"`: 23 bytes.
+            let mut s = Small::<24>::new();
+            s.push(b'"');
+            let [a0, a1, a2, a3] = a.ip().octets();
+            s.uint(u64::from(a0));
+            s.push(b'.');
+            s.uint(u64::from(a1));
+            s.push(b'.');
+            s.uint(u64::from(a2));
+            s.push(b'.');
+            s.uint(u64::from(a3));
+            s.push(b':');
+            s.uint(u64::from(a.port()));
+            s.push(b'"');
+            s.append_to(out);
         }
         // Rare on the data path: through `Display` (only hex digits, `:`, `[]`, `%`, digits).
         Some(a @ SocketAddr::V6(_)) => {
@@ -918,13 +904,14 @@ fn rfc3339_micros(out: &mut Vec<u8>, t: SystemTime) {
     }
     let (cached, prefix) = SECOND.get();
     if cached == secs {
-        let mut b = *b"000000Z\"";
+        let mut b = [0; 29];
+        b[..21].copy_from_slice(&prefix);
+        b[21..].copy_from_slice(b"000000Z\"");
         let mut v = micros;
-        for i in (0..6).rev() {
+        for i in (21..27).rev() {
             b[i] = b'0' + (v % 10) as u8;
             v /= 10;
         }
-        out.extend_from_slice(&prefix);
         out.extend_from_slice(&b);
         return;
     }
