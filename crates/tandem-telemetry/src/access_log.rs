@@ -5,16 +5,23 @@
 //! borrowing what it already holds. [`AccessLog::log_request`] renders the configured fields as
 //! one JSON line on the calling task (a few hundred bytes, written by hand: see "formatting"
 //! below; strings escaped as serde_json does, so hostile bytes in a path or `User-Agent` stay one
-//! valid line; client-controlled strings cut to a bound) and hands it to the writer with
-//! `try_send`. When the queue is full the line is
-//! dropped and counted in `tandem_access_log_dropped_total`: a slow disk or a stalled stdout
-//! never holds up a request.
+//! valid line; client-controlled strings cut to a bound) straight into the queue. When the
+//! queue is full the line is dropped and counted in `tandem_access_log_dropped_total`: a slow
+//! disk or a stalled stdout never holds up a request.
+//!
+//! The queue is a few buffers of lines ("shards"; each thread renders into one of them, under
+//! a lock nobody else takes but the writer for a moment), not a channel of lines: no
+//! allocation, message or copy per line. The writer swaps each shard's buffer for an empty one
+//! and writes what it took. Lines of one thread stay in order; lines of different threads
+//! written in the same batch are grouped by shard, so a file is in completion order only to
+//! within a batch (a few milliseconds).
 //!
 //! The writer is a thread of its own, not a task: writes to files and pipes block, and a blocked
 //! write on a runtime worker would stall every request scheduled there. It writes whole lines in
-//! batches (letting lines gather for a few milliseconds between them), reopens its file on [`Reopen::reopen`] (SIGUSR1, for logrotate's rename-and-reopen:
-//! lines queued before the reopen go to the old file, later ones to the new), and on
-//! [`Writer::shutdown`] writes out what is queued before it exits.
+//! batches (letting lines gather for a few milliseconds between them, and sleeping while there
+//! are none), reopens its file on [`Reopen::reopen`] (SIGUSR1, for logrotate's
+//! rename-and-reopen: lines logged before the reopen go to the old file, later ones to the new),
+//! and on [`Writer::shutdown`] writes out what is queued before it exits.
 //!
 //! A [`Tap`] ([`Writer::set_tap`]) sees every line the writer takes from the queue, on the
 //! writer thread: log shipping's `access_log` source. It must not block (the shipper's source
@@ -30,9 +37,8 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -55,13 +61,13 @@ pub const MAX_USER_AGENT: usize = 512;
 const STDOUT_CHUNK: usize = 4096;
 /// Bytes handed to one `write(2)` on a file (appends of whole lines).
 const FILE_CHUNK: usize = 64 * 1024;
-/// Lines taken from the queue before they are written out and the control flags looked at.
-const MAX_BATCH: usize = 1024;
-/// How long the writer lets lines gather after a batch that did not fill up: without it, a
-/// busy proxy wakes the writer (a futex call) and writes (a `write(2)`) for almost every line;
-/// with it, a few hundred lines go out per write at most every few milliseconds. Far below
-/// what the queue holds at any realistic request rate.
+/// How long the writer lets lines gather after a batch: without it, a busy proxy wakes the
+/// writer (a futex call) and writes (a `write(2)`) for almost every line; with it, a few
+/// hundred lines go out per write at most every few milliseconds. Far below what the queue
+/// holds at any realistic request rate.
 const GATHER: Duration = Duration::from_millis(5);
+/// Most shards, however many threads there are.
+const MAX_SHARDS: usize = 32;
 
 /// How an exchange ended (the `end` field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,7 +180,7 @@ pub struct AccessLog {
 }
 
 struct Shared {
-    tx: SyncSender<Msg>,
+    queue: Arc<Queue>,
     fields: Box<[AccessLogField]>,
     /// The fields of HTTP lines and of TCP lines, each with its key written out.
     http: Box<[Field]>,
@@ -182,11 +188,43 @@ struct Shared {
     dropped: Counter,
 }
 
+/// The lines waiting for the writer, and how the writer is woken.
+struct Queue {
+    shards: Box<[Shard]>,
+    /// Lines in the shards and in `pending`: at most `bound` (the `buffer` setting).
+    queued: AtomicUsize,
+    bound: usize,
+    /// Lines a reopen took out of the shards, each batch followed by the reopen: written (to
+    /// the old file) before anything the writer takes from the shards after them. Also held
+    /// while the writer takes a shard's lines, so that the two never interleave.
+    pending: Mutex<Vec<Taken>>,
+    /// The writer found nothing to do and sleeps until a line (or a request) wakes it.
+    idle: AtomicBool,
+    stop: AtomicBool,
+    writer: OnceLock<std::thread::Thread>,
+}
+
+/// One buffer of whole lines, on its own cache lines (threads write to different shards).
+#[repr(align(128))]
+struct Shard(Mutex<Lines>);
+
+#[derive(Default)]
+struct Lines {
+    bytes: Vec<u8>,
+    count: usize,
+    /// The writer has exited (or is exiting): lines are refused and counted as dropped.
+    closed: bool,
+}
+
+enum Taken {
+    Lines(Vec<u8>, usize),
+    Reopen,
+}
+
 /// The writer thread's owner: reopen and shut down. Dropping it stops the writer without
 /// waiting for it.
 pub struct Writer {
-    tx: SyncSender<Msg>,
-    control: Arc<Control>,
+    queue: Arc<Queue>,
     tap: Arc<OnceLock<Tap>>,
     done: Option<tokio::sync::oneshot::Receiver<()>>,
 }
@@ -197,23 +235,7 @@ pub type Tap = Box<dyn Fn(&[u8]) + Send + Sync>;
 /// Asks the writer to reopen its file (SIGUSR1). Cheap to clone.
 #[derive(Clone)]
 pub struct Reopen {
-    tx: SyncSender<Msg>,
-    control: Arc<Control>,
-}
-
-enum Msg {
-    Line(Vec<u8>),
-    Reopen,
-    /// Look at the control flags.
-    Wake,
-}
-
-/// Requests that must not be lost when the queue is full: the writer looks at these after
-/// every batch.
-#[derive(Default)]
-struct Control {
-    reopen: AtomicBool,
-    stop: AtomicBool,
+    queue: Arc<Queue>,
 }
 
 /// An opened output for [`start`]: stdout, a file, or any writer.
@@ -227,16 +249,18 @@ struct Sink {
     chunk: usize,
 }
 
-/// Whole lines gathered into writes of at most `sink.chunk` bytes.
+/// The writer's side: whole lines written in writes of at most `sink.chunk` bytes.
 struct Out {
     sink: Sink,
-    buf: Vec<u8>,
-    /// Lines in `buf`.
-    lines: u64,
     dropped: Counter,
     /// A write failed and no write succeeded since (the failure was logged once).
     failing: bool,
     tap: Arc<OnceLock<Tap>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a shard (in formatting) leaves whole lines behind: keep going.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // === impl Output ===
@@ -286,32 +310,40 @@ pub fn start(
     buffer: usize,
     dropped: Counter,
 ) -> io::Result<(AccessLog, Writer)> {
-    let sink = output.0;
-    let (tx, rx) = mpsc::sync_channel(buffer.max(1));
-    let control = Arc::new(Control::default());
+    let shards = std::thread::available_parallelism()
+        .map_or(4, |n| 2 * n.get())
+        .min(MAX_SHARDS);
+    let queue = Arc::new(Queue {
+        shards: (0..shards)
+            .map(|_| Shard(Mutex::new(Lines::default())))
+            .collect(),
+        queued: AtomicUsize::new(0),
+        bound: buffer.max(1),
+        pending: Mutex::new(Vec::new()),
+        idle: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        writer: OnceLock::new(),
+    });
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let tap: Arc<OnceLock<Tap>> = Arc::default();
     let out = Out {
         tap: tap.clone(),
-        sink,
-        buf: Vec::with_capacity(FILE_CHUNK),
-        lines: 0,
+        sink: output.0,
         dropped: dropped.clone(),
         failing: false,
     };
-    let thread_control = control.clone();
-    std::thread::Builder::new()
+    let thread_queue = queue.clone();
+    let thread = std::thread::Builder::new()
         .name("tandem-access-log".into())
         .spawn(move || {
-            run(out, &rx, &thread_control);
-            // Closed before saying done: a line logged after shutdown is refused (and counted),
-            // not queued where nobody reads it.
-            drop(rx);
+            run(out, &thread_queue);
             let _ = done_tx.send(());
         })?;
+    // Set before anything can be queued: the handles are returned below.
+    let _ = queue.writer.set(thread.thread().clone());
     let log = AccessLog {
         inner: Arc::new(Shared {
-            tx: tx.clone(),
+            queue: queue.clone(),
             fields: fields.into(),
             http: keyed(fields, false),
             tcp: keyed(fields, true),
@@ -319,8 +351,7 @@ pub fn start(
         }),
     };
     let writer = Writer {
-        tx,
-        control,
+        queue,
         tap,
         done: Some(done_rx),
     };
@@ -334,28 +365,55 @@ fn open(path: &std::path::Path) -> io::Result<File> {
 impl AccessLog {
     /// Queues the line for one HTTP request; drops and counts it when the queue is full.
     pub fn log_request(&self, r: &RequestRecord<'_>) {
-        let mut line = Vec::new();
-        if write_request(&self.inner.http, r, &mut line).is_ok() {
-            self.send(line);
-        } else {
-            self.inner.dropped.inc();
-        }
+        self.queue(|out| write_request(&self.inner.http, r, out));
     }
 
     /// Queues the line for one TCP connection; drops and counts it when the queue is full.
     pub fn log_connection(&self, r: &ConnectionRecord<'_>) {
-        let mut line = Vec::with_capacity(384);
-        if write_connection(&self.inner.tcp, r, &mut line).is_ok() {
-            self.send(line);
-        } else {
-            self.inner.dropped.inc();
-        }
+        self.queue(|out| write_connection(&self.inner.tcp, r, out));
     }
 
-    fn send(&self, line: Vec<u8>) {
-        // `try_send`: a full queue (or a writer that has exited) costs this line, never a wait.
-        if self.inner.tx.try_send(Msg::Line(line)).is_err() {
+    /// Renders a line with `write` straight into this thread's shard; a full queue (or a writer
+    /// that has exited) costs this line, never a wait.
+    fn queue(&self, write: impl FnOnce(&mut Vec<u8>) -> Result<(), fmt::Error>) {
+        let q = &*self.inner.queue;
+        if q.queued.fetch_add(1, Ordering::Relaxed) >= q.bound {
+            q.queued.fetch_sub(1, Ordering::Relaxed);
             self.inner.dropped.inc();
+            return;
+        }
+        let mut lines = lock(&q.shards[shard_index() % q.shards.len()].0);
+        let start = lines.bytes.len();
+        if lines.closed || write(&mut lines.bytes).is_err() {
+            lines.bytes.truncate(start);
+            drop(lines);
+            q.queued.fetch_sub(1, Ordering::Relaxed);
+            self.inner.dropped.inc();
+            return;
+        }
+        lines.count += 1;
+        drop(lines);
+        // Pairs with the writer's store before its last look at the shards (both SeqCst): either
+        // it saw this line, or this sees it idle.
+        if q.idle.load(Ordering::SeqCst) && q.idle.swap(false, Ordering::SeqCst) {
+            q.wake();
+        }
+    }
+}
+
+/// This thread's shard (modulo the number of shards): threads take turns.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|i| *i)
+}
+
+impl Queue {
+    fn wake(&self) {
+        if let Some(t) = self.writer.get() {
+            t.unpark();
         }
     }
 }
@@ -380,8 +438,7 @@ impl Writer {
     /// A handle that asks the writer to reopen its file.
     pub fn reopener(&self) -> Reopen {
         Reopen {
-            tx: self.tx.clone(),
-            control: self.control.clone(),
+            queue: self.queue.clone(),
         }
     }
 
@@ -396,9 +453,8 @@ impl Writer {
     }
 
     fn stop(&self) {
-        self.control.stop.store(true, Ordering::Release);
-        // A full queue means the writer is busy and looks at the flag after its batch.
-        let _ = self.tx.try_send(Msg::Wake);
+        self.queue.stop.store(true, Ordering::SeqCst);
+        self.queue.wake();
     }
 }
 
@@ -417,15 +473,23 @@ impl fmt::Debug for Writer {
 // === impl Reopen ===
 
 impl Reopen {
-    /// Reopens the log file at its path (after logrotate renamed it): lines queued before this
+    /// Reopens the log file at its path (after logrotate renamed it): lines logged before this
     /// call go to the old file, later ones to a new file at the path.
     pub fn reopen(&self) {
-        // In the queue, the reopen keeps its place among the lines; when the queue is full the
-        // flag does it after the writer's current batch instead.
-        if self.tx.try_send(Msg::Reopen).is_err() {
-            self.control.reopen.store(true, Ordering::Release);
-            let _ = self.tx.try_send(Msg::Wake);
+        let q = &*self.queue;
+        {
+            // What the shards hold now was logged before the reopen: it goes ahead of it.
+            let mut pending = lock(&q.pending);
+            for shard in q.shards.iter() {
+                let mut lines = lock(&shard.0);
+                if lines.count > 0 {
+                    let count = std::mem::take(&mut lines.count);
+                    pending.push(Taken::Lines(std::mem::take(&mut lines.bytes), count));
+                }
+            }
+            pending.push(Taken::Reopen);
         }
+        q.wake();
     }
 }
 
@@ -437,64 +501,103 @@ impl fmt::Debug for Reopen {
 
 // === the writer thread ===
 
-fn run(mut out: Out, rx: &Receiver<Msg>, control: &Control) {
-    // Ends when stopped, or when every sender is gone (the `Writer` holds one until dropped).
-    while let Ok(first) = rx.recv() {
-        out.handle(first);
-        let mut taken = 1;
-        while taken < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => out.handle(m),
-                Err(_) => break,
+fn run(mut out: Out, q: &Queue) {
+    // The buffer swapped into a shard for the lines it takes: buffers go round between the
+    // shards and the writer, so lines cost no allocation once they have grown.
+    let mut spare = Vec::with_capacity(FILE_CHUNK);
+    loop {
+        let stop = q.stop.load(Ordering::SeqCst);
+        let mut wrote = false;
+        for shard in q.shards.iter() {
+            let (pending, count) = {
+                let mut pending = lock(&q.pending);
+                let taken = std::mem::take(&mut *pending);
+                let mut lines = lock(&shard.0);
+                std::mem::swap(&mut lines.bytes, &mut spare);
+                // After the stop, nothing more is queued: whatever was logged before it is
+                // taken in this round.
+                lines.closed |= stop;
+                (taken, std::mem::take(&mut lines.count))
+            };
+            wrote |= !pending.is_empty();
+            out.write_taken(q, pending);
+            if count > 0 {
+                wrote = true;
+                q.queued.fetch_sub(count, Ordering::Relaxed);
+                out.write_lines(&spare, count);
             }
-            taken += 1;
+            spare.clear();
         }
-        out.flush();
-        if control.reopen.swap(false, Ordering::AcqRel) {
-            out.reopen();
-        }
-        if control.stop.load(Ordering::Acquire) {
-            // Whatever is queued now was logged before the stop: write it out.
-            while let Ok(m) = rx.try_recv() {
-                out.handle(m);
-            }
-            out.flush();
+        if stop {
+            // A reopen after the last shard was taken.
+            let pending = std::mem::take(&mut *lock(&q.pending));
+            out.write_taken(q, pending);
             return;
         }
-        if taken < MAX_BATCH {
+        if wrote {
             std::thread::sleep(GATHER);
+            continue;
         }
+        q.idle.store(true, Ordering::SeqCst);
+        let busy = q.stop.load(Ordering::SeqCst)
+            || !lock(&q.pending).is_empty()
+            || q.shards.iter().any(|s| lock(&s.0).count > 0);
+        if !busy {
+            std::thread::park();
+        }
+        q.idle.store(false, Ordering::SeqCst);
     }
-    out.flush();
 }
 
 impl Out {
-    fn handle(&mut self, msg: Msg) {
-        match msg {
-            Msg::Line(line) => {
-                if let Some(tap) = self.tap.get() {
-                    tap(&line);
+    /// What a reopen took, in order: its lines, then the reopen.
+    fn write_taken(&mut self, q: &Queue, taken: Vec<Taken>) {
+        for t in taken {
+            match t {
+                Taken::Lines(bytes, n) => {
+                    q.queued.fetch_sub(n, Ordering::Relaxed);
+                    self.write_lines(&bytes, n);
                 }
-                if !self.buf.is_empty() && self.buf.len() + line.len() > self.sink.chunk {
-                    self.flush();
-                }
-                self.buf.extend_from_slice(&line);
-                self.lines += 1;
+                Taken::Reopen => self.reopen(),
             }
-            Msg::Reopen => {
-                self.flush();
-                self.reopen();
-            }
-            Msg::Wake => {}
         }
     }
 
-    /// Writes the gathered lines; on failure they are counted as dropped.
-    fn flush(&mut self) {
-        if self.buf.is_empty() {
-            return;
+    /// Hands `lines` whole lines to the tap and writes them, in writes of whole lines of at most
+    /// `sink.chunk` bytes (a longer line alone); lines a failed write lost are counted as
+    /// dropped.
+    fn write_lines(&mut self, bytes: &[u8], lines: usize) {
+        if let Some(tap) = self.tap.get() {
+            for line in bytes.split_inclusive(|&b| b == b'\n') {
+                tap(line);
+            }
         }
-        match self.sink.out.write_all(&self.buf) {
+        if bytes.len() <= self.sink.chunk {
+            return self.write(bytes, lines);
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let end = if rest.len() <= self.sink.chunk {
+                rest.len()
+            } else {
+                match rest[..self.sink.chunk].iter().rposition(|&b| b == b'\n') {
+                    Some(i) => i + 1,
+                    None => rest
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(rest.len(), |i| i + 1),
+                }
+            };
+            let (piece, later) = rest.split_at(end);
+            let n = piece.iter().filter(|&&b| b == b'\n').count();
+            self.write(piece, n);
+            rest = later;
+        }
+    }
+
+    /// Writes `lines` whole lines; on failure they are counted as dropped.
+    fn write(&mut self, bytes: &[u8], lines: usize) {
+        match self.sink.out.write_all(bytes) {
             Ok(()) => {
                 if self.failing {
                     self.failing = false;
@@ -502,15 +605,13 @@ impl Out {
                 }
             }
             Err(e) => {
-                self.dropped.inc_by(self.lines);
+                self.dropped.inc_by(lines as u64);
                 if !self.failing {
                     self.failing = true;
                     tracing::warn!(output = %self.sink.name(), error = %e, "access log: cannot write; lines are dropped and counted in tandem_access_log_dropped_total");
                 }
             }
         }
-        self.buf.clear();
-        self.lines = 0;
     }
 
     fn reopen(&mut self) {

@@ -392,6 +392,103 @@ async fn reopen_starts_a_new_file_at_the_path() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Lines from many threads at once: every one written exactly once and whole, each thread's
+/// in the order it logged them; a reopen in the middle loses none.
+#[tokio::test]
+async fn lines_from_many_threads_are_all_written_in_thread_order() {
+    let sink = Shared::default();
+    let dropped = Counter::default();
+    let (log, writer) = start(
+        Output::writer(Box::new(sink.clone())),
+        &[AccessLogField::ReceivedBytes, AccessLogField::SentBytes],
+        1 << 20,
+        dropped.clone(),
+    )
+    .unwrap();
+    let reopen = writer.reopener();
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let log = log.clone();
+            let reopen = reopen.clone();
+            std::thread::spawn(move || {
+                for i in 0..5000 {
+                    let mut r = request();
+                    r.received_bytes = t;
+                    r.sent_bytes = i;
+                    log.log_request(&r);
+                    if t == 0 && i % 1000 == 0 {
+                        reopen.reopen();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(writer.shutdown(Duration::from_secs(10)).await);
+    let mut next = [0u64; 8];
+    for l in sink.lines() {
+        let m = parse(&format!("{l}\n"));
+        let t = m["received_bytes"].as_u64().unwrap() as usize;
+        assert_eq!(m["sent_bytes"].as_u64().unwrap(), next[t], "thread {t}");
+        next[t] += 1;
+    }
+    assert_eq!(next, [5000; 8]);
+    assert_eq!(dropped.get(), 0);
+}
+
+/// On stdout, lines go out in writes of whole lines of at most 4 KiB (a longer line alone),
+/// so that they do not interleave with other writers of the same pipe.
+#[tokio::test]
+async fn stdout_writes_are_whole_lines_within_pipe_buf() {
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let writes = Writes::default();
+    let output = Output(Sink {
+        out: Box::new(writes.clone()),
+        path: None,
+        chunk: STDOUT_CHUNK,
+    });
+    let (log, writer) = start(output, &AccessLogField::ALL, 10_000, Counter::default()).unwrap();
+    let long = format!("/{}", "\"".repeat(MAX_PATH));
+    for i in 0..2000 {
+        let mut r = request();
+        r.sent_bytes = i;
+        if i == 1000 {
+            r.path = &long;
+        }
+        log.log_request(&r);
+    }
+    assert!(writer.shutdown(Duration::from_secs(10)).await);
+    let writes = writes.0.lock().unwrap();
+    let mut lines = 0;
+    for w in writes.iter() {
+        assert!(w.ends_with(b"\n"));
+        let n = w.iter().filter(|&&b| b == b'\n').count();
+        assert!(
+            w.len() <= STDOUT_CHUNK || n == 1,
+            "{} bytes, {n} lines",
+            w.len()
+        );
+        lines += n;
+    }
+    assert_eq!(lines, 2000);
+    assert!(
+        writes.iter().any(|w| w.len() > STDOUT_CHUNK),
+        "the long line alone"
+    );
+}
+
 /// A file that cannot be opened fails at start, naming the reason.
 #[test]
 fn unopenable_file_fails_at_start() {
