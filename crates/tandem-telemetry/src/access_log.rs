@@ -212,6 +212,8 @@ struct Shard(Mutex<Lines>);
 struct Lines {
     bytes: Vec<u8>,
     count: usize,
+    /// The context runs of this shard's last HTTP line.
+    runs: Runs,
     /// The writer has exited (or is exiting): lines are refused and counted as dropped.
     closed: bool,
 }
@@ -365,17 +367,19 @@ fn open(path: &std::path::Path) -> io::Result<File> {
 impl AccessLog {
     /// Queues the line for one HTTP request; drops and counts it when the queue is full.
     pub fn log_request(&self, r: &RequestRecord<'_>) {
-        self.queue(|out| write_request(&self.inner.http, r, out));
+        self.queue(|lines| {
+            write_request(&self.inner.http, r, &mut lines.bytes, Some(&mut lines.runs))
+        });
     }
 
     /// Queues the line for one TCP connection; drops and counts it when the queue is full.
     pub fn log_connection(&self, r: &ConnectionRecord<'_>) {
-        self.queue(|out| write_connection(&self.inner.tcp, r, out));
+        self.queue(|lines| write_connection(&self.inner.tcp, r, &mut lines.bytes));
     }
 
     /// Renders a line with `write` straight into this thread's shard; a full queue (or a writer
     /// that has exited) costs this line, never a wait.
-    fn queue(&self, write: impl FnOnce(&mut Vec<u8>) -> Result<(), fmt::Error>) {
+    fn queue(&self, write: impl FnOnce(&mut Lines) -> Result<(), fmt::Error>) {
         let q = &*self.inner.queue;
         if q.queued.fetch_add(1, Ordering::Relaxed) >= q.bound {
             q.queued.fetch_sub(1, Ordering::Relaxed);
@@ -384,7 +388,7 @@ impl AccessLog {
         }
         let mut lines = lock(&q.shards[shard_index() % q.shards.len()].0);
         let start = lines.bytes.len();
-        if lines.closed || write(&mut lines.bytes).is_err() {
+        if lines.closed || write(&mut lines).is_err() {
             lines.bytes.truncate(start);
             drop(lines);
             q.queued.fetch_sub(1, Ordering::Relaxed);
@@ -663,11 +667,14 @@ struct Field {
     field: AccessLogField,
     key: [u8; KEY],
     len: usize,
+    /// On the first field of a run of context fields (see [`Runs`]): the run's number and
+    /// how many fields it spans.
+    run: Option<(usize, usize)>,
 }
 
 /// `fields` with their keys written out; only those TCP lines have when `tcp`.
 fn keyed(fields: &[AccessLogField], tcp: bool) -> Box<[Field]> {
-    fields
+    let mut keyed = fields
         .iter()
         .filter(|f| !tcp || f.applies_to_tcp())
         .enumerate()
@@ -681,9 +688,88 @@ fn keyed(fields: &[AccessLogField], tcp: bool) -> Box<[Field]> {
                 field,
                 key,
                 len: text.len(),
+                run: None,
             }
         })
-        .collect()
+        .collect::<Vec<_>>();
+    if !tcp {
+        // Runs of two or more context fields in a row.
+        let mut runs = 0;
+        let mut i = 0;
+        while i < keyed.len() {
+            let len = keyed[i..]
+                .iter()
+                .take_while(|f| is_context(f.field))
+                .count();
+            if len >= 2 {
+                keyed[i].run = Some((runs, len));
+                runs += 1;
+            }
+            i += len.max(1);
+        }
+    }
+    keyed.into()
+}
+
+/// Fields whose values come from the config and the protocol alone: the same for every request
+/// of a listener, route and endpoint.
+fn is_context(f: AccessLogField) -> bool {
+    use AccessLogField as F;
+    matches!(
+        f,
+        F::Kind | F::Listener | F::Direction | F::Route | F::Upstream | F::Endpoint | F::Protocol
+    )
+}
+
+/// The rendered runs of context fields of a shard's last line, each with the values it was
+/// rendered from: a request like the last one (same listener, route, endpoint: nearly every
+/// request) copies a run whole instead of writing its fields one by one.
+#[derive(Default)]
+struct Runs(Vec<Run>);
+
+#[derive(Default)]
+struct Run {
+    /// Nothing rendered yet.
+    empty: bool,
+    listener: String,
+    direction: &'static str,
+    route: Option<String>,
+    upstream: Option<String>,
+    endpoint: Option<String>,
+    protocol: &'static str,
+    bytes: Vec<u8>,
+}
+
+impl Run {
+    fn matches(&self, r: &RequestRecord<'_>) -> bool {
+        !self.empty
+            && self.listener == r.listener
+            && self.route.as_deref() == r.route
+            && self.upstream.as_deref() == r.upstream
+            && self.endpoint.as_deref() == r.endpoint
+            && self.direction == r.direction
+            && self.protocol == r.protocol
+    }
+
+    fn set(&mut self, r: &RequestRecord<'_>) {
+        fn copy(to: &mut Option<String>, from: Option<&str>) {
+            match (to.as_mut(), from) {
+                (Some(t), Some(f)) => {
+                    t.clear();
+                    t.push_str(f);
+                }
+                (_, f) => *to = f.map(str::to_owned),
+            }
+        }
+        self.empty = false;
+        self.listener.clear();
+        self.listener.push_str(r.listener);
+        self.direction = r.direction;
+        copy(&mut self.route, r.route);
+        copy(&mut self.upstream, r.upstream);
+        copy(&mut self.endpoint, r.endpoint);
+        self.protocol = r.protocol;
+    }
 }
 
 /// Appends the JSON line (with its `\n`) for `r` with `fields` to `out`.
@@ -692,7 +778,7 @@ pub fn format_request(
     r: &RequestRecord<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), fmt::Error> {
-    write_request(&keyed(fields, false), r, out)
+    write_request(&keyed(fields, false), r, out, None)
 }
 
 /// Appends the JSON line (with its `\n`) for `r` with `fields` to `out`; fields that only
@@ -757,8 +843,8 @@ fn write_request(
     fields: &[Field],
     r: &RequestRecord<'_>,
     out: &mut Vec<u8>,
+    mut runs: Option<&mut Runs>,
 ) -> Result<(), fmt::Error> {
-    use AccessLogField as F;
     // Room for a whole line with every field: growing the buffer part way costs a copy.
     out.reserve(
         896 + r.path.len().min(MAX_PATH)
@@ -768,54 +854,85 @@ fn write_request(
     if fields.is_empty() {
         out.push(b'{');
     }
-    for f in fields {
-        key(out, f);
-        match f.field {
-            F::Kind => out.extend_from_slice(b"\"http\""),
-            F::Time => rfc3339_micros(out, r.start),
-            F::DurationMs => millis(out, r.duration),
-            F::HeadMs => match r.head {
-                Some(d) => millis(out, d),
-                None => null(out),
-            },
-            F::Listener => json::push_str(out, r.listener),
-            F::Direction => constant(out, r.direction),
-            F::Route => opt_string(out, r.route),
-            F::Upstream => opt_string(out, r.upstream),
-            F::Endpoint => opt_string(out, r.endpoint),
-            F::Client => client(out, r.client)?,
-            F::Protocol => constant(out, r.protocol),
-            F::Method => capped_str(out, r.method, 32),
-            F::Path => capped_str(out, r.path, MAX_PATH),
-            F::Authority => match r.authority {
-                Some(a) => capped(out, a, MAX_AUTHORITY),
-                None => null(out),
-            },
-            F::Status => match r.status {
-                Some(s) => uint(out, u64::from(s)),
-                None => null(out),
-            },
-            F::GrpcStatus => match r.grpc_status {
-                Some(s) => uint(out, u64::from(s)),
-                None => null(out),
-            },
-            F::ReceivedBytes => uint(out, r.received_bytes),
-            F::SentBytes => uint(out, r.sent_bytes),
-            F::Attempts => uint(out, u64::from(r.attempts)),
-            F::Retries => uint(out, u64::from(r.attempts.saturating_sub(1))),
-            F::Error => opt_constant(out, r.error),
-            F::End => constant(out, r.end.as_str()),
-            F::Completed => boolean(out, r.end == End::Complete),
-            F::UserAgent => match r.user_agent {
-                Some(a) => capped(out, a, MAX_USER_AGENT),
-                None => null(out),
-            },
-            F::PeerIdentity => opt_string(out, r.peer_identity),
-            F::TraceId => opt_string(out, r.trace_id),
-            F::SpanId => opt_string(out, r.span_id),
+    let mut i = 0;
+    while let Some(f) = fields.get(i) {
+        if let (Some((n, len)), Some(runs)) = (f.run, runs.as_deref_mut()) {
+            if runs.0.len() <= n {
+                runs.0.resize_with(n + 1, || Run {
+                    empty: true,
+                    ..Run::default()
+                });
+            }
+            let run = &mut runs.0[n];
+            if !run.matches(r) {
+                // Marked as rendered only once it is.
+                run.empty = true;
+                run.bytes.clear();
+                for f in &fields[i..i + len] {
+                    request_field(&mut run.bytes, f, r)?;
+                }
+                run.set(r);
+            }
+            out.extend_from_slice(&run.bytes);
+            i += len;
+            continue;
         }
+        request_field(out, f, r)?;
+        i += 1;
     }
     out.extend_from_slice(b"}\n");
+    Ok(())
+}
+
+/// One field of an HTTP line, its key included.
+#[inline(always)]
+fn request_field(out: &mut Vec<u8>, f: &Field, r: &RequestRecord<'_>) -> Result<(), fmt::Error> {
+    use AccessLogField as F;
+    key(out, f);
+    match f.field {
+        F::Kind => out.extend_from_slice(b"\"http\""),
+        F::Time => rfc3339_micros(out, r.start),
+        F::DurationMs => millis(out, r.duration),
+        F::HeadMs => match r.head {
+            Some(d) => millis(out, d),
+            None => null(out),
+        },
+        F::Listener => json::push_str(out, r.listener),
+        F::Direction => constant(out, r.direction),
+        F::Route => opt_string(out, r.route),
+        F::Upstream => opt_string(out, r.upstream),
+        F::Endpoint => opt_string(out, r.endpoint),
+        F::Client => client(out, r.client)?,
+        F::Protocol => constant(out, r.protocol),
+        F::Method => capped_str(out, r.method, 32),
+        F::Path => capped_str(out, r.path, MAX_PATH),
+        F::Authority => match r.authority {
+            Some(a) => capped(out, a, MAX_AUTHORITY),
+            None => null(out),
+        },
+        F::Status => match r.status {
+            Some(s) => uint(out, u64::from(s)),
+            None => null(out),
+        },
+        F::GrpcStatus => match r.grpc_status {
+            Some(s) => uint(out, u64::from(s)),
+            None => null(out),
+        },
+        F::ReceivedBytes => uint(out, r.received_bytes),
+        F::SentBytes => uint(out, r.sent_bytes),
+        F::Attempts => uint(out, u64::from(r.attempts)),
+        F::Retries => uint(out, u64::from(r.attempts.saturating_sub(1))),
+        F::Error => opt_constant(out, r.error),
+        F::End => constant(out, r.end.as_str()),
+        F::Completed => boolean(out, r.end == End::Complete),
+        F::UserAgent => match r.user_agent {
+            Some(a) => capped(out, a, MAX_USER_AGENT),
+            None => null(out),
+        },
+        F::PeerIdentity => opt_string(out, r.peer_identity),
+        F::TraceId => opt_string(out, r.trace_id),
+        F::SpanId => opt_string(out, r.span_id),
+    }
     Ok(())
 }
 
@@ -925,6 +1042,13 @@ fn capped(out: &mut Vec<u8>, bytes: &[u8], bound: usize) {
     // `head` is shorter than `bytes`, its text is longer than the bound (a replacement is never
     // shorter than what it replaces), so it is cut, before anything `head` cut in two.
     let head = &bytes[..bytes.len().min(bound + 4)];
+    // The usual case: plain ASCII within the bound, written as it is.
+    if head.len() <= bound && json::is_plain_ascii(head) {
+        out.push(b'"');
+        out.extend_from_slice(head);
+        out.push(b'"');
+        return;
+    }
     match std::str::from_utf8(head) {
         Ok(text) => capped_str(out, text, bound),
         Err(_) => capped_str(out, &String::from_utf8_lossy(head), bound),
@@ -941,7 +1065,10 @@ fn uint(out: &mut Vec<u8>, v: u64) {
 /// Milliseconds with microsecond resolution, as serde_json writes the `f64` `micros / 1000`:
 /// the shortest decimal, `.0` when whole (at most three decimals, so exact).
 fn millis(out: &mut Vec<u8>, d: Duration) {
-    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let micros = d
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_micros()));
     let mut s = Small::<32>::new();
     s.uint(micros / 1000);
     s.push(b'.');
@@ -966,17 +1093,16 @@ fn client(out: &mut Vec<u8>, addr: Option<SocketAddr>) -> Result<(), fmt::Error>
         None => null(out),
         Some(SocketAddr::V4(a)) => {
             // At most `"255.255.255.255:65535"`: 23 bytes.
-            let mut s = Small::<24>::new();
+            let mut s = Small::<32>::new();
             s.push(b'"');
-            let [a0, a1, a2, a3] = a.ip().octets();
-            s.uint(u64::from(a0));
-            s.push(b'.');
-            s.uint(u64::from(a1));
-            s.push(b'.');
-            s.uint(u64::from(a2));
-            s.push(b'.');
-            s.uint(u64::from(a3));
-            s.push(b':');
+            for o in a.ip().octets() {
+                // The octet's digits and a `.`, as four bytes in one store.
+                let (digits, len) = OCTETS[usize::from(o)];
+                s.b[s.n..s.n + 4].copy_from_slice(&digits);
+                s.n += len;
+            }
+            // The last octet's `.` becomes the `:`.
+            s.b[s.n - 1] = b':';
             s.uint(u64::from(a.port()));
             s.push(b'"');
             s.append_to(out);
@@ -991,6 +1117,29 @@ fn client(out: &mut Vec<u8>, addr: Option<SocketAddr>) -> Result<(), fmt::Error>
     }
     Ok(())
 }
+
+/// Per octet value: its decimal digits followed by `.` (padded to four bytes), and how many
+/// of the bytes count (digits and `.`).
+static OCTETS: [([u8; 4], usize); 256] = {
+    let mut t = [([0u8; 4], 0usize); 256];
+    let mut v = 0;
+    while v < 256 {
+        let d = [
+            b'0' + (v / 100) as u8,
+            b'0' + (v / 10 % 10) as u8,
+            b'0' + (v % 10) as u8,
+        ];
+        t[v] = if v >= 100 {
+            ([d[0], d[1], d[2], b'.'], 4)
+        } else if v >= 10 {
+            ([d[1], d[2], b'.', 0], 3)
+        } else {
+            ([d[2], b'.', 0, 0], 2)
+        };
+        v += 1;
+    }
+    t
+};
 
 /// A wall-clock time as RFC 3339 in UTC with microseconds (`2025-11-24T16:00:00.123456Z`);
 /// times before 1970 are written as the epoch.

@@ -50,21 +50,62 @@ pub fn escape(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// Whether any byte of `s` needs an escape: eight bytes at a time.
+/// Whether any byte of `s` needs an escape.
 #[inline]
 fn needs_escape(s: &[u8]) -> bool {
-    let mut words = s.chunks_exact(8);
-    for word in &mut words {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        if escape_mask(u64::from_le_bytes(w)) != 0 {
-            return true;
+    any_flagged(s, escape_mask)
+}
+
+/// Whether `s` is all ASCII with nothing to escape: it can be written into a JSON string as it
+/// is, without looking for UTF-8 sequences (the usual path, authority, user agent).
+#[inline]
+pub fn is_plain_ascii(s: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    !any_flagged(s, |w| escape_mask(w) | (w & HIGH))
+}
+
+/// Whether `flags` flags a byte of `s`, looked at eight bytes at a time: whole words, then the
+/// last eight bytes (overlapping the words before); strings shorter than a word are two
+/// overlapping halves (or quarters) put together. Every byte is looked at, none made up, and
+/// no loop runs for a short string.
+#[inline(always)]
+fn any_flagged(s: &[u8], flags: impl Fn(u64) -> u64) -> bool {
+    let n = s.len();
+    if n >= 8 {
+        let mut words = s.chunks_exact(8);
+        for w in &mut words {
+            if flags(word(w)) != 0 {
+                return true;
+            }
         }
+        !words.remainder().is_empty() && flags(word(&s[n - 8..])) != 0
+    } else if n >= 4 {
+        let mut lo = [0u8; 4];
+        let mut hi = [0u8; 4];
+        lo.copy_from_slice(&s[..4]);
+        hi.copy_from_slice(&s[n - 4..]);
+        let w = u64::from(u32::from_le_bytes(lo)) | u64::from(u32::from_le_bytes(hi)) << 32;
+        flags(w) != 0
+    } else if n >= 2 {
+        let mut lo = [0u8; 2];
+        let mut hi = [0u8; 2];
+        lo.copy_from_slice(&s[..2]);
+        hi.copy_from_slice(&s[n - 2..]);
+        let half = u64::from(u16::from_le_bytes(lo)) | u64::from(u16::from_le_bytes(hi)) << 16;
+        flags(half | half << 32) != 0
+    } else if n == 1 {
+        flags(u64::from(s[0]) * 0x0101_0101_0101_0101) != 0
+    } else {
+        false
     }
-    words
-        .remainder()
-        .iter()
-        .any(|&b| (b < 0x20) | (b == b'"') | (b == b'\\'))
+}
+
+/// The first eight bytes of `s`, little-endian.
+#[inline(always)]
+fn word(s: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&s[..8]);
+    u64::from_le_bytes(w)
 }
 
 /// Appends the escape of `b`, one of the bytes [`escape_mask`] flags.
@@ -158,6 +199,32 @@ mod tests {
         check(r#"{"ts":"2026-11-24T01:02:03.000000Z","level":"INFO","msg":"a\"b"}"#);
         let all: String = (0u8..0x80).map(char::from).collect();
         check(&all);
+    }
+
+    /// `is_plain_ascii` agrees with a byte loop: every byte value at every position of every
+    /// short length (the overlapping reads) and across words.
+    #[test]
+    fn plain_ascii_agrees_with_a_byte_loop() {
+        let naive = |s: &[u8]| {
+            s.iter()
+                .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\')
+        };
+        for len in 0..=20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    for fill in [b'a', b' ', 0x7f] {
+                        let mut s = vec![fill; len];
+                        s[at] = b;
+                        assert_eq!(is_plain_ascii(&s), naive(&s), "{s:?}");
+                        assert_eq!(
+                            needs_escape(&s),
+                            s.iter().any(|&b| ESCAPES[usize::from(b)] != 0),
+                            "{s:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     proptest::proptest! {

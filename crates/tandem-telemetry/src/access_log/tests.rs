@@ -489,6 +489,78 @@ async fn stdout_writes_are_whole_lines_within_pipe_buf() {
     );
 }
 
+/// Runs of context fields are copied from the last line when its listener, route, upstream,
+/// endpoint, direction and protocol are the same, and rendered again when any differs: every
+/// line is what `format_request` writes for its record, for several field orders.
+#[tokio::test]
+async fn cached_context_runs_match_fresh_lines() {
+    use AccessLogField as F;
+    let orders: [&[AccessLogField]; 3] = [
+        &AccessLogField::ALL,
+        &[
+            F::Listener,
+            F::Route,
+            F::Status,
+            F::Endpoint,
+            F::Upstream,
+            F::Protocol,
+            F::Kind,
+        ],
+        &[F::Direction, F::Listener, F::Method, F::Upstream, F::Route],
+    ];
+    let names = ["a", "b", "a\"b", "", "é\n"];
+    let mut records = Vec::new();
+    let mut r = request();
+    for i in 0..300usize {
+        // One of the six values changes from one record to the next (the others stay).
+        let name = names[i / 6 % 5];
+        match i % 6 {
+            0 => r.listener = name,
+            1 => r.route = (i % 4 != 1).then_some(name),
+            2 => r.upstream = (i % 4 != 2).then_some(name),
+            3 => r.endpoint = (i % 4 != 3).then_some(name),
+            4 => {
+                r.direction = if r.direction == "inbound" {
+                    "outbound"
+                } else {
+                    "inbound"
+                }
+            }
+            _ => {
+                r.protocol = if r.protocol == "HTTP/2" {
+                    "HTTP/1.1"
+                } else {
+                    "HTTP/2"
+                }
+            }
+        }
+        r.sent_bytes = i as u64;
+        // Equal records too, which take the cached copy.
+        for _ in 0..=(i % 2) {
+            records.push(r.clone());
+        }
+    }
+    for fields in orders {
+        let sink = Shared::default();
+        let (log, writer) = start(
+            Output::writer(Box::new(sink.clone())),
+            fields,
+            100_000,
+            Counter::default(),
+        )
+        .unwrap();
+        for r in &records {
+            log.log_request(r);
+        }
+        assert!(writer.shutdown(Duration::from_secs(10)).await);
+        let want: Vec<String> = records
+            .iter()
+            .map(|r| line(fields, r).trim_end().to_owned())
+            .collect();
+        assert_eq!(sink.lines(), want, "{fields:?}");
+    }
+}
+
 /// A file that cannot be opened fails at start, naming the reason.
 #[test]
 fn unopenable_file_fails_at_start() {
