@@ -1069,10 +1069,31 @@ fn millis(out: &mut Vec<u8>, d: Duration) {
         .as_secs()
         .saturating_mul(1_000_000)
         .saturating_add(u64::from(d.subsec_micros()));
+    let frac = micros % 1000;
+    if micros < 10_000 {
+        // Under 10 ms (most requests on a sidecar hop): one digit, the point, the fraction.
+        let digit = |v: u64| b'0' + (v % 10) as u8;
+        let b = [
+            digit(micros / 1000),
+            b'.',
+            digit(frac / 100),
+            digit(frac / 10),
+            digit(frac),
+        ];
+        let len = if frac == 0 || frac % 100 == 0 {
+            3
+        } else if frac % 10 == 0 {
+            4
+        } else {
+            5
+        };
+        out.extend_from_slice(&b);
+        out.truncate(out.len() - (5 - len));
+        return;
+    }
     let mut s = Small::<32>::new();
     s.uint(micros / 1000);
     s.push(b'.');
-    let frac = micros % 1000;
     if frac == 0 {
         s.push(b'0');
     } else {
