@@ -577,7 +577,7 @@ impl Out {
             }
         }
         if bytes.len() <= self.sink.chunk {
-            return self.write(bytes, lines);
+            return self.write(bytes, || lines);
         }
         let mut rest = bytes;
         while !rest.is_empty() {
@@ -593,14 +593,15 @@ impl Out {
                 }
             };
             let (piece, later) = rest.split_at(end);
-            let n = piece.iter().filter(|&&b| b == b'\n').count();
-            self.write(piece, n);
+            // Lines are counted only when lost: a byte loop over every line written would cost
+            // the writer more than the write.
+            self.write(piece, || piece.iter().filter(|&&b| b == b'\n').count());
             rest = later;
         }
     }
 
-    /// Writes `lines` whole lines; on failure they are counted as dropped.
-    fn write(&mut self, bytes: &[u8], lines: usize) {
+    /// Writes whole lines (`lines()` of them); on failure they are counted as dropped.
+    fn write(&mut self, bytes: &[u8], lines: impl FnOnce() -> usize) {
         match self.sink.out.write_all(bytes) {
             Ok(()) => {
                 if self.failing {
@@ -609,7 +610,7 @@ impl Out {
                 }
             }
             Err(e) => {
-                self.dropped.inc_by(lines as u64);
+                self.dropped.inc_by(lines() as u64);
                 if !self.failing {
                     self.failing = true;
                     tracing::warn!(output = %self.sink.name(), error = %e, "access log: cannot write; lines are dropped and counted in tandem_access_log_dropped_total");

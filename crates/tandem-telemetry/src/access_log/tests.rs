@@ -338,6 +338,21 @@ async fn write_errors_count_as_dropped() {
     }
     assert!(writer.shutdown(Duration::from_secs(10)).await);
     assert_eq!(dropped.get(), 3);
+
+    // Batches larger than one write (64 KiB): each failed piece counts its own lines.
+    let dropped = Counter::default();
+    let (log, writer) = start(
+        Output::writer(Box::new(Full)),
+        &AccessLogField::ALL,
+        100_000,
+        dropped.clone(),
+    )
+    .unwrap();
+    for _ in 0..5000 {
+        log.log_request(&request());
+    }
+    assert!(writer.shutdown(Duration::from_secs(10)).await);
+    assert_eq!(dropped.get(), 5000);
 }
 
 /// logrotate's rename-and-reopen: lines before the reopen stay in the renamed file, lines after
