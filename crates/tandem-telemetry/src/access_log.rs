@@ -261,8 +261,28 @@ struct Out {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a shard (in formatting) leaves whole lines behind: keep going.
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shard {
+    fn lock(&self) -> MutexGuard<'_, Lines> {
+        match self.0.lock() {
+            Ok(lines) => lines,
+            // A panic while rendering a line (a bug) may have left part of it: cut back to the
+            // last whole line and go on.
+            Err(poisoned) => {
+                let mut lines = poisoned.into_inner();
+                let whole = lines
+                    .bytes
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1);
+                lines.bytes.truncate(whole);
+                self.0.clear_poison();
+                lines
+            }
+        }
+    }
 }
 
 // === impl Output ===
@@ -386,7 +406,7 @@ impl AccessLog {
             self.inner.dropped.inc();
             return;
         }
-        let mut lines = lock(&q.shards[shard_index() % q.shards.len()].0);
+        let mut lines = q.shards[shard_index() % q.shards.len()].lock();
         let start = lines.bytes.len();
         if lines.closed || write(&mut lines).is_err() {
             lines.bytes.truncate(start);
@@ -485,7 +505,7 @@ impl Reopen {
             // What the shards hold now was logged before the reopen: it goes ahead of it.
             let mut pending = lock(&q.pending);
             for shard in q.shards.iter() {
-                let mut lines = lock(&shard.0);
+                let mut lines = shard.lock();
                 if lines.count > 0 {
                     let count = std::mem::take(&mut lines.count);
                     pending.push(Taken::Lines(std::mem::take(&mut lines.bytes), count));
@@ -516,7 +536,7 @@ fn run(mut out: Out, q: &Queue) {
             let (pending, count) = {
                 let mut pending = lock(&q.pending);
                 let taken = std::mem::take(&mut *pending);
-                let mut lines = lock(&shard.0);
+                let mut lines = shard.lock();
                 std::mem::swap(&mut lines.bytes, &mut spare);
                 // After the stop, nothing more is queued: whatever was logged before it is
                 // taken in this round.
@@ -545,7 +565,7 @@ fn run(mut out: Out, q: &Queue) {
         q.idle.store(true, Ordering::SeqCst);
         let busy = q.stop.load(Ordering::SeqCst)
             || !lock(&q.pending).is_empty()
-            || q.shards.iter().any(|s| lock(&s.0).count > 0);
+            || q.shards.iter().any(|s| s.lock().count > 0);
         if !busy {
             std::thread::park();
         }
