@@ -4,6 +4,11 @@
 //!
 //! Run: `cargo bench -p tandem-telemetry --bench access_log` (or `--profile profiling` to reuse
 //! a profiling build's dependencies).
+//!
+//! 2026-11-24, 2-vCPU KVM guest shared with other work, glibc malloc (the binary uses
+//! mimalloc), the same record every time (so the context fields are always copied from the
+//! last line): 180 ns a line; 680 ns before per-thread shard buffers, fixed-size copies and
+//! cached context fields (a `Vec` and a channel message per line).
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -46,14 +51,6 @@ fn record() -> RequestRecord<'static> {
 
 fn bench(c: &mut Criterion) {
     let r = record();
-    let mut out = Vec::with_capacity(1024);
-    c.bench_function("format one request line, every field", |b| {
-        b.iter(|| {
-            out.clear();
-            access_log::format_request(&AccessLogField::ALL, black_box(&r), &mut out).unwrap();
-            black_box(&out);
-        })
-    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
