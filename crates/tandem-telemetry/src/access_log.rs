@@ -750,8 +750,8 @@ struct Runs(Vec<Run>);
 
 #[derive(Default)]
 struct Run {
-    /// Nothing rendered yet.
-    empty: bool,
+    /// `bytes` hold the run rendered from the values below.
+    filled: bool,
     listener: String,
     direction: &'static str,
     route: Option<String>,
@@ -763,7 +763,7 @@ struct Run {
 
 impl Run {
     fn matches(&self, r: &RequestRecord<'_>) -> bool {
-        !self.empty
+        self.filled
             && self.listener == r.listener
             && self.route.as_deref() == r.route
             && self.upstream.as_deref() == r.upstream
@@ -782,7 +782,7 @@ impl Run {
                 (_, f) => *to = f.map(str::to_owned),
             }
         }
-        self.empty = false;
+        self.filled = true;
         self.listener.clear();
         self.listener.push_str(r.listener);
         self.direction = r.direction;
@@ -879,15 +879,12 @@ fn write_request(
     while let Some(f) = fields.get(i) {
         if let (Some((n, len)), Some(runs)) = (f.run, runs.as_deref_mut()) {
             if runs.0.len() <= n {
-                runs.0.resize_with(n + 1, || Run {
-                    empty: true,
-                    ..Run::default()
-                });
+                runs.0.resize_with(n + 1, Run::default);
             }
             let run = &mut runs.0[n];
             if !run.matches(r) {
                 // Marked as rendered only once it is.
-                run.empty = true;
+                run.filled = false;
                 run.bytes.clear();
                 for f in &fields[i..i + len] {
                     request_field(&mut run.bytes, f, r)?;
