@@ -5,16 +5,23 @@
 //! borrowing what it already holds. [`AccessLog::log_request`] renders the configured fields as
 //! one JSON line on the calling task (a few hundred bytes, written by hand: see "formatting"
 //! below; strings escaped as serde_json does, so hostile bytes in a path or `User-Agent` stay one
-//! valid line; client-controlled strings cut to a bound) and hands it to the writer with
-//! `try_send`. When the queue is full the line is
-//! dropped and counted in `tandem_access_log_dropped_total`: a slow disk or a stalled stdout
-//! never holds up a request.
+//! valid line; client-controlled strings cut to a bound) straight into the queue. When the
+//! queue is full the line is dropped and counted in `tandem_access_log_dropped_total`: a slow
+//! disk or a stalled stdout never holds up a request.
+//!
+//! The queue is a few buffers of lines ("shards"; each thread renders into one of them, under
+//! a lock nobody else takes but the writer for a moment), not a channel of lines: no
+//! allocation, message or copy per line. The writer swaps each shard's buffer for an empty one
+//! and writes what it took. Lines of one thread stay in order; lines of different threads
+//! written in the same batch are grouped by shard, so a file is in completion order only to
+//! within a batch (a few milliseconds).
 //!
 //! The writer is a thread of its own, not a task: writes to files and pipes block, and a blocked
 //! write on a runtime worker would stall every request scheduled there. It writes whole lines in
-//! batches (letting lines gather for a few milliseconds between them), reopens its file on [`Reopen::reopen`] (SIGUSR1, for logrotate's rename-and-reopen:
-//! lines queued before the reopen go to the old file, later ones to the new), and on
-//! [`Writer::shutdown`] writes out what is queued before it exits.
+//! batches (letting lines gather for a few milliseconds between them, and sleeping while there
+//! are none), reopens its file on [`Reopen::reopen`] (SIGUSR1, for logrotate's
+//! rename-and-reopen: lines logged before the reopen go to the old file, later ones to the new),
+//! and on [`Writer::shutdown`] writes out what is queued before it exits.
 //!
 //! A [`Tap`] ([`Writer::set_tap`]) sees every line the writer takes from the queue, on the
 //! writer thread: log shipping's `access_log` source. It must not block (the shipper's source
@@ -30,13 +37,14 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use tandem_config::{AccessLogField, AccessLogOutput};
+
+use crate::json;
 
 #[cfg(test)]
 mod tests;
@@ -53,13 +61,13 @@ pub const MAX_USER_AGENT: usize = 512;
 const STDOUT_CHUNK: usize = 4096;
 /// Bytes handed to one `write(2)` on a file (appends of whole lines).
 const FILE_CHUNK: usize = 64 * 1024;
-/// Lines taken from the queue before they are written out and the control flags looked at.
-const MAX_BATCH: usize = 1024;
-/// How long the writer lets lines gather after a batch that did not fill up: without it, a
-/// busy proxy wakes the writer (a futex call) and writes (a `write(2)`) for almost every line;
-/// with it, a few hundred lines go out per write at most every few milliseconds. Far below
-/// what the queue holds at any realistic request rate.
+/// How long the writer lets lines gather after a batch: without it, a busy proxy wakes the
+/// writer (a futex call) and writes (a `write(2)`) for almost every line; with it, a few
+/// hundred lines go out per write at most every few milliseconds. Far below what the queue
+/// holds at any realistic request rate.
 const GATHER: Duration = Duration::from_millis(5);
+/// Most shards, however many threads there are.
+const MAX_SHARDS: usize = 32;
 
 /// How an exchange ended (the `end` field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,7 +180,7 @@ pub struct AccessLog {
 }
 
 struct Shared {
-    tx: SyncSender<Msg>,
+    queue: Arc<Queue>,
     fields: Box<[AccessLogField]>,
     /// The fields of HTTP lines and of TCP lines, each with its key written out.
     http: Box<[Field]>,
@@ -180,11 +188,45 @@ struct Shared {
     dropped: Counter,
 }
 
+/// The lines waiting for the writer, and how the writer is woken.
+struct Queue {
+    shards: Box<[Shard]>,
+    /// Lines in the shards and in `pending`: at most `bound` (the `buffer` setting).
+    queued: AtomicUsize,
+    bound: usize,
+    /// Lines a reopen took out of the shards, each batch followed by the reopen: written (to
+    /// the old file) before anything the writer takes from the shards after them. Also held
+    /// while the writer takes a shard's lines, so that the two never interleave.
+    pending: Mutex<Vec<Taken>>,
+    /// The writer found nothing to do and sleeps until a line (or a request) wakes it.
+    idle: AtomicBool,
+    stop: AtomicBool,
+    writer: OnceLock<std::thread::Thread>,
+}
+
+/// One buffer of whole lines, on its own cache lines (threads write to different shards).
+#[repr(align(128))]
+struct Shard(Mutex<Lines>);
+
+#[derive(Default)]
+struct Lines {
+    bytes: Vec<u8>,
+    count: usize,
+    /// The context runs of this shard's last HTTP line.
+    runs: Runs,
+    /// The writer has exited (or is exiting): lines are refused and counted as dropped.
+    closed: bool,
+}
+
+enum Taken {
+    Lines(Vec<u8>, usize),
+    Reopen,
+}
+
 /// The writer thread's owner: reopen and shut down. Dropping it stops the writer without
 /// waiting for it.
 pub struct Writer {
-    tx: SyncSender<Msg>,
-    control: Arc<Control>,
+    queue: Arc<Queue>,
     tap: Arc<OnceLock<Tap>>,
     done: Option<tokio::sync::oneshot::Receiver<()>>,
 }
@@ -195,23 +237,7 @@ pub type Tap = Box<dyn Fn(&[u8]) + Send + Sync>;
 /// Asks the writer to reopen its file (SIGUSR1). Cheap to clone.
 #[derive(Clone)]
 pub struct Reopen {
-    tx: SyncSender<Msg>,
-    control: Arc<Control>,
-}
-
-enum Msg {
-    Line(Vec<u8>),
-    Reopen,
-    /// Look at the control flags.
-    Wake,
-}
-
-/// Requests that must not be lost when the queue is full: the writer looks at these after
-/// every batch.
-#[derive(Default)]
-struct Control {
-    reopen: AtomicBool,
-    stop: AtomicBool,
+    queue: Arc<Queue>,
 }
 
 /// An opened output for [`start`]: stdout, a file, or any writer.
@@ -225,16 +251,38 @@ struct Sink {
     chunk: usize,
 }
 
-/// Whole lines gathered into writes of at most `sink.chunk` bytes.
+/// The writer's side: whole lines written in writes of at most `sink.chunk` bytes.
 struct Out {
     sink: Sink,
-    buf: Vec<u8>,
-    /// Lines in `buf`.
-    lines: u64,
     dropped: Counter,
     /// A write failed and no write succeeded since (the failure was logged once).
     failing: bool,
     tap: Arc<OnceLock<Tap>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shard {
+    fn lock(&self) -> MutexGuard<'_, Lines> {
+        match self.0.lock() {
+            Ok(lines) => lines,
+            // A panic while rendering a line (a bug) may have left part of it: cut back to the
+            // last whole line and go on.
+            Err(poisoned) => {
+                let mut lines = poisoned.into_inner();
+                let whole = lines
+                    .bytes
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1);
+                lines.bytes.truncate(whole);
+                self.0.clear_poison();
+                lines
+            }
+        }
+    }
 }
 
 // === impl Output ===
@@ -284,32 +332,40 @@ pub fn start(
     buffer: usize,
     dropped: Counter,
 ) -> io::Result<(AccessLog, Writer)> {
-    let sink = output.0;
-    let (tx, rx) = mpsc::sync_channel(buffer.max(1));
-    let control = Arc::new(Control::default());
+    let shards = std::thread::available_parallelism()
+        .map_or(4, |n| 2 * n.get())
+        .min(MAX_SHARDS);
+    let queue = Arc::new(Queue {
+        shards: (0..shards)
+            .map(|_| Shard(Mutex::new(Lines::default())))
+            .collect(),
+        queued: AtomicUsize::new(0),
+        bound: buffer.max(1),
+        pending: Mutex::new(Vec::new()),
+        idle: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        writer: OnceLock::new(),
+    });
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let tap: Arc<OnceLock<Tap>> = Arc::default();
     let out = Out {
         tap: tap.clone(),
-        sink,
-        buf: Vec::with_capacity(FILE_CHUNK),
-        lines: 0,
+        sink: output.0,
         dropped: dropped.clone(),
         failing: false,
     };
-    let thread_control = control.clone();
-    std::thread::Builder::new()
+    let thread_queue = queue.clone();
+    let thread = std::thread::Builder::new()
         .name("tandem-access-log".into())
         .spawn(move || {
-            run(out, &rx, &thread_control);
-            // Closed before saying done: a line logged after shutdown is refused (and counted),
-            // not queued where nobody reads it.
-            drop(rx);
+            run(out, &thread_queue);
             let _ = done_tx.send(());
         })?;
+    // Set before anything can be queued: the handles are returned below.
+    let _ = queue.writer.set(thread.thread().clone());
     let log = AccessLog {
         inner: Arc::new(Shared {
-            tx: tx.clone(),
+            queue: queue.clone(),
             fields: fields.into(),
             http: keyed(fields, false),
             tcp: keyed(fields, true),
@@ -317,8 +373,7 @@ pub fn start(
         }),
     };
     let writer = Writer {
-        tx,
-        control,
+        queue,
         tap,
         done: Some(done_rx),
     };
@@ -332,32 +387,57 @@ fn open(path: &std::path::Path) -> io::Result<File> {
 impl AccessLog {
     /// Queues the line for one HTTP request; drops and counts it when the queue is full.
     pub fn log_request(&self, r: &RequestRecord<'_>) {
-        // Room for a whole line with every field: growing the buffer part way costs a copy.
-        let client_strings = r.path.len().min(MAX_PATH)
-            + r.user_agent.map_or(0, |u| u.len().min(MAX_USER_AGENT))
-            + r.authority.map_or(0, |a| a.len().min(MAX_AUTHORITY));
-        let mut line = Vec::with_capacity(896 + client_strings);
-        if write_request(&self.inner.http, r, &mut line).is_ok() {
-            self.send(line);
-        } else {
-            self.inner.dropped.inc();
-        }
+        self.queue(|lines| {
+            write_request(&self.inner.http, r, &mut lines.bytes, Some(&mut lines.runs))
+        });
     }
 
     /// Queues the line for one TCP connection; drops and counts it when the queue is full.
     pub fn log_connection(&self, r: &ConnectionRecord<'_>) {
-        let mut line = Vec::with_capacity(384);
-        if write_connection(&self.inner.tcp, r, &mut line).is_ok() {
-            self.send(line);
-        } else {
-            self.inner.dropped.inc();
-        }
+        self.queue(|lines| write_connection(&self.inner.tcp, r, &mut lines.bytes));
     }
 
-    fn send(&self, line: Vec<u8>) {
-        // `try_send`: a full queue (or a writer that has exited) costs this line, never a wait.
-        if self.inner.tx.try_send(Msg::Line(line)).is_err() {
+    /// Renders a line with `write` straight into this thread's shard; a full queue (or a writer
+    /// that has exited) costs this line, never a wait.
+    fn queue(&self, write: impl FnOnce(&mut Lines) -> Result<(), fmt::Error>) {
+        let q = &*self.inner.queue;
+        if q.queued.fetch_add(1, Ordering::Relaxed) >= q.bound {
+            q.queued.fetch_sub(1, Ordering::Relaxed);
             self.inner.dropped.inc();
+            return;
+        }
+        let mut lines = q.shards[shard_index() % q.shards.len()].lock();
+        let start = lines.bytes.len();
+        if lines.closed || write(&mut lines).is_err() {
+            lines.bytes.truncate(start);
+            drop(lines);
+            q.queued.fetch_sub(1, Ordering::Relaxed);
+            self.inner.dropped.inc();
+            return;
+        }
+        lines.count += 1;
+        drop(lines);
+        // Pairs with the writer's store before its last look at the shards (both SeqCst): either
+        // it saw this line, or this sees it idle.
+        if q.idle.load(Ordering::SeqCst) && q.idle.swap(false, Ordering::SeqCst) {
+            q.wake();
+        }
+    }
+}
+
+/// This thread's shard (modulo the number of shards): threads take turns.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|i| *i)
+}
+
+impl Queue {
+    fn wake(&self) {
+        if let Some(t) = self.writer.get() {
+            t.unpark();
         }
     }
 }
@@ -382,8 +462,7 @@ impl Writer {
     /// A handle that asks the writer to reopen its file.
     pub fn reopener(&self) -> Reopen {
         Reopen {
-            tx: self.tx.clone(),
-            control: self.control.clone(),
+            queue: self.queue.clone(),
         }
     }
 
@@ -398,9 +477,8 @@ impl Writer {
     }
 
     fn stop(&self) {
-        self.control.stop.store(true, Ordering::Release);
-        // A full queue means the writer is busy and looks at the flag after its batch.
-        let _ = self.tx.try_send(Msg::Wake);
+        self.queue.stop.store(true, Ordering::SeqCst);
+        self.queue.wake();
     }
 }
 
@@ -419,15 +497,23 @@ impl fmt::Debug for Writer {
 // === impl Reopen ===
 
 impl Reopen {
-    /// Reopens the log file at its path (after logrotate renamed it): lines queued before this
+    /// Reopens the log file at its path (after logrotate renamed it): lines logged before this
     /// call go to the old file, later ones to a new file at the path.
     pub fn reopen(&self) {
-        // In the queue, the reopen keeps its place among the lines; when the queue is full the
-        // flag does it after the writer's current batch instead.
-        if self.tx.try_send(Msg::Reopen).is_err() {
-            self.control.reopen.store(true, Ordering::Release);
-            let _ = self.tx.try_send(Msg::Wake);
+        let q = &*self.queue;
+        {
+            // What the shards hold now was logged before the reopen: it goes ahead of it.
+            let mut pending = lock(&q.pending);
+            for shard in q.shards.iter() {
+                let mut lines = shard.lock();
+                if lines.count > 0 {
+                    let count = std::mem::take(&mut lines.count);
+                    pending.push(Taken::Lines(std::mem::take(&mut lines.bytes), count));
+                }
+            }
+            pending.push(Taken::Reopen);
         }
+        q.wake();
     }
 }
 
@@ -439,64 +525,104 @@ impl fmt::Debug for Reopen {
 
 // === the writer thread ===
 
-fn run(mut out: Out, rx: &Receiver<Msg>, control: &Control) {
-    // Ends when stopped, or when every sender is gone (the `Writer` holds one until dropped).
-    while let Ok(first) = rx.recv() {
-        out.handle(first);
-        let mut taken = 1;
-        while taken < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => out.handle(m),
-                Err(_) => break,
+fn run(mut out: Out, q: &Queue) {
+    // The buffer swapped into a shard for the lines it takes: buffers go round between the
+    // shards and the writer, so lines cost no allocation once they have grown.
+    let mut spare = Vec::with_capacity(FILE_CHUNK);
+    loop {
+        let stop = q.stop.load(Ordering::SeqCst);
+        let mut wrote = false;
+        for shard in q.shards.iter() {
+            let (pending, count) = {
+                let mut pending = lock(&q.pending);
+                let taken = std::mem::take(&mut *pending);
+                let mut lines = shard.lock();
+                std::mem::swap(&mut lines.bytes, &mut spare);
+                // After the stop, nothing more is queued: whatever was logged before it is
+                // taken in this round.
+                lines.closed |= stop;
+                (taken, std::mem::take(&mut lines.count))
+            };
+            wrote |= !pending.is_empty();
+            out.write_taken(q, pending);
+            if count > 0 {
+                wrote = true;
+                q.queued.fetch_sub(count, Ordering::Relaxed);
+                out.write_lines(&spare, count);
             }
-            taken += 1;
+            spare.clear();
         }
-        out.flush();
-        if control.reopen.swap(false, Ordering::AcqRel) {
-            out.reopen();
-        }
-        if control.stop.load(Ordering::Acquire) {
-            // Whatever is queued now was logged before the stop: write it out.
-            while let Ok(m) = rx.try_recv() {
-                out.handle(m);
-            }
-            out.flush();
+        if stop {
+            // A reopen after the last shard was taken.
+            let pending = std::mem::take(&mut *lock(&q.pending));
+            out.write_taken(q, pending);
             return;
         }
-        if taken < MAX_BATCH {
+        if wrote {
             std::thread::sleep(GATHER);
+            continue;
         }
+        q.idle.store(true, Ordering::SeqCst);
+        let busy = q.stop.load(Ordering::SeqCst)
+            || !lock(&q.pending).is_empty()
+            || q.shards.iter().any(|s| s.lock().count > 0);
+        if !busy {
+            std::thread::park();
+        }
+        q.idle.store(false, Ordering::SeqCst);
     }
-    out.flush();
 }
 
 impl Out {
-    fn handle(&mut self, msg: Msg) {
-        match msg {
-            Msg::Line(line) => {
-                if let Some(tap) = self.tap.get() {
-                    tap(&line);
+    /// What a reopen took, in order: its lines, then the reopen.
+    fn write_taken(&mut self, q: &Queue, taken: Vec<Taken>) {
+        for t in taken {
+            match t {
+                Taken::Lines(bytes, n) => {
+                    q.queued.fetch_sub(n, Ordering::Relaxed);
+                    self.write_lines(&bytes, n);
                 }
-                if !self.buf.is_empty() && self.buf.len() + line.len() > self.sink.chunk {
-                    self.flush();
-                }
-                self.buf.extend_from_slice(&line);
-                self.lines += 1;
+                Taken::Reopen => self.reopen(),
             }
-            Msg::Reopen => {
-                self.flush();
-                self.reopen();
-            }
-            Msg::Wake => {}
         }
     }
 
-    /// Writes the gathered lines; on failure they are counted as dropped.
-    fn flush(&mut self) {
-        if self.buf.is_empty() {
-            return;
+    /// Hands `lines` whole lines to the tap and writes them, in writes of whole lines of at most
+    /// `sink.chunk` bytes (a longer line alone); lines a failed write lost are counted as
+    /// dropped.
+    fn write_lines(&mut self, bytes: &[u8], lines: usize) {
+        if let Some(tap) = self.tap.get() {
+            for line in bytes.split_inclusive(|&b| b == b'\n') {
+                tap(line);
+            }
         }
-        match self.sink.out.write_all(&self.buf) {
+        if bytes.len() <= self.sink.chunk {
+            return self.write(bytes, || lines);
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let end = if rest.len() <= self.sink.chunk {
+                rest.len()
+            } else {
+                match rest[..self.sink.chunk].iter().rposition(|&b| b == b'\n') {
+                    Some(i) => i + 1,
+                    None => rest
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(rest.len(), |i| i + 1),
+                }
+            };
+            let (piece, later) = rest.split_at(end);
+            // Lines are counted only when lost: a byte loop over every line written would cost
+            // the writer more than the write.
+            self.write(piece, || piece.iter().filter(|&&b| b == b'\n').count());
+            rest = later;
+        }
+    }
+
+    /// Writes whole lines (`lines()` of them); on failure they are counted as dropped.
+    fn write(&mut self, bytes: &[u8], lines: impl FnOnce() -> usize) {
+        match self.sink.out.write_all(bytes) {
             Ok(()) => {
                 if self.failing {
                     self.failing = false;
@@ -504,15 +630,13 @@ impl Out {
                 }
             }
             Err(e) => {
-                self.dropped.inc_by(self.lines);
+                self.dropped.inc_by(lines() as u64);
                 if !self.failing {
                     self.failing = true;
                     tracing::warn!(output = %self.sink.name(), error = %e, "access log: cannot write; lines are dropped and counted in tandem_access_log_dropped_total");
                 }
             }
         }
-        self.buf.clear();
-        self.lines = 0;
     }
 
     fn reopen(&mut self) {
@@ -547,31 +671,126 @@ impl Sink {
 // ~25 fields of a handful of known shapes, and a generic serializer (a map entry per field,
 // every key escaped byte by byte, numbers and addresses through `fmt`) cost ~10,000
 // instructions per line, most of a request's telemetry budget. Keys are constants that need no
-// escaping; names from the config and Tandem's own constants are escaped by the same fast scan
-// as client-controlled values (which copies runs of plain bytes whole), so every value is valid
+// escaping; names from the config and Tandem's own constants are escaped by the same
+// word-at-a-time escaper as client-controlled values ([`crate::json`]), so every value is valid
 // JSON whatever it holds.
+//
+// Short pieces (keys, numbers, addresses) are built in a fixed-size array and appended with one
+// fixed-size copy, then cut back to their length: a copy whose size the compiler knows is a few
+// stores, where one of a length known only at run time is a call to `memcpy`, and a line has
+// ~50 such pieces.
+
+/// Room for a key as written (`,"received_bytes":` is the longest).
+const KEY: usize = 24;
 
 /// A field of a line with its key as written: `{"name":` for the first, `,"name":` after.
 struct Field {
     field: AccessLogField,
-    key: Box<[u8]>,
+    key: [u8; KEY],
+    len: usize,
+    /// On the first field of a run of context fields (see [`Runs`]): the run's number and
+    /// how many fields it spans.
+    run: Option<(usize, usize)>,
 }
 
 /// `fields` with their keys written out; only those TCP lines have when `tcp`.
 fn keyed(fields: &[AccessLogField], tcp: bool) -> Box<[Field]> {
-    fields
+    let mut keyed = fields
         .iter()
         .filter(|f| !tcp || f.applies_to_tcp())
         .enumerate()
         .map(|(i, &field)| {
             // Field names are plain ASCII: nothing to escape.
-            let key = format!("{}\"{}\":", if i == 0 { '{' } else { ',' }, field.name());
+            let text = format!("{}\"{}\":", if i == 0 { '{' } else { ',' }, field.name());
+            let mut key = [0; KEY];
+            // Field names are a fixed set; `keys_fit` checks every one.
+            key[..text.len()].copy_from_slice(text.as_bytes());
             Field {
                 field,
-                key: key.into_bytes().into(),
+                key,
+                len: text.len(),
+                run: None,
             }
         })
-        .collect()
+        .collect::<Vec<_>>();
+    if !tcp {
+        // Runs of two or more context fields in a row.
+        let mut runs = 0;
+        let mut i = 0;
+        while i < keyed.len() {
+            let len = keyed[i..]
+                .iter()
+                .take_while(|f| is_context(f.field))
+                .count();
+            if len >= 2 {
+                keyed[i].run = Some((runs, len));
+                runs += 1;
+            }
+            i += len.max(1);
+        }
+    }
+    keyed.into()
+}
+
+/// Fields whose values come from the config and the protocol alone: the same for every request
+/// of a listener, route and endpoint.
+fn is_context(f: AccessLogField) -> bool {
+    use AccessLogField as F;
+    matches!(
+        f,
+        F::Kind | F::Listener | F::Direction | F::Route | F::Upstream | F::Endpoint | F::Protocol
+    )
+}
+
+/// The rendered runs of context fields of a shard's last line, each with the values it was
+/// rendered from: a request like the last one (same listener, route, endpoint: nearly every
+/// request) copies a run whole instead of writing its fields one by one.
+#[derive(Default)]
+struct Runs(Vec<Run>);
+
+#[derive(Default)]
+struct Run {
+    /// `bytes` hold the run rendered from the values below.
+    filled: bool,
+    listener: String,
+    direction: &'static str,
+    route: Option<String>,
+    upstream: Option<String>,
+    endpoint: Option<String>,
+    protocol: &'static str,
+    bytes: Vec<u8>,
+}
+
+impl Run {
+    fn matches(&self, r: &RequestRecord<'_>) -> bool {
+        self.filled
+            && self.listener == r.listener
+            && self.route.as_deref() == r.route
+            && self.upstream.as_deref() == r.upstream
+            && self.endpoint.as_deref() == r.endpoint
+            && self.direction == r.direction
+            && self.protocol == r.protocol
+    }
+
+    fn set(&mut self, r: &RequestRecord<'_>) {
+        fn copy(to: &mut Option<String>, from: Option<&str>) {
+            match (to.as_mut(), from) {
+                (Some(t), Some(f)) => {
+                    t.clear();
+                    t.push_str(f);
+                }
+                (_, f) => *to = f.map(str::to_owned),
+            }
+        }
+        self.filled = true;
+        self.listener.clear();
+        self.listener.push_str(r.listener);
+        self.direction = r.direction;
+        copy(&mut self.route, r.route);
+        copy(&mut self.upstream, r.upstream);
+        copy(&mut self.endpoint, r.endpoint);
+        self.protocol = r.protocol;
+    }
 }
 
 /// Appends the JSON line (with its `\n`) for `r` with `fields` to `out`.
@@ -580,7 +799,7 @@ pub fn format_request(
     r: &RequestRecord<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), fmt::Error> {
-    write_request(&keyed(fields, false), r, out)
+    write_request(&keyed(fields, false), r, out, None)
 }
 
 /// Appends the JSON line (with its `\n`) for `r` with `fields` to `out`; fields that only
@@ -593,64 +812,145 @@ pub fn format_connection(
     write_connection(&keyed(fields, true), r, out)
 }
 
+/// Up to `N` bytes built on the stack, appended with one copy of all `N` and cut back.
+struct Small<const N: usize> {
+    b: [u8; N],
+    n: usize,
+}
+
+impl<const N: usize> Small<N> {
+    #[inline(always)]
+    fn new() -> Self {
+        Small { b: [0; N], n: 0 }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, byte: u8) {
+        self.b[self.n] = byte;
+        self.n += 1;
+    }
+
+    /// `v` in decimal.
+    #[inline(always)]
+    fn uint(&mut self, v: u64) {
+        let mut len = 1;
+        let mut x = v;
+        while x >= 10 {
+            x /= 10;
+            len += 1;
+        }
+        let mut x = v;
+        for i in (self.n..self.n + len).rev() {
+            self.b[i] = b'0' + (x % 10) as u8;
+            x /= 10;
+        }
+        self.n += len;
+    }
+
+    #[inline(always)]
+    fn append_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.b);
+        out.truncate(out.len() - (N - self.n));
+    }
+}
+
+#[inline(always)]
+fn key(out: &mut Vec<u8>, f: &Field) {
+    out.extend_from_slice(&f.key);
+    out.truncate(out.len() - (KEY - f.len));
+}
+
 fn write_request(
     fields: &[Field],
     r: &RequestRecord<'_>,
     out: &mut Vec<u8>,
+    mut runs: Option<&mut Runs>,
 ) -> Result<(), fmt::Error> {
-    use AccessLogField as F;
-    out.reserve(896);
+    // Room for a whole line with every field: growing the buffer part way costs a copy.
+    out.reserve(
+        896 + r.path.len().min(MAX_PATH)
+            + r.user_agent.map_or(0, |u| u.len().min(MAX_USER_AGENT))
+            + r.authority.map_or(0, |a| a.len().min(MAX_AUTHORITY)),
+    );
     if fields.is_empty() {
         out.push(b'{');
     }
-    for f in fields {
-        out.extend_from_slice(&f.key);
-        match f.field {
-            F::Kind => out.extend_from_slice(b"\"http\""),
-            F::Time => rfc3339_micros(out, r.start),
-            F::DurationMs => millis(out, r.duration),
-            F::HeadMs => match r.head {
-                Some(d) => millis(out, d),
-                None => null(out),
-            },
-            F::Listener => string(out, r.listener.as_bytes()),
-            F::Direction => constant(out, r.direction),
-            F::Route => opt_string(out, r.route),
-            F::Upstream => opt_string(out, r.upstream),
-            F::Endpoint => opt_string(out, r.endpoint),
-            F::Client => client(out, r.client)?,
-            F::Protocol => constant(out, r.protocol),
-            F::Method => capped(out, r.method.as_bytes(), 32),
-            F::Path => capped(out, r.path.as_bytes(), MAX_PATH),
-            F::Authority => match r.authority {
-                Some(a) => capped(out, a, MAX_AUTHORITY),
-                None => null(out),
-            },
-            F::Status => match r.status {
-                Some(s) => uint(out, u64::from(s)),
-                None => null(out),
-            },
-            F::GrpcStatus => match r.grpc_status {
-                Some(s) => uint(out, u64::from(s)),
-                None => null(out),
-            },
-            F::ReceivedBytes => uint(out, r.received_bytes),
-            F::SentBytes => uint(out, r.sent_bytes),
-            F::Attempts => uint(out, u64::from(r.attempts)),
-            F::Retries => uint(out, u64::from(r.attempts.saturating_sub(1))),
-            F::Error => opt_constant(out, r.error),
-            F::End => constant(out, r.end.as_str()),
-            F::Completed => boolean(out, r.end == End::Complete),
-            F::UserAgent => match r.user_agent {
-                Some(a) => capped(out, a, MAX_USER_AGENT),
-                None => null(out),
-            },
-            F::PeerIdentity => opt_string(out, r.peer_identity),
-            F::TraceId => opt_string(out, r.trace_id),
-            F::SpanId => opt_string(out, r.span_id),
+    let mut i = 0;
+    while let Some(f) = fields.get(i) {
+        if let (Some((n, len)), Some(runs)) = (f.run, runs.as_deref_mut()) {
+            if runs.0.len() <= n {
+                runs.0.resize_with(n + 1, Run::default);
+            }
+            let run = &mut runs.0[n];
+            if !run.matches(r) {
+                // Marked as rendered only once it is.
+                run.filled = false;
+                run.bytes.clear();
+                for f in &fields[i..i + len] {
+                    request_field(&mut run.bytes, f, r)?;
+                }
+                run.set(r);
+            }
+            out.extend_from_slice(&run.bytes);
+            i += len;
+            continue;
         }
+        request_field(out, f, r)?;
+        i += 1;
     }
     out.extend_from_slice(b"}\n");
+    Ok(())
+}
+
+/// One field of an HTTP line, its key included.
+#[inline(always)]
+fn request_field(out: &mut Vec<u8>, f: &Field, r: &RequestRecord<'_>) -> Result<(), fmt::Error> {
+    use AccessLogField as F;
+    key(out, f);
+    match f.field {
+        F::Kind => out.extend_from_slice(b"\"http\""),
+        F::Time => rfc3339_micros(out, r.start),
+        F::DurationMs => millis(out, r.duration),
+        F::HeadMs => match r.head {
+            Some(d) => millis(out, d),
+            None => null(out),
+        },
+        F::Listener => json::push_str(out, r.listener),
+        F::Direction => constant(out, r.direction),
+        F::Route => opt_string(out, r.route),
+        F::Upstream => opt_string(out, r.upstream),
+        F::Endpoint => opt_string(out, r.endpoint),
+        F::Client => client(out, r.client)?,
+        F::Protocol => constant(out, r.protocol),
+        F::Method => capped_str(out, r.method, 32),
+        F::Path => capped_str(out, r.path, MAX_PATH),
+        F::Authority => match r.authority {
+            Some(a) => capped(out, a, MAX_AUTHORITY),
+            None => null(out),
+        },
+        F::Status => match r.status {
+            Some(s) => uint(out, u64::from(s)),
+            None => null(out),
+        },
+        F::GrpcStatus => match r.grpc_status {
+            Some(s) => uint(out, u64::from(s)),
+            None => null(out),
+        },
+        F::ReceivedBytes => uint(out, r.received_bytes),
+        F::SentBytes => uint(out, r.sent_bytes),
+        F::Attempts => uint(out, u64::from(r.attempts)),
+        F::Retries => uint(out, u64::from(r.attempts.saturating_sub(1))),
+        F::Error => opt_constant(out, r.error),
+        F::End => constant(out, r.end.as_str()),
+        F::Completed => boolean(out, r.end == End::Complete),
+        F::UserAgent => match r.user_agent {
+            Some(a) => capped(out, a, MAX_USER_AGENT),
+            None => null(out),
+        },
+        F::PeerIdentity => opt_string(out, r.peer_identity),
+        F::TraceId => opt_string(out, r.trace_id),
+        F::SpanId => opt_string(out, r.span_id),
+    }
     Ok(())
 }
 
@@ -665,12 +965,12 @@ fn write_connection(
         out.push(b'{');
     }
     for f in fields {
-        out.extend_from_slice(&f.key);
+        key(out, f);
         match f.field {
             F::Kind | F::Protocol => out.extend_from_slice(b"\"tcp\""),
             F::Time => rfc3339_micros(out, r.start),
             F::DurationMs => millis(out, r.duration),
-            F::Listener => string(out, r.listener.as_bytes()),
+            F::Listener => json::push_str(out, r.listener),
             F::Direction => constant(out, r.direction),
             F::Upstream => opt_string(out, r.upstream),
             F::Endpoint => opt_string(out, r.endpoint),
@@ -704,13 +1004,21 @@ fn null(out: &mut Vec<u8>) {
 }
 
 fn boolean(out: &mut Vec<u8>, v: bool) {
-    out.extend_from_slice(if v { b"true" } else { b"false" });
+    if v {
+        out.extend_from_slice(b"true");
+    } else {
+        out.extend_from_slice(b"false");
+    }
 }
 
 /// One of Tandem's own constant strings (directions, protocols, error reasons, ends): plain
 /// ASCII with nothing to escape, written as is.
 fn constant(out: &mut Vec<u8>, s: &'static str) {
-    debug_assert!(scan(s.as_bytes()) == (false, false), "{s}");
+    debug_assert!(
+        s.bytes()
+            .all(|b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\'),
+        "{s}"
+    );
     out.push(b'"');
     out.extend_from_slice(s.as_bytes());
     out.push(b'"');
@@ -725,157 +1033,97 @@ fn opt_constant(out: &mut Vec<u8>, v: Option<&'static str>) {
 
 fn opt_string(out: &mut Vec<u8>, v: Option<&str>) {
     match v {
-        Some(s) => string(out, s.as_bytes()),
+        Some(s) => json::push_str(out, s),
         None => null(out),
     }
 }
 
-/// A JSON string of UTF-8 `s`.
-fn string(out: &mut Vec<u8>, s: &[u8]) {
+/// Text from a client as a JSON string: more than the bound is cut at a character boundary
+/// and ends in `...`.
+fn capped_str(out: &mut Vec<u8>, s: &str, bound: usize) {
+    if s.len() <= bound {
+        return json::push_str(out, s);
+    }
+    let mut cut = bound;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
     out.push(b'"');
-    escape(out, s);
-    out.push(b'"');
+    json::escape(out, &s[..cut]);
+    out.extend_from_slice(b"...\"");
 }
-
-/// `s` (UTF-8) escaped for a JSON string as serde_json does: quotes, backslashes and control
-/// characters (`\n`, `\t`, ... or `\u00XX`); everything else, non-ASCII included, as is. Runs
-/// of plain bytes are copied whole.
-fn escape(out: &mut Vec<u8>, s: &[u8]) {
-    // Almost every value has nothing to escape: one scan, then one copy.
-    if !scan(s).0 {
-        out.extend_from_slice(s);
-        return;
-    }
-    escape_slow(out, s);
-}
-
-/// Whether `s` holds a byte JSON strings escape (a control character, `"` or `\`), and whether
-/// it holds a byte that is not ASCII: eight bytes at a time.
-fn scan(s: &[u8]) -> (bool, bool) {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Exact for "is there such a byte" (a borrow only ever follows a byte that matched).
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let mut special = 0;
-    let mut high = 0;
-    let mut chunks = s.chunks_exact(8);
-    for c in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(c);
-        let w = u64::from_ne_bytes(word);
-        // A byte below 0x20; a `"` (0x22); a `\` (0x5c).
-        special |= w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-        special |= has_zero(w ^ (ONES * 0x22));
-        special |= has_zero(w ^ (ONES * 0x5c));
-        high |= w & HIGH;
-    }
-    let mut tail_special = false;
-    let mut tail_high = false;
-    for &b in chunks.remainder() {
-        tail_special |= (b < 0x20) | (b == b'"') | (b == b'\\');
-        tail_high |= b >= 0x80;
-    }
-    (special != 0 || tail_special, high != 0 || tail_high)
-}
-
-/// [`escape`] of a value with something to escape.
-fn escape_slow(out: &mut Vec<u8>, s: &[u8]) {
-    let mut plain = 0;
-    for (i, &b) in s.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
-        out.extend_from_slice(&s[plain..i]);
-        plain = i + 1;
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            _ => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]),
-        }
-    }
-    out.extend_from_slice(&s[plain..]);
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Bytes from a client as a JSON string: invalid UTF-8 becomes U+FFFD, and more than the
 /// bound is cut at a character boundary and ends in `...`.
 fn capped(out: &mut Vec<u8>, bytes: &[u8], bound: usize) {
     // Only the bound and the character across it can reach the line: look at no more. When
     // `head` is shorter than `bytes`, its text is longer than the bound (a replacement is never
-    // shorter than what it replaces), so it is cut below, before anything `head` cut in two.
+    // shorter than what it replaces), so it is cut, before anything `head` cut in two.
     let head = &bytes[..bytes.len().min(bound + 4)];
-    // The usual case, plain ASCII within the bound: one scan decides everything.
-    if head.len() <= bound {
-        let (special, high) = scan(head);
-        if !high {
-            out.push(b'"');
-            if special {
-                escape_slow(out, head);
-            } else {
-                out.extend_from_slice(head);
-            }
-            out.push(b'"');
-            return;
-        }
+    // The usual case: plain ASCII within the bound, written as it is.
+    if head.len() <= bound && json::is_plain_ascii(head) {
+        out.push(b'"');
+        out.extend_from_slice(head);
+        out.push(b'"');
+        return;
     }
-    let text = match std::str::from_utf8(head) {
-        Ok(s) => std::borrow::Cow::Borrowed(s),
-        Err(_) => String::from_utf8_lossy(head),
-    };
-    if text.len() <= bound {
-        return string(out, text.as_bytes());
+    match std::str::from_utf8(head) {
+        Ok(text) => capped_str(out, text, bound),
+        Err(_) => capped_str(out, &String::from_utf8_lossy(head), bound),
     }
-    let mut cut = bound;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    out.push(b'"');
-    escape(out, &text.as_bytes()[..cut]);
-    out.extend_from_slice(b"...\"");
 }
 
 /// A non-negative integer.
 fn uint(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    let mut s = Small::<24>::new();
+    s.uint(v);
+    s.append_to(out);
 }
 
 /// Milliseconds with microsecond resolution, as serde_json writes the `f64` `micros / 1000`:
 /// the shortest decimal, `.0` when whole (at most three decimals, so exact).
 fn millis(out: &mut Vec<u8>, d: Duration) {
-    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-    uint(out, micros / 1000);
-    out.push(b'.');
+    let micros = d
+        .as_secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::from(d.subsec_micros()));
     let frac = micros % 1000;
-    if frac == 0 {
-        out.push(b'0');
+    if micros < 10_000 {
+        // Under 10 ms (most requests on a sidecar hop): one digit, the point, the fraction.
+        let digit = |v: u64| b'0' + (v % 10) as u8;
+        let b = [
+            digit(micros / 1000),
+            b'.',
+            digit(frac / 100),
+            digit(frac / 10),
+            digit(frac),
+        ];
+        let len = if frac == 0 || frac % 100 == 0 {
+            3
+        } else if frac % 10 == 0 {
+            4
+        } else {
+            5
+        };
+        out.extend_from_slice(&b);
+        out.truncate(out.len() - (5 - len));
         return;
     }
-    let digits = [
-        b'0' + (frac / 100) as u8,
-        b'0' + (frac / 10 % 10) as u8,
-        b'0' + (frac % 10) as u8,
-    ];
-    let len = if frac % 100 == 0 {
-        1
-    } else if frac % 10 == 0 {
-        2
+    let mut s = Small::<32>::new();
+    s.uint(micros / 1000);
+    s.push(b'.');
+    if frac == 0 {
+        s.push(b'0');
     } else {
-        3
-    };
-    out.extend_from_slice(&digits[..len]);
+        s.push(b'0' + (frac / 100) as u8);
+        if frac % 100 != 0 {
+            s.push(b'0' + (frac / 10 % 10) as u8);
+            if frac % 10 != 0 {
+                s.push(b'0' + (frac % 10) as u8);
+            }
+        }
+    }
+    s.append_to(out);
 }
 
 /// `"1.2.3.4:5"`, `"[::1]:5"` or `null`.
@@ -883,16 +1131,20 @@ fn client(out: &mut Vec<u8>, addr: Option<SocketAddr>) -> Result<(), fmt::Error>
     match addr {
         None => null(out),
         Some(SocketAddr::V4(a)) => {
-            out.push(b'"');
-            for (i, o) in a.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                uint(out, u64::from(o));
+            // At most `"255.255.255.255:65535"`: 23 bytes.
+            let mut s = Small::<32>::new();
+            s.push(b'"');
+            for o in a.ip().octets() {
+                // The octet's digits and a `.`, as four bytes in one store.
+                let (digits, len) = OCTETS[usize::from(o)];
+                s.b[s.n..s.n + 4].copy_from_slice(&digits);
+                s.n += len;
             }
-            out.push(b':');
-            uint(out, u64::from(a.port()));
-            out.push(b'"');
+            // The last octet's `.` becomes the `:`.
+            s.b[s.n - 1] = b':';
+            s.uint(u64::from(a.port()));
+            s.push(b'"');
+            s.append_to(out);
         }
         // Rare on the data path: through `Display` (only hex digits, `:`, `[]`, `%`, digits).
         Some(a @ SocketAddr::V6(_)) => {
@@ -904,6 +1156,29 @@ fn client(out: &mut Vec<u8>, addr: Option<SocketAddr>) -> Result<(), fmt::Error>
     }
     Ok(())
 }
+
+/// Per octet value: its decimal digits followed by `.` (padded to four bytes), and how many
+/// of the bytes count (digits and `.`).
+static OCTETS: [([u8; 4], usize); 256] = {
+    let mut t = [([0u8; 4], 0usize); 256];
+    let mut v = 0;
+    while v < 256 {
+        let d = [
+            b'0' + (v / 100) as u8,
+            b'0' + (v / 10 % 10) as u8,
+            b'0' + (v % 10) as u8,
+        ];
+        t[v] = if v >= 100 {
+            ([d[0], d[1], d[2], b'.'], 4)
+        } else if v >= 10 {
+            ([d[1], d[2], b'.', 0], 3)
+        } else {
+            ([d[2], b'.', 0, 0], 2)
+        };
+        v += 1;
+    }
+    t
+};
 
 /// A wall-clock time as RFC 3339 in UTC with microseconds (`2025-11-24T16:00:00.123456Z`);
 /// times before 1970 are written as the epoch.
@@ -918,13 +1193,14 @@ fn rfc3339_micros(out: &mut Vec<u8>, t: SystemTime) {
     }
     let (cached, prefix) = SECOND.get();
     if cached == secs {
-        let mut b = *b"000000Z\"";
+        let mut b = [0; 29];
+        b[..21].copy_from_slice(&prefix);
+        b[21..].copy_from_slice(b"000000Z\"");
         let mut v = micros;
-        for i in (0..6).rev() {
+        for i in (21..27).rev() {
             b[i] = b'0' + (v % 10) as u8;
             v /= 10;
         }
-        out.extend_from_slice(&prefix);
         out.extend_from_slice(&b);
         return;
     }

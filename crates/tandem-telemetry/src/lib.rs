@@ -9,6 +9,8 @@
 //! - [`RouteMetrics`], [`ListenerMetrics`]: pre-resolved handles for one route or listener.
 //! - [`access_log`]: request and connection records, rendered as JSON lines by a writer thread
 //!   behind a bounded queue.
+//! - [`json`]: the JSON string escaper of the hand-written JSON encoders (access log, log
+//!   shipping).
 //! - [`trace`]: distributed tracing: trace context (W3C, B3), sampling, spans, OTLP export.
 //! - [`logs`]: log shipping handles ([`logs::LogSourceMetrics`], [`logs::LogSinkMetrics`]).
 //! - [`tls`]: TLS handshakes, certificate expiry and reloads.
@@ -18,6 +20,7 @@
 pub mod access_log;
 pub mod discovery;
 pub mod histogram;
+pub mod json;
 pub mod logs;
 pub mod process;
 pub mod tls;

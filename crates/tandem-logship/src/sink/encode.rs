@@ -108,89 +108,9 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Appends `s` as a JSON string: quotes, backslashes and control characters escaped.
-///
-/// The per-line hot spot of every JSON encoding, so it goes eight bytes at a time: each word is
-/// copied whole and, when it holds a byte to escape, cut back to that byte; no call per run of
-/// plain bytes (a JSON log line has a quote every few bytes).
-pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut i = 0;
-    while let Some(word) = bytes.get(i..i + 8) {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        let flagged = escape_mask(u64::from_le_bytes(w));
-        // The whole word in one store; when a byte needs escaping, cut back to it (the lowest
-        // flag is exact: the bytes before it need no escape) and escape it.
-        out.extend_from_slice(&w);
-        if flagged == 0 {
-            i += 8;
-            continue;
-        }
-        let plain = (flagged.trailing_zeros() / 8) as usize;
-        out.truncate(out.len() - (8 - plain));
-        push_json_byte(out, w[plain]);
-        i += plain + 1;
-    }
-    for &b in &bytes[i..] {
-        push_json_byte(out, b);
-    }
-    out.push(b'"');
-}
-
-/// Appends one byte of a JSON string, escaped if it must be.
-#[inline]
-fn push_json_byte(out: &mut Vec<u8>, b: u8) {
-    match ESCAPES[usize::from(b)] {
-        0 => out.push(b),
-        b'u' => push_control(out, b),
-        short => out.extend_from_slice(&[b'\\', short]),
-    }
-}
-
-/// Per byte: 0 when it needs no escape, else the letter after `\` (`u` for `\u00XX`).
-static ESCAPES: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        t[b] = b'u';
-        b += 1;
-    }
-    t[b'\n' as usize] = b'n';
-    t[b'\r' as usize] = b'r';
-    t[b'\t' as usize] = b't';
-    t[b'"' as usize] = b'"';
-    t[b'\\' as usize] = b'\\';
-    t
-};
-
-/// A control character without a short escape, as `\u00XX`.
-#[cold]
-fn push_control(out: &mut Vec<u8>, b: u8) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.extend_from_slice(&[
-        b'\\',
-        b'u',
-        b'0',
-        b'0',
-        HEX[usize::from(b >> 4)],
-        HEX[usize::from(b & 0xf)],
-    ]);
-}
-
-/// The high bit of each byte of `w` (eight bytes, little-endian) that is a control character,
-/// `"` or `\`, and possibly of bytes after such a byte: the classic "byte less than n" and
-/// "zero byte" word tests, whose borrows only ever flag bytes above a true match. Zero: no
-/// byte needs escaping; else the lowest flag is exact.
-fn escape_mask(w: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    control | zero(w ^ (ONES * u64::from(b'"'))) | zero(w ^ (ONES * u64::from(b'\\')))
-}
+/// Appends `s` as a JSON string (quotes, backslashes and control characters escaped as
+/// serde_json does): the escaper the access log uses too.
+pub use tandem_telemetry::json::push_str as push_json_str;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -276,30 +196,12 @@ mod tests {
         assert_eq!(lines[2]["timestamp_fallback"], true);
     }
 
-    /// The byte-at-a-time escaping that `push_json_str` speeds up: the reference.
-    fn escaped_bytewise(s: &str) -> String {
-        let mut out = String::from("\"");
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-        out
-    }
-
-    /// Escaped as the reference, and read back by serde_json to the same string.
+    /// Escaped as serde_json escapes, and read back by serde_json to the same string.
     fn check_escape(s: &str) {
         let mut out = Vec::new();
         push_json_str(&mut out, s);
         let out = String::from_utf8(out).unwrap();
-        assert_eq!(out, escaped_bytewise(s), "{s:?}");
+        assert_eq!(out, serde_json::to_string(s).unwrap(), "{s:?}");
         assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s);
     }
 

@@ -338,6 +338,21 @@ async fn write_errors_count_as_dropped() {
     }
     assert!(writer.shutdown(Duration::from_secs(10)).await);
     assert_eq!(dropped.get(), 3);
+
+    // Batches larger than one write (64 KiB): each failed piece counts its own lines.
+    let dropped = Counter::default();
+    let (log, writer) = start(
+        Output::writer(Box::new(Full)),
+        &AccessLogField::ALL,
+        100_000,
+        dropped.clone(),
+    )
+    .unwrap();
+    for _ in 0..5000 {
+        log.log_request(&request());
+    }
+    assert!(writer.shutdown(Duration::from_secs(10)).await);
+    assert_eq!(dropped.get(), 5000);
 }
 
 /// logrotate's rename-and-reopen: lines before the reopen stay in the renamed file, lines after
@@ -390,6 +405,175 @@ async fn reopen_starts_a_new_file_at_the_path() {
     );
     assert_eq!(dropped.get(), 0);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Lines from many threads at once: every one written exactly once and whole, each thread's
+/// in the order it logged them; a reopen in the middle loses none.
+#[tokio::test]
+async fn lines_from_many_threads_are_all_written_in_thread_order() {
+    let sink = Shared::default();
+    let dropped = Counter::default();
+    let (log, writer) = start(
+        Output::writer(Box::new(sink.clone())),
+        &[AccessLogField::ReceivedBytes, AccessLogField::SentBytes],
+        1 << 20,
+        dropped.clone(),
+    )
+    .unwrap();
+    let reopen = writer.reopener();
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let log = log.clone();
+            let reopen = reopen.clone();
+            std::thread::spawn(move || {
+                for i in 0..5000 {
+                    let mut r = request();
+                    r.received_bytes = t;
+                    r.sent_bytes = i;
+                    log.log_request(&r);
+                    if t == 0 && i % 1000 == 0 {
+                        reopen.reopen();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(writer.shutdown(Duration::from_secs(10)).await);
+    let mut next = [0u64; 8];
+    for l in sink.lines() {
+        let m = parse(&format!("{l}\n"));
+        let t = m["received_bytes"].as_u64().unwrap() as usize;
+        assert_eq!(m["sent_bytes"].as_u64().unwrap(), next[t], "thread {t}");
+        next[t] += 1;
+    }
+    assert_eq!(next, [5000; 8]);
+    assert_eq!(dropped.get(), 0);
+}
+
+/// On stdout, lines go out in writes of whole lines of at most 4 KiB (a longer line alone),
+/// so that they do not interleave with other writers of the same pipe.
+#[tokio::test]
+async fn stdout_writes_are_whole_lines_within_pipe_buf() {
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let writes = Writes::default();
+    let output = Output(Sink {
+        out: Box::new(writes.clone()),
+        path: None,
+        chunk: STDOUT_CHUNK,
+    });
+    let (log, writer) = start(output, &AccessLogField::ALL, 10_000, Counter::default()).unwrap();
+    let long = format!("/{}", "\"".repeat(MAX_PATH));
+    for i in 0..2000 {
+        let mut r = request();
+        r.sent_bytes = i;
+        if i == 1000 {
+            r.path = &long;
+        }
+        log.log_request(&r);
+    }
+    assert!(writer.shutdown(Duration::from_secs(10)).await);
+    let writes = writes.0.lock().unwrap();
+    let mut lines = 0;
+    for w in writes.iter() {
+        assert!(w.ends_with(b"\n"));
+        let n = w.iter().filter(|&&b| b == b'\n').count();
+        assert!(
+            w.len() <= STDOUT_CHUNK || n == 1,
+            "{} bytes, {n} lines",
+            w.len()
+        );
+        lines += n;
+    }
+    assert_eq!(lines, 2000);
+    assert!(
+        writes.iter().any(|w| w.len() > STDOUT_CHUNK),
+        "the long line alone"
+    );
+}
+
+/// Runs of context fields are copied from the last line when its listener, route, upstream,
+/// endpoint, direction and protocol are the same, and rendered again when any differs: every
+/// line is what `format_request` writes for its record, for several field orders.
+#[tokio::test]
+async fn cached_context_runs_match_fresh_lines() {
+    use AccessLogField as F;
+    let orders: [&[AccessLogField]; 3] = [
+        &AccessLogField::ALL,
+        &[
+            F::Listener,
+            F::Route,
+            F::Status,
+            F::Endpoint,
+            F::Upstream,
+            F::Protocol,
+            F::Kind,
+        ],
+        &[F::Direction, F::Listener, F::Method, F::Upstream, F::Route],
+    ];
+    let names = ["a", "b", "a\"b", "", "é\n"];
+    let mut records = Vec::new();
+    let mut r = request();
+    for i in 0..300usize {
+        // One of the six values changes from one record to the next (the others stay).
+        let name = names[i / 6 % 5];
+        match i % 6 {
+            0 => r.listener = name,
+            1 => r.route = (i % 4 != 1).then_some(name),
+            2 => r.upstream = (i % 4 != 2).then_some(name),
+            3 => r.endpoint = (i % 4 != 3).then_some(name),
+            4 => {
+                r.direction = if r.direction == "inbound" {
+                    "outbound"
+                } else {
+                    "inbound"
+                }
+            }
+            _ => {
+                r.protocol = if r.protocol == "HTTP/2" {
+                    "HTTP/1.1"
+                } else {
+                    "HTTP/2"
+                }
+            }
+        }
+        r.sent_bytes = i as u64;
+        // Equal records too, which take the cached copy.
+        for _ in 0..=(i % 2) {
+            records.push(r.clone());
+        }
+    }
+    for fields in orders {
+        let sink = Shared::default();
+        let (log, writer) = start(
+            Output::writer(Box::new(sink.clone())),
+            fields,
+            100_000,
+            Counter::default(),
+        )
+        .unwrap();
+        for r in &records {
+            log.log_request(r);
+        }
+        assert!(writer.shutdown(Duration::from_secs(10)).await);
+        let want: Vec<String> = records
+            .iter()
+            .map(|r| line(fields, r).trim_end().to_owned())
+            .collect();
+        assert_eq!(sink.lines(), want, "{fields:?}");
+    }
 }
 
 /// A file that cannot be opened fails at start, naming the reason.
@@ -461,24 +645,13 @@ fn hand_written_json_matches_serde_json() {
     all.extend_from_slice("é\u{2028}\u{fffd}😀".as_bytes());
     let text = std::str::from_utf8(&all).unwrap();
     let mut out = Vec::new();
-    string(&mut out, text.as_bytes());
+    json::push_str(&mut out, text);
     assert_eq!(
         std::str::from_utf8(&out).unwrap(),
         serde_json::to_string(text).unwrap()
     );
-    for micros in [
-        0u64,
-        1,
-        10,
-        100,
-        999,
-        1000,
-        1001,
-        1010,
-        1100,
-        3_500,
-        123_456_789,
-    ] {
+    // Every value below 20 ms (both sides of the short form's 10 ms), and some beyond.
+    for micros in (0u64..20_000).chain([123_456_789, 1 << 40]) {
         let mut out = Vec::new();
         millis(&mut out, Duration::from_micros(micros));
         let want = serde_json::to_string(&(micros as f64 / 1000.0)).unwrap();
@@ -515,29 +688,6 @@ fn hand_written_json_matches_serde_json() {
     }
 }
 
-/// The word-at-a-time scan finds exactly the bytes a byte loop finds: every byte value at every
-/// position of every length across the 8-byte words and the tail.
-#[test]
-fn scan_agrees_with_a_byte_loop() {
-    let naive = |s: &[u8]| {
-        (
-            s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),
-            s.iter().any(|&b| b >= 0x80),
-        )
-    };
-    for len in 0..=20 {
-        for at in 0..len {
-            for b in 0..=255u8 {
-                for fill in [b'a', b' ', 0x7f, 0xc3] {
-                    let mut s = vec![fill; len];
-                    s[at] = b;
-                    assert_eq!(scan(&s), naive(&s), "{s:?}");
-                }
-            }
-        }
-    }
-}
-
 /// Lines in the same second reuse the cached date; a new second (or an earlier one) is
 /// written from scratch, and both agree with the full computation.
 #[test]
@@ -556,5 +706,118 @@ fn rfc3339_cache_matches_the_full_form() {
         rfc3339_micros(&mut cached, t);
         rfc3339_full(&mut full, micros / 1_000_000, (micros % 1_000_000) as u32);
         assert_eq!(cached, [full.clone(), full].concat());
+    }
+}
+
+/// Every key fits the room keys have.
+#[test]
+fn keys_fit() {
+    for f in AccessLogField::ALL {
+        assert!(f.name().len() + 4 <= KEY, "{}", f.name());
+    }
+}
+
+/// A straightforward serde_json rendering of `r` with every field: what a line must parse to.
+fn reference(r: &RequestRecord<'_>) -> serde_json::Value {
+    use serde_json::{json, Value};
+    let text = |b: Option<&[u8]>, bound: usize| match b {
+        None => Value::Null,
+        Some(b) => {
+            let s = String::from_utf8_lossy(b);
+            if s.len() <= bound {
+                Value::from(s.as_ref())
+            } else {
+                let mut cut = bound;
+                while !s.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                Value::from(format!("{}...", &s[..cut]))
+            }
+        }
+    };
+    let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
+    json!({
+        "kind": "http",
+        "time": humantime::format_rfc3339_micros(r.start).to_string(),
+        "duration_ms": ms(r.duration),
+        "head_ms": r.head.map(ms),
+        "listener": r.listener,
+        "direction": r.direction,
+        "route": r.route,
+        "upstream": r.upstream,
+        "endpoint": r.endpoint,
+        "client": r.client.map(|c| c.to_string()),
+        "protocol": r.protocol,
+        "method": text(Some(r.method.as_bytes()), 32),
+        "path": text(Some(r.path.as_bytes()), MAX_PATH),
+        "authority": text(r.authority, MAX_AUTHORITY),
+        "status": r.status,
+        "grpc_status": r.grpc_status,
+        "received_bytes": r.received_bytes,
+        "sent_bytes": r.sent_bytes,
+        "attempts": r.attempts,
+        "retries": r.attempts.saturating_sub(1),
+        "error": r.error,
+        "end": r.end.as_str(),
+        "completed": r.end == End::Complete,
+        "user_agent": text(r.user_agent, MAX_USER_AGENT),
+        "peer_identity": r.peer_identity,
+        "trace_id": r.trace_id,
+        "span_id": r.span_id,
+    })
+}
+
+proptest::proptest! {
+    /// For arbitrary values (hostile strings, long ones, invalid UTF-8, any numbers and
+    /// addresses), the hand-written line parses to the serde_json rendering of the same record,
+    /// and is one line.
+    #[test]
+    fn any_record_renders_like_serde_json(
+        names in proptest::collection::vec("\\PC{0,12}|[\"\\\\\\x00-\\x1f a]{0,12}", 5),
+        path in ".{0,40}|/[a-z\"\\\\]{2000,2100}",
+        ua in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+        authority in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+        method in "[A-Z]{1,40}",
+        micros in 0u64..(1u64 << 50),
+        durations in (0u64..(1u64 << 40), proptest::option::of(0u64..(1u64 << 40))),
+        client in proptest::option::of((proptest::num::u32::ANY, proptest::num::u16::ANY, proptest::bool::ANY)),
+        numbers in (proptest::option::of(100u16..1000), proptest::option::of(proptest::num::u32::ANY), proptest::num::u64::ANY, proptest::num::u64::ANY, proptest::num::u32::ANY),
+    ) {
+        let client = client.map(|(ip, port, v6)| {
+            if v6 {
+                SocketAddr::from((std::net::Ipv6Addr::from(u128::from(ip) << 64 | 1), port))
+            } else {
+                SocketAddr::from((std::net::Ipv4Addr::from(ip), port))
+            }
+        });
+        let r = RequestRecord {
+            start: SystemTime::UNIX_EPOCH + Duration::from_micros(micros),
+            head: durations.1.map(Duration::from_micros),
+            duration: Duration::from_micros(durations.0),
+            listener: &names[0],
+            direction: "outbound",
+            route: Some(&names[1]),
+            upstream: Some(&names[2]),
+            endpoint: Some(&names[3]),
+            client,
+            protocol: "HTTP/2",
+            method: &method,
+            path: &path,
+            authority: authority.as_deref(),
+            status: numbers.0,
+            grpc_status: numbers.1,
+            received_bytes: numbers.2,
+            sent_bytes: numbers.3,
+            attempts: numbers.4,
+            error: Some("upstream_timeout"),
+            end: End::UpstreamError,
+            user_agent: Some(&ua),
+            peer_identity: Some(&names[4]),
+            trace_id: None,
+            span_id: Some("00f067aa0ba902b7"),
+        };
+        let text = line(&AccessLogField::ALL, &r);
+        let m = parse(&text);
+        proptest::prop_assert_eq!(serde_json::Value::Object(m), reference(&r));
     }
 }
