@@ -3,10 +3,11 @@
 //! One thread owns the checkpoint [`Store`] and an [`AckTracker`] per file generation. Sources
 //! tell it about generations ([`Msg::Register`], [`Msg::Update`], [`Msg::Release`]); a chunk
 //! sends [`Msg::Ack`] once the last sink that received it confirmed it. After each batch of
-//! messages that moved an offset, the checkpoint is rewritten (renamed into place, not fsynced),
-//! so a crash of the process replays only what was in flight; every `sync_interval` the write
-//! is fsynced. The channel closes when every source and every chunk is gone; the committer
-//! then writes a last, fsynced checkpoint and ends.
+//! messages that moved an offset, the offsets go to the checkpoint journal (one write, not
+//! fsynced), so a crash of the process replays only what was in flight; every `sync_interval`
+//! the checkpoint file itself is replaced (temp file, fsync, rename). The channel closes when
+//! every source and every chunk is gone; the committer then writes a last, fsynced checkpoint
+//! file and ends.
 //!
 //! Messages from one generation arrive in order (a generation is registered before any of its
 //! chunks exists), so an ack never precedes its registration.
@@ -295,17 +296,21 @@ impl Committer {
             }));
         match self.store.write(&self.entries, sync) {
             Ok(()) => {
-                if self.failing {
+                // A journal write holds every confirmation, but while the checkpoint file
+                // cannot be replaced, the age keeps growing and the failure stays shown: a
+                // crash of the machine would lose more than `sync_interval`.
+                if sync && self.failing {
                     tracing::info!(path = %self.store.path().display(), "log checkpoint written again");
                     self.failing = false;
                 }
-                self.dirty_since = None;
-                {
-                    let mut st = self.state.lock();
-                    st.last_write = Some(SystemTime::now());
+                let mut st = self.state.lock();
+                st.last_write = Some(SystemTime::now());
+                if !self.failing {
+                    self.dirty_since = None;
                     st.dirty_since = None;
                     st.failing = false;
                 }
+                drop(st);
                 if sync {
                     self.last_sync = Instant::now();
                     self.unsynced = false;
@@ -321,6 +326,10 @@ impl Committer {
                     st.last_error = Some((e.to_string(), SystemTime::now()));
                 }
                 // Offsets on disk stay behind: a crash now replays more, loses nothing.
+                if sync {
+                    // Tried again in `sync_interval` (or at the next change), not in a loop.
+                    self.last_sync = Instant::now();
+                }
                 if !self.failing {
                     tracing::error!(
                         path = %self.store.path().display(),
@@ -345,7 +354,20 @@ impl Committer {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::checkpoint::load;
+    use crate::checkpoint::load_state;
+
+    /// What a restart would resume from in `dir` (the checkpoint file and its journal), read
+    /// while the committer may be writing: a read racing a write of the only journal record
+    /// so far is read again.
+    fn resumed(dir: &std::path::Path) -> Vec<Entry> {
+        for _ in 0..100 {
+            if let Ok(s) = load_state(dir) {
+                return s.entries;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        load_state(dir).unwrap().entries
+    }
 
     fn entry(offset: u64) -> Entry {
         Entry {
@@ -365,7 +387,7 @@ mod tests {
     fn acks_become_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path()).unwrap();
-        let path = store.path().to_owned();
+        let path = dir.path().to_owned();
         let committed = Arc::new(AtomicU64::new(0));
         let (tx, rx) = std::sync::mpsc::channel();
         let c = Committer::new(
@@ -387,7 +409,7 @@ mod tests {
             end: 200,
         })
         .unwrap();
-        let offset = || load(&path).unwrap().first().map(|e| e.offset);
+        let offset = || resumed(&path).first().map(|e| e.offset);
         let wait = |want: Option<u64>| {
             let deadline = Instant::now() + Duration::from_secs(5);
             while offset() != want {
@@ -417,7 +439,7 @@ mod tests {
         })
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while load(&path).unwrap()[0].path != "/l/app.log.1" {
+        while resumed(&path)[0].path != "/l/app.log.1" {
             assert!(Instant::now() < deadline);
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -437,7 +459,7 @@ mod tests {
     fn barrier_waits_for_the_write() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path()).unwrap();
-        let path = store.path().to_owned();
+        let path = dir.path().to_owned();
         let (tx, rx) = std::sync::mpsc::channel();
         let c = Committer::new(
             store,
@@ -456,7 +478,7 @@ mod tests {
             let (reply, wait) = tokio::sync::oneshot::channel();
             tx.send(Msg::Barrier(reply)).unwrap();
             wait.blocking_recv().unwrap();
-            assert_eq!(load(&path).unwrap()[0].offset, i * 10 + 10);
+            assert_eq!(resumed(&path)[0].offset, i * 10 + 10);
         }
         drop(tx);
         t.join().unwrap();
