@@ -44,9 +44,17 @@ pub(crate) enum Msg {
     Release { key: u64, end: u64 },
     /// Every sink confirmed `[start, end)` of generation `key`.
     Ack { key: u64, start: u64, end: u64 },
-    /// Answer once everything sent before this is in the checkpoint file: a sink waits for it
-    /// before its next delivery, so a crash replays at most the deliveries in flight.
-    Barrier(tokio::sync::oneshot::Sender<()>),
+    /// A delivery's confirmations (see [`crate::record::confirm_batch`]), and a barrier:
+    /// `reply` is answered once they (and everything sent before) are in the checkpoint. A
+    /// sink waits for it before its next delivery, so a crash replays at most the deliveries
+    /// in flight. One message per delivery: one wake-up and one write, where an ack per chunk
+    /// then a barrier woke the committer, and made it write, up to once per message.
+    Confirmed {
+        /// `(key, start, end)` per chunk whose last sink confirmed it.
+        acks: Vec<(u64, u64, u64)>,
+        /// Answered once they are in the checkpoint.
+        reply: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 struct Generation {
@@ -266,9 +274,13 @@ impl Committer {
                 g.release_at = Some(end);
                 false
             }
-            Msg::Barrier(reply) => {
+            Msg::Confirmed { acks, reply } => {
+                let mut changed = false;
+                for (key, start, end) in acks {
+                    changed |= self.apply(Msg::Ack { key, start, end });
+                }
                 self.barriers.push(reply);
-                false
+                changed
             }
             Msg::Ack { key, start, end } => {
                 let Some(g) = self.generations.get_mut(&key) else {
@@ -469,14 +481,12 @@ mod tests {
         );
         let t = std::thread::spawn(move || c.run(rx));
         for i in 0..50 {
-            tx.send(Msg::Ack {
-                key: 1,
-                start: i * 10,
-                end: i * 10 + 10,
+            let (reply, wait) = tokio::sync::oneshot::channel();
+            tx.send(Msg::Confirmed {
+                acks: vec![(1, i * 10, i * 10 + 10)],
+                reply,
             })
             .unwrap();
-            let (reply, wait) = tokio::sync::oneshot::channel();
-            tx.send(Msg::Barrier(reply)).unwrap();
             wait.blocking_recv().unwrap();
             assert_eq!(resumed(&path)[0].offset, i * 10 + 10);
         }
