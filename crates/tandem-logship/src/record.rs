@@ -346,7 +346,7 @@ mod confirm_tests {
             r.blocking_recv().unwrap();
         }
         // The second sink confirms the last two: now they are acknowledged.
-        confirm_batch(&batch[3..]);
+        let _replies = confirm_batch(&batch[3..]);
         assert_eq!(take(&files_rx), [(2, 0, 7)]);
         assert_eq!(take(&stream_rx), [(9, 5, 8)]);
     }
