@@ -77,6 +77,9 @@ pub(crate) struct Committer {
     barriers: Vec<tokio::sync::oneshot::Sender<()>>,
     /// Since when the file lacks a confirmation (None: it holds every one).
     dirty_since: Option<Instant>,
+    /// The first change since the checkpoint file was last replaced (None: it holds them
+    /// all): what the file lacks when replacing it fails.
+    unsynced_since: Option<(Instant, SystemTime)>,
     age: Gauge,
     state: Arc<CheckpointState>,
 }
@@ -170,6 +173,7 @@ impl Committer {
             entries: Vec::new(),
             barriers: Vec::new(),
             dirty_since: None,
+            unsynced_since: None,
             age: Gauge::default(),
             state: Arc::default(),
         }
@@ -204,6 +208,9 @@ impl Committer {
             if changed && self.dirty_since.is_none() {
                 self.dirty_since = Some(Instant::now());
                 self.state.lock().dirty_since = Some(SystemTime::now());
+            }
+            if changed && self.unsynced_since.is_none() {
+                self.unsynced_since = Some((Instant::now(), SystemTime::now()));
             }
             let sync_due = self.last_sync.elapsed() >= self.sync_interval;
             if changed || (self.unsynced && sync_due) {
@@ -326,6 +333,7 @@ impl Committer {
                 if sync {
                     self.last_sync = Instant::now();
                     self.unsynced = false;
+                    self.unsynced_since = None;
                 } else {
                     self.unsynced = true;
                 }
@@ -336,6 +344,14 @@ impl Committer {
                     let mut st = self.state.lock();
                     st.failing = true;
                     st.last_error = Some((e.to_string(), SystemTime::now()));
+                    // The journal may hold every confirmation, but the checkpoint file lacks
+                    // those since its last replacement: that is the age shown.
+                    if sync && self.dirty_since.is_none() {
+                        if let Some((at, wall)) = self.unsynced_since {
+                            self.dirty_since = Some(at);
+                            st.dirty_since = Some(wall);
+                        }
+                    }
                 }
                 // Offsets on disk stay behind: a crash now replays more, loses nothing.
                 if sync {
