@@ -268,7 +268,9 @@ impl Chunk {
 /// at once if it is gone). Chunks of one source share one channel, chunks of two sources never
 /// do (a file source's go to the committer, a stream source's to its own buffer).
 pub(crate) fn confirm_batch(batch: &[Arc<Chunk>]) -> Vec<tokio::sync::oneshot::Receiver<()>> {
-    let mut groups: Vec<(&Chunk, Vec<(u64, u64, u64)>)> = Vec::new();
+    // Per source: its first chunk (the channel), the ranges to acknowledge.
+    type Range = (u64, u64, u64);
+    let mut groups: Vec<(&Chunk, Vec<Range>)> = Vec::new();
     for c in batch {
         let i = match groups
             .iter()
