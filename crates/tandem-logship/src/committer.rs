@@ -3,10 +3,11 @@
 //! One thread owns the checkpoint [`Store`] and an [`AckTracker`] per file generation. Sources
 //! tell it about generations ([`Msg::Register`], [`Msg::Update`], [`Msg::Release`]); a chunk
 //! sends [`Msg::Ack`] once the last sink that received it confirmed it. After each batch of
-//! messages that moved an offset, the checkpoint is rewritten (renamed into place, not fsynced),
-//! so a crash of the process replays only what was in flight; every `sync_interval` the write
-//! is fsynced. The channel closes when every source and every chunk is gone; the committer
-//! then writes a last, fsynced checkpoint and ends.
+//! messages that moved an offset, the offsets go to the checkpoint journal (one write, not
+//! fsynced), so a crash of the process replays only what was in flight; every `sync_interval`
+//! the checkpoint file itself is replaced (temp file, fsync, rename). The channel closes when
+//! every source and every chunk is gone; the committer then writes a last, fsynced checkpoint
+//! file and ends.
 //!
 //! Messages from one generation arrive in order (a generation is registered before any of its
 //! chunks exists), so an ack never precedes its registration.
@@ -43,9 +44,17 @@ pub(crate) enum Msg {
     Release { key: u64, end: u64 },
     /// Every sink confirmed `[start, end)` of generation `key`.
     Ack { key: u64, start: u64, end: u64 },
-    /// Answer once everything sent before this is in the checkpoint file: a sink waits for it
-    /// before its next delivery, so a crash replays at most the deliveries in flight.
-    Barrier(tokio::sync::oneshot::Sender<()>),
+    /// A delivery's confirmations (see [`crate::record::confirm_batch`]), and a barrier:
+    /// `reply` is answered once they (and everything sent before) are in the checkpoint. A
+    /// sink waits for it before its next delivery, so a crash replays at most the deliveries
+    /// in flight. One message per delivery: one wake-up and one write, where an ack per chunk
+    /// then a barrier woke the committer, and made it write, up to once per message.
+    Confirmed {
+        /// `(key, start, end)` per chunk whose last sink confirmed it.
+        acks: Vec<(u64, u64, u64)>,
+        /// Answered once they are in the checkpoint.
+        reply: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 struct Generation {
@@ -68,6 +77,9 @@ pub(crate) struct Committer {
     barriers: Vec<tokio::sync::oneshot::Sender<()>>,
     /// Since when the file lacks a confirmation (None: it holds every one).
     dirty_since: Option<Instant>,
+    /// The first change since the checkpoint file was last replaced (None: it holds them
+    /// all): what the file lacks when replacing it fails.
+    unsynced_since: Option<(Instant, SystemTime)>,
     age: Gauge,
     state: Arc<CheckpointState>,
 }
@@ -161,6 +173,7 @@ impl Committer {
             entries: Vec::new(),
             barriers: Vec::new(),
             dirty_since: None,
+            unsynced_since: None,
             age: Gauge::default(),
             state: Arc::default(),
         }
@@ -195,6 +208,9 @@ impl Committer {
             if changed && self.dirty_since.is_none() {
                 self.dirty_since = Some(Instant::now());
                 self.state.lock().dirty_since = Some(SystemTime::now());
+            }
+            if changed && self.unsynced_since.is_none() {
+                self.unsynced_since = Some((Instant::now(), SystemTime::now()));
             }
             let sync_due = self.last_sync.elapsed() >= self.sync_interval;
             if changed || (self.unsynced && sync_due) {
@@ -265,9 +281,13 @@ impl Committer {
                 g.release_at = Some(end);
                 false
             }
-            Msg::Barrier(reply) => {
+            Msg::Confirmed { acks, reply } => {
+                let mut changed = false;
+                for (key, start, end) in acks {
+                    changed |= self.apply(Msg::Ack { key, start, end });
+                }
                 self.barriers.push(reply);
-                false
+                changed
             }
             Msg::Ack { key, start, end } => {
                 let Some(g) = self.generations.get_mut(&key) else {
@@ -295,20 +315,25 @@ impl Committer {
             }));
         match self.store.write(&self.entries, sync) {
             Ok(()) => {
-                if self.failing {
+                // A journal write holds every confirmation, but while the checkpoint file
+                // cannot be replaced, the age keeps growing and the failure stays shown: a
+                // crash of the machine would lose more than `sync_interval`.
+                if sync && self.failing {
                     tracing::info!(path = %self.store.path().display(), "log checkpoint written again");
                     self.failing = false;
                 }
-                self.dirty_since = None;
-                {
-                    let mut st = self.state.lock();
-                    st.last_write = Some(SystemTime::now());
+                let mut st = self.state.lock();
+                st.last_write = Some(SystemTime::now());
+                if !self.failing {
+                    self.dirty_since = None;
                     st.dirty_since = None;
                     st.failing = false;
                 }
+                drop(st);
                 if sync {
                     self.last_sync = Instant::now();
                     self.unsynced = false;
+                    self.unsynced_since = None;
                 } else {
                     self.unsynced = true;
                 }
@@ -319,8 +344,20 @@ impl Committer {
                     let mut st = self.state.lock();
                     st.failing = true;
                     st.last_error = Some((e.to_string(), SystemTime::now()));
+                    // The journal may hold every confirmation, but the checkpoint file lacks
+                    // those since its last replacement: that is the age shown.
+                    if sync && self.dirty_since.is_none() {
+                        if let Some((at, wall)) = self.unsynced_since {
+                            self.dirty_since = Some(at);
+                            st.dirty_since = Some(wall);
+                        }
+                    }
                 }
                 // Offsets on disk stay behind: a crash now replays more, loses nothing.
+                if sync {
+                    // Tried again in `sync_interval` (or at the next change), not in a loop.
+                    self.last_sync = Instant::now();
+                }
                 if !self.failing {
                     tracing::error!(
                         path = %self.store.path().display(),
@@ -345,7 +382,20 @@ impl Committer {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::checkpoint::load;
+    use crate::checkpoint::load_state;
+
+    /// What a restart would resume from in `dir` (the checkpoint file and its journal), read
+    /// while the committer may be writing: a read racing a write of the only journal record
+    /// so far is read again.
+    fn resumed(dir: &std::path::Path) -> Vec<Entry> {
+        for _ in 0..100 {
+            if let Ok(s) = load_state(dir) {
+                return s.entries;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        load_state(dir).unwrap().entries
+    }
 
     fn entry(offset: u64) -> Entry {
         Entry {
@@ -365,7 +415,7 @@ mod tests {
     fn acks_become_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path()).unwrap();
-        let path = store.path().to_owned();
+        let path = dir.path().to_owned();
         let committed = Arc::new(AtomicU64::new(0));
         let (tx, rx) = std::sync::mpsc::channel();
         let c = Committer::new(
@@ -387,7 +437,7 @@ mod tests {
             end: 200,
         })
         .unwrap();
-        let offset = || load(&path).unwrap().first().map(|e| e.offset);
+        let offset = || resumed(&path).first().map(|e| e.offset);
         let wait = |want: Option<u64>| {
             let deadline = Instant::now() + Duration::from_secs(5);
             while offset() != want {
@@ -417,7 +467,7 @@ mod tests {
         })
         .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while load(&path).unwrap()[0].path != "/l/app.log.1" {
+        while resumed(&path)[0].path != "/l/app.log.1" {
             assert!(Instant::now() < deadline);
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -437,7 +487,7 @@ mod tests {
     fn barrier_waits_for_the_write() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path()).unwrap();
-        let path = store.path().to_owned();
+        let path = dir.path().to_owned();
         let (tx, rx) = std::sync::mpsc::channel();
         let c = Committer::new(
             store,
@@ -447,16 +497,14 @@ mod tests {
         );
         let t = std::thread::spawn(move || c.run(rx));
         for i in 0..50 {
-            tx.send(Msg::Ack {
-                key: 1,
-                start: i * 10,
-                end: i * 10 + 10,
+            let (reply, wait) = tokio::sync::oneshot::channel();
+            tx.send(Msg::Confirmed {
+                acks: vec![(1, i * 10, i * 10 + 10)],
+                reply,
             })
             .unwrap();
-            let (reply, wait) = tokio::sync::oneshot::channel();
-            tx.send(Msg::Barrier(reply)).unwrap();
             wait.blocking_recv().unwrap();
-            assert_eq!(load(&path).unwrap()[0].offset, i * 10 + 10);
+            assert_eq!(resumed(&path)[0].offset, i * 10 + 10);
         }
         drop(tx);
         t.join().unwrap();

@@ -5,14 +5,15 @@
 //!  files --(thread per source: glob scan, fstat/fingerprint, pread, frame, parse)--> chunks
 //!  chunks --(Arc, one unbounded queue per sink)--> sink driver: batch -> encode -> send, retry
 //!  sink confirms a batch --> each chunk: last sink to confirm --> committer: ack [start, end)
-//!  committer (thread): contiguous prefix per file --> checkpoints.json (rename; fsync per interval)
+//!  committer (thread): contiguous prefix per file --> checkpoints.journal (one pwrite per
+//!    delivery) and checkpoints.json (temp, fsync, rename: every sync_interval)
 //! ```
 //!
 //! The guarantee, end to end: a file offset is checkpointed only after every sink that received
 //! the lines before it confirmed them (HTTP 2xx, a completed write). After a crash, reading
 //! resumes at the checkpoint: nothing is lost, and what is shipped twice is bounded by the
-//! batches in flight (one per sink with the default `concurrency: 1`), because the checkpoint is
-//! rewritten after every confirmation. Files are known by device, inode and a fingerprint of
+//! batches in flight (one per sink with the default `concurrency: 1`), because every
+//! confirmation is written to the checkpoint journal before the sink's next delivery. Files are known by device, inode and a fingerprint of
 //! their first bytes, so rename rotation and copytruncate neither lose nor duplicate lines
 //! (within the limits in `source::file`). Memory is bounded by one budget ([`budget`]): when
 //! sinks fall behind, sources pause and the files are the buffer.

@@ -227,14 +227,6 @@ impl Chunk {
         (self.ack.key, self.ack.start, self.ack.end)
     }
 
-    /// A receiver that completes once every confirmation sent before this call is in the
-    /// checkpoint file (or at once if the committer is gone).
-    pub(crate) fn barrier(&self) -> tokio::sync::oneshot::Receiver<()> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = self.ack.tx.send(Msg::Barrier(tx));
-        rx
-    }
-
     /// A copy of `records` of this chunk, for encoding only (a sink splitting a batch its
     /// receiver found too large): confirming it does nothing; the whole chunk is confirmed.
     pub(crate) fn part(&self, records: std::ops::Range<usize>) -> Chunk {
@@ -254,13 +246,110 @@ impl Chunk {
 
     /// One sink confirmed delivery; the last confirmation acknowledges the range.
     pub fn confirm(&self) {
-        if self.ack.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if let Some(ack) = self.take_ack() {
             // The committer outlives every chunk; a send error means it is gone, at exit.
             let _ = self.ack.tx.send(Msg::Ack {
-                key: self.ack.key,
-                start: self.ack.start,
-                end: self.ack.end,
+                key: ack.0,
+                start: ack.1,
+                end: ack.2,
             });
         }
+    }
+
+    /// One sink confirmed delivery: the range to acknowledge when it was the last.
+    fn take_ack(&self) -> Option<(u64, u64, u64)> {
+        (self.ack.pending.fetch_sub(1, Ordering::AcqRel) == 1).then(|| self.range())
+    }
+}
+
+/// One sink confirmed every chunk of `batch`: the ranges they complete go to their source's
+/// committer (or stream buffer) in one message per source, each with a barrier. Returns the
+/// barriers' answers: each comes once that source's confirmations are in its checkpoint (or
+/// at once if it is gone). Chunks of one source share one channel, chunks of two sources never
+/// do (a file source's go to the committer, a stream source's to its own buffer).
+pub(crate) fn confirm_batch(batch: &[Arc<Chunk>]) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+    // Per source: its first chunk (the channel), the ranges to acknowledge.
+    type Range = (u64, u64, u64);
+    let mut groups: Vec<(&Chunk, Vec<Range>)> = Vec::new();
+    for c in batch {
+        let i = match groups
+            .iter()
+            .position(|(first, _)| first.origin.source == c.origin.source)
+        {
+            Some(i) => i,
+            None => {
+                groups.push((c, Vec::new()));
+                groups.len() - 1
+            }
+        };
+        if let Some(ack) = c.take_ack() {
+            groups[i].1.push(ack);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(first, acks)| {
+            let (reply, done) = tokio::sync::oneshot::channel();
+            let _ = first.ack.tx.send(Msg::Confirmed { acks, reply });
+            done
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod confirm_tests {
+    use super::*;
+
+    fn chunk(source: &str, range: (u64, u64, u64), sinks: usize, tx: &Sender<Msg>) -> Arc<Chunk> {
+        let origin = Arc::new(Origin::new(source.into(), "/f".into(), Arc::from(vec![])));
+        Arc::new(Chunk::new(
+            vec![Record::default()],
+            1,
+            SystemTime::now(),
+            origin,
+            range,
+            sinks,
+            tx.clone(),
+            None,
+        ))
+    }
+
+    /// A batch's confirmations reach each source's channel in one message with its barrier;
+    /// a chunk another sink has yet to confirm is not acknowledged, but its source still gets
+    /// the barrier.
+    #[test]
+    fn one_message_per_source_and_delivery() {
+        let (files, files_rx) = std::sync::mpsc::channel();
+        let (stream, stream_rx) = std::sync::mpsc::channel();
+        let batch = vec![
+            chunk("app", (1, 0, 10), 1, &files),
+            chunk("stdio", (9, 0, 5), 1, &stream),
+            chunk("app", (1, 10, 20), 1, &files),
+            chunk("app", (2, 0, 7), 2, &files),
+            chunk("stdio", (9, 5, 8), 2, &stream),
+        ];
+        let replies = confirm_batch(&batch);
+        assert_eq!(replies.len(), 2);
+        let take = |rx: &std::sync::mpsc::Receiver<Msg>| {
+            let msgs: Vec<Msg> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+            assert_eq!(msgs.len(), 1, "{msgs:?}");
+            match msgs.into_iter().next().unwrap() {
+                Msg::Confirmed { acks, reply } => {
+                    reply.send(()).unwrap();
+                    acks
+                }
+                m => panic!("{m:?}"),
+            }
+        };
+        assert_eq!(take(&files_rx), [(1, 0, 10), (1, 10, 20)]);
+        assert_eq!(take(&stream_rx), [(9, 0, 5)]);
+        for r in replies {
+            r.blocking_recv().unwrap();
+        }
+        // The second sink confirms the last two: now they are acknowledged.
+        let _replies = confirm_batch(&batch[3..]);
+        assert_eq!(take(&files_rx), [(2, 0, 7)]);
+        assert_eq!(take(&stream_rx), [(9, 5, 8)]);
     }
 }

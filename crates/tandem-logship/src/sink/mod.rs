@@ -467,15 +467,16 @@ async fn deliver(
     if attempts > 1 {
         tracing::info!(sink = %s.name, attempts, lines, "log batch done after retries");
     }
-    for chunk in &batch {
-        chunk.confirm();
-    }
     // Hold the delivery slot until the checkpoint has caught up: with it, a crash replays at
     // most the deliveries in flight. Bounded, so a slow disk delays shipping a little rather
     // than stopping it.
-    if let Some(c) = batch.last() {
-        let _ = tokio::time::timeout(CHECKPOINT_WAIT, c.barrier()).await;
-    }
+    let recorded = crate::record::confirm_batch(&batch);
+    let _ = tokio::time::timeout(CHECKPOINT_WAIT, async {
+        for r in recorded {
+            let _ = r.await;
+        }
+    })
+    .await;
 }
 
 /// Encoding (and gzip) is CPU work: off the runtime that serves the proxy. None if it panicked.

@@ -119,7 +119,10 @@ fn rig_full(
                 Msg::Ack { start, end, .. } => {
                     let _ = acked.send((start, end));
                 }
-                Msg::Barrier(reply) => {
+                Msg::Confirmed { acks, reply } => {
+                    for (_, start, end) in acks {
+                        let _ = acked.send((start, end));
+                    }
                     std::thread::sleep(barrier_delay);
                     let _ = reply.send(());
                 }
@@ -547,8 +550,12 @@ async fn drive_split(
                         break;
                     }
                 }
-                Msg::Barrier(reply) => {
+                Msg::Confirmed { acks, reply } => {
+                    out.extend(acks.into_iter().map(|(_, start, end)| (start, end)));
                     let _ = reply.send(());
+                    if out.len() == chunks {
+                        break;
+                    }
                 }
                 _ => {}
             }

@@ -935,11 +935,13 @@ impl FileTailer {
             self.metrics.split_lines.inc_by(splits);
         }
         self.metrics.read_lines.inc_by(self.lines.len() as u64);
-        let lines = std::mem::take(&mut self.lines);
+        let mut lines = std::mem::take(&mut self.lines);
         let end = match joiner {
             None => {
                 if end > start {
-                    let units = lines.iter().map(|l| (&l.text, l.end));
+                    // The texts move into the records: no reference count taken and dropped
+                    // per line.
+                    let units = lines.drain(..).map(|l| (l.text, l.end));
                     self.cut_chunks(key, origin, (start, end), units);
                 }
                 end
@@ -953,7 +955,7 @@ impl FileTailer {
                 joined.extend(if finish { j.flush() } else { j.poll(now) });
                 let safe = j.safe_offset();
                 if safe > start {
-                    let units = joined.iter().map(|r| (&r.text, r.end));
+                    let units = joined.drain(..).map(|r| (r.text, r.end));
                     self.cut_chunks(key, origin, (start, safe), units);
                 }
                 joined.clear();
@@ -972,12 +974,12 @@ impl FileTailer {
     /// Shapes `units` (record texts, each with the offset past its last line) into chunks
     /// covering `[start, end)` together. Dropped records ship nothing, but their bytes are in
     /// a chunk's range, so the checkpoint moves past them.
-    fn cut_chunks<'a>(
+    fn cut_chunks(
         &mut self,
         key: u64,
         origin: &Arc<Origin>,
         (start, end): (u64, u64),
-        units: impl Iterator<Item = (&'a bytes::Bytes, u64)>,
+        units: impl Iterator<Item = (bytes::Bytes, u64)>,
     ) {
         let observed = SystemTime::now();
         let mut records: Vec<Record> = Vec::new();
@@ -997,7 +999,7 @@ impl FileTailer {
             if len == 0 {
                 continue;
             }
-            match self.shaper.shape(text.clone()) {
+            match self.shaper.shape(text) {
                 Ok(mut record) => {
                     bytes += len;
                     record.position = unit_end;

@@ -688,7 +688,12 @@ impl StreamPump {
                 self.tracker.ack(start, end);
             }
             // Chunks from memory need no tracking; a sink's barrier has nothing to wait for.
-            Msg::Barrier(reply) => {
+            Msg::Confirmed { acks, reply } => {
+                for (key, start, end) in acks {
+                    if key == DISK_KEY {
+                        self.tracker.ack(start, end);
+                    }
+                }
                 let _ = reply.send(());
             }
             _ => {}
