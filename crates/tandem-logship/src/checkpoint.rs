@@ -334,7 +334,7 @@ pub fn load_state(dir: &Path) -> Result<State, CheckpointError> {
         if base == 0 {
             return Err(CheckpointError::Corrupt {
                 path: journal_path,
-                reason: "no record in it is whole, and there is no checkpoint file to fall                          back to"
+                reason: "no record in it is whole, and there is no checkpoint file to fall back to"
                     .into(),
             });
         }
