@@ -196,44 +196,6 @@ mod tests {
         assert_eq!(lines[2]["timestamp_fallback"], true);
     }
 
-    /// Escaped as serde_json escapes, and read back by serde_json to the same string.
-    fn check_escape(s: &str) {
-        let mut out = Vec::new();
-        push_json_str(&mut out, s);
-        let out = String::from_utf8(out).unwrap();
-        assert_eq!(out, serde_json::to_string(s).unwrap(), "{s:?}");
-        assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s);
-    }
-
-    /// The word-at-a-time escaping: every byte that may need an escape, at every position in
-    /// and across eight-byte words, several in a word.
-    #[test]
-    fn strings_escape_at_any_position() {
-        let mut specials: Vec<char> = (0u8..0x20).map(char::from).collect();
-        specials.extend([
-            '"', '\\', '\u{7f}', '\u{2028}', 'é', ' ', '!', '#', '[', ']', '~',
-        ]);
-        for c in &specials {
-            for pos in 0..20 {
-                for len in [pos + 1, pos + 3, 24] {
-                    let mut s: String = "abcdefghijklmnopqrstuvwxyz".chars().take(len).collect();
-                    s.replace_range(pos..=pos, &c.to_string());
-                    check_escape(&s);
-                    let twice = s.replace('a', &c.to_string());
-                    check_escape(&twice);
-                }
-            }
-        }
-        check_escape("");
-        check_escape(r#"{"ts":"2026-11-24T01:02:03.000000Z","level":"INFO","msg":"a\"b"}"#);
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn any_string_escapes_like_the_reference(s in ".{0,80}", q in "[\"\\\\\\x00-\\x1f a]{0,40}") {
-            check_escape(&s);
-            check_escape(&q);
-            check_escape(&format!("{s}{q}{s}"));
-        }
-    }
+    // `push_json_str` is `tandem_telemetry::json::push_str`: its tests (every escape at every
+    // position, proptest against serde_json) live there.
 }

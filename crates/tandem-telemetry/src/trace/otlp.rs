@@ -897,17 +897,7 @@ mod tests {
             ("tandem.upstream", long.as_str()),
             ("tandem.route", "r\u{e9}\"q"),
         ];
-        let start = SpanStart {
-            trace_id: TraceId::from_u128(7).unwrap(),
-            span_id: SpanId::from_u64(1).unwrap(),
-            parent: None,
-            remote_parent: false,
-            trace_state: None,
-            name: "GET",
-            name_suffix: None,
-            kind: SpanKind::Server,
-            start_unix_nanos: 10,
-        };
+        let start = root_get(10);
         let mut by_str = EncodedSpans::with_capacity(64);
         by_str.begin(&start);
         by_str.int("http.response.status_code", 200);
@@ -926,6 +916,21 @@ mod tests {
         let mut closed = EncodedSpans::with_capacity(64);
         closed.attributes(&EncodedAttributes::strs(&pairs));
         assert!(closed.bytes.is_empty());
+    }
+
+    /// A server span "GET" starting a trace (trace 7, span 1) at `start_unix_nanos`.
+    fn root_get(start_unix_nanos: u64) -> SpanStart<'static> {
+        SpanStart {
+            trace_id: TraceId::from_u128(7).unwrap(),
+            span_id: SpanId::from_u64(1).unwrap(),
+            parent: None,
+            remote_parent: false,
+            trace_state: None,
+            name: "GET",
+            name_suffix: None,
+            kind: SpanKind::Server,
+            start_unix_nanos,
+        }
     }
 
     #[test]
@@ -955,17 +960,7 @@ mod tests {
     fn span_buffers_are_recycled() {
         std::thread::spawn(|| {
             let mut e = EncodedSpans::recycled(100);
-            e.begin(&SpanStart {
-                trace_id: TraceId::from_u128(7).unwrap(),
-                span_id: SpanId::from_u64(1).unwrap(),
-                parent: None,
-                remote_parent: false,
-                trace_state: None,
-                name: "GET",
-                name_suffix: None,
-                kind: SpanKind::Server,
-                start_unix_nanos: 1,
-            });
+            e.begin(&root_get(1));
             e.end(2);
             let at = e.bytes.as_ptr();
             e.recycle();
