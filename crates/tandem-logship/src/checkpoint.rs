@@ -385,8 +385,9 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, CheckpointError> {
 }
 
 /// Reads a checkpoint file alone (not the journal): absent is empty; anything unreadable or
-/// malformed is an error.
-pub fn load(path: &Path) -> Result<Vec<Entry>, CheckpointError> {
+/// malformed is an error. Tests only: a restart reads both ([`load_state`]).
+#[cfg(test)]
+fn load(path: &Path) -> Result<Vec<Entry>, CheckpointError> {
     match read_file(path)? {
         None => Ok(Vec::new()),
         Some(text) => parse(&text, path),
