@@ -9,6 +9,8 @@
 #             | trace (+ 100% tracing, OTLP/gRPC) | all (metrics + tracing + access log)
 #     PORTBASE: three digits, e.g. 391 (listeners PORTBASE01/03/09, backend PORTBASE80, sink PORTBASE60)
 #   e.g. bench/telemetry/cpu.sh target/profiling/tandem 391 100000 met log met log
+#   LOAD=h2c (h2load -c16 -m16 h2c prior knowledge -> HTTP/1.1 backend) or LOAD=h2up (h2c -> h2c
+#   backend) instead of the default LOAD=h1 (h2load --h1 -c16): the run.sh columns' shapes.
 # Prints "config req/s µs_per_request". Needs perf, h2load, curl, the harness backend (BACKEND_BIN).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,6 +21,12 @@ backend=${BACKEND_BIN:-/tmp/tb/backend/target/release/bench-backend}
 python=${PYTHON:-$repo/.venv/bin/python}
 work=$(mktemp -d /tmp/telcpu.XXXXXX)
 be=${pb}80 sink=${pb}60 h1=${pb}01
+case ${LOAD:-h1} in
+  h1) load=(--h1 -c16) url=http://127.0.0.1:${pb}01/ ;;
+  h2c) load=(-c16 -m16) url=http://127.0.0.1:${pb}01/ ;;
+  h2up) load=(-c16 -m16) url=http://127.0.0.1:${pb}03/ ;;
+  *) echo "unknown LOAD ${LOAD} (h1 h2c h2up)" >&2; exit 2 ;;
+esac
 taskset -c 1 "$backend" 127.0.0.1:$be >/dev/null 2>&1 &
 bp=$!
 taskset -c 1 "$python" "$here/otlp_sink.py" $sink >"$work/sink.out" 2>&1 &
@@ -48,11 +56,11 @@ for c in "$@"; do
   taskset -c 0 "$bin" run -c "$cfg" >/dev/null 2>"$work/tandem.err" &
   tp=$!
   for _ in $(seq 100); do curl -s -m1 http://127.0.0.1:$h1/ | grep -q Hello && break; sleep 0.1; done
-  taskset -c 1 h2load --h1 -c16 -n 20000 http://127.0.0.1:$h1/ >/dev/null
+  taskset -c 1 h2load "${load[@]}" -n 20000 "$url" >/dev/null
   perf stat -e task-clock -p $tp -o "$work/ps.txt" &
   pp=$!
   sleep 0.2
-  rps=$(taskset -c 1 h2load --h1 -c16 -n "$n" http://127.0.0.1:$h1/ | awk '/finished in/ {print $4}')
+  rps=$(taskset -c 1 h2load "${load[@]}" -n "$n" "$url" | awk '/finished in/ {print $4}')
   kill -INT $pp; wait $pp || true
   kill -INT $tp; wait $tp || true
   ms=$(awk '/task-clock/ {gsub(",","",$1); print $1}' "$work/ps.txt")
