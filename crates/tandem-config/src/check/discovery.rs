@@ -383,6 +383,14 @@ pub(super) fn check_registration(
             "a lease TTL under 2s expires between keep-alives on a busy host",
             "use at least \"2s\" (default \"10s\")",
         );
+    } else if ttl.subsec_nanos() != 0 {
+        // etcd grants leases in whole seconds: a fraction would be cut off silently.
+        let up = ttl.as_secs() + 1;
+        c.err(
+            "registration.ttl",
+            format!("etcd leases last whole seconds, so {ttl:?} cannot be granted"),
+            format!("use whole seconds, e.g. \"{up}s\""),
+        );
     }
     let weight = match raw.weight {
         None => 1,

@@ -125,6 +125,30 @@ registration: { service: a, ttl: 1s, weight: 0 }
     assert!(e[11].message.contains("0.0.0.0:7080"));
 }
 
+/// A registration TTL must be whole seconds: etcd grants leases in seconds.
+#[test]
+fn registration_ttl_is_whole_seconds() {
+    let base = "\
+listeners:
+  inbound: { address: 127.0.0.1:7080, upstream: a }
+upstreams:
+  a: { endpoints: [127.0.0.1:8080] }
+etcd: { endpoints: [\"http://127.0.0.1:2379\"] }
+";
+    let e = errors(&format!(
+        "{base}registration: {{ service: a, ttl: 2500ms }}\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(
+        (e[0].line, e[0].key.as_str()),
+        (Some(6), "registration.ttl")
+    );
+    assert!(e[0].message.contains("2.5s"), "{}", e[0].message);
+    assert!(e[0].hint.contains("\"3s\""), "{}", e[0].hint);
+    let ok = format!("{base}registration: {{ service: a, ttl: 3s }}\n");
+    assert!(parse("t.yaml", &ok).is_ok());
+}
+
 /// The etcd section: URLs, credentials, prefix normalization.
 #[test]
 fn etcd_section_rules() {
