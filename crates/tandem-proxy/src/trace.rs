@@ -47,7 +47,7 @@ use hyper::body::Incoming;
 use tandem_config::PathMatch;
 use tandem_telemetry::access_log::End;
 use tandem_telemetry::trace::{
-    EncodedAttributes, EncodedSpans, SpanContext, SpanId, SpanKind, SpanStart, Tracer,
+    EncodedAttributes, EncodedSpans, Key, SpanContext, SpanId, SpanKind, SpanStart, Tracer,
 };
 use tokio::time::Instant;
 
@@ -78,7 +78,8 @@ pub struct RequestTrace {
 struct Recording {
     start_unix_nanos: u64,
     start: Instant,
-    method: &'static str,
+    /// The method's place in [`METHOD_NAMES`].
+    method: usize,
     /// The method when it is not a standard one (`method` is `_OTHER`).
     method_original: Option<Method>,
     /// The request's URI as received (`url.path`, `server.address`).
@@ -102,7 +103,23 @@ struct Recording {
     answered_end: u64,
 }
 
-/// Bytes a sampled request's spans usually take (a server and a client span).
+/// Keys of the attributes written per request ([`Key`]: a copy of fixed size each).
+const METHOD_ORIGINAL: Key = Key::new("http.request.method_original");
+const URL_FULL: Key = Key::new("url.full");
+const URL_PATH: Key = Key::new("url.path");
+const RESEND_COUNT: Key = Key::new("http.request.resend_count");
+const STATUS_CODE: Key = Key::new("http.response.status_code");
+const BODY_SIZE: Key = Key::new("http.response.body.size");
+const ERROR_TYPE: Key = Key::new("error.type");
+const TANDEM_END: Key = Key::new("tandem.end");
+const HTTP_ROUTE: Key = Key::new("http.route");
+const SERVER_ADDRESS: Key = Key::new("server.address");
+const SERVER_PORT: Key = Key::new("server.port");
+const CLIENT_ADDRESS: Key = Key::new("client.address");
+const USER_AGENT: Key = Key::new("user_agent.original");
+const LISTENER: Key = Key::new("tandem.listener");
+
+/// Bytes a sampled request (a server and a client span).
 const SPANS_CAPACITY: usize = 1024;
 
 /// How a try ended.
@@ -225,7 +242,7 @@ impl RequestTrace {
         let Some(r) = &mut self.recording else {
             return;
         };
-        let method = method_name(to.method);
+        let method = method_index(to.method);
         let start_unix_nanos = r.unix_nanos(started);
         let end_unix_nanos = r.unix_nanos(ended);
         let s = &mut r.spans;
@@ -235,36 +252,40 @@ impl RequestTrace {
             parent: Some(self.context.span_id),
             remote_parent: false,
             trace_state: self.context.trace_state.as_ref().map(HeaderValue::as_bytes),
-            name: if method == "_OTHER" { "HTTP" } else { method },
+            name: if method == OTHER {
+                "HTTP"
+            } else {
+                METHOD_NAMES[method]
+            },
             name_suffix: None,
             kind: SpanKind::Client,
             start_unix_nanos,
         });
         s.attributes(method_attribute(method));
-        if method == "_OTHER" {
-            s.str("http.request.method_original", to.method.as_str());
+        if method == OTHER {
+            s.str_attr(&METHOD_ORIGINAL, to.method.as_str());
         }
         if let Some((authority, path)) = &r.upstream_url {
-            s.str_parts("url.full", &["http://", authority.as_str(), path.path()]);
+            s.str_parts_attr(&URL_FULL, &["http://", authority.as_str(), path.path()]);
         }
         s.attributes(to.endpoint);
         let versions = &CONSTANT_ATTRIBUTES.protocol_version;
         s.attributes(if to.http2 { &versions[2] } else { &versions[1] });
         if attempt > 1 {
-            s.int("http.request.resend_count", i64::from(attempt - 1));
+            s.int_attr(&RESEND_COUNT, i64::from(attempt - 1));
         }
         let error = match outcome {
             TryOutcome::Response(st) => {
-                s.int("http.response.status_code", i64::from(st.as_u16()));
+                s.int_attr(&STATUS_CODE, i64::from(st.as_u16()));
                 if st.as_u16() >= 400 {
-                    s.str("error.type", st.as_str());
+                    s.str_attr(&ERROR_TYPE, st.as_str());
                     Some(format!("HTTP {st}"))
                 } else {
                     None
                 }
             }
             TryOutcome::Failed(e) => {
-                s.str("error.type", e.kind.reason());
+                s.str_attr(&ERROR_TYPE, e.kind.reason());
                 Some(e.message().trim_end().to_owned())
             }
         };
@@ -329,8 +350,16 @@ impl ServerSpan {
             target,
             status,
         } = self;
-        let this = *trace;
-        let Some(mut r) = this.recording else {
+        // Worked on in its box: moving the request's trace out of it was a copy of ~400 bytes.
+        let mut trace = trace;
+        let RequestTrace {
+            tracer,
+            context,
+            parent,
+            recording,
+            ..
+        } = &mut *trace;
+        let Some(r) = recording else {
             return;
         };
         let listener = stack.name.as_str();
@@ -340,27 +369,27 @@ impl ServerSpan {
         let mut spans = std::mem::take(&mut r.spans);
         if spans.is_open() {
             // The try whose response the client got lasts as long as its body, too.
-            spans.int("http.response.body.size", body_size);
+            spans.int_attr(&BODY_SIZE, body_size);
             spans.end(end);
         }
         let route = target.and_then(|t| t.http_route.as_deref());
-        let (name, name_suffix) = match (r.method, route) {
-            ("_OTHER", _) => ("HTTP", None),
-            (m, route) => (m, route),
+        let (name, name_suffix) = match r.method {
+            OTHER => ("HTTP", None),
+            m => (METHOD_NAMES[m], route),
         };
         spans.begin(&SpanStart {
-            trace_id: this.context.trace_id,
-            span_id: this.context.span_id,
-            parent: this.parent,
-            remote_parent: this.parent.is_some(),
-            trace_state: this.context.trace_state.as_ref().map(HeaderValue::as_bytes),
+            trace_id: context.trace_id,
+            span_id: context.span_id,
+            parent: *parent,
+            remote_parent: parent.is_some(),
+            trace_state: context.trace_state.as_ref().map(HeaderValue::as_bytes),
             name,
             name_suffix,
             kind: SpanKind::Server,
             start_unix_nanos: r.start_unix_nanos,
         });
         r.request_attributes(&mut spans);
-        spans.int("http.response.body.size", body_size);
+        spans.int_attr(&BODY_SIZE, body_size);
         // A body cut short is an error of this request unless the client chose to leave.
         let body_error = match how {
             End::UpstreamError => Some((
@@ -374,12 +403,12 @@ impl ServerSpan {
             _ => None,
         };
         if matches!(how, End::ClientGone) {
-            spans.str("tandem.end", "client_gone");
+            spans.str_attr(&TANDEM_END, "client_gone");
         }
         if let Some(route) = route {
-            spans.str("http.route", route);
+            spans.str_attr(&HTTP_ROUTE, route);
         }
-        spans.int("http.response.status_code", i64::from(status.as_u16()));
+        spans.int_attr(&STATUS_CODE, i64::from(status.as_u16()));
         // Tandem's own answers are errors when they are server errors (a 404 no_route is not)
         // even when a gRPC client received them as HTTP 200 with a grpc-status.
         let server_error = status.is_server_error()
@@ -388,15 +417,15 @@ impl ServerSpan {
                 .is_some_and(|(kind, _)| kind.status().is_server_error());
         let error = match (server_error, r.error.take(), body_error) {
             (_, None, Some((kind, message))) => {
-                spans.str("error.type", kind);
+                spans.str_attr(&ERROR_TYPE, kind);
                 Some(message.to_owned())
             }
             (true, Some((kind, message)), _) => {
-                spans.str("error.type", kind.reason());
+                spans.str_attr(&ERROR_TYPE, kind.reason());
                 Some(message)
             }
             (true, None, None) => {
-                spans.str("error.type", status.as_str());
+                spans.str_attr(&ERROR_TYPE, status.as_str());
                 Some(format!("HTTP {status}"))
             }
             (false, _, _) => None,
@@ -406,7 +435,7 @@ impl ServerSpan {
             spans.error(&message);
         }
         spans.end(end);
-        this.tracer.record_encoded(spans);
+        tracer.record_encoded(spans);
     }
 }
 
@@ -424,7 +453,7 @@ impl Recording {
             .unwrap_or_else(SystemTime::now)
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let method = method_name(req.method());
+        let method = method_index(req.method());
         // The access log's observation holds the same two header values already.
         let (host, user_agent) = match seen {
             Some((host, user_agent)) => (host.cloned(), user_agent.cloned()),
@@ -441,7 +470,7 @@ impl Recording {
             start_unix_nanos,
             start,
             method,
-            method_original: (method == "_OTHER").then(|| req.method().clone()),
+            method_original: (method == OTHER).then(|| req.method().clone()),
             uri: req.uri().clone(),
             host,
             port,
@@ -459,19 +488,23 @@ impl Recording {
     fn request_attributes(&self, s: &mut EncodedSpans) {
         s.attributes(method_attribute(self.method));
         if let Some(m) = &self.method_original {
-            s.str("http.request.method_original", m.as_str());
+            s.str_attr(&METHOD_ORIGINAL, m.as_str());
         }
-        s.str("url.path", self.uri.path());
+        s.str_attr(&URL_PATH, self.uri.path());
         s.attributes(&CONSTANT_ATTRIBUTES.url_scheme_http);
         let host = match self.uri.authority() {
-            Some(a) => Some(a.host()),
-            None => self.host.as_ref().and_then(|h| h.to_str().ok()),
+            Some(a) => Some(authority_address(a.as_str())),
+            None => self
+                .host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .map(strip_port),
         };
         if let Some(host) = host {
-            s.str("server.address", strip_port(host));
+            s.str_attr(&SERVER_ADDRESS, host);
         }
         if let Some(port) = self.port {
-            s.int("server.port", i64::from(port));
+            s.int_attr(&SERVER_PORT, i64::from(port));
         }
         let versions = &CONSTANT_ATTRIBUTES.protocol_version;
         s.attributes(match self.version {
@@ -481,10 +514,10 @@ impl Recording {
         });
         if let Some(ip) = self.client {
             let mut text = IpText::default();
-            s.str("client.address", text.of(ip));
+            s.str_attr(&CLIENT_ADDRESS, text.of(ip));
         }
         if let Some(ua) = self.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
-            s.str("user_agent.original", ua);
+            s.str_attr(&USER_AGENT, ua);
         }
     }
 
@@ -548,20 +581,18 @@ struct ConstantAttributes {
     methods: [EncodedAttributes; METHOD_NAMES.len()],
 }
 
-/// What [`method_name`] returns.
+/// Method names as the semantic conventions have them: the standard methods, else `_OTHER`.
 const METHOD_NAMES: [&str; 10] = [
     "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "_OTHER",
 ];
 
-/// `http.request.method` = `name` (one of [`METHOD_NAMES`]), encoded.
-fn method_attribute(name: &'static str) -> &'static EncodedAttributes {
+/// Where `_OTHER` is in [`METHOD_NAMES`].
+const OTHER: usize = METHOD_NAMES.len() - 1;
+
+/// `http.request.method` = `METHOD_NAMES[i]`, encoded (`_OTHER` past the end).
+fn method_attribute(i: usize) -> &'static EncodedAttributes {
     let methods = &CONSTANT_ATTRIBUTES.methods;
-    // `_OTHER` (the last) for anything else, which `method_name` never returns.
-    let i = METHOD_NAMES
-        .iter()
-        .position(|m| *m == name)
-        .unwrap_or(METHOD_NAMES.len() - 1);
-    &methods[i]
+    &methods[i.min(OTHER)]
 }
 
 static CONSTANT_ATTRIBUTES: LazyLock<ConstantAttributes> = LazyLock::new(|| {
@@ -582,18 +613,45 @@ pub fn http_route(path: Option<&PathMatch>) -> Option<Arc<str>> {
 }
 
 /// The method as the semantic conventions name it: the standard methods, else `_OTHER`.
+#[cfg(test)]
 fn method_name(m: &Method) -> &'static str {
+    METHOD_NAMES[method_index(m)]
+}
+
+/// Where the method's name is in [`METHOD_NAMES`] (a number: compared and looked up for
+/// less than a name).
+fn method_index(m: &Method) -> usize {
     match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "_OTHER",
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::HEAD => 4,
+        Method::OPTIONS => 5,
+        Method::PATCH => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => OTHER,
+    }
+}
+
+/// `server.address` of a request whose URI has `authority`: its host without brackets, as
+/// `strip_port(Authority::host())` gives it, in one scan of the bytes (those two cost ~450
+/// instructions per request through the generic character searchers).
+fn authority_address(authority: &str) -> &str {
+    let host_port = match authority.bytes().rposition(|b| b == b'@') {
+        Some(at) => authority.get(at + 1..).unwrap_or(""),
+        None => authority,
+    };
+    if let Some(v6) = host_port.strip_prefix('[') {
+        return match v6.bytes().position(|b| b == b']') {
+            Some(end) => v6.get(..end).unwrap_or(v6),
+            None => v6,
+        };
+    }
+    match host_port.bytes().position(|b| b == b':') {
+        Some(end) => host_port.get(..end).unwrap_or(host_port),
+        None => host_port,
     }
 }
 
@@ -643,7 +701,7 @@ fn push_names(s: &mut EncodedSpans, listener: &str, target: Option<&RouteTarget>
         // The same three attributes as `str` writes them, encoded when the route was built.
         Some(t) => s.attributes(&t.span_names),
         // No route matched (rare): the listener's name alone.
-        None => s.str("tandem.listener", listener),
+        None => s.str_attr(&LISTENER, listener),
     }
 }
 
@@ -659,9 +717,10 @@ mod tests {
             "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
             "PROPFIND",
         ] {
-            let name = method_name(&Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET));
+            let method = Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET);
+            let name = method_name(&method);
             assert_eq!(
-                method_attribute(name),
+                method_attribute(method_index(&method)),
                 &EncodedAttributes::strs(&[("http.request.method", name)]),
                 "{m}"
             );
@@ -704,6 +763,32 @@ mod tests {
             endpoint_attributes("10.0.0.7:8080"),
             written("10.0.0.7", None)
         );
+    }
+
+    /// `server.address` from a URI's authority is what `Authority::host` and `strip_port` give.
+    #[test]
+    fn authority_address_matches_host_and_strip_port() {
+        for a in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:39401",
+            "[::1]",
+            "[::1]:443",
+            "[2001:db8::7]:80",
+            "user@example.com",
+            "user:pw@example.com:81",
+            "a@b@c:1",
+            "user@[::1]:9",
+            "h:",
+            "x",
+        ] {
+            let parsed: Authority = a.parse().unwrap_or_else(|e| panic!("{a}: {e}"));
+            assert_eq!(
+                authority_address(parsed.as_str()),
+                strip_port(parsed.host()),
+                "{a}"
+            );
+        }
     }
 
     /// Route templates, method names and endpoint addresses as the conventions want them.

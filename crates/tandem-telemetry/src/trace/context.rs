@@ -207,6 +207,11 @@ impl Propagator {
     /// The parent and sampling decision `headers` carry, in the first configured format that
     /// has either.
     pub fn extract(&self, headers: &HeaderMap) -> Extracted {
+        // Most requests carry no trace header: a scan of the names settles that for less than
+        // one hashed look-up per header of each format.
+        if !self.carried(headers) {
+            return Extracted::default();
+        }
         for p in &self.read {
             let found = match p {
                 Propagation::W3c => extract_w3c(headers),
@@ -223,6 +228,10 @@ impl Propagator {
     /// Removes every header of the configured formats, so what goes upstream is Tandem's own
     /// context and not a stale copy of the caller's.
     pub fn strip(&self, headers: &mut HeaderMap) {
+        // The usual request has none: a scan of the names instead of a hashed removal of each.
+        if !self.carried(headers) {
+            return;
+        }
         if self.w3c {
             headers.remove(TRACEPARENT);
             headers.remove(TRACESTATE);
@@ -241,6 +250,24 @@ impl Propagator {
         }
     }
 
+    /// Whether `headers` has any header of the configured formats (a scan of the names, each
+    /// compared by length first).
+    fn carried(&self, headers: &HeaderMap) -> bool {
+        headers.keys().any(|name| {
+            let n = name.as_str();
+            match n.len() {
+                10 => (self.w3c && n == TRACESTATE.as_str()) || (self.b3 && n == B3_FLAGS.as_str()),
+                11 => {
+                    (self.w3c && n == TRACEPARENT.as_str()) || (self.b3 && n == B3_SPAN_ID.as_str())
+                }
+                2 => self.b3 && n == B3.as_str(),
+                12 => self.b3 && (n == B3_TRACE_ID.as_str() || n == B3_SAMPLED.as_str()),
+                17 => self.b3 && n == B3_PARENT_SPAN_ID.as_str(),
+                _ => false,
+            }
+        })
+    }
+
     /// Adds `ctx` to `headers` in every configured format (HTTP/2 requests).
     pub fn inject(&self, ctx: &SpanContext, headers: &mut HeaderMap) {
         self.each_field(ctx, |name, value| {
@@ -256,34 +283,40 @@ impl Propagator {
     /// a request head serialized without them.
     pub fn render_h1(&self, ctx: &SpanContext) -> Bytes {
         // The same fields as `each_field`, written straight into one buffer (no value of its
-        // own per field): this runs for every try of every traced request.
+        // own per field): this runs for every try of every traced request. Each fixed-length
+        // line is put together in an array first: copies of a known size are a few moves, one
+        // of each part a call to `memcpy`.
         let trace = ctx.trace_id.to_hex();
         let span = ctx.span_id.to_hex();
-        let sampled: &[u8] = if ctx.sampled { b"1" } else { b"0" };
+        let sampled = if ctx.sampled { b'1' } else { b'0' };
         let trace_state = ctx.trace_state.as_ref().map_or(&[][..], |v| v.as_bytes());
         let mut out = BytesMut::with_capacity(128 + trace_state.len());
-        let mut line = |name: &HeaderName, parts: &[&[u8]]| {
-            out.put_slice(name.as_str().as_bytes());
-            out.put_slice(b": ");
-            for p in parts {
-                out.put_slice(p);
-            }
-            out.put_slice(b"\r\n");
-        };
         if self.w3c {
-            let flags: &[u8] = if ctx.sampled { b"-01" } else { b"-00" };
-            line(&TRACEPARENT, &[b"00-", &trace, b"-", &span, flags]);
+            let mut line =
+                *b"traceparent: 00-________________________________-________________-0_\r\n";
+            line[16..48].copy_from_slice(&trace);
+            line[49..65].copy_from_slice(&span);
+            line[67] = sampled;
+            out.put_slice(&line);
             if ctx.trace_state.is_some() {
-                line(&TRACESTATE, &[trace_state]);
+                out.put_slice(b"tracestate: ");
+                out.put_slice(trace_state);
+                out.put_slice(b"\r\n");
             }
         }
         if self.b3_single {
-            line(&B3, &[&trace, b"-", &span, b"-", sampled]);
+            let mut line = *b"b3: ________________________________-________________-_\r\n";
+            line[4..36].copy_from_slice(&trace);
+            line[37..53].copy_from_slice(&span);
+            line[54] = sampled;
+            out.put_slice(&line);
         }
         if self.b3_multi {
-            line(&B3_TRACE_ID, &[&trace]);
-            line(&B3_SPAN_ID, &[&span]);
-            line(&B3_SAMPLED, &[sampled]);
+            let mut line = *b"x-b3-traceid: ________________________________\r\nx-b3-spanid: ________________\r\nx-b3-sampled: _\r\n";
+            line[14..46].copy_from_slice(&trace);
+            line[61..77].copy_from_slice(&span);
+            line[93] = sampled;
+            out.put_slice(&line);
         }
         out.freeze()
     }

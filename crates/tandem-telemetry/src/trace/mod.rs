@@ -59,7 +59,7 @@ use tokio::sync::Notify;
 
 pub use context::{Extracted, Parent, Propagator, SpanContext, SpanId, TraceId};
 pub use export::{Exporter, ExporterHandle};
-pub use otlp::{EncodedAttributes, EncodedSpans, SpanStart};
+pub use otlp::{EncodedAttributes, EncodedSpans, Key, SpanStart};
 pub use sample::Sampler;
 pub use span::{SpanKind, SpanRecord, Status, Value};
 

@@ -317,6 +317,63 @@ fn inject_strip_and_render() {
     assert_eq!(h["x-app"], "kept");
 }
 
+/// Every header of a format is found on its own, whatever else the request carries (the
+/// names are scanned before anything is looked up): `strip` removes it, and `extract` reads the
+/// decisions that a single header carries.
+#[test]
+fn each_trace_header_alone_is_found() {
+    let names = [
+        ("traceparent", Propagation::W3c),
+        ("tracestate", Propagation::W3c),
+        ("b3", Propagation::B3),
+        ("x-b3-traceid", Propagation::B3multi),
+        ("x-b3-spanid", Propagation::B3multi),
+        ("x-b3-parentspanid", Propagation::B3multi),
+        ("x-b3-sampled", Propagation::B3multi),
+        ("x-b3-flags", Propagation::B3multi),
+        // B3's two forms are read and removed together.
+        ("x-b3-sampled", Propagation::B3),
+        ("b3", Propagation::B3multi),
+    ];
+    for (name, format) in names {
+        let mut h = headers(&[
+            ("x-app", "kept"),
+            (name, "x"),
+            ("user-agent", "u"),
+            ("traceparenx", "kept"),
+        ]);
+        Propagator::new(&[format]).strip(&mut h);
+        assert!(h.get(name).is_none(), "{name} under {format:?}");
+        assert_eq!(h.len(), 3, "{name} under {format:?}");
+    }
+    let sampled = |name: &str, value: &str, format| {
+        Propagator::new(&[format])
+            .extract(&headers(&[("accept", "*/*"), (name, value)]))
+            .sampled
+    };
+    assert_eq!(sampled("b3", "1", Propagation::B3multi), Some(true));
+    assert_eq!(sampled("x-b3-sampled", "0", Propagation::B3), Some(false));
+    assert_eq!(sampled("x-b3-flags", "1", Propagation::B3multi), Some(true));
+    assert_eq!(
+        sampled(
+            "traceparent",
+            &format!("00-{TRACE}-{SPAN}-01"),
+            Propagation::W3c
+        ),
+        Some(true)
+    );
+    // Only the configured formats count.
+    assert_eq!(sampled("b3", "1", Propagation::W3c), None);
+    assert_eq!(
+        sampled(
+            "traceparent",
+            &format!("00-{TRACE}-{SPAN}-01"),
+            Propagation::B3
+        ),
+        None
+    );
+}
+
 /// Property: any context written in any format reads back as itself.
 #[test]
 fn round_trip_random_contexts() {
