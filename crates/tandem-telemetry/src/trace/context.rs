@@ -273,7 +273,14 @@ impl Propagator {
         self.each_field(ctx, |name, value| {
             // Every value written here is hex digits and dashes, or a `tracestate` that was a
             // valid header value when it arrived.
-            if let Ok(v) = HeaderValue::from_maybe_shared(value) {
+            if let Ok(mut v) = HeaderValue::from_maybe_shared(value) {
+                // A value new on every request (it carries this try's span id, or the trace's
+                // id) is sent as an HPACK "never indexed" literal: indexed, each request's value
+                // would take a slot of the connection's dynamic table and evict the entries
+                // that repeat (authority, user-agent, ...), which then go out in full again.
+                if name != B3_SAMPLED && name != TRACESTATE {
+                    v.set_sensitive(true);
+                }
                 headers.append(name, v);
             }
         });

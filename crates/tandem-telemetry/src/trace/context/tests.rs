@@ -287,6 +287,14 @@ fn inject_strip_and_render() {
     assert_eq!(h["x-b3-spanid"], SPAN);
     assert_eq!(h["x-b3-sampled"], "1");
     assert_eq!(h.len(), 6);
+    // Values new on every request go out as HPACK "never indexed" literals (HTTP/2); the
+    // sampled flag and a tracestate repeat and stay indexable.
+    for name in ["traceparent", "b3", "x-b3-traceid", "x-b3-spanid"] {
+        assert!(h[name].is_sensitive(), "{name}");
+    }
+    for name in ["tracestate", "x-b3-sampled"] {
+        assert!(!h[name].is_sensitive(), "{name}");
+    }
 
     let lines = Propagator::new(&[Propagation::W3c]).render_h1(&SpanContext {
         sampled: false,
