@@ -772,6 +772,13 @@ fn is_context(f: AccessLogField) -> bool {
 #[derive(Default)]
 struct Runs(Vec<Run>, Peer);
 
+/// Whether two of Tandem's constants are equal: the same constant is at the same address, which
+/// spares a call to `memcmp` (the text is compared only when the addresses differ).
+#[inline(always)]
+fn same_constant(a: &'static str, b: &'static str) -> bool {
+    (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
+}
+
 /// The `client` and `protocol` fields (keys included) of a shard's last line in the default
 /// order, and what they were rendered from: every request of a connection has the same.
 struct Peer {
@@ -828,8 +835,8 @@ impl Run {
             && self.route.as_deref() == r.route
             && self.upstream.as_deref() == r.upstream
             && self.endpoint.as_deref() == r.endpoint
-            && self.direction == r.direction
-            && self.protocol == r.protocol
+            && same_constant(self.direction, r.direction)
+            && same_constant(self.protocol, r.protocol)
     }
 
     fn set(&mut self, r: &RequestRecord<'_>) {
