@@ -131,6 +131,7 @@ pub async fn handle(
     obs.respond_after(
         res.map(|b| b.sized(target.metrics.response_size()).traced(span)),
         head,
+        grpc,
     )
 }
 

@@ -51,7 +51,8 @@ pub struct Observer(Option<Box<Observation>>);
 
 /// What is known about one request so far.
 pub struct Observation {
-    log: AccessLog,
+    /// The listener, whose access log the line goes to (no handle of its own: one reference
+    /// count less to take and drop per request).
     stack: Arc<ListenerStack>,
     target: Option<Arc<RouteTarget>>,
     endpoint: Answered,
@@ -66,8 +67,9 @@ pub struct Observation {
     user_agent: Option<HeaderValue>,
     status: Option<u16>,
     grpc_status: Option<u32>,
-    /// Request body bytes, counted by the request body wherever it is polled.
-    received: Arc<AtomicU64>,
+    /// Request body bytes, counted by the request body wherever it is polled; `None` when the
+    /// request came without a body (most requests: no counter to allocate, nothing to count).
+    received: Option<Arc<AtomicU64>>,
     sent: u64,
     attempts: u32,
     error: Option<ErrorKind>,
@@ -113,21 +115,20 @@ impl Observer {
 
     /// Starts observing `req`, received at `start` from `client` on `stack`'s listener;
     /// nothing when the listener has no access log.
-    pub fn start<B>(
+    pub fn start<B: http_body::Body>(
         stack: &Arc<ListenerStack>,
         client: Option<SocketAddr>,
         req: &Request<B>,
         start: Instant,
     ) -> Observer {
-        let Some(log) = &stack.access_log else {
+        if stack.access_log.is_none() {
             return Observer(None);
-        };
+        }
         let host = match req.uri().authority() {
             Some(_) => None,
             None => req.headers().get(header::HOST).cloned(),
         };
         Observer(Some(Box::new(Observation {
-            log: log.clone(),
             stack: stack.clone(),
             target: None,
             endpoint: Answered::None,
@@ -142,7 +143,8 @@ impl Observer {
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
             status: None,
             grpc_status: None,
-            received: Arc::new(AtomicU64::new(0)),
+            // An ended body stays ended: it never has bytes to count.
+            received: (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0))),
             sent: 0,
             attempts: 0,
             error: None,
@@ -165,7 +167,7 @@ impl Observer {
 
     /// The counter the request body adds the bytes it reads to, when observed.
     pub fn request_bytes(&self) -> Option<Arc<AtomicU64>> {
-        self.0.as_ref().map(|o| o.received.clone())
+        self.0.as_ref().and_then(|o| o.received.clone())
     }
 
     /// The client's verified identity (mTLS), for the `peer_identity` field.
@@ -210,22 +212,28 @@ impl Observer {
     /// finishes it when the body ends.
     pub fn respond(self, res: Response<ProxyBody>) -> Response<ProxyBody> {
         let head = self.0.as_ref().map(|o| o.start.elapsed());
-        self.respond_after(res, head.unwrap_or_default())
+        self.respond_after(res, head.unwrap_or_default(), true)
     }
 
     /// [`Observer::respond`] with the response head `head` after the request's start (as the
-    /// caller measured it already).
+    /// caller measured it already); `grpc`: the request is a gRPC call (its content type is
+    /// `application/grpc*`, gRPC-Web included).
     pub fn respond_after(
         mut self,
         res: Response<ProxyBody>,
         head: Duration,
+        grpc: bool,
     ) -> Response<ProxyBody> {
         let Some(o) = &mut self.0 else {
             return res;
         };
         o.head = Some(head);
         o.status = Some(res.status().as_u16());
-        o.grpc_status = grpc_status(res.headers());
+        // Only a gRPC call has a `grpc-status` (the field is documented as such): the lookup of
+        // a custom header name (hashing it) is skipped for every other response.
+        if grpc {
+            o.grpc_status = grpc_status(res.headers());
+        }
         let (parts, body) = res.into_parts();
         Response::from_parts(parts, body.observed(self))
     }
@@ -345,7 +353,10 @@ impl Observation {
             authority,
             status: self.status,
             grpc_status: self.grpc_status,
-            received_bytes: self.received.load(Ordering::Relaxed),
+            received_bytes: self
+                .received
+                .as_ref()
+                .map_or(0, |r| r.load(Ordering::Relaxed)),
             sent_bytes: self.sent,
             attempts: self.attempts,
             error: self.error.map(ErrorKind::reason),
@@ -355,7 +366,9 @@ impl Observation {
             trace_id,
             span_id,
         };
-        self.log.log_request(&record);
+        if let Some(log) = &self.stack.access_log {
+            log.log_request(&record);
+        }
     }
 }
 

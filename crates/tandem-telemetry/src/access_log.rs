@@ -184,6 +184,8 @@ struct Shared {
     fields: Box<[AccessLogField]>,
     /// The fields of HTTP lines and of TCP lines, each with its key written out.
     http: Box<[Field]>,
+    /// `fields` are the default ones in the default order: HTTP lines take [`write_default`].
+    default: bool,
     tcp: Box<[Field]>,
     dropped: Counter,
 }
@@ -210,7 +212,10 @@ struct Shard(Mutex<Lines>);
 
 #[derive(Default)]
 struct Lines {
+    /// Whole lines in `bytes[..len]`; the rest is room for the next lines (holding whatever
+    /// earlier lines left there), so that a line is written without growing the vector.
     bytes: Vec<u8>,
+    len: usize,
     count: usize,
     /// The context runs of this shard's last HTTP line.
     runs: Runs,
@@ -272,12 +277,11 @@ impl Shard {
             // last whole line and go on.
             Err(poisoned) => {
                 let mut lines = poisoned.into_inner();
-                let whole = lines
-                    .bytes
+                let whole = lines.bytes[..lines.len]
                     .iter()
                     .rposition(|&b| b == b'\n')
                     .map_or(0, |i| i + 1);
-                lines.bytes.truncate(whole);
+                lines.len = whole;
                 self.0.clear_poison();
                 lines
             }
@@ -368,6 +372,7 @@ pub fn start(
             queue: queue.clone(),
             fields: fields.into(),
             http: keyed(fields, false),
+            default: fields == AccessLogField::ALL,
             tcp: keyed(fields, true),
             dropped,
         }),
@@ -387,19 +392,29 @@ fn open(path: &std::path::Path) -> io::Result<File> {
 impl AccessLog {
     /// Queues the line for one HTTP request; drops and counts it when the queue is full.
     pub fn log_request(&self, r: &RequestRecord<'_>) {
+        if self.inner.default {
+            return self
+                .queue(|lines| write_default(r, &mut lines.bytes, lines.len, &mut lines.runs));
+        }
         self.queue(|lines| {
-            write_request(&self.inner.http, r, &mut lines.bytes, Some(&mut lines.runs))
+            write_request(
+                &self.inner.http,
+                r,
+                &mut lines.bytes,
+                lines.len,
+                Some(&mut lines.runs),
+            )
         });
     }
 
     /// Queues the line for one TCP connection; drops and counts it when the queue is full.
     pub fn log_connection(&self, r: &ConnectionRecord<'_>) {
-        self.queue(|lines| write_connection(&self.inner.tcp, r, &mut lines.bytes));
+        self.queue(|lines| write_connection(&self.inner.tcp, r, &mut lines.bytes, lines.len));
     }
 
-    /// Renders a line with `write` straight into this thread's shard; a full queue (or a writer
-    /// that has exited) costs this line, never a wait.
-    fn queue(&self, write: impl FnOnce(&mut Lines) -> Result<(), fmt::Error>) {
+    /// Renders a line with `write` straight into this thread's shard (returning where it ends);
+    /// a full queue (or a writer that has exited) costs this line, never a wait.
+    fn queue(&self, write: impl FnOnce(&mut Lines) -> Result<usize, fmt::Error>) {
         let q = &*self.inner.queue;
         if q.queued.fetch_add(1, Ordering::Relaxed) >= q.bound {
             q.queued.fetch_sub(1, Ordering::Relaxed);
@@ -407,14 +422,17 @@ impl AccessLog {
             return;
         }
         let mut lines = q.shards[shard_index() % q.shards.len()].lock();
-        let start = lines.bytes.len();
-        if lines.closed || write(&mut lines).is_err() {
-            lines.bytes.truncate(start);
+        let end = match lines.closed {
+            false => write(&mut lines).ok(),
+            true => None,
+        };
+        let Some(end) = end else {
             drop(lines);
             q.queued.fetch_sub(1, Ordering::Relaxed);
             self.inner.dropped.inc();
             return;
-        }
+        };
+        lines.len = end;
         lines.count += 1;
         drop(lines);
         // Pairs with the writer's store before its last look at the shards (both SeqCst): either
@@ -508,7 +526,9 @@ impl Reopen {
                 let mut lines = shard.lock();
                 if lines.count > 0 {
                     let count = std::mem::take(&mut lines.count);
-                    pending.push(Taken::Lines(std::mem::take(&mut lines.bytes), count));
+                    let mut bytes = std::mem::take(&mut lines.bytes);
+                    bytes.truncate(std::mem::take(&mut lines.len));
+                    pending.push(Taken::Lines(bytes, count));
                 }
             }
             pending.push(Taken::Reopen);
@@ -527,13 +547,14 @@ impl fmt::Debug for Reopen {
 
 fn run(mut out: Out, q: &Queue) {
     // The buffer swapped into a shard for the lines it takes: buffers go round between the
-    // shards and the writer, so lines cost no allocation once they have grown.
-    let mut spare = Vec::with_capacity(FILE_CHUNK);
+    // shards and the writer, so lines cost no allocation once they have grown (nor a fill:
+    // a buffer keeps its length, and its bytes are overwritten by the next lines).
+    let mut spare = Vec::new();
     loop {
         let stop = q.stop.load(Ordering::SeqCst);
         let mut wrote = false;
         for shard in q.shards.iter() {
-            let (pending, count) = {
+            let (pending, count, len) = {
                 let mut pending = lock(&q.pending);
                 let taken = std::mem::take(&mut *pending);
                 let mut lines = shard.lock();
@@ -541,16 +562,19 @@ fn run(mut out: Out, q: &Queue) {
                 // After the stop, nothing more is queued: whatever was logged before it is
                 // taken in this round.
                 lines.closed |= stop;
-                (taken, std::mem::take(&mut lines.count))
+                (
+                    taken,
+                    std::mem::take(&mut lines.count),
+                    std::mem::take(&mut lines.len),
+                )
             };
             wrote |= !pending.is_empty();
             out.write_taken(q, pending);
             if count > 0 {
                 wrote = true;
                 q.queued.fetch_sub(count, Ordering::Relaxed);
-                out.write_lines(&spare, count);
+                out.write_lines(&spare[..len], count);
             }
-            spare.clear();
         }
         if stop {
             // A reopen after the last shard was taken.
@@ -746,7 +770,50 @@ fn is_context(f: AccessLogField) -> bool {
 /// rendered from: a request like the last one (same listener, route, endpoint: nearly every
 /// request) copies a run whole instead of writing its fields one by one.
 #[derive(Default)]
-struct Runs(Vec<Run>);
+struct Runs(Vec<Run>, Peer);
+
+/// Whether two of Tandem's constants are equal: the same constant is at the same address, which
+/// spares a call to `memcmp` (the text is compared only when the addresses differ).
+#[inline(always)]
+fn same_constant(a: &'static str, b: &'static str) -> bool {
+    (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
+}
+
+/// The `client` and `protocol` fields (keys included) of a shard's last line in the default
+/// order, and what they were rendered from: every request of a connection has the same.
+struct Peer {
+    /// `bytes[..len]` hold the fields for these values.
+    key: Option<(Option<SocketAddr>, &'static str)>,
+    bytes: [u8; PEER],
+    len: usize,
+}
+
+/// Room for the `client` and `protocol` fields; longer ones (a long IPv6 scope) are not kept.
+const PEER: usize = 96;
+const _: () = assert!(PEER <= SLACK);
+
+impl Default for Peer {
+    fn default() -> Self {
+        Peer {
+            key: None,
+            bytes: [0; PEER],
+            len: 0,
+        }
+    }
+}
+
+impl Peer {
+    #[inline(always)]
+    fn matches(&self, r: &RequestRecord<'_>) -> bool {
+        // Protocols are constants: the same one is at the same address (a different address
+        // for the same text only costs a miss).
+        self.key.is_some_and(|(client, protocol)| {
+            client == r.client
+                && std::ptr::eq(protocol.as_ptr(), r.protocol.as_ptr())
+                && protocol.len() == r.protocol.len()
+        })
+    }
+}
 
 #[derive(Default)]
 struct Run {
@@ -768,8 +835,8 @@ impl Run {
             && self.route.as_deref() == r.route
             && self.upstream.as_deref() == r.upstream
             && self.endpoint.as_deref() == r.endpoint
-            && self.direction == r.direction
-            && self.protocol == r.protocol
+            && same_constant(self.direction, r.direction)
+            && same_constant(self.protocol, r.protocol)
     }
 
     fn set(&mut self, r: &RequestRecord<'_>) {
@@ -799,7 +866,10 @@ pub fn format_request(
     r: &RequestRecord<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), fmt::Error> {
-    write_request(&keyed(fields, false), r, out, None)
+    let at = out.len();
+    let end = write_request(&keyed(fields, false), r, out, at, None)?;
+    out.truncate(end);
+    Ok(())
 }
 
 /// Appends the JSON line (with its `\n`) for `r` with `fields` to `out`; fields that only
@@ -809,71 +879,133 @@ pub fn format_connection(
     r: &ConnectionRecord<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), fmt::Error> {
-    write_connection(&keyed(fields, true), r, out)
+    let at = out.len();
+    let end = write_connection(&keyed(fields, true), r, out, at)?;
+    out.truncate(end);
+    Ok(())
 }
 
-/// Up to `N` bytes built on the stack, appended with one copy of all `N` and cut back.
-struct Small<const N: usize> {
-    b: [u8; N],
+/// A line being written into a buffer made big enough for it beforehand (see
+/// [`request_bound`]): each piece is one bounds-checked copy into the slice, without the
+/// capacity check, growth path and length store of every `Vec` append.
+struct Cursor<'a> {
+    b: &'a mut [u8],
+    /// Bytes written.
     n: usize,
 }
 
-impl<const N: usize> Small<N> {
+impl Cursor<'_> {
     #[inline(always)]
-    fn new() -> Self {
-        Small { b: [0; N], n: 0 }
+    fn put<const N: usize>(&mut self, bytes: &[u8; N]) {
+        self.b[self.n..self.n + N].copy_from_slice(bytes);
+        self.n += N;
     }
 
+    /// The first `len` bytes of `bytes`, written with one copy of all `N` (what is past `len`
+    /// is overwritten by the next piece, or lies past the line's end: [`SLACK`]).
     #[inline(always)]
-    fn push(&mut self, byte: u8) {
-        self.b[self.n] = byte;
-        self.n += 1;
-    }
-
-    /// `v` in decimal.
-    #[inline(always)]
-    fn uint(&mut self, v: u64) {
-        let mut len = 1;
-        let mut x = v;
-        while x >= 10 {
-            x /= 10;
-            len += 1;
-        }
-        let mut x = v;
-        for i in (self.n..self.n + len).rev() {
-            self.b[i] = b'0' + (x % 10) as u8;
-            x /= 10;
-        }
+    fn put_cut<const N: usize>(&mut self, bytes: &[u8; N], len: usize) {
+        self.b[self.n..self.n + N].copy_from_slice(bytes);
         self.n += len;
     }
 
     #[inline(always)]
-    fn append_to(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.b);
-        out.truncate(out.len() - (N - self.n));
+    fn slice(&mut self, bytes: &[u8]) {
+        self.b[self.n..self.n + bytes.len()].copy_from_slice(bytes);
+        self.n += bytes.len();
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, b: u8) {
+        self.b[self.n] = b;
+        self.n += 1;
     }
 }
 
+/// Room past a line's end for the whole of a fixed-size copy cut back to fewer bytes (the
+/// longest is [`Peer`]'s).
+const SLACK: usize = 128;
+
+/// Room for everything of a line but its strings: every key at [`KEY`], and every number,
+/// time, address, `null` or boolean at its longest (an IPv6 address with a scope and a port
+/// is the longest, under 64 bytes), the line's `}\n`, and [`SLACK`].
+const FIXED: usize = AccessLogField::ALL.len() * (KEY + 64) + 2 + SLACK;
+
+/// Most bytes `s` takes as a JSON string: every byte escaped as `\u00XX`, quotes and `...`.
 #[inline(always)]
-fn key(out: &mut Vec<u8>, f: &Field) {
-    out.extend_from_slice(&f.key);
-    out.truncate(out.len() - (KEY - f.len));
+fn text_bound(len: usize) -> usize {
+    6 * len + 5
 }
 
+/// Most bytes the line for `r` takes, whatever its fields (see [`FIXED`]). Client-controlled
+/// bytes are looked at only up to their bound, and invalid UTF-8 at most triples in length
+/// (U+FFFD for a byte) before that cut.
+fn request_bound(r: &RequestRecord<'_>) -> usize {
+    let name = |s: Option<&str>| text_bound(s.map_or(0, str::len));
+    let client = |len: usize, bound: usize| text_bound((3 * len).min(bound));
+    FIXED
+        + text_bound(r.listener.len())
+        + name(r.route)
+        + name(r.upstream)
+        + name(r.endpoint)
+        + name(r.peer_identity)
+        + name(r.trace_id)
+        + name(r.span_id)
+        + r.direction.len()
+        + r.protocol.len()
+        + r.error.map_or(0, str::len)
+        + r.end.as_str().len()
+        + text_bound(r.method.len().min(METHOD))
+        + text_bound(r.path.len().min(MAX_PATH))
+        + client(r.authority.map_or(0, <[u8]>::len), MAX_AUTHORITY)
+        + client(r.user_agent.map_or(0, <[u8]>::len), MAX_USER_AGENT)
+}
+
+/// [`request_bound`] of a TCP line.
+fn connection_bound(r: &ConnectionRecord<'_>) -> usize {
+    let name = |s: Option<&str>| text_bound(s.map_or(0, str::len));
+    FIXED
+        + text_bound(r.listener.len())
+        + name(r.upstream)
+        + name(r.endpoint)
+        + name(r.peer_identity)
+        + name(r.trace_id)
+        + name(r.span_id)
+        + r.direction.len()
+        + r.error.map_or(0, str::len)
+        + r.end.as_str().len()
+}
+
+/// Makes `buf[at..]` hold at least `need` bytes (zeroed when new; otherwise whatever earlier
+/// lines left there, all of it overwritten before it counts).
+#[inline(always)]
+fn room(buf: &mut Vec<u8>, at: usize, need: usize) {
+    if buf.len() < at + need {
+        // Doubling: a shard's buffer grows a few times, then lines only overwrite it.
+        buf.resize((at + need).max(2 * buf.len()), 0);
+    }
+}
+
+/// Longest `method` kept in a line.
+const METHOD: usize = 32;
+
+/// Writes the line for `r` into `buf` from `at` (growing `buf` when it may not hold it);
+/// returns where the line ends. `runs`: the shard's cache of context runs, when rendering into
+/// a shard.
 fn write_request(
     fields: &[Field],
     r: &RequestRecord<'_>,
-    out: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
+    at: usize,
     mut runs: Option<&mut Runs>,
-) -> Result<(), fmt::Error> {
-    // Room for a whole line with every field: growing the buffer part way costs a copy.
-    out.reserve(
-        896 + r.path.len().min(MAX_PATH)
-            + r.user_agent.map_or(0, |u| u.len().min(MAX_USER_AGENT))
-            + r.authority.map_or(0, |a| a.len().min(MAX_AUTHORITY)),
-    );
+) -> Result<usize, fmt::Error> {
+    room(buf, at, request_bound(r));
+    let mut w = Cursor {
+        b: &mut buf[at..],
+        n: 0,
+    };
     if fields.is_empty() {
-        out.push(b'{');
+        w.byte(b'{');
     }
     let mut i = 0;
     while let Some(f) = fields.get(i) {
@@ -882,107 +1014,239 @@ fn write_request(
                 runs.0.resize_with(n + 1, Run::default);
             }
             let run = &mut runs.0[n];
-            if !run.matches(r) {
+            if run.matches(r) {
+                w.slice(&run.bytes);
+            } else {
                 // Marked as rendered only once it is.
                 run.filled = false;
-                run.bytes.clear();
+                let from = w.n;
                 for f in &fields[i..i + len] {
-                    request_field(&mut run.bytes, f, r)?;
+                    request_field(&mut w, f, r)?;
                 }
+                run.bytes.clear();
+                run.bytes.extend_from_slice(&w.b[from..w.n]);
                 run.set(r);
             }
-            out.extend_from_slice(&run.bytes);
             i += len;
             continue;
         }
-        request_field(out, f, r)?;
+        request_field(&mut w, f, r)?;
         i += 1;
     }
-    out.extend_from_slice(b"}\n");
-    Ok(())
+    w.put(b"}\n");
+    Ok(at + w.n)
+}
+
+/// [`write_request`] for the default fields in the default order ([`AccessLogField::ALL`], the
+/// usual configuration): the same bytes, written as a fixed sequence with the keys between
+/// values as literals, instead of a loop matching on each field. `runs` holds the one context
+/// run of that order (`listener` to `endpoint`).
+fn write_default(
+    r: &RequestRecord<'_>,
+    buf: &mut Vec<u8>,
+    at: usize,
+    runs: &mut Runs,
+) -> Result<usize, fmt::Error> {
+    room(buf, at, request_bound(r));
+    let mut w = Cursor {
+        b: &mut buf[at..],
+        n: 0,
+    };
+    let w = &mut w;
+    w.put(b"{\"kind\":\"http\",\"time\":");
+    rfc3339_micros(w, r.start);
+    w.put(b",\"duration_ms\":");
+    millis(w, r.duration);
+    w.put(b",\"head_ms\":");
+    match r.head {
+        Some(d) => millis(w, d),
+        None => null(w),
+    }
+    if runs.0.is_empty() {
+        runs.0.push(Run::default());
+    }
+    let run = &mut runs.0[0];
+    if run.matches(r) {
+        w.slice(&run.bytes);
+    } else {
+        // Marked as rendered only once it is.
+        run.filled = false;
+        let from = w.n;
+        w.put(b",\"listener\":");
+        string(w, r.listener);
+        w.put(b",\"direction\":");
+        constant(w, r.direction);
+        w.put(b",\"route\":");
+        opt_string(w, r.route);
+        w.put(b",\"upstream\":");
+        opt_string(w, r.upstream);
+        w.put(b",\"endpoint\":");
+        opt_string(w, r.endpoint);
+        run.bytes.clear();
+        run.bytes.extend_from_slice(&w.b[from..w.n]);
+        run.set(r);
+    }
+    let peer = &mut runs.1;
+    if peer.matches(r) {
+        w.put_cut(&peer.bytes, peer.len);
+    } else {
+        let from = w.n;
+        w.put(b",\"client\":");
+        client(w, r.client)?;
+        w.put(b",\"protocol\":");
+        constant(w, r.protocol);
+        let len = w.n - from;
+        peer.key = None;
+        if len <= PEER {
+            // All of `PEER` (within the line's room: `SLACK`), in one fixed-size copy.
+            peer.bytes.copy_from_slice(&w.b[from..from + PEER]);
+            peer.len = len;
+            peer.key = Some((r.client, r.protocol));
+        }
+    }
+    w.put(b",\"method\":");
+    capped_str(w, r.method, METHOD);
+    w.put(b",\"path\":");
+    capped_str(w, r.path, MAX_PATH);
+    w.put(b",\"authority\":");
+    match r.authority {
+        Some(a) => capped(w, a, MAX_AUTHORITY),
+        None => null(w),
+    }
+    w.put(b",\"status\":");
+    match r.status {
+        Some(s) => uint(w, u64::from(s)),
+        None => null(w),
+    }
+    match r.grpc_status {
+        Some(s) => {
+            w.put(b",\"grpc_status\":");
+            uint(w, u64::from(s));
+        }
+        None => w.put(b",\"grpc_status\":null"),
+    }
+    w.put(b",\"received_bytes\":");
+    uint(w, r.received_bytes);
+    w.put(b",\"sent_bytes\":");
+    uint(w, r.sent_bytes);
+    w.put(b",\"attempts\":");
+    uint(w, u64::from(r.attempts));
+    w.put(b",\"retries\":");
+    uint(w, u64::from(r.attempts.saturating_sub(1)));
+    match (r.error, r.end) {
+        (None, End::Complete) => w.put(b",\"error\":null,\"end\":\"complete\",\"completed\":true"),
+        (error, end) => {
+            w.put(b",\"error\":");
+            opt_constant(w, error);
+            w.put(b",\"end\":");
+            constant(w, end.as_str());
+            w.put(b",\"completed\":");
+            boolean(w, end == End::Complete);
+        }
+    }
+    w.put(b",\"user_agent\":");
+    match r.user_agent {
+        Some(a) => capped(w, a, MAX_USER_AGENT),
+        None => null(w),
+    }
+    w.put(b",\"peer_identity\":");
+    opt_string(w, r.peer_identity);
+    w.put(b",\"trace_id\":");
+    opt_string(w, r.trace_id);
+    w.put(b",\"span_id\":");
+    opt_string(w, r.span_id);
+    w.put(b"}\n");
+    Ok(at + w.n)
 }
 
 /// One field of an HTTP line, its key included.
 #[inline(always)]
-fn request_field(out: &mut Vec<u8>, f: &Field, r: &RequestRecord<'_>) -> Result<(), fmt::Error> {
+fn request_field(w: &mut Cursor<'_>, f: &Field, r: &RequestRecord<'_>) -> Result<(), fmt::Error> {
     use AccessLogField as F;
-    key(out, f);
+    w.put_cut(&f.key, f.len);
     match f.field {
-        F::Kind => out.extend_from_slice(b"\"http\""),
-        F::Time => rfc3339_micros(out, r.start),
-        F::DurationMs => millis(out, r.duration),
+        F::Kind => w.put(b"\"http\""),
+        F::Time => rfc3339_micros(w, r.start),
+        F::DurationMs => millis(w, r.duration),
         F::HeadMs => match r.head {
-            Some(d) => millis(out, d),
-            None => null(out),
+            Some(d) => millis(w, d),
+            None => null(w),
         },
-        F::Listener => json::push_str(out, r.listener),
-        F::Direction => constant(out, r.direction),
-        F::Route => opt_string(out, r.route),
-        F::Upstream => opt_string(out, r.upstream),
-        F::Endpoint => opt_string(out, r.endpoint),
-        F::Client => client(out, r.client)?,
-        F::Protocol => constant(out, r.protocol),
-        F::Method => capped_str(out, r.method, 32),
-        F::Path => capped_str(out, r.path, MAX_PATH),
+        F::Listener => string(w, r.listener),
+        F::Direction => constant(w, r.direction),
+        F::Route => opt_string(w, r.route),
+        F::Upstream => opt_string(w, r.upstream),
+        F::Endpoint => opt_string(w, r.endpoint),
+        F::Client => client(w, r.client)?,
+        F::Protocol => constant(w, r.protocol),
+        F::Method => capped_str(w, r.method, METHOD),
+        F::Path => capped_str(w, r.path, MAX_PATH),
         F::Authority => match r.authority {
-            Some(a) => capped(out, a, MAX_AUTHORITY),
-            None => null(out),
+            Some(a) => capped(w, a, MAX_AUTHORITY),
+            None => null(w),
         },
         F::Status => match r.status {
-            Some(s) => uint(out, u64::from(s)),
-            None => null(out),
+            Some(s) => uint(w, u64::from(s)),
+            None => null(w),
         },
         F::GrpcStatus => match r.grpc_status {
-            Some(s) => uint(out, u64::from(s)),
-            None => null(out),
+            Some(s) => uint(w, u64::from(s)),
+            None => null(w),
         },
-        F::ReceivedBytes => uint(out, r.received_bytes),
-        F::SentBytes => uint(out, r.sent_bytes),
-        F::Attempts => uint(out, u64::from(r.attempts)),
-        F::Retries => uint(out, u64::from(r.attempts.saturating_sub(1))),
-        F::Error => opt_constant(out, r.error),
-        F::End => constant(out, r.end.as_str()),
-        F::Completed => boolean(out, r.end == End::Complete),
+        F::ReceivedBytes => uint(w, r.received_bytes),
+        F::SentBytes => uint(w, r.sent_bytes),
+        F::Attempts => uint(w, u64::from(r.attempts)),
+        F::Retries => uint(w, u64::from(r.attempts.saturating_sub(1))),
+        F::Error => opt_constant(w, r.error),
+        F::End => constant(w, r.end.as_str()),
+        F::Completed => boolean(w, r.end == End::Complete),
         F::UserAgent => match r.user_agent {
-            Some(a) => capped(out, a, MAX_USER_AGENT),
-            None => null(out),
+            Some(a) => capped(w, a, MAX_USER_AGENT),
+            None => null(w),
         },
-        F::PeerIdentity => opt_string(out, r.peer_identity),
-        F::TraceId => opt_string(out, r.trace_id),
-        F::SpanId => opt_string(out, r.span_id),
+        F::PeerIdentity => opt_string(w, r.peer_identity),
+        F::TraceId => opt_string(w, r.trace_id),
+        F::SpanId => opt_string(w, r.span_id),
     }
     Ok(())
 }
 
+/// [`write_request`] for a TCP connection.
 fn write_connection(
     fields: &[Field],
     r: &ConnectionRecord<'_>,
-    out: &mut Vec<u8>,
-) -> Result<(), fmt::Error> {
+    buf: &mut Vec<u8>,
+    at: usize,
+) -> Result<usize, fmt::Error> {
     use AccessLogField as F;
-    out.reserve(384);
+    room(buf, at, connection_bound(r));
+    let mut w = Cursor {
+        b: &mut buf[at..],
+        n: 0,
+    };
+    let w = &mut w;
     if fields.is_empty() {
-        out.push(b'{');
+        w.byte(b'{');
     }
     for f in fields {
-        key(out, f);
+        w.put_cut(&f.key, f.len);
         match f.field {
-            F::Kind | F::Protocol => out.extend_from_slice(b"\"tcp\""),
-            F::Time => rfc3339_micros(out, r.start),
-            F::DurationMs => millis(out, r.duration),
-            F::Listener => json::push_str(out, r.listener),
-            F::Direction => constant(out, r.direction),
-            F::Upstream => opt_string(out, r.upstream),
-            F::Endpoint => opt_string(out, r.endpoint),
-            F::Client => client(out, r.client)?,
-            F::ReceivedBytes => uint(out, r.received_bytes),
-            F::SentBytes => uint(out, r.sent_bytes),
-            F::Error => opt_constant(out, r.error),
-            F::End => constant(out, r.end.as_str()),
-            F::Completed => boolean(out, r.end == End::Complete),
-            F::PeerIdentity => opt_string(out, r.peer_identity),
-            F::TraceId => opt_string(out, r.trace_id),
-            F::SpanId => opt_string(out, r.span_id),
+            F::Kind | F::Protocol => w.put(b"\"tcp\""),
+            F::Time => rfc3339_micros(w, r.start),
+            F::DurationMs => millis(w, r.duration),
+            F::Listener => string(w, r.listener),
+            F::Direction => constant(w, r.direction),
+            F::Upstream => opt_string(w, r.upstream),
+            F::Endpoint => opt_string(w, r.endpoint),
+            F::Client => client(w, r.client)?,
+            F::ReceivedBytes => uint(w, r.received_bytes),
+            F::SentBytes => uint(w, r.sent_bytes),
+            F::Error => opt_constant(w, r.error),
+            F::End => constant(w, r.end.as_str()),
+            F::Completed => boolean(w, r.end == End::Complete),
+            F::PeerIdentity => opt_string(w, r.peer_identity),
+            F::TraceId => opt_string(w, r.trace_id),
+            F::SpanId => opt_string(w, r.span_id),
             F::HeadMs
             | F::Route
             | F::Method
@@ -995,163 +1259,222 @@ fn write_connection(
             | F::UserAgent => {}
         }
     }
-    out.extend_from_slice(b"}\n");
-    Ok(())
+    w.put(b"}\n");
+    Ok(at + w.n)
 }
 
-fn null(out: &mut Vec<u8>) {
-    out.extend_from_slice(b"null");
+#[inline(always)]
+fn null(w: &mut Cursor<'_>) {
+    w.put(b"null");
 }
 
-fn boolean(out: &mut Vec<u8>, v: bool) {
+#[inline(always)]
+fn boolean(w: &mut Cursor<'_>, v: bool) {
     if v {
-        out.extend_from_slice(b"true");
+        w.put(b"true");
     } else {
-        out.extend_from_slice(b"false");
+        w.put(b"false");
     }
 }
 
 /// One of Tandem's own constant strings (directions, protocols, error reasons, ends): plain
 /// ASCII with nothing to escape, written as is.
-fn constant(out: &mut Vec<u8>, s: &'static str) {
+fn constant(w: &mut Cursor<'_>, s: &'static str) {
     debug_assert!(
         s.bytes()
             .all(|b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\'),
         "{s}"
     );
-    out.push(b'"');
-    out.extend_from_slice(s.as_bytes());
-    out.push(b'"');
+    w.byte(b'"');
+    w.slice(s.as_bytes());
+    w.byte(b'"');
 }
 
-fn opt_constant(out: &mut Vec<u8>, v: Option<&'static str>) {
+fn opt_constant(w: &mut Cursor<'_>, v: Option<&'static str>) {
     match v {
-        Some(s) => constant(out, s),
-        None => null(out),
+        Some(s) => constant(w, s),
+        None => null(w),
     }
 }
 
-fn opt_string(out: &mut Vec<u8>, v: Option<&str>) {
+fn opt_string(w: &mut Cursor<'_>, v: Option<&str>) {
     match v {
-        Some(s) => json::push_str(out, s),
-        None => null(out),
+        Some(s) => string(w, s),
+        None => null(w),
     }
+}
+
+/// `s` as a JSON string, quotes included.
+fn string(w: &mut Cursor<'_>, s: &str) {
+    w.byte(b'"');
+    escaped(w, s);
+    w.byte(b'"');
+}
+
+/// `s` escaped for the inside of a JSON string.
+fn escaped(w: &mut Cursor<'_>, s: &str) {
+    // Names, paths and user agents almost never hold a byte to escape: one scan, one copy.
+    if !json::needs_escape(s.as_bytes()) {
+        w.slice(s.as_bytes());
+        return;
+    }
+    let mut e = Vec::with_capacity(s.len() + 16);
+    json::escape(&mut e, s);
+    w.slice(&e);
 }
 
 /// Text from a client as a JSON string: more than the bound is cut at a character boundary
 /// and ends in `...`.
-fn capped_str(out: &mut Vec<u8>, s: &str, bound: usize) {
+fn capped_str(w: &mut Cursor<'_>, s: &str, bound: usize) {
     if s.len() <= bound {
-        return json::push_str(out, s);
+        return string(w, s);
     }
     let mut cut = bound;
     while !s.is_char_boundary(cut) {
         cut -= 1;
     }
-    out.push(b'"');
-    json::escape(out, &s[..cut]);
-    out.extend_from_slice(b"...\"");
+    w.byte(b'"');
+    escaped(w, &s[..cut]);
+    w.put(b"...\"");
 }
 
 /// Bytes from a client as a JSON string: invalid UTF-8 becomes U+FFFD, and more than the
 /// bound is cut at a character boundary and ends in `...`.
-fn capped(out: &mut Vec<u8>, bytes: &[u8], bound: usize) {
+fn capped(w: &mut Cursor<'_>, bytes: &[u8], bound: usize) {
     // Only the bound and the character across it can reach the line: look at no more. When
     // `head` is shorter than `bytes`, its text is longer than the bound (a replacement is never
     // shorter than what it replaces), so it is cut, before anything `head` cut in two.
     let head = &bytes[..bytes.len().min(bound + 4)];
     // The usual case: plain ASCII within the bound, written as it is.
     if head.len() <= bound && json::is_plain_ascii(head) {
-        out.push(b'"');
-        out.extend_from_slice(head);
-        out.push(b'"');
+        w.byte(b'"');
+        w.slice(head);
+        w.byte(b'"');
         return;
     }
     match std::str::from_utf8(head) {
-        Ok(text) => capped_str(out, text, bound),
-        Err(_) => capped_str(out, &String::from_utf8_lossy(head), bound),
+        Ok(text) => capped_str(w, text, bound),
+        Err(_) => capped_str(w, &String::from_utf8_lossy(head), bound),
     }
 }
 
-/// A non-negative integer.
-fn uint(out: &mut Vec<u8>, v: u64) {
-    let mut s = Small::<24>::new();
-    s.uint(v);
-    s.append_to(out);
+/// Two decimal digits of every value below 100.
+static DIGITS2: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut v = 0;
+    while v < 100 {
+        t[2 * v] = b'0' + (v / 10) as u8;
+        t[2 * v + 1] = b'0' + (v % 10) as u8;
+        v += 1;
+    }
+    t
+};
+
+/// 10 to the power of the index.
+static POW10: [u64; 20] = {
+    let mut t = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
+    }
+    t
+};
+
+/// How many decimal digits `v` has: from its bit length (`bits * 1233 >> 12` is
+/// `bits * log10(2)` rounded down, within one), corrected by one comparison.
+#[inline(always)]
+fn digits(v: u64) -> usize {
+    // `| 1`: 0 has one digit; it changes no other count (10^k is even, 10^k - 1 odd).
+    let v = v | 1;
+    let bits = 64 - v.leading_zeros();
+    let t = ((bits * 1233) >> 12) as usize;
+    t + 1 - usize::from(v < POW10[t])
 }
+
+/// A non-negative integer: its digits two at a time, from the last.
+#[inline]
+fn uint(w: &mut Cursor<'_>, v: u64) {
+    let len = digits(v);
+    let end = w.n + len;
+    let out = &mut w.b[w.n..end];
+    let mut v = v;
+    let mut i = len;
+    while i >= 2 {
+        let d = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        out[i] = DIGITS2[d];
+        out[i + 1] = DIGITS2[d + 1];
+    }
+    if i == 1 {
+        out[0] = b'0' + v as u8;
+    }
+    w.n = end;
+}
+
+/// Per thousandth: `.` and its digits as the shortest decimal writes them (`.0` for none,
+/// `.5`, `.25`, `.125`), padded to four bytes, and how many of the bytes count.
+static THOUSANDTHS: [([u8; 4], u8); 1000] = {
+    let mut t = [([0u8; 4], 0u8); 1000];
+    let mut v = 0;
+    while v < 1000 {
+        let d = [
+            b'0' + (v / 100) as u8,
+            b'0' + (v / 10 % 10) as u8,
+            b'0' + (v % 10) as u8,
+        ];
+        t[v] = if v == 0 {
+            ([b'.', b'0', 0, 0], 2)
+        } else if v % 100 == 0 {
+            ([b'.', d[0], 0, 0], 2)
+        } else if v % 10 == 0 {
+            ([b'.', d[0], d[1], 0], 3)
+        } else {
+            ([b'.', d[0], d[1], d[2]], 4)
+        };
+        v += 1;
+    }
+    t
+};
 
 /// Milliseconds with microsecond resolution, as serde_json writes the `f64` `micros / 1000`:
 /// the shortest decimal, `.0` when whole (at most three decimals, so exact).
-fn millis(out: &mut Vec<u8>, d: Duration) {
+fn millis(w: &mut Cursor<'_>, d: Duration) {
     let micros = d
         .as_secs()
         .saturating_mul(1_000_000)
         .saturating_add(u64::from(d.subsec_micros()));
-    let frac = micros % 1000;
-    if micros < 10_000 {
-        // Under 10 ms (most requests on a sidecar hop): one digit, the point, the fraction.
-        let digit = |v: u64| b'0' + (v % 10) as u8;
-        let b = [
-            digit(micros / 1000),
-            b'.',
-            digit(frac / 100),
-            digit(frac / 10),
-            digit(frac),
-        ];
-        let len = if frac == 0 || frac % 100 == 0 {
-            3
-        } else if frac % 10 == 0 {
-            4
-        } else {
-            5
-        };
-        out.extend_from_slice(&b);
-        out.truncate(out.len() - (5 - len));
-        return;
-    }
-    let mut s = Small::<32>::new();
-    s.uint(micros / 1000);
-    s.push(b'.');
-    if frac == 0 {
-        s.push(b'0');
-    } else {
-        s.push(b'0' + (frac / 100) as u8);
-        if frac % 100 != 0 {
-            s.push(b'0' + (frac / 10 % 10) as u8);
-            if frac % 10 != 0 {
-                s.push(b'0' + (frac % 10) as u8);
-            }
-        }
-    }
-    s.append_to(out);
+    uint(w, micros / 1000);
+    let (frac, len) = THOUSANDTHS[(micros % 1000) as usize];
+    w.put_cut(&frac, usize::from(len));
 }
 
 /// `"1.2.3.4:5"`, `"[::1]:5"` or `null`.
-fn client(out: &mut Vec<u8>, addr: Option<SocketAddr>) -> Result<(), fmt::Error> {
+fn client(w: &mut Cursor<'_>, addr: Option<SocketAddr>) -> Result<(), fmt::Error> {
     match addr {
-        None => null(out),
+        None => null(w),
         Some(SocketAddr::V4(a)) => {
-            // At most `"255.255.255.255:65535"`: 23 bytes.
-            let mut s = Small::<32>::new();
-            s.push(b'"');
+            w.byte(b'"');
             for o in a.ip().octets() {
                 // The octet's digits and a `.`, as four bytes in one store.
                 let (digits, len) = OCTETS[usize::from(o)];
-                s.b[s.n..s.n + 4].copy_from_slice(&digits);
-                s.n += len;
+                w.put_cut(&digits, len);
             }
             // The last octet's `.` becomes the `:`.
-            s.b[s.n - 1] = b':';
-            s.uint(u64::from(a.port()));
-            s.push(b'"');
-            s.append_to(out);
+            w.b[w.n - 1] = b':';
+            uint(w, u64::from(a.port()));
+            w.byte(b'"');
         }
         // Rare on the data path: through `Display` (only hex digits, `:`, `[]`, `%`, digits).
         Some(a @ SocketAddr::V6(_)) => {
             use std::io::Write as _;
-            out.push(b'"');
-            write!(out, "{a}").map_err(|_| fmt::Error)?;
-            out.push(b'"');
+            w.byte(b'"');
+            let mut rest = &mut w.b[w.n..];
+            let room = rest.len();
+            write!(rest, "{a}").map_err(|_| fmt::Error)?;
+            w.n += room - rest.len();
+            w.byte(b'"');
         }
     }
     Ok(())
@@ -1182,10 +1505,10 @@ static OCTETS: [([u8; 4], usize); 256] = {
 
 /// A wall-clock time as RFC 3339 in UTC with microseconds (`2025-11-24T16:00:00.123456Z`);
 /// times before 1970 are written as the epoch.
-fn rfc3339_micros(out: &mut Vec<u8>, t: SystemTime) {
+fn rfc3339_micros(w: &mut Cursor<'_>, t: SystemTime) {
     let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let micros = since.subsec_micros();
+    let micros = since.subsec_micros() as usize;
     // Lines of the same second share everything up to the fraction: the calendar arithmetic
     // runs once a second per thread.
     thread_local! {
@@ -1193,26 +1516,29 @@ fn rfc3339_micros(out: &mut Vec<u8>, t: SystemTime) {
     }
     let (cached, prefix) = SECOND.get();
     if cached == secs {
-        let mut b = [0; 29];
-        b[..21].copy_from_slice(&prefix);
-        b[21..].copy_from_slice(b"000000Z\"");
-        let mut v = micros;
-        for i in (21..27).rev() {
-            b[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-        out.extend_from_slice(&b);
+        w.put(&prefix);
+        let (a, b, c) = (micros / 10_000, micros / 100 % 100, micros % 100);
+        w.put(&[
+            DIGITS2[2 * a],
+            DIGITS2[2 * a + 1],
+            DIGITS2[2 * b],
+            DIGITS2[2 * b + 1],
+            DIGITS2[2 * c],
+            DIGITS2[2 * c + 1],
+            b'Z',
+            b'"',
+        ]);
         return;
     }
-    let start = out.len();
-    rfc3339_full(out, secs, micros);
+    let start = w.n;
+    rfc3339_full(w, secs, micros as u32);
     let mut prefix = [0; 21];
-    prefix.copy_from_slice(&out[start..start + 21]);
+    prefix.copy_from_slice(&w.b[start..start + 21]);
     SECOND.set((secs, prefix));
 }
 
 /// [`rfc3339_micros`] from scratch.
-fn rfc3339_full(out: &mut Vec<u8>, secs: u64, micros: u32) {
+fn rfc3339_full(w: &mut Cursor<'_>, secs: u64, micros: u32) {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
@@ -1230,7 +1556,7 @@ fn rfc3339_full(out: &mut Vec<u8>, secs: u64, micros: u32) {
     put(&mut b, 15, 2, rem / 60 % 60);
     put(&mut b, 18, 2, rem % 60);
     put(&mut b, 21, 6, u64::from(micros));
-    out.extend_from_slice(&b);
+    w.put(&b);
 }
 
 /// (year, month, day) of a day count since 1970-01-01 (proleptic Gregorian; H. Hinnant's

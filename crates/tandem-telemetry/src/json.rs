@@ -52,7 +52,7 @@ pub fn escape(out: &mut Vec<u8>, s: &str) {
 
 /// Whether any byte of `s` needs an escape.
 #[inline]
-fn needs_escape(s: &[u8]) -> bool {
+pub fn needs_escape(s: &[u8]) -> bool {
     any_flagged(s, escape_mask)
 }
 

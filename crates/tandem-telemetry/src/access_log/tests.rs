@@ -550,6 +550,12 @@ async fn cached_context_runs_match_fresh_lines() {
             }
         }
         r.sent_bytes = i as u64;
+        // The client changes on a cadence of its own (a connection's requests share it).
+        r.client = match i / 4 % 5 {
+            0 => None,
+            1 => Some("[fe80::1%7]:443".parse().unwrap()),
+            n => Some(SocketAddr::from(([10, 0, 0, n as u8], 40_000 + n as u16))),
+        };
         // Equal records too, which take the cached copy.
         for _ in 0..=(i % 2) {
             records.push(r.clone());
@@ -652,8 +658,7 @@ fn hand_written_json_matches_serde_json() {
     );
     // Every value below 20 ms (both sides of the short form's 10 ms), and some beyond.
     for micros in (0u64..20_000).chain([123_456_789, 1 << 40]) {
-        let mut out = Vec::new();
-        millis(&mut out, Duration::from_micros(micros));
+        let out = render(|w| millis(w, Duration::from_micros(micros)));
         let want = serde_json::to_string(&(micros as f64 / 1000.0)).unwrap();
         assert_eq!(std::str::from_utf8(&out).unwrap(), want, "{micros}");
     }
@@ -663,8 +668,7 @@ fn hand_written_json_matches_serde_json() {
         "255.255.255.255:65535",
         "[::1]:8080",
     ] {
-        let mut out = Vec::new();
-        client(&mut out, Some(addr.parse().unwrap())).unwrap();
+        let out = render(|w| client(w, Some(addr.parse().unwrap())).unwrap());
         assert_eq!(std::str::from_utf8(&out).unwrap(), format!("\"{addr}\""));
     }
     // Across leap years, month ends and the far future.
@@ -678,8 +682,7 @@ fn hand_written_json_matches_serde_json() {
     ] {
         for micros in [0u32, 7, 999_999] {
             let t = SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000);
-            let mut out = Vec::new();
-            rfc3339_micros(&mut out, t);
+            let out = render(|w| rfc3339_micros(w, t));
             assert_eq!(
                 std::str::from_utf8(&out).unwrap(),
                 format!("\"{}\"", humantime::format_rfc3339_micros(t))
@@ -701,11 +704,36 @@ fn rfc3339_cache_matches_the_full_form() {
         951_782_400_000_000, // 2000-02-29
     ] {
         let t = SystemTime::UNIX_EPOCH + Duration::from_micros(micros);
-        let (mut cached, mut full) = (Vec::new(), Vec::new());
-        rfc3339_micros(&mut cached, t);
-        rfc3339_micros(&mut cached, t);
-        rfc3339_full(&mut full, micros / 1_000_000, (micros % 1_000_000) as u32);
+        let cached = render(|w| {
+            rfc3339_micros(w, t);
+            rfc3339_micros(w, t);
+        });
+        let full = render(|w| rfc3339_full(w, micros / 1_000_000, (micros % 1_000_000) as u32));
         assert_eq!(cached, [full.clone(), full].concat());
+    }
+}
+
+/// What `f` writes into a cursor.
+fn render(f: impl FnOnce(&mut Cursor<'_>)) -> Vec<u8> {
+    let mut b = vec![0; 256];
+    let mut w = Cursor { b: &mut b, n: 0 };
+    f(&mut w);
+    let n = w.n;
+    b.truncate(n);
+    b
+}
+
+/// Every number's digits, around each power of ten and at the ends.
+#[test]
+fn integers_are_written_in_decimal() {
+    let mut values = vec![0u64, 1, 9, u64::MAX, u64::MAX - 1];
+    for p in 1..20u32 {
+        let t = 10u64.pow(p);
+        values.extend([t - 1, t, t + 1, t.saturating_mul(2) - 1]);
+    }
+    values.extend((0..100_000).map(|v| v * 7919));
+    for v in values {
+        assert_eq!(render(|w| uint(w, v)), v.to_string().into_bytes(), "{v}");
     }
 }
 
@@ -782,6 +810,7 @@ proptest::proptest! {
         durations in (0u64..(1u64 << 40), proptest::option::of(0u64..(1u64 << 40))),
         client in proptest::option::of((proptest::num::u32::ANY, proptest::num::u16::ANY, proptest::bool::ANY)),
         numbers in (proptest::option::of(100u16..1000), proptest::option::of(proptest::num::u32::ANY), proptest::num::u64::ANY, proptest::num::u64::ANY, proptest::num::u32::ANY),
+        failed in proptest::bool::ANY,
     ) {
         let client = client.map(|(ip, port, v6)| {
             if v6 {
@@ -809,8 +838,8 @@ proptest::proptest! {
             received_bytes: numbers.2,
             sent_bytes: numbers.3,
             attempts: numbers.4,
-            error: Some("upstream_timeout"),
-            end: End::UpstreamError,
+            error: failed.then_some("upstream_timeout"),
+            end: if failed { End::UpstreamError } else { End::Complete },
             user_agent: Some(&ua),
             peer_identity: Some(&names[4]),
             trace_id: None,
@@ -819,5 +848,13 @@ proptest::proptest! {
         let text = line(&AccessLogField::ALL, &r);
         let m = parse(&text);
         proptest::prop_assert_eq!(serde_json::Value::Object(m), reference(&r));
+        // The default order's own writer writes the same bytes, rendering the context run and
+        // then copying it, after whatever an earlier line left in the buffer.
+        let mut runs = Runs::default();
+        let mut buf = vec![b'x'; 100];
+        let end = write_default(&r, &mut buf, 3, &mut runs).unwrap();
+        proptest::prop_assert_eq!(&buf[3..end], text.as_bytes());
+        let again = write_default(&r, &mut buf, end, &mut runs).unwrap();
+        proptest::prop_assert_eq!(&buf[end..again], text.as_bytes());
     }
 }
