@@ -1413,17 +1413,22 @@ fn uint(w: &mut Cursor<'_>, v: u64) {
     w.n = end;
 }
 
+/// `v` (below 1000) as three decimal digits, leading zeros kept (for the tables below).
+const fn digits3(v: usize) -> [u8; 3] {
+    [
+        b'0' + (v / 100) as u8,
+        b'0' + (v / 10 % 10) as u8,
+        b'0' + (v % 10) as u8,
+    ]
+}
+
 /// Per thousandth: `.` and its digits as the shortest decimal writes them (`.0` for none,
 /// `.5`, `.25`, `.125`), padded to four bytes, and how many of the bytes count.
 static THOUSANDTHS: [([u8; 4], u8); 1000] = {
     let mut t = [([0u8; 4], 0u8); 1000];
     let mut v = 0;
     while v < 1000 {
-        let d = [
-            b'0' + (v / 100) as u8,
-            b'0' + (v / 10 % 10) as u8,
-            b'0' + (v % 10) as u8,
-        ];
+        let d = digits3(v);
         t[v] = if v == 0 {
             ([b'.', b'0', 0, 0], 2)
         } else if v % 100 == 0 {
@@ -1486,11 +1491,7 @@ static OCTETS: [([u8; 4], usize); 256] = {
     let mut t = [([0u8; 4], 0usize); 256];
     let mut v = 0;
     while v < 256 {
-        let d = [
-            b'0' + (v / 100) as u8,
-            b'0' + (v / 10 % 10) as u8,
-            b'0' + (v % 10) as u8,
-        ];
+        let d = digits3(v);
         t[v] = if v >= 100 {
             ([d[0], d[1], d[2], b'.'], 4)
         } else if v >= 10 {
