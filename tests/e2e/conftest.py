@@ -20,10 +20,20 @@ ROOT = HERE.parent.parent
 TANDEM_BIN = os.environ.get("TANDEM_BIN", str(ROOT / "target" / "debug" / "tandem"))
 
 
+_GIVEN_PORTS = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, never one this test session handed out before: the
+    kernel may give the same port to two binds in a row once the first socket is closed (CI
+    once got one port for a Tandem's admin API and its listener)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 class GaveUp(Exception):
