@@ -66,6 +66,8 @@ pub struct RequestTrace {
     context: SpanContext,
     /// The caller's span.
     parent: Option<SpanId>,
+    /// Whether the request carried a trace header of the configured formats (to strip).
+    carried: bool,
     /// The try in progress: its span id and when it started.
     current: Option<(SpanId, Instant)>,
     /// What a sampled request records; `None` when the request is not sampled.
@@ -168,6 +170,7 @@ impl RequestTrace {
             tracer: tracer.clone(),
             context: started.context,
             parent: started.parent,
+            carried: started.carried,
             current: None,
             recording,
         })
@@ -186,7 +189,10 @@ impl RequestTrace {
         authority: &Authority,
         path: &PathAndQuery,
     ) {
-        self.tracer.propagator().strip(headers);
+        // The request's names were scanned for trace headers once, at the start.
+        if self.carried {
+            self.tracer.propagator().strip(headers);
+        }
         if let Some(r) = &mut self.recording {
             r.upstream_url = Some((authority.clone(), path.clone()));
         }

@@ -894,7 +894,17 @@ struct Cursor<'a> {
     n: usize,
 }
 
-impl Cursor<'_> {
+impl<'a> Cursor<'a> {
+    /// A cursor at `buf[at..]`, which is first made to hold at least `need` bytes.
+    #[inline(always)]
+    fn reserved(buf: &'a mut Vec<u8>, at: usize, need: usize) -> Self {
+        room(buf, at, need);
+        Cursor {
+            b: &mut buf[at..],
+            n: 0,
+        }
+    }
+
     #[inline(always)]
     fn put<const N: usize>(&mut self, bytes: &[u8; N]) {
         self.b[self.n..self.n + N].copy_from_slice(bytes);
@@ -999,11 +1009,7 @@ fn write_request(
     at: usize,
     mut runs: Option<&mut Runs>,
 ) -> Result<usize, fmt::Error> {
-    room(buf, at, request_bound(r));
-    let mut w = Cursor {
-        b: &mut buf[at..],
-        n: 0,
-    };
+    let mut w = Cursor::reserved(buf, at, request_bound(r));
     if fields.is_empty() {
         w.byte(b'{');
     }
@@ -1047,11 +1053,7 @@ fn write_default(
     at: usize,
     runs: &mut Runs,
 ) -> Result<usize, fmt::Error> {
-    room(buf, at, request_bound(r));
-    let mut w = Cursor {
-        b: &mut buf[at..],
-        n: 0,
-    };
+    let mut w = Cursor::reserved(buf, at, request_bound(r));
     let w = &mut w;
     w.put(b"{\"kind\":\"http\",\"time\":");
     rfc3339_micros(w, r.start);
@@ -1219,11 +1221,7 @@ fn write_connection(
     at: usize,
 ) -> Result<usize, fmt::Error> {
     use AccessLogField as F;
-    room(buf, at, connection_bound(r));
-    let mut w = Cursor {
-        b: &mut buf[at..],
-        n: 0,
-    };
+    let mut w = Cursor::reserved(buf, at, connection_bound(r));
     let w = &mut w;
     if fields.is_empty() {
         w.byte(b'{');

@@ -212,6 +212,11 @@ impl Propagator {
         if !self.carried(headers) {
             return Extracted::default();
         }
+        self.extract_carried(headers)
+    }
+
+    /// [`Propagator::extract`] once [`Propagator::carried`] said `headers` has a trace header.
+    pub(crate) fn extract_carried(&self, headers: &HeaderMap) -> Extracted {
         for p in &self.read {
             let found = match p {
                 Propagation::W3c => extract_w3c(headers),
@@ -252,7 +257,7 @@ impl Propagator {
 
     /// Whether `headers` has any header of the configured formats (a scan of the names, each
     /// compared by length first).
-    fn carried(&self, headers: &HeaderMap) -> bool {
+    pub fn carried(&self, headers: &HeaderMap) -> bool {
         headers.keys().any(|name| {
             let n = name.as_str();
             match n.len() {

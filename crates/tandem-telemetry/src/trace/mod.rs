@@ -203,6 +203,9 @@ pub struct Started {
     pub context: SpanContext,
     /// The caller's span, when the request carried one.
     pub parent: Option<SpanId>,
+    /// Whether the request carried any header of the configured formats (valid or not): only
+    /// then is there anything to strip before it goes upstream.
+    pub carried: bool,
 }
 
 /// Tracing counters (registered whether or not tracing is on, so dashboards see zeros).
@@ -257,7 +260,12 @@ impl Tracer {
     /// sent a valid context (keeping its sampling decision), else starts a new one sampled by
     /// the ratio.
     pub fn start_server(&self, headers: &HeaderMap) -> Started {
-        let extracted = self.propagator.extract(headers);
+        let carried = self.propagator.carried(headers);
+        let extracted = if carried {
+            self.propagator.extract_carried(headers)
+        } else {
+            Extracted::default()
+        };
         let trace_id = extracted
             .parent
             .as_ref()
@@ -275,6 +283,7 @@ impl Tracer {
                 trace_state,
             },
             parent,
+            carried,
         }
     }
 
@@ -419,6 +428,7 @@ mod tests {
                             trace_state: None,
                         },
                         parent: None,
+                        carried: false,
                     })
                 });
             }
