@@ -5,6 +5,8 @@
 #   t-off      Tandem, per-request metrics off (metrics: {requests: false}), no tracing, no log
 #   t-metrics  Tandem, metrics on (the default)
 #   t-all      Tandem, metrics + tracing at 100% (OTLP/gRPC, batches of 512) + JSON access log file
+#              with every field (27, the default)
+#   t-eq       t-all with the access log's fields cut to the 17 e-all logs (Envoy-equivalent line)
 #   e-off      Envoy, stats off (stats_matcher reject_all), no tracing, no log
 #   envoy      Envoy, default stats (the harness's own column)
 #   e-all      Envoy, stats + OpenTelemetry tracing at 100% (OTLP/gRPC, flushes of 512 spans,
@@ -43,6 +45,16 @@ tandem_conf t-all 28531 28533 28539 "tracing:
   batch: 512
 access_log:
   path: $scratch/logs/tandem-access.log"
+# The fields e-all's json_format has, in its order.
+tandem_conf t-eq 28561 28563 28569 "tracing:
+  otlp: { endpoint: \"http://127.0.0.1:$sink_port\", protocol: grpc }
+  sample_ratio: 1
+  service_name: tandem-bench
+  queue: 65536
+  batch: 512
+access_log:
+  path: $scratch/logs/tandem-access-eq.log
+  fields: [time, duration_ms, listener, upstream, endpoint, client, protocol, method, path, authority, status, received_bytes, sent_bytes, retries, error, user_agent, trace_id]"
 
 # --- Envoy: the harness's listener/cluster shape, with stats off or telemetry on -------------
 envoy_conf() { # NAME H1 H2UP MODE(off|all)
@@ -165,7 +177,7 @@ envoy_conf e-all 28551 28553 all
 
 "$envoy" --mode validate -c "$conf/e-off.yaml" >/dev/null
 "$envoy" --mode validate -c "$conf/e-all.yaml" >/dev/null
-for c in t-off t-metrics t-all; do "$tandem" check -c "$conf/$c.yaml" >/dev/null; done
+for c in t-off t-metrics t-all t-eq; do "$tandem" check -c "$conf/$c.yaml" >/dev/null; done
 
 taskset -c 1 "$python" "$here/otlp_sink.py" $sink_port >"$scratch/sink.log" 2>&1 &
 sink=$!
@@ -175,10 +187,11 @@ sleep 1
 cd "$scratch"
 t="$tandem run --threads 1 --log warn -c $conf"
 e="$envoy --concurrency 1 --disable-hot-restart --log-level warn -c $conf"
-./run-proxies.sh --only "${ONLY:-direct t-off t-metrics t-all e-off envoy e-all}" \
+./run-proxies.sh --only "${ONLY:-direct t-off t-metrics t-all t-eq e-off envoy e-all}" \
   --add "t-off|$t/t-off.yaml|28511|28511|28513" \
   --add "t-metrics|$t/t-metrics.yaml|28521|28521|28523" \
   --add "t-all|$t/t-all.yaml|28531|28531|28533" \
+  --add "t-eq|$t/t-eq.yaml|28561|28561|28563" \
   --add "e-off|$e/e-off.yaml|28541|28541|28543" \
   --add "e-all|$e/e-all.yaml|28551|28551|28553" \
   "$@"
