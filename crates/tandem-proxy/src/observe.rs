@@ -32,7 +32,7 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Frame;
 use tandem_config::Direction;
-use tandem_telemetry::access_log::{AccessLog, ConnectionRecord, End, RequestRecord};
+use tandem_telemetry::access_log::{self, AccessLog, ConnectionRecord, End, RequestRecord};
 use tandem_telemetry::trace::{SpanContext, SpanId, TraceId};
 use tokio::time::Instant;
 
@@ -132,7 +132,8 @@ impl Observer {
             stack: stack.clone(),
             target: None,
             endpoint: Answered::None,
-            started: SystemTime::now(),
+            // From `start`: no wall-clock reading per request.
+            started: access_log::wall_clock(start.into_std()),
             start,
             head: None,
             client,

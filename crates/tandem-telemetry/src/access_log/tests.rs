@@ -550,12 +550,22 @@ async fn cached_context_runs_match_fresh_lines() {
             }
         }
         r.sent_bytes = i as u64;
-        // The client changes on a cadence of its own (a connection's requests share it).
-        r.client = match i / 4 % 5 {
+        // The client changes on a cadence of its own (a connection's requests share it), among
+        // clients whose ports share a slot of the client cache (`PEERS` apart) and ones that
+        // do not.
+        r.client = match i / 4 % 7 {
             0 => None,
             1 => Some("[fe80::1%7]:443".parse().unwrap()),
+            5 => Some(SocketAddr::from(([10, 0, 0, 9], 40_002 + PEERS as u16))),
+            6 => Some(SocketAddr::from(([10, 0, 0, 2], 40_002 + 2 * PEERS as u16))),
             n => Some(SocketAddr::from(([10, 0, 0, n as u8], 40_000 + n as u16))),
         };
+        // A connection of another thread's turn comes and goes in between.
+        if i % 11 == 0 {
+            let mut other = r.clone();
+            other.client = Some(SocketAddr::from(([192, 168, 0, 1], 40_003)));
+            records.push(other);
+        }
         // Equal records too, which take the cached copy.
         for _ in 0..=(i % 2) {
             records.push(r.clone());
@@ -731,6 +741,7 @@ fn integers_are_written_in_decimal() {
         let t = 10u64.pow(p);
         values.extend([t - 1, t, t + 1, t.saturating_mul(2) - 1]);
     }
+    values.extend(0..2_000);
     values.extend((0..100_000).map(|v| v * 7919));
     for v in values {
         assert_eq!(render(|w| uint(w, v)), v.to_string().into_bytes(), "{v}");
@@ -811,6 +822,7 @@ proptest::proptest! {
         client in proptest::option::of((proptest::num::u32::ANY, proptest::num::u16::ANY, proptest::bool::ANY)),
         numbers in (proptest::option::of(100u16..1000), proptest::option::of(proptest::num::u32::ANY), proptest::num::u64::ANY, proptest::num::u64::ANY, proptest::num::u32::ANY),
         failed in proptest::bool::ANY,
+        ids in (proptest::bool::ANY, proptest::option::of("[0-9a-f]{32}"), proptest::bool::ANY),
     ) {
         let client = client.map(|(ip, port, v6)| {
             if v6 {
@@ -841,9 +853,9 @@ proptest::proptest! {
             error: failed.then_some("upstream_timeout"),
             end: if failed { End::UpstreamError } else { End::Complete },
             user_agent: Some(&ua),
-            peer_identity: Some(&names[4]),
-            trace_id: None,
-            span_id: Some("00f067aa0ba902b7"),
+            peer_identity: ids.0.then_some(names[4].as_str()),
+            trace_id: ids.1.as_deref(),
+            span_id: ids.2.then_some("00f067aa0ba902b7"),
         };
         let text = line(&AccessLogField::ALL, &r);
         let m = parse(&text);
@@ -857,4 +869,75 @@ proptest::proptest! {
         let again = write_default(&r, &mut buf, end, &mut runs).unwrap();
         proptest::prop_assert_eq!(&buf[end..again], text.as_bytes());
     }
+}
+
+/// `same_text` agrees with `==` for every length up to past its word forms, with one byte
+/// differing at every position, and for equal strings.
+#[test]
+fn same_text_agrees_with_eq() {
+    let base: String = "abcdefghijklmnopqrstuvwxyz0123456789".into();
+    for len in 0..=base.len() {
+        let a = &base[..len];
+        assert!(same_text(a, a));
+        assert!(same_text(a, &a.to_owned()));
+        for at in 0..len {
+            let mut b = a.as_bytes().to_vec();
+            b[at] = b'_';
+            let b = String::from_utf8(b).unwrap();
+            assert!(!same_text(a, &b), "{a:?} {b:?}");
+        }
+        if len > 0 {
+            assert!(!same_text(a, &base[..len - 1]));
+        }
+        // The same length, every byte different (the letters are distinct).
+        if len > 0 && len < base.len() {
+            assert!(!same_text(&base[1..=len], a));
+        }
+    }
+}
+
+/// `Cursor::slice` writes exactly the bytes given, for every length (each of its copy forms
+/// and their edges), and nothing past them.
+#[test]
+fn slice_writes_exactly_its_bytes() {
+    let src: Vec<u8> = (0u8..80)
+        .map(|b| b.wrapping_mul(37).wrapping_add(1))
+        .collect();
+    for at in [0, 1, 7] {
+        for len in 0..=src.len() {
+            let mut b = vec![0xee; 128];
+            let mut w = Cursor { b: &mut b, n: at };
+            w.slice(&src[..len]);
+            assert_eq!(w.n, at + len);
+            assert!(b[..at].iter().all(|&x| x == 0xee), "{at} {len}");
+            assert_eq!(&b[at..at + len], &src[..len], "{at} {len}");
+            assert!(b[at + len..].iter().all(|&x| x == 0xee), "{at} {len}");
+        }
+    }
+}
+
+/// The wall-clock time of an instant follows the wall clock: now for now, a second ago for a
+/// second ago (a fresh reading or not), and two instants as far apart as they are.
+#[test]
+fn wall_clock_follows_the_system_clock() {
+    use std::time::Instant;
+    let near = |a: SystemTime, b: SystemTime| {
+        let d = a.duration_since(b).unwrap_or_else(|e| e.duration());
+        assert!(d < Duration::from_millis(50), "{a:?} {b:?}");
+    };
+    let now = Instant::now();
+    near(wall_clock(now), SystemTime::now());
+    // Before the thread's reading (taken just now), and long after it (a new reading).
+    let past = now - Duration::from_secs(2);
+    near(wall_clock(past), SystemTime::now() - Duration::from_secs(2));
+    let later = now + Duration::from_millis(1_500);
+    near(
+        wall_clock(later),
+        SystemTime::now() + Duration::from_millis(1_500),
+    );
+    // Within one reading, differences are exact.
+    let a = Instant::now();
+    let b = a + Duration::from_micros(1_234);
+    let (wa, wb) = (wall_clock(a), wall_clock(b));
+    assert_eq!(wb.duration_since(wa).unwrap(), Duration::from_micros(1_234));
 }
