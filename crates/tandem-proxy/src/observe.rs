@@ -19,7 +19,9 @@
 //! Cost: with nothing to observe (no access log on the listener) an observer is `None` and
 //! every call on it is a branch; no record is allocated. With an access log, one box per
 //! request holds the observation, copying only reference-counted handles (method, URI, a few
-//! header values) from the request.
+//! header values) from the request: `Host` and `User-Agent` found in one walk over a short
+//! header map, the arrival's wall-clock time derived from its monotonic start
+//! ([`access_log::wall_clock`]) rather than read.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,10 +126,7 @@ impl Observer {
         if stack.access_log.is_none() {
             return Observer(None);
         }
-        let host = match req.uri().authority() {
-            Some(_) => None,
-            None => req.headers().get(header::HOST).cloned(),
-        };
+        let (host, user_agent) = host_and_agent(req.headers(), req.uri().authority().is_none());
         Observer(Some(Box::new(Observation {
             stack: stack.clone(),
             target: None,
@@ -141,7 +140,7 @@ impl Observer {
             method: req.method().clone(),
             uri: req.uri().clone(),
             host,
-            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            user_agent,
             status: None,
             grpc_status: None,
             // An ended body stays ended: it never has bytes to count.
@@ -235,8 +234,9 @@ impl Observer {
         if grpc {
             o.grpc_status = grpc_status(res.headers());
         }
-        let (parts, body) = res.into_parts();
-        Response::from_parts(parts, body.observed(self))
+        let mut res = res;
+        res.body_mut().observe(self);
+        res
     }
 
     /// Follows one poll of the response body (`sent`: its bytes so far): reads trailers, and
@@ -499,6 +499,30 @@ fn protocol(v: Version) -> &'static str {
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP",
     }
+}
+
+/// A request's `Host` header (when `host`: its URI has no authority) and `User-Agent`.
+fn host_and_agent(headers: &HeaderMap, host: bool) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    // A request has a handful of headers: one walk over them, comparing standard names (a
+    // comparison of two small numbers), costs less than two hashed lookups. Beyond a few, the
+    // lookups.
+    const WALK: usize = 12;
+    if headers.len() > WALK {
+        let found = host.then(|| headers.get(header::HOST).cloned()).flatten();
+        return (found, headers.get(header::USER_AGENT).cloned());
+    }
+    let (mut found, mut agent) = (None, None);
+    // The first value of each name, as `get` returns it.
+    for (name, value) in headers {
+        if *name == header::HOST {
+            if host && found.is_none() {
+                found = Some(value.clone());
+            }
+        } else if *name == header::USER_AGENT && agent.is_none() {
+            agent = Some(value.clone());
+        }
+    }
+    (found, agent)
 }
 
 /// `grpc-status` as a number, when present and numeric.

@@ -702,7 +702,16 @@ impl Sink {
 // Short pieces (keys, numbers, addresses) are built in a fixed-size array and appended with one
 // fixed-size copy, then cut back to their length: a copy whose size the compiler knows is a few
 // stores, where one of a length known only at run time is a call to `memcpy`, and a line has
-// ~50 such pieces.
+// ~50 such pieces. Strings up to 32 bytes go the same way, as two overlapping fixed-size copies
+// ([`Cursor::slice`]); numbers below 1000 come from a table.
+//
+// What is the same from one line to the next is not written again: the run of context fields
+// (listener to endpoint) of a shard's last line is copied when its names are the same
+// (compared a word or two at a time, see [`same_text`]), and the `client` and `protocol` of the
+// shard's recent clients are kept per client port slot ([`Runs`]). In the default order, the
+// quotes around the client's strings and the `null`s of absent mTLS and trace ids go with the
+// keys as constant text. The `time` is the wall clock of the request's monotonic start
+// ([`wall_clock`]), not a clock reading of its own.
 
 /// Room for a key as written (`,"received_bytes":` is the longest).
 const KEY: usize = 24;
