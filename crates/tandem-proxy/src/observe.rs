@@ -21,7 +21,7 @@
 //! request holds the observation, copying only reference-counted handles (method, URI, a few
 //! header values) from the request: `Host` and `User-Agent` found in one walk over a short
 //! header map, the arrival's wall-clock time derived from its monotonic start
-//! ([`access_log::wall_clock`]) rather than read.
+//! ([`access_log::since_epoch`]) rather than read.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,7 +58,8 @@ pub struct Observation {
     stack: Arc<ListenerStack>,
     target: Option<Arc<RouteTarget>>,
     endpoint: Answered,
-    started: SystemTime,
+    /// When the request arrived: its wall-clock time since the Unix epoch.
+    started: Duration,
     start: Instant,
     head: Option<Duration>,
     client: Option<SocketAddr>,
@@ -132,7 +133,7 @@ impl Observer {
             target: None,
             endpoint: Answered::None,
             // From `start`: no wall-clock reading per request.
-            started: access_log::wall_clock(start.into_std()),
+            started: access_log::since_epoch(start.into_std()),
             start,
             head: None,
             client,
@@ -300,7 +301,9 @@ impl Observer {
 
     /// When the request arrived on the wall clock, when observed (for the server span).
     pub fn started(&self) -> Option<SystemTime> {
-        self.0.as_ref().map(|o| o.started)
+        self.0
+            .as_ref()
+            .and_then(|o| SystemTime::UNIX_EPOCH.checked_add(o.started))
     }
 }
 
@@ -339,7 +342,7 @@ impl Observation {
             None => (None, None),
         };
         let record = RequestRecord {
-            start: self.started,
+            start: self.started.into(),
             head: self.head,
             duration: now.saturating_duration_since(self.start),
             listener: &self.stack.name,
@@ -366,6 +369,12 @@ impl Observation {
             peer_identity: self.identity.as_ref().map(PeerIdentity::as_str),
             trace_id,
             span_id,
+            // A route target is its listener's (direction included) and never changes, nor
+            // does an endpoint's label.
+            context: match (target, &self.endpoint) {
+                (Some(t), Answered::Endpoint(e)) => Some((t.log_id, e.log_id)),
+                _ => None,
+            },
         };
         if let Some(log) = &self.stack.access_log {
             log.log_request(&record);

@@ -87,11 +87,37 @@ pub enum End {
     NoUpstream,
 }
 
+/// A wall-clock time in microseconds since the Unix epoch (0 for earlier times): a line's
+/// `time`, kept as the plain number it is written from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixMicros(pub u64);
+
+impl From<Duration> for UnixMicros {
+    /// The time `since` the Unix epoch.
+    #[inline]
+    fn from(since: Duration) -> Self {
+        UnixMicros(
+            since
+                .as_secs()
+                .saturating_mul(1_000_000)
+                .saturating_add(u64::from(since.subsec_micros())),
+        )
+    }
+}
+
+impl From<SystemTime> for UnixMicros {
+    fn from(t: SystemTime) -> Self {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .into()
+    }
+}
+
 /// One HTTP request, from its arrival to its last response byte.
 #[derive(Clone, Debug)]
 pub struct RequestRecord<'a> {
-    /// When the request arrived (wall clock).
-    pub start: SystemTime,
+    /// When the request arrived (wall clock; see [`since_epoch`]).
+    pub start: UnixMicros,
     /// From arrival to the response head; `None` when no response was sent.
     pub head: Option<Duration>,
     /// From arrival to the last response byte (or to the end, however it came).
@@ -138,6 +164,19 @@ pub struct RequestRecord<'a> {
     pub trace_id: Option<&'a str>,
     /// Span id of Tandem's span, when tracing is on.
     pub span_id: Option<&'a str>,
+    /// Names `listener`, `direction`, `route`, `upstream` and `endpoint` together: records with
+    /// the same `Some` key have the same five, so a line like the last one reuses its rendered
+    /// names without comparing them (ids from [`context_id`], each owned by one unchanging
+    /// holder of the names, e.g. a route's target and an endpoint). `None`: the names are
+    /// compared.
+    pub context: Option<(u64, u64)>,
+}
+
+/// A process-unique id (never handed out twice) for a holder of names a
+/// [`RequestRecord::context`] key stands for.
+pub fn context_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// One connection on a TCP listener, from accept to close.
@@ -711,7 +750,7 @@ impl Sink {
 // shard's recent clients are kept per client port slot ([`Runs`]). In the default order, the
 // quotes around the client's strings and the `null`s of absent mTLS and trace ids go with the
 // keys as constant text. The `time` is the wall clock of the request's monotonic start
-// ([`wall_clock`]), not a clock reading of its own.
+// ([`since_epoch`]), not a clock reading of its own.
 
 /// Room for a key as written (`,"received_bytes":` is the longest).
 const KEY: usize = 24;
@@ -894,6 +933,8 @@ impl Peer {
 struct Run {
     /// `bytes` hold the run rendered from the values below.
     filled: bool,
+    /// The record's [`RequestRecord::context`] key of the names below.
+    key: Option<(u64, u64)>,
     listener: String,
     direction: &'static str,
     route: Option<String>,
@@ -905,6 +946,10 @@ struct Run {
 
 impl Run {
     fn matches(&self, r: &RequestRecord<'_>) -> bool {
+        // The caller's key stands for the five names: compared instead of them.
+        if let (Some(key), Some(context)) = (self.key, r.context) {
+            return self.filled && key == context && same_constant(self.protocol, r.protocol);
+        }
         let same = |a: Option<&String>, b: Option<&str>| match (a, b) {
             (Some(a), Some(b)) => same_text(a, b),
             (None, None) => true,
@@ -930,6 +975,7 @@ impl Run {
             }
         }
         self.filled = true;
+        self.key = r.context;
         self.listener.clear();
         self.listener.push_str(r.listener);
         self.direction = r.direction;
@@ -1348,7 +1394,7 @@ fn write_connection(
         w.put_cut(&f.key, f.len);
         match f.field {
             F::Kind | F::Protocol => w.put(b"\"tcp\""),
-            F::Time => rfc3339_micros(w, r.start),
+            F::Time => rfc3339_micros(w, r.start.into()),
             F::DurationMs => millis(w, r.duration),
             F::Listener => string(w, r.listener),
             F::Direction => constant(w, r.direction),
@@ -1687,44 +1733,45 @@ static OCTETS: [([u8; 4], usize); 256] = {
     t
 };
 
-/// How long a thread's wall-clock anchor in [`wall_clock`] is used before it is read again.
+/// How long a thread's wall-clock anchor in [`since_epoch`] is used before it is read again.
 const ANCHOR: Duration = Duration::from_secs(1);
 
 /// The wall-clock time of the monotonic instant `at` (a request's arrival, read already for
-/// its duration): the wall clock read at most once a second per thread, plus the monotonic time
-/// since that reading. A request's `time` costs no clock reading of its own; a step or slew of
-/// the wall clock shows in lines within a second (a slew of 500 ppm, the kernel's most, moves
-/// them by half a millisecond at most before then).
-pub fn wall_clock(at: std::time::Instant) -> SystemTime {
+/// its duration), as the time since the Unix epoch: the wall clock read at most once a second
+/// per thread, plus the monotonic time since that reading. A request's `time` costs no clock
+/// reading of its own; a step or slew of the wall clock shows in lines within a second (a slew
+/// of 500 ppm, the kernel's most, moves them by half a millisecond at most before then).
+pub fn since_epoch(at: std::time::Instant) -> Duration {
     thread_local! {
-        static READ: Cell<Option<(std::time::Instant, SystemTime)>> = const { Cell::new(None) };
+        static READ: Cell<Option<(std::time::Instant, Duration)>> = const { Cell::new(None) };
     }
     if let Some((mono, wall)) = READ.get() {
         match at.checked_duration_since(mono) {
-            Some(since) if since < ANCHOR => return wall.checked_add(since).unwrap_or(wall),
+            Some(since) if since < ANCHOR => return wall.saturating_add(since),
             Some(_) => {}
             None => {
                 let before = mono.duration_since(at);
                 if before < ANCHOR {
-                    return wall.checked_sub(before).unwrap_or(wall);
+                    return wall.saturating_sub(before);
                 }
             }
         }
     }
-    let (mono, wall) = (std::time::Instant::now(), SystemTime::now());
+    let mono = std::time::Instant::now();
+    let wall = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     READ.set(Some((mono, wall)));
     match at.checked_duration_since(mono) {
-        Some(since) => wall.checked_add(since).unwrap_or(wall),
-        None => wall.checked_sub(mono.duration_since(at)).unwrap_or(wall),
+        Some(since) => wall.saturating_add(since),
+        None => wall.saturating_sub(mono.duration_since(at)),
     }
 }
 
-/// A wall-clock time as RFC 3339 in UTC with microseconds (`2025-11-24T16:00:00.123456Z`);
-/// times before 1970 are written as the epoch.
-fn rfc3339_micros(w: &mut Cursor<'_>, t: SystemTime) {
-    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let micros = since.subsec_micros() as usize;
+/// A wall-clock time as RFC 3339 in UTC with microseconds (`2025-11-24T16:00:00.123456Z`).
+fn rfc3339_micros(w: &mut Cursor<'_>, t: UnixMicros) {
+    let secs = t.0 / 1_000_000;
+    let micros = (t.0 % 1_000_000) as usize;
     // Lines of the same second share everything up to the fraction: the calendar arithmetic
     // runs once a second per thread.
     thread_local! {

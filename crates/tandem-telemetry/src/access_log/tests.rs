@@ -8,7 +8,7 @@ use super::*;
 
 fn request() -> RequestRecord<'static> {
     RequestRecord {
-        start: SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456),
+        start: UnixMicros(1_764_000_000_123_456),
         head: Some(Duration::from_micros(1_250)),
         duration: Duration::from_micros(3_500),
         listener: "inbound",
@@ -32,6 +32,7 @@ fn request() -> RequestRecord<'static> {
         peer_identity: None,
         trace_id: None,
         span_id: None,
+        context: None,
     }
 }
 
@@ -525,6 +526,7 @@ async fn cached_context_runs_match_fresh_lines() {
     ];
     let names = ["a", "b", "a\"b", "", "é\n"];
     let mut records = Vec::new();
+    let mut keys = std::collections::HashMap::new();
     let mut r = request();
     for i in 0..300usize {
         // One of the six values changes from one record to the next (the others stay).
@@ -550,6 +552,13 @@ async fn cached_context_runs_match_fresh_lines() {
             }
         }
         r.sent_bytes = i as u64;
+        // A key for the five names (the same key for the same names, as callers promise), on
+        // most records: keyed ones follow and precede unkeyed ones.
+        r.context = (i % 5 != 0).then(|| {
+            let names = (r.listener, r.direction, r.route, r.upstream, r.endpoint);
+            let next = keys.len() as u64;
+            (*keys.entry(names).or_insert(next), 7)
+        });
         // The client changes on a cadence of its own (a connection's requests share it), among
         // clients whose ports share a slot of the client cache (`PEERS` apart) and ones that
         // do not.
@@ -692,7 +701,7 @@ fn hand_written_json_matches_serde_json() {
     ] {
         for micros in [0u32, 7, 999_999] {
             let t = SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000);
-            let out = render(|w| rfc3339_micros(w, t));
+            let out = render(|w| rfc3339_micros(w, t.into()));
             assert_eq!(
                 std::str::from_utf8(&out).unwrap(),
                 format!("\"{}\"", humantime::format_rfc3339_micros(t))
@@ -713,7 +722,7 @@ fn rfc3339_cache_matches_the_full_form() {
         0,
         951_782_400_000_000, // 2000-02-29
     ] {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_micros(micros);
+        let t = UnixMicros(micros);
         let cached = render(|w| {
             rfc3339_micros(w, t);
             rfc3339_micros(w, t);
@@ -777,7 +786,10 @@ fn reference(r: &RequestRecord<'_>) -> serde_json::Value {
     let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
     json!({
         "kind": "http",
-        "time": humantime::format_rfc3339_micros(r.start).to_string(),
+        "time": humantime::format_rfc3339_micros(
+            SystemTime::UNIX_EPOCH + Duration::from_micros(r.start.0)
+        )
+        .to_string(),
         "duration_ms": ms(r.duration),
         "head_ms": r.head.map(ms),
         "listener": r.listener,
@@ -832,7 +844,7 @@ proptest::proptest! {
             }
         });
         let r = RequestRecord {
-            start: SystemTime::UNIX_EPOCH + Duration::from_micros(micros),
+            start: UnixMicros(micros),
             head: durations.1.map(Duration::from_micros),
             duration: Duration::from_micros(durations.0),
             listener: &names[0],
@@ -856,6 +868,7 @@ proptest::proptest! {
             peer_identity: ids.0.then_some(names[4].as_str()),
             trace_id: ids.1.as_deref(),
             span_id: ids.2.then_some("00f067aa0ba902b7"),
+            context: None,
         };
         let text = line(&AccessLogField::ALL, &r);
         let m = parse(&text);
@@ -879,7 +892,9 @@ fn same_text_agrees_with_eq() {
     for len in 0..=base.len() {
         let a = &base[..len];
         assert!(same_text(a, a));
-        assert!(same_text(a, &a.to_owned()));
+        // Equal text elsewhere in memory.
+        let copy = String::from(a);
+        assert!(same_text(a, &copy));
         for at in 0..len {
             let mut b = a.as_bytes().to_vec();
             b[at] = b'_';
@@ -919,25 +934,30 @@ fn slice_writes_exactly_its_bytes() {
 /// The wall-clock time of an instant follows the wall clock: now for now, a second ago for a
 /// second ago (a fresh reading or not), and two instants as far apart as they are.
 #[test]
-fn wall_clock_follows_the_system_clock() {
+fn since_epoch_follows_the_system_clock() {
     use std::time::Instant;
+    let wall = |at: Instant| SystemTime::UNIX_EPOCH + since_epoch(at);
     let near = |a: SystemTime, b: SystemTime| {
         let d = a.duration_since(b).unwrap_or_else(|e| e.duration());
         assert!(d < Duration::from_millis(50), "{a:?} {b:?}");
     };
     let now = Instant::now();
-    near(wall_clock(now), SystemTime::now());
+    near(wall(now), SystemTime::now());
     // Before the thread's reading (taken just now), and long after it (a new reading).
     let past = now - Duration::from_secs(2);
-    near(wall_clock(past), SystemTime::now() - Duration::from_secs(2));
+    near(wall(past), SystemTime::now() - Duration::from_secs(2));
     let later = now + Duration::from_millis(1_500);
     near(
-        wall_clock(later),
+        wall(later),
         SystemTime::now() + Duration::from_millis(1_500),
     );
-    // Within one reading, differences are exact.
+    // Within one reading, differences are exact, either side of it.
     let a = Instant::now();
     let b = a + Duration::from_micros(1_234);
-    let (wa, wb) = (wall_clock(a), wall_clock(b));
-    assert_eq!(wb.duration_since(wa).unwrap(), Duration::from_micros(1_234));
+    let c = a - Duration::from_micros(5_678);
+    let (wa, wb, wc) = (since_epoch(a), since_epoch(b), since_epoch(c));
+    assert_eq!(wb - wa, Duration::from_micros(1_234));
+    assert_eq!(wa - wc, Duration::from_micros(5_678));
+    // And as a line's `time`.
+    assert_eq!(UnixMicros::from(wall(a)), UnixMicros::from(since_epoch(a)));
 }
