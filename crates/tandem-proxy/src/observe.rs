@@ -221,7 +221,7 @@ impl Observer {
     /// `application/grpc*`, gRPC-Web included).
     pub fn respond_after(
         mut self,
-        res: Response<ProxyBody>,
+        mut res: Response<ProxyBody>,
         head: Duration,
         grpc: bool,
     ) -> Response<ProxyBody> {
@@ -235,7 +235,6 @@ impl Observer {
         if grpc {
             o.grpc_status = grpc_status(res.headers());
         }
-        let mut res = res;
         res.body_mut().observe(self);
         res
     }
@@ -530,6 +529,10 @@ fn host_and_agent(headers: &HeaderMap, host: bool) -> (Option<HeaderValue>, Opti
         } else if *name == header::USER_AGENT && agent.is_none() {
             agent = Some(value.clone());
         }
+        // Both found (they usually come first): the rest cannot change them.
+        if agent.is_some() && (found.is_some() || !host) {
+            break;
+        }
     }
     (found, agent)
 }
@@ -542,4 +545,33 @@ fn grpc_status(h: &HeaderMap) -> Option<u32> {
         .ok()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The walk finds what `get` finds (the first value of each name), or nothing, whatever
+    /// the order, repeats and number of headers, with and without `Host` wanted.
+    #[test]
+    fn host_and_agent_match_lookups() {
+        let names = ["host", "user-agent", "accept", "x-a", "x-b"];
+        for n in 0..16usize {
+            for seed in 0..40usize {
+                let mut h = HeaderMap::new();
+                for i in 0..n {
+                    let name = names[(i * 7 + seed * 3 + i / 3) % names.len()];
+                    h.append(name, HeaderValue::from_str(&format!("{name}-{i}")).unwrap());
+                }
+                for host in [true, false] {
+                    let want = (
+                        host.then(|| h.get(header::HOST).cloned()).flatten(),
+                        h.get(header::USER_AGENT).cloned(),
+                    );
+                    assert_eq!(host_and_agent(&h, host), want, "{h:?} {host}");
+                }
+            }
+        }
+    }
 }

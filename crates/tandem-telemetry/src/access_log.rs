@@ -1594,7 +1594,7 @@ fn digits(v: u64) -> usize {
 
 /// A non-negative integer: below 1000 (statuses, most counts) from a table in one store;
 /// larger ones with their digits two at a time, from the last.
-#[inline]
+#[inline(always)]
 fn uint(w: &mut Cursor<'_>, v: u64) {
     if v < 1000 {
         let (digits, len) = DECIMAL3[v as usize];
@@ -1605,6 +1605,7 @@ fn uint(w: &mut Cursor<'_>, v: u64) {
 }
 
 /// [`uint`] of any value.
+#[inline(never)]
 fn uint_long(w: &mut Cursor<'_>, v: u64) {
     let len = digits(v);
     let end = w.n + len;
