@@ -31,7 +31,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, Method, Request, Response, Version};
 use http_body::Frame;
 use tandem_config::Direction;
 use tandem_telemetry::access_log::{self, AccessLog, ConnectionRecord, End, RequestRecord};
@@ -65,7 +66,10 @@ pub struct Observation {
     client: Option<SocketAddr>,
     version: Version,
     method: Method,
-    uri: Uri,
+    /// The URI's path and query, and its authority (HTTP/2, absolute form): the parts a line
+    /// shows, not the whole URI (one handle fewer to take and drop).
+    path: Option<PathAndQuery>,
+    authority: Option<Authority>,
     host: Option<HeaderValue>,
     user_agent: Option<HeaderValue>,
     status: Option<u16>,
@@ -127,7 +131,8 @@ impl Observer {
         if stack.access_log.is_none() {
             return Observer(None);
         }
-        let (host, user_agent) = host_and_agent(req.headers(), req.uri().authority().is_none());
+        let authority = req.uri().authority().cloned();
+        let (host, user_agent) = host_and_agent(req.headers(), authority.is_none());
         Observer(Some(Box::new(Observation {
             stack: stack.clone(),
             target: None,
@@ -139,7 +144,8 @@ impl Observer {
             client,
             version: req.version(),
             method: req.method().clone(),
-            uri: req.uri().clone(),
+            path: req.uri().path_and_query().cloned(),
+            authority,
             host,
             user_agent,
             status: None,
@@ -331,7 +337,7 @@ impl Observation {
             Answered::Endpoint(e) => Some(e.label.as_str()),
             Answered::Label(l) => Some(l.as_str()),
         };
-        let authority = match self.uri.authority() {
+        let authority = match &self.authority {
             Some(a) => Some(a.as_str().as_bytes()),
             None => self.host.as_ref().map(HeaderValue::as_bytes),
         };
@@ -352,7 +358,7 @@ impl Observation {
             client: self.client,
             protocol: protocol(self.version),
             method: self.method.as_str(),
-            path: self.uri.path_and_query().map_or("/", |p| p.as_str()),
+            path: self.path.as_ref().map_or("/", PathAndQuery::as_str),
             authority,
             status: self.status,
             grpc_status: self.grpc_status,
