@@ -817,8 +817,8 @@ fn is_context(f: AccessLogField) -> bool {
 /// The rendered runs of context fields of a shard's last line, each with the values it was
 /// rendered from: a request like the last one (same listener, route, endpoint: nearly every
 /// request) copies a run whole instead of writing its fields one by one. And the `client` and
-/// `protocol` fields of the shard's recent clients ([`Peer`]), one slot per client port
-/// modulo [`PEERS`]: a thread serves many connections in turn, each with requests from one
+/// `protocol` fields of the shard's recent clients ([`Peer`]), one slot per hash of the client
+/// port ([`peer_slot`]): a thread serves many connections in turn, each with requests from one
 /// client address.
 struct Runs(Vec<Run>, Box<[Peer]>);
 
@@ -836,8 +836,17 @@ impl Runs {
     #[inline(always)]
     fn peer(&mut self, client: Option<SocketAddr>) -> &mut Peer {
         let port = client.map_or(0, |c| usize::from(c.port()));
-        &mut self.1[port % PEERS]
+        &mut self.1[peer_slot(port)]
     }
+}
+
+/// The client cache slot of a client port: a multiplicative hash, as clients' ports are
+/// neither consecutive nor spread evenly (Linux hands out even ports for `connect` first, which
+/// would leave half of the slots of `port % PEERS` unused).
+#[inline(always)]
+fn peer_slot(port: usize) -> usize {
+    const _: () = assert!(PEERS == 64);
+    ((port as u32).wrapping_mul(0x9E37_79B1) >> 26) as usize
 }
 
 /// Whether two of Tandem's constants are equal: the same constant is at the same address, which

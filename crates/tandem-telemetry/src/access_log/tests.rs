@@ -525,6 +525,10 @@ async fn cached_context_runs_match_fresh_lines() {
         &[F::Direction, F::Listener, F::Method, F::Upstream, F::Route],
     ];
     let names = ["a", "b", "a\"b", "", "é\n"];
+    let same_slot: Vec<u16> = (40_003..u16::MAX)
+        .filter(|&p| peer_slot(usize::from(p)) == peer_slot(40_002))
+        .take(2)
+        .collect();
     let mut records = Vec::new();
     let mut keys = std::collections::HashMap::new();
     let mut r = request();
@@ -560,13 +564,13 @@ async fn cached_context_runs_match_fresh_lines() {
             (*keys.entry(names).or_insert(next), 7)
         });
         // The client changes on a cadence of its own (a connection's requests share it), among
-        // clients whose ports share a slot of the client cache (`PEERS` apart) and ones that
-        // do not.
+        // clients whose ports share a slot of the client cache with 10.0.0.2:40002's and ones
+        // that do not.
         r.client = match i / 4 % 7 {
             0 => None,
             1 => Some("[fe80::1%7]:443".parse().unwrap()),
-            5 => Some(SocketAddr::from(([10, 0, 0, 9], 40_002 + PEERS as u16))),
-            6 => Some(SocketAddr::from(([10, 0, 0, 2], 40_002 + 2 * PEERS as u16))),
+            5 => Some(SocketAddr::from(([10, 0, 0, 9], same_slot[0]))),
+            6 => Some(SocketAddr::from(([10, 0, 0, 2], same_slot[1]))),
             n => Some(SocketAddr::from(([10, 0, 0, n as u8], 40_000 + n as u16))),
         };
         // A connection of another thread's turn comes and goes in between.
@@ -960,4 +964,16 @@ fn since_epoch_follows_the_system_clock() {
     assert_eq!(wa - wc, Duration::from_micros(5_678));
     // And as a line's `time`.
     assert_eq!(UnixMicros::from(wall(a)), UnixMicros::from(since_epoch(a)));
+}
+
+/// The client cache's slots spread ports evenly: consecutive ports, and ports two apart (as
+/// Linux hands out for `connect`), fill every slot.
+#[test]
+fn peer_slots_spread_ports() {
+    for step in [1, 2] {
+        let slots: std::collections::HashSet<usize> =
+            (0..PEERS).map(|i| peer_slot(40_000 + step * i)).collect();
+        assert!(slots.len() >= PEERS * 3 / 4, "{step}: {}", slots.len());
+        assert!(slots.iter().all(|&s| s < PEERS));
+    }
 }
