@@ -147,12 +147,17 @@ impl ProxyBody {
 
     /// Counts the bytes sent and finishes `observer` when the body ends, fails or is dropped;
     /// a body with nothing to send finishes it at once.
-    pub fn observed(mut self, mut observer: Observer) -> Self {
+    pub fn observed(mut self, observer: Observer) -> Self {
+        self.observe(observer);
+        self
+    }
+
+    /// [`ProxyBody::observed`] in place: the body (a few hundred bytes) is not moved.
+    pub fn observe(&mut self, mut observer: Observer) {
         if is_end(&self.kind) {
             observer.finish(End::Complete);
         }
         self.observer = observer;
-        self
     }
 
     /// Records the body's size in `histogram` (the route's response size) when it ends.

@@ -19,7 +19,9 @@
 //! Cost: with nothing to observe (no access log on the listener) an observer is `None` and
 //! every call on it is a branch; no record is allocated. With an access log, one box per
 //! request holds the observation, copying only reference-counted handles (method, URI, a few
-//! header values) from the request.
+//! header values) from the request: `Host` and `User-Agent` found in one walk over a short
+//! header map, the arrival's wall-clock time derived from its monotonic start
+//! ([`access_log::since_epoch`]) rather than read.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,10 +31,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, Method, Request, Response, Version};
 use http_body::Frame;
 use tandem_config::Direction;
-use tandem_telemetry::access_log::{AccessLog, ConnectionRecord, End, RequestRecord};
+use tandem_telemetry::access_log::{self, AccessLog, ConnectionRecord, End, RequestRecord};
 use tandem_telemetry::trace::{SpanContext, SpanId, TraceId};
 use tokio::time::Instant;
 
@@ -56,13 +59,17 @@ pub struct Observation {
     stack: Arc<ListenerStack>,
     target: Option<Arc<RouteTarget>>,
     endpoint: Answered,
-    started: SystemTime,
+    /// When the request arrived: its wall-clock time since the Unix epoch.
+    started: Duration,
     start: Instant,
     head: Option<Duration>,
     client: Option<SocketAddr>,
     version: Version,
     method: Method,
-    uri: Uri,
+    /// The URI's path and query, and its authority (HTTP/2, absolute form): the parts a line
+    /// shows, not the whole URI (one handle fewer to take and drop).
+    path: Option<PathAndQuery>,
+    authority: Option<Authority>,
     host: Option<HeaderValue>,
     user_agent: Option<HeaderValue>,
     status: Option<u16>,
@@ -124,23 +131,23 @@ impl Observer {
         if stack.access_log.is_none() {
             return Observer(None);
         }
-        let host = match req.uri().authority() {
-            Some(_) => None,
-            None => req.headers().get(header::HOST).cloned(),
-        };
+        let authority = req.uri().authority().cloned();
+        let (host, user_agent) = host_and_agent(req.headers(), authority.is_none());
         Observer(Some(Box::new(Observation {
             stack: stack.clone(),
             target: None,
             endpoint: Answered::None,
-            started: SystemTime::now(),
+            // From `start`: no wall-clock reading per request.
+            started: access_log::since_epoch(start.into_std()),
             start,
             head: None,
             client,
             version: req.version(),
             method: req.method().clone(),
-            uri: req.uri().clone(),
+            path: req.uri().path_and_query().cloned(),
+            authority,
             host,
-            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            user_agent,
             status: None,
             grpc_status: None,
             // An ended body stays ended: it never has bytes to count.
@@ -220,7 +227,7 @@ impl Observer {
     /// `application/grpc*`, gRPC-Web included).
     pub fn respond_after(
         mut self,
-        res: Response<ProxyBody>,
+        mut res: Response<ProxyBody>,
         head: Duration,
         grpc: bool,
     ) -> Response<ProxyBody> {
@@ -234,8 +241,8 @@ impl Observer {
         if grpc {
             o.grpc_status = grpc_status(res.headers());
         }
-        let (parts, body) = res.into_parts();
-        Response::from_parts(parts, body.observed(self))
+        res.body_mut().observe(self);
+        res
     }
 
     /// Follows one poll of the response body (`sent`: its bytes so far): reads trailers, and
@@ -299,7 +306,9 @@ impl Observer {
 
     /// When the request arrived on the wall clock, when observed (for the server span).
     pub fn started(&self) -> Option<SystemTime> {
-        self.0.as_ref().map(|o| o.started)
+        self.0
+            .as_ref()
+            .and_then(|o| SystemTime::UNIX_EPOCH.checked_add(o.started))
     }
 }
 
@@ -328,7 +337,7 @@ impl Observation {
             Answered::Endpoint(e) => Some(e.label.as_str()),
             Answered::Label(l) => Some(l.as_str()),
         };
-        let authority = match self.uri.authority() {
+        let authority = match &self.authority {
             Some(a) => Some(a.as_str().as_bytes()),
             None => self.host.as_ref().map(HeaderValue::as_bytes),
         };
@@ -338,7 +347,7 @@ impl Observation {
             None => (None, None),
         };
         let record = RequestRecord {
-            start: self.started,
+            start: self.started.into(),
             head: self.head,
             duration: now.saturating_duration_since(self.start),
             listener: &self.stack.name,
@@ -349,7 +358,7 @@ impl Observation {
             client: self.client,
             protocol: protocol(self.version),
             method: self.method.as_str(),
-            path: self.uri.path_and_query().map_or("/", |p| p.as_str()),
+            path: self.path.as_ref().map_or("/", PathAndQuery::as_str),
             authority,
             status: self.status,
             grpc_status: self.grpc_status,
@@ -365,6 +374,12 @@ impl Observation {
             peer_identity: self.identity.as_ref().map(PeerIdentity::as_str),
             trace_id,
             span_id,
+            // A route target is its listener's (direction included) and never changes, nor
+            // does an endpoint's label.
+            context: match (target, &self.endpoint) {
+                (Some(t), Answered::Endpoint(e)) => Some((t.log_id, e.log_id)),
+                _ => None,
+            },
         };
         if let Some(log) = &self.stack.access_log {
             log.log_request(&record);
@@ -500,6 +515,34 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
+/// A request's `Host` header (when `host`: its URI has no authority) and `User-Agent`.
+fn host_and_agent(headers: &HeaderMap, host: bool) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    // A request has a handful of headers: one walk over them, comparing standard names (a
+    // comparison of two small numbers), costs less than two hashed lookups. Beyond a few, the
+    // lookups.
+    const WALK: usize = 12;
+    if headers.len() > WALK {
+        let found = host.then(|| headers.get(header::HOST).cloned()).flatten();
+        return (found, headers.get(header::USER_AGENT).cloned());
+    }
+    let (mut found, mut agent) = (None, None);
+    // The first value of each name, as `get` returns it.
+    for (name, value) in headers {
+        if *name == header::HOST {
+            if host && found.is_none() {
+                found = Some(value.clone());
+            }
+        } else if *name == header::USER_AGENT && agent.is_none() {
+            agent = Some(value.clone());
+        }
+        // Both found (they usually come first): the rest cannot change them.
+        if agent.is_some() && (found.is_some() || !host) {
+            break;
+        }
+    }
+    (found, agent)
+}
+
 /// `grpc-status` as a number, when present and numeric.
 fn grpc_status(h: &HeaderMap) -> Option<u32> {
     // A constant name: looking up by `&str` parses the name on every response.
@@ -508,4 +551,33 @@ fn grpc_status(h: &HeaderMap) -> Option<u32> {
         .ok()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The walk finds what `get` finds (the first value of each name), or nothing, whatever
+    /// the order, repeats and number of headers, with and without `Host` wanted.
+    #[test]
+    fn host_and_agent_match_lookups() {
+        let names = ["host", "user-agent", "accept", "x-a", "x-b"];
+        for n in 0..16usize {
+            for seed in 0..40usize {
+                let mut h = HeaderMap::new();
+                for i in 0..n {
+                    let name = names[(i * 7 + seed * 3 + i / 3) % names.len()];
+                    h.append(name, HeaderValue::from_str(&format!("{name}-{i}")).unwrap());
+                }
+                for host in [true, false] {
+                    let want = (
+                        host.then(|| h.get(header::HOST).cloned()).flatten(),
+                        h.get(header::USER_AGENT).cloned(),
+                    );
+                    assert_eq!(host_and_agent(&h, host), want, "{h:?} {host}");
+                }
+            }
+        }
+    }
 }

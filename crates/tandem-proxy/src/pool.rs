@@ -190,6 +190,8 @@ pub struct Endpoint {
     pub label: String,
     /// `server.address` and `server.port` of client spans to it, encoded once.
     pub span_address: EncodedAttributes,
+    /// Its label's id in access log records (`RequestRecord::context`).
+    pub log_id: u64,
     connector: Connector,
     http1: Arc<Http1Pool>,
     http2: Arc<Http2Slot>,
@@ -308,6 +310,7 @@ impl Endpoint {
         let label = address.to_string();
         let endpoint = Endpoint {
             span_address: crate::trace::endpoint_attributes(&label),
+            log_id: tandem_telemetry::access_log::context_id(),
             label,
             connector: Connector::new(address.clone(), connect_timeout),
             address,

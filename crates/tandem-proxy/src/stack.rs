@@ -232,6 +232,9 @@ pub struct RouteTarget {
     pub span_names: EncodedAttributes,
     /// JWT authentication, when the route requires it.
     pub jwt: Option<Arc<Verifier>>,
+    /// Its listener, route and upstream names' id in access log records
+    /// (`RequestRecord::context`).
+    pub log_id: u64,
 }
 
 /// `tandem_proxy_errors_total` handles, one per reason.
@@ -414,6 +417,7 @@ impl Snapshot {
                         ]),
                         jwt,
                         upstream: up,
+                        log_id: tandem_telemetry::access_log::context_id(),
                     })
                 };
                 let routes: Vec<(RouteMatch, Arc<RouteTarget>)> = l

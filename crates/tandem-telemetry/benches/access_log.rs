@@ -22,7 +22,7 @@ use tandem_telemetry::Counter;
 
 fn record() -> RequestRecord<'static> {
     RequestRecord {
-        start: SystemTime::now(),
+        start: SystemTime::now().into(),
         head: Some(Duration::from_micros(591)),
         duration: Duration::from_micros(603),
         listener: "h1",
@@ -46,6 +46,7 @@ fn record() -> RequestRecord<'static> {
         peer_identity: None,
         trace_id: None,
         span_id: None,
+        context: None,
     }
 }
 

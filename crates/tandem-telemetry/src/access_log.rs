@@ -87,11 +87,37 @@ pub enum End {
     NoUpstream,
 }
 
+/// A wall-clock time in microseconds since the Unix epoch (0 for earlier times): a line's
+/// `time`, kept as the plain number it is written from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixMicros(pub u64);
+
+impl From<Duration> for UnixMicros {
+    /// The time `since` the Unix epoch.
+    #[inline]
+    fn from(since: Duration) -> Self {
+        UnixMicros(
+            since
+                .as_secs()
+                .saturating_mul(1_000_000)
+                .saturating_add(u64::from(since.subsec_micros())),
+        )
+    }
+}
+
+impl From<SystemTime> for UnixMicros {
+    fn from(t: SystemTime) -> Self {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .into()
+    }
+}
+
 /// One HTTP request, from its arrival to its last response byte.
 #[derive(Clone, Debug)]
 pub struct RequestRecord<'a> {
-    /// When the request arrived (wall clock).
-    pub start: SystemTime,
+    /// When the request arrived (wall clock; see [`since_epoch`]).
+    pub start: UnixMicros,
     /// From arrival to the response head; `None` when no response was sent.
     pub head: Option<Duration>,
     /// From arrival to the last response byte (or to the end, however it came).
@@ -138,6 +164,19 @@ pub struct RequestRecord<'a> {
     pub trace_id: Option<&'a str>,
     /// Span id of Tandem's span, when tracing is on.
     pub span_id: Option<&'a str>,
+    /// Names `listener`, `direction`, `route`, `upstream` and `endpoint` together: records with
+    /// the same `Some` key have the same five, so a line like the last one reuses its rendered
+    /// names without comparing them (ids from [`context_id`], each owned by one unchanging
+    /// holder of the names, e.g. a route's target and an endpoint). `None`: the names are
+    /// compared.
+    pub context: Option<(u64, u64)>,
+}
+
+/// A process-unique id (never handed out twice) for a holder of names a
+/// [`RequestRecord::context`] key stands for.
+pub fn context_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// One connection on a TCP listener, from accept to close.
@@ -702,7 +741,16 @@ impl Sink {
 // Short pieces (keys, numbers, addresses) are built in a fixed-size array and appended with one
 // fixed-size copy, then cut back to their length: a copy whose size the compiler knows is a few
 // stores, where one of a length known only at run time is a call to `memcpy`, and a line has
-// ~50 such pieces.
+// ~50 such pieces. Strings up to 32 bytes go the same way, as two overlapping fixed-size copies
+// ([`Cursor::slice`]); numbers below 1000 come from a table.
+//
+// What is the same from one line to the next is not written again: the run of context fields
+// (listener to endpoint) of a shard's last line is copied when its names are the same
+// (compared a word or two at a time, see [`same_text`]), and the `client` and `protocol` of the
+// shard's recent clients are kept per client port slot ([`Runs`]). In the default order, the
+// quotes around the client's strings and the `null`s of absent mTLS and trace ids go with the
+// keys as constant text. The `time` is the wall clock of the request's monotonic start
+// ([`since_epoch`]), not a clock reading of its own.
 
 /// Room for a key as written (`,"received_bytes":` is the longest).
 const KEY: usize = 24;
@@ -768,15 +816,90 @@ fn is_context(f: AccessLogField) -> bool {
 
 /// The rendered runs of context fields of a shard's last line, each with the values it was
 /// rendered from: a request like the last one (same listener, route, endpoint: nearly every
-/// request) copies a run whole instead of writing its fields one by one.
-#[derive(Default)]
-struct Runs(Vec<Run>, Peer);
+/// request) copies a run whole instead of writing its fields one by one. And the `client` and
+/// `protocol` fields of the shard's recent clients ([`Peer`]), one slot per hash of the client
+/// port ([`peer_slot`]): a thread serves many connections in turn, each with requests from one
+/// client address.
+struct Runs(Vec<Run>, Box<[Peer]>);
+
+/// Slots of the client cache: enough for the connections one thread serves in turn at a time.
+const PEERS: usize = 64;
+
+impl Default for Runs {
+    fn default() -> Self {
+        Runs(Vec::new(), (0..PEERS).map(|_| Peer::default()).collect())
+    }
+}
+
+impl Runs {
+    /// The client cache slot of `client` (`None`, a Unix socket peer, has its own port 0).
+    #[inline(always)]
+    fn peer(&mut self, client: Option<SocketAddr>) -> &mut Peer {
+        let port = client.map_or(0, |c| usize::from(c.port()));
+        &mut self.1[peer_slot(port)]
+    }
+}
+
+/// The client cache slot of a client port: a multiplicative hash, as clients' ports are
+/// neither consecutive nor spread evenly (Linux hands out even ports for `connect` first, which
+/// would leave half of the slots of `port % PEERS` unused).
+#[inline(always)]
+fn peer_slot(port: usize) -> usize {
+    const _: () = assert!(PEERS == 64);
+    ((port as u32).wrapping_mul(0x9E37_79B1) >> 26) as usize
+}
 
 /// Whether two of Tandem's constants are equal: the same constant is at the same address, which
 /// spares a call to `memcmp` (the text is compared only when the addresses differ).
 #[inline(always)]
 fn same_constant(a: &'static str, b: &'static str) -> bool {
     (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
+}
+
+/// Whether `a` and `b` hold the same bytes: names of a few bytes (listeners, routes,
+/// endpoints) are compared as one or two words each, without a call to `memcmp`.
+#[inline(always)]
+fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len()
+        && match a.len() {
+            0 => true,
+            1..=16 => short_words(a) == short_words(b),
+            _ => a == b,
+        }
+}
+
+/// `s` (1 to 16 bytes) as two words that together hold every byte of it: its first and last
+/// eight bytes (overlapping when shorter than 16), or its first and last four (shorter than 8),
+/// or its first, middle and last byte (shorter than 4). Two strings of the same length are
+/// equal exactly when their words are.
+#[inline(always)]
+fn short_words(s: &[u8]) -> (u64, u64) {
+    let n = s.len();
+    if n >= 8 {
+        (word8(&s[..8]), word8(&s[n - 8..]))
+    } else if n >= 4 {
+        (u64::from(word4(&s[..4])), u64::from(word4(&s[n - 4..])))
+    } else {
+        (
+            u64::from(s[0]) | u64::from(s[n / 2]) << 8,
+            u64::from(s[n - 1]),
+        )
+    }
+}
+
+#[inline(always)]
+fn word8(s: &[u8]) -> u64 {
+    let mut w = [0; 8];
+    w.copy_from_slice(s);
+    u64::from_le_bytes(w)
+}
+
+#[inline(always)]
+fn word4(s: &[u8]) -> u32 {
+    let mut w = [0; 4];
+    w.copy_from_slice(s);
+    u32::from_le_bytes(w)
 }
 
 /// The `client` and `protocol` fields (keys included) of a shard's last line in the default
@@ -819,6 +942,8 @@ impl Peer {
 struct Run {
     /// `bytes` hold the run rendered from the values below.
     filled: bool,
+    /// The record's [`RequestRecord::context`] key of the names below.
+    key: Option<(u64, u64)>,
     listener: String,
     direction: &'static str,
     route: Option<String>,
@@ -830,11 +955,20 @@ struct Run {
 
 impl Run {
     fn matches(&self, r: &RequestRecord<'_>) -> bool {
+        // The caller's key stands for the five names: compared instead of them.
+        if let (Some(key), Some(context)) = (self.key, r.context) {
+            return self.filled && key == context && same_constant(self.protocol, r.protocol);
+        }
+        let same = |a: Option<&String>, b: Option<&str>| match (a, b) {
+            (Some(a), Some(b)) => same_text(a, b),
+            (None, None) => true,
+            _ => false,
+        };
         self.filled
-            && self.listener == r.listener
-            && self.route.as_deref() == r.route
-            && self.upstream.as_deref() == r.upstream
-            && self.endpoint.as_deref() == r.endpoint
+            && same_text(&self.listener, r.listener)
+            && same(self.route.as_ref(), r.route)
+            && same(self.upstream.as_ref(), r.upstream)
+            && same(self.endpoint.as_ref(), r.endpoint)
             && same_constant(self.direction, r.direction)
             && same_constant(self.protocol, r.protocol)
     }
@@ -850,6 +984,7 @@ impl Run {
             }
         }
         self.filled = true;
+        self.key = r.context;
         self.listener.clear();
         self.listener.push_str(r.listener);
         self.direction = r.direction;
@@ -919,10 +1054,30 @@ impl<'a> Cursor<'a> {
         self.n += len;
     }
 
+    /// `bytes`, of any length. Up to 32 bytes (nearly every value: names, addresses, paths,
+    /// user agents) as two overlapping fixed-size copies, each a few stores: a copy of a length
+    /// known only at run time would be a call to `memcpy`, and a line has a dozen of them.
     #[inline(always)]
     fn slice(&mut self, bytes: &[u8]) {
-        self.b[self.n..self.n + bytes.len()].copy_from_slice(bytes);
-        self.n += bytes.len();
+        let n = bytes.len();
+        let out = &mut self.b[self.n..self.n + n];
+        if n > 32 {
+            out.copy_from_slice(bytes);
+        } else if n >= 16 {
+            out[..16].copy_from_slice(&bytes[..16]);
+            out[n - 16..].copy_from_slice(&bytes[n - 16..]);
+        } else if n >= 8 {
+            out[..8].copy_from_slice(&bytes[..8]);
+            out[n - 8..].copy_from_slice(&bytes[n - 8..]);
+        } else if n >= 4 {
+            out[..4].copy_from_slice(&bytes[..4]);
+            out[n - 4..].copy_from_slice(&bytes[n - 4..]);
+        } else if n > 0 {
+            out[0] = bytes[0];
+            out[n / 2] = bytes[n / 2];
+            out[n - 1] = bytes[n - 1];
+        }
+        self.n += n;
     }
 
     #[inline(always)]
@@ -943,7 +1098,7 @@ const FIXED: usize = AccessLogField::ALL.len() * (KEY + 64) + 2 + SLACK;
 
 /// Most bytes `s` takes as a JSON string: every byte escaped as `\u00XX`, quotes and `...`.
 #[inline(always)]
-fn text_bound(len: usize) -> usize {
+const fn text_bound(len: usize) -> usize {
     6 * len + 5
 }
 
@@ -951,24 +1106,28 @@ fn text_bound(len: usize) -> usize {
 /// bytes are looked at only up to their bound, and invalid UTF-8 at most triples in length
 /// (U+FFFD for a byte) before that cut.
 fn request_bound(r: &RequestRecord<'_>) -> usize {
-    let name = |s: Option<&str>| text_bound(s.map_or(0, str::len));
-    let client = |len: usize, bound: usize| text_bound((3 * len).min(bound));
-    FIXED
-        + text_bound(r.listener.len())
+    // Client-controlled text at its longest (within its bound, invalid UTF-8 tripled), a
+    // constant: only the names from the config and the protocol are looked at per line.
+    const CLIENT: usize = text_bound(METHOD)
+        + text_bound(MAX_PATH)
+        + text_bound(3 * MAX_AUTHORITY)
+        + text_bound(3 * MAX_USER_AGENT);
+    let name = |s: Option<&str>| s.map_or(0, str::len);
+    let names = r.listener.len()
         + name(r.route)
         + name(r.upstream)
         + name(r.endpoint)
         + name(r.peer_identity)
         + name(r.trace_id)
-        + name(r.span_id)
+        + name(r.span_id);
+    FIXED
+        + CLIENT
+        + text_bound(names)
+        + 6 * text_bound(0)
         + r.direction.len()
         + r.protocol.len()
         + r.error.map_or(0, str::len)
         + r.end.as_str().len()
-        + text_bound(r.method.len().min(METHOD))
-        + text_bound(r.path.len().min(MAX_PATH))
-        + client(r.authority.map_or(0, <[u8]>::len), MAX_AUTHORITY)
-        + client(r.user_agent.map_or(0, <[u8]>::len), MAX_USER_AGENT)
 }
 
 /// [`request_bound`] of a TCP line.
@@ -1088,7 +1247,7 @@ fn write_default(
         run.bytes.extend_from_slice(&w.b[from..w.n]);
         run.set(r);
     }
-    let peer = &mut runs.1;
+    let peer = runs.peer(r.client);
     if peer.matches(r) {
         w.put_cut(&peer.bytes, peer.len);
     } else {
@@ -1106,16 +1265,19 @@ fn write_default(
             peer.key = Some((r.client, r.protocol));
         }
     }
-    w.put(b",\"method\":");
-    capped_str(w, r.method, METHOD);
-    w.put(b",\"path\":");
-    capped_str(w, r.path, MAX_PATH);
-    w.put(b",\"authority\":");
+    // The quotes around strings go with the keys and punctuation between them.
+    w.put(b",\"method\":\"");
+    capped_str_inside(w, r.method, METHOD);
+    w.put(b"\",\"path\":\"");
+    capped_str_inside(w, r.path, MAX_PATH);
     match r.authority {
-        Some(a) => capped(w, a, MAX_AUTHORITY),
-        None => null(w),
+        Some(a) => {
+            w.put(b"\",\"authority\":\"");
+            capped_inside(w, a, MAX_AUTHORITY);
+            w.put(b"\",\"status\":");
+        }
+        None => w.put(b"\",\"authority\":null,\"status\":"),
     }
-    w.put(b",\"status\":");
     match r.status {
         Some(s) => uint(w, u64::from(s)),
         None => null(w),
@@ -1146,18 +1308,29 @@ fn write_default(
             boolean(w, end == End::Complete);
         }
     }
-    w.put(b",\"user_agent\":");
     match r.user_agent {
-        Some(a) => capped(w, a, MAX_USER_AGENT),
-        None => null(w),
+        Some(a) => {
+            w.put(b",\"user_agent\":\"");
+            capped_inside(w, a, MAX_USER_AGENT);
+            w.byte(b'"');
+        }
+        None => w.put(b",\"user_agent\":null"),
     }
-    w.put(b",\"peer_identity\":");
-    opt_string(w, r.peer_identity);
-    w.put(b",\"trace_id\":");
-    opt_string(w, r.trace_id);
-    w.put(b",\"span_id\":");
-    opt_string(w, r.span_id);
-    w.put(b"}\n");
+    match (r.peer_identity, r.trace_id, r.span_id) {
+        // Without mTLS or tracing, the line's end is a constant.
+        (None, None, None) => {
+            w.put(b",\"peer_identity\":null,\"trace_id\":null,\"span_id\":null}\n");
+        }
+        (identity, trace_id, span_id) => {
+            w.put(b",\"peer_identity\":");
+            opt_string(w, identity);
+            w.put(b",\"trace_id\":");
+            opt_string(w, trace_id);
+            w.put(b",\"span_id\":");
+            opt_string(w, span_id);
+            w.put(b"}\n");
+        }
+    }
     Ok(at + w.n)
 }
 
@@ -1230,7 +1403,7 @@ fn write_connection(
         w.put_cut(&f.key, f.len);
         match f.field {
             F::Kind | F::Protocol => w.put(b"\"tcp\""),
-            F::Time => rfc3339_micros(w, r.start),
+            F::Time => rfc3339_micros(w, r.start.into()),
             F::DurationMs => millis(w, r.duration),
             F::Listener => string(w, r.listener),
             F::Direction => constant(w, r.direction),
@@ -1303,6 +1476,7 @@ fn opt_string(w: &mut Cursor<'_>, v: Option<&str>) {
 }
 
 /// `s` as a JSON string, quotes included.
+#[inline(always)]
 fn string(w: &mut Cursor<'_>, s: &str) {
     w.byte(b'"');
     escaped(w, s);
@@ -1310,12 +1484,20 @@ fn string(w: &mut Cursor<'_>, s: &str) {
 }
 
 /// `s` escaped for the inside of a JSON string.
+#[inline(always)]
 fn escaped(w: &mut Cursor<'_>, s: &str) {
     // Names, paths and user agents almost never hold a byte to escape: one scan, one copy.
     if !json::needs_escape(s.as_bytes()) {
         w.slice(s.as_bytes());
         return;
     }
+    escaped_slow(w, s);
+}
+
+/// [`escaped`] of a string with a byte to escape.
+#[cold]
+#[inline(never)]
+fn escaped_slow(w: &mut Cursor<'_>, s: &str) {
     let mut e = Vec::with_capacity(s.len() + 16);
     json::escape(&mut e, s);
     w.slice(&e);
@@ -1323,36 +1505,65 @@ fn escaped(w: &mut Cursor<'_>, s: &str) {
 
 /// Text from a client as a JSON string: more than the bound is cut at a character boundary
 /// and ends in `...`.
+#[inline(always)]
 fn capped_str(w: &mut Cursor<'_>, s: &str, bound: usize) {
+    w.byte(b'"');
+    capped_str_inside(w, s, bound);
+    w.byte(b'"');
+}
+
+/// [`capped_str`] without the quotes (the writers of the default order write them with the
+/// keys around).
+#[inline(always)]
+fn capped_str_inside(w: &mut Cursor<'_>, s: &str, bound: usize) {
     if s.len() <= bound {
-        return string(w, s);
+        escaped(w, s);
+    } else {
+        cut_str(w, s, bound);
     }
+}
+
+/// [`capped_str_inside`] of a string longer than `bound`.
+#[inline(never)]
+fn cut_str(w: &mut Cursor<'_>, s: &str, bound: usize) {
     let mut cut = bound;
     while !s.is_char_boundary(cut) {
         cut -= 1;
     }
-    w.byte(b'"');
     escaped(w, &s[..cut]);
-    w.put(b"...\"");
+    w.put(b"...");
 }
 
 /// Bytes from a client as a JSON string: invalid UTF-8 becomes U+FFFD, and more than the
 /// bound is cut at a character boundary and ends in `...`.
+#[inline(always)]
 fn capped(w: &mut Cursor<'_>, bytes: &[u8], bound: usize) {
+    w.byte(b'"');
+    capped_inside(w, bytes, bound);
+    w.byte(b'"');
+}
+
+/// [`capped`] without the quotes.
+#[inline(always)]
+fn capped_inside(w: &mut Cursor<'_>, bytes: &[u8], bound: usize) {
+    // The usual case: plain ASCII within the bound, written as it is.
+    if bytes.len() <= bound && json::is_plain_ascii(bytes) {
+        w.slice(bytes);
+    } else {
+        capped_slow(w, bytes, bound);
+    }
+}
+
+/// [`capped_inside`] of bytes that are not plain ASCII or longer than `bound`.
+#[inline(never)]
+fn capped_slow(w: &mut Cursor<'_>, bytes: &[u8], bound: usize) {
     // Only the bound and the character across it can reach the line: look at no more. When
     // `head` is shorter than `bytes`, its text is longer than the bound (a replacement is never
     // shorter than what it replaces), so it is cut, before anything `head` cut in two.
     let head = &bytes[..bytes.len().min(bound + 4)];
-    // The usual case: plain ASCII within the bound, written as it is.
-    if head.len() <= bound && json::is_plain_ascii(head) {
-        w.byte(b'"');
-        w.slice(head);
-        w.byte(b'"');
-        return;
-    }
     match std::str::from_utf8(head) {
-        Ok(text) => capped_str(w, text, bound),
-        Err(_) => capped_str(w, &String::from_utf8_lossy(head), bound),
+        Ok(text) => capped_str_inside(w, text, bound),
+        Err(_) => capped_str_inside(w, &String::from_utf8_lossy(head), bound),
     }
 }
 
@@ -1390,9 +1601,21 @@ fn digits(v: u64) -> usize {
     t + 1 - usize::from(v < POW10[t])
 }
 
-/// A non-negative integer: its digits two at a time, from the last.
-#[inline]
+/// A non-negative integer: below 1000 (statuses, most counts) from a table in one store;
+/// larger ones with their digits two at a time, from the last.
+#[inline(always)]
 fn uint(w: &mut Cursor<'_>, v: u64) {
+    if v < 1000 {
+        let (digits, len) = DECIMAL3[v as usize];
+        w.put_cut(&digits, usize::from(len));
+        return;
+    }
+    uint_long(w, v);
+}
+
+/// [`uint`] of any value.
+#[inline(never)]
+fn uint_long(w: &mut Cursor<'_>, v: u64) {
     let len = digits(v);
     let end = w.n + len;
     let out = &mut w.b[w.n..end];
@@ -1419,6 +1642,24 @@ const fn digits3(v: usize) -> [u8; 3] {
         b'0' + (v % 10) as u8,
     ]
 }
+
+/// Per value below 1000: its decimal digits (padded to four bytes), and how many there are.
+static DECIMAL3: [([u8; 4], u8); 1000] = {
+    let mut t = [([0u8; 4], 0u8); 1000];
+    let mut v = 0;
+    while v < 1000 {
+        let d = digits3(v);
+        t[v] = if v >= 100 {
+            ([d[0], d[1], d[2], 0], 3)
+        } else if v >= 10 {
+            ([d[1], d[2], 0, 0], 2)
+        } else {
+            ([d[2], 0, 0, 0], 1)
+        };
+        v += 1;
+    }
+    t
+};
 
 /// Per thousandth: `.` and its digits as the shortest decimal writes them (`.0` for none,
 /// `.5`, `.25`, `.125`), padded to four bytes, and how many of the bytes count.
@@ -1502,12 +1743,45 @@ static OCTETS: [([u8; 4], usize); 256] = {
     t
 };
 
-/// A wall-clock time as RFC 3339 in UTC with microseconds (`2025-11-24T16:00:00.123456Z`);
-/// times before 1970 are written as the epoch.
-fn rfc3339_micros(w: &mut Cursor<'_>, t: SystemTime) {
-    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let micros = since.subsec_micros() as usize;
+/// How long a thread's wall-clock anchor in [`since_epoch`] is used before it is read again.
+const ANCHOR: Duration = Duration::from_secs(1);
+
+/// The wall-clock time of the monotonic instant `at` (a request's arrival, read already for
+/// its duration), as the time since the Unix epoch: the wall clock read at most once a second
+/// per thread, plus the monotonic time since that reading. A request's `time` costs no clock
+/// reading of its own; a step or slew of the wall clock shows in lines within a second (a slew
+/// of 500 ppm, the kernel's most, moves them by half a millisecond at most before then).
+pub fn since_epoch(at: std::time::Instant) -> Duration {
+    thread_local! {
+        static READ: Cell<Option<(std::time::Instant, Duration)>> = const { Cell::new(None) };
+    }
+    if let Some((mono, wall)) = READ.get() {
+        match at.checked_duration_since(mono) {
+            Some(since) if since < ANCHOR => return wall.saturating_add(since),
+            Some(_) => {}
+            None => {
+                let before = mono.duration_since(at);
+                if before < ANCHOR {
+                    return wall.saturating_sub(before);
+                }
+            }
+        }
+    }
+    let mono = std::time::Instant::now();
+    let wall = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    READ.set(Some((mono, wall)));
+    match at.checked_duration_since(mono) {
+        Some(since) => wall.saturating_add(since),
+        None => wall.saturating_sub(mono.duration_since(at)),
+    }
+}
+
+/// A wall-clock time as RFC 3339 in UTC with microseconds (`2025-11-24T16:00:00.123456Z`).
+fn rfc3339_micros(w: &mut Cursor<'_>, t: UnixMicros) {
+    let secs = t.0 / 1_000_000;
+    let micros = (t.0 % 1_000_000) as usize;
     // Lines of the same second share everything up to the fraction: the calendar arithmetic
     // runs once a second per thread.
     thread_local! {

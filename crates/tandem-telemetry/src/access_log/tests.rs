@@ -8,7 +8,7 @@ use super::*;
 
 fn request() -> RequestRecord<'static> {
     RequestRecord {
-        start: SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456),
+        start: UnixMicros(1_764_000_000_123_456),
         head: Some(Duration::from_micros(1_250)),
         duration: Duration::from_micros(3_500),
         listener: "inbound",
@@ -32,6 +32,7 @@ fn request() -> RequestRecord<'static> {
         peer_identity: None,
         trace_id: None,
         span_id: None,
+        context: None,
     }
 }
 
@@ -524,7 +525,12 @@ async fn cached_context_runs_match_fresh_lines() {
         &[F::Direction, F::Listener, F::Method, F::Upstream, F::Route],
     ];
     let names = ["a", "b", "a\"b", "", "é\n"];
+    let same_slot: Vec<u16> = (40_003..u16::MAX)
+        .filter(|&p| peer_slot(usize::from(p)) == peer_slot(40_002))
+        .take(2)
+        .collect();
     let mut records = Vec::new();
+    let mut keys = std::collections::HashMap::new();
     let mut r = request();
     for i in 0..300usize {
         // One of the six values changes from one record to the next (the others stay).
@@ -550,12 +556,29 @@ async fn cached_context_runs_match_fresh_lines() {
             }
         }
         r.sent_bytes = i as u64;
-        // The client changes on a cadence of its own (a connection's requests share it).
-        r.client = match i / 4 % 5 {
+        // A key for the five names (the same key for the same names, as callers promise), on
+        // most records: keyed ones follow and precede unkeyed ones.
+        r.context = (i % 5 != 0).then(|| {
+            let names = (r.listener, r.direction, r.route, r.upstream, r.endpoint);
+            let next = keys.len() as u64;
+            (*keys.entry(names).or_insert(next), 7)
+        });
+        // The client changes on a cadence of its own (a connection's requests share it), among
+        // clients whose ports share a slot of the client cache with 10.0.0.2:40002's and ones
+        // that do not.
+        r.client = match i / 4 % 7 {
             0 => None,
             1 => Some("[fe80::1%7]:443".parse().unwrap()),
+            5 => Some(SocketAddr::from(([10, 0, 0, 9], same_slot[0]))),
+            6 => Some(SocketAddr::from(([10, 0, 0, 2], same_slot[1]))),
             n => Some(SocketAddr::from(([10, 0, 0, n as u8], 40_000 + n as u16))),
         };
+        // A connection of another thread's turn comes and goes in between.
+        if i % 11 == 0 {
+            let mut other = r.clone();
+            other.client = Some(SocketAddr::from(([192, 168, 0, 1], 40_003)));
+            records.push(other);
+        }
         // Equal records too, which take the cached copy.
         for _ in 0..=(i % 2) {
             records.push(r.clone());
@@ -682,7 +705,7 @@ fn hand_written_json_matches_serde_json() {
     ] {
         for micros in [0u32, 7, 999_999] {
             let t = SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000);
-            let out = render(|w| rfc3339_micros(w, t));
+            let out = render(|w| rfc3339_micros(w, t.into()));
             assert_eq!(
                 std::str::from_utf8(&out).unwrap(),
                 format!("\"{}\"", humantime::format_rfc3339_micros(t))
@@ -703,7 +726,7 @@ fn rfc3339_cache_matches_the_full_form() {
         0,
         951_782_400_000_000, // 2000-02-29
     ] {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_micros(micros);
+        let t = UnixMicros(micros);
         let cached = render(|w| {
             rfc3339_micros(w, t);
             rfc3339_micros(w, t);
@@ -731,6 +754,7 @@ fn integers_are_written_in_decimal() {
         let t = 10u64.pow(p);
         values.extend([t - 1, t, t + 1, t.saturating_mul(2) - 1]);
     }
+    values.extend(0..2_000);
     values.extend((0..100_000).map(|v| v * 7919));
     for v in values {
         assert_eq!(render(|w| uint(w, v)), v.to_string().into_bytes(), "{v}");
@@ -766,7 +790,10 @@ fn reference(r: &RequestRecord<'_>) -> serde_json::Value {
     let ms = |d: Duration| d.as_micros() as f64 / 1000.0;
     json!({
         "kind": "http",
-        "time": humantime::format_rfc3339_micros(r.start).to_string(),
+        "time": humantime::format_rfc3339_micros(
+            SystemTime::UNIX_EPOCH + Duration::from_micros(r.start.0)
+        )
+        .to_string(),
         "duration_ms": ms(r.duration),
         "head_ms": r.head.map(ms),
         "listener": r.listener,
@@ -811,6 +838,7 @@ proptest::proptest! {
         client in proptest::option::of((proptest::num::u32::ANY, proptest::num::u16::ANY, proptest::bool::ANY)),
         numbers in (proptest::option::of(100u16..1000), proptest::option::of(proptest::num::u32::ANY), proptest::num::u64::ANY, proptest::num::u64::ANY, proptest::num::u32::ANY),
         failed in proptest::bool::ANY,
+        ids in (proptest::bool::ANY, proptest::option::of("[0-9a-f]{32}"), proptest::bool::ANY),
     ) {
         let client = client.map(|(ip, port, v6)| {
             if v6 {
@@ -820,7 +848,7 @@ proptest::proptest! {
             }
         });
         let r = RequestRecord {
-            start: SystemTime::UNIX_EPOCH + Duration::from_micros(micros),
+            start: UnixMicros(micros),
             head: durations.1.map(Duration::from_micros),
             duration: Duration::from_micros(durations.0),
             listener: &names[0],
@@ -841,9 +869,10 @@ proptest::proptest! {
             error: failed.then_some("upstream_timeout"),
             end: if failed { End::UpstreamError } else { End::Complete },
             user_agent: Some(&ua),
-            peer_identity: Some(&names[4]),
-            trace_id: None,
-            span_id: Some("00f067aa0ba902b7"),
+            peer_identity: ids.0.then_some(names[4].as_str()),
+            trace_id: ids.1.as_deref(),
+            span_id: ids.2.then_some("00f067aa0ba902b7"),
+            context: None,
         };
         let text = line(&AccessLogField::ALL, &r);
         let m = parse(&text);
@@ -856,5 +885,95 @@ proptest::proptest! {
         proptest::prop_assert_eq!(&buf[3..end], text.as_bytes());
         let again = write_default(&r, &mut buf, end, &mut runs).unwrap();
         proptest::prop_assert_eq!(&buf[end..again], text.as_bytes());
+    }
+}
+
+/// `same_text` agrees with `==` for every length up to past its word forms, with one byte
+/// differing at every position, and for equal strings.
+#[test]
+fn same_text_agrees_with_eq() {
+    let base: String = "abcdefghijklmnopqrstuvwxyz0123456789".into();
+    for len in 0..=base.len() {
+        let a = &base[..len];
+        assert!(same_text(a, a));
+        // Equal text elsewhere in memory.
+        let copy = String::from(a);
+        assert!(same_text(a, &copy));
+        for at in 0..len {
+            let mut b = a.as_bytes().to_vec();
+            b[at] = b'_';
+            let b = String::from_utf8(b).unwrap();
+            assert!(!same_text(a, &b), "{a:?} {b:?}");
+        }
+        if len > 0 {
+            assert!(!same_text(a, &base[..len - 1]));
+        }
+        // The same length, every byte different (the letters are distinct).
+        if len > 0 && len < base.len() {
+            assert!(!same_text(&base[1..=len], a));
+        }
+    }
+}
+
+/// `Cursor::slice` writes exactly the bytes given, for every length (each of its copy forms
+/// and their edges), and nothing past them.
+#[test]
+fn slice_writes_exactly_its_bytes() {
+    let src: Vec<u8> = (0u8..80)
+        .map(|b| b.wrapping_mul(37).wrapping_add(1))
+        .collect();
+    for at in [0, 1, 7] {
+        for len in 0..=src.len() {
+            let mut b = vec![0xee; 128];
+            let mut w = Cursor { b: &mut b, n: at };
+            w.slice(&src[..len]);
+            assert_eq!(w.n, at + len);
+            assert!(b[..at].iter().all(|&x| x == 0xee), "{at} {len}");
+            assert_eq!(&b[at..at + len], &src[..len], "{at} {len}");
+            assert!(b[at + len..].iter().all(|&x| x == 0xee), "{at} {len}");
+        }
+    }
+}
+
+/// The wall-clock time of an instant follows the wall clock: now for now, a second ago for a
+/// second ago (a fresh reading or not), and two instants as far apart as they are.
+#[test]
+fn since_epoch_follows_the_system_clock() {
+    use std::time::Instant;
+    let wall = |at: Instant| SystemTime::UNIX_EPOCH + since_epoch(at);
+    let near = |a: SystemTime, b: SystemTime| {
+        let d = a.duration_since(b).unwrap_or_else(|e| e.duration());
+        assert!(d < Duration::from_millis(50), "{a:?} {b:?}");
+    };
+    let now = Instant::now();
+    near(wall(now), SystemTime::now());
+    // Before the thread's reading (taken just now), and long after it (a new reading).
+    let past = now - Duration::from_secs(2);
+    near(wall(past), SystemTime::now() - Duration::from_secs(2));
+    let later = now + Duration::from_millis(1_500);
+    near(
+        wall(later),
+        SystemTime::now() + Duration::from_millis(1_500),
+    );
+    // Within one reading, differences are exact, either side of it.
+    let a = Instant::now();
+    let b = a + Duration::from_micros(1_234);
+    let c = a - Duration::from_micros(5_678);
+    let (wa, wb, wc) = (since_epoch(a), since_epoch(b), since_epoch(c));
+    assert_eq!(wb - wa, Duration::from_micros(1_234));
+    assert_eq!(wa - wc, Duration::from_micros(5_678));
+    // And as a line's `time`.
+    assert_eq!(UnixMicros::from(wall(a)), UnixMicros::from(since_epoch(a)));
+}
+
+/// The client cache's slots spread ports evenly: consecutive ports, and ports two apart (as
+/// Linux hands out for `connect`), fill every slot.
+#[test]
+fn peer_slots_spread_ports() {
+    for step in [1, 2] {
+        let slots: std::collections::HashSet<usize> =
+            (0..PEERS).map(|i| peer_slot(40_000 + step * i)).collect();
+        assert!(slots.len() >= PEERS * 3 / 4, "{step}: {}", slots.len());
+        assert!(slots.iter().all(|&s| s < PEERS));
     }
 }
