@@ -36,16 +36,15 @@
 //! tries on client spans, as the conventions say. Query strings are left out (`url.query`, and
 //! the query of `url.full`): they often carry tokens, and spans leave the host.
 
-use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version};
 use hyper::body::Incoming;
 use tandem_config::PathMatch;
 use tandem_telemetry::access_log::End;
+use tandem_telemetry::clock::{self, Epoch};
 use tandem_telemetry::trace::{
     EncodedAttributes, EncodedSpans, Key, SpanContext, SpanId, SpanKind, SpanStart, Tracer,
 };
@@ -64,8 +63,6 @@ pub struct RequestTrace {
     tracer: Arc<Tracer>,
     /// The server span's context.
     context: SpanContext,
-    /// The caller's span.
-    parent: Option<SpanId>,
     /// Whether the request carried a trace header of the configured formats (to strip).
     carried: bool,
     /// The try in progress: its span id and when it started.
@@ -74,35 +71,32 @@ pub struct RequestTrace {
     recording: Option<Recording>,
 }
 
-/// What a sampled request's spans are made of: what it held on arrival (reference-counted
-/// handles and integers, no copies), written out as OTLP protobuf only when a span ends.
+/// A sampled request's spans, written as OTLP protobuf as the request goes: the server span's
+/// request-side part when the request arrives (so nothing of the request is kept for it), each
+/// client span when its try ends, the rest of the server span with the response.
+///
+/// The server span is open from the start to the end, so client spans, which end inside it,
+/// are written to a buffer of their own (a span is one length-delimited field: the open one's
+/// length is written when it closes); both are recorded together at the end.
 #[derive(Debug)]
 struct Recording {
-    start_unix_nanos: u64,
-    start: Instant,
-    /// The method's place in [`METHOD_NAMES`].
-    method: usize,
-    /// The method when it is not a standard one (`method` is `_OTHER`).
-    method_original: Option<Method>,
-    /// The request's URI as received (`url.path`, `server.address`).
-    uri: Uri,
-    /// The `Host` header, when the URI has no authority (`server.address`).
-    host: Option<HeaderValue>,
-    port: Option<u16>,
-    version: Version,
-    client: Option<IpAddr>,
-    user_agent: Option<HeaderValue>,
-    /// The authority and path sent upstream (for `url.full`: `http://{authority}{path}`).
-    upstream_url: Option<(Authority, PathAndQuery)>,
-    /// The error Tandem answered with, if it did: its kind and one-line message.
-    error: Option<(ErrorKind, String)>,
-    /// The spans written so far. The last try's client span stays open here when it got a
-    /// response: it is closed when another try starts (it was retried: it ended at its
-    /// response head, `answered_end`), or with the server span when its response is the one
-    /// the client gets (it ends with the body, like the server span).
-    spans: EncodedSpans,
+    /// The Unix time of the clock's base as the request started: every time of the request
+    /// is converted with it, so its spans nest exactly.
+    epoch: Epoch,
+    /// The server span, open.
+    server: EncodedSpans,
+    /// The client spans, after a preamble of `url.full` (the same for every try). The last
+    /// try's span stays open here when it got a response: it is closed when another try
+    /// starts (it was retried: it ended at its response head, `answered_end`), or with the
+    /// server span when its response is the one the client gets (it ends with the body, like
+    /// the server span).
+    clients: EncodedSpans,
     /// When the open client span's response head arrived.
     answered_end: u64,
+    /// The method's place in [`METHOD_NAMES`] (the server span's name).
+    method: usize,
+    /// The error Tandem answered with, if it did: its kind and one-line message.
+    error: Option<(ErrorKind, String)>,
 }
 
 /// Keys of the attributes written per request ([`Key`]: a copy of fixed size each).
@@ -121,8 +115,10 @@ const CLIENT_ADDRESS: Key = Key::new("client.address");
 const USER_AGENT: Key = Key::new("user_agent.original");
 const LISTENER: Key = Key::new("tandem.listener");
 
-/// Bytes a sampled request (a server and a client span).
-const SPANS_CAPACITY: usize = 1024;
+/// Bytes of a server span (a dozen attributes, a long path or user agent included).
+const SERVER_CAPACITY: usize = 512;
+/// Bytes of a request's client spans (one per try; a single try is the common case).
+const CLIENTS_CAPACITY: usize = 512;
 
 /// How a try ended.
 #[derive(Clone, Copy, Debug)]
@@ -151,9 +147,10 @@ pub struct TryTarget<'a> {
 // === impl RequestTrace ===
 
 impl RequestTrace {
-    /// Starts the server span of `req`, received at `start`: reads the caller's context and
-    /// decides sampling. What the access log's `observed` read of the request already (the wall
-    /// clock, `Host`, `User-Agent`) is not read again.
+    /// Starts the server span of `req`, received at `start`: reads the caller's context,
+    /// decides sampling, and when sampled writes the span's request-side attributes. What the
+    /// access log's `observed` read of the request already (`Host`, `User-Agent`) is not read
+    /// again.
     pub fn start(
         tracer: &Arc<Tracer>,
         forwarded: &Forwarded,
@@ -162,14 +159,38 @@ impl RequestTrace {
         observed: &Observer,
     ) -> Box<Self> {
         let started = tracer.start_server(req.headers());
-        let recording = started
-            .context
-            .sampled
-            .then(|| Recording::new(forwarded, req, start, observed.started(), observed.seen()));
+        let recording = started.context.sampled.then(|| {
+            let epoch = clock::clock().epoch(start.into_std());
+            let mut server = EncodedSpans::recycled(SERVER_CAPACITY);
+            // Named with the route, once there is one (`respond`).
+            server.begin_unnamed(&SpanStart {
+                trace_id: started.context.trace_id,
+                span_id: started.context.span_id,
+                parent: started.parent,
+                remote_parent: started.parent.is_some(),
+                trace_state: started
+                    .context
+                    .trace_state
+                    .as_ref()
+                    .map(HeaderValue::as_bytes),
+                name: "",
+                name_suffix: None,
+                kind: SpanKind::Server,
+                start_unix_nanos: epoch.unix_nanos(start.into_std()),
+            });
+            let method = request_attributes(&mut server, forwarded, req, observed.seen());
+            Recording {
+                epoch,
+                server,
+                clients: EncodedSpans::default(),
+                answered_end: 0,
+                method,
+                error: None,
+            }
+        });
         Box::new(RequestTrace {
             tracer: tracer.clone(),
             context: started.context,
-            parent: started.parent,
             carried: started.carried,
             current: None,
             recording,
@@ -182,7 +203,7 @@ impl RequestTrace {
     }
 
     /// Prepares the upstream request: removes the caller's trace headers of the configured
-    /// formats, and notes the URL the tries go to.
+    /// formats, and writes the URL the tries go to (`url.full` of their spans).
     pub fn outgoing(
         &mut self,
         headers: &mut HeaderMap,
@@ -194,19 +215,21 @@ impl RequestTrace {
             self.tracer.propagator().strip(headers);
         }
         if let Some(r) = &mut self.recording {
-            r.upstream_url = Some((authority.clone(), path.clone()));
+            if r.clients.spans() == 0 && !r.clients.is_open() {
+                r.clients = EncodedSpans::recycled(CLIENTS_CAPACITY);
+            }
+            r.clients.preamble_str_parts_attr(
+                &URL_FULL,
+                &["http://", authority.as_str(), path.path()],
+            );
         }
     }
 
     /// Starts a try at `now`: a new client span id.
     pub fn start_try(&mut self, now: Instant) {
         if let Some(r) = &mut self.recording {
-            if r.spans.is_open() {
-                // The previous try got a response and was retried: its span ended then.
-                r.spans.end(r.answered_end);
-                let spans = std::mem::replace(&mut r.spans, EncodedSpans::recycled(SPANS_CAPACITY));
-                self.tracer.record_encoded(spans);
-            }
+            // The previous try got a response and was retried: its span ended then.
+            r.clients.end(r.answered_end);
         }
         self.current = Some((SpanId::random(), now));
     }
@@ -233,7 +256,7 @@ impl RequestTrace {
     }
 
     /// Ends the current try at `ended`; `attempt` counts from 1. Writes its client span when
-    /// the request is sampled: recorded now when the try failed, else left open until the end
+    /// the request is sampled: closed now when the try failed, else left open until the end
     /// of its response (or until it is retried).
     pub fn end_try(
         &mut self,
@@ -249,9 +272,9 @@ impl RequestTrace {
             return;
         };
         let method = method_index(to.method);
-        let start_unix_nanos = r.unix_nanos(started);
-        let end_unix_nanos = r.unix_nanos(ended);
-        let s = &mut r.spans;
+        let start_unix_nanos = r.epoch.unix_nanos(started.into_std());
+        let end_unix_nanos = r.epoch.unix_nanos(ended.into_std());
+        let s = &mut r.clients;
         s.begin(&SpanStart {
             trace_id: self.context.trace_id,
             span_id,
@@ -271,9 +294,8 @@ impl RequestTrace {
         if method == OTHER {
             s.str_attr(&METHOD_ORIGINAL, to.method.as_str());
         }
-        if let Some((authority, path)) = &r.upstream_url {
-            s.str_parts_attr(&URL_FULL, &["http://", authority.as_str(), path.path()]);
-        }
+        // `url.full`, written once by `outgoing`.
+        s.copy_preamble();
         s.attributes(to.endpoint);
         let versions = &CONSTANT_ATTRIBUTES.protocol_version;
         s.attributes(if to.http2 { &versions[2] } else { &versions[1] });
@@ -301,11 +323,7 @@ impl RequestTrace {
         }
         match outcome {
             TryOutcome::Response(_) => r.answered_end = end_unix_nanos,
-            TryOutcome::Failed(_) => {
-                s.end(end_unix_nanos);
-                let spans = std::mem::replace(&mut r.spans, EncodedSpans::recycled(SPANS_CAPACITY));
-                self.tracer.record_encoded(spans);
-            }
+            TryOutcome::Failed(_) => s.end(end_unix_nanos),
         }
     }
 
@@ -317,21 +335,43 @@ impl RequestTrace {
     }
 
     /// Notes the response head's `status`; `target` is the route taken (`None`: no route
-    /// matched). The server span ends with the response body ([`ServerSpan::end`]); `None` when
-    /// the request is not sampled and there is nothing to record.
+    /// matched): writes the server span's name and what the route and status say. The span
+    /// ends with the response body ([`ServerSpan::end`]); `None` when the request is not
+    /// sampled and there is nothing to record.
     pub fn respond(
-        self: Box<Self>,
-        stack: &Arc<ListenerStack>,
+        mut self: Box<Self>,
+        stack: &ListenerStack,
         target: Option<&Arc<RouteTarget>>,
         status: StatusCode,
     ) -> Option<ServerSpan> {
-        self.recording.as_ref()?;
+        let r = self.recording.as_mut()?;
+        let route = target.and_then(|t| t.http_route.as_deref());
+        let s = &mut r.server;
+        match r.method {
+            OTHER => s.name("HTTP", None),
+            m => s.name(METHOD_NAMES[m], route),
+        }
+        if let Some(route) = route {
+            s.str_attr(&HTTP_ROUTE, route);
+        }
+        s.int_attr(&STATUS_CODE, i64::from(status.as_u16()));
+        push_names(s, &stack.name, target.map(|t| &**t));
         Some(ServerSpan {
             trace: self,
-            stack: stack.clone(),
-            target: target.cloned(),
             status,
         })
+    }
+}
+
+impl Drop for RequestTrace {
+    fn drop(&mut self) {
+        // A request given up before its response ended (the client left while it waited):
+        // tries that ended are recorded still; the server span is not.
+        if let Some(r) = &mut self.recording {
+            if r.clients.spans() > 0 {
+                self.tracer.record_encoded(std::mem::take(&mut r.clients));
+            }
+        }
     }
 }
 
@@ -339,8 +379,6 @@ impl RequestTrace {
 #[derive(Debug)]
 pub struct ServerSpan {
     trace: Box<RequestTrace>,
-    stack: Arc<ListenerStack>,
-    target: Option<Arc<RouteTarget>>,
     status: StatusCode,
 }
 
@@ -350,52 +388,23 @@ impl ServerSpan {
     /// Ends and records the span: the response body ended as `how` after `sent` bytes, at
     /// `now`.
     pub fn end(self, sent: u64, how: End, now: Instant) {
-        let ServerSpan {
-            trace,
-            stack,
-            target,
-            status,
-        } = self;
-        // Worked on in its box: moving the request's trace out of it was a copy of ~400 bytes.
-        let mut trace = trace;
+        let ServerSpan { mut trace, status } = self;
         let RequestTrace {
-            tracer,
-            context,
-            parent,
-            recording,
-            ..
+            tracer, recording, ..
         } = &mut *trace;
         let Some(r) = recording else {
             return;
         };
-        let listener = stack.name.as_str();
-        let target = target.as_deref();
-        let end = r.unix_nanos(now);
+        let end = r.epoch.unix_nanos(now.into_std());
         let body_size = i64::try_from(sent).unwrap_or(i64::MAX);
-        let mut spans = std::mem::take(&mut r.spans);
-        if spans.is_open() {
+        let mut clients = std::mem::take(&mut r.clients);
+        if clients.is_open() {
             // The try whose response the client got lasts as long as its body, too.
-            spans.int_attr(&BODY_SIZE, body_size);
-            spans.end(end);
+            clients.int_attr(&BODY_SIZE, body_size);
+            clients.end(end);
         }
-        let route = target.and_then(|t| t.http_route.as_deref());
-        let (name, name_suffix) = match r.method {
-            OTHER => ("HTTP", None),
-            m => (METHOD_NAMES[m], route),
-        };
-        spans.begin(&SpanStart {
-            trace_id: context.trace_id,
-            span_id: context.span_id,
-            parent: *parent,
-            remote_parent: parent.is_some(),
-            trace_state: context.trace_state.as_ref().map(HeaderValue::as_bytes),
-            name,
-            name_suffix,
-            kind: SpanKind::Server,
-            start_unix_nanos: r.start_unix_nanos,
-        });
-        r.request_attributes(&mut spans);
-        spans.int_attr(&BODY_SIZE, body_size);
+        let mut server = std::mem::take(&mut r.server);
+        server.int_attr(&BODY_SIZE, body_size);
         // A body cut short is an error of this request unless the client chose to leave.
         let body_error = match how {
             End::UpstreamError => Some((
@@ -409,12 +418,8 @@ impl ServerSpan {
             _ => None,
         };
         if matches!(how, End::ClientGone) {
-            spans.str_attr(&TANDEM_END, "client_gone");
+            server.str_attr(&TANDEM_END, "client_gone");
         }
-        if let Some(route) = route {
-            spans.str_attr(&HTTP_ROUTE, route);
-        }
-        spans.int_attr(&STATUS_CODE, i64::from(status.as_u16()));
         // Tandem's own answers are errors when they are server errors (a 404 no_route is not)
         // even when a gRPC client received them as HTTP 200 with a grpc-status.
         let server_error = status.is_server_error()
@@ -423,157 +428,83 @@ impl ServerSpan {
                 .is_some_and(|(kind, _)| kind.status().is_server_error());
         let error = match (server_error, r.error.take(), body_error) {
             (_, None, Some((kind, message))) => {
-                spans.str_attr(&ERROR_TYPE, kind);
+                server.str_attr(&ERROR_TYPE, kind);
                 Some(message.to_owned())
             }
             (true, Some((kind, message)), _) => {
-                spans.str_attr(&ERROR_TYPE, kind.reason());
+                server.str_attr(&ERROR_TYPE, kind.reason());
                 Some(message)
             }
             (true, None, None) => {
-                spans.str_attr(&ERROR_TYPE, status.as_str());
+                server.str_attr(&ERROR_TYPE, status.as_str());
                 Some(format!("HTTP {status}"))
             }
             (false, _, _) => None,
         };
-        push_names(&mut spans, listener, target);
         if let Some(message) = error {
-            spans.error(&message);
+            server.error(&message);
         }
-        spans.end(end);
-        tracer.record_encoded(spans);
+        server.end(end);
+        // The client spans first: they ended first.
+        tracer.record_encoded_pair(clients, server);
     }
 }
 
-// === impl Recording ===
-
-impl Recording {
-    fn new(
-        forwarded: &Forwarded,
-        req: &Request<Incoming>,
-        start: Instant,
-        wall: Option<SystemTime>,
-        seen: Option<Seen<'_>>,
-    ) -> Self {
-        let start_unix_nanos = wall
-            .unwrap_or_else(SystemTime::now)
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let method = method_index(req.method());
-        // The access log's observation holds the same two header values already.
-        let (host, user_agent) = match seen {
-            Some((host, user_agent)) => (host.cloned(), user_agent.cloned()),
-            None => (
-                match req.uri().authority() {
-                    Some(_) => None,
-                    None => req.headers().get(http::header::HOST).cloned(),
-                },
-                req.headers().get(http::header::USER_AGENT).cloned(),
-            ),
-        };
-        let port = request_port(req.uri(), host.as_ref());
-        Recording {
-            start_unix_nanos,
-            start,
-            method,
-            method_original: (method == OTHER).then(|| req.method().clone()),
-            uri: req.uri().clone(),
-            host,
-            port,
-            version: req.version(),
-            client: forwarded.client_ip(),
-            user_agent,
-            upstream_url: None,
-            error: None,
-            spans: EncodedSpans::recycled(SPANS_CAPACITY),
-            answered_end: 0,
-        }
+/// Writes the server span's attributes that describe the request as it arrived (from the
+/// request itself: nothing of it is kept); returns the method's place in [`METHOD_NAMES`].
+/// `seen` is `Host` (when the URI has no authority) and `User-Agent` when the access log read
+/// them already.
+fn request_attributes(
+    s: &mut EncodedSpans,
+    forwarded: &Forwarded,
+    req: &Request<Incoming>,
+    seen: Option<Seen<'_>>,
+) -> usize {
+    let method = method_index(req.method());
+    s.attributes(method_attribute(method));
+    if method == OTHER {
+        s.str_attr(&METHOD_ORIGINAL, req.method().as_str());
     }
-
-    /// The server span's attributes that describe the request as it arrived.
-    fn request_attributes(&self, s: &mut EncodedSpans) {
-        s.attributes(method_attribute(self.method));
-        if let Some(m) = &self.method_original {
-            s.str_attr(&METHOD_ORIGINAL, m.as_str());
-        }
-        s.str_attr(&URL_PATH, self.uri.path());
-        s.attributes(&CONSTANT_ATTRIBUTES.url_scheme_http);
-        let host = match self.uri.authority() {
-            Some(a) => Some(authority_address(a.as_str())),
-            None => self
-                .host
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .map(strip_port),
-        };
-        if let Some(host) = host {
-            s.str_attr(&SERVER_ADDRESS, host);
-        }
-        if let Some(port) = self.port {
-            s.int_attr(&SERVER_PORT, i64::from(port));
-        }
-        let versions = &CONSTANT_ATTRIBUTES.protocol_version;
-        s.attributes(match self.version {
-            Version::HTTP_2 => &versions[2],
-            Version::HTTP_10 => &versions[0],
-            _ => &versions[1],
-        });
-        if let Some(ip) = self.client {
-            let mut text = IpText::default();
-            s.str_attr(&CLIENT_ADDRESS, text.of(ip));
-        }
-        if let Some(ua) = self.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
-            s.str_attr(&USER_AGENT, ua);
-        }
+    let uri = req.uri();
+    s.str_attr(&URL_PATH, uri.path());
+    s.attributes(&CONSTANT_ATTRIBUTES.url_scheme_http);
+    let (host, user_agent) = match seen {
+        Some(seen) => seen,
+        None => (
+            match uri.authority() {
+                Some(_) => None,
+                None => req.headers().get(http::header::HOST),
+            },
+            req.headers().get(http::header::USER_AGENT),
+        ),
+    };
+    // `host:port` as the client addressed it: the URI's authority, else `Host`.
+    let (address, authority) = match uri.authority() {
+        Some(a) => (Some(authority_address(a.as_str())), Some(a.as_str())),
+        None => match host.and_then(|h| h.to_str().ok()) {
+            Some(h) => (Some(strip_port(h)), Some(h)),
+            None => (None, None),
+        },
+    };
+    if let Some(address) = address {
+        s.str_attr(&SERVER_ADDRESS, address);
     }
-
-    /// `at` on the wall clock, measured from the request's start on the monotonic clock, so the
-    /// spans of one request nest exactly.
-    fn unix_nanos(&self, at: Instant) -> u64 {
-        let since = at.saturating_duration_since(self.start);
-        self.start_unix_nanos
-            .saturating_add(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+    if let Some(port) = authority.and_then(authority_port) {
+        s.int_attr(&SERVER_PORT, i64::from(port));
     }
-}
-
-/// An IP address as text, on the stack; IPv4 (the common case) without `fmt`, which costs
-/// ~1,000 instructions per address on this path.
-#[derive(Default)]
-struct IpText {
-    v4: [u8; 15],
-    v6: String,
-}
-
-impl IpText {
-    fn of(&mut self, ip: IpAddr) -> &str {
-        match ip {
-            IpAddr::V4(v4) => {
-                let mut n = 0;
-                for (i, o) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        self.v4[n] = b'.';
-                        n += 1;
-                    }
-                    if o >= 100 {
-                        self.v4[n] = b'0' + o / 100;
-                        n += 1;
-                    }
-                    if o >= 10 {
-                        self.v4[n] = b'0' + o / 10 % 10;
-                        n += 1;
-                    }
-                    self.v4[n] = b'0' + o % 10;
-                    n += 1;
-                }
-                // Digits and dots only.
-                std::str::from_utf8(&self.v4[..n]).unwrap_or_default()
-            }
-            IpAddr::V6(v6) => {
-                self.v6 = v6.to_string();
-                &self.v6
-            }
-        }
+    let versions = &CONSTANT_ATTRIBUTES.protocol_version;
+    s.attributes(match req.version() {
+        Version::HTTP_2 => &versions[2],
+        Version::HTTP_10 => &versions[0],
+        _ => &versions[1],
+    });
+    if let Some(ip) = forwarded.client_ip() {
+        s.ip_attr(&CLIENT_ADDRESS, ip);
     }
+    if let Some(ua) = user_agent.and_then(|v| v.to_str().ok()) {
+        s.str_attr(&USER_AGENT, ua);
+    }
+    method
 }
 
 /// Attributes whose key and value are both constants, encoded once for the process: a copy
@@ -661,13 +592,9 @@ fn authority_address(authority: &str) -> &str {
     }
 }
 
-/// The port the client addressed: from the authority or `Host`, else the scheme's default.
-/// `host` is the `Host` header, when the URI has no authority.
-fn request_port(uri: &Uri, host: Option<&HeaderValue>) -> Option<u16> {
-    let authority = match uri.authority() {
-        Some(a) => a.as_str(),
-        None => host?.to_str().ok()?,
-    };
+/// The port the client addressed in `authority` (a URI's authority or `Host`): its port, else
+/// the scheme's default (`None`: a port that is no number).
+fn authority_port(authority: &str) -> Option<u16> {
     // `[v6]` without a port ends in `]`, whose last `:` is inside the brackets.
     match rsplit_colon(authority) {
         Some((_, port)) if port.bytes().all(|b| b.is_ascii_digit()) => port.parse().ok(),
@@ -824,10 +751,12 @@ mod tests {
         );
         assert_eq!(endpoint_address("[::1]:9"), ("::1", Some(9)));
         assert_eq!(endpoint_address("app.local:80"), ("app.local", Some(80)));
-        for ip in ["0.0.0.0", "10.1.20.255", "127.0.0.1", "::1", "2001:db8::7"] {
-            let parsed: IpAddr = ip.parse().unwrap_or(IpAddr::from([1; 4]));
-            assert_eq!(IpText::default().of(parsed), ip);
-        }
+        assert_eq!(authority_port("example.com:8080"), Some(8080));
+        assert_eq!(authority_port("example.com"), Some(80));
+        assert_eq!(authority_port("[::1]"), Some(80));
+        assert_eq!(authority_port("[::1]:9"), Some(9));
+        assert_eq!(authority_port("h:"), None);
+        assert_eq!(authority_port("h:99999"), None);
         assert_eq!(
             endpoint_address("unix:/run/app.sock"),
             ("/run/app.sock", None)

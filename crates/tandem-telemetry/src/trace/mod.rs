@@ -97,6 +97,9 @@ pub(crate) struct Queue {
     room: usize,
 }
 
+/// Most bytes a batch is made with room for ([`Queue::next_capacity`]); one may grow past it.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
 /// Spans in one buffer, after `Queue::room` free bytes: one export request once finished.
 #[derive(Debug)]
 pub(crate) struct Batch {
@@ -130,10 +133,11 @@ impl Queue {
         self.room
     }
 
-    /// Adds `chunk`'s whole spans to the open batch, sealing it when a batch is full; `Err` when
-    /// they do not fit in the queue. `Ok(true)`: a sealed batch is waiting.
-    fn push(&self, chunk: &EncodedSpans) -> Result<bool, ()> {
-        let n = chunk.spans() as usize;
+    /// Adds the whole spans of `chunks` (one request's) to the open batch, together, sealing it
+    /// when a batch is full; `Err` when they do not fit in the queue. `Ok(true)`: a sealed
+    /// batch is waiting.
+    fn push(&self, chunks: &[&EncodedSpans]) -> Result<bool, ()> {
+        let n: usize = chunks.iter().map(|c| c.spans() as usize).sum();
         let before = self.spans.fetch_add(n, Ordering::AcqRel);
         if before + n > self.capacity {
             self.spans.fetch_sub(n, Ordering::AcqRel);
@@ -147,7 +151,9 @@ impl Queue {
             self.seal(&mut open);
             sealed = true;
         }
-        open.bytes.extend_from_slice(chunk.as_bytes());
+        for c in chunks {
+            open.bytes.extend_from_slice(c.as_bytes());
+        }
         open.spans += n;
         if open.spans >= self.batch {
             self.seal(&mut open);
@@ -156,9 +162,9 @@ impl Queue {
         Ok(sealed)
     }
 
-    /// Moves the open batch to `sealed`, and starts the next one as large as this one.
+    /// Moves the open batch to `sealed`, and starts the next one.
     fn seal(&self, open: &mut Batch) {
-        let next = Batch::new(self.room, open.bytes.len());
+        let next = Batch::new(self.room, self.next_capacity(open));
         let full = std::mem::replace(open, next);
         let n = full.spans;
         if self.sealed.push(full).is_err() {
@@ -166,6 +172,22 @@ impl Queue {
             // as spans may be held. Were it reached, its spans would be lost uncounted.
             self.spans.fetch_sub(n, Ordering::AcqRel);
         }
+    }
+
+    /// Bytes for the batch after `done`: room for a full batch of spans the size of `done`'s
+    /// (and an eighth more), so that filling it never reallocates and copies. Sized after the
+    /// last batch alone, a batch taken part-filled by a flush (an idle proxy, every
+    /// `flush_interval`) made the next one grow by doubling, copying each time.
+    fn next_capacity(&self, done: &Batch) -> usize {
+        let bytes = done.bytes.len().saturating_sub(self.room);
+        if done.spans == 0 {
+            return done.bytes.len();
+        }
+        let per_span = bytes.div_ceil(done.spans);
+        let full = per_span.saturating_mul(self.batch);
+        // Bounded: one request's unusually large spans do not size every batch after it.
+        let full = full.saturating_add(full / 8).min(MAX_BATCH_BYTES);
+        self.room + full.max(bytes)
     }
 
     /// The oldest sealed batch.
@@ -182,7 +204,7 @@ impl Queue {
         if open.spans == 0 {
             return None;
         }
-        let next = Batch::new(self.room, open.bytes.len());
+        let next = Batch::new(self.room, self.next_capacity(&open));
         let batch = std::mem::replace(&mut *open, next);
         drop(open);
         self.spans.fetch_sub(batch.spans, Ordering::AcqRel);
@@ -297,20 +319,36 @@ impl Tracer {
     /// queue they are dropped and counted. Never waits. A span left open is not sent.
     pub fn record_encoded(&self, mut spans: EncodedSpans) {
         spans.discard_open();
-        let n = spans.spans();
-        if n == 0 {
+        if spans.spans() == 0 {
             return;
         }
-        match self.queue.push(&spans) {
+        self.push(&[&spans]);
+        // Still in cache: the next request's buffer.
+        spans.recycle();
+    }
+
+    /// [`Tracer::record_encoded`] for two buffers of one request's spans (a server span and its
+    /// client spans), which go into the same batch, in this order, under one lock.
+    pub fn record_encoded_pair(&self, mut first: EncodedSpans, mut second: EncodedSpans) {
+        first.discard_open();
+        second.discard_open();
+        if first.spans() + second.spans() > 0 {
+            self.push(&[&first, &second]);
+        }
+        first.recycle();
+        second.recycle();
+    }
+
+    fn push(&self, chunks: &[&EncodedSpans]) {
+        match self.queue.push(chunks) {
             // Wake the exporter once a batch is waiting, rather than on every span.
             Ok(true) => self.wake.notify_one(),
             Ok(false) => {}
             Err(()) => {
+                let n: u32 = chunks.iter().map(|c| c.spans()).sum();
                 self.metrics.dropped_queue_full.inc_by(u64::from(n));
             }
         }
-        // Still in cache: the next request's buffer.
-        spans.recycle();
     }
 }
 
@@ -435,14 +473,14 @@ mod tests {
             c
         };
         let q = Queue::new(100, 4, 7);
-        assert_eq!(q.push(&chunk(2)), Ok(false));
-        assert_eq!(q.push(&chunk(1)), Ok(false));
+        assert_eq!(q.push(&[&chunk(2)]), Ok(false));
+        assert_eq!(q.push(&[&chunk(1)]), Ok(false));
         assert!(q.pop().is_none(), "nothing sealed before a batch is full");
         // 3 + 2 > 4: the open batch is sealed first, the two go into the next.
-        assert_eq!(q.push(&chunk(2)), Ok(true));
-        assert_eq!(q.push(&chunk(2)), Ok(true));
-        assert_eq!(q.push(&chunk(9)), Ok(true));
-        assert_eq!(q.push(&chunk(1)), Ok(false));
+        assert_eq!(q.push(&[&chunk(1), &chunk(1)]), Ok(true));
+        assert_eq!(q.push(&[&chunk(2)]), Ok(true));
+        assert_eq!(q.push(&[&chunk(9)]), Ok(true));
+        assert_eq!(q.push(&[&chunk(1)]), Ok(false));
         assert_eq!(q.len(), 17);
         let sizes: Vec<usize> = std::iter::from_fn(|| q.pop())
             .map(|b| {
