@@ -132,7 +132,8 @@ impl Observer {
             stack: stack.clone(),
             target: None,
             endpoint: Answered::None,
-            started: SystemTime::now(),
+            // The process clock's Unix time of `start` (no wall-clock read per request).
+            started: tandem_telemetry::clock::clock().system_time(start.into_std()),
             start,
             head: None,
             client,
@@ -295,11 +296,6 @@ impl Observer {
         self.0
             .as_ref()
             .map(|o| (o.host.as_ref(), o.user_agent.as_ref()))
-    }
-
-    /// When the request arrived on the wall clock, when observed (for the server span).
-    pub fn started(&self) -> Option<SystemTime> {
-        self.0.as_ref().map(|o| o.started)
     }
 }
 

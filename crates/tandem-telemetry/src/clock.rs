@@ -61,19 +61,31 @@ impl UnixClock {
     /// The epoch to convert instants around `at` with: the last one read, or a new one when
     /// the last read is older than [`REFRESH`] at `at`.
     pub fn epoch(&self, at: Instant) -> Epoch {
+        self.start(at).0
+    }
+
+    /// The epoch to convert instants around `at` with ([`UnixClock::epoch`]), and `at` in Unix
+    /// nanoseconds with it: what a request takes at its start, in one subtraction.
+    pub fn start(&self, at: Instant) -> (Epoch, u64) {
         let since = nanos(at.saturating_duration_since(self.base));
         if since >= self.next_read.load(Ordering::Relaxed) {
             self.read_wall();
         }
-        Epoch {
+        let epoch = Epoch {
             base: self.base,
             unix_nanos: self.epoch.load(Ordering::Relaxed),
-        }
+        };
+        (epoch, epoch.unix_nanos.saturating_add(since))
     }
 
     /// `at` in Unix nanoseconds.
     pub fn unix_nanos(&self, at: Instant) -> u64 {
-        self.epoch(at).unix_nanos(at)
+        self.start(at).1
+    }
+
+    /// `at` on the wall clock.
+    pub fn system_time(&self, at: Instant) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.unix_nanos(at))
     }
 
     /// Reads the wall clock and the monotonic clock together, and keeps the Unix time of
@@ -139,9 +151,17 @@ mod tests {
             converted + 1_000_000 >= before && converted <= after + 1_000_000,
             "{before} <= {converted} <= {after}"
         );
-        let epoch = clock.epoch(now);
+        let (epoch, start) = clock.start(now);
+        assert_eq!(start, epoch.unix_nanos(now));
+        assert_eq!(
+            clock.system_time(now),
+            UNIX_EPOCH + Duration::from_nanos(start)
+        );
         let later = now + Duration::from_micros(1_234_567);
-        assert_eq!(epoch.unix_nanos(later) - epoch.unix_nanos(now), 1_234_567_000);
+        assert_eq!(
+            epoch.unix_nanos(later) - epoch.unix_nanos(now),
+            1_234_567_000
+        );
         // Before the base: the epoch itself, not an underflow.
         let early = clock.base.checked_sub(Duration::from_secs(1));
         if let Some(early) = early {

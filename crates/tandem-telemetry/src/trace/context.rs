@@ -294,6 +294,15 @@ impl Propagator {
     /// `ctx` in every configured format as HTTP/1.1 header lines (`name: value\r\n` each), for
     /// a request head serialized without them.
     pub fn render_h1(&self, ctx: &SpanContext) -> Bytes {
+        let trace_state = ctx.trace_state.as_ref().map_or(0, |v| v.len());
+        let mut out = BytesMut::with_capacity(128 + trace_state);
+        self.write_h1(ctx, &mut out);
+        out.freeze()
+    }
+
+    /// [`Propagator::render_h1`] written at the end of `out` (a request head being put
+    /// together).
+    pub fn write_h1(&self, ctx: &SpanContext, out: &mut BytesMut) {
         // The same fields as `each_field`, written straight into one buffer (no value of its
         // own per field): this runs for every try of every traced request. Each fixed-length
         // line is put together in an array first: copies of a known size are a few moves, one
@@ -302,7 +311,6 @@ impl Propagator {
         let span = ctx.span_id.to_hex();
         let sampled = if ctx.sampled { b'1' } else { b'0' };
         let trace_state = ctx.trace_state.as_ref().map_or(&[][..], |v| v.as_bytes());
-        let mut out = BytesMut::with_capacity(128 + trace_state.len());
         if self.w3c {
             let mut line =
                 *b"traceparent: 00-________________________________-________________-0_\r\n";
@@ -330,7 +338,6 @@ impl Propagator {
             line[93] = sampled;
             out.put_slice(&line);
         }
-        out.freeze()
     }
 
     /// Calls `f` with each header field of `ctx` in the configured formats.

@@ -496,6 +496,90 @@ mod tests {
         assert_eq!(q.len(), 0);
     }
 
+    /// A batch is made with room for a full batch of spans like the last one's, so filling it
+    /// never reallocates, even after a flush took the last one part-filled.
+    #[test]
+    fn batches_are_sized_for_a_full_batch() {
+        let one = |i: u64| {
+            let mut c = EncodedSpans::with_capacity(64);
+            c.push_record(&SpanRecord {
+                span_id: SpanId::from_u64(i).unwrap(),
+                attributes: vec![("url.path", Value::String("/p".repeat(40)))],
+                ..span(&Started {
+                    context: SpanContext {
+                        trace_id: TraceId::from_u128(1).unwrap(),
+                        span_id: SpanId::from_u64(1).unwrap(),
+                        sampled: true,
+                        trace_state: None,
+                    },
+                    parent: None,
+                    carried: false,
+                })
+            });
+            c
+        };
+        let q = Queue::new(1000, 50, 9);
+        // A flush takes a batch of 3 spans; the next has room for 50.
+        for i in 1..=3 {
+            assert_eq!(q.push(&[&one(i)]), Ok(false));
+        }
+        assert_eq!(q.take_open().map(|b| b.spans), Some(3));
+        let span_len = one(1).as_bytes().len();
+        let capacity = q.open.lock().unwrap().bytes.capacity();
+        assert!(capacity >= 9 + 50 * span_len, "{capacity}");
+        let at = q.open.lock().unwrap().bytes.as_ptr();
+        for i in 1..50 {
+            assert_eq!(q.push(&[&one(i)]), Ok(false));
+        }
+        assert_eq!(q.open.lock().unwrap().bytes.as_ptr(), at, "no reallocation");
+        assert_eq!(q.push(&[&one(50)]), Ok(true));
+        let full = q.pop().unwrap();
+        assert_eq!((full.spans, full.bytes.as_ptr()), (50, at));
+        assert!(q.open.lock().unwrap().bytes.capacity() >= 9 + 50 * span_len);
+    }
+
+    /// A request's two buffers go into one batch together, and are dropped and counted
+    /// together when they do not fit.
+    #[test]
+    fn a_pair_is_recorded_together() {
+        let (tracer, _exporter) = Tracer::new(
+            &config("  queue: 3\n  batch: 2\n"),
+            TraceMetrics::register(&mut Registry::default()),
+        );
+        let s = tracer.start_server(&HeaderMap::new());
+        let chunk = |n: usize| {
+            let mut c = EncodedSpans::with_capacity(64);
+            for _ in 0..n {
+                c.push_record(&span(&s));
+            }
+            c
+        };
+        tracer.record_encoded_pair(chunk(1), chunk(1));
+        assert_eq!(tracer.queue.len(), 2);
+        let batch = tracer.queue.pop().unwrap();
+        assert_eq!(batch.spans, 2, "one batch, sealed when full");
+        tracer.record_encoded_pair(chunk(2), chunk(2));
+        assert_eq!(tracer.queue.len(), 0);
+        assert_eq!(tracer.metrics.dropped_queue_full.get(), 4);
+        // An open span is not sent; an empty pair records nothing.
+        let mut open = chunk(1);
+        open.begin(&SpanStart {
+            trace_id: s.context.trace_id,
+            span_id: s.context.span_id,
+            parent: None,
+            remote_parent: false,
+            trace_state: None,
+            name: "open",
+            name_suffix: None,
+            kind: SpanKind::Server,
+            start_unix_nanos: 1,
+        });
+        tracer.record_encoded_pair(EncodedSpans::default(), open);
+        assert_eq!(tracer.queue.len(), 1);
+        tracer.record_encoded_pair(EncodedSpans::default(), EncodedSpans::default());
+        assert_eq!(tracer.queue.len(), 1);
+    }
+
     /// A full queue drops and counts instead of waiting; the exporter is woken per batch.
     #[test]
     fn full_queue_drops_and_counts() {
