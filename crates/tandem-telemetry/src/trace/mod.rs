@@ -5,9 +5,12 @@
 //!
 //! ```text
 //! request path:  Tracer::start_server (extract, sample) -> spans built only when sampled
-//!                -> spans written as OTLP protobuf as they end (otlp::EncodedSpans), a request's together
-//!                -> Tracer::record_encoded: copied to the end of the batch being filled, sealed
-//!                   at `batch` spans; queue full -> dropped, counted (never waits)
+//!                -> spans written as OTLP protobuf as the request goes (otlp::EncodedSpans):
+//!                   the server span's request side on arrival, client spans as tries end,
+//!                   the rest of the server span with the response
+//!                -> Tracer::record_encoded(_pair): a request's spans copied together to the end
+//!                   of the batch being filled, sealed at `batch` spans; queue full -> dropped,
+//!                   counted (never waits)
 //! exporter task: at once when a batch is sealed, and every flush_interval (then the batch
 //!                being filled too): header written in front -> ExportTraceServiceRequest ->
 //!                OTLP/gRPC or OTLP/HTTP, bounded by the export timeout; failed -> the batch
@@ -16,8 +19,8 @@
 //!
 //! Why not the OpenTelemetry SDK: its spans are built for in-process instrumentation (a span
 //! object per span with locks, dynamic attribute maps, a processor chain), while Tandem knows
-//! every span's shape in advance. A sampled request's spans are written as protobuf bytes when
-//! they end, from what the request holds ([`otlp::EncodedSpans`]), and copied together into
+//! every span's shape in advance. A sampled request's spans are written as protobuf bytes while
+//! what they describe is at hand ([`otlp::EncodedSpans`]), and copied together into
 //! the batch that becomes the export request; the exporter only writes the request's header in
 //! front ([`otlp::Encoder`]). [`SpanRecord`] is the same
 //! span as plain data, for callers that build one ([`Tracer::record`]). `opentelemetry-proto`
@@ -38,6 +41,9 @@
 //! - [`span`]: the finished-span record.
 //! - [`export`]: the exporter task (batching, OTLP/gRPC and OTLP/HTTP, counters).
 //! - [`otlp`]: span records to OTLP protobuf, and the resource.
+//!
+//! Span times are Unix nanoseconds from the request's monotonic instants through
+//! [`crate::clock`] (the wall clock is read once a second, not per span).
 
 pub mod context;
 pub mod export;
