@@ -67,8 +67,8 @@ pub struct RequestTrace {
     context: SpanContext,
     /// Whether the request carried a trace header of the configured formats (to strip).
     carried: bool,
-    /// The try in progress: its span id and when it started.
-    current: Option<(SpanId, Instant)>,
+    /// The try in progress: its span id.
+    current: Option<SpanId>,
     /// What a sampled request records; `None` when the request is not sampled.
     recording: Option<Recording>,
 }
@@ -95,11 +95,22 @@ struct Recording {
     clients: EncodedSpans,
     /// When the open client span's response head arrived.
     answered_end: u64,
+    /// When the try in progress started.
+    try_start: u64,
     /// The method's place in [`METHOD_NAMES`] (the server span's name).
-    method: usize,
-    /// The error Tandem answered with, if it did: its kind and one-line message.
-    error: Option<(ErrorKind, String)>,
+    method: u8,
+    /// The error Tandem answered with, if it did: its kind and one-line message (boxed: rare).
+    error: Option<Box<(ErrorKind, String)>>,
 }
+
+// The request's tracing state is one allocation per traced request. mimalloc (through the
+// `mimalloc` crate's `mi_malloc_aligned`) serves sizes whose class is not a power of two from
+// an over-allocating slow path once their page's free list runs dry, ~180 instructions more
+// per request; 256 bytes and less take a class that is one.
+const _: () = assert!(
+    std::mem::size_of::<RequestTrace>() <= 256,
+    "RequestTrace grew past 256 bytes: box the rare parts (see the comment above)"
+);
 
 /// Keys of the attributes written per request ([`Key`]: a copy of fixed size each).
 const METHOD_ORIGINAL: Key = Key::new("http.request.method_original");
@@ -180,12 +191,14 @@ impl RequestTrace {
                 kind: SpanKind::Server,
                 start_unix_nanos,
             });
-            let method = request_attributes(&mut server, forwarded, req, observed.seen());
+            // METHOD_NAMES has ten entries.
+            let method = request_attributes(&mut server, forwarded, req, observed.seen()) as u8;
             Recording {
                 epoch,
                 server,
                 clients: EncodedSpans::default(),
                 answered_end: 0,
+                try_start: 0,
                 method,
                 error: None,
             }
@@ -230,8 +243,9 @@ impl RequestTrace {
         if let Some(r) = &mut self.recording {
             // The previous try got a response and was retried: its span ended then.
             r.clients.end(r.answered_end);
+            r.try_start = r.epoch.unix_nanos(now.into_std());
         }
-        self.current = Some((SpanId::random(), now));
+        self.current = Some(SpanId::random());
     }
 
     /// The current try's context in the configured formats, as HTTP/1.1 header lines written
@@ -250,7 +264,7 @@ impl RequestTrace {
     }
 
     fn try_context(&self) -> Option<SpanContext> {
-        let (span_id, _) = self.current?;
+        let span_id = self.current?;
         Some(SpanContext {
             span_id,
             ..self.context.clone()
@@ -267,14 +281,14 @@ impl RequestTrace {
         outcome: TryOutcome<'_>,
         to: TryTarget<'_>,
     ) {
-        let Some((span_id, started)) = self.current.take() else {
+        let Some(span_id) = self.current.take() else {
             return;
         };
         let Some(r) = &mut self.recording else {
             return;
         };
         let method = method_index(to.method);
-        let start_unix_nanos = r.epoch.unix_nanos(started.into_std());
+        let start_unix_nanos = r.try_start;
         let end_unix_nanos = r.epoch.unix_nanos(ended.into_std());
         let s = &mut r.clients;
         s.begin(&SpanStart {
@@ -332,7 +346,7 @@ impl RequestTrace {
     /// Notes that Tandem answered the request itself with `err`.
     pub fn failed(&mut self, err: &ProxyError) {
         if let Some(r) = &mut self.recording {
-            r.error = Some((err.kind, err.message().trim_end().to_owned()));
+            r.error = Some(Box::new((err.kind, err.message().trim_end().to_owned())));
         }
     }
 
@@ -349,7 +363,7 @@ impl RequestTrace {
         let r = self.recording.as_mut()?;
         let route = target.and_then(|t| t.http_route.as_deref());
         let s = &mut r.server;
-        match r.method {
+        match usize::from(r.method) {
             OTHER => s.name("HTTP", None),
             m => s.name(METHOD_NAMES[m], route),
         }
@@ -427,8 +441,8 @@ impl ServerSpan {
         let server_error = status.is_server_error()
             || r.error
                 .as_ref()
-                .is_some_and(|(kind, _)| kind.status().is_server_error());
-        let error = match (server_error, r.error.take(), body_error) {
+                .is_some_and(|e| e.0.status().is_server_error());
+        let error = match (server_error, r.error.take().map(|e| *e), body_error) {
             (_, None, Some((kind, message))) => {
                 server.str_attr(&ERROR_TYPE, kind);
                 Some(message.to_owned())

@@ -78,8 +78,10 @@ pub struct EncodedSpans {
     /// Where the open span's length goes (two bytes are kept for it), if one is open.
     open: Option<usize>,
     /// Bytes at the start of `bytes` that are no span: attributes written once to be copied
-    /// into each span that carries them ([`EncodedSpans::preamble_str_parts_attr`]).
-    preamble: usize,
+    /// into each span that carries them ([`EncodedSpans::preamble_str_parts_attr`]). 32 bits,
+    /// beside `spans`: the proxy keeps two of these in each traced request's state, which is
+    /// kept small (see `tandem_proxy::trace`).
+    preamble: u32,
 }
 
 /// String attributes encoded once, exactly as [`EncodedSpans::str`] writes them one by one,
@@ -347,7 +349,7 @@ impl EncodedSpans {
 
     /// The whole spans' bytes (each a `ScopeSpans.spans` field), and an open span's so far.
     pub(crate) fn as_bytes(&self) -> &[u8] {
-        self.bytes.get(self.preamble..).unwrap_or_default()
+        self.bytes.get(self.preamble as usize..).unwrap_or_default()
     }
 
     /// Writes a string attribute made of `parts` (the bytes [`EncodedSpans::str_parts_attr`]
@@ -355,7 +357,7 @@ impl EncodedSpans {
     /// attribute several spans carry, written once from what is at hand now. Only before the
     /// first span is begun; replaces an earlier preamble.
     pub fn preamble_str_parts_attr(&mut self, key_: &Key, parts: &[&str]) {
-        if self.open.is_some() || self.bytes.len() != self.preamble {
+        if self.open.is_some() || self.bytes.len() != self.preamble as usize {
             return;
         }
         self.bytes.clear();
@@ -363,13 +365,20 @@ impl EncodedSpans {
         self.open = Some(0);
         self.str_parts_attr(key_, parts);
         self.open = None;
-        self.preamble = self.bytes.len();
+        match u32::try_from(self.bytes.len()) {
+            Ok(n) => self.preamble = n,
+            // An attribute of 4 GiB is not kept.
+            Err(_) => {
+                self.bytes.clear();
+                self.preamble = 0;
+            }
+        }
     }
 
     /// Adds the preamble's attributes to the open span.
     pub fn copy_preamble(&mut self) {
         if self.open.is_some() {
-            self.bytes.extend_from_within(..self.preamble);
+            self.bytes.extend_from_within(..self.preamble as usize);
         }
     }
 
