@@ -26,10 +26,9 @@ use tandem_config::Propagation;
 
 /// A 128-bit trace id, never zero.
 ///
-/// Held as two halves rather than a `u128`: a `u128` aligns whatever holds it to 16 bytes,
-/// and the global allocator (mimalloc through `mi_malloc_aligned`) serves 16-aligned blocks
-/// whose size class is not a power of two by over-allocating on its slow path, ~250
-/// instructions each time; a request's boxed tracing state (and access log record) hold one.
+/// Held as two halves rather than a `u128`: a `u128` aligns whatever holds it to 16 bytes and
+/// pads it to a multiple of 16, and a traced request's boxed state has to stay within 256
+/// bytes (see `tandem_proxy::trace`: mimalloc's slow path for other sizes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TraceId {
     high: u64,
