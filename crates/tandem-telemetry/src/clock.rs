@@ -29,8 +29,8 @@ pub struct UnixClock {
     next_read: AtomicU64,
 }
 
-/// Unix nanoseconds at the clock's base, as a request took it at its start: every instant of
-/// the request is converted with it ([`Epoch::unix_nanos`]).
+/// An instant and its Unix time, as a request took them at its start: every instant of the
+/// request is converted from it ([`Epoch::unix_nanos`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Epoch {
     base: Instant,
@@ -61,21 +61,35 @@ impl UnixClock {
     /// The epoch to convert instants around `at` with: the last one read, or a new one when
     /// the last read is older than [`REFRESH`] at `at`.
     pub fn epoch(&self, at: Instant) -> Epoch {
-        self.start(at).0
+        self.since_base(at);
+        Epoch {
+            base: self.base,
+            unix_nanos: self.epoch.load(Ordering::Relaxed),
+        }
     }
 
-    /// The epoch to convert instants around `at` with ([`UnixClock::epoch`]), and `at` in Unix
-    /// nanoseconds with it: what a request takes at its start, in one subtraction.
-    pub fn start(&self, at: Instant) -> (Epoch, u64) {
+    /// Nanoseconds from the base to `at`, after reading the wall clock again if it is due.
+    fn since_base(&self, at: Instant) -> u64 {
         let since = nanos(at.saturating_duration_since(self.base));
         if since >= self.next_read.load(Ordering::Relaxed) {
             self.read_wall();
         }
-        let epoch = Epoch {
-            base: self.base,
-            unix_nanos: self.epoch.load(Ordering::Relaxed),
-        };
-        (epoch, epoch.unix_nanos.saturating_add(since))
+        since
+    }
+
+    /// The epoch a request starting at `at` converts its instants with (anchored at `at`, so
+    /// `at` itself, which is often its first try's start too, costs no subtraction), and `at`
+    /// in Unix nanoseconds.
+    pub fn start(&self, at: Instant) -> (Epoch, u64) {
+        let since = self.since_base(at);
+        let unix_nanos = self.epoch.load(Ordering::Relaxed).saturating_add(since);
+        (
+            Epoch {
+                base: at,
+                unix_nanos,
+            },
+            unix_nanos,
+        )
     }
 
     /// `at` in Unix nanoseconds.
@@ -111,8 +125,11 @@ impl Default for UnixClock {
 // === impl Epoch ===
 
 impl Epoch {
-    /// `at` in Unix nanoseconds (an instant before the clock's base gives the epoch itself).
+    /// `at` in Unix nanoseconds (an instant before the epoch's gives the epoch's time).
     pub fn unix_nanos(self, at: Instant) -> u64 {
+        if at == self.base {
+            return self.unix_nanos;
+        }
         self.unix_nanos
             .saturating_add(nanos(at.saturating_duration_since(self.base)))
     }
@@ -153,6 +170,11 @@ mod tests {
         );
         let (epoch, start) = clock.start(now);
         assert_eq!(start, epoch.unix_nanos(now));
+        assert_eq!(start, clock.epoch(now).unix_nanos(now));
+        // Before the request's start: its start, not an underflow.
+        if let Some(before) = now.checked_sub(Duration::from_millis(5)) {
+            assert_eq!(epoch.unix_nanos(before), start);
+        }
         assert_eq!(
             clock.system_time(now),
             UNIX_EPOCH + Duration::from_nanos(start)
