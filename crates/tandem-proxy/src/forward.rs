@@ -426,8 +426,8 @@ async fn proxy(
             t.start_try(now);
         }
         let outgoing = match &h1_head {
-            Some(head) => match trace.as_deref().and_then(RequestTrace::h1_lines) {
-                Some(lines) => Outgoing::Http1(head.clone().with_lines(lines), try_body),
+            Some(head) => match trace.as_deref() {
+                Some(t) => Outgoing::Http1(head.with_lines(|out| t.write_h1_lines(out)), try_body),
                 None => Outgoing::Http1(head.clone(), try_body),
             },
             None => {

@@ -21,7 +21,7 @@
 //! request holds the observation, copying only reference-counted handles (method, URI, a few
 //! header values) from the request: `Host` and `User-Agent` found in one walk over a short
 //! header map, the arrival's wall-clock time derived from its monotonic start
-//! ([`access_log::since_epoch`]) rather than read.
+//! ([`clock`]) rather than read.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +35,8 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, Request, Response, Version};
 use http_body::Frame;
 use tandem_config::Direction;
-use tandem_telemetry::access_log::{self, AccessLog, ConnectionRecord, End, RequestRecord};
+use tandem_telemetry::access_log::{AccessLog, ConnectionRecord, End, RequestRecord};
+use tandem_telemetry::clock;
 use tandem_telemetry::trace::{SpanContext, SpanId, TraceId};
 use tokio::time::Instant;
 
@@ -137,8 +138,9 @@ impl Observer {
             stack: stack.clone(),
             target: None,
             endpoint: Answered::None,
-            // From `start`: no wall-clock reading per request.
-            started: access_log::since_epoch(start.into_std()),
+            // The process clock's Unix time of `start` (no wall-clock read per request; the
+            // same clock the request's spans take their times from).
+            started: Duration::from_nanos(clock::clock().unix_nanos(start.into_std())),
             start,
             head: None,
             client,
@@ -302,13 +304,6 @@ impl Observer {
         self.0
             .as_ref()
             .map(|o| (o.host.as_ref(), o.user_agent.as_ref()))
-    }
-
-    /// When the request arrived on the wall clock, when observed (for the server span).
-    pub fn started(&self) -> Option<SystemTime> {
-        self.0
-            .as_ref()
-            .and_then(|o| SystemTime::UNIX_EPOCH.checked_add(o.started))
     }
 }
 

@@ -36,16 +36,15 @@
 //! tries on client spans, as the conventions say. Query strings are left out (`url.query`, and
 //! the query of `url.full`): they often carry tokens, and spans leave the host.
 
-use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version};
 use hyper::body::Incoming;
 use tandem_config::PathMatch;
 use tandem_telemetry::access_log::End;
+use tandem_telemetry::clock::{self, Epoch};
 use tandem_telemetry::trace::{
     EncodedAttributes, EncodedSpans, Key, SpanContext, SpanId, SpanKind, SpanStart, Tracer,
 };
@@ -54,7 +53,9 @@ use tokio::time::Instant;
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers::Forwarded;
 use crate::observe::{Observer, Seen};
-use crate::route::{rsplit_colon, strip_port};
+use crate::route::rsplit_colon;
+#[cfg(test)]
+use crate::route::strip_port;
 use crate::stack::{ListenerStack, RouteTarget};
 
 /// One request's tracing state, from receipt to the response head. Boxed by the handler so that
@@ -64,46 +65,53 @@ pub struct RequestTrace {
     tracer: Arc<Tracer>,
     /// The server span's context.
     context: SpanContext,
-    /// The caller's span.
-    parent: Option<SpanId>,
     /// Whether the request carried a trace header of the configured formats (to strip).
     carried: bool,
-    /// The try in progress: its span id and when it started.
-    current: Option<(SpanId, Instant)>,
+    /// The try in progress: its span id.
+    current: Option<SpanId>,
     /// What a sampled request records; `None` when the request is not sampled.
     recording: Option<Recording>,
 }
 
-/// What a sampled request's spans are made of: what it held on arrival (reference-counted
-/// handles and integers, no copies), written out as OTLP protobuf only when a span ends.
+/// A sampled request's spans, written as OTLP protobuf as the request goes: the server span's
+/// request-side part when the request arrives (so nothing of the request is kept for it), each
+/// client span when its try ends, the rest of the server span with the response.
+///
+/// The server span is open from the start to the end, so client spans, which end inside it,
+/// are written to a buffer of their own (a span is one length-delimited field: the open one's
+/// length is written when it closes); both are recorded together at the end.
 #[derive(Debug)]
 struct Recording {
-    start_unix_nanos: u64,
-    start: Instant,
-    /// The method's place in [`METHOD_NAMES`].
-    method: usize,
-    /// The method when it is not a standard one (`method` is `_OTHER`).
-    method_original: Option<Method>,
-    /// The request's URI as received (`url.path`, `server.address`).
-    uri: Uri,
-    /// The `Host` header, when the URI has no authority (`server.address`).
-    host: Option<HeaderValue>,
-    port: Option<u16>,
-    version: Version,
-    client: Option<IpAddr>,
-    user_agent: Option<HeaderValue>,
-    /// The authority and path sent upstream (for `url.full`: `http://{authority}{path}`).
-    upstream_url: Option<(Authority, PathAndQuery)>,
-    /// The error Tandem answered with, if it did: its kind and one-line message.
-    error: Option<(ErrorKind, String)>,
-    /// The spans written so far. The last try's client span stays open here when it got a
-    /// response: it is closed when another try starts (it was retried: it ended at its
-    /// response head, `answered_end`), or with the server span when its response is the one
-    /// the client gets (it ends with the body, like the server span).
-    spans: EncodedSpans,
+    /// The Unix time of the clock's base as the request started: every time of the request
+    /// is converted with it, so its spans nest exactly.
+    epoch: Epoch,
+    /// The server span, open.
+    server: EncodedSpans,
+    /// The client spans, after a preamble of `url.full` (the same for every try). The last
+    /// try's span stays open here when it got a response: it is closed when another try
+    /// starts (it was retried: it ended at its response head, `answered_end`), or with the
+    /// server span when its response is the one the client gets (it ends with the body, like
+    /// the server span).
+    clients: EncodedSpans,
     /// When the open client span's response head arrived.
     answered_end: u64,
+    /// When the try in progress started.
+    try_start: u64,
+    /// The method's place in [`METHOD_NAMES`] (the server span's name).
+    method: u8,
+    /// The error Tandem answered with, if it did: its kind and one-line message (boxed: rare).
+    error: Option<Box<(ErrorKind, String)>>,
 }
+
+// The request's tracing state is one allocation per traced request. mimalloc, asked through
+// the `mimalloc` crate's `mi_malloc_aligned`, serves a size whose class is not a power of two
+// from an over-allocating slow path whenever the page's free list is empty, and that path never
+// refills the page's list: ~180 instructions more on every request (measured with callgrind at
+// 296 bytes, class 320). 129 to 256 bytes take the 256-byte class.
+const _: () = assert!(
+    std::mem::size_of::<RequestTrace>() > 128 && std::mem::size_of::<RequestTrace>() <= 256,
+    "RequestTrace left 129..=256 bytes (mimalloc's 256-byte class): see the comment above"
+);
 
 /// Keys of the attributes written per request ([`Key`]: a copy of fixed size each).
 const METHOD_ORIGINAL: Key = Key::new("http.request.method_original");
@@ -121,8 +129,10 @@ const CLIENT_ADDRESS: Key = Key::new("client.address");
 const USER_AGENT: Key = Key::new("user_agent.original");
 const LISTENER: Key = Key::new("tandem.listener");
 
-/// Bytes a sampled request (a server and a client span).
-const SPANS_CAPACITY: usize = 1024;
+/// Bytes of a server span (a dozen attributes, a long path or user agent included).
+const SERVER_CAPACITY: usize = 512;
+/// Bytes of a request's client spans (one per try; a single try is the common case).
+const CLIENTS_CAPACITY: usize = 512;
 
 /// How a try ended.
 #[derive(Clone, Copy, Debug)]
@@ -151,9 +161,10 @@ pub struct TryTarget<'a> {
 // === impl RequestTrace ===
 
 impl RequestTrace {
-    /// Starts the server span of `req`, received at `start`: reads the caller's context and
-    /// decides sampling. What the access log's `observed` read of the request already (the wall
-    /// clock, `Host`, `User-Agent`) is not read again.
+    /// Starts the server span of `req`, received at `start`: reads the caller's context,
+    /// decides sampling, and when sampled writes the span's request-side attributes. What the
+    /// access log's `observed` read of the request already (`Host`, `User-Agent`) is not read
+    /// again.
     pub fn start(
         tracer: &Arc<Tracer>,
         forwarded: &Forwarded,
@@ -162,14 +173,40 @@ impl RequestTrace {
         observed: &Observer,
     ) -> Box<Self> {
         let started = tracer.start_server(req.headers());
-        let recording = started
-            .context
-            .sampled
-            .then(|| Recording::new(forwarded, req, start, observed.started(), observed.seen()));
+        let recording = started.context.sampled.then(|| {
+            let (epoch, start_unix_nanos) = clock::clock().start(start.into_std());
+            let mut server = EncodedSpans::recycled(SERVER_CAPACITY);
+            // Named with the route, once there is one (`respond`).
+            server.begin_unnamed(&SpanStart {
+                trace_id: started.context.trace_id,
+                span_id: started.context.span_id,
+                parent: started.parent,
+                remote_parent: started.parent.is_some(),
+                trace_state: started
+                    .context
+                    .trace_state
+                    .as_ref()
+                    .map(HeaderValue::as_bytes),
+                name: "",
+                name_suffix: None,
+                kind: SpanKind::Server,
+                start_unix_nanos,
+            });
+            // METHOD_NAMES has ten entries.
+            let method = request_attributes(&mut server, forwarded, req, observed.seen()) as u8;
+            Recording {
+                epoch,
+                server,
+                clients: EncodedSpans::default(),
+                answered_end: 0,
+                try_start: 0,
+                method,
+                error: None,
+            }
+        });
         Box::new(RequestTrace {
             tracer: tracer.clone(),
             context: started.context,
-            parent: started.parent,
             carried: started.carried,
             current: None,
             recording,
@@ -182,7 +219,7 @@ impl RequestTrace {
     }
 
     /// Prepares the upstream request: removes the caller's trace headers of the configured
-    /// formats, and notes the URL the tries go to.
+    /// formats, and writes the URL the tries go to (`url.full` of their spans).
     pub fn outgoing(
         &mut self,
         headers: &mut HeaderMap,
@@ -194,27 +231,30 @@ impl RequestTrace {
             self.tracer.propagator().strip(headers);
         }
         if let Some(r) = &mut self.recording {
-            r.upstream_url = Some((authority.clone(), path.clone()));
+            if r.clients.spans() == 0 && !r.clients.is_open() {
+                r.clients = EncodedSpans::recycled(CLIENTS_CAPACITY);
+            }
+            r.clients
+                .preamble_str_parts_attr(&URL_FULL, &["http://", authority.as_str(), path.path()]);
         }
     }
 
     /// Starts a try at `now`: a new client span id.
     pub fn start_try(&mut self, now: Instant) {
         if let Some(r) = &mut self.recording {
-            if r.spans.is_open() {
-                // The previous try got a response and was retried: its span ended then.
-                r.spans.end(r.answered_end);
-                let spans = std::mem::replace(&mut r.spans, EncodedSpans::recycled(SPANS_CAPACITY));
-                self.tracer.record_encoded(spans);
-            }
+            // The previous try got a response and was retried: its span ended then.
+            r.clients.end(r.answered_end);
+            r.try_start = r.epoch.unix_nanos(now.into_std());
         }
-        self.current = Some((SpanId::random(), now));
+        self.current = Some(SpanId::random());
     }
 
-    /// The current try's context in the configured formats, as HTTP/1.1 header lines.
-    pub fn h1_lines(&self) -> Option<Bytes> {
-        self.try_context()
-            .map(|c| self.tracer.propagator().render_h1(&c))
+    /// The current try's context in the configured formats, as HTTP/1.1 header lines written
+    /// at the end of `out` (nothing before a try started).
+    pub fn write_h1_lines(&self, out: &mut BytesMut) {
+        if let Some(c) = self.try_context() {
+            self.tracer.propagator().write_h1(&c, out);
+        }
     }
 
     /// Adds the current try's context to an HTTP/2 request's headers.
@@ -225,7 +265,7 @@ impl RequestTrace {
     }
 
     fn try_context(&self) -> Option<SpanContext> {
-        let (span_id, _) = self.current?;
+        let span_id = self.current?;
         Some(SpanContext {
             span_id,
             ..self.context.clone()
@@ -233,7 +273,7 @@ impl RequestTrace {
     }
 
     /// Ends the current try at `ended`; `attempt` counts from 1. Writes its client span when
-    /// the request is sampled: recorded now when the try failed, else left open until the end
+    /// the request is sampled: closed now when the try failed, else left open until the end
     /// of its response (or until it is retried).
     pub fn end_try(
         &mut self,
@@ -242,16 +282,16 @@ impl RequestTrace {
         outcome: TryOutcome<'_>,
         to: TryTarget<'_>,
     ) {
-        let Some((span_id, started)) = self.current.take() else {
+        let Some(span_id) = self.current.take() else {
             return;
         };
         let Some(r) = &mut self.recording else {
             return;
         };
         let method = method_index(to.method);
-        let start_unix_nanos = r.unix_nanos(started);
-        let end_unix_nanos = r.unix_nanos(ended);
-        let s = &mut r.spans;
+        let start_unix_nanos = r.try_start;
+        let end_unix_nanos = r.epoch.unix_nanos(ended.into_std());
+        let s = &mut r.clients;
         s.begin(&SpanStart {
             trace_id: self.context.trace_id,
             span_id,
@@ -271,9 +311,8 @@ impl RequestTrace {
         if method == OTHER {
             s.str_attr(&METHOD_ORIGINAL, to.method.as_str());
         }
-        if let Some((authority, path)) = &r.upstream_url {
-            s.str_parts_attr(&URL_FULL, &["http://", authority.as_str(), path.path()]);
-        }
+        // `url.full`, written once by `outgoing`.
+        s.copy_preamble();
         s.attributes(to.endpoint);
         let versions = &CONSTANT_ATTRIBUTES.protocol_version;
         s.attributes(if to.http2 { &versions[2] } else { &versions[1] });
@@ -301,37 +340,55 @@ impl RequestTrace {
         }
         match outcome {
             TryOutcome::Response(_) => r.answered_end = end_unix_nanos,
-            TryOutcome::Failed(_) => {
-                s.end(end_unix_nanos);
-                let spans = std::mem::replace(&mut r.spans, EncodedSpans::recycled(SPANS_CAPACITY));
-                self.tracer.record_encoded(spans);
-            }
+            TryOutcome::Failed(_) => s.end(end_unix_nanos),
         }
     }
 
     /// Notes that Tandem answered the request itself with `err`.
     pub fn failed(&mut self, err: &ProxyError) {
         if let Some(r) = &mut self.recording {
-            r.error = Some((err.kind, err.message().trim_end().to_owned()));
+            r.error = Some(Box::new((err.kind, err.message().trim_end().to_owned())));
         }
     }
 
     /// Notes the response head's `status`; `target` is the route taken (`None`: no route
-    /// matched). The server span ends with the response body ([`ServerSpan::end`]); `None` when
-    /// the request is not sampled and there is nothing to record.
+    /// matched): writes the server span's name and what the route and status say. The span
+    /// ends with the response body ([`ServerSpan::end`]); `None` when the request is not
+    /// sampled and there is nothing to record.
     pub fn respond(
-        self: Box<Self>,
-        stack: &Arc<ListenerStack>,
+        mut self: Box<Self>,
+        stack: &ListenerStack,
         target: Option<&Arc<RouteTarget>>,
         status: StatusCode,
     ) -> Option<ServerSpan> {
-        self.recording.as_ref()?;
+        let r = self.recording.as_mut()?;
+        let route = target.and_then(|t| t.http_route.as_deref());
+        let s = &mut r.server;
+        match usize::from(r.method) {
+            OTHER => s.name("HTTP", None),
+            m => s.name(METHOD_NAMES[m], route),
+        }
+        if let Some(route) = route {
+            s.str_attr(&HTTP_ROUTE, route);
+        }
+        s.int_attr(&STATUS_CODE, i64::from(status.as_u16()));
+        push_names(s, &stack.name, target.map(|t| &**t));
         Some(ServerSpan {
             trace: self,
-            stack: stack.clone(),
-            target: target.cloned(),
             status,
         })
+    }
+}
+
+impl Drop for RequestTrace {
+    fn drop(&mut self) {
+        // A request given up before its response ended (the client left while it waited):
+        // tries that ended are recorded still; the server span is not.
+        if let Some(r) = &mut self.recording {
+            if r.clients.spans() > 0 {
+                self.tracer.record_encoded(std::mem::take(&mut r.clients));
+            }
+        }
     }
 }
 
@@ -339,8 +396,6 @@ impl RequestTrace {
 #[derive(Debug)]
 pub struct ServerSpan {
     trace: Box<RequestTrace>,
-    stack: Arc<ListenerStack>,
-    target: Option<Arc<RouteTarget>>,
     status: StatusCode,
 }
 
@@ -350,52 +405,23 @@ impl ServerSpan {
     /// Ends and records the span: the response body ended as `how` after `sent` bytes, at
     /// `now`.
     pub fn end(self, sent: u64, how: End, now: Instant) {
-        let ServerSpan {
-            trace,
-            stack,
-            target,
-            status,
-        } = self;
-        // Worked on in its box: moving the request's trace out of it was a copy of ~400 bytes.
-        let mut trace = trace;
+        let ServerSpan { mut trace, status } = self;
         let RequestTrace {
-            tracer,
-            context,
-            parent,
-            recording,
-            ..
+            tracer, recording, ..
         } = &mut *trace;
         let Some(r) = recording else {
             return;
         };
-        let listener = stack.name.as_str();
-        let target = target.as_deref();
-        let end = r.unix_nanos(now);
+        let end = r.epoch.unix_nanos(now.into_std());
         let body_size = i64::try_from(sent).unwrap_or(i64::MAX);
-        let mut spans = std::mem::take(&mut r.spans);
-        if spans.is_open() {
+        let mut clients = std::mem::take(&mut r.clients);
+        if clients.is_open() {
             // The try whose response the client got lasts as long as its body, too.
-            spans.int_attr(&BODY_SIZE, body_size);
-            spans.end(end);
+            clients.int_attr(&BODY_SIZE, body_size);
+            clients.end(end);
         }
-        let route = target.and_then(|t| t.http_route.as_deref());
-        let (name, name_suffix) = match r.method {
-            OTHER => ("HTTP", None),
-            m => (METHOD_NAMES[m], route),
-        };
-        spans.begin(&SpanStart {
-            trace_id: context.trace_id,
-            span_id: context.span_id,
-            parent: *parent,
-            remote_parent: parent.is_some(),
-            trace_state: context.trace_state.as_ref().map(HeaderValue::as_bytes),
-            name,
-            name_suffix,
-            kind: SpanKind::Server,
-            start_unix_nanos: r.start_unix_nanos,
-        });
-        r.request_attributes(&mut spans);
-        spans.int_attr(&BODY_SIZE, body_size);
+        let mut server = std::mem::take(&mut r.server);
+        server.int_attr(&BODY_SIZE, body_size);
         // A body cut short is an error of this request unless the client chose to leave.
         let body_error = match how {
             End::UpstreamError => Some((
@@ -409,171 +435,101 @@ impl ServerSpan {
             _ => None,
         };
         if matches!(how, End::ClientGone) {
-            spans.str_attr(&TANDEM_END, "client_gone");
+            server.str_attr(&TANDEM_END, "client_gone");
         }
-        if let Some(route) = route {
-            spans.str_attr(&HTTP_ROUTE, route);
-        }
-        spans.int_attr(&STATUS_CODE, i64::from(status.as_u16()));
         // Tandem's own answers are errors when they are server errors (a 404 no_route is not)
         // even when a gRPC client received them as HTTP 200 with a grpc-status.
         let server_error = status.is_server_error()
             || r.error
                 .as_ref()
-                .is_some_and(|(kind, _)| kind.status().is_server_error());
-        let error = match (server_error, r.error.take(), body_error) {
+                .is_some_and(|e| e.0.status().is_server_error());
+        let error = match (server_error, r.error.take().map(|e| *e), body_error) {
             (_, None, Some((kind, message))) => {
-                spans.str_attr(&ERROR_TYPE, kind);
+                server.str_attr(&ERROR_TYPE, kind);
                 Some(message.to_owned())
             }
             (true, Some((kind, message)), _) => {
-                spans.str_attr(&ERROR_TYPE, kind.reason());
+                server.str_attr(&ERROR_TYPE, kind.reason());
                 Some(message)
             }
             (true, None, None) => {
-                spans.str_attr(&ERROR_TYPE, status.as_str());
+                server.str_attr(&ERROR_TYPE, status.as_str());
                 Some(format!("HTTP {status}"))
             }
             (false, _, _) => None,
         };
-        push_names(&mut spans, listener, target);
         if let Some(message) = error {
-            spans.error(&message);
+            server.error(&message);
         }
-        spans.end(end);
-        tracer.record_encoded(spans);
+        server.end(end);
+        // The client spans first: they ended first.
+        tracer.record_encoded_pair(clients, server);
     }
 }
 
-// === impl Recording ===
-
-impl Recording {
-    fn new(
-        forwarded: &Forwarded,
-        req: &Request<Incoming>,
-        start: Instant,
-        wall: Option<SystemTime>,
-        seen: Option<Seen<'_>>,
-    ) -> Self {
-        let start_unix_nanos = wall
-            .unwrap_or_else(SystemTime::now)
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let method = method_index(req.method());
-        // The access log's observation holds the same two header values already.
-        let (host, user_agent) = match seen {
-            Some((host, user_agent)) => (host.cloned(), user_agent.cloned()),
-            None => (
-                match req.uri().authority() {
-                    Some(_) => None,
-                    None => req.headers().get(http::header::HOST).cloned(),
-                },
-                req.headers().get(http::header::USER_AGENT).cloned(),
-            ),
-        };
-        let port = request_port(req.uri(), host.as_ref());
-        Recording {
-            start_unix_nanos,
-            start,
-            method,
-            method_original: (method == OTHER).then(|| req.method().clone()),
-            uri: req.uri().clone(),
-            host,
-            port,
-            version: req.version(),
-            client: forwarded.client_ip(),
-            user_agent,
-            upstream_url: None,
-            error: None,
-            spans: EncodedSpans::recycled(SPANS_CAPACITY),
-            answered_end: 0,
-        }
+/// Writes the server span's attributes that describe the request as it arrived (from the
+/// request itself: nothing of it is kept); returns the method's place in [`METHOD_NAMES`].
+/// `seen` is `Host` (when the URI has no authority) and `User-Agent` when the access log read
+/// them already.
+fn request_attributes(
+    s: &mut EncodedSpans,
+    forwarded: &Forwarded,
+    req: &Request<Incoming>,
+    seen: Option<Seen<'_>>,
+) -> usize {
+    let method = method_index(req.method());
+    s.attributes(method_attribute(method));
+    if method == OTHER {
+        s.str_attr(&METHOD_ORIGINAL, req.method().as_str());
     }
-
-    /// The server span's attributes that describe the request as it arrived.
-    fn request_attributes(&self, s: &mut EncodedSpans) {
-        s.attributes(method_attribute(self.method));
-        if let Some(m) = &self.method_original {
-            s.str_attr(&METHOD_ORIGINAL, m.as_str());
-        }
-        s.str_attr(&URL_PATH, self.uri.path());
-        s.attributes(&CONSTANT_ATTRIBUTES.url_scheme_http);
-        let host = match self.uri.authority() {
-            Some(a) => Some(authority_address(a.as_str())),
-            None => self
-                .host
-                .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .map(strip_port),
-        };
-        if let Some(host) = host {
-            s.str_attr(&SERVER_ADDRESS, host);
-        }
-        if let Some(port) = self.port {
-            s.int_attr(&SERVER_PORT, i64::from(port));
-        }
-        let versions = &CONSTANT_ATTRIBUTES.protocol_version;
-        s.attributes(match self.version {
-            Version::HTTP_2 => &versions[2],
-            Version::HTTP_10 => &versions[0],
-            _ => &versions[1],
-        });
-        if let Some(ip) = self.client {
-            let mut text = IpText::default();
-            s.str_attr(&CLIENT_ADDRESS, text.of(ip));
-        }
-        if let Some(ua) = self.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
-            s.str_attr(&USER_AGENT, ua);
-        }
-    }
-
-    /// `at` on the wall clock, measured from the request's start on the monotonic clock, so the
-    /// spans of one request nest exactly.
-    fn unix_nanos(&self, at: Instant) -> u64 {
-        let since = at.saturating_duration_since(self.start);
-        self.start_unix_nanos
-            .saturating_add(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
-    }
-}
-
-/// An IP address as text, on the stack; IPv4 (the common case) without `fmt`, which costs
-/// ~1,000 instructions per address on this path.
-#[derive(Default)]
-struct IpText {
-    v4: [u8; 15],
-    v6: String,
-}
-
-impl IpText {
-    fn of(&mut self, ip: IpAddr) -> &str {
-        match ip {
-            IpAddr::V4(v4) => {
-                let mut n = 0;
-                for (i, o) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        self.v4[n] = b'.';
-                        n += 1;
-                    }
-                    if o >= 100 {
-                        self.v4[n] = b'0' + o / 100;
-                        n += 1;
-                    }
-                    if o >= 10 {
-                        self.v4[n] = b'0' + o / 10 % 10;
-                        n += 1;
-                    }
-                    self.v4[n] = b'0' + o % 10;
-                    n += 1;
-                }
-                // Digits and dots only.
-                std::str::from_utf8(&self.v4[..n]).unwrap_or_default()
+    let uri = req.uri();
+    s.str_attr(&URL_PATH, uri.path());
+    s.attributes(&CONSTANT_ATTRIBUTES.url_scheme_http);
+    let (host, user_agent) = match seen {
+        Some(seen) => seen,
+        None => (
+            match uri.authority() {
+                Some(_) => None,
+                None => req.headers().get(http::header::HOST),
+            },
+            req.headers().get(http::header::USER_AGENT),
+        ),
+    };
+    // `host:port` as the client addressed it: the URI's authority, else `Host`.
+    let (address, port) = match uri.authority() {
+        Some(a) => (
+            Some(authority_address(a.as_str()).as_bytes()),
+            authority_port(a.as_str()),
+        ),
+        // `to_str` accepts exactly the ASCII values (a header value has no control bytes).
+        None => match host.map(HeaderValue::as_bytes).filter(|h| h.is_ascii()) {
+            Some(h) => {
+                let (address, port) = host_address_port(h);
+                (Some(address), port)
             }
-            IpAddr::V6(v6) => {
-                self.v6 = v6.to_string();
-                &self.v6
-            }
-        }
+            None => (None, None),
+        },
+    };
+    if let Some(address) = address {
+        s.ascii_attr(&SERVER_ADDRESS, address);
     }
+    if let Some(port) = port {
+        s.int_attr(&SERVER_PORT, i64::from(port));
+    }
+    let versions = &CONSTANT_ATTRIBUTES.protocol_version;
+    s.attributes(match req.version() {
+        Version::HTTP_2 => &versions[2],
+        Version::HTTP_10 => &versions[0],
+        _ => &versions[1],
+    });
+    if let Some(ip) = forwarded.client_ip() {
+        s.ip_attr(&CLIENT_ADDRESS, ip);
+    }
+    if let Some(ua) = user_agent {
+        // Left out unless ASCII, as `to_str` would.
+        s.ascii_attr(&USER_AGENT, ua.as_bytes());
+    }
+    method
 }
 
 /// Attributes whose key and value are both constants, encoded once for the process: a copy
@@ -661,18 +617,56 @@ fn authority_address(authority: &str) -> &str {
     }
 }
 
-/// The port the client addressed: from the authority or `Host`, else the scheme's default.
-/// `host` is the `Host` header, when the URI has no authority.
-fn request_port(uri: &Uri, host: Option<&HeaderValue>) -> Option<u16> {
-    let authority = match uri.authority() {
-        Some(a) => a.as_str(),
-        None => host?.to_str().ok()?,
-    };
+/// The port the client addressed in `authority` (a URI's authority or `Host`): its port, else
+/// the scheme's default (`None`: a port that is no number).
+fn authority_port(authority: &str) -> Option<u16> {
     // `[v6]` without a port ends in `]`, whose last `:` is inside the brackets.
     match rsplit_colon(authority) {
-        Some((_, port)) if port.bytes().all(|b| b.is_ascii_digit()) => port.parse().ok(),
+        Some((_, port)) if port.bytes().all(|b| b.is_ascii_digit()) => port_number(port.as_bytes()),
         _ => Some(80),
     }
+}
+
+/// `server.address` and `server.port` of a `Host` header: what `strip_port` and
+/// [`authority_port`] give, in one scan of the bytes (those two cost ~150 instructions per
+/// request through the character searchers and `parse`).
+fn host_address_port(host: &[u8]) -> (&[u8], Option<u16>) {
+    let colon = host.iter().rposition(|&b| b == b':');
+    let digits = colon
+        .and_then(|c| host.get(c + 1..))
+        .filter(|p| p.iter().all(u8::is_ascii_digit));
+    let port = match digits {
+        Some(p) => port_number(p),
+        None => Some(80),
+    };
+    if let Some(v6) = host.strip_prefix(b"[") {
+        let address = match v6.iter().position(|&b| b == b']') {
+            Some(end) => v6.get(..end).unwrap_or(v6),
+            None => v6,
+        };
+        return (address, port);
+    }
+    let address = match (colon, digits) {
+        (Some(c), Some(_)) => host.get(..c).unwrap_or(host),
+        _ => host,
+    };
+    (address, port)
+}
+
+/// A port number of ASCII digits (`parse::<u16>` without its generic integer parser); `None`
+/// when empty or past 65535.
+fn port_number(digits: &[u8]) -> Option<u16> {
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: u32 = 0;
+    for &b in digits {
+        n = n * 10 + u32::from(b.wrapping_sub(b'0'));
+        if n > u32::from(u16::MAX) {
+            return None;
+        }
+    }
+    u16::try_from(n).ok()
 }
 
 /// A client span's `server.address` and `server.port` for the endpoint labelled `label`,
@@ -797,6 +791,42 @@ mod tests {
         }
     }
 
+    /// A `Host` header's address and port in one scan are what `strip_port` and
+    /// `authority_port` give (and `parse::<u16>` for the port).
+    #[test]
+    fn host_address_port_matches_strip_port() {
+        for h in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:39401",
+            "[::1]",
+            "[::1]:443",
+            "[2001:db8::7]:80",
+            "[::1",
+            "h:",
+            "h:x",
+            "h:0080",
+            "h:65536",
+            "h:99999999999",
+            "a:b:c",
+            "a:b:1",
+            "",
+            ":",
+            ":1",
+            "x",
+        ] {
+            let port = match rsplit_colon(h) {
+                Some((_, p)) if p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok(),
+                _ => Some(80),
+            };
+            assert_eq!(
+                host_address_port(h.as_bytes()),
+                (strip_port(h).as_bytes(), port),
+                "{h}"
+            );
+        }
+    }
+
     /// Route templates, method names and endpoint addresses as the conventions want them.
     #[test]
     fn names() {
@@ -824,10 +854,15 @@ mod tests {
         );
         assert_eq!(endpoint_address("[::1]:9"), ("::1", Some(9)));
         assert_eq!(endpoint_address("app.local:80"), ("app.local", Some(80)));
-        for ip in ["0.0.0.0", "10.1.20.255", "127.0.0.1", "::1", "2001:db8::7"] {
-            let parsed: IpAddr = ip.parse().unwrap_or(IpAddr::from([1; 4]));
-            assert_eq!(IpText::default().of(parsed), ip);
-        }
+        assert_eq!(authority_port("example.com:8080"), Some(8080));
+        assert_eq!(authority_port("example.com"), Some(80));
+        assert_eq!(authority_port("[::1]"), Some(80));
+        assert_eq!(authority_port("[::1]:9"), Some(9));
+        assert_eq!(authority_port("h:"), None);
+        assert_eq!(authority_port("h:99999"), None);
+        assert_eq!(authority_port("h:0080"), Some(80));
+        assert_eq!(authority_port("h:65535"), Some(65535));
+        assert_eq!(authority_port("h:65536"), None);
         assert_eq!(
             endpoint_address("unix:/run/app.sock"),
             ("/run/app.sock", None)

@@ -116,7 +116,7 @@ impl From<SystemTime> for UnixMicros {
 /// One HTTP request, from its arrival to its last response byte.
 #[derive(Clone, Debug)]
 pub struct RequestRecord<'a> {
-    /// When the request arrived (wall clock; see [`since_epoch`]).
+    /// When the request arrived (wall clock; the proxy takes it from [`crate::clock`]).
     pub start: UnixMicros,
     /// From arrival to the response head; `None` when no response was sent.
     pub head: Option<Duration>,
@@ -750,7 +750,7 @@ impl Sink {
 // shard's recent clients are kept per client port slot ([`Runs`]). In the default order, the
 // quotes around the client's strings and the `null`s of absent mTLS and trace ids go with the
 // keys as constant text. The `time` is the wall clock of the request's monotonic start
-// ([`since_epoch`]), not a clock reading of its own.
+// ([`crate::clock`]), not a clock reading of its own.
 
 /// Room for a key as written (`,"received_bytes":` is the longest).
 const KEY: usize = 24;
@@ -1742,41 +1742,6 @@ static OCTETS: [([u8; 4], usize); 256] = {
     }
     t
 };
-
-/// How long a thread's wall-clock anchor in [`since_epoch`] is used before it is read again.
-const ANCHOR: Duration = Duration::from_secs(1);
-
-/// The wall-clock time of the monotonic instant `at` (a request's arrival, read already for
-/// its duration), as the time since the Unix epoch: the wall clock read at most once a second
-/// per thread, plus the monotonic time since that reading. A request's `time` costs no clock
-/// reading of its own; a step or slew of the wall clock shows in lines within a second (a slew
-/// of 500 ppm, the kernel's most, moves them by half a millisecond at most before then).
-pub fn since_epoch(at: std::time::Instant) -> Duration {
-    thread_local! {
-        static READ: Cell<Option<(std::time::Instant, Duration)>> = const { Cell::new(None) };
-    }
-    if let Some((mono, wall)) = READ.get() {
-        match at.checked_duration_since(mono) {
-            Some(since) if since < ANCHOR => return wall.saturating_add(since),
-            Some(_) => {}
-            None => {
-                let before = mono.duration_since(at);
-                if before < ANCHOR {
-                    return wall.saturating_sub(before);
-                }
-            }
-        }
-    }
-    let mono = std::time::Instant::now();
-    let wall = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    READ.set(Some((mono, wall)));
-    match at.checked_duration_since(mono) {
-        Some(since) => wall.saturating_add(since),
-        None => wall.saturating_sub(mono.duration_since(at)),
-    }
-}
 
 /// A wall-clock time as RFC 3339 in UTC with microseconds (`2025-11-24T16:00:00.123456Z`).
 fn rfc3339_micros(w: &mut Cursor<'_>, t: UnixMicros) {

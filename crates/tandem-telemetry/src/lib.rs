@@ -14,10 +14,12 @@
 //! - [`trace`]: distributed tracing: trace context (W3C, B3), sampling, spans, OTLP export.
 //! - [`logs`]: log shipping handles ([`logs::LogSourceMetrics`], [`logs::LogSinkMetrics`]).
 //! - [`tls`]: TLS handshakes, certificate expiry and reloads.
+//! - [`clock`]: Unix times from monotonic instants, reading the wall clock once a second.
 //! - [`histogram`]: the lock-free histogram behind the latency metrics; [`process`]: process
 //!   metrics read from `/proc`.
 
 pub mod access_log;
+pub mod clock;
 pub mod discovery;
 pub mod histogram;
 pub mod json;

@@ -663,7 +663,7 @@ async fn per_try_lines_go_into_the_head() {
     ] {
         let (conn, mut up) = pair().await;
         let head = match lines {
-            Some(l) => head.clone().with_lines(Bytes::from_static(l)),
+            Some(l) => head.with_lines(|out| out.extend_from_slice(l)),
             None => head.clone(),
         };
         let body = RequestBody::new(incoming(Donor::Full(b"data")).await, false, 0);

@@ -935,37 +935,6 @@ fn slice_writes_exactly_its_bytes() {
     }
 }
 
-/// The wall-clock time of an instant follows the wall clock: now for now, a second ago for a
-/// second ago (a fresh reading or not), and two instants as far apart as they are.
-#[test]
-fn since_epoch_follows_the_system_clock() {
-    use std::time::Instant;
-    let wall = |at: Instant| SystemTime::UNIX_EPOCH + since_epoch(at);
-    let near = |a: SystemTime, b: SystemTime| {
-        let d = a.duration_since(b).unwrap_or_else(|e| e.duration());
-        assert!(d < Duration::from_millis(50), "{a:?} {b:?}");
-    };
-    let now = Instant::now();
-    near(wall(now), SystemTime::now());
-    // Before the thread's reading (taken just now), and long after it (a new reading).
-    let past = now - Duration::from_secs(2);
-    near(wall(past), SystemTime::now() - Duration::from_secs(2));
-    let later = now + Duration::from_millis(1_500);
-    near(
-        wall(later),
-        SystemTime::now() + Duration::from_millis(1_500),
-    );
-    // Within one reading, differences are exact, either side of it.
-    let a = Instant::now();
-    let b = a + Duration::from_micros(1_234);
-    let c = a - Duration::from_micros(5_678);
-    let (wa, wb, wc) = (since_epoch(a), since_epoch(b), since_epoch(c));
-    assert_eq!(wb - wa, Duration::from_micros(1_234));
-    assert_eq!(wa - wc, Duration::from_micros(5_678));
-    // And as a line's `time`.
-    assert_eq!(UnixMicros::from(wall(a)), UnixMicros::from(since_epoch(a)));
-}
-
 /// The client cache's slots spread ports evenly: consecutive ports, and ports two apart (as
 /// Linux hands out for `connect`), fill every slot.
 #[test]

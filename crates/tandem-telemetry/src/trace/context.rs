@@ -25,8 +25,15 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tandem_config::Propagation;
 
 /// A 128-bit trace id, never zero.
+///
+/// Held as two halves rather than a `u128`: a `u128` aligns whatever holds it to 16 bytes and
+/// pads it to a multiple of 16, and a traced request's boxed state has to stay within 256
+/// bytes (see `tandem_proxy::trace`: mimalloc's slow path for other sizes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TraceId(u128);
+pub struct TraceId {
+    high: u64,
+    low: u64,
+}
 
 /// A 64-bit span id, never zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -121,36 +128,46 @@ fn hex64(x: u64) -> [u8; 16] {
 impl TraceId {
     /// A random id (never zero).
     pub fn random() -> Self {
-        TraceId(fastrand::u128(1..))
+        Self::split(fastrand::u128(1..))
     }
 
     /// The id from its value; `None` for zero, which is invalid everywhere.
     pub fn from_u128(v: u128) -> Option<Self> {
-        (v != 0).then_some(TraceId(v))
+        (v != 0).then(|| Self::split(v))
+    }
+
+    fn split(v: u128) -> Self {
+        TraceId {
+            high: (v >> 64) as u64,
+            low: v as u64,
+        }
     }
 
     /// The value.
     pub fn to_u128(self) -> u128 {
-        self.0
+        u128::from(self.high) << 64 | u128::from(self.low)
     }
 
     /// Big-endian bytes, as OTLP carries them.
     pub fn to_bytes(self) -> [u8; 16] {
-        self.0.to_be_bytes()
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.high.to_be_bytes());
+        out[8..].copy_from_slice(&self.low.to_be_bytes());
+        out
     }
 
     /// 32 lower-case hex digits.
     pub fn to_hex(self) -> [u8; 32] {
         let mut out = [0u8; 32];
-        out[..16].copy_from_slice(&hex64((self.0 >> 64) as u64));
-        out[16..].copy_from_slice(&hex64(self.0 as u64));
+        out[..16].copy_from_slice(&hex64(self.high));
+        out[16..].copy_from_slice(&hex64(self.low));
         out
     }
 }
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        write!(f, "{:032x}", self.to_u128())
     }
 }
 
@@ -294,6 +311,15 @@ impl Propagator {
     /// `ctx` in every configured format as HTTP/1.1 header lines (`name: value\r\n` each), for
     /// a request head serialized without them.
     pub fn render_h1(&self, ctx: &SpanContext) -> Bytes {
+        let trace_state = ctx.trace_state.as_ref().map_or(0, |v| v.len());
+        let mut out = BytesMut::with_capacity(128 + trace_state);
+        self.write_h1(ctx, &mut out);
+        out.freeze()
+    }
+
+    /// [`Propagator::render_h1`] written at the end of `out` (a request head being put
+    /// together).
+    pub fn write_h1(&self, ctx: &SpanContext, out: &mut BytesMut) {
         // The same fields as `each_field`, written straight into one buffer (no value of its
         // own per field): this runs for every try of every traced request. Each fixed-length
         // line is put together in an array first: copies of a known size are a few moves, one
@@ -302,7 +328,6 @@ impl Propagator {
         let span = ctx.span_id.to_hex();
         let sampled = if ctx.sampled { b'1' } else { b'0' };
         let trace_state = ctx.trace_state.as_ref().map_or(&[][..], |v| v.as_bytes());
-        let mut out = BytesMut::with_capacity(128 + trace_state.len());
         if self.w3c {
             let mut line =
                 *b"traceparent: 00-________________________________-________________-0_\r\n";
@@ -330,7 +355,6 @@ impl Propagator {
             line[93] = sampled;
             out.put_slice(&line);
         }
-        out.freeze()
     }
 
     /// Calls `f` with each header field of `ctx` in the configured formats.

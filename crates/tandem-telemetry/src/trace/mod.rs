@@ -5,9 +5,12 @@
 //!
 //! ```text
 //! request path:  Tracer::start_server (extract, sample) -> spans built only when sampled
-//!                -> spans written as OTLP protobuf as they end (otlp::EncodedSpans), a request's together
-//!                -> Tracer::record_encoded: copied to the end of the batch being filled, sealed
-//!                   at `batch` spans; queue full -> dropped, counted (never waits)
+//!                -> spans written as OTLP protobuf as the request goes (otlp::EncodedSpans):
+//!                   the server span's request side on arrival, client spans as tries end,
+//!                   the rest of the server span with the response
+//!                -> Tracer::record_encoded(_pair): a request's spans copied together to the end
+//!                   of the batch being filled, sealed at `batch` spans; queue full -> dropped,
+//!                   counted (never waits)
 //! exporter task: at once when a batch is sealed, and every flush_interval (then the batch
 //!                being filled too): header written in front -> ExportTraceServiceRequest ->
 //!                OTLP/gRPC or OTLP/HTTP, bounded by the export timeout; failed -> the batch
@@ -16,8 +19,8 @@
 //!
 //! Why not the OpenTelemetry SDK: its spans are built for in-process instrumentation (a span
 //! object per span with locks, dynamic attribute maps, a processor chain), while Tandem knows
-//! every span's shape in advance. A sampled request's spans are written as protobuf bytes when
-//! they end, from what the request holds ([`otlp::EncodedSpans`]), and copied together into
+//! every span's shape in advance. A sampled request's spans are written as protobuf bytes while
+//! what they describe is at hand ([`otlp::EncodedSpans`]), and copied together into
 //! the batch that becomes the export request; the exporter only writes the request's header in
 //! front ([`otlp::Encoder`]). [`SpanRecord`] is the same
 //! span as plain data, for callers that build one ([`Tracer::record`]). `opentelemetry-proto`
@@ -38,6 +41,9 @@
 //! - [`span`]: the finished-span record.
 //! - [`export`]: the exporter task (batching, OTLP/gRPC and OTLP/HTTP, counters).
 //! - [`otlp`]: span records to OTLP protobuf, and the resource.
+//!
+//! Span times are Unix nanoseconds from the request's monotonic instants through
+//! [`crate::clock`] (the wall clock is read once a second, not per span).
 
 pub mod context;
 pub mod export;
@@ -97,6 +103,9 @@ pub(crate) struct Queue {
     room: usize,
 }
 
+/// Most bytes a batch is made with room for ([`Queue::next_capacity`]); one may grow past it.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
 /// Spans in one buffer, after `Queue::room` free bytes: one export request once finished.
 #[derive(Debug)]
 pub(crate) struct Batch {
@@ -130,10 +139,11 @@ impl Queue {
         self.room
     }
 
-    /// Adds `chunk`'s whole spans to the open batch, sealing it when a batch is full; `Err` when
-    /// they do not fit in the queue. `Ok(true)`: a sealed batch is waiting.
-    fn push(&self, chunk: &EncodedSpans) -> Result<bool, ()> {
-        let n = chunk.spans() as usize;
+    /// Adds the whole spans of `chunks` (one request's) to the open batch, together, sealing it
+    /// when a batch is full; `Err` when they do not fit in the queue. `Ok(true)`: a sealed
+    /// batch is waiting.
+    fn push(&self, chunks: &[&EncodedSpans]) -> Result<bool, ()> {
+        let n: usize = chunks.iter().map(|c| c.spans() as usize).sum();
         let before = self.spans.fetch_add(n, Ordering::AcqRel);
         if before + n > self.capacity {
             self.spans.fetch_sub(n, Ordering::AcqRel);
@@ -147,7 +157,9 @@ impl Queue {
             self.seal(&mut open);
             sealed = true;
         }
-        open.bytes.extend_from_slice(chunk.as_bytes());
+        for c in chunks {
+            open.bytes.extend_from_slice(c.as_bytes());
+        }
         open.spans += n;
         if open.spans >= self.batch {
             self.seal(&mut open);
@@ -156,9 +168,9 @@ impl Queue {
         Ok(sealed)
     }
 
-    /// Moves the open batch to `sealed`, and starts the next one as large as this one.
+    /// Moves the open batch to `sealed`, and starts the next one.
     fn seal(&self, open: &mut Batch) {
-        let next = Batch::new(self.room, open.bytes.len());
+        let next = Batch::new(self.room, self.next_capacity(open));
         let full = std::mem::replace(open, next);
         let n = full.spans;
         if self.sealed.push(full).is_err() {
@@ -166,6 +178,22 @@ impl Queue {
             // as spans may be held. Were it reached, its spans would be lost uncounted.
             self.spans.fetch_sub(n, Ordering::AcqRel);
         }
+    }
+
+    /// Bytes for the batch after `done`: room for a full batch of spans the size of `done`'s
+    /// (and an eighth more), so that filling it never reallocates and copies. Sized after the
+    /// last batch alone, a batch taken part-filled by a flush (an idle proxy, every
+    /// `flush_interval`) made the next one grow by doubling, copying each time.
+    fn next_capacity(&self, done: &Batch) -> usize {
+        let bytes = done.bytes.len().saturating_sub(self.room);
+        if done.spans == 0 {
+            return done.bytes.len();
+        }
+        let per_span = bytes.div_ceil(done.spans);
+        let full = per_span.saturating_mul(self.batch);
+        // Bounded: one request's unusually large spans do not size every batch after it.
+        let full = full.saturating_add(full / 8).min(MAX_BATCH_BYTES);
+        self.room + full.max(bytes)
     }
 
     /// The oldest sealed batch.
@@ -182,7 +210,7 @@ impl Queue {
         if open.spans == 0 {
             return None;
         }
-        let next = Batch::new(self.room, open.bytes.len());
+        let next = Batch::new(self.room, self.next_capacity(&open));
         let batch = std::mem::replace(&mut *open, next);
         drop(open);
         self.spans.fetch_sub(batch.spans, Ordering::AcqRel);
@@ -297,20 +325,36 @@ impl Tracer {
     /// queue they are dropped and counted. Never waits. A span left open is not sent.
     pub fn record_encoded(&self, mut spans: EncodedSpans) {
         spans.discard_open();
-        let n = spans.spans();
-        if n == 0 {
+        if spans.spans() == 0 {
             return;
         }
-        match self.queue.push(&spans) {
+        self.push(&[&spans]);
+        // Still in cache: the next request's buffer.
+        spans.recycle();
+    }
+
+    /// [`Tracer::record_encoded`] for two buffers of one request's spans (a server span and its
+    /// client spans), which go into the same batch, in this order, under one lock.
+    pub fn record_encoded_pair(&self, mut first: EncodedSpans, mut second: EncodedSpans) {
+        first.discard_open();
+        second.discard_open();
+        if first.spans() + second.spans() > 0 {
+            self.push(&[&first, &second]);
+        }
+        first.recycle();
+        second.recycle();
+    }
+
+    fn push(&self, chunks: &[&EncodedSpans]) {
+        match self.queue.push(chunks) {
             // Wake the exporter once a batch is waiting, rather than on every span.
             Ok(true) => self.wake.notify_one(),
             Ok(false) => {}
             Err(()) => {
+                let n: u32 = chunks.iter().map(|c| c.spans()).sum();
                 self.metrics.dropped_queue_full.inc_by(u64::from(n));
             }
         }
-        // Still in cache: the next request's buffer.
-        spans.recycle();
     }
 }
 
@@ -435,14 +479,14 @@ mod tests {
             c
         };
         let q = Queue::new(100, 4, 7);
-        assert_eq!(q.push(&chunk(2)), Ok(false));
-        assert_eq!(q.push(&chunk(1)), Ok(false));
+        assert_eq!(q.push(&[&chunk(2)]), Ok(false));
+        assert_eq!(q.push(&[&chunk(1)]), Ok(false));
         assert!(q.pop().is_none(), "nothing sealed before a batch is full");
         // 3 + 2 > 4: the open batch is sealed first, the two go into the next.
-        assert_eq!(q.push(&chunk(2)), Ok(true));
-        assert_eq!(q.push(&chunk(2)), Ok(true));
-        assert_eq!(q.push(&chunk(9)), Ok(true));
-        assert_eq!(q.push(&chunk(1)), Ok(false));
+        assert_eq!(q.push(&[&chunk(1), &chunk(1)]), Ok(true));
+        assert_eq!(q.push(&[&chunk(2)]), Ok(true));
+        assert_eq!(q.push(&[&chunk(9)]), Ok(true));
+        assert_eq!(q.push(&[&chunk(1)]), Ok(false));
         assert_eq!(q.len(), 17);
         let sizes: Vec<usize> = std::iter::from_fn(|| q.pop())
             .map(|b| {
@@ -456,6 +500,90 @@ mod tests {
         assert_eq!(q.take_open().map(|b| b.spans), Some(1));
         assert!(q.take_open().is_none());
         assert_eq!(q.len(), 0);
+    }
+
+    /// A batch is made with room for a full batch of spans like the last one's, so filling it
+    /// never reallocates, even after a flush took the last one part-filled.
+    #[test]
+    fn batches_are_sized_for_a_full_batch() {
+        let one = |i: u64| {
+            let mut c = EncodedSpans::with_capacity(64);
+            c.push_record(&SpanRecord {
+                span_id: SpanId::from_u64(i).unwrap(),
+                attributes: vec![("url.path", Value::String("/p".repeat(40)))],
+                ..span(&Started {
+                    context: SpanContext {
+                        trace_id: TraceId::from_u128(1).unwrap(),
+                        span_id: SpanId::from_u64(1).unwrap(),
+                        sampled: true,
+                        trace_state: None,
+                    },
+                    parent: None,
+                    carried: false,
+                })
+            });
+            c
+        };
+        let q = Queue::new(1000, 50, 9);
+        // A flush takes a batch of 3 spans; the next has room for 50.
+        for i in 1..=3 {
+            assert_eq!(q.push(&[&one(i)]), Ok(false));
+        }
+        assert_eq!(q.take_open().map(|b| b.spans), Some(3));
+        let span_len = one(1).as_bytes().len();
+        let capacity = q.open.lock().unwrap().bytes.capacity();
+        assert!(capacity >= 9 + 50 * span_len, "{capacity}");
+        let at = q.open.lock().unwrap().bytes.as_ptr();
+        for i in 1..50 {
+            assert_eq!(q.push(&[&one(i)]), Ok(false));
+        }
+        assert_eq!(q.open.lock().unwrap().bytes.as_ptr(), at, "no reallocation");
+        assert_eq!(q.push(&[&one(50)]), Ok(true));
+        let full = q.pop().unwrap();
+        assert_eq!((full.spans, full.bytes.as_ptr()), (50, at));
+        assert!(q.open.lock().unwrap().bytes.capacity() >= 9 + 50 * span_len);
+    }
+
+    /// A request's two buffers go into one batch together, and are dropped and counted
+    /// together when they do not fit.
+    #[test]
+    fn a_pair_is_recorded_together() {
+        let (tracer, _exporter) = Tracer::new(
+            &config("  queue: 3\n  batch: 2\n"),
+            TraceMetrics::register(&mut Registry::default()),
+        );
+        let s = tracer.start_server(&HeaderMap::new());
+        let chunk = |n: usize| {
+            let mut c = EncodedSpans::with_capacity(64);
+            for _ in 0..n {
+                c.push_record(&span(&s));
+            }
+            c
+        };
+        tracer.record_encoded_pair(chunk(1), chunk(1));
+        assert_eq!(tracer.queue.len(), 2);
+        let batch = tracer.queue.pop().unwrap();
+        assert_eq!(batch.spans, 2, "one batch, sealed when full");
+        tracer.record_encoded_pair(chunk(2), chunk(2));
+        assert_eq!(tracer.queue.len(), 0);
+        assert_eq!(tracer.metrics.dropped_queue_full.get(), 4);
+        // An open span is not sent; an empty pair records nothing.
+        let mut open = chunk(1);
+        open.begin(&SpanStart {
+            trace_id: s.context.trace_id,
+            span_id: s.context.span_id,
+            parent: None,
+            remote_parent: false,
+            trace_state: None,
+            name: "open",
+            name_suffix: None,
+            kind: SpanKind::Server,
+            start_unix_nanos: 1,
+        });
+        tracer.record_encoded_pair(EncodedSpans::default(), open);
+        assert_eq!(tracer.queue.len(), 1);
+        tracer.record_encoded_pair(EncodedSpans::default(), EncodedSpans::default());
+        assert_eq!(tracer.queue.len(), 1);
     }
 
     /// A full queue drops and counts instead of waiting; the exporter is woken per batch.

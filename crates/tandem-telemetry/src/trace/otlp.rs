@@ -1,10 +1,11 @@
 //! Spans to OTLP's protobuf wire format (`ExportTraceServiceRequest`), and the resource that
 //! describes this Tandem.
 //!
-//! The request path writes each sampled span as it ends, straight from what it holds, into an
-//! [`EncodedSpans`] (a few hundred bytes: ids, times, attributes as `KeyValue` fields), which
-//! are copied into a batch buffer; the exporter task writes the request's header in front of
-//! them ([`Encoder`]). Nothing is built in
+//! The request path writes each sampled span while what it describes is at hand (a server span
+//! begins when the request arrives, before its name is known, and is closed with the response),
+//! straight from borrowed strings and integers, into an [`EncodedSpans`] (a few hundred bytes:
+//! ids, times, attributes as `KeyValue` fields), which are copied into a batch buffer; the
+//! exporter task writes the request's header in front of them ([`Encoder`]). Nothing is built in
 //! between: an attribute list of copied strings, moved through the queue, encoded and dropped
 //! on the exporter task, cost about three times as many instructions per span, and the
 //! exporter shares the proxy's core. Neither goes through `opentelemetry-proto`'s generated
@@ -17,6 +18,7 @@
 //! `common/v1/common.proto` and `collector/trace/v1/trace_service.proto`.
 
 use std::cell::RefCell;
+use std::net::IpAddr;
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
@@ -75,6 +77,11 @@ pub struct EncodedSpans {
     spans: u32,
     /// Where the open span's length goes (two bytes are kept for it), if one is open.
     open: Option<usize>,
+    /// Bytes at the start of `bytes` that are no span: attributes written once to be copied
+    /// into each span that carries them ([`EncodedSpans::preamble_str_parts_attr`]). 32 bits,
+    /// beside `spans`: the proxy keeps two of these in each traced request's state, which is
+    /// kept small (see `tandem_proxy::trace`).
+    preamble: u32,
 }
 
 /// String attributes encoded once, exactly as [`EncodedSpans::str`] writes them one by one,
@@ -101,6 +108,7 @@ impl EncodedAttributes {
             spans: 0,
             // Open, so that attributes are written: the bytes are never closed as a span.
             open: Some(0),
+            preamble: 0,
         };
         write(&mut s);
         EncodedAttributes(s.bytes.into_boxed_slice())
@@ -124,7 +132,8 @@ pub struct Key {
 }
 
 /// Bytes of a [`Key`]'s head: a key of [`MAX_KEY`] bytes, its five bytes of tags and lengths,
-/// and an `AnyValue` with an integer (two bytes and a ten-byte varint) fit.
+/// and an `AnyValue` with an integer (two bytes and a ten-byte varint) or an IPv4 address as
+/// text (three bytes and fifteen) fit.
 const KEY_ROOM: usize = 64;
 /// Longest key a [`Key`] holds.
 const MAX_KEY: usize = 40;
@@ -286,7 +295,7 @@ impl Encoder {
             // Only whole spans: an open one is left out, as `Tracer::record_encoded` does.
             let mut c = c;
             c.discard_open();
-            batch.extend_from_slice(&c.bytes);
+            batch.extend_from_slice(c.as_bytes());
         }
         self.finish(batch, room)
     }
@@ -301,6 +310,7 @@ impl EncodedSpans {
             bytes: Vec::with_capacity(bytes),
             spans: 0,
             open: None,
+            preamble: 0,
         }
     }
 
@@ -318,6 +328,7 @@ impl EncodedSpans {
             bytes: buf,
             spans: 0,
             open: None,
+            preamble: 0,
         }
     }
 
@@ -338,7 +349,37 @@ impl EncodedSpans {
 
     /// The whole spans' bytes (each a `ScopeSpans.spans` field), and an open span's so far.
     pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.bytes
+        self.bytes.get(self.preamble as usize..).unwrap_or_default()
+    }
+
+    /// Writes a string attribute made of `parts` (the bytes [`EncodedSpans::str_parts_attr`]
+    /// writes) ahead of the spans, for [`EncodedSpans::copy_preamble`] to add to spans later: an
+    /// attribute several spans carry, written once from what is at hand now. Only before the
+    /// first span is begun; replaces an earlier preamble.
+    pub fn preamble_str_parts_attr(&mut self, key_: &Key, parts: &[&str]) {
+        if self.open.is_some() || self.bytes.len() != self.preamble as usize {
+            return;
+        }
+        self.bytes.clear();
+        // Open at 0 for the writer; the bytes are never closed as a span.
+        self.open = Some(0);
+        self.str_parts_attr(key_, parts);
+        self.open = None;
+        match u32::try_from(self.bytes.len()) {
+            Ok(n) => self.preamble = n,
+            // An attribute of 4 GiB is not kept.
+            Err(_) => {
+                self.bytes.clear();
+                self.preamble = 0;
+            }
+        }
+    }
+
+    /// Adds the preamble's attributes to the open span.
+    pub fn copy_preamble(&mut self) {
+        if self.open.is_some() {
+            self.bytes.extend_from_within(..self.preamble as usize);
+        }
     }
 
     /// Whole spans written.
@@ -354,12 +395,45 @@ impl EncodedSpans {
     /// Opens a span with `s`'s fields (its end and attributes to follow); a span still open is
     /// closed first as it is (with no end time).
     pub fn begin(&mut self, s: &SpanStart<'_>) {
+        self.open_span(s, true);
+    }
+
+    /// Opens a span with `s`'s fields but its name (`s.name` and `s.name_suffix` are not
+    /// read), which [`EncodedSpans::name`] writes later: a span begun before its name is
+    /// known (a server span's name has the route).
+    pub fn begin_unnamed(&mut self, s: &SpanStart<'_>) {
+        self.open_span(s, false);
+    }
+
+    /// The open span's name, `name` then `suffix` after a space when there is one (only for a
+    /// span begun by [`EncodedSpans::begin_unnamed`]).
+    pub fn name(&mut self, name: &str, suffix: Option<&str>) {
+        if self.open.is_none() {
+            return;
+        }
+        let len = match suffix {
+            None => name.len(),
+            Some(suffix) => name.len() + 1 + suffix.len(),
+        };
+        let buf = &mut self.bytes;
+        buf.reserve(len + 6);
+        key(buf, 5, LEN);
+        varint(buf, len as u64);
+        buf.extend_from_slice(name.as_bytes());
+        if let Some(suffix) = suffix {
+            buf.push(b' ');
+            buf.extend_from_slice(suffix.as_bytes());
+        }
+    }
+
+    fn open_span(&mut self, s: &SpanStart<'_>, named: bool) {
         if self.open.is_some() {
             self.close();
         }
-        let name_len = match s.name_suffix {
-            None => s.name.len(),
-            Some(suffix) => s.name.len() + 1 + suffix.len(),
+        let name_len = match (named, s.name_suffix) {
+            (false, _) => 0,
+            (true, None) => s.name.len(),
+            (true, Some(suffix)) => s.name.len() + 1 + suffix.len(),
         };
         // The span's key, two bytes kept for its length, Span { trace_id (1), span_id (2) }
         // and, when no tracestate comes between, parent_span_id (4) and the key and one-byte
@@ -381,7 +455,10 @@ impl EncodedSpans {
                 head[33..41].copy_from_slice(&p.to_bytes());
                 n = 41;
             }
-            if name_len < 0x80 {
+            if !named {
+                // No name: nothing to write.
+                name_head = true;
+            } else if name_len < 0x80 {
                 head[n] = 5 << 3 | 2;
                 head[n + 1] = name_len as u8;
                 n += 2;
@@ -402,14 +479,16 @@ impl EncodedSpans {
                 buf.extend_from_slice(&parent);
             }
         }
-        if !name_head {
-            key(buf, 5, LEN);
-            varint(buf, name_len as u64);
-        }
-        buf.extend_from_slice(s.name.as_bytes());
-        if let Some(suffix) = s.name_suffix {
-            buf.push(b' ');
-            buf.extend_from_slice(suffix.as_bytes());
+        if named {
+            if !name_head {
+                key(buf, 5, LEN);
+                varint(buf, name_len as u64);
+            }
+            buf.extend_from_slice(s.name.as_bytes());
+            if let Some(suffix) = s.name_suffix {
+                buf.push(b' ');
+                buf.extend_from_slice(suffix.as_bytes());
+            }
         }
         let mut flags = FLAG_SAMPLED;
         if s.parent.is_some() {
@@ -470,6 +549,40 @@ impl EncodedSpans {
         self.str_parts_attr(key_, &[value]);
     }
 
+    /// A string attribute of the open span from bytes that are text only when ASCII (a header
+    /// value), with a key known in advance: the bytes [`EncodedSpans::str_attr`] writes for
+    /// them when they are ASCII, else nothing (`false`). One check a word at a time, where
+    /// `HeaderValue::to_str` checks byte by byte.
+    pub fn ascii_attr(&mut self, key_: &Key, value: &[u8]) -> bool {
+        if !value.is_ascii() {
+            return false;
+        }
+        if self.open.is_none() {
+            return true;
+        }
+        let len = value.len();
+        let n = key_.len;
+        let kv_len = n + 1 + len;
+        if kv_len >= 0x80 {
+            // Longer lengths: the general way (a long user agent).
+            self.kv_head(key_.name, 1 + varint_len(len as u64) + len);
+            len_field(&mut self.bytes, 1, value);
+            return true;
+        }
+        let mut head = key_.head;
+        head[1] = kv_len as u8;
+        head[n] = (2 + len) as u8;
+        head[n + 1] = STRING_VALUE;
+        head[n + 2] = len as u8;
+        let buf = &mut self.bytes;
+        let at = buf.len();
+        buf.reserve(KEY_ROOM + len);
+        buf.extend_from_slice(&head);
+        buf.truncate(at + n + 3);
+        buf.extend_from_slice(value);
+        true
+    }
+
     /// A string attribute of the open span made of `parts` one after the other, with a key
     /// known in advance: the bytes [`EncodedSpans::str_parts`] writes.
     pub fn str_parts_attr(&mut self, key_: &Key, parts: &[&str]) {
@@ -500,6 +613,50 @@ impl EncodedSpans {
         for p in parts {
             buf.extend_from_slice(p.as_bytes());
         }
+    }
+
+    /// An IP address as a string attribute of the open span with a key known in advance: the
+    /// bytes [`EncodedSpans::str`] writes for the address's text. IPv4 (the common case) is
+    /// written digit by digit into the buffer, without `fmt` (~1,000 instructions an address
+    /// on this path) or a UTF-8 check of text made of digits and dots.
+    pub fn ip_attr(&mut self, key_: &Key, ip: IpAddr) {
+        if self.open.is_none() {
+            return;
+        }
+        let v4 = match ip {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => return self.str_attr(key_, &v6.to_string()),
+        };
+        let mut text = [0u8; 15];
+        let mut len = 0;
+        for (i, o) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                text[len] = b'.';
+                len += 1;
+            }
+            if o >= 100 {
+                text[len] = b'0' + o / 100;
+                len += 1;
+            }
+            if o >= 10 {
+                text[len] = b'0' + o / 10 % 10;
+                len += 1;
+            }
+            text[len] = b'0' + o % 10;
+            len += 1;
+        }
+        // At most 15 bytes: every length takes one byte (keys are at most 40 bytes).
+        let n = key_.len;
+        let mut head = key_.head;
+        head[1] = (n + 1 + len) as u8;
+        head[n] = (2 + len) as u8;
+        head[n + 1] = STRING_VALUE;
+        head[n + 2] = len as u8;
+        head[n + 3..n + 3 + len].copy_from_slice(&text[..len]);
+        let buf = &mut self.bytes;
+        let at = buf.len();
+        buf.extend_from_slice(&head);
+        buf.truncate(at + n + 3 + len);
     }
 
     /// An integer attribute of the open span with a key known in advance: the bytes
@@ -1039,6 +1196,176 @@ mod tests {
         let decoded =
             ExportTraceServiceRequest::decode(Encoder::new(&resource).encode([e])).unwrap();
         assert_eq!(decoded, reference(&resource, records));
+    }
+
+    /// A span begun before its name is known, named after some of its attributes, decodes
+    /// to the same span as one written whole, for each shape of span head (tracestate and a
+    /// remote parent, a local parent, a root with a name whose length takes two bytes, a name
+    /// with a suffix); and the spans before and after it are untouched.
+    #[test]
+    fn named_later_matches_the_records() {
+        let config = tandem_config::parse(
+            "t.yaml",
+            "listeners:\n  a: { address: 127.0.0.1:1, upstream: u }\nupstreams:\n  u: {}\n\
+             tracing:\n  otlp: { endpoint: \"http://c:4318\" }\n",
+        )
+        .unwrap();
+        let resource = resource(config.tracing.as_ref().unwrap());
+        let records = spans();
+        let mut e = EncodedSpans::with_capacity(16);
+        for r in &records {
+            let (name, suffix) = match r.name.split_once(' ') {
+                Some((n, s)) => (n, Some(s)),
+                None => (&*r.name, None),
+            };
+            e.begin_unnamed(&SpanStart {
+                trace_id: r.trace_id,
+                span_id: r.span_id,
+                parent: r.parent,
+                remote_parent: r.remote_parent,
+                trace_state: r.trace_state.as_ref().map(|v| v.as_bytes()),
+                name: "ignored",
+                name_suffix: Some("ignored too"),
+                kind: r.kind,
+                start_unix_nanos: r.start_unix_nanos,
+            });
+            let (first, rest) = r.attributes.split_at(r.attributes.len() / 2);
+            let write = |e: &mut EncodedSpans, attributes: &[(&str, Value)]| {
+                for (k, v) in attributes {
+                    match v {
+                        Value::Static(v) => e.str(k, v),
+                        Value::String(v) => e.str(k, v),
+                        Value::Shared(v) => e.str(k, v),
+                        Value::Int(i) => e.int(k, *i),
+                    }
+                }
+            };
+            write(&mut e, first);
+            e.name(name, suffix);
+            write(&mut e, rest);
+            if let Status::Error(m) = &r.status {
+                e.error(m);
+            }
+            e.end(r.end_unix_nanos);
+        }
+        assert_eq!(e.spans(), 3);
+        let decoded =
+            ExportTraceServiceRequest::decode(Encoder::new(&resource).encode([e])).unwrap();
+        assert_eq!(decoded, reference(&resource, records));
+        // Without `name`, no name at all; with no span open, nothing.
+        let mut unnamed = EncodedSpans::with_capacity(16);
+        unnamed.begin_unnamed(&root_get(1));
+        unnamed.end(2);
+        let mut closed = EncodedSpans::with_capacity(16);
+        closed.name("GET", Some("/"));
+        assert!(closed.bytes.is_empty());
+        let decoded =
+            ExportTraceServiceRequest::decode(Encoder::new(&resource).encode([unnamed])).unwrap();
+        let named = SpanRecord {
+            trace_id: TraceId::from_u128(7).unwrap(),
+            span_id: SpanId::from_u64(1).unwrap(),
+            parent: None,
+            remote_parent: false,
+            trace_state: None,
+            name: "".into(),
+            kind: SpanKind::Server,
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            attributes: Vec::new(),
+            status: Status::Unset,
+        };
+        assert_eq!(decoded, reference(&resource, vec![named]));
+    }
+
+    /// An attribute written once in the preamble and copied into spans is what writing it in
+    /// each span gives; the preamble itself is never part of the spans sent (as a request or
+    /// a batch chunk), and is only written before the first span.
+    #[test]
+    fn preamble_is_copied_into_spans_and_never_sent() {
+        const URL_FULL: Key = Key::new("url.full");
+        let long = "q".repeat(300);
+        for path in ["/x", long.as_str()] {
+            let parts = ["http://", "app:80", path];
+            let mut by_copy = EncodedSpans::with_capacity(16);
+            by_copy.copy_preamble();
+            by_copy.preamble_str_parts_attr(&URL_FULL, &["http://", "stale"]);
+            // Replaced: the last one written before the first span counts.
+            by_copy.preamble_str_parts_attr(&URL_FULL, &parts);
+            let mut by_write = EncodedSpans::with_capacity(16);
+            for i in 1..=2 {
+                by_copy.begin(&root_get(i));
+                by_copy.int("n", 1);
+                by_copy.copy_preamble();
+                by_copy.end(10);
+                by_write.begin(&root_get(i));
+                by_write.int("n", 1);
+                by_write.str_parts_attr(&URL_FULL, &parts);
+                by_write.end(10);
+            }
+            // Too late: spans were begun.
+            by_copy.preamble_str_parts_attr(&URL_FULL, &["http://", "late"]);
+            assert_eq!(by_copy.as_bytes(), &by_write.bytes[..], "{path}");
+            assert_eq!(by_copy.spans(), 2);
+            let encoder = Encoder::new(&Resource::default());
+            assert_eq!(encoder.encode([by_copy]), encoder.encode([by_write]));
+        }
+    }
+
+    /// ASCII values are the bytes `str_attr` writes, at every length boundary; others are not
+    /// written and say so.
+    #[test]
+    fn ascii_attributes_match_str_attr() {
+        const UA: Key = Key::new("user_agent.original");
+        let long = "Mozilla/5.0 (X11; Linux x86_64) ".repeat(20);
+        for len in (0..140).chain([300, 600]) {
+            let v = &long[..len];
+            let mut by_ascii = EncodedSpans::with_capacity(8);
+            by_ascii.begin(&root_get(1));
+            assert!(by_ascii.ascii_attr(&UA, v.as_bytes()));
+            let mut by_str = EncodedSpans::with_capacity(8);
+            by_str.begin(&root_get(1));
+            by_str.str_attr(&UA, v);
+            assert_eq!(by_ascii.bytes, by_str.bytes, "{len}");
+        }
+        let mut e = EncodedSpans::with_capacity(8);
+        e.begin(&root_get(1));
+        let before = e.bytes.len();
+        assert!(!e.ascii_attr(&UA, b"caf\xe9"));
+        assert!(!e.ascii_attr(&UA, "café".as_bytes()));
+        assert_eq!(e.bytes.len(), before);
+        let mut closed = EncodedSpans::with_capacity(8);
+        assert!(closed.ascii_attr(&UA, b"x"));
+        assert!(closed.bytes.is_empty());
+    }
+
+    /// IP addresses are the bytes `str` writes for their text.
+    #[test]
+    fn ip_attributes_match_str() {
+        const CLIENT: Key = Key::new("client.address");
+        const LONGEST: Key = Key::new("a.key.of.forty.bytes.exactly.0123456789");
+        for ip in [
+            "0.0.0.0",
+            "10.1.20.255",
+            "127.0.0.1",
+            "255.255.255.255",
+            "9.99.100.199",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            for key in [&CLIENT, &LONGEST] {
+                let mut by_ip = EncodedSpans::with_capacity(8);
+                by_ip.begin(&root_get(1));
+                by_ip.ip_attr(key, parsed);
+                let mut by_str = EncodedSpans::with_capacity(8);
+                by_str.begin(&root_get(1));
+                by_str.str(key.name(), ip);
+                assert_eq!(by_ip.bytes, by_str.bytes, "{ip}");
+            }
+        }
+        let mut closed = EncodedSpans::with_capacity(8);
+        closed.ip_attr(&CLIENT, IpAddr::from([1, 2, 3, 4]));
+        assert!(closed.bytes.is_empty());
     }
 
     /// gRPC framing: the same message behind an uncompressed-flag byte and its length.

@@ -540,3 +540,25 @@ fn hex_ids_match_the_per_nibble_encoder_and_fmt() {
         }
     }
 }
+
+/// Trace ids keep their value through every form (halves, bytes, hex, text), and do not align
+/// what holds them to 16 bytes (see `TraceId`).
+#[test]
+fn trace_id_forms_and_alignment() {
+    for v in [
+        1u128,
+        u64::MAX as u128,
+        1 << 64,
+        u128::MAX,
+        0x0af7651916cd43dd8448eb211c80319c,
+    ] {
+        let id = TraceId::from_u128(v).unwrap();
+        assert_eq!(id.to_u128(), v);
+        assert_eq!(id.to_bytes(), v.to_be_bytes());
+        assert_eq!(id.to_hex(), *format!("{v:032x}").as_bytes());
+        assert_eq!(id.to_string(), format!("{v:032x}"));
+    }
+    assert!(TraceId::from_u128(0).is_none());
+    assert_eq!(std::mem::align_of::<TraceId>(), 8);
+    assert_eq!(std::mem::align_of::<SpanContext>(), 8);
+}
