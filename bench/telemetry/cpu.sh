@@ -29,7 +29,13 @@ case ${LOAD:-h1} in
 esac
 taskset -c 1 "$backend" 127.0.0.1:$be >/dev/null 2>&1 &
 bp=$!
-taskset -c 1 "$python" "$here/otlp_sink.py" $sink >"$work/sink.out" 2>&1 &
+# The Rust sink (see run.sh); SINK=python for the grpcio one.
+if [ "${SINK:-rust}" = python ]; then
+  taskset -c 1 "$python" "$here/otlp_sink.py" $sink >"$work/sink.out" 2>&1 &
+else
+  (cd "$repo" && cargo build -q --release -p tandem-telemetry --example otlp_sink)
+  taskset -c 1 "$repo/target/release/examples/otlp_sink" $sink >"$work/sink.out" 2>&1 &
+fi
 sp=$!
 trap 'kill $bp $sp 2>/dev/null; rm -rf "$work"' EXIT
 sleep 1

