@@ -12,9 +12,10 @@
 #   e-all      Envoy, stats + OpenTelemetry tracing at 100% (OTLP/gRPC, flushes of 512 spans,
 #              upstream spans on) + JSON access log file
 # Both proxies export to the same sink, which accepts batches without decoding them: by default
-# the Rust one (crates/tandem-telemetry/examples/otlp_sink.rs, ~0.4 µs of the load core per
-# traced request); SINK=python uses bench/telemetry/otlp_sink.py (grpcio, ~1.9 µs: it starves
-# the load generator and backend that share its core, and the proxy idles).
+# bench/telemetry/otlp_sink.py (grpcio; ~1.9 µs of the load core per traced request), as in
+# every run in docs/benchmarks.md; SINK=rust uses crates/tandem-telemetry/examples/otlp_sink.rs
+# (~0.2 µs). The proxy's core stays saturated with either; with the Rust sink Tandem's
+# everything-on column read lower on HTTP/1.1 and higher on h2c->h1 (docs/benchmarks.md).
 #
 #   bench/telemetry/run.sh [harness args, e.g. --quick or --reps 2]
 #   ONLY="t-off t-all e-off e-all" bench/telemetry/run.sh ...   (a subset of the columns)
@@ -182,7 +183,7 @@ envoy_conf e-all 28551 28553 all
 "$envoy" --mode validate -c "$conf/e-all.yaml" >/dev/null
 for c in t-off t-metrics t-all t-eq; do "$tandem" check -c "$conf/$c.yaml" >/dev/null; done
 
-if [ "${SINK:-rust}" = python ]; then
+if [ "${SINK:-python}" = python ]; then
   taskset -c 1 "$python" "$here/otlp_sink.py" $sink_port >"$scratch/sink.log" 2>&1 &
 else
   taskset -c 1 "$repo/target/release/examples/otlp_sink" $sink_port >"$scratch/sink.log" 2>&1 &

@@ -2,12 +2,9 @@
 //! and OTLP/HTTP posts (HTTP/1.1 or h2c), reads each request body to its end without decoding
 //! it, and answers with an empty `ExportTraceServiceResponse` (every span accepted).
 //!
-//! Why not the Python sink (`bench/telemetry/otlp_sink.py`): on the benchmark's two cores the
-//! sink shares the load generator's core, and grpcio spent ~1.9 µs of that core per proxied
-//! request (two spans) taking the batches in: with tracing on, the load generator and backend
-//! ran short of CPU and the proxy's core sat partly idle, so the "everything on" columns
-//! measured the sink as much as the proxy. This one reads a 200 KiB batch in a few tens of
-//! microseconds on one thread.
+//! The Python sink (`bench/telemetry/otlp_sink.py`, grpcio) shares the load generator's core in
+//! the benchmarks and takes ~1.9 µs of it per proxied request (two spans); this one takes
+//! ~0.2 µs (`SINK=rust` in `bench/telemetry/run.sh` and `cpu.sh`).
 //!
 //! ```text
 //! cargo run --release -p tandem-telemetry --example otlp_sink -- PORT
@@ -30,6 +27,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+
+/// HTTP/2's largest frame.
+const MAX_FRAME: u32 = (1 << 24) - 1;
+/// Flow-control window: room for several batches in flight.
+const WINDOW: u32 = 64 << 20;
 
 #[derive(Default)]
 struct Counts {
@@ -126,7 +128,16 @@ async fn run(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
                 let counts = counts.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| export(req, counts.clone()));
-                    let _ = auto::Builder::new(TokioExecutor::new())
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    // Frames and windows as large as a batch, as grpcio's server allows: with
+                    // h2's 16 KiB frames the exporter writes a 200 KiB batch in a dozen
+                    // writes, each waking this sink (measured: +1 µs per proxied request).
+                    builder
+                        .http2()
+                        .max_frame_size(MAX_FRAME)
+                        .initial_stream_window_size(WINDOW)
+                        .initial_connection_window_size(WINDOW);
+                    let _ = builder
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
