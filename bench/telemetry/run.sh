@@ -41,21 +41,17 @@ tandem_conf() { # NAME H1 H2UP ADMIN EXTRA
 }
 tandem_conf t-off 28511 28513 28519 'metrics: { requests: false }'
 tandem_conf t-metrics 28521 28523 28529 ''
-tandem_conf t-all 28531 28533 28539 "tracing:
+tracing="tracing:
   otlp: { endpoint: \"http://127.0.0.1:$sink_port\", protocol: grpc }
   sample_ratio: 1
   service_name: tandem-bench
   queue: 65536
-  batch: 512
+  batch: 512"
+tandem_conf t-all 28531 28533 28539 "$tracing
 access_log:
   path: $scratch/logs/tandem-access.log"
 # The fields e-all's json_format has, in its order.
-tandem_conf t-eq 28561 28563 28569 "tracing:
-  otlp: { endpoint: \"http://127.0.0.1:$sink_port\", protocol: grpc }
-  sample_ratio: 1
-  service_name: tandem-bench
-  queue: 65536
-  batch: 512
+tandem_conf t-eq 28561 28563 28569 "$tracing
 access_log:
   path: $scratch/logs/tandem-access-eq.log
   fields: [time, duration_ms, listener, upstream, endpoint, client, protocol, method, path, authority, status, received_bytes, sent_bytes, retries, error, user_agent, trace_id]"

@@ -457,6 +457,20 @@ mod tests {
     /// Spans go into batches of at most `batch` spans (a request's spans never split; more
     /// than a batch make one of their own), sealed as they fill, after the room kept for the
     /// header; the batch being filled is taken only when asked for.
+    /// A sampled root span's start (trace 1, span 1).
+    fn root_started() -> Started {
+        Started {
+            context: SpanContext {
+                trace_id: TraceId::from_u128(1).unwrap(),
+                span_id: SpanId::from_u64(1).unwrap(),
+                sampled: true,
+                trace_state: None,
+            },
+            parent: None,
+            carried: false,
+        }
+    }
+
     #[test]
     fn queue_seals_whole_batches() {
         let chunk = |spans: u64| {
@@ -464,16 +478,7 @@ mod tests {
             for i in 1..=spans {
                 c.push_record(&SpanRecord {
                     span_id: SpanId::from_u64(i).unwrap(),
-                    ..span(&Started {
-                        context: SpanContext {
-                            trace_id: TraceId::from_u128(1).unwrap(),
-                            span_id: SpanId::from_u64(1).unwrap(),
-                            sampled: true,
-                            trace_state: None,
-                        },
-                        parent: None,
-                        carried: false,
-                    })
+                    ..span(&root_started())
                 });
             }
             c
@@ -511,16 +516,7 @@ mod tests {
             c.push_record(&SpanRecord {
                 span_id: SpanId::from_u64(i).unwrap(),
                 attributes: vec![("url.path", Value::String("/p".repeat(40)))],
-                ..span(&Started {
-                    context: SpanContext {
-                        trace_id: TraceId::from_u128(1).unwrap(),
-                        span_id: SpanId::from_u64(1).unwrap(),
-                        sampled: true,
-                        trace_state: None,
-                    },
-                    parent: None,
-                    carried: false,
-                })
+                ..span(&root_started())
             });
             c
         };

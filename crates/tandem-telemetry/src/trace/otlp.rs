@@ -561,25 +561,13 @@ impl EncodedSpans {
             return true;
         }
         let len = value.len();
-        let n = key_.len;
-        let kv_len = n + 1 + len;
-        if kv_len >= 0x80 {
+        if !self.short_str_head(key_, len) {
             // Longer lengths: the general way (a long user agent).
             self.kv_head(key_.name, 1 + varint_len(len as u64) + len);
             len_field(&mut self.bytes, 1, value);
             return true;
         }
-        let mut head = key_.head;
-        head[1] = kv_len as u8;
-        head[n] = (2 + len) as u8;
-        head[n + 1] = STRING_VALUE;
-        head[n + 2] = len as u8;
-        let buf = &mut self.bytes;
-        let at = buf.len();
-        buf.reserve(KEY_ROOM + len);
-        buf.extend_from_slice(&head);
-        buf.truncate(at + n + 3);
-        buf.extend_from_slice(value);
+        self.bytes.extend_from_slice(value);
         true
     }
 
@@ -590,13 +578,26 @@ impl EncodedSpans {
             return;
         }
         let len: usize = parts.iter().map(|p| p.len()).sum();
+        if !self.short_str_head(key_, len) {
+            // Longer lengths: the general way (rare: long paths and user agents).
+            return self.str_parts(key_.name, parts);
+        }
+        for p in parts {
+            self.bytes.extend_from_slice(p.as_bytes());
+        }
+    }
+
+    /// Writes the bytes before a string value of `len` bytes for `key_`, with room reserved
+    /// for the value, when every length in them takes one byte; `false` (nothing written) when
+    /// they do not.
+    #[inline]
+    fn short_str_head(&mut self, key_: &Key, len: usize) -> bool {
         let n = key_.len;
         // KeyValue { key, value: AnyValue { string_value } }: the key field is `n - 3` bytes,
         // the value field 2 + 2 + `len` when every length takes one byte.
         let kv_len = n + 1 + len;
         if kv_len >= 0x80 {
-            // Longer lengths: the general way (rare: long paths and user agents).
-            return self.str_parts(key_.name, parts);
+            return false;
         }
         let mut head = key_.head;
         head[1] = kv_len as u8;
@@ -610,9 +611,7 @@ impl EncodedSpans {
         // key's length a call to `memcpy`.
         buf.extend_from_slice(&head);
         buf.truncate(at + n + 3);
-        for p in parts {
-            buf.extend_from_slice(p.as_bytes());
-        }
+        true
     }
 
     /// An IP address as a string attribute of the open span with a key known in advance: the
