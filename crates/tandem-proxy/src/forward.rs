@@ -382,8 +382,9 @@ async fn proxy(
     }
 
     // Each try gets the head and a replay of the body; the last possible try takes the
-    // originals. An HTTP/1.1 head is serialized once and its bytes shared by every try; an
-    // HTTP/2 head is copied for each try but the last.
+    // originals. An HTTP/1.1 head is serialized once and its bytes shared by every try (a
+    // traced try writes a copy with its trace lines); an HTTP/2 head is copied for each try but
+    // the last.
     let method = parts.method.clone();
     let (h1_head, mut h2_parts) = if use_h2 {
         (None, Some(parts))

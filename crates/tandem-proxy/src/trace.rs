@@ -13,9 +13,9 @@
 //! them, and retries are visible as sibling client spans. The caller's own trace headers of the
 //! configured formats are removed first: the upstream sees Tandem's context, not a stale copy.
 //!
-//! HTTP/1.1 request heads are serialized once and shared by every try
-//! ([`crate::h1::RequestHead`]); the per-try header lines are a separate small buffer the
-//! exchange writes before the head's final blank line, so the head is not serialized again.
+//! HTTP/1.1 request heads are serialized once ([`crate::h1::RequestHead`]); a traced try
+//! writes a copy of that head with its own trace header lines before the final blank line
+//! (one buffer for the write), so the head is not serialized again.
 //! HTTP/2 tries each get their own header map already, and the context is added to it.
 //!
 //! Sampling is decided once, on the server span (parent-based, see
@@ -79,11 +79,13 @@ pub struct RequestTrace {
 ///
 /// The server span is open from the start to the end, so client spans, which end inside it,
 /// are written to a buffer of their own (a span is one length-delimited field: the open one's
-/// length is written when it closes); both are recorded together at the end.
+/// length is written when it closes). A try that failed or was retried is recorded when it
+/// ends; the last try's span, which lasts as long as the response body, is recorded with the
+/// server span, both under one lock.
 #[derive(Debug)]
 struct Recording {
-    /// The Unix time of the clock's base as the request started: every time of the request
-    /// is converted with it, so its spans nest exactly.
+    /// The request's start and its Unix time ([`tandem_telemetry::clock`]): every time of the
+    /// request is converted from it, so its spans nest exactly.
     epoch: Epoch,
     /// The server span, open.
     server: EncodedSpans,
@@ -242,8 +244,10 @@ impl RequestTrace {
     /// Starts a try at `now`: a new client span id.
     pub fn start_try(&mut self, now: Instant) {
         if let Some(r) = &mut self.recording {
-            // The previous try got a response and was retried: its span ended then.
+            // The previous try got a response and was retried: its span ended then, and goes
+            // out now (as a failed try's does), not when the request's response ends.
             r.clients.end(r.answered_end);
+            self.tracer.record_finished(&mut r.clients);
             r.try_start = r.epoch.unix_nanos(now.into_std());
         }
         self.current = Some(SpanId::random());
@@ -340,7 +344,12 @@ impl RequestTrace {
         }
         match outcome {
             TryOutcome::Response(_) => r.answered_end = end_unix_nanos,
-            TryOutcome::Failed(_) => s.end(end_unix_nanos),
+            TryOutcome::Failed(_) => {
+                s.end(end_unix_nanos);
+                // Recorded now: a request that goes on (a retry, a long stream) does not hold
+                // a finished span back from export.
+                self.tracer.record_finished(s);
+            }
         }
     }
 

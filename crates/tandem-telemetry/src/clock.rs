@@ -10,6 +10,10 @@
 //! A request converts all its instants with the [`Epoch`] it took at its start, so its times
 //! are those of the monotonic clock: a try's span stays inside its request's span even when
 //! the wall clock steps in between.
+//!
+//! The monotonic clock stops while the machine is suspended (and a paused VM's may too): for up
+//! to a second after a resume, times are behind by the length of the pause, until the next
+//! wall-clock read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;

@@ -103,7 +103,8 @@ pub(crate) struct Queue {
     room: usize,
 }
 
-/// Most bytes a batch is made with room for ([`Queue::next_capacity`]); one may grow past it.
+/// Most bytes a batch is made with room for ([`Queue::next_capacity`]), besides the header's
+/// room; one may grow past it.
 const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// Spans in one buffer, after `Queue::room` free bytes: one export request once finished.
@@ -192,8 +193,8 @@ impl Queue {
         let per_span = bytes.div_ceil(done.spans);
         let full = per_span.saturating_mul(self.batch);
         // Bounded: one request's unusually large spans do not size every batch after it.
-        let full = full.saturating_add(full / 8).min(MAX_BATCH_BYTES);
-        self.room + full.max(bytes)
+        let full = full.saturating_add(full / 8);
+        self.room + full.max(bytes).min(MAX_BATCH_BYTES)
     }
 
     /// The oldest sealed batch.
@@ -333,8 +334,8 @@ impl Tracer {
         spans.recycle();
     }
 
-    /// [`Tracer::record_encoded`] for two buffers of one request's spans (a server span and its
-    /// client spans), which go into the same batch, in this order, under one lock.
+    /// [`Tracer::record_encoded`] for two buffers of one request's spans (its client spans and
+    /// its server span), which go into the same batch, in this order, under one lock.
     pub fn record_encoded_pair(&self, mut first: EncodedSpans, mut second: EncodedSpans) {
         first.discard_open();
         second.discard_open();
@@ -343,6 +344,18 @@ impl Tracer {
         }
         first.recycle();
         second.recycle();
+    }
+
+    /// Records the whole spans in `spans` now and empties it of them, keeping its buffer and
+    /// its preamble for spans still to come: a request's tries that ended (failed, or were
+    /// retried) go out with the next batch, not when the request's response ends. Nothing
+    /// while a span is open in it.
+    pub fn record_finished(&self, spans: &mut EncodedSpans) {
+        if spans.is_open() || spans.spans() == 0 {
+            return;
+        }
+        self.push(&[spans]);
+        spans.clear_spans();
     }
 
     fn push(&self, chunks: &[&EncodedSpans]) {
@@ -454,9 +467,6 @@ mod tests {
         assert!(!s.context.sampled, "ratio 0 samples no new trace");
     }
 
-    /// Spans go into batches of at most `batch` spans (a request's spans never split; more
-    /// than a batch make one of their own), sealed as they fill, after the room kept for the
-    /// header; the batch being filled is taken only when asked for.
     /// A sampled root span's start (trace 1, span 1).
     fn root_started() -> Started {
         Started {
@@ -471,6 +481,9 @@ mod tests {
         }
     }
 
+    /// Spans go into batches of at most `batch` spans (a request's spans never split; more
+    /// than a batch make one of their own), sealed as they fill, after the room kept for the
+    /// header; the batch being filled is taken only when asked for.
     #[test]
     fn queue_seals_whole_batches() {
         let chunk = |spans: u64| {
@@ -580,6 +593,52 @@ mod tests {
         assert_eq!(tracer.queue.len(), 1);
         tracer.record_encoded_pair(EncodedSpans::default(), EncodedSpans::default());
         assert_eq!(tracer.queue.len(), 1);
+    }
+
+    /// Finished spans are recorded at once and leave the buffer, which keeps its preamble for
+    /// later spans; nothing is recorded while a span is open in it.
+    #[test]
+    fn finished_spans_are_recorded_at_once() {
+        let (tracer, _exporter) = Tracer::new(
+            &config("  queue: 10\n  batch: 10\n"),
+            TraceMetrics::register(&mut Registry::default()),
+        );
+        let s = tracer.start_server(&HeaderMap::new());
+        let url = Key::new("url.full");
+        let mut clients = EncodedSpans::with_capacity(64);
+        clients.preamble_str_parts_attr(&url, &["http://", "up/x"]);
+        let start = SpanStart {
+            trace_id: s.context.trace_id,
+            span_id: s.context.span_id,
+            parent: None,
+            remote_parent: false,
+            trace_state: None,
+            name: "GET",
+            name_suffix: None,
+            kind: SpanKind::Client,
+            start_unix_nanos: 1,
+        };
+        clients.begin(&start);
+        clients.copy_preamble();
+        let one_span = clients.as_bytes().len();
+        tracer.record_finished(&mut clients);
+        assert_eq!(tracer.queue.len(), 0, "open: not recorded");
+        clients.end(2);
+        let whole = clients.as_bytes().to_vec();
+        tracer.record_finished(&mut clients);
+        assert_eq!(tracer.queue.len(), 1);
+        assert_eq!((clients.spans(), clients.as_bytes().len()), (0, 0));
+        // The preamble is still there for the next try's span, which is the same again.
+        clients.begin(&start);
+        clients.copy_preamble();
+        assert_eq!(clients.as_bytes().len(), one_span);
+        clients.end(2);
+        assert_eq!(clients.as_bytes(), &whole[..]);
+        tracer.record_finished(&mut clients);
+        assert_eq!(tracer.queue.len(), 2);
+        let batch = tracer.queue.take_open().unwrap();
+        assert_eq!(batch.spans, 2);
+        assert!(batch.bytes.ends_with(&[whole.clone(), whole].concat()));
     }
 
     /// A full queue drops and counts instead of waiting; the exporter is woken per batch.

@@ -387,6 +387,15 @@ impl EncodedSpans {
         self.spans
     }
 
+    /// Removes the whole spans (once recorded), keeping the preamble; nothing while a span is
+    /// open.
+    pub fn clear_spans(&mut self) {
+        if self.open.is_none() {
+            self.bytes.truncate(self.preamble as usize);
+            self.spans = 0;
+        }
+    }
+
     /// Whether a span is open.
     pub fn is_open(&self) -> bool {
         self.open.is_some()
