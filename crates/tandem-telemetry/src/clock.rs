@@ -64,6 +64,7 @@ impl UnixClock {
 
     /// The epoch to convert instants around `at` with: the last one read, or a new one when
     /// the last read is older than [`REFRESH`] at `at`.
+    #[cfg(test)]
     pub fn epoch(&self, at: Instant) -> Epoch {
         self.since_base(at);
         Epoch {
@@ -102,6 +103,7 @@ impl UnixClock {
     }
 
     /// `at` on the wall clock.
+    #[cfg(test)]
     pub fn system_time(&self, at: Instant) -> SystemTime {
         UNIX_EPOCH + Duration::from_nanos(self.unix_nanos(at))
     }

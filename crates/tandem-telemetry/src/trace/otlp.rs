@@ -1026,6 +1026,16 @@ mod tests {
         }
     }
 
+    /// The resource of a config whose `tracing` has `otlp` and then the lines `extra`.
+    fn test_resource(otlp: &str, extra: &str) -> Resource {
+        let yaml = format!(
+            "listeners:\n  a: {{ address: 127.0.0.1:1, upstream: u }}\nupstreams:\n  u: {{}}\n\
+             tracing:\n  otlp: {otlp}\n{extra}"
+        );
+        let config = tandem_config::parse("t.yaml", &yaml).unwrap();
+        resource(config.tracing.as_ref().unwrap())
+    }
+
     fn spans() -> Vec<SpanRecord> {
         let server = SpanRecord {
             trace_id: TraceId::from_u128(0x0af7651916cd43dd8448eb211c80319c).unwrap(),
@@ -1075,13 +1085,7 @@ mod tests {
     /// conversion: ids, flags, kinds, times, every attribute type, status, resource and scope.
     #[test]
     fn encoder_matches_the_generated_types() {
-        let config = tandem_config::parse(
-            "t.yaml",
-            "listeners:\n  a: { address: 127.0.0.1:1, upstream: u }\nupstreams:\n  u: {}\n\
-             tracing:\n  otlp: { endpoint: \"http://c:4318\" }\n  resource: { k: v }\n",
-        )
-        .unwrap();
-        let resource = resource(config.tracing.as_ref().unwrap());
+        let resource = test_resource("{ endpoint: \"http://c:4318\" }", "  resource: { k: v }\n");
         let encoder = Encoder::new(&resource);
         // Twice: buffers reused between batches leave nothing behind.
         for _ in 0..2 {
@@ -1105,13 +1109,7 @@ mod tests {
     /// dropped open) decodes to the same spans as the plain records.
     #[test]
     fn written_as_they_end_matches_the_records() {
-        let config = tandem_config::parse(
-            "t.yaml",
-            "listeners:\n  a: { address: 127.0.0.1:1, upstream: u }\nupstreams:\n  u: {}\n\
-             tracing:\n  otlp: { endpoint: \"http://c:4318\" }\n",
-        )
-        .unwrap();
-        let resource = resource(config.tracing.as_ref().unwrap());
+        let resource = test_resource("{ endpoint: \"http://c:4318\" }", "");
         let trace_id = TraceId::from_u128(7).unwrap();
         let server_id = SpanId::from_u64(1).unwrap();
         let client_id = SpanId::from_u64(2).unwrap();
@@ -1212,13 +1210,7 @@ mod tests {
     /// with a suffix); and the spans before and after it are untouched.
     #[test]
     fn named_later_matches_the_records() {
-        let config = tandem_config::parse(
-            "t.yaml",
-            "listeners:\n  a: { address: 127.0.0.1:1, upstream: u }\nupstreams:\n  u: {}\n\
-             tracing:\n  otlp: { endpoint: \"http://c:4318\" }\n",
-        )
-        .unwrap();
-        let resource = resource(config.tracing.as_ref().unwrap());
+        let resource = test_resource("{ endpoint: \"http://c:4318\" }", "");
         let records = spans();
         let mut e = EncodedSpans::with_capacity(16);
         for r in &records {
@@ -1477,13 +1469,7 @@ mod tests {
 
     #[test]
     fn grpc_framing_prefixes_the_message() {
-        let config = tandem_config::parse(
-            "t.yaml",
-            "listeners:\n  a: { address: 127.0.0.1:1, upstream: u }\nupstreams:\n  u: {}\n\
-             tracing:\n  otlp: { endpoint: \"http://c:4317\", protocol: grpc }\n",
-        )
-        .unwrap();
-        let resource = resource(config.tracing.as_ref().unwrap());
+        let resource = test_resource("{ endpoint: \"http://c:4317\", protocol: grpc }", "");
         let plain = Encoder::new(&resource).encode(spans().into_iter().map(EncodedSpans::from));
         let framed = Encoder::new(&resource)
             .grpc_framed()
