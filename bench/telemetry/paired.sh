@@ -9,7 +9,7 @@
 #
 #   bench/telemetry/paired.sh TANDEM_BIN ROUNDS N CONFIG...
 #     CONFIG: met | log | trace | all | lognull (access log to /dev/null) | allnull
-#             | logshm (access log on tmpfs) | allshm, optionally followed by
+#             | logshm (access log on tmpfs) | allshm (rig.sh, shared with cpu.sh), optionally followed by
 #             :VAR=VALUE[,VAR=VALUE...]: environment of that Tandem (e.g. for a build with
 #             experiment switches, see bench/telemetry/floor.patch)
 #   e.g. bench/telemetry/paired.sh target/release/tandem 12 100000 met all
@@ -21,26 +21,11 @@ repo=$(cd "$here/../.." && pwd)
 bin=$1 rounds=$2 n=$3
 shift 3
 pb=${PORTBASE:-391}
-backend=${BACKEND_BIN:-/tmp/tb/backend/target/release/bench-backend}
 work=$(mktemp -d /tmp/telpaired.XXXXXX)
-be=${pb}80 sink=${pb}60 h1=${pb}01
-case ${LOAD:-h1} in
-  h1) load=(--h1 -c16) url=http://127.0.0.1:${pb}01/ ;;
-  h2c) load=(-c16 -m16) url=http://127.0.0.1:${pb}01/ ;;
-  h2up) load=(-c16 -m16) url=http://127.0.0.1:${pb}03/ ;;
-  *) echo "unknown LOAD ${LOAD} (h1 h2c h2up)" >&2; exit 2 ;;
-esac
-taskset -c 1 "$backend" 127.0.0.1:$be >/dev/null 2>&1 &
-bp=$!
-if [ "${SINK:-rust}" = python ]; then
-  taskset -c 1 "${PYTHON:-$repo/.venv/bin/python}" "$here/otlp_sink.py" $sink >"$work/sink.out" 2>&1 &
-else
-  (cd "$repo" && cargo build -q --release -p tandem-telemetry --example otlp_sink)
-  taskset -c 1 "$repo/target/release/examples/otlp_sink" $sink >"$work/sink.out" 2>&1 &
-fi
-sp=$!
-trap 'kill $bp $sp 2>/dev/null; rm -rf "$work" /dev/shm/telpaired-access.log' EXIT
-sleep 1
+SINK=${SINK:-rust}
+. "$here/rig.sh"
+trap 'kill ${bp:-} ${sp:-} 2>/dev/null; rm -rf "$work" /dev/shm/tandem-rig-$pb-access.log' EXIT
+rig_start
 tick=$(getconf CLK_TCK)
 
 run() { # CONFIG[:ENV...] -> one line: config rps user sys softirq idle
@@ -48,37 +33,16 @@ run() { # CONFIG[:ENV...] -> one line: config rps user sys softirq idle
   c=${spec%%:*}
   [ "$c" != "$spec" ] && IFS=, read -r -a envs <<<"${spec#*:}"
   local cfg=$work/c.yaml
-  sed "s/285\([0-9][0-9]\)/${pb}\1/g; s/28080/$be/" "$repo/bench/tandem-bench.yaml" >"$cfg"
-  local tracing="tracing:
-  otlp: { endpoint: \"http://127.0.0.1:$sink\", protocol: grpc }
-  sample_ratio: 1
-  service_name: tandem-bench
-  queue: 65536
-  batch: ${BATCH:-512}"
-  local log="access_log: { path: $work/access.log }"
-  case $c in
-    off) echo 'metrics: { requests: false }' >>"$cfg" ;;
-    met) ;;
-    log) echo "$log" >>"$cfg" ;;
-    lognull) echo "access_log: { path: /dev/null }" >>"$cfg" ;;
-    logshm) echo "access_log: { path: /dev/shm/telpaired-access.log }" >>"$cfg" ;;
-    trace) echo "$tracing" >>"$cfg" ;;
-    all) printf '%s\n%s\n' "$tracing" "$log" >>"$cfg" ;;
-    allnull) printf '%s\n%s\n' "$tracing" "access_log: { path: /dev/null }" >>"$cfg" ;;
-    allshm) printf '%s\n%s\n' "$tracing" "access_log: { path: /dev/shm/telpaired-access.log }" >>"$cfg" ;;
-    *) echo "unknown config $c" >&2; exit 2 ;;
-  esac
-  rm -f "$work/access.log" /dev/shm/telpaired-access.log
+  rig_config "$c" "$cfg"
   env "${envs[@]}" taskset -c 0 "$bin" run --threads 1 -c "$cfg" >/dev/null 2>"$work/tandem.err" &
   local tp=$!
-  for _ in $(seq 100); do curl -s -m1 http://127.0.0.1:$h1/ | grep -q Hello && break; sleep 0.1; done
-  taskset -c 1 h2load "${load[@]}" -n 20000 "$url" >/dev/null
-  local before after cpu0 cpu1 rps
+  rig_ready
+  local before after soft0 soft1 rps
   before=$(awk '{print $14, $15}' /proc/$tp/stat)
-  cpu0=$(awk '/^cpu0 /{print $8, $5+$6}' /proc/stat)
+  soft0=$(awk '/^cpu0 /{print $8, $5+$6}' /proc/stat)
   rps=$(taskset -c 1 h2load "${load[@]}" -n "$n" "$url" | awk '/finished in/ {print $4}')
   after=$(awk '{print $14, $15}' /proc/$tp/stat)
-  cpu1=$(awk '/^cpu0 /{print $8, $5+$6}' /proc/stat)
+  soft1=$(awk '/^cpu0 /{print $8, $5+$6}' /proc/stat)
   kill -INT $tp
   wait $tp || true
   python3 -c '
@@ -87,7 +51,7 @@ spec, rps, n, tick = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]
 u0, s0, u1, s1, q0, i0, q1, i1 = map(int, sys.argv[5:])
 us = lambda t: round(t / tick * 1e6 / n, 2)
 print(spec, rps, us(u1 - u0), us(s1 - s0), us(q1 - q0), us(i1 - i0))
-' "$spec" "$rps" "$n" "$tick" $before $after $cpu0 $cpu1
+' "$spec" "$rps" "$n" "$tick" $before $after $soft0 $soft1
 }
 
 echo "# config req/s user_us/req sys_us/req cpu0_softirq_us/req cpu0_idle_us/req"
