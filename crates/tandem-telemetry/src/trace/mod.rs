@@ -481,6 +481,21 @@ mod tests {
         }
     }
 
+    /// A span of `s`'s context named `name`, without a parent, started at 1 ns.
+    fn start_of<'a>(s: &Started, name: &'a str, kind: SpanKind) -> SpanStart<'a> {
+        SpanStart {
+            trace_id: s.context.trace_id,
+            span_id: s.context.span_id,
+            parent: None,
+            remote_parent: false,
+            trace_state: None,
+            name,
+            name_suffix: None,
+            kind,
+            start_unix_nanos: 1,
+        }
+    }
+
     /// Spans go into batches of at most `batch` spans (a request's spans never split; more
     /// than a batch make one of their own), sealed as they fill, after the room kept for the
     /// header; the batch being filled is taken only when asked for.
@@ -578,17 +593,7 @@ mod tests {
         assert_eq!(tracer.metrics.dropped_queue_full.get(), 4);
         // An open span is not sent; an empty pair records nothing.
         let mut open = chunk(1);
-        open.begin(&SpanStart {
-            trace_id: s.context.trace_id,
-            span_id: s.context.span_id,
-            parent: None,
-            remote_parent: false,
-            trace_state: None,
-            name: "open",
-            name_suffix: None,
-            kind: SpanKind::Server,
-            start_unix_nanos: 1,
-        });
+        open.begin(&start_of(&s, "open", SpanKind::Server));
         tracer.record_encoded_pair(EncodedSpans::default(), open);
         assert_eq!(tracer.queue.len(), 1);
         tracer.record_encoded_pair(EncodedSpans::default(), EncodedSpans::default());
@@ -607,17 +612,7 @@ mod tests {
         let url = Key::new("url.full");
         let mut clients = EncodedSpans::with_capacity(64);
         clients.preamble_str_parts_attr(&url, &["http://", "up/x"]);
-        let start = SpanStart {
-            trace_id: s.context.trace_id,
-            span_id: s.context.span_id,
-            parent: None,
-            remote_parent: false,
-            trace_state: None,
-            name: "GET",
-            name_suffix: None,
-            kind: SpanKind::Client,
-            start_unix_nanos: 1,
-        };
+        let start = start_of(&s, "GET", SpanKind::Client);
         clients.begin(&start);
         clients.copy_preamble();
         let one_span = clients.as_bytes().len();
